@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what Termite needs on a fresh Debian 12 machine (run as root):
+# Deno (npm package `deno`, pinned) and libfuse3. Fast when both are present.
+set -euo pipefail
+DENO_VERSION=2.9.6
+
+have_deno() {
+  command -v deno >/dev/null 2>&1 && [ "$(deno --version 2>/dev/null | head -n1 | cut -d' ' -f2)" = "$DENO_VERSION" ]
+}
+
+need_apt=()
+[ -e /usr/lib/x86_64-linux-gnu/libfuse3.so.3 ] || need_apt+=(fuse3 libfuse3-3)
+[ -e /usr/include/fuse3/fuse_lowlevel.h ] || need_apt+=(libfuse3-dev)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v dpkg-source >/dev/null 2>&1 || need_apt+=(dpkg-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: apt-get install ${need_apt[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! have_deno; then
+  command -v npm >/dev/null 2>&1 || {
+    echo "bootstrap: npm is needed to install Deno (apt-get install npm)" >&2
+    exit 1
+  }
+  echo "bootstrap: npm install -g deno@$DENO_VERSION" >&2
+  npm install -g --allow-scripts=deno "deno@$DENO_VERSION" >/dev/null 2>&1 ||
+    npm install -g "deno@$DENO_VERSION" >/dev/null
+  hash -r
+  if ! have_deno; then
+    # The package ships the binary in a platform package; link it if the
+    # postinstall script was not allowed to run.
+    root=$(npm root -g)
+    bin=$(find "$root/deno" "$root/@deno" -type f -name deno -perm -u+x 2>/dev/null | head -n1)
+    [ -n "$bin" ] && ln -sf "$bin" /usr/local/bin/deno
+    hash -r
+  fi
+  have_deno || { echo "bootstrap: could not install deno $DENO_VERSION" >&2; exit 1; }
+fi
