@@ -1,0 +1,48 @@
+/**
+ * termite wrapper: symlinked under a tool's name (gcc, g++, cc, ar, ...), or
+ * used as make's SHELL. Usage:
+ *
+ *   wrapper.ts --as NAME [ARGS...]     run tool NAME through the master
+ *   wrapper.ts --as sh -c SCRIPT       shell-wrapper mode
+ *
+ * The `bin/termite-wrap` shim passes `--as "$(basename "$0")"`.
+ */
+import { runShellBuiltin, runWrapper } from "./wrapper/client.ts";
+
+async function main(args: string[]): Promise<number> {
+  let tool: string | undefined;
+  if (args[0] === "--as") {
+    tool = args[1];
+    args = args.slice(2);
+  }
+  if (!tool) {
+    console.error("termite wrapper: usage: wrapper.ts --as TOOL [ARGS...]");
+    return 2;
+  }
+  const env = Deno.env.toObject();
+  const wrapperDir = env.TERMITE_WRAPPER_DIR;
+  const cwd = Deno.cwd();
+  const shellMode = tool === "sh" || tool === "termite-sh" || tool === "bash";
+  if (shellMode) {
+    const script = args[0] === "-c" ? args[1] : undefined;
+    if (script === undefined) {
+      console.error("termite shell wrapper: usage: termite-sh -c SCRIPT");
+      return 2;
+    }
+    const builtin = runShellBuiltin(script);
+    if (builtin) {
+      if (builtin.stdout) await Deno.stdout.write(new TextEncoder().encode(builtin.stdout));
+      return builtin.code;
+    }
+    return await runWrapper({
+      argv: ["/bin/sh", "-c", script, ...args.slice(2)],
+      cwd,
+      env,
+      wrapperDir,
+      shell: true,
+    });
+  }
+  return await runWrapper({ argv: [tool, ...args], cwd, env, wrapperDir });
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,191 @@
+/**
+ * The wrapper: hands one command to the master over its unix socket and behaves
+ * like the command would have (same output, same exit status).
+ *
+ * Started once per compile: keep imports to this file and `protocol.ts`.
+ */
+import {
+  decodeJson,
+  encodeWrapperFrame,
+  FrameType,
+  WRAPPER_PROTOCOL_VERSION,
+  type WrapperExit,
+  WrapperFrameReader,
+  type WrapperRequest,
+  writeAll,
+} from "./protocol.ts";
+
+export const SOCKET_NAME = ".termite-socket";
+
+export interface WrapperOptions {
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  /** Directory holding the wrapper's symlinks: removed from PATH for the job. */
+  wrapperDir?: string;
+  shell?: boolean;
+}
+
+/** Finds the master's socket: `TERMITE_SOCKET`, else walking up from `cwd`. */
+export function findSocket(cwd: string, env: Record<string, string>): string | null {
+  if (env.TERMITE_SOCKET) return env.TERMITE_SOCKET;
+  let dir = cwd;
+  for (;;) {
+    const candidate = `${dir === "/" ? "" : dir}/${SOCKET_NAME}`;
+    try {
+      if (Deno.statSync(candidate).isSocket) return candidate;
+    } catch {
+      // Not here: keep walking up.
+    }
+    if (dir === "/") return null;
+    dir = dir.slice(0, dir.lastIndexOf("/")) || "/";
+  }
+}
+
+/** PATH without the wrapper's own directory, so the job finds the real tool. */
+export function cleanPath(path: string, wrapperDir: string | undefined): string {
+  if (!wrapperDir) return path;
+  return path.split(":").filter((dir) => dir !== "" && dir !== wrapperDir).join(":");
+}
+
+function stdinIsData(): boolean {
+  try {
+    const info = Deno.statSync("/proc/self/fd/0");
+    return info.isFile || (info.isFifo ?? false);
+  } catch {
+    return false;
+  }
+}
+
+async function pumpStdin(conn: Deno.UnixConn): Promise<void> {
+  const buf = new Uint8Array(256 * 1024);
+  try {
+    for (;;) {
+      const n = await Deno.stdin.read(buf);
+      if (n === null) break;
+      await writeAll(conn, encodeWrapperFrame(FrameType.stdin, buf.subarray(0, n)));
+    }
+    await writeAll(conn, encodeWrapperFrame(FrameType.stdin, new Uint8Array()));
+  } catch {
+    // The master went away or the job ended: stdin no longer matters.
+  }
+}
+
+function runLocally(options: WrapperOptions): number {
+  const env = { ...options.env, PATH: cleanPath(options.env.PATH ?? "", options.wrapperDir) };
+  const [cmd, ...args] = options.argv;
+  try {
+    const { code } = new Deno.Command(cmd, {
+      args,
+      cwd: options.cwd,
+      env,
+      clearEnv: true,
+      stdin: "inherit",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).outputSync();
+    return code;
+  } catch (err) {
+    console.error(`termite: ${cmd}: ${err instanceof Error ? err.message : err}`);
+    return 127;
+  }
+}
+
+/** Runs the command through the master; returns the exit status to use. */
+export async function runWrapper(options: WrapperOptions): Promise<number> {
+  const fallback = options.env.TERMITE_LOCAL_FALLBACK === "1";
+  const socket = findSocket(options.cwd, options.env);
+  if (socket === null) {
+    if (fallback) return runLocally(options);
+    console.error(
+      `termite: no master socket (${SOCKET_NAME}) in ${options.cwd} or above; ` +
+        `start one with \`termite master\` in the build tree, or set TERMITE_LOCAL_FALLBACK=1`,
+    );
+    return 255;
+  }
+  let conn: Deno.UnixConn;
+  try {
+    conn = await Deno.connect({ transport: "unix", path: socket });
+  } catch (err) {
+    if (fallback) return runLocally(options);
+    const why = err instanceof Deno.errors.ConnectionRefused
+      ? "no master is listening (stale socket)"
+      : (err instanceof Error ? err.message : String(err));
+    console.error(
+      `termite: cannot reach the master at ${socket}: ${why}; start one with \`termite master\``,
+    );
+    return 255;
+  }
+  const env = { ...options.env };
+  if (env.PATH !== undefined) env.PATH = cleanPath(env.PATH, options.wrapperDir);
+  const withStdin = stdinIsData();
+  const request: WrapperRequest = {
+    version: WRAPPER_PROTOCOL_VERSION,
+    argv: options.argv,
+    cwd: options.cwd,
+    env,
+    stdin: withStdin,
+    shell: options.shell,
+  };
+  const cancel = () => {
+    writeAll(conn, encodeWrapperFrame(FrameType.cancel, new Uint8Array())).catch(() => {});
+  };
+  Deno.addSignalListener("SIGINT", cancel);
+  Deno.addSignalListener("SIGTERM", cancel);
+  try {
+    await writeAll(conn, encodeWrapperFrame(FrameType.request, JSON.stringify(request)));
+    if (withStdin) pumpStdin(conn);
+    const reader = new WrapperFrameReader(conn);
+    for (;;) {
+      const frame = await reader.read();
+      if (frame === null) {
+        console.error("termite: the master closed the connection before the job ended");
+        return 255;
+      }
+      switch (frame.type) {
+        case FrameType.stdout:
+          await writeAll(Deno.stdout, frame.payload);
+          break;
+        case FrameType.stderr:
+          await writeAll(Deno.stderr, frame.payload);
+          break;
+        case FrameType.exit: {
+          const exit = decodeJson<WrapperExit>(frame.payload);
+          if (exit.error) console.error(`termite: ${exit.error}`);
+          return exit.code;
+        }
+        default:
+          console.error(`termite: unexpected frame type ${frame.type} from the master`);
+          return 255;
+      }
+    }
+  } catch (err) {
+    console.error(`termite: lost the master: ${err instanceof Error ? err.message : err}`);
+    return 255;
+  } finally {
+    Deno.removeSignalListener("SIGINT", cancel);
+    Deno.removeSignalListener("SIGTERM", cancel);
+    conn.close();
+  }
+}
+
+const SHELL_BUILTINS = new Set(["true", "false", ":", "echo"]);
+
+/**
+ * Shell-wrapper mode (`make SHELL=termite-sh`): `true`, `false`, `:` and plain
+ * `echo` run here; everything else goes to the master as `sh -c script`.
+ * Returns null when the script must go to the master.
+ */
+export function runShellBuiltin(script: string): { code: number; stdout: string } | null {
+  const trimmed = script.trim();
+  // Only plain words: no quoting, expansion, redirection or command lists.
+  if (!/^[A-Za-z0-9_.,:=@%+\/ -]*$/.test(trimmed)) return null;
+  const words = trimmed.split(/ +/).filter((w) => w !== "");
+  const [cmd, ...args] = words;
+  if (cmd === undefined || !SHELL_BUILTINS.has(cmd)) return null;
+  if (cmd === "true" || cmd === ":") return { code: 0, stdout: "" };
+  if (cmd === "false") return { code: 1, stdout: "" };
+  if (args[0] === "-n") return { code: 0, stdout: args.slice(1).join(" ") };
+  if (args[0]?.startsWith("-")) return null;
+  return { code: 0, stdout: args.join(" ") + "\n" };
+}
