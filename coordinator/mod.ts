@@ -1,0 +1,40 @@
+/**
+ * The coordinator role: a registry of live workers with a status page, plus
+ * the client sides used by workers ({@linkcode registerWorker}) and masters
+ * ({@linkcode watchWorkers}).
+ *
+ * @module
+ */
+
+export {
+  type Coordinator,
+  type CoordinatorOptions,
+  MASTERS_MAX_DEFAULT,
+  startCoordinator,
+  WORKER_TIMEOUT_MS_DEFAULT,
+  WORKERS_MAX_DEFAULT,
+} from "./server.ts";
+export {
+  REGISTER_INTERVAL_MS_DEFAULT,
+  registerWorker,
+  type WorkerRegistration,
+  type WorkerRegistrationOptions,
+} from "./registration.ts";
+export { watchWorkers, type WorkerWatch, type WorkerWatchOptions } from "./watch.ts";
+export {
+  ADMIN_ACTIONS,
+  ADMIN_TOKEN_SKEW_S,
+  type AdminAction,
+  adminToken,
+  verifyAdminToken,
+} from "./admin_token.ts";
+export {
+  InvalidWorkerInfoError,
+  type RegisterParams,
+  type RegisterReply,
+  validateRegisterParams,
+  type WorkerInfo,
+  type WorkerList,
+} from "./types.ts";
+export { escapeHtml, renderStatusPage } from "./status_page.ts";
+export { AddressError, parseHostPort } from "./_net.ts";

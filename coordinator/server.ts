@@ -1,0 +1,431 @@
+/**
+ * The coordinator: holds the list of live workers, pushes it to subscribed
+ * masters, and serves a status page whose actions are relayed to workers.
+ *
+ * Workers connect with role "worker" and call "register" every few seconds;
+ * masters connect with role "master", call "subscribe" once and then receive
+ * "workers" notifications. A worker is dropped when its connection closes or
+ * when it has not re-registered within `workerTimeoutMs`.
+ *
+ * @module
+ */
+
+import { listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import {
+  ADMIN_ACTIONS,
+  ADMIN_TOKEN_SKEW_S,
+  type AdminAction,
+  verifyAdminToken,
+} from "./admin_token.ts";
+import { errorMessage } from "./_net.ts";
+import { renderStatusPage } from "./status_page.ts";
+import {
+  type RegisterReply,
+  validateRegisterParams,
+  WORKER_ID_CHARS_MAX,
+  type WorkerInfo,
+  type WorkerList,
+  WORKERS_MAX_DEFAULT,
+} from "./types.ts";
+
+/** Options for {@linkcode startCoordinator}. */
+export interface CoordinatorOptions {
+  /** Interface for the RPC listener (and the status page unless `httpHostname`); default "0.0.0.0". */
+  hostname?: string;
+  /** RPC port, 0 = any; default 0. */
+  port?: number;
+  /** Status page port, 0 = any, undefined = no status page. */
+  httpPort?: number;
+  httpHostname?: string;
+  secret: CryptoKey;
+  /** A worker not heard from in this time is dropped; default 30 000. */
+  workerTimeoutMs?: number;
+  log?: (message: string) => void;
+  /** Clock, epoch ms; injectable for tests. */
+  now?: () => number;
+  /** Most workers listed at once; default 1024. */
+  workersMax?: number;
+  /** Most masters subscribed at once; default 256. */
+  mastersMax?: number;
+  /** Shown on the status page and returned to workers; default "dev". */
+  version?: string;
+  /** Coalesces list changes before pushing them to masters; default 20. */
+  pushDelayMs?: number;
+  /** Time allowed for a worker to answer a relayed action; default 10 000. */
+  relayTimeoutMs?: number;
+}
+
+/** A running coordinator. */
+export interface Coordinator extends AsyncDisposable {
+  readonly port: number;
+  readonly httpPort: number | undefined;
+  /** The live workers, sorted by address. */
+  workers(): WorkerInfo[];
+  close(): Promise<void>;
+}
+
+export const MASTERS_MAX_DEFAULT = 256;
+export const WORKER_TIMEOUT_MS_DEFAULT = 30_000;
+/** Admin tokens remembered to refuse replays. */
+const USED_TOKENS_MAX = 1024;
+const RELAY_TIMEOUT_MS_DEFAULT = 10_000;
+
+interface WorkerEntry {
+  info: WorkerInfo;
+  peer: RpcPeer;
+}
+
+interface Subscriber {
+  sending: boolean;
+  dirty: boolean;
+}
+
+function sameExceptContact(a: WorkerInfo, b: WorkerInfo): boolean {
+  return a.address === b.address && a.hostname === b.hostname && a.slots === b.slots &&
+    a.jobsRunning === b.jobsRunning && a.load === b.load && a.version === b.version &&
+    a.draining === b.draining;
+}
+
+const SECURITY_HEADERS = {
+  "x-content-type-options": "nosniff",
+  "cache-control": "no-store",
+  "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'",
+  "referrer-policy": "no-referrer",
+};
+
+function textResponse(status: number, text: string): Response {
+  return new Response(text + "\n", {
+    status,
+    headers: { ...SECURITY_HEADERS, "content-type": "text/plain; charset=utf-8" },
+  });
+}
+
+function jsonResponse(status: number, value: unknown): Response {
+  return new Response(JSON.stringify(value, null, 2) + "\n", {
+    status,
+    headers: { ...SECURITY_HEADERS, "content-type": "application/json; charset=utf-8" },
+  });
+}
+
+class CoordinatorImpl implements Coordinator {
+  readonly #secret: CryptoKey;
+  readonly #log: (message: string) => void;
+  readonly #now: () => number;
+  readonly #workerTimeoutMs: number;
+  readonly #workersMax: number;
+  readonly #mastersMax: number;
+  readonly #version: string;
+  readonly #pushDelayMs: number;
+  readonly #relayTimeoutMs: number;
+  readonly #workers = new Map<string, WorkerEntry>();
+  readonly #subscribers = new Map<RpcPeer, Subscriber>();
+  readonly #trackedPeers = new WeakSet<RpcPeer>();
+  readonly #usedTokens = new Map<string, number>();
+  #seq = 0;
+  #pushTimer: number | undefined;
+  #sweepTimer: number | undefined;
+  #rpc: RpcServer | undefined;
+  #http: Deno.HttpServer<Deno.NetAddr> | undefined;
+  #closing: Promise<void> | undefined;
+
+  constructor(options: CoordinatorOptions) {
+    this.#secret = options.secret;
+    this.#log = options.log ?? (() => {});
+    this.#now = options.now ?? Date.now;
+    this.#workerTimeoutMs = options.workerTimeoutMs ?? WORKER_TIMEOUT_MS_DEFAULT;
+    this.#workersMax = options.workersMax ?? WORKERS_MAX_DEFAULT;
+    this.#mastersMax = options.mastersMax ?? MASTERS_MAX_DEFAULT;
+    this.#version = options.version ?? "dev";
+    this.#pushDelayMs = options.pushDelayMs ?? 20;
+    this.#relayTimeoutMs = options.relayTimeoutMs ?? RELAY_TIMEOUT_MS_DEFAULT;
+  }
+
+  get port(): number {
+    return this.#rpc!.port;
+  }
+
+  get httpPort(): number | undefined {
+    return this.#http?.addr.port;
+  }
+
+  start(options: CoordinatorOptions): void {
+    const hostname = options.hostname ?? "0.0.0.0";
+    this.#rpc = listen({
+      transport: "tcp",
+      hostname,
+      port: options.port ?? 0,
+      secret: this.#secret,
+      role: "coordinator",
+      handlers: (peer) => this.#handlersFor(peer),
+      log: (m) => this.#log(m),
+      peersMax: this.#workersMax + this.#mastersMax + 16,
+    });
+    const sweepMs = Math.max(10, Math.min(1000, Math.floor(this.#workerTimeoutMs / 4)));
+    this.#sweepTimer = setInterval(() => this.#sweep(), sweepMs);
+    if (options.httpPort !== undefined) {
+      try {
+        this.#http = Deno.serve({
+          hostname: options.httpHostname ?? hostname,
+          port: options.httpPort,
+          onListen: () => {},
+          onError: (error) => {
+            this.#log(`Status page failed: ${errorMessage(error)}`);
+            return textResponse(500, "Internal error");
+          },
+        }, (request) => this.#serveHttp(request));
+      } catch (error) {
+        clearInterval(this.#sweepTimer);
+        void this.#rpc.close();
+        throw error;
+      }
+    }
+    this.#log(
+      `Coordinator listening on port ${this.port}` +
+        (this.httpPort === undefined ? "" : `, status page on port ${this.httpPort}`),
+    );
+  }
+
+  workers(): WorkerInfo[] {
+    return [...this.#workers.values()]
+      .map((e) => ({ ...e.info }))
+      .sort((a, b) => a.address < b.address ? -1 : a.address > b.address ? 1 : 0);
+  }
+
+  #list(): WorkerList {
+    return { seq: this.#seq, workers: this.workers() };
+  }
+
+  #handlersFor(peer: RpcPeer) {
+    switch (peer.peerRole) {
+      case "worker":
+        return { register: (params: unknown) => this.#register(peer, params) };
+      case "master":
+        return {
+          subscribe: () => this.#subscribe(peer),
+          workers: () => this.#list(),
+        };
+      default:
+        return {};
+    }
+  }
+
+  #track(peer: RpcPeer): void {
+    if (this.#trackedPeers.has(peer)) return;
+    this.#trackedPeers.add(peer);
+    const onClosed = () => this.#peerClosed(peer);
+    peer.closed.then(onClosed, onClosed);
+  }
+
+  #register(peer: RpcPeer, params: unknown): RegisterReply {
+    let clean;
+    try {
+      clean = validateRegisterParams(params);
+    } catch (error) {
+      const message = errorMessage(error);
+      this.#log(`Refusing registration from ${peer.remoteAddr}: ${message}`);
+      throw new RpcError("BAD_REQUEST", message, { cause: error });
+    }
+    const existing = this.#workers.get(clean.id);
+    if (existing === undefined && this.#workers.size >= this.#workersMax) {
+      this.#log(`Refusing registration of ${clean.address}: ${this.#workersMax} workers listed`);
+      throw new RpcError(
+        "LIMIT",
+        `Cannot register worker: ${this.#workersMax} workers already listed`,
+      );
+    }
+    this.#track(peer);
+    const info: WorkerInfo = {
+      id: clean.id,
+      address: clean.address,
+      hostname: clean.hostname,
+      slots: clean.slots,
+      jobsRunning: clean.jobsRunning,
+      load: clean.load,
+      version: clean.version,
+      lastContactMs: this.#now(),
+      draining: clean.draining === true || existing?.info.draining === true,
+    };
+    if (existing === undefined) {
+      this.#log(
+        `Worker ${info.id} registered: ${info.address} (${info.hostname}, ${info.slots} slots)`,
+      );
+    } else if (existing.peer !== peer) {
+      this.#log(`Worker ${info.id} re-registered over a new connection from ${peer.remoteAddr}`);
+    }
+    this.#workers.set(info.id, { info, peer });
+    if (existing === undefined || !sameExceptContact(existing.info, info)) this.#changed();
+    return { version: this.#version, draining: info.draining };
+  }
+
+  #subscribe(peer: RpcPeer): WorkerList {
+    if (!this.#subscribers.has(peer)) {
+      if (this.#subscribers.size >= this.#mastersMax) {
+        this.#log(`Refusing subscription from ${peer.remoteAddr}: ${this.#mastersMax} masters`);
+        throw new RpcError(
+          "LIMIT",
+          `Cannot subscribe: ${this.#mastersMax} masters already subscribed`,
+        );
+      }
+      this.#track(peer);
+      this.#subscribers.set(peer, { sending: false, dirty: false });
+      this.#log(`Master ${peer.remoteAddr} subscribed`);
+    }
+    return this.#list();
+  }
+
+  #peerClosed(peer: RpcPeer): void {
+    if (this.#subscribers.delete(peer)) this.#log(`Master ${peer.remoteAddr} left`);
+    let dropped = false;
+    for (const [id, entry] of this.#workers) {
+      if (entry.peer !== peer) continue;
+      this.#workers.delete(id);
+      this.#log(`Worker ${id} dropped: connection closed`);
+      dropped = true;
+    }
+    if (dropped) this.#changed();
+  }
+
+  #sweep(): void {
+    const nowMs = this.#now();
+    let dropped = false;
+    for (const [id, entry] of this.#workers) {
+      if (nowMs - entry.info.lastContactMs <= this.#workerTimeoutMs) continue;
+      this.#workers.delete(id);
+      this.#log(`Worker ${id} dropped: not heard from in ${this.#workerTimeoutMs} ms`);
+      dropped = true;
+      // A worker that stopped registering but keeps its connection is stuck;
+      // closing makes a healthy one reconnect and register afresh.
+      entry.peer.close();
+    }
+    if (dropped) this.#changed();
+  }
+
+  #changed(): void {
+    this.#seq++;
+    if (this.#pushTimer !== undefined || this.#closing !== undefined) return;
+    this.#pushTimer = setTimeout(() => {
+      this.#pushTimer = undefined;
+      for (const [peer, sub] of this.#subscribers) this.#push(peer, sub);
+    }, this.#pushDelayMs);
+  }
+
+  /** Sends the current list to one master, at most one notification in flight. */
+  #push(peer: RpcPeer, sub: Subscriber): void {
+    if (sub.sending) {
+      sub.dirty = true;
+      return;
+    }
+    sub.sending = true;
+    sub.dirty = false;
+    peer.notify("workers", this.#list()).then(
+      () => {
+        sub.sending = false;
+        if (sub.dirty && this.#subscribers.get(peer) === sub) this.#push(peer, sub);
+      },
+      (error) => {
+        sub.sending = false;
+        this.#log(`Cannot push worker list to ${peer.remoteAddr}: ${errorMessage(error)}`);
+        peer.close();
+      },
+    );
+  }
+
+  async #serveHttp(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    const method = request.method;
+    if (url.pathname === "/" || url.pathname === "/status.json") {
+      if (method !== "GET" && method !== "HEAD") return textResponse(405, "Method not allowed");
+      if (url.pathname === "/status.json") {
+        return jsonResponse(200, { workers: this.workers(), version: this.#version });
+      }
+      const html = renderStatusPage(this.workers(), { version: this.#version, nowMs: this.#now() });
+      return new Response(html, {
+        headers: { ...SECURITY_HEADERS, "content-type": "text/html; charset=utf-8" },
+      });
+    }
+    const match = /^\/workers\/([^/]{1,200})\/([a-z]{1,16})$/.exec(url.pathname);
+    if (match === null) return textResponse(404, "Not found");
+    if (method !== "POST") return textResponse(405, "Method not allowed");
+    let id: string;
+    try {
+      id = decodeURIComponent(match[1]);
+    } catch {
+      return textResponse(404, "Not found");
+    }
+    const action = match[2] as AdminAction;
+    if (!ADMIN_ACTIONS.includes(action) || id.length > WORKER_ID_CHARS_MAX) {
+      return textResponse(404, "Not found");
+    }
+    return await this.#serveAction(request, id, action);
+  }
+
+  async #serveAction(request: Request, id: string, action: AdminAction): Promise<Response> {
+    const header = request.headers.get("authorization");
+    const nowS = Math.floor(this.#now() / 1000);
+    const ts = await verifyAdminToken(header, { secret: this.#secret, action, id, nowS });
+    if (ts === undefined) {
+      this.#log(`Refusing ${action} of worker ${JSON.stringify(id)}: bad or stale token`);
+      return textResponse(403, "Forbidden");
+    }
+    for (const [token, expiresS] of this.#usedTokens) {
+      if (expiresS < nowS) this.#usedTokens.delete(token);
+    }
+    if (this.#usedTokens.has(header!)) {
+      this.#log(`Refusing ${action} of worker ${id}: token replayed`);
+      return textResponse(403, "Forbidden");
+    }
+    if (this.#usedTokens.size >= USED_TOKENS_MAX) return textResponse(429, "Too many requests");
+    this.#usedTokens.set(header!, ts + ADMIN_TOKEN_SKEW_S + 1);
+    const entry = this.#workers.get(id);
+    if (entry === undefined) return textResponse(404, "No such worker");
+    this.#log(`Relaying ${action} to worker ${id} (${entry.info.address})`);
+    try {
+      await entry.peer.call(action, {}, { timeoutMs: this.#relayTimeoutMs });
+    } catch (error) {
+      const message = errorMessage(error);
+      this.#log(`Cannot relay ${action} to worker ${id}: ${message}`);
+      return jsonResponse(502, { ok: false, error: `Cannot relay ${action}: ${message}` });
+    }
+    if (action === "drain") {
+      const current = this.#workers.get(id);
+      if (current !== undefined && !current.info.draining) {
+        current.info = { ...current.info, draining: true };
+        this.#changed();
+      }
+    }
+    return jsonResponse(200, { ok: true });
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    clearInterval(this.#sweepTimer);
+    clearTimeout(this.#pushTimer);
+    this.#pushTimer = undefined;
+    const closes: Promise<void>[] = [];
+    if (this.#rpc !== undefined) closes.push(this.#rpc.close());
+    if (this.#http !== undefined) closes.push(this.#http.shutdown());
+    await Promise.all(closes);
+    this.#workers.clear();
+    this.#subscribers.clear();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+export { WORKERS_MAX_DEFAULT };
+
+/**
+ * Starts a coordinator: an RPC listener for workers and masters and, when
+ * `httpPort` is given, a status page.
+ */
+export function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
+  const coordinator = new CoordinatorImpl(options);
+  coordinator.start(options);
+  return Promise.resolve(coordinator);
+}
