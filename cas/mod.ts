@@ -1,0 +1,14 @@
+/**
+ * Content-addressed store: blobs named by their SHA-256, shared by master and worker.
+ *
+ * @module
+ */
+export { CasError, type CasErrorCode } from "./errors.ts";
+export { HASH_CHUNK_BYTES, hashBytes, hashFile, isHash } from "./hash.ts";
+export {
+  type BlobSink,
+  type EnsureOptions,
+  type Fetcher,
+  Store,
+  type StoreOptions,
+} from "./store.ts";
