@@ -1,0 +1,635 @@
+/**
+ * One authenticated connection: calls in both directions, many in flight,
+ * with deadlines, cancellation and streamed chunks.
+ *
+ * @module
+ */
+
+import { errorMessage, FrameError, RpcError } from "./errors.ts";
+import {
+  allocBytesChunkFrame,
+  BYTES_CHUNK_HEADER_BYTES,
+  CHUNK_BYTES,
+  closeQuietly,
+  CODE_LENGTH_MAX,
+  decodeMessage,
+  encodeBytesChunkFrame,
+  encodeFrame,
+  finishBytesChunkFrame,
+  type FrameConn,
+  FrameReader,
+  type Message,
+  MessageType,
+} from "./frame.ts";
+import type { Role } from "./handshake.ts";
+import { FrameWriter } from "./writer.ts";
+
+/** Default deadline of a call. */
+export const CALL_TIMEOUT_MS = 30_000;
+/** Default limit on handlers running for one connection; more get a `LIMIT` error. */
+export const HANDLERS_RUNNING_MAX = 1024;
+/** Default limit on our calls awaiting a reply on one connection. */
+export const CALLS_PENDING_MAX = 65_536;
+/** How long `close()` keeps trying to write frames already queued. */
+export const CLOSE_FLUSH_TIMEOUT_MS = 2000;
+/** Longest error message sent over the wire; longer ones are cut. */
+export const ERROR_MESSAGE_LENGTH_MAX = 16 * 1024;
+
+/** What a handler gets besides its parameters. */
+export interface CallContext {
+  /** Aborted when the caller cancels, the deadline passes, or the connection closes. */
+  readonly signal: AbortSignal;
+  readonly peer: RpcPeer;
+  /**
+   * Streams a chunk (a msgpack value, or a `Uint8Array` of at most
+   * {@link CHUNK_BYTES}, which is copied) to the caller's `onChunk`.
+   * Waits while the connection's send queue is full.
+   * @throws {RpcError} `CANCELLED` or `CLOSED` once the caller is gone.
+   */
+  sendChunk(chunk: unknown): Promise<void>;
+  /** Streams `bytes` in chunks of {@link CHUNK_BYTES}. */
+  sendBytes(bytes: Uint8Array): Promise<void>;
+  /**
+   * Streams a file in chunks of {@link CHUNK_BYTES}; returns the bytes sent.
+   * @throws {RpcError} `ENOENT`, `EACCES`, `EISDIR` if it cannot be opened.
+   */
+  sendFile(path: string): Promise<number>;
+}
+
+/** Serves one method. Throw an `RpcError` to send its code to the caller. */
+// deno-lint-ignore no-explicit-any
+export type Handler = (params: any, ctx: CallContext) => unknown | Promise<unknown>;
+/** Methods by name. */
+export type Handlers = Record<string, Handler>;
+
+/** Options of {@link RpcPeer.call}. */
+export interface CallOptions {
+  /** Aborting rejects the call with `CANCELLED` and cancels it on the peer. */
+  signal?: AbortSignal;
+  /** Deadline; default 30 000. On expiry: `TIMEOUT`, and the call is cancelled on the peer. */
+  timeoutMs?: number;
+  /**
+   * Receives streamed chunks in order. The connection's reader waits for a
+   * returned promise (backpressure), so keep it short. `Uint8Array` chunks
+   * are not copied; they stay valid. If it throws, the call rejects with
+   * that error and is cancelled on the peer.
+   */
+  onChunk?: (chunk: unknown) => void | Promise<void>;
+}
+
+/** Options of the {@link RpcPeer} constructor. */
+export interface RpcPeerOptions {
+  /** An authenticated connection. */
+  conn: FrameConn;
+  /** The handshake's reader (it may hold frames already received). */
+  reader?: FrameReader;
+  peerRole: Role;
+  /** "host:port" or "unix". */
+  remoteAddr: string;
+  handlers?: Handlers;
+  /** Where dropped connections and failed notifications are reported. Default `console.error`. */
+  log?: (message: string) => void;
+  /** Default {@link HANDLERS_RUNNING_MAX}. */
+  handlersRunningMax?: number;
+  /** Default {@link CALLS_PENDING_MAX}. */
+  callsPendingMax?: number;
+}
+
+interface PendingCall {
+  readonly method: string;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: unknown) => void;
+  readonly onChunk: ((chunk: unknown) => void | Promise<void>) | undefined;
+  readonly signal: AbortSignal | undefined;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/**
+ * One end of an authenticated connection. Both ends can call and serve.
+ * Frames are read and written by one loop each; small frames queued
+ * together go out in one write.
+ */
+export class RpcPeer implements AsyncDisposable {
+  /** Authenticated role of the other side. */
+  readonly peerRole: Role;
+  /** "host:port" or "unix". */
+  readonly remoteAddr: string;
+  /** Resolves when the connection is gone; never rejects. */
+  readonly closed: Promise<void>;
+
+  readonly #conn: FrameConn;
+  readonly #reader: FrameReader;
+  readonly #writer: FrameWriter;
+  readonly #log: (message: string) => void;
+  readonly #handlersRunningMax: number;
+  readonly #callsPendingMax: number;
+  #handlers: Handlers;
+  readonly #calls = new Map<number, PendingCall>();
+  /** Running handlers of calls (not notifications), by the caller's id. */
+  readonly #running = new Map<number, Context>();
+  #runningCount = 0;
+  #lastCallId = 0;
+  #closing = false;
+  #connClosed = false;
+  #readDone = false;
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #closingSignal: PromiseWithResolvers<void> = Promise.withResolvers();
+  readonly #closedSignal: PromiseWithResolvers<void> = Promise.withResolvers();
+
+  constructor(options: RpcPeerOptions) {
+    this.#conn = options.conn;
+    this.#reader = options.reader ?? new FrameReader(options.conn);
+    this.peerRole = options.peerRole;
+    this.remoteAddr = options.remoteAddr;
+    this.#handlers = options.handlers ?? {};
+    this.#log = options.log ?? console.error;
+    this.#handlersRunningMax = options.handlersRunningMax ?? HANDLERS_RUNNING_MAX;
+    this.#callsPendingMax = options.callsPendingMax ?? CALLS_PENDING_MAX;
+    this.#writer = new FrameWriter(this.#conn, (error) => {
+      if (!this.#closing) this.#log(`Lost peer ${this.remoteAddr}: ${errorMessage(error)}`);
+      this.#closeConn();
+      this.close();
+    });
+    this.closed = this.#closedSignal.promise;
+    this.#readLoop();
+  }
+
+  /** Replaces the methods this side serves. */
+  setHandlers(handlers: Handlers): void {
+    this.#handlers = handlers;
+  }
+
+  /**
+   * Calls `method` on the peer.
+   * @throws {RpcError} with the handler's code, or `TIMEOUT`, `CANCELLED`,
+   * `CLOSED`, `NO_METHOD`, `LIMIT`, `BAD_REQUEST` (params cannot be encoded).
+   */
+  call<T = unknown>(method: string, params?: unknown, options?: CallOptions): Promise<T> {
+    if (this.#closing) return Promise.reject(this.#closedError());
+    const backpressure = this.#writer.backpressure();
+    if (backpressure !== undefined) {
+      return backpressure.then(() => this.call<T>(method, params, options));
+    }
+    const signal = options?.signal;
+    if (signal?.aborted) return Promise.reject(cancelledError(method, signal.reason));
+    if (this.#calls.size >= this.#callsPendingMax) {
+      return Promise.reject(
+        new RpcError("LIMIT", `Cannot call ${method}: ${this.#calls.size} calls pending`),
+      );
+    }
+    let id = this.#lastCallId;
+    do id = id >= 0xffff_ffff ? 1 : id + 1; while (this.#calls.has(id));
+    this.#lastCallId = id;
+    let frame: Uint8Array;
+    try {
+      frame = encodeFrame([MessageType.REQUEST, id, method, params ?? null]);
+    } catch (error) {
+      const code = error instanceof FrameError ? "LIMIT" : "BAD_REQUEST";
+      return Promise.reject(
+        new RpcError(code, `Cannot send ${method}: ${errorMessage(error)}`, { cause: error }),
+      );
+    }
+    return new Promise<T>((resolve, reject) => {
+      const pending: PendingCall = {
+        method,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+        onChunk: options?.onChunk,
+        signal,
+        timer: undefined,
+        onAbort: undefined,
+      };
+      const timeoutMs = options?.timeoutMs ?? CALL_TIMEOUT_MS;
+      if (Number.isFinite(timeoutMs)) {
+        pending.timer = setTimeout(() => {
+          this.#abandon(
+            id,
+            new RpcError(
+              "TIMEOUT",
+              `Call ${method} to ${this.remoteAddr} timed out after ${timeoutMs} ms`,
+            ),
+          );
+        }, timeoutMs);
+      }
+      if (signal !== undefined) {
+        pending.onAbort = () => this.#abandon(id, cancelledError(method, signal.reason));
+        signal.addEventListener("abort", pending.onAbort, { once: true });
+      }
+      this.#calls.set(id, pending);
+      this.#writer.enqueue(frame);
+    });
+  }
+
+  /**
+   * Sends a one-way message; the peer runs the handler and ignores its
+   * result. Resolves once the message was written to the socket.
+   */
+  async notify(method: string, params?: unknown): Promise<void> {
+    if (this.#closing) throw this.#closedError();
+    const backpressure = this.#writer.backpressure();
+    if (backpressure !== undefined) await backpressure;
+    if (this.#closing) throw this.#closedError();
+    let frame: Uint8Array;
+    try {
+      frame = encodeFrame([MessageType.REQUEST, 0, method, params ?? null]);
+    } catch (error) {
+      const code = error instanceof FrameError ? "LIMIT" : "BAD_REQUEST";
+      throw new RpcError(code, `Cannot send ${method}: ${errorMessage(error)}`, { cause: error });
+    }
+    await this.#writer.written(this.#writer.enqueue(frame));
+  }
+
+  /**
+   * Closes the connection: pending calls reject with `CLOSED`, running
+   * handlers see their signal abort. Frames already queued are still written
+   * (for at most {@link CLOSE_FLUSH_TIMEOUT_MS}). Idempotent.
+   */
+  close(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#closingSignal.resolve();
+    const error = this.#closedError();
+    this.#writer.close(error);
+    for (const [id, pending] of this.#calls) {
+      this.#calls.delete(id);
+      clearPending(pending);
+      pending.reject(error);
+    }
+    for (const [id, ctx] of this.#running) {
+      this.#running.delete(id);
+      ctx.cancel(error);
+    }
+    if (this.#writer.idle) {
+      this.#closeConn();
+    } else {
+      this.#closeTimer = setTimeout(() => this.#closeConn(), CLOSE_FLUSH_TIMEOUT_MS);
+      this.#writer.whenIdle().then(() => this.#closeConn());
+    }
+  }
+
+  /** Closes and waits until the connection is gone. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    await this.closed;
+  }
+
+  #closedError(): RpcError {
+    return new RpcError("CLOSED", `Connection to ${this.remoteAddr} is closed`);
+  }
+
+  #closeConn(): void {
+    clearTimeout(this.#closeTimer);
+    this.#closeTimer = undefined;
+    if (this.#connClosed) return;
+    this.#connClosed = true;
+    closeQuietly(this.#conn);
+    this.#writer.whenIdle().then(() => this.#maybeClosed());
+  }
+
+  #maybeClosed(): void {
+    if (!this.#connClosed || !this.#readDone) return;
+    if (this.#writer.idle) this.#closedSignal.resolve();
+    else this.#writer.whenIdle().then(() => this.#maybeClosed());
+  }
+
+  async #readLoop(): Promise<void> {
+    // Start after the constructor's caller had a chance to set handlers.
+    await undefined;
+    const reader = this.#reader;
+    try {
+      for (;;) {
+        let body: Uint8Array | undefined;
+        while ((body = reader.take()) !== undefined) {
+          if (this.#closing) break;
+          const wait = this.#dispatch(decodeMessage(body));
+          if (wait !== undefined) await wait;
+        }
+        if (!(await reader.fill())) break;
+      }
+    } catch (error) {
+      if (!this.#closing) {
+        const reason = error instanceof FrameError
+          ? `bad frame: ${error.message}`
+          : `read failed: ${errorMessage(error)}`;
+        this.#log(`Dropping peer ${this.remoteAddr} (${this.peerRole}): ${reason}`);
+        this.#closeConn();
+      }
+    } finally {
+      this.close();
+      if (!this.#connClosed) this.#closeConn();
+      this.#readDone = true;
+      this.#maybeClosed();
+    }
+  }
+
+  /** Acts on one message; returns a promise the reader must wait for, if any. */
+  #dispatch(message: Message): Promise<void> | undefined {
+    switch (message[0]) {
+      case MessageType.REQUEST:
+        this.#serve(message[1], message[2], message[3]);
+        return undefined;
+      case MessageType.RESPONSE: {
+        const pending = this.#takeCall(message[1]);
+        pending?.resolve(message[2]);
+        return undefined;
+      }
+      case MessageType.ERROR: {
+        const pending = this.#takeCall(message[1]);
+        pending?.reject(new RpcError(message[2], message[3]));
+        return undefined;
+      }
+      case MessageType.CHUNK:
+        return this.#chunk(message[1], message[2]);
+      case MessageType.CANCEL: {
+        const ctx = this.#running.get(message[1]);
+        if (ctx !== undefined) {
+          this.#running.delete(message[1]);
+          ctx.cancel(new RpcError("CANCELLED", `Call ${ctx.method} was cancelled by the caller`));
+        }
+        return undefined;
+      }
+    }
+  }
+
+  #takeCall(id: number): PendingCall | undefined {
+    const pending = this.#calls.get(id);
+    if (pending === undefined) return undefined; // Timed out or cancelled already.
+    this.#calls.delete(id);
+    clearPending(pending);
+    return pending;
+  }
+
+  /** Stops waiting for call `id`: rejects it and tells the peer. */
+  #abandon(id: number, error: unknown): void {
+    const pending = this.#takeCall(id);
+    if (pending === undefined) return;
+    pending.reject(error);
+    if (!this.#closing) this.#writer.enqueue(encodeFrame([MessageType.CANCEL, id]));
+  }
+
+  #chunk(id: number, chunk: unknown): Promise<void> | undefined {
+    const pending = this.#calls.get(id);
+    if (pending?.onChunk === undefined) return undefined;
+    let result: void | Promise<void>;
+    try {
+      result = pending.onChunk(chunk);
+    } catch (error) {
+      this.#abandon(id, error);
+      return undefined;
+    }
+    if (!(result instanceof Promise)) return undefined;
+    return Promise.race([
+      result.then(undefined, (error) => this.#abandon(id, error)),
+      this.#closingSignal.promise,
+    ]);
+  }
+
+  #serve(id: number, method: string, params: unknown): void {
+    const handler = Object.hasOwn(this.#handlers, method) ? this.#handlers[method] : undefined;
+    if (id !== 0 && this.#running.has(id)) {
+      throw new FrameError(`Duplicate request id ${id}`);
+    }
+    if (typeof handler !== "function") {
+      if (id === 0) this.#log(`Notification from ${this.remoteAddr} for unknown method ${method}`);
+      else this.#reply(errorFrame(id, "NO_METHOD", `No such method: ${method}`));
+      return;
+    }
+    if (this.#runningCount >= this.#handlersRunningMax) {
+      const message =
+        `Too many calls in flight: ${this.#runningCount} (max ${this.#handlersRunningMax})`;
+      if (id === 0) {
+        this.#log(`Dropping notification ${method} from ${this.remoteAddr}: ${message}`);
+      } else this.#reply(errorFrame(id, "LIMIT", message));
+      return;
+    }
+    const ctx = new Context(this, this.#writer, id, method);
+    this.#runningCount++;
+    if (id !== 0) this.#running.set(id, ctx);
+    let result: unknown;
+    try {
+      result = handler(params, ctx);
+    } catch (error) {
+      this.#finish(ctx, false, error);
+      return;
+    }
+    if (result instanceof Promise) {
+      result.then(
+        (value) => this.#finish(ctx, true, value),
+        (error) => this.#finish(ctx, false, error),
+      );
+    } else {
+      this.#finish(ctx, true, result);
+    }
+  }
+
+  #finish(ctx: Context, ok: boolean, value: unknown): void {
+    this.#runningCount--;
+    ctx.done = true;
+    const id = ctx.id;
+    if (id === 0) {
+      if (!ok) {
+        this.#log(
+          `Notification ${ctx.method} from ${this.remoteAddr} failed: ${errorMessage(value)}`,
+        );
+      }
+      return;
+    }
+    if (this.#running.get(id) !== ctx) return; // Cancelled: the caller is not listening.
+    this.#running.delete(id);
+    if (!ok) {
+      const [code, message] = toWireError(value);
+      this.#reply(errorFrame(id, code, message));
+      return;
+    }
+    let frame: Uint8Array;
+    try {
+      frame = encodeFrame([MessageType.RESPONSE, id, value ?? null]);
+    } catch (error) {
+      const code = error instanceof FrameError ? "LIMIT" : "INTERNAL";
+      frame = errorFrame(
+        id,
+        code,
+        `Cannot send the result of ${ctx.method}: ${errorMessage(error)}`,
+      );
+    }
+    this.#reply(frame);
+  }
+
+  #reply(frame: Uint8Array): void {
+    if (this.#closing) return;
+    this.#writer.enqueue(frame);
+  }
+
+  /** For {@link Context}: whether frames can still be sent. */
+  get isClosing(): boolean {
+    return this.#closing;
+  }
+}
+
+/** The context of one running handler. */
+class Context implements CallContext {
+  readonly peer: RpcPeer;
+  readonly id: number;
+  readonly method: string;
+  done = false;
+  readonly #writer: FrameWriter;
+  #controller: AbortController | undefined;
+  #reason: unknown;
+  #cancelled = false;
+
+  constructor(peer: RpcPeer, writer: FrameWriter, id: number, method: string) {
+    this.peer = peer;
+    this.#writer = writer;
+    this.id = id;
+    this.method = method;
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#cancelled) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  cancel(reason: unknown): void {
+    if (this.#cancelled) return;
+    this.#cancelled = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+
+  async sendChunk(chunk: unknown): Promise<void> {
+    this.#check();
+    let frame: Uint8Array;
+    if (chunk instanceof Uint8Array) {
+      if (chunk.length > CHUNK_BYTES) {
+        throw new RpcError("LIMIT", `Chunk too large: ${chunk.length} bytes (max ${CHUNK_BYTES})`);
+      }
+      frame = encodeBytesChunkFrame(this.id, chunk);
+    } else {
+      try {
+        frame = encodeFrame([MessageType.CHUNK, this.id, chunk]);
+      } catch (error) {
+        const code = error instanceof FrameError ? "LIMIT" : "INTERNAL";
+        throw new RpcError(code, `Cannot send chunk: ${errorMessage(error)}`, { cause: error });
+      }
+    }
+    await this.#send(frame);
+  }
+
+  async sendBytes(bytes: Uint8Array): Promise<void> {
+    for (let offset = 0; offset < bytes.length; offset += CHUNK_BYTES) {
+      await this.sendChunk(bytes.subarray(offset, offset + CHUNK_BYTES));
+    }
+  }
+
+  async sendFile(path: string): Promise<number> {
+    this.#check();
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch (error) {
+      throw fileError(path, error);
+    }
+    try {
+      let total = 0;
+      for (;;) {
+        const frame = allocBytesChunkFrame(CHUNK_BYTES);
+        const payload = frame.subarray(BYTES_CHUNK_HEADER_BYTES);
+        let filled = 0;
+        let eof = false;
+        while (filled < CHUNK_BYTES) {
+          let n: number | null;
+          try {
+            n = await file.read(payload.subarray(filled));
+          } catch (error) {
+            throw fileError(path, error);
+          }
+          if (n === null) {
+            eof = true;
+            break;
+          }
+          filled += n;
+        }
+        if (filled > 0) {
+          await this.#send(finishBytesChunkFrame(frame, this.id, filled));
+          total += filled;
+        }
+        if (eof) return total;
+      }
+    } finally {
+      file.close();
+    }
+  }
+
+  async #send(frame: Uint8Array): Promise<void> {
+    this.#check();
+    this.#writer.enqueue(frame);
+    const backpressure = this.#writer.backpressure();
+    if (backpressure !== undefined) {
+      await backpressure;
+      this.#check();
+    }
+  }
+
+  #check(): void {
+    if (this.#cancelled) {
+      throw this.#reason instanceof RpcError
+        ? this.#reason
+        : new RpcError("CANCELLED", `Call ${this.method} was cancelled`);
+    }
+    if (this.peer.isClosing) {
+      throw new RpcError("CLOSED", `Connection to ${this.peer.remoteAddr} is closed`);
+    }
+    if (this.done) throw new RpcError("INTERNAL", `Call ${this.method} has already returned`);
+    if (this.id === 0) throw new RpcError("INTERNAL", "A notification cannot stream chunks");
+  }
+}
+
+function clearPending(pending: PendingCall): void {
+  clearTimeout(pending.timer);
+  if (pending.onAbort !== undefined) pending.signal?.removeEventListener("abort", pending.onAbort);
+}
+
+function cancelledError(method: string, reason: unknown): RpcError {
+  return new RpcError("CANCELLED", `Call ${method} was cancelled: ${errorMessage(reason)}`, {
+    cause: reason,
+  });
+}
+
+function errorFrame(id: number, code: string, message: string): Uint8Array {
+  return encodeFrame([MessageType.ERROR, id, code, message]);
+}
+
+/** The `[code, message]` an error crosses the wire as. */
+export function toWireError(error: unknown): [string, string] {
+  let code = "INTERNAL";
+  let message: string;
+  if (error instanceof RpcError) {
+    code = error.code.slice(0, CODE_LENGTH_MAX);
+    message = error.message;
+  } else {
+    message = errorMessage(error);
+  }
+  if (message.length > ERROR_MESSAGE_LENGTH_MAX) {
+    message = `${message.slice(0, ERROR_MESSAGE_LENGTH_MAX)}…`;
+  }
+  return [code, message];
+}
+
+function fileError(path: string, error: unknown): RpcError {
+  if (error instanceof RpcError) return error;
+  const reason = errorMessage(error);
+  if (error instanceof Deno.errors.NotFound) {
+    return new RpcError("ENOENT", `Cannot read ${path}: no such file`, { cause: error });
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return new RpcError("EACCES", `Cannot read ${path}: permission denied`, { cause: error });
+  }
+  if (error instanceof Deno.errors.IsADirectory) {
+    return new RpcError("EISDIR", `Cannot read ${path}: is a directory`, { cause: error });
+  }
+  return new RpcError("EIO", `Cannot read ${path}: ${reason}`, { cause: error });
+}
