@@ -1,0 +1,80 @@
+/**
+ * RPC methods between master and worker (over one authenticated connection,
+ * opened by the master; both sides serve calls on it).
+ */
+import type { FileAttr, ResultSet } from "./types.ts";
+
+export const VERSION = "0.1.0";
+
+/** Master → worker. */
+export const WorkerMethods = {
+  /** Opens (or reuses) the mirror of this master: `MirrorOpenParams` → `MirrorOpenReply`. */
+  mirrorOpen: "mirror.open",
+  /** Runs a job: `JobParams` → `JobReply`; streams `JobChunk`s. */
+  jobRun: "job.run",
+  /** Notify: stdin bytes for a running job (`JobStdinParams`). */
+  jobStdin: "job.stdin",
+  /** Streams a blob of the worker's store (`{ hash }` → `{ size }`, chunks are bytes). */
+  blobGet: "blob.get",
+  /** Pushes attribute changes outside of a job (`{ updates, reset }`). */
+  attrsPush: "attrs.push",
+} as const;
+
+/** Worker → master. */
+export const MasterMethods = {
+  /** `{ path, withHash }` → `FileAttr`. */
+  fsAttr: "fs.attr",
+  /** `{ path }` → chunks of `FileAttr[]`, reply `{ count }`. */
+  fsDir: "fs.dir",
+  /** `{ hash }` → chunks of bytes, reply `{ size }`. */
+  blobGet: "blob.get",
+} as const;
+
+export interface MirrorOpenParams {
+  masterId: string;
+  writableRoot: string;
+  /** Slots the master would like reserved. */
+  slots: number;
+}
+
+export interface MirrorOpenReply {
+  /** Slots reserved for this master (0 = none free now). */
+  slots: number;
+  workerId: string;
+}
+
+export interface JobParams {
+  jobId: string;
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  /** Whether stdin arrives through `job.stdin` notifications. */
+  stdin: boolean;
+  timeoutMs: number;
+  /** Attribute changes the mirror must apply before the job starts. */
+  updates: FileAttr[];
+  reset: boolean;
+}
+
+/** Streamed during a job: output, or a heartbeat (`{ hb: 1 }`). */
+export type JobChunk = { fd: 1 | 2; data: Uint8Array } | { hb: 1 };
+
+export interface JobReply {
+  exitCode: number;
+  killedBy?: string;
+  reason?: string;
+  resultSet: ResultSet;
+  /** Milliseconds spent: in the sandbox, collecting results. */
+  timings?: Record<string, number>;
+}
+
+export interface JobStdinParams {
+  jobId: string;
+  /** Empty = end of input. */
+  data: Uint8Array;
+}
+
+/** A worker sends a heartbeat chunk this often while a job runs. */
+export const JOB_HEARTBEAT_MS = 5_000;
+/** The master gives up on a job whose worker was silent this long. */
+export const JOB_SILENCE_MS_MAX = 30_000;

@@ -1,0 +1,302 @@
+/**
+ * Applies a worker's result set to the master's tree, all or nothing: the set
+ * is validated whole (every path inside the writable root, no `..`, no escape
+ * through a symlink), every content is fetched and verified into a staging
+ * directory inside the tree, and only then is the tree touched, by renames.
+ */
+import { createHash } from "node:crypto";
+import type { ResultSet } from "../common/types.ts";
+import type { HashCache } from "./hash_cache.ts";
+import { baseName, checkResultPath, isInside, joinPath, parentOf } from "./paths.ts";
+
+export const STAGING_DIR = ".termite-staging";
+
+export class ResultSetError extends Error {
+  override name = "ResultSetError";
+}
+
+export type BlobFetcher = (
+  hash: string,
+  sink: { write(chunk: Uint8Array): Promise<void> },
+) => Promise<void>;
+
+export interface ApplyOptions {
+  writableRoot: string;
+  fetchBlob: BlobFetcher;
+  hashCache: HashCache;
+  entriesMax?: number;
+  bytesMax?: number;
+}
+
+export interface ApplyOutcome {
+  /** Every path created, changed or removed, and their parents. */
+  touched: string[];
+  /** Hashes of the files written. */
+  hashes: Map<string, string>;
+  bytesFetched: number;
+  bytesCopied: number;
+}
+
+const HASH_RE = /^[0-9a-f]{64}$/;
+
+function fail(message: string): never {
+  throw new ResultSetError(`Refusing result set: ${message}`);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Checks the shape and every path of an untrusted result set. */
+export function validateResultSet(
+  raw: unknown,
+  root: string,
+  limits: { entriesMax: number; bytesMax: number },
+): ResultSet {
+  if (!isObject(raw)) fail("not an object");
+  const { deletions, dirs, files, symlinks } = raw;
+  if (
+    !Array.isArray(deletions) || !Array.isArray(dirs) || !Array.isArray(files) ||
+    !Array.isArray(symlinks)
+  ) fail("missing lists");
+  const count = deletions.length + dirs.length + files.length + symlinks.length;
+  if (count > limits.entriesMax) fail(`${count} entries, more than ${limits.entriesMax}`);
+  const checkPath = (p: unknown): string => {
+    const why = checkResultPath(p, root);
+    if (why !== null) fail(`path ${JSON.stringify(p)}: ${why}`);
+    return p as string;
+  };
+  const out: ResultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
+  for (const d of deletions) out.deletions.push(checkPath(d));
+  const created = new Set<string>();
+  const claim = (p: string) => {
+    if (created.has(p)) fail(`path ${p} listed twice`);
+    created.add(p);
+  };
+  for (const d of dirs) {
+    if (!isObject(d) || typeof d.mode !== "number") fail("bad directory entry");
+    const path = checkPath(d.path);
+    claim(path);
+    out.dirs.push({ path, mode: (d.mode as number) & 0o1777 });
+  }
+  let bytes = 0;
+  for (const f of files) {
+    if (!isObject(f)) fail("bad file entry");
+    const path = checkPath(f.path);
+    claim(path);
+    if (typeof f.hash !== "string" || !HASH_RE.test(f.hash)) fail(`bad hash for ${path}`);
+    if (typeof f.size !== "number" || !Number.isSafeInteger(f.size) || f.size < 0) {
+      fail(`bad size for ${path}`);
+    }
+    if (typeof f.mode !== "number") fail(`bad mode for ${path}`);
+    bytes += f.size as number;
+    if (bytes > limits.bytesMax) fail(`more than ${limits.bytesMax} bytes of files`);
+    out.files.push({
+      path,
+      hash: f.hash as string,
+      size: f.size as number,
+      mode: (f.mode as number) & 0o777,
+      mtimeMs: typeof f.mtimeMs === "number" ? f.mtimeMs : 0,
+    });
+  }
+  for (const s of symlinks) {
+    if (!isObject(s) || typeof s.target !== "string" || s.target === "" || s.target.length > 4096) {
+      fail("bad symlink entry");
+    }
+    const path = checkPath(s.path);
+    claim(path);
+    if ((s.target as string).includes("\0")) fail(`bad symlink target for ${path}`);
+    out.symlinks.push({ path, target: s.target as string });
+  }
+  return out;
+}
+
+async function lstatOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.lstat(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
+}
+
+/** Rejects sets that would write through a symlink or over a directory. */
+async function checkAgainstTree(set: ResultSet, root: string): Promise<void> {
+  const deleted = (p: string) => set.deletions.some((d) => isInside(p, d));
+  const newDirs = new Set(set.dirs.map((d) => d.path));
+  const checked = new Map<string, "dir" | "new">();
+  const checkAncestors = async (path: string) => {
+    for (let dir = parentOf(path); dir !== root && isInside(dir, root); dir = parentOf(dir)) {
+      if (checked.has(dir)) continue;
+      if (deleted(dir)) {
+        checked.set(dir, "new");
+        continue;
+      }
+      const info = await lstatOrNull(dir);
+      if (info === null) {
+        checked.set(dir, "new");
+        continue;
+      }
+      if (info.isSymlink) fail(`${path} lies below the symlink ${dir}`);
+      if (!info.isDirectory) fail(`${path} lies below ${dir}, which is not a directory`);
+      checked.set(dir, "dir");
+    }
+  };
+  for (const p of set.deletions) await checkAncestors(p);
+  for (const d of set.dirs) {
+    await checkAncestors(d.path);
+    if (!deleted(d.path)) {
+      const info = await lstatOrNull(d.path);
+      if (info && !info.isDirectory) fail(`directory ${d.path} would replace a non-directory`);
+    }
+  }
+  for (const e of [...set.files, ...set.symlinks]) {
+    await checkAncestors(e.path);
+    if (!deleted(e.path)) {
+      const info = await lstatOrNull(e.path);
+      if (info?.isDirectory) fail(`${e.path} would replace a directory`);
+    }
+    if (newDirs.has(parentOf(e.path)) || deleted(parentOf(e.path))) continue;
+  }
+}
+
+/** Streams a blob into `path`, verifying its hash and size. */
+async function fetchInto(
+  fetchBlob: BlobFetcher,
+  hash: string,
+  size: number,
+  path: string,
+): Promise<void> {
+  const file = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
+  const hasher = createHash("sha256");
+  let bytes = 0;
+  try {
+    await fetchBlob(hash, {
+      async write(chunk: Uint8Array) {
+        bytes += chunk.length;
+        if (bytes > size) throw new ResultSetError(`Blob ${hash} is longer than ${size} bytes`);
+        hasher.update(chunk);
+        let off = 0;
+        while (off < chunk.length) off += await file.write(chunk.subarray(off));
+      },
+    });
+  } finally {
+    file.close();
+  }
+  const actual = hasher.digest("hex");
+  if (actual !== hash || bytes !== size) {
+    throw new ResultSetError(
+      `Blob verification failed: expected ${hash} (${size} bytes), got ${actual} (${bytes} bytes)`,
+    );
+  }
+}
+
+/** Validates, stages and applies a result set; the tree is untouched on error. */
+export async function applyResultSet(raw: unknown, options: ApplyOptions): Promise<ApplyOutcome> {
+  const root = options.writableRoot;
+  const set = validateResultSet(raw, root, {
+    entriesMax: options.entriesMax ?? 100_000,
+    bytesMax: options.bytesMax ?? 16 * 2 ** 30,
+  });
+  await checkAgainstTree(set, root);
+
+  const staging = joinPath(root, `${STAGING_DIR}/${crypto.randomUUID()}`);
+  await Deno.mkdir(staging, { recursive: true, mode: 0o700 });
+  const outcome: ApplyOutcome = {
+    touched: [],
+    hashes: new Map(),
+    bytesFetched: 0,
+    bytesCopied: 0,
+  };
+  try {
+    // 1. Every content, fetched and verified, before the tree is touched.
+    const staged = new Map<string, string>(); // hash → staged file
+    let n = 0;
+    for (const f of set.files) {
+      const tmp = `${staging}/${n++}`;
+      const first = staged.get(f.hash);
+      const local = first ? undefined : options.hashCache.pathOf(f.hash);
+      if (first) {
+        await Deno.copyFile(first, tmp);
+        outcome.bytesCopied += f.size;
+      } else if (local && await copyIfSame(local, f.hash, f.size, tmp, options.hashCache)) {
+        outcome.bytesCopied += f.size;
+      } else {
+        await fetchInto(options.fetchBlob, f.hash, f.size, tmp);
+        outcome.bytesFetched += f.size;
+      }
+      staged.set(f.hash, staged.get(f.hash) ?? tmp);
+      await Deno.chmod(tmp, f.mode);
+    }
+    const links: string[] = [];
+    for (const s of set.symlinks) {
+      const tmp = `${staging}/${n++}`;
+      await Deno.symlink(s.target, tmp);
+      links.push(tmp);
+    }
+
+    // 2. The tree: deletions (deepest first), directories, then renames.
+    const touched = new Set<string>();
+    const touch = (p: string) => {
+      touched.add(p);
+      touched.add(parentOf(p));
+    };
+    const deletions = [...set.deletions].sort((a, b) => b.length - a.length);
+    for (const path of deletions) {
+      await Deno.remove(path, { recursive: true }).catch((err) => {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      });
+      touch(path);
+    }
+    for (const d of set.dirs) {
+      const info = await lstatOrNull(d.path);
+      if (info === null) {
+        await Deno.mkdir(d.path, { recursive: true });
+        touch(d.path);
+      }
+      if (info === null || ((info.mode ?? 0) & 0o7777) !== d.mode) {
+        await Deno.chmod(d.path, d.mode);
+        touch(d.path);
+      }
+    }
+    n = 0;
+    for (const f of set.files) {
+      await Deno.mkdir(parentOf(f.path), { recursive: true });
+      await Deno.rename(`${staging}/${n++}`, f.path);
+      const info = await Deno.lstat(f.path);
+      options.hashCache.record(f.path, info, f.hash);
+      outcome.hashes.set(f.path, f.hash);
+      touch(f.path);
+    }
+    for (let i = 0; i < set.symlinks.length; i++) {
+      const s = set.symlinks[i];
+      await Deno.mkdir(parentOf(s.path), { recursive: true });
+      await Deno.rename(links[i], s.path);
+      touch(s.path);
+    }
+    outcome.touched = [...touched].filter((p) => isInside(p, root) || isInside(root, p));
+    return outcome;
+  } finally {
+    await Deno.remove(staging, { recursive: true }).catch(() => {});
+  }
+}
+
+async function copyIfSame(
+  path: string,
+  hash: string,
+  size: number,
+  dest: string,
+  hashCache: HashCache,
+): Promise<boolean> {
+  try {
+    const info = await Deno.stat(path);
+    if (!info.isFile || info.size !== size || hashCache.lookup(path, info) !== hash) return false;
+    await Deno.copyFile(path, dest);
+    const after = await Deno.stat(path);
+    return after.mtime?.getTime() === info.mtime?.getTime() && after.size === size;
+  } catch {
+    return false;
+  }
+}
+
+export { baseName };

@@ -1,0 +1,256 @@
+/**
+ * What the master shows its workers: attributes and contents of its file
+ * system, under its rules (exclusions by prefix, nothing unreadable to others
+ * anywhere along the path), and the memory of what it served so that changes
+ * can be pushed to the mirrors.
+ */
+import type { FileAttr, FileKind } from "../common/types.ts";
+import type { HashCache } from "./hash_cache.ts";
+import { type Exclusions, joinPath, parentOf } from "./paths.ts";
+
+export interface FileServerOptions {
+  exclusions: Exclusions;
+  hashCache: HashCache;
+  /** Paths never served (the master's socket, its cache directory). */
+  hidden?: string[];
+  /** Children listed per directory at most. */
+  childrenMax?: number;
+  /** Memory of served attributes, in entries. */
+  servedMax?: number;
+}
+
+const OTHERS_READ = 0o004;
+const OTHERS_SEARCH = 0o001;
+
+function kindOf(info: Deno.FileInfo): FileKind | null {
+  if (info.isSymlink) return "symlink";
+  if (info.isDirectory) return "dir";
+  if (info.isFile) return "file";
+  return null;
+}
+
+function absent(path: string): FileAttr {
+  return { path, kind: null, mode: 0, size: 0, mtimeMs: 0 };
+}
+
+/** Whether two attribute records describe the same thing for a mirror. */
+export function sameAttr(a: FileAttr, b: FileAttr): boolean {
+  if (
+    a.kind !== b.kind || a.mode !== b.mode || a.size !== b.size || a.mtimeMs !== b.mtimeMs ||
+    a.target !== b.target
+  ) return false;
+  if (a.hash && b.hash && a.hash !== b.hash) return false;
+  if (a.kind === "dir") {
+    const ac = a.children ?? {}, bc = b.children ?? {};
+    const ak = Object.keys(ac), bk = Object.keys(bc);
+    if (ak.length !== bk.length) return false;
+    for (const k of ak) if (ac[k] !== bc[k]) return false;
+  }
+  return true;
+}
+
+export class FileServer {
+  #exclusions: Exclusions;
+  #hashCache: HashCache;
+  #hidden: Set<string>;
+  #childrenMax: number;
+  #servedMax: number;
+  /** Last attributes served per path (what the mirrors believe). */
+  #served = new Map<string, FileAttr>();
+  /** Directory → whether others may search it (memo for the path check). */
+  #searchable = new Map<string, boolean>();
+  stats = { attrs: 0, dirs: 0, blobs: 0, blobBytes: 0 };
+
+  constructor(options: FileServerOptions) {
+    this.#exclusions = options.exclusions;
+    this.#hashCache = options.hashCache;
+    this.#hidden = new Set(options.hidden ?? []);
+    this.#childrenMax = options.childrenMax ?? 100_000;
+    this.#servedMax = options.servedMax ?? 2_000_000;
+  }
+
+  get hashCache(): HashCache {
+    return this.#hashCache;
+  }
+
+  #visible(path: string): boolean {
+    return !this.#hidden.has(path) && !this.#exclusions.excluded(path);
+  }
+
+  async #ancestorsSearchable(path: string): Promise<boolean> {
+    const dirs: string[] = [];
+    for (let dir = parentOf(path);; dir = parentOf(dir)) {
+      dirs.push(dir);
+      if (dir === "/") break;
+    }
+    for (const dir of dirs) {
+      let ok = this.#searchable.get(dir);
+      if (ok === undefined) {
+        try {
+          const info = await Deno.stat(dir);
+          ok = info.isDirectory && ((info.mode ?? 0) & OTHERS_SEARCH) !== 0;
+        } catch {
+          ok = false;
+        }
+        if (this.#searchable.size > 100_000) this.#searchable.clear();
+        this.#searchable.set(dir, ok);
+      }
+      if (!ok) return false;
+    }
+    return true;
+  }
+
+  /** Forgets memoised permission checks (after a chmod in the tree, say). */
+  forgetPermissions(): void {
+    this.#searchable.clear();
+  }
+
+  #remember(attr: FileAttr): FileAttr {
+    this.#served.delete(attr.path);
+    this.#served.set(attr.path, attr);
+    if (this.#served.size > this.#servedMax) {
+      this.#served.delete(this.#served.keys().next().value!);
+    }
+    return attr;
+  }
+
+  /** Attributes of one path; `withHash` hashes a regular file if needed. */
+  async attr(path: string, options: { withHash?: boolean } = {}): Promise<FileAttr> {
+    this.stats.attrs++;
+    return this.#remember(await this.#attr(path, options.withHash ?? false));
+  }
+
+  async #attr(path: string, withHash: boolean, known?: Deno.FileInfo): Promise<FileAttr> {
+    if (!this.#visible(path)) return absent(path);
+    if (path !== "/" && !await this.#ancestorsSearchable(path)) return absent(path);
+    let info: Deno.FileInfo;
+    try {
+      info = known ?? await Deno.lstat(path);
+    } catch {
+      return absent(path);
+    }
+    const kind = kindOf(info);
+    if (kind === null) return absent(path);
+    const mode = (info.mode ?? 0) & 0o7777;
+    const attr: FileAttr = {
+      path,
+      kind,
+      mode,
+      size: info.size,
+      mtimeMs: info.mtime?.getTime() ?? 0,
+    };
+    if (kind === "file") {
+      if ((mode & OTHERS_READ) === 0) return absent(path);
+      const cached = this.#hashCache.lookup(path, info);
+      if (cached) attr.hash = cached;
+      else if (withHash) {
+        try {
+          attr.hash = await this.#hashCache.hash(path, info);
+        } catch {
+          return absent(path);
+        }
+      }
+    } else if (kind === "symlink") {
+      try {
+        attr.target = await Deno.readLink(path);
+      } catch {
+        return absent(path);
+      }
+    } else {
+      if ((mode & (OTHERS_READ | OTHERS_SEARCH)) !== (OTHERS_READ | OTHERS_SEARCH)) {
+        return { ...attr, children: {} };
+      }
+      const children: Record<string, FileKind> = {};
+      let count = 0;
+      try {
+        for await (const entry of Deno.readDir(path)) {
+          const child = joinPath(path, entry.name);
+          if (!this.#visible(child)) continue;
+          const childKind: FileKind | null = entry.isSymlink
+            ? "symlink"
+            : entry.isDirectory
+            ? "dir"
+            : entry.isFile
+            ? "file"
+            : null;
+          if (childKind === null) continue;
+          children[entry.name] = childKind;
+          if (++count >= this.#childrenMax) break;
+        }
+      } catch {
+        return absent(path);
+      }
+      attr.children = children;
+    }
+    return attr;
+  }
+
+  /** Attributes of every child of a directory (hashes only where cached). */
+  async dir(path: string): Promise<FileAttr[]> {
+    this.stats.dirs++;
+    const self = await this.attr(path);
+    if (self.kind !== "dir") return [];
+    const names = Object.keys(self.children ?? {});
+    const out: FileAttr[] = new Array(names.length);
+    const parallel = 16;
+    let next = 0;
+    const work = async () => {
+      while (next < names.length) {
+        const i = next++;
+        out[i] = this.#remember(await this.#attr(joinPath(path, names[i]), false));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, names.length) }, work));
+    return out;
+  }
+
+  /** Path to read the blob `hash` from, verified to still hold it; null if unknown. */
+  async blobPath(hash: string): Promise<string | null> {
+    const path = this.#hashCache.pathOf(hash);
+    if (!path || !this.#visible(path)) return null;
+    try {
+      const info = await Deno.stat(path);
+      if (!info.isFile || ((info.mode ?? 0) & OTHERS_READ) === 0) return null;
+      if (!await this.#ancestorsSearchable(path)) return null;
+      const now = await this.#hashCache.hash(path, info);
+      return now === hash ? path : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Whether mirrors may hold attributes of `path`. */
+  wasServed(path: string): boolean {
+    return this.#served.has(path);
+  }
+
+  /** Served paths inside `root`. */
+  servedUnder(root: string): string[] {
+    const out: string[] = [];
+    const prefix = root === "/" ? "/" : root + "/";
+    for (const path of this.#served.keys()) {
+      if (path === root || path.startsWith(prefix)) out.push(path);
+    }
+    return out;
+  }
+
+  /**
+   * Re-reads the given paths and returns the attributes that differ from what
+   * was served (only for paths the mirrors may hold).
+   */
+  async refresh(paths: Iterable<string>, known?: Map<string, string>): Promise<FileAttr[]> {
+    const changed: FileAttr[] = [];
+    for (const path of new Set(paths)) {
+      const before = this.#served.get(path);
+      if (!before) continue;
+      const after = await this.#attr(path, false);
+      const hash = known?.get(path);
+      if (hash && after.kind === "file") after.hash = hash;
+      if (!sameAttr(before, after) || (after.hash && before.hash !== after.hash)) {
+        this.#remember(after);
+        changed.push(after);
+      }
+    }
+    return changed;
+  }
+}

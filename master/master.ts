@@ -1,0 +1,514 @@
+/**
+ * The master: serves its files to the workers' mirrors, runs each wrapper
+ * request on a worker (or locally, by rule or as a last resort), applies the
+ * results to its tree atomically and pushes the changes to every mirror.
+ */
+import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
+import type { FileAttr } from "../common/types.ts";
+import {
+  JOB_SILENCE_MS_MAX,
+  type JobChunk,
+  type JobParams,
+  type JobReply,
+  MasterMethods,
+  WorkerMethods,
+} from "../common/protocol.ts";
+import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
+import { isHash } from "../cas/mod.ts";
+import { applyResultSet, ResultSetError, STAGING_DIR } from "./apply.ts";
+import { ChangeLog } from "./change_log.ts";
+import { FileServer } from "./file_server.ts";
+import { HashCache } from "./hash_cache.ts";
+import { LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
+import { DEFAULT_EXCLUSIONS, Exclusions, isInside, normalizeAbsolute, parentOf } from "./paths.ts";
+import { StdinBuffer } from "./stdin_buffer.ts";
+import { type PooledWorker, WorkerPool } from "./worker_pool.ts";
+
+export interface MasterOptions {
+  /** The writable root: the build tree. */
+  root: string;
+  secret: CryptoKey;
+  /** Coordinator "host:port"; none = every job runs locally. */
+  coordinator?: string;
+  /** Slots wanted per worker. */
+  jobs?: number;
+  /** Path prefixes never served (defaults: /proc, /sys, /dev, /run, /tmp, ...). */
+  exclusions?: string[];
+  /** Where the hash cache lives. */
+  cacheDir: string;
+  /** Other workers tried after a failure before running locally. */
+  retries?: number;
+  jobTimeoutMs?: number;
+  /** Run a job locally when no worker can. */
+  localFallback?: boolean;
+  /** Local jobs (fallback) at once. */
+  localJobsMax?: number;
+  /** Wait this long for a busy worker's slot before running locally. */
+  slotWaitMs?: number;
+  /** Wait this long for the first worker list at start. */
+  startWaitMs?: number;
+  log?: (message: string) => void;
+}
+
+export interface JobIo {
+  stdout(bytes: Uint8Array): Promise<void>;
+  stderr(bytes: Uint8Array): Promise<void>;
+  stdin: StdinBuffer | null;
+  signal: AbortSignal;
+}
+
+export interface JobRequest {
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  shell?: boolean;
+}
+
+export interface MasterStats {
+  jobs: number;
+  jobsRemote: number;
+  jobsLocal: number;
+  jobsBuiltin: number;
+  jobsFailed: number;
+  jobsRunning: number;
+  retries: number;
+  bytesServed: number;
+  bytesReceived: number;
+  perWorker: Record<string, { done: number; failed: number }>;
+}
+
+class Semaphore {
+  #free: number;
+  #queue: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async acquire(): Promise<void> {
+    if (this.#free > 0) {
+      this.#free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.#queue.push(resolve));
+  }
+  release(): void {
+    const next = this.#queue.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}
+
+const CHUNK_ATTRS = 512;
+
+export class Master implements AsyncDisposable {
+  readonly root: string;
+  readonly masterId = crypto.randomUUID();
+  readonly stats: MasterStats = {
+    jobs: 0,
+    jobsRemote: 0,
+    jobsLocal: 0,
+    jobsBuiltin: 0,
+    jobsFailed: 0,
+    jobsRunning: 0,
+    retries: 0,
+    bytesServed: 0,
+    bytesReceived: 0,
+    perWorker: {},
+  };
+  #options: MasterOptions;
+  #log: (message: string) => void;
+  #hashCache: HashCache;
+  #files: FileServer;
+  #changes = new ChangeLog();
+  #pool: WorkerPool | null = null;
+  #watch: WorkerWatch | null = null;
+  #fsWatcher: Deno.FsWatcher | null = null;
+  #watching: Promise<void> | null = null;
+  #dirty = new Set<string>();
+  #rules: LocalRules;
+  #localSlots: Semaphore;
+  #closed = false;
+  #jobSeq = 0;
+
+  private constructor(
+    options: MasterOptions,
+    hashCache: HashCache,
+    rules: LocalRules,
+  ) {
+    this.#options = options;
+    this.root = options.root;
+    this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
+    this.#hashCache = hashCache;
+    this.#rules = rules;
+    this.#localSlots = new Semaphore(options.localJobsMax ?? navigator.hardwareConcurrency);
+    const hidden = [`${this.root}/${STAGING_DIR}`, options.cacheDir];
+    this.#files = new FileServer({
+      exclusions: new Exclusions(options.exclusions ?? DEFAULT_EXCLUSIONS, this.root),
+      hashCache,
+      hidden,
+    });
+  }
+
+  static async start(options: MasterOptions): Promise<Master> {
+    const root = normalizeAbsolute(options.root);
+    if (root === null) throw new Error(`Cannot use root ${options.root}: not an absolute path`);
+    const real = await Deno.realPath(root);
+    if (real !== root) {
+      throw new Error(`Cannot use root ${root}: it resolves to ${real}; start in ${real} instead`);
+    }
+    await Deno.mkdir(options.cacheDir, { recursive: true, mode: 0o700 });
+    const rootKey = Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(root))),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("").slice(0, 16);
+    const hashCache = await HashCache.open({ file: `${options.cacheDir}/hashes-${rootKey}.json` });
+    const rules = await LocalRules.load(root);
+    const master = new Master({ ...options, root }, hashCache, rules);
+    await Deno.remove(`${root}/${STAGING_DIR}`, { recursive: true }).catch(() => {});
+    master.#startWatchingTree();
+    if (options.coordinator) await master.#startPool(options.coordinator);
+    return master;
+  }
+
+  get changeLog(): ChangeLog {
+    return this.#changes;
+  }
+
+  get workers(): PooledWorker[] {
+    return this.#pool?.workers ?? [];
+  }
+
+  get fileServer(): FileServer {
+    return this.#files;
+  }
+
+  /** What the workers may call on a connection. */
+  #handlers(): Handlers {
+    const files = this.#files;
+    const path = (p: unknown): string => {
+      const normal = typeof p === "string" ? normalizeAbsolute(p) : null;
+      if (normal === null) throw new RpcError("BAD_REQUEST", `Bad path: ${String(p)}`);
+      return normal;
+    };
+    return {
+      [MasterMethods.fsAttr]: (params: { path: unknown; withHash?: unknown }) =>
+        files.attr(path(params?.path), { withHash: params?.withHash === true }),
+      [MasterMethods.fsDir]: async (params: { path: unknown }, ctx: CallContext) => {
+        const attrs = await files.dir(path(params?.path));
+        for (let i = 0; i < attrs.length; i += CHUNK_ATTRS) {
+          await ctx.sendChunk(attrs.slice(i, i + CHUNK_ATTRS));
+        }
+        return { count: attrs.length };
+      },
+      [MasterMethods.blobGet]: async (params: { hash: unknown }, ctx: CallContext) => {
+        const hash = params?.hash;
+        if (typeof hash !== "string" || !isHash(hash)) {
+          throw new RpcError("BAD_REQUEST", `Bad hash: ${String(hash)}`);
+        }
+        const file = await files.blobPath(hash);
+        if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
+        const size = await ctx.sendFile(file);
+        this.stats.bytesServed += size;
+        files.stats.blobs++;
+        files.stats.blobBytes += size;
+        return { size };
+      },
+    };
+  }
+
+  async #startPool(coordinator: string): Promise<void> {
+    this.#pool = new WorkerPool({
+      secret: this.#options.secret,
+      masterId: this.masterId,
+      writableRoot: this.root,
+      slotsPerWorker: this.#options.jobs ?? 4,
+      handlers: this.#handlers(),
+      log: this.#log,
+    });
+    const pool = this.#pool;
+    this.#watch = watchWorkers({
+      coordinator,
+      secret: this.#options.secret,
+      onChange: (workers) => pool.update(workers),
+      log: this.#log,
+    });
+    // Commands arriving before the first list must not fail with "no workers".
+    const wait = this.#options.startWaitMs ?? 3_000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#watch.ready,
+      new Promise((resolve) => timer = setTimeout(resolve, wait)),
+    ]);
+    clearTimeout(timer);
+  }
+
+  #startWatchingTree(): void {
+    try {
+      this.#fsWatcher = Deno.watchFs(this.root, { recursive: true });
+    } catch (err) {
+      this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
+      return;
+    }
+    const staging = `${this.root}/${STAGING_DIR}`;
+    const watcher = this.#fsWatcher;
+    this.#watching = (async () => {
+      try {
+        for await (const event of watcher) {
+          for (const p of event.paths) {
+            if (isInside(p, staging) || this.#dirty.size > 100_000) continue;
+            this.#dirty.add(p);
+          }
+        }
+      } catch {
+        // Closed.
+      }
+    })();
+  }
+
+  /** Re-reads paths that changed since they were served and logs the changes. */
+  async #flushChanges(extra: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
+    const paths = new Set<string>(extra);
+    for (const p of this.#dirty) {
+      paths.add(p);
+      paths.add(parentOf(p));
+    }
+    this.#dirty.clear();
+    if (paths.size === 0) return;
+    const changed = await this.#files.refresh(paths, known);
+    if (changed.length > 0) this.#changes.push(changed);
+  }
+
+  /** Runs one wrapper request; resolves with the exit status. */
+  async run(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
+    this.stats.jobs++;
+    this.stats.jobsRunning++;
+    try {
+      return await this.#run(request, io);
+    } finally {
+      this.stats.jobsRunning--;
+    }
+  }
+
+  async #run(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
+    const builtin = parseBuiltin(request.argv, request.cwd, this.root);
+    if (builtin) {
+      this.stats.jobsBuiltin++;
+      const { code, stderr } = await runBuiltin(builtin);
+      if (stderr) await io.stderr(new TextEncoder().encode(stderr));
+      await this.#flushChanges(builtin.paths.flatMap((p) => [p, parentOf(p)]));
+      return { code };
+    }
+    const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
+    const rule = this.#rules.match(commandLine);
+    if (rule?.local) return await this.#runLocal(request, io, !rule.skipRefresh, false);
+
+    const tried = new Set<string>();
+    const retries = this.#options.retries ?? 2;
+    for (let attempt = 0; attempt <= retries && this.#pool; attempt++) {
+      const worker = await this.#pool.acquire(tried, this.#options.slotWaitMs ?? 120_000);
+      if (worker === null) break;
+      tried.add(worker.id);
+      if (attempt > 0) this.stats.retries++;
+      try {
+        const code = await this.#runOn(worker, request, io);
+        this.stats.jobsRemote++;
+        worker.jobsDone++;
+        this.#workerStats(worker).done++;
+        return { code };
+      } catch (err) {
+        if (io.signal.aborted) return { code: 130, error: "cancelled" };
+        worker.jobsFailed++;
+        this.#workerStats(worker).failed++;
+        this.#log(`job ${request.argv[0]} failed on ${worker.address}: ${(err as Error).message}`);
+        if (err instanceof ResultSetError || !(err instanceof RpcError)) {
+          this.#pool.fail(worker, (err as Error).message);
+        }
+      } finally {
+        this.#pool?.release(worker);
+      }
+    }
+    if (this.#options.localFallback === false) {
+      this.stats.jobsFailed++;
+      return { code: 255, error: `no worker could run ${request.argv[0]} (local fallback is off)` };
+    }
+    await this.#localSlots.acquire();
+    try {
+      return await this.#runLocal(request, io, true, true);
+    } finally {
+      this.#localSlots.release();
+    }
+  }
+
+  #workerStats(worker: PooledWorker) {
+    return this.stats.perWorker[worker.address] ??= { done: 0, failed: 0 };
+  }
+
+  async #runOn(worker: PooledWorker, request: JobRequest, io: JobIo): Promise<number> {
+    await this.#flushChanges();
+    const { updates, reset, cursor } = this.#changes.since(worker.cursor);
+    const jobId = `${this.masterId}-${++this.#jobSeq}`;
+    const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
+    const params: JobParams = {
+      jobId,
+      argv: request.argv,
+      cwd: request.cwd,
+      env: request.env,
+      stdin: io.stdin !== null,
+      timeoutMs,
+      updates,
+      reset,
+    };
+    // A worker that falls silent (no output, no heartbeat) is given up on.
+    const silence = new AbortController();
+    let silenceTimer = setTimeout(() => silence.abort(), JOB_SILENCE_MS_MAX);
+    const heard = () => {
+      clearTimeout(silenceTimer);
+      silenceTimer = setTimeout(() => silence.abort(), JOB_SILENCE_MS_MAX);
+    };
+    const unfollow = io.stdin?.follow((data) => {
+      worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
+    });
+    let reply: JobReply;
+    try {
+      reply = await worker.peer.call<JobReply>(WorkerMethods.jobRun, params, {
+        timeoutMs: timeoutMs + 60_000,
+        signal: AbortSignal.any([io.signal, silence.signal]),
+        onChunk: async (chunk) => {
+          heard();
+          const c = chunk as JobChunk;
+          if ("fd" in c && c.data instanceof Uint8Array) {
+            await (c.fd === 1 ? io.stdout(c.data) : io.stderr(c.data));
+          }
+        },
+      });
+    } catch (err) {
+      if (silence.signal.aborted && !io.signal.aborted) {
+        throw new RpcError(
+          "TIMEOUT",
+          `worker ${worker.address} silent for ${JOB_SILENCE_MS_MAX} ms`,
+        );
+      }
+      throw err;
+    } finally {
+      clearTimeout(silenceTimer);
+      unfollow?.();
+    }
+    worker.cursor = cursor;
+    const outcome = await applyResultSet(reply.resultSet, {
+      writableRoot: this.root,
+      hashCache: this.#hashCache,
+      fetchBlob: async (hash, sink) => {
+        await worker.peer.call(WorkerMethods.blobGet, { hash }, {
+          timeoutMs: 120_000,
+          signal: io.signal,
+          onChunk: (chunk) => {
+            if (!(chunk instanceof Uint8Array)) throw new ResultSetError("Blob chunk is not bytes");
+            return sink.write(chunk);
+          },
+        });
+      },
+    });
+    this.stats.bytesReceived += outcome.bytesFetched;
+    await this.#flushChanges(outcome.touched, outcome.hashes);
+    if (reply.killedBy) {
+      const why = reply.reason ?? reply.killedBy;
+      await io.stderr(
+        new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
+      );
+    }
+    return reply.exitCode;
+  }
+
+  async #runLocal(
+    request: JobRequest,
+    io: JobIo,
+    refresh: boolean,
+    fallback: boolean,
+  ): Promise<{ code: number; error?: string }> {
+    this.stats.jobsLocal++;
+    if (fallback) this.#log(`running locally: ${request.argv.join(" ").slice(0, 200)}`);
+    const [cmd, ...args] = request.argv;
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(cmd, {
+        args,
+        cwd: request.cwd,
+        env: request.env,
+        clearEnv: true,
+        stdin: io.stdin ? "piped" : "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (err) {
+      const message = err instanceof Deno.errors.NotFound
+        ? `${cmd}: command not found\n`
+        : `${cmd}: ${(err as Error).message}\n`;
+      await io.stderr(new TextEncoder().encode(message));
+      return { code: err instanceof Deno.errors.NotFound ? 127 : 126 };
+    }
+    const kill = () => {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // Already gone.
+      }
+    };
+    io.signal.addEventListener("abort", kill);
+    let unfollow: (() => void) | undefined;
+    if (io.stdin) {
+      const writer = child.stdin.getWriter();
+      let chain = Promise.resolve();
+      unfollow = io.stdin.follow((chunk) => {
+        chain = chain.then(() => chunk.length === 0 ? writer.close() : writer.write(chunk))
+          .catch(() => {});
+      });
+    }
+    const pump = async (
+      stream: ReadableStream<Uint8Array>,
+      out: (b: Uint8Array) => Promise<void>,
+    ) => {
+      for await (const chunk of stream) await out(chunk);
+    };
+    try {
+      const [status] = await Promise.all([
+        child.status,
+        pump(child.stdout, io.stdout),
+        pump(child.stderr, io.stderr),
+      ]);
+      return { code: status.code };
+    } finally {
+      unfollow?.();
+      io.signal.removeEventListener("abort", kill);
+      if (refresh) await this.#flushChanges(this.#files.servedUnder(this.root));
+    }
+  }
+
+  /** Pushes every pending change to the workers now (normally sent with the next job). */
+  async pushChanges(): Promise<void> {
+    await this.#flushChanges();
+    for (const worker of this.workers) {
+      const { updates, reset, cursor } = this.#changes.since(worker.cursor);
+      if (updates.length === 0 && !reset) continue;
+      await worker.peer.call(WorkerMethods.attrsPush, { updates, reset }, { timeoutMs: 30_000 });
+      worker.cursor = cursor;
+    }
+  }
+
+  /** Attributes the mirrors hold that changed: for tests and the status page. */
+  changesSince(cursor: number): FileAttr[] {
+    return this.#changes.since(cursor).updates;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#fsWatcher?.close();
+    await this.#watching;
+    await this.#watch?.close();
+    await this.#pool?.close();
+    await this.#hashCache.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

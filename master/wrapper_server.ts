@@ -1,0 +1,205 @@
+/**
+ * The master's unix socket (mode 0700) where wrappers hand in commands.
+ */
+import {
+  decodeJson,
+  encodeWrapperFrame,
+  FrameType,
+  WRAPPER_PROTOCOL_VERSION,
+  type WrapperExit,
+  WrapperFrameReader,
+  type WrapperRequest,
+  writeAll,
+} from "../wrapper/protocol.ts";
+import type { JobRequest, Master } from "./master.ts";
+import { StdinBuffer } from "./stdin_buffer.ts";
+
+export interface WrapperServerOptions {
+  path: string;
+  master: Master;
+  log: (message: string) => void;
+  /** Wrapper connections at once. */
+  connectionsMax?: number;
+}
+
+export class WrapperServerError extends Error {
+  override name = "WrapperServerError";
+}
+
+function validRequest(raw: unknown): JobRequest | string {
+  const r = raw as WrapperRequest;
+  if (typeof r !== "object" || r === null) return "request is not an object";
+  if (r.version !== WRAPPER_PROTOCOL_VERSION) {
+    return `wrapper protocol version mismatch: master speaks ${WRAPPER_PROTOCOL_VERSION}, wrapper speaks ${r.version}`;
+  }
+  if (!Array.isArray(r.argv) || r.argv.length === 0 || r.argv.some((a) => typeof a !== "string")) {
+    return "bad argv";
+  }
+  if (typeof r.cwd !== "string" || !r.cwd.startsWith("/")) return "bad cwd";
+  if (typeof r.env !== "object" || r.env === null) return "bad env";
+  for (const v of Object.values(r.env)) if (typeof v !== "string") return "bad env";
+  return { argv: r.argv, cwd: r.cwd, env: r.env, shell: r.shell === true };
+}
+
+/** Removes a stale socket file, or fails if a master is listening on it. */
+async function claimSocket(path: string): Promise<void> {
+  try {
+    const info = await Deno.lstat(path);
+    if (!info.isSocket) throw new WrapperServerError(`Cannot listen on ${path}: not a socket`);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return;
+    throw err;
+  }
+  try {
+    const conn = await Deno.connect({ transport: "unix", path });
+    conn.close();
+    throw new WrapperServerError(`Cannot listen on ${path}: another master is running there`);
+  } catch (err) {
+    if (err instanceof WrapperServerError) throw err;
+    await Deno.remove(path); // Stale: nobody listens.
+  }
+}
+
+export class WrapperServer implements AsyncDisposable {
+  #listener: Deno.Listener<Deno.UnixConn>;
+  #options: WrapperServerOptions;
+  #conns = new Set<Deno.UnixConn>();
+  #handling = new Set<Promise<void>>();
+  #accepting: Promise<void>;
+
+  private constructor(listener: Deno.Listener<Deno.UnixConn>, options: WrapperServerOptions) {
+    this.#listener = listener;
+    this.#options = options;
+    this.#accepting = this.#accept();
+  }
+
+  static async listen(options: WrapperServerOptions): Promise<WrapperServer> {
+    await claimSocket(options.path);
+    const listener = Deno.listen({ transport: "unix", path: options.path });
+    await Deno.chmod(options.path, 0o700);
+    return new WrapperServer(listener, options);
+  }
+
+  async #accept(): Promise<void> {
+    try {
+      for await (const conn of this.#listener) {
+        if (this.#conns.size >= (this.#options.connectionsMax ?? 4096)) {
+          conn.close();
+          continue;
+        }
+        this.#conns.add(conn);
+        const p = this.#handle(conn).catch((err) => {
+          this.#options.log(`wrapper connection: ${(err as Error).message}`);
+        }).finally(() => {
+          this.#conns.delete(conn);
+          this.#handling.delete(p);
+          try {
+            conn.close();
+          } catch {
+            // Already closed.
+          }
+        });
+        this.#handling.add(p);
+      }
+    } catch {
+      // Listener closed.
+    }
+  }
+
+  async #handle(conn: Deno.UnixConn): Promise<void> {
+    const reader = new WrapperFrameReader(conn);
+    const first = await reader.read();
+    if (first === null) return;
+    const send = async (type: number, payload: Uint8Array | string) => {
+      for (let off = 0; off < payload.length || off === 0; off += 512 * 1024) {
+        const part = typeof payload === "string"
+          ? payload
+          : payload.subarray(off, off + 512 * 1024);
+        await writeAll(conn, encodeWrapperFrame(type, part));
+        if (typeof payload === "string") break;
+      }
+    };
+    const exit = (e: WrapperExit) => send(FrameType.exit, JSON.stringify(e));
+    if (first.type !== FrameType.request) {
+      await exit({ code: 255, error: "protocol error: expected a request" });
+      return;
+    }
+    let request: JobRequest | string;
+    try {
+      request = validRequest(decodeJson(first.payload));
+    } catch {
+      request = "request is not JSON";
+    }
+    if (typeof request === "string") {
+      await exit({ code: 255, error: `bad request: ${request}` });
+      return;
+    }
+    const wantsStdin = (decodeJson<WrapperRequest>(first.payload)).stdin === true;
+    const stdin = wantsStdin ? new StdinBuffer() : null;
+    const cancel = new AbortController();
+    // Read stdin and cancel frames while the job runs; a vanished wrapper cancels.
+    const reading = (async () => {
+      try {
+        for (;;) {
+          const frame = await reader.read();
+          if (frame === null) break;
+          if (frame.type === FrameType.cancel) cancel.abort();
+          else if (frame.type === FrameType.stdin && stdin) {
+            if (!stdin.push(frame.payload)) {
+              cancel.abort();
+              break;
+            }
+          } else break;
+        }
+      } catch {
+        // Connection broken.
+      }
+      if (stdin && !stdin.ended) stdin.push(new Uint8Array());
+      cancel.abort();
+    })();
+    let result: { code: number; error?: string };
+    try {
+      result = await this.#options.master.run(request, {
+        stdout: (b) => send(FrameType.stdout, b),
+        stderr: (b) => send(FrameType.stderr, b),
+        stdin,
+        signal: cancel.signal,
+      });
+    } catch (err) {
+      result = { code: 255, error: `master failed: ${(err as Error).message}` };
+    }
+    try {
+      await exit(result);
+    } finally {
+      cancel.abort();
+      try {
+        conn.closeWrite();
+      } catch {
+        // Gone.
+      }
+      await reading;
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+    await this.#accepting;
+    for (const conn of this.#conns) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await Promise.allSettled([...this.#handling]);
+    await Deno.remove(this.#options.path).catch(() => {});
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
