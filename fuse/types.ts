@@ -30,9 +30,18 @@ export interface Attr {
   uid: number;
   gid: number;
   size: number;
+  /** Times in ms since the epoch (fractions allowed). */
   mtimeMs: number;
   ctimeMs?: number;
   atimeMs?: number;
+  /**
+   * The exact nanoseconds part (0..999999999) of a time, when known: then the
+   * seconds are taken from the `*Ms` value and the nanoseconds from here, so
+   * that times survive the trip through a double exactly.
+   */
+  mtimeNsec?: number;
+  ctimeNsec?: number;
+  atimeNsec?: number;
   rdev?: number;
   blksize?: number;
   /** 512-byte blocks; `ceil(size / 512)` when absent. */
@@ -264,16 +273,17 @@ export interface MountedSession extends AsyncDisposable {
   readonly stats: Readonly<FuseStats>;
   /**
    * Drop the kernel's cached entry `name` in `parent` (positive or negative).
-   * Returns 0 or a negative errno (-ENOENT when the kernel did not cache it).
-   * Must not be called from inside a handler for a request on the same name.
+   * Resolves to 0 or a negative errno (-ENOENT when the kernel did not cache it).
+   * Runs on a helper thread: the kernel may wait for a request on the same
+   * directory to be answered first, which the JS thread stays free to do.
    */
-  notifyInvalEntry(parent: bigint, name: string): number;
+  notifyInvalEntry(parent: bigint, name: string): Promise<number>;
   /**
    * Drop cached attributes of `ino` and its cached data in
-   * [offset, offset + length) (length 0 = to the end; offset -1 = attributes only).
-   * Returns 0 or a negative errno.
+   * [offset, offset + length) (length 0 = to the end; offset -1 = attributes
+   * only). Resolves to 0 or a negative errno. Runs on a helper thread too.
    */
-  notifyInvalInode(ino: bigint, offset?: number, length?: number): number;
+  notifyInvalInode(ino: bigint, offset?: number, length?: number): Promise<number>;
   /** Close the session on SIGINT/SIGTERM (listeners removed on close). */
   closeOnSignals(signals?: readonly Deno.Signal[]): void;
   /**
