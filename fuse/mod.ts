@@ -39,3 +39,4 @@ export {
   S_IFREG,
   S_IFSOCK,
 } from "./structs.ts";
+export { LoopbackError, LoopbackFs, type LoopbackOptions } from "./loopback.ts";

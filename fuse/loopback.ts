@@ -1,0 +1,381 @@
+/**
+ * A read-only mirror of a local directory: the first file system on the node
+ * API, and the reference the C mirror in `bench/fuse_c/mirror.c` copies.
+ *
+ * Node ids are assigned per (st_dev, st_ino) of the source and mapped to a
+ * path; `stat` shows the source's own inode numbers. File contents are sent by
+ * libfuse straight from the source file's descriptor (`FdSlice`), never
+ * through JavaScript. The mirror never touches its own mount point: an entry
+ * that leads to it is hidden, and a source directory inside the mount is
+ * refused at mount time.
+ *
+ * @module
+ */
+
+import { EBADF, ENAMETOOLONG, ENOENT, EROFS, ESTALE } from "./errno.ts";
+import { type Libc, openLibc } from "./libc.ts";
+import {
+  AT_FDCWD,
+  AT_SYMLINK_NOFOLLOW,
+  decodeStat,
+  decodeStatvfs,
+  DIRENT64_INO,
+  DIRENT64_NAME,
+  DIRENT64_RECLEN,
+  DIRENT64_TYPE,
+  O_ACCMODE,
+  O_CLOEXEC,
+  O_DIRECTORY,
+  O_NOFOLLOW,
+  O_RDONLY,
+  STAT_SIZE,
+  type StatResult,
+  STATVFS_SIZE,
+} from "./structs.ts";
+import type {
+  AttrReply,
+  ConnInfo,
+  DirEntry,
+  DirEntryPlus,
+  Entry,
+  Errno,
+  FdSlice,
+  FileSystem,
+  OpenDirReply,
+  OpenReply,
+  StatFs,
+} from "./types.ts";
+
+/** Options of {@link LoopbackFs}. */
+export interface LoopbackOptions {
+  /** How long the kernel may cache a name → inode answer (default 1 s). */
+  entryTimeoutS?: number;
+  /** How long the kernel may cache attributes (default 1 s). */
+  attrTimeoutS?: number;
+  /** How long the kernel may cache "no such name" (default 1 s; 0 = ENOENT, not cached). */
+  negativeTimeoutS?: number;
+  /** Keep page cache and directory listings across opens (default true). */
+  keepCache?: boolean;
+  /** Offer READDIRPLUS (listing with attributes) to the kernel (default false). */
+  readdirplus?: boolean;
+  /** Open directories kept at once (default 4096); more opens fail with EMFILE. */
+  openDirsMax?: number;
+}
+
+/** The source directory cannot be mirrored. */
+export class LoopbackError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "LoopbackError";
+  }
+}
+
+interface Node {
+  /** Absolute path in the source. */
+  path: string;
+  key: string;
+}
+
+const PATH_BYTES_MAX = 4096;
+const DIRENTS_BYTES = 64 * 1024;
+/** Smallest readdir record (24-byte header + name padded to 8). */
+const DIRENT_BYTES_MIN = 32;
+/** Smallest readdirplus record (128-byte entry + 24-byte header + name). */
+const DIRENTPLUS_BYTES_MIN = 160;
+const OPEN_DIRS_MAX_DEFAULT = 4096;
+
+const S_IFMT = 0o170000;
+const DT_TO_MODE = [
+  0,
+  0o010000,
+  0o020000,
+  0,
+  0o040000,
+  0,
+  0o060000,
+  0,
+  0o100000,
+  0,
+  0o120000,
+  0,
+  0o140000,
+];
+
+export class LoopbackFs implements FileSystem, Disposable {
+  readonly rootDir: string;
+  readonly #entryTimeoutS: number;
+  readonly #attrTimeoutS: number;
+  readonly #negativeTimeoutS: number;
+  readonly #keepCache: boolean;
+  readonly #openDirsMax: number;
+  readonly #libc: Libc;
+  readonly #errno: Int32Array;
+  readonly #nodes = new Map<bigint, Node>();
+  readonly #idsByKey = new Map<string, bigint>();
+  readonly #dirs = new Map<number, DirEntry[]>();
+  readonly #files = new Set<number>();
+  readonly #path = new Uint8Array(PATH_BYTES_MAX + 1);
+  readonly #stat = new Uint8Array(STAT_SIZE);
+  readonly #statView = new DataView(this.#stat.buffer);
+  readonly #encoder = new TextEncoder();
+  readonly #decoder = new TextDecoder();
+  #nextId = 2n;
+  #nextDirFh = 1;
+  #hidden = "";
+  #closed = false;
+  readdirplus?: FileSystem["readdirplus"];
+
+  constructor(rootDir: string, options: LoopbackOptions = {}) {
+    try {
+      this.rootDir = Deno.realPathSync(rootDir);
+      if (!Deno.statSync(this.rootDir).isDirectory) throw new Error("not a directory");
+    } catch (error) {
+      throw new LoopbackError(`Cannot mirror ${rootDir}: no such directory`, { cause: error });
+    }
+    this.#entryTimeoutS = options.entryTimeoutS ?? 1;
+    this.#attrTimeoutS = options.attrTimeoutS ?? 1;
+    this.#negativeTimeoutS = options.negativeTimeoutS ?? 1;
+    this.#keepCache = options.keepCache ?? true;
+    this.#openDirsMax = options.openDirsMax ?? OPEN_DIRS_MAX_DEFAULT;
+    this.#libc = openLibc();
+    const errnoPtr = this.#libc.symbols.__errno_location();
+    this.#errno = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(errnoPtr!, 4));
+    this.#nodes.set(1n, { path: this.rootDir, key: "" });
+    if (options.readdirplus) this.readdirplus = this.#readdirplus;
+  }
+
+  init(conn: ConnInfo): void {
+    const mountpoint = conn.mountpoint;
+    const inside = (path: string, dir: string) => path === dir || path.startsWith(dir + "/");
+    if (inside(this.rootDir, mountpoint)) {
+      throw new LoopbackError(
+        `Cannot mirror ${this.rootDir}: it is inside the mount ${mountpoint}`,
+      );
+    }
+    this.#hidden = inside(mountpoint, this.rootDir) ? mountpoint : "";
+  }
+
+  destroy(): void {
+    for (const fd of this.#files) this.#libc.symbols.close(fd);
+    this.#files.clear();
+    this.#dirs.clear();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.destroy();
+    this.#libc.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** Inodes currently known (kernel references, plus the root). */
+  get inodeCount(): number {
+    return this.#nodes.size;
+  }
+
+  /** The C string of `path` in the path scratch; false if too long. */
+  #cPath(path: string): boolean {
+    const { read, written } = this.#encoder.encodeInto(
+      path,
+      this.#path.subarray(0, PATH_BYTES_MAX),
+    );
+    if (read !== path.length) return false;
+    this.#path[written] = 0;
+    return true;
+  }
+
+  /** lstat `path`: the stat, or an errno. */
+  #lstat(path: string): StatResult | Errno {
+    if (!this.#cPath(path)) return ENAMETOOLONG;
+    if (this.#libc.symbols.fstatat(AT_FDCWD, this.#path, this.#stat, AT_SYMLINK_NOFOLLOW) !== 0) {
+      return this.#errno[0];
+    }
+    return decodeStat(this.#statView, 0);
+  }
+
+  #childPath(parent: Node, name: string): string | undefined {
+    if (name === "" || name === "." || name === ".." || name.includes("/")) return undefined;
+    const path = parent.path === "/" ? `/${name}` : `${parent.path}/${name}`;
+    return path === this.#hidden ? undefined : path;
+  }
+
+  #nodeFor(path: string, st: StatResult): bigint {
+    const key = `${st.dev}:${st.ino}`;
+    let id = this.#idsByKey.get(key);
+    if (id === undefined) {
+      id = this.#nextId++;
+      this.#idsByKey.set(key, id);
+      this.#nodes.set(id, { path, key });
+    }
+    return id;
+  }
+
+  #negative(): Entry | Errno {
+    if (this.#negativeTimeoutS <= 0) return ENOENT;
+    return { ino: 0, entryTimeoutS: this.#negativeTimeoutS, attrTimeoutS: 0 };
+  }
+
+  lookup(parent: bigint, name: string): Entry | Errno {
+    const node = this.#nodes.get(parent);
+    if (node === undefined) return ESTALE;
+    const path = this.#childPath(node, name);
+    if (path === undefined) return this.#negative();
+    const st = this.#lstat(path);
+    if (typeof st === "number") return st === ENOENT ? this.#negative() : st;
+    return {
+      ino: this.#nodeFor(path, st),
+      attr: st,
+      entryTimeoutS: this.#entryTimeoutS,
+      attrTimeoutS: this.#attrTimeoutS,
+    };
+  }
+
+  forget(ino: bigint): void {
+    if (ino === 1n) return;
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return;
+    this.#nodes.delete(ino);
+    this.#idsByKey.delete(node.key);
+  }
+
+  getattr(ino: bigint): AttrReply | Errno {
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    const st = this.#lstat(node.path);
+    if (typeof st === "number") return st;
+    return { attr: st, attrTimeoutS: this.#attrTimeoutS };
+  }
+
+  readlink(ino: bigint): Uint8Array | Errno {
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (!this.#cPath(node.path)) return ENAMETOOLONG;
+    const target = new Uint8Array(PATH_BYTES_MAX);
+    const n = Number(
+      this.#libc.symbols.readlinkat(AT_FDCWD, this.#path, target, BigInt(target.length)),
+    );
+    if (n < 0) return this.#errno[0];
+    return target.subarray(0, n);
+  }
+
+  opendir(ino: bigint): OpenDirReply | Errno {
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (this.#dirs.size >= this.#openDirsMax) return 24; // EMFILE
+    const entries = this.#list(node);
+    if (typeof entries === "number") return entries;
+    const fh = this.#nextDirFh++;
+    this.#dirs.set(fh, entries);
+    return { fh, cacheReaddir: this.#keepCache, keepCache: this.#keepCache };
+  }
+
+  /** Every entry of a directory, "." and ".." first. */
+  #list(node: Node): DirEntry[] | Errno {
+    const c = this.#libc.symbols;
+    if (!this.#cPath(node.path)) return ENAMETOOLONG;
+    const fd = c.open(this.#path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) return this.#errno[0];
+    const entries: DirEntry[] = [];
+    const buf = new Uint8Array(DIRENTS_BYTES);
+    const view = new DataView(buf.buffer);
+    try {
+      for (;;) {
+        const n = Number(c.getdents64(fd, buf, BigInt(buf.length)));
+        if (n < 0) return this.#errno[0];
+        if (n === 0) break;
+        for (let at = 0; at < n;) {
+          const reclen = view.getUint16(at + DIRENT64_RECLEN, true);
+          const nameEnd = buf.indexOf(0, at + DIRENT64_NAME);
+          const name = this.#decoder.decode(buf.subarray(at + DIRENT64_NAME, nameEnd));
+          const type = view.getUint8(at + DIRENT64_TYPE);
+          const ino = view.getBigUint64(at + DIRENT64_INO, true);
+          at += reclen;
+          if (name !== "." && name !== ".." && this.#childPath(node, name) === undefined) continue;
+          entries.push({ name, ino, mode: DT_TO_MODE[type] ?? 0 });
+        }
+      }
+    } finally {
+      c.close(fd);
+    }
+    const rank = (name: string) => name === "." ? 0 : name === ".." ? 1 : 2;
+    entries.sort((a, b) => rank(a.name) - rank(b.name));
+    return entries;
+  }
+
+  readdir(_ino: bigint, fh: number, offset: number, sizeMax: number): DirEntry[] | Errno {
+    const entries = this.#dirs.get(fh);
+    if (entries === undefined) return EBADF;
+    return entries.slice(offset, offset + Math.ceil(sizeMax / DIRENT_BYTES_MIN));
+  }
+
+  #readdirplus = (ino: bigint, fh: number, offset: number, sizeMax: number) => {
+    const entries = this.#dirs.get(fh);
+    const node = this.#nodes.get(ino);
+    if (entries === undefined || node === undefined) return EBADF;
+    const out: DirEntryPlus[] = [];
+    const end = Math.min(entries.length, offset + Math.ceil(sizeMax / DIRENTPLUS_BYTES_MIN));
+    for (let i = offset; i < end; i++) {
+      const { name, ino: dirIno, mode } = entries[i];
+      const path = name === "." || name === ".." ? undefined : this.#childPath(node, name);
+      const st = path === undefined ? undefined : this.#lstat(path);
+      if (path === undefined || st === undefined || typeof st === "number") {
+        const attr = {
+          ino: dirIno,
+          mode: mode & S_IFMT,
+          nlink: 1,
+          uid: 0,
+          gid: 0,
+          size: 0,
+          mtimeMs: 0,
+        };
+        out.push({ name, entry: { ino: 0, attr, entryTimeoutS: 0, attrTimeoutS: 0 } });
+        continue;
+      }
+      out.push({
+        name,
+        entry: {
+          ino: this.#nodeFor(path, st),
+          attr: st,
+          entryTimeoutS: this.#entryTimeoutS,
+          attrTimeoutS: this.#attrTimeoutS,
+        },
+      });
+    }
+    return out;
+  };
+
+  releasedir(_ino: bigint, fh: number): void {
+    this.#dirs.delete(fh);
+  }
+
+  open(ino: bigint, flags: number): OpenReply | Errno {
+    if ((flags & O_ACCMODE) !== O_RDONLY) return EROFS;
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (!this.#cPath(node.path)) return ENAMETOOLONG;
+    const fd = this.#libc.symbols.open(this.#path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) return this.#errno[0];
+    this.#files.add(fd);
+    return { fh: fd, keepCache: this.#keepCache };
+  }
+
+  read(_ino: bigint, fh: number, size: number, offset: number): FdSlice | Errno {
+    if (!this.#files.has(fh)) return EBADF;
+    return { fd: fh, offset, size };
+  }
+
+  release(_ino: bigint, fh: number): void {
+    if (this.#files.delete(fh)) this.#libc.symbols.close(fh);
+  }
+
+  statfs(): StatFs | Errno {
+    if (!this.#cPath(this.rootDir)) return ENAMETOOLONG;
+    const buf = new Uint8Array(STATVFS_SIZE);
+    if (this.#libc.symbols.statvfs(this.#path, buf) !== 0) return this.#errno[0];
+    return decodeStatvfs(new DataView(buf.buffer), 0);
+  }
+}
