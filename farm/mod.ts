@@ -1,0 +1,350 @@
+/**
+ * A local farm: a coordinator, N workers (each in a network namespace of its
+ * own, acting as a separate host) and a master, as real processes started from
+ * the role entry points. Used by `deno task dev`, the end-to-end tests and the
+ * benchmarks.
+ */
+import { createHost, type Host, removeHost } from "./netns.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
+export interface FarmOptions {
+  /** Scratch directory: secret, caches, logs. */
+  dir: string;
+  /** The build tree: the master's writable root. */
+  tree: string;
+  workers?: number;
+  slotsPerWorker?: number;
+  /** Put each worker in a network namespace (default true). */
+  netns?: boolean;
+  /** Tools the wrapper stands in for. */
+  tools?: string[];
+  masterArgs?: string[];
+  workerArgs?: string[];
+  /** Namespace name prefix (unique per concurrent farm). */
+  prefix?: string;
+  /** First veth number (1..250). */
+  firstHost?: number;
+}
+
+export interface FarmProcess {
+  name: string;
+  child: Deno.ChildProcess;
+  log: string;
+  done: Promise<Deno.CommandStatus>;
+}
+
+export interface FarmWorker extends FarmProcess {
+  host: Host | null;
+  address: string;
+}
+
+const textDecoder = new TextDecoder();
+
+/** Spawns a process, tees stderr to a log, resolves once `ready` matches a line. */
+async function spawn(options: {
+  name: string;
+  cmd: string[];
+  cwd?: string;
+  env?: Record<string, string>;
+  logDir: string;
+  ready: RegExp;
+  timeoutMs?: number;
+}): Promise<FarmProcess & { match: RegExpMatchArray }> {
+  const log = `${options.logDir}/${options.name}.log`;
+  const file = await Deno.open(log, { write: true, create: true, truncate: true });
+  const child = new Deno.Command(options.cmd[0], {
+    args: options.cmd.slice(1),
+    cwd: options.cwd,
+    env: options.env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let resolveMatch!: (m: RegExpMatchArray | null) => void;
+  const matched = new Promise<RegExpMatchArray | null>((r) => resolveMatch = r);
+  let buffered = "";
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      await file.write(chunk);
+      if (buffered !== null) {
+        buffered += textDecoder.decode(chunk);
+        const m = buffered.match(options.ready);
+        if (m) resolveMatch(m);
+        if (buffered.length > 1 << 20) buffered = buffered.slice(-4096);
+      }
+    }
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  const done = (async () => {
+    const [status] = await Promise.all([child.status, pumps]);
+    file.close();
+    resolveMatch(null);
+    return status;
+  })();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const match = await Promise.race([
+    matched,
+    new Promise<null>((r) => timer = setTimeout(() => r(null), options.timeoutMs ?? 60_000)),
+  ]);
+  clearTimeout(timer);
+  if (!match) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await done;
+    const tail = (await Deno.readTextFile(log)).split("\n").slice(-15).join("\n");
+    throw new Error(`${options.name} did not start (log ${log}):\n${tail}`);
+  }
+  return { name: options.name, child, log, done, match };
+}
+
+export class Farm implements AsyncDisposable {
+  readonly dir: string;
+  readonly tree: string;
+  readonly binDir: string;
+  readonly secretPath: string;
+  coordinator!: FarmProcess;
+  coordinatorPort = 0;
+  master!: FarmProcess;
+  statusPort = 0;
+  workers: FarmWorker[] = [];
+  #options: FarmOptions;
+  #hosts: { name: string; n: number }[] = [];
+
+  private constructor(options: FarmOptions) {
+    this.#options = options;
+    this.dir = options.dir;
+    this.tree = options.tree;
+    this.binDir = `${options.dir}/bin`;
+    this.secretPath = `${options.dir}/secret.txt`;
+  }
+
+  /** Environment for a build through the farm: the wrappers first in PATH. */
+  get env(): Record<string, string> {
+    return {
+      ...Deno.env.toObject(),
+      PATH: `${this.binDir}:${Deno.env.get("PATH")}`,
+    };
+  }
+
+  static async start(options: FarmOptions): Promise<Farm> {
+    const farm = new Farm(options);
+    try {
+      await farm.#start();
+    } catch (err) {
+      await farm.stop();
+      throw err;
+    }
+    return farm;
+  }
+
+  async #start(): Promise<void> {
+    const o = this.#options;
+    const logDir = `${this.dir}/logs`;
+    await Deno.mkdir(logDir, { recursive: true });
+    await Deno.mkdir(this.binDir, { recursive: true });
+    const secret = crypto.getRandomValues(new Uint8Array(32));
+    await Deno.writeFile(this.secretPath, secret, { mode: 0o600 });
+    await Deno.chmod(this.secretPath, 0o600);
+    for (const tool of o.tools ?? ["gcc", "cc", "g++", "c++", "ar", "ranlib", "termite-sh"]) {
+      await Deno.remove(`${this.binDir}/${tool}`).catch(() => {});
+      await Deno.symlink(`${ROOT}/bin/termite-wrap`, `${this.binDir}/${tool}`);
+    }
+    const deno = Deno.execPath();
+
+    const coordinator = await spawn({
+      name: "coordinator",
+      cmd: [
+        deno,
+        "run",
+        "-A",
+        `${ROOT}/coordinator.ts`,
+        "--secret",
+        this.secretPath,
+        "--port",
+        "0",
+        "--http-port",
+        "none",
+        "--worker-timeout",
+        "10s",
+      ],
+      logDir,
+      ready: /listening on port (\d+)/,
+    });
+    this.coordinator = coordinator;
+    this.coordinatorPort = Number(coordinator.match[1]);
+
+    const n = o.workers ?? 2;
+    const prefix = o.prefix ?? `termite-farm-${Deno.pid}`;
+    const first = o.firstHost ?? 1 + (Deno.pid % 200);
+    const useNetns = o.netns !== false;
+    const started = await Promise.all(Array.from({ length: n }, async (_, i) => {
+      let host: Host | null = null;
+      let coordinatorAddress = `127.0.0.1:${this.coordinatorPort}`;
+      let address = "127.0.0.1";
+      let port = 0;
+      if (useNetns) {
+        const name = `${prefix}-w${i}`;
+        this.#hosts.push({ name, n: first + i });
+        host = await createHost(name, first + i);
+        coordinatorAddress = `${host.hostAddress}:${this.coordinatorPort}`;
+        address = host.address;
+        port = 1232;
+      }
+      const cacheDir = `${this.dir}/worker-${i}`;
+      const cmd = [
+        ...(host?.exec ?? []),
+        deno,
+        "run",
+        "-A",
+        `${ROOT}/worker.ts`,
+        "--secret",
+        this.secretPath,
+        "--coordinator",
+        coordinatorAddress,
+        "--jobs",
+        String(o.slotsPerWorker ?? 2),
+        "--host",
+        useNetns ? "0.0.0.0" : "127.0.0.1",
+        "--port",
+        String(port),
+        ...(useNetns ? ["--advertise", `${address}:${port}`] : []),
+        "--cache-dir",
+        cacheDir,
+        ...(o.workerArgs ?? []),
+      ];
+      const proc = await spawn({
+        name: `worker-${i}`,
+        cmd,
+        logDir,
+        ready: /listening as (\S+)/,
+      });
+      return { ...proc, host, address: proc.match[1] };
+    }));
+    this.workers = started;
+
+    const master = await spawn({
+      name: "master",
+      cmd: [
+        deno,
+        "run",
+        "-A",
+        `${ROOT}/master.ts`,
+        "--secret",
+        this.secretPath,
+        "--coordinator",
+        `127.0.0.1:${this.coordinatorPort}`,
+        "--jobs",
+        String(o.slotsPerWorker ?? 2),
+        "--cache-dir",
+        `${this.dir}/master-cache`,
+        "--status-port",
+        "0",
+        ...(o.masterArgs ?? []),
+      ],
+      cwd: this.tree,
+      logDir,
+      ready: /status on http:\/\/127\.0\.0\.1:(\d+)\//,
+    });
+    this.master = master;
+    this.statusPort = Number(master.match[1]);
+    await this.waitForWorkers(n);
+  }
+
+  /** The master's status (its status page as JSON). */
+  async status(): Promise<Record<string, any>> {
+    const res = await fetch(`http://127.0.0.1:${this.statusPort}/status.json`);
+    return await res.json();
+  }
+
+  async waitForWorkers(n: number, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = await this.status();
+      if (status.workers.length >= n) return;
+      if (Date.now() > deadline) {
+        throw new Error(`Only ${status.workers.length} of ${n} workers reached the master`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Kills worker `i` hard (SIGKILL). */
+  async killWorker(i: number): Promise<void> {
+    const w = this.workers[i];
+    try {
+      w.child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await w.done;
+  }
+
+  async stop(): Promise<void> {
+    const stopOne = async (p: FarmProcess | undefined) => {
+      if (!p) return;
+      try {
+        p.child.kill("SIGTERM");
+      } catch {
+        // Already gone.
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ended = await Promise.race([
+        p.done.then(() => true),
+        new Promise<boolean>((r) => timer = setTimeout(() => r(false), 10_000)),
+      ]);
+      clearTimeout(timer);
+      if (!ended) {
+        try {
+          p.child.kill("SIGKILL");
+        } catch {
+          // Already gone.
+        }
+        await p.done;
+      }
+    };
+    await stopOne(this.master);
+    await Promise.all(this.workers.map((w) => stopOne(w)));
+    await stopOne(this.coordinator);
+    for (const h of this.#hosts) await removeHost(h.name, h.n);
+    this.#hosts = [];
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
+
+/** Runs a command with the farm's environment; output captured. */
+export async function runIn(
+  cwd: string,
+  cmd: string[],
+  env?: Record<string, string>,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    cwd,
+    env,
+    clearEnv: env !== undefined,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stdout: textDecoder.decode(out.stdout),
+    stderr: textDecoder.decode(out.stderr),
+  };
+}
+
+/** Fetches a Debian source package (upstream tarball) once; returns its directory. */
+export async function fetchSource(pkg: string): Promise<string> {
+  const out = await runIn(ROOT, ["bash", `${ROOT}/scripts/fetch_source.sh`, pkg]);
+  if (out.code !== 0) throw new Error(`Cannot fetch source of ${pkg}: ${out.stderr.trim()}`);
+  return out.stdout.trim();
+}
+
+export { ROOT };

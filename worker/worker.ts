@@ -1,0 +1,461 @@
+/**
+ * The worker: serves masters over authenticated RPC. Per master, one FUSE
+ * mirror of its file system (lazy, contents from the shared content store);
+ * per job, a sandbox chrooted into that mirror with the master's writable root
+ * writable through an overlay; the overlay's upper layer becomes the result set.
+ */
+import { hostname } from "node:os";
+import { registerWorker, type WorkerRegistration } from "../coordinator/mod.ts";
+import {
+  JOB_HEARTBEAT_MS,
+  type JobParams,
+  type JobReply,
+  MasterMethods,
+  type MirrorOpenParams,
+  type MirrorOpenReply,
+  VERSION,
+  WorkerMethods,
+} from "../common/protocol.ts";
+import type { FileAttr, ResultSet } from "../common/types.ts";
+import { isHash, Store } from "../cas/mod.ts";
+import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import { FuseSession } from "../fuse/mod.ts";
+import { cleanStaleMount } from "../fuse/mod.ts";
+import { collectResultSet, ensureLauncher, runJob } from "../sandbox/mod.ts";
+import { type MasterLink, MirrorFs } from "./mirror_fs.ts";
+
+export interface WorkerOptions {
+  secret: CryptoKey;
+  /** Job slots. */
+  jobs: number;
+  /** RPC listen address. */
+  hostname?: string;
+  port?: number;
+  /** "host:port" masters should use (default: hostname:port). */
+  advertise?: string;
+  /** Coordinator "host:port"; none = not registered (tests connect directly). */
+  coordinator?: string;
+  /** Content store, mirrors, job scratch. */
+  cacheDir: string;
+  storeBytesMax?: number;
+  /** A mirror unused this long is unmounted and freed. */
+  mirrorIdleMs?: number;
+  /** Per-job caps. */
+  jobTimeoutMsMax?: number;
+  memoryBytesMax?: number;
+  processesMax?: number;
+  log?: (message: string) => void;
+}
+
+interface Mirror {
+  key: string;
+  masterId: string;
+  writableRoot: string;
+  fs: MirrorFs;
+  session: FuseSession;
+  mountpoint: string;
+  /** The connection currently serving this master's files. */
+  peer: RpcPeer;
+  jobs: number;
+  lastUsedMs: number;
+}
+
+interface Reservation {
+  mirror: Mirror;
+  slots: number;
+}
+
+const DIR_ATTRS_MAX = 1_000_000;
+const STDIN_BYTES_MAX = 64 * 2 ** 20;
+const STDIN_JOBS_MAX = 1024;
+
+/** A job's stdin as it arrives (notifications may come before the job itself). */
+interface StdinEntry {
+  chunks: Uint8Array[];
+  bytes: number;
+  ended: boolean;
+  wake?: () => void;
+}
+
+function safeName(s: string): string {
+  return s.replace(/[^A-Za-z0-9_.-]/g, "_").slice(0, 100);
+}
+
+export class Worker implements AsyncDisposable {
+  readonly id = crypto.randomUUID();
+  #options: WorkerOptions;
+  #log: (message: string) => void;
+  #store: Store;
+  #launcher: string;
+  #server!: RpcServer;
+  #registration: WorkerRegistration | null = null;
+  #mirrors = new Map<string, Mirror>();
+  #mirrorOpening = new Map<string, Promise<Mirror>>();
+  #reservations = new Map<RpcPeer, Reservation>();
+  #stdin = new Map<string, StdinEntry>();
+  #running = 0;
+  #draining = false;
+  #idleTimer?: ReturnType<typeof setInterval>;
+  #closed = false;
+  stats = { jobs: 0, jobsFailed: 0, blobsServed: 0 };
+
+  private constructor(options: WorkerOptions, store: Store, launcher: string) {
+    this.#options = options;
+    this.#log = options.log ?? ((m) => console.error(`termite worker: ${m}`));
+    this.#store = store;
+    this.#launcher = launcher;
+  }
+
+  static async start(options: WorkerOptions): Promise<Worker> {
+    await Deno.mkdir(`${options.cacheDir}/mirrors`, { recursive: true, mode: 0o700 });
+    await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
+    // Leftovers of a crashed worker: dead mounts and job directories.
+    for await (const entry of Deno.readDir(`${options.cacheDir}/mirrors`)) {
+      const mnt = `${options.cacheDir}/mirrors/${entry.name}/root`;
+      await cleanStaleMount(mnt).catch(() => false);
+    }
+    await Deno.remove(`${options.cacheDir}/jobs`, { recursive: true }).catch(() => {});
+    await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
+    const launcher = await ensureLauncher(`${options.cacheDir}/launcher`);
+    const store = await Store.open({
+      dir: `${options.cacheDir}/cas`,
+      bytesMax: options.storeBytesMax ?? 8 * 2 ** 30,
+    });
+    const worker = new Worker(options, store, launcher);
+    worker.#server = listen({
+      transport: "tcp",
+      hostname: options.hostname ?? "0.0.0.0",
+      port: options.port ?? 0,
+      secret: options.secret,
+      role: "worker",
+      handlers: (peer) => worker.#handlers(peer),
+      log: (m) => worker.#log(m),
+    });
+    if (options.coordinator) {
+      worker.#registration = registerWorker({
+        coordinator: options.coordinator,
+        secret: options.secret,
+        info: () => worker.#info(),
+        onDrain: () => {
+          worker.#draining = true;
+        },
+        onStop: () => {
+          worker.close().catch(() => {});
+        },
+        log: (m) => worker.#log(m),
+      });
+    }
+    const idleMs = options.mirrorIdleMs ?? 10 * 60_000;
+    worker.#idleTimer = setInterval(() => worker.#dropIdleMirrors(idleMs), Math.min(idleMs, 30_000));
+    return worker;
+  }
+
+  get port(): number {
+    return this.#server.port;
+  }
+
+  get address(): string {
+    return this.#options.advertise ?? `${this.#options.hostname ?? "127.0.0.1"}:${this.port}`;
+  }
+
+  get mirrors(): ReadonlyMap<string, Mirror> {
+    return this.#mirrors;
+  }
+
+  get store(): Store {
+    return this.#store;
+  }
+
+  #info() {
+    return {
+      id: this.id,
+      address: this.address,
+      hostname: hostname(),
+      slots: this.#draining ? 0 : this.#options.jobs,
+      jobsRunning: this.#running,
+      load: Deno.loadavg()[0],
+      version: VERSION,
+    };
+  }
+
+  #reservedSlots(): number {
+    let n = 0;
+    for (const r of this.#reservations.values()) n += r.slots;
+    return n;
+  }
+
+  #handlers(peer: RpcPeer) {
+    peer.closed.then(() => {
+      const r = this.#reservations.get(peer);
+      this.#reservations.delete(peer);
+      if (r) r.mirror.lastUsedMs = Date.now();
+    });
+    return {
+      [WorkerMethods.mirrorOpen]: (params: MirrorOpenParams) => this.#mirrorOpen(peer, params),
+      [WorkerMethods.jobRun]: (params: JobParams, ctx: CallContext) => this.#jobRun(peer, params, ctx),
+      [WorkerMethods.jobStdin]: (params: { jobId: string; data: Uint8Array }) => {
+        if (typeof params?.jobId !== "string" || !(params.data instanceof Uint8Array)) return;
+        const s = this.#stdinEntry(params.jobId);
+        if (!s || s.ended) return;
+        if (params.data.length === 0) s.ended = true;
+        else if (s.bytes + params.data.length <= STDIN_BYTES_MAX) {
+          s.chunks.push(params.data);
+          s.bytes += params.data.length;
+        }
+        s.wake?.();
+      },
+      [WorkerMethods.blobGet]: async (params: { hash: unknown }, ctx: CallContext) => {
+        const hash = params?.hash;
+        if (typeof hash !== "string" || !isHash(hash)) throw new RpcError("BAD_REQUEST", "Bad hash");
+        if (!this.#store.has(hash)) throw new RpcError("ENOENT", `No blob ${hash} on this worker`);
+        this.#store.pin(hash);
+        try {
+          const size = await ctx.sendFile(this.#store.pathOf(hash));
+          this.stats.blobsServed++;
+          return { size };
+        } finally {
+          this.#store.unpin(hash);
+        }
+      },
+      [WorkerMethods.attrsPush]: (params: { updates: FileAttr[]; reset: boolean }) => {
+        const r = this.#reservations.get(peer);
+        if (!r) throw new RpcError("BAD_REQUEST", "No mirror open on this connection");
+        this.#applyUpdates(r.mirror, params?.updates, params?.reset);
+        return {};
+      },
+    };
+  }
+
+  #applyUpdates(mirror: Mirror, updates: unknown, reset: unknown): void {
+    if (reset === true) mirror.fs.reset();
+    if (Array.isArray(updates) && updates.length > 0) mirror.fs.applyUpdates(updates as FileAttr[]);
+  }
+
+  async #mirrorOpen(peer: RpcPeer, params: MirrorOpenParams): Promise<MirrorOpenReply> {
+    if (
+      typeof params?.masterId !== "string" || typeof params.writableRoot !== "string" ||
+      !params.writableRoot.startsWith("/") || params.writableRoot === "/" ||
+      typeof params.slots !== "number"
+    ) {
+      throw new RpcError("BAD_REQUEST", "Bad mirror.open parameters");
+    }
+    if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
+    const key = `${safeName(params.masterId)}`;
+    let mirror = this.#mirrors.get(key);
+    if (!mirror) {
+      let opening = this.#mirrorOpening.get(key);
+      if (!opening) {
+        opening = this.#mountMirror(key, params, peer).finally(() => this.#mirrorOpening.delete(key));
+        this.#mirrorOpening.set(key, opening);
+      }
+      mirror = await opening;
+    }
+    mirror.peer = peer;
+    const free = this.#draining ? 0 : this.#options.jobs - this.#reservedSlots();
+    const slots = Math.max(0, Math.min(Math.floor(params.slots), free));
+    this.#reservations.set(peer, { mirror, slots });
+    return { slots, workerId: this.id };
+  }
+
+  async #mountMirror(key: string, params: MirrorOpenParams, peer: RpcPeer): Promise<Mirror> {
+    const dir = `${this.#options.cacheDir}/mirrors/${key}`;
+    const mountpoint = `${dir}/root`;
+    await Deno.mkdir(mountpoint, { recursive: true });
+    await cleanStaleMount(mountpoint).catch(() => false);
+    const holder: { mirror?: Mirror } = {};
+    const currentPeer = () => holder.mirror?.peer ?? peer;
+    const link: MasterLink = {
+      attr: (path, options) =>
+        currentPeer().call<FileAttr>(MasterMethods.fsAttr, { path, withHash: options.withHash }, {
+          timeoutMs: 60_000,
+          signal: options.signal,
+        }),
+      dir: async (path, options) => {
+        const out: FileAttr[] = [];
+        await currentPeer().call(MasterMethods.fsDir, { path }, {
+          timeoutMs: 60_000,
+          signal: options.signal,
+          onChunk: (chunk) => {
+            if (!Array.isArray(chunk) || out.length + chunk.length > DIR_ATTRS_MAX) {
+              throw new RpcError("BAD_REQUEST", "Bad directory chunk");
+            }
+            out.push(...(chunk as FileAttr[]));
+          },
+        });
+        return out;
+      },
+      fetchBlob: async (hash, sink, signal) => {
+        await currentPeer().call(MasterMethods.blobGet, { hash }, {
+          timeoutMs: 300_000,
+          signal,
+          onChunk: (chunk) => {
+            if (!(chunk instanceof Uint8Array)) throw new RpcError("BAD_REQUEST", "Bad blob chunk");
+            return sink.write(chunk);
+          },
+        });
+      },
+    };
+    const fs = new MirrorFs({ link, store: this.#store, writableRoot: params.writableRoot });
+    const session = await FuseSession.mount(fs, {
+      mountpoint,
+      fsName: `termite:${key.slice(0, 16)}`,
+      subtype: "termite",
+      allowOther: true,
+      defaultPermissions: true,
+      readOnly: true,
+    });
+    fs.attach(session);
+    const mirror: Mirror = {
+      key,
+      masterId: params.masterId,
+      writableRoot: params.writableRoot,
+      fs,
+      session,
+      mountpoint,
+      peer,
+      jobs: 0,
+      lastUsedMs: Date.now(),
+    };
+    holder.mirror = mirror;
+    this.#mirrors.set(key, mirror);
+    this.#log(`mirror of master ${params.masterId.slice(0, 8)} mounted at ${mountpoint}`);
+    return mirror;
+  }
+
+  async #dropIdleMirrors(idleMs: number): Promise<void> {
+    const now = Date.now();
+    for (const mirror of [...this.#mirrors.values()]) {
+      const inUse = [...this.#reservations.values()].some((r) => r.mirror === mirror);
+      if (mirror.jobs > 0 || inUse || now - mirror.lastUsedMs < idleMs) continue;
+      this.#mirrors.delete(mirror.key);
+      this.#log(`dropping idle mirror ${mirror.key}`);
+      await mirror.session.close().catch((err) => this.#log(`unmount: ${err}`));
+    }
+  }
+
+  async #jobRun(peer: RpcPeer, params: JobParams, ctx: CallContext): Promise<JobReply> {
+    const reservation = this.#reservations.get(peer);
+    if (!reservation) throw new RpcError("BAD_REQUEST", "No mirror open on this connection");
+    if (
+      !Array.isArray(params?.argv) || params.argv.length === 0 ||
+      params.argv.some((a) => typeof a !== "string") || typeof params.cwd !== "string" ||
+      typeof params.env !== "object" || typeof params.jobId !== "string"
+    ) {
+      throw new RpcError("BAD_REQUEST", "Bad job parameters");
+    }
+    const mirror = reservation.mirror;
+    this.#applyUpdates(mirror, params.updates, params.reset);
+    mirror.jobs++;
+    this.#running++;
+    this.stats.jobs++;
+    const heartbeat = setInterval(() => {
+      ctx.sendChunk({ hb: 1 }).catch(() => {});
+    }, JOB_HEARTBEAT_MS);
+    const jobDir = `${this.#options.cacheDir}/jobs/${safeName(params.jobId)}`;
+    try {
+      let stdin: Uint8Array | undefined;
+      if (params.stdin) stdin = await this.#collectStdin(params.jobId, ctx.signal);
+      const timeoutMs = Math.min(
+        Math.max(1, Number(params.timeoutMs) || 600_000),
+        this.#options.jobTimeoutMsMax ?? 3_600_000,
+      );
+      let resultSet: ResultSet | undefined;
+      const started = performance.now();
+      let collectMs = 0;
+      const outcome = await runJob({
+        argv: params.argv,
+        cwd: params.cwd,
+        env: params.env,
+        stdin,
+        timeoutMs,
+        memoryBytesMax: this.#options.memoryBytesMax,
+        processesMax: this.#options.processesMax,
+      }, {
+        lowerRoot: mirror.mountpoint,
+        writableRoot: mirror.writableRoot,
+        jobDir,
+        launcherCacheDir: `${this.#options.cacheDir}/launcher`,
+        signal: ctx.signal,
+        onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
+        onStderr: (data) => ctx.sendChunk({ fd: 2, data }),
+        onUpper: async (upper) => {
+          const t = performance.now();
+          resultSet = await collectResultSet(
+            upper,
+            mirror.writableRoot,
+            (path) => this.#store.putFile(path),
+          );
+          collectMs = performance.now() - t;
+        },
+      });
+      if (ctx.signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
+      if (!resultSet) throw new RpcError("INTERNAL", "The job's changes could not be collected");
+      return {
+        exitCode: outcome.exitCode,
+        killedBy: outcome.killedBy,
+        reason: outcome.reason,
+        resultSet,
+        timings: { totalMs: performance.now() - started, collectMs },
+      };
+    } catch (err) {
+      this.stats.jobsFailed++;
+      throw err;
+    } finally {
+      clearInterval(heartbeat);
+      this.#stdin.delete(params.jobId);
+      mirror.jobs--;
+      mirror.lastUsedMs = Date.now();
+      this.#running--;
+    }
+  }
+
+  #stdinEntry(jobId: string): StdinEntry | undefined {
+    let entry = this.#stdin.get(jobId);
+    if (!entry && this.#stdin.size < STDIN_JOBS_MAX) {
+      entry = { chunks: [], bytes: 0, ended: false };
+      this.#stdin.set(jobId, entry);
+    }
+    return entry;
+  }
+
+  async #collectStdin(jobId: string, signal: AbortSignal): Promise<Uint8Array> {
+    const entry = this.#stdinEntry(jobId);
+    if (!entry) throw new RpcError("LIMIT", "Too many jobs waiting for stdin");
+    while (!entry.ended) {
+      if (signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
+      await new Promise<void>((resolve) => {
+        entry.wake = resolve;
+        signal.addEventListener("abort", () => resolve(), { once: true });
+      });
+    }
+    const out = new Uint8Array(entry.bytes);
+    let off = 0;
+    for (const c of entry.chunks) {
+      out.set(c, off);
+      off += c.length;
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#idleTimer);
+    await this.#registration?.close();
+    await this.#server.close();
+    await Promise.allSettled([...this.#mirrorOpening.values()]);
+    for (const mirror of this.#mirrors.values()) {
+      await mirror.session.close().catch((err) => this.#log(`unmount ${mirror.mountpoint}: ${err}`));
+    }
+    this.#mirrors.clear();
+    this.#store.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+export function startWorker(options: WorkerOptions): Promise<Worker> {
+  return Worker.start(options);
+}
