@@ -80,6 +80,7 @@ export function validateResultSet(
     out.dirs.push({ path, mode: (d.mode as number) & 0o1777 });
   }
   let bytes = 0;
+  const sizes = new Map<string, number>();
   for (const f of files) {
     if (!isObject(f)) fail("bad file entry");
     const path = checkPath(f.path);
@@ -89,6 +90,8 @@ export function validateResultSet(
       fail(`bad size for ${path}`);
     }
     if (typeof f.mode !== "number") fail(`bad mode for ${path}`);
+    if ((sizes.get(f.hash as string) ?? f.size) !== f.size) fail(`two sizes for blob ${f.hash}`);
+    sizes.set(f.hash as string, f.size as number);
     bytes += f.size as number;
     if (bytes > limits.bytesMax) fail(`more than ${limits.bytesMax} bytes of files`);
     out.files.push({
@@ -200,8 +203,8 @@ export async function applyResultSet(raw: unknown, options: ApplyOptions): Promi
   });
   await checkAgainstTree(set, root);
 
-  const staging = joinPath(root, `${STAGING_DIR}/${crypto.randomUUID()}`);
-  await Deno.mkdir(staging, { recursive: true, mode: 0o700 });
+  const staging = joinPath(root, `${STAGING_DIR}-${crypto.randomUUID()}`);
+  await Deno.mkdir(staging, { mode: 0o700 });
   const outcome: ApplyOutcome = {
     touched: [],
     hashes: new Map(),

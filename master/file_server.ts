@@ -6,13 +6,15 @@
  */
 import type { FileAttr, FileKind } from "../common/types.ts";
 import type { HashCache } from "./hash_cache.ts";
-import { type Exclusions, joinPath, parentOf } from "./paths.ts";
+import { type Exclusions, isInside, joinPath, parentOf } from "./paths.ts";
 
 export interface FileServerOptions {
   exclusions: Exclusions;
   hashCache: HashCache;
-  /** Paths never served (the master's socket, its cache directory). */
+  /** Paths never served, with all below them (the master's cache directory). */
   hidden?: string[];
+  /** Path prefixes never served (staging directories: `<root>/.termite-staging`). */
+  hiddenPrefixes?: string[];
   /** Children listed per directory at most. */
   childrenMax?: number;
   /** Memory of served attributes, in entries. */
@@ -52,7 +54,8 @@ export function sameAttr(a: FileAttr, b: FileAttr): boolean {
 export class FileServer {
   #exclusions: Exclusions;
   #hashCache: HashCache;
-  #hidden: Set<string>;
+  #hidden: string[];
+  #hiddenPrefixes: string[];
   #childrenMax: number;
   #servedMax: number;
   /** Last attributes served per path (what the mirrors believe). */
@@ -64,7 +67,8 @@ export class FileServer {
   constructor(options: FileServerOptions) {
     this.#exclusions = options.exclusions;
     this.#hashCache = options.hashCache;
-    this.#hidden = new Set(options.hidden ?? []);
+    this.#hidden = options.hidden ?? [];
+    this.#hiddenPrefixes = options.hiddenPrefixes ?? [];
     this.#childrenMax = options.childrenMax ?? 100_000;
     this.#servedMax = options.servedMax ?? 2_000_000;
   }
@@ -74,7 +78,8 @@ export class FileServer {
   }
 
   #visible(path: string): boolean {
-    return !this.#hidden.has(path) && !this.#exclusions.excluded(path);
+    return !this.#hidden.some((h) => isInside(path, h)) &&
+      !this.#hiddenPrefixes.some((p) => path.startsWith(p)) && !this.#exclusions.excluded(path);
   }
 
   async #ancestorsSearchable(path: string): Promise<boolean> {

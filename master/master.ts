@@ -140,11 +140,12 @@ export class Master implements AsyncDisposable {
     this.#hashCache = hashCache;
     this.#rules = rules;
     this.#localSlots = new Semaphore(options.localJobsMax ?? navigator.hardwareConcurrency);
-    const hidden = [`${this.root}/${STAGING_DIR}`, options.cacheDir];
+    const hidden = [options.cacheDir];
     this.#files = new FileServer({
       exclusions: new Exclusions(options.exclusions ?? DEFAULT_EXCLUSIONS, this.root),
       hashCache,
       hidden,
+      hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
     });
   }
 
@@ -163,7 +164,11 @@ export class Master implements AsyncDisposable {
     const hashCache = await HashCache.open({ file: `${options.cacheDir}/hashes-${rootKey}.json` });
     const rules = await LocalRules.load(root);
     const master = new Master({ ...options, root }, hashCache, rules);
-    await Deno.remove(`${root}/${STAGING_DIR}`, { recursive: true }).catch(() => {});
+    for await (const entry of Deno.readDir(root)) {
+      if (entry.name.startsWith(STAGING_DIR)) {
+        await Deno.remove(`${root}/${entry.name}`, { recursive: true }).catch(() => {});
+      }
+    }
     master.#startWatchingTree();
     if (options.coordinator) await master.#startPool(options.coordinator);
     return master;
@@ -254,7 +259,7 @@ export class Master implements AsyncDisposable {
       try {
         for await (const event of watcher) {
           for (const p of event.paths) {
-            if (isInside(p, staging) || this.#dirty.size > 100_000) continue;
+            if (p.startsWith(staging) || this.#dirty.size > 100_000) continue;
             this.#dirty.add(p);
           }
         }

@@ -1,0 +1,238 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { applyResultSet, ResultSetError } from "../master/apply.ts";
+import { HashCache } from "../master/hash_cache.ts";
+import type { ResultSet } from "../common/types.ts";
+
+const enc = new TextEncoder();
+
+function sha(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+async function snapshot(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string) => {
+    for await (const e of Deno.readDir(d)) {
+      const p = `${d}/${e.name}`;
+      const info = await Deno.lstat(p);
+      let extra = "";
+      if (info.isFile) extra = sha(await Deno.readFile(p));
+      if (info.isSymlink) extra = await Deno.readLink(p);
+      out.push(`${p.slice(dir.length)} ${info.mode?.toString(8)} ${extra}`);
+      if (info.isDirectory) await walk(p);
+    }
+  };
+  await walk(dir);
+  return out.sort();
+}
+
+async function withTree(fn: (root: string, blobs: Map<string, Uint8Array>) => Promise<void>) {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-apply-" }));
+  await Deno.mkdir(`${root}/src/sub`, { recursive: true });
+  await Deno.writeTextFile(`${root}/src/a.c`, "int a;\n");
+  await Deno.writeTextFile(`${root}/src/old.o`, "old");
+  await Deno.writeTextFile(`${root}/src/sub/x.h`, "#define X 1\n");
+  await Deno.symlink("/etc", `${root}/escape`);
+  const outside = await Deno.makeTempDir({ prefix: "termite-outside-" });
+  await Deno.symlink(outside, `${root}/src/out`);
+  try {
+    await fn(root, new Map());
+    // Nothing ever lands outside the root.
+    assert.deepEqual([...Deno.readDirSync(outside)], []);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+}
+
+function fetcherFor(blobs: Map<string, Uint8Array>) {
+  return async (hash: string, sink: { write(c: Uint8Array): Promise<void> }) => {
+    const b = blobs.get(hash);
+    if (!b) throw new Error(`no blob ${hash}`);
+    await sink.write(b);
+  };
+}
+
+Deno.test("applyResultSet() applies deletions, dirs, files and symlinks", async () => {
+  await withTree(async (root, blobs) => {
+    const obj = enc.encode("\x7fELF object");
+    blobs.set(sha(obj), obj);
+    const cache = await HashCache.open();
+    const set: ResultSet = {
+      deletions: [`${root}/src/old.o`, `${root}/src/sub`],
+      dirs: [{ path: `${root}/build`, mode: 0o755 }, { path: `${root}/build/deep`, mode: 0o750 }],
+      files: [
+        { path: `${root}/build/a.o`, hash: sha(obj), size: obj.length, mode: 0o644, mtimeMs: 0 },
+        {
+          path: `${root}/build/deep/b.o`,
+          hash: sha(obj),
+          size: obj.length,
+          mode: 0o755,
+          mtimeMs: 0,
+        },
+      ],
+      symlinks: [{ path: `${root}/build/link`, target: "a.o" }],
+    };
+    const out = await applyResultSet(set, {
+      writableRoot: root,
+      fetchBlob: fetcherFor(blobs),
+      hashCache: cache,
+    });
+    assert.equal(await Deno.readTextFile(`${root}/build/a.o`), "\x7fELF object");
+    assert.equal((await Deno.stat(`${root}/build/deep/b.o`)).mode! & 0o777, 0o755);
+    assert.equal((await Deno.stat(`${root}/build/deep`)).mode! & 0o777, 0o750);
+    assert.equal(await Deno.readLink(`${root}/build/link`), "a.o");
+    await assert.rejects(Deno.stat(`${root}/src/old.o`), Deno.errors.NotFound);
+    await assert.rejects(Deno.stat(`${root}/src/sub`), Deno.errors.NotFound);
+    assert.equal(out.bytesFetched, obj.length, "the same blob is fetched once");
+    assert.ok(out.touched.includes(`${root}/build/a.o`));
+    assert.ok(out.touched.includes(`${root}/src`), "parents of changes are touched");
+    assert.equal(cache.pathOf(sha(obj)) !== undefined, true);
+    // No staging leftovers.
+    assert.deepEqual([...Deno.readDirSync(root)].map((e) => e.name).sort(), [
+      "build",
+      "escape",
+      "src",
+    ]);
+    await cache.close();
+  });
+});
+
+const hostile: [string, (root: string, hash: string, size: number) => unknown][] = [
+  [
+    "a path with ..",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/src/../../x`, hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "an absolute path outside the root",
+    (_r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: "/etc/termite-pwned", hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a relative path",
+    (_r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: "src/x.o", hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a write through a symlink",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/escape/termite-pwned`, hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a write through a nested symlink",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/src/out/pwned`, hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a deletion through a symlink",
+    (r) => ({ deletions: [`${r}/escape/passwd`], dirs: [], files: [], symlinks: [] }),
+  ],
+  ["deleting the root itself", (r) => ({ deletions: [r], dirs: [], files: [], symlinks: [] })],
+  [
+    "a wrong hash",
+    (r, _h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/ok.o`, hash: "0".repeat(64), size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a giant size",
+    (r, h) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/ok.o`, hash: h, size: 2 ** 50, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a lying size",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/ok.o`, hash: h, size: s + 1, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a file over a directory",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/src/sub`, hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  [
+    "a path listed twice",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [{ path: `${r}/d`, mode: 0o755 }],
+      symlinks: [],
+      files: [{ path: `${r}/d`, hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+  ["garbage", () => ({ deletions: "x" })],
+  [
+    "a NUL in a path",
+    (r, h, s) => ({
+      deletions: [],
+      dirs: [],
+      symlinks: [],
+      files: [{ path: `${r}/a\0b`, hash: h, size: s, mode: 0o644 }],
+    }),
+  ],
+];
+
+for (const [name, make] of hostile) {
+  Deno.test(`applyResultSet() refuses ${name}, tree untouched`, async () => {
+    await withTree(async (root, blobs) => {
+      const good = enc.encode("good bytes");
+      const bad = enc.encode("other bytes");
+      blobs.set(sha(good), good);
+      blobs.set("0".repeat(64), bad);
+      const cache = await HashCache.open();
+      const before = await snapshot(root);
+      // A valid change comes first in every set: it must not land either.
+      const set = make(root, sha(good), good.length) as ResultSet;
+      if (Array.isArray(set.files)) {
+        set.files.unshift({
+          path: `${root}/first.o`,
+          hash: sha(good),
+          size: good.length,
+          mode: 0o644,
+          mtimeMs: 0,
+        });
+      }
+      await assert.rejects(
+        applyResultSet(set, { writableRoot: root, fetchBlob: fetcherFor(blobs), hashCache: cache }),
+        (err: Error) => err instanceof ResultSetError || err.message.includes("Blob"),
+      );
+      assert.deepEqual(await snapshot(root), before);
+      await cache.close();
+    });
+  });
+}

@@ -1,0 +1,176 @@
+import assert from "node:assert/strict";
+import { startMaster } from "../master/mod.ts";
+import { secretFromBytes } from "../rpc/mod.ts";
+import { runShellBuiltin } from "../wrapper/client.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const dec = new TextDecoder();
+
+async function wrap(
+  args: string[],
+  options: { cwd: string; env?: Record<string, string>; stdin?: Uint8Array },
+) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-config", "--no-lock", `${ROOT}wrapper.ts`, ...args],
+    cwd: options.cwd,
+    env: options.env,
+    stdin: options.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(options.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Leaves a socket file nobody listens on (as a crashed master would). */
+async function staleSocket(path: string): Promise<void> {
+  const py = `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)})`;
+  const out = await new Deno.Command("python3", { args: ["-c", py] }).output();
+  assert.ok(out.success);
+  assert.ok((await Deno.lstat(path)).isSocket);
+}
+
+function randomBytes(n: number): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i += 65536) crypto.getRandomValues(out.subarray(i, i + 65536));
+  return out;
+}
+
+async function tempTree(): Promise<string> {
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-wrap-" }));
+  await Deno.chmod(dir, 0o755);
+  return dir;
+}
+
+Deno.test("wrapper: no master gives a clear one-line error, never a hang", async () => {
+  const dir = await tempTree();
+  try {
+    const r = await wrap(["--as", "gcc", "--version"], {
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin" },
+    });
+    assert.equal(r.code, 255);
+    assert.match(r.stderr, /no master socket .* start one with `termite master`/);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("wrapper: a stale socket file is reported, with a local fallback on request", async () => {
+  const dir = await tempTree();
+  try {
+    await staleSocket(`${dir}/.termite-socket`);
+    const r = await wrap(["--as", "echo", "hi"], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+    assert.equal(r.code, 255);
+    assert.match(r.stderr, /stale socket/);
+    const f = await wrap(["--as", "echo", "hi"], {
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "1" },
+    });
+    assert.equal(f.code, 0);
+    assert.equal(f.stdout, "hi\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runShellBuiltin() runs true, false, : and plain echo only", () => {
+  assert.deepEqual(runShellBuiltin("true"), { code: 0, stdout: "" });
+  assert.deepEqual(runShellBuiltin(":"), { code: 0, stdout: "" });
+  assert.deepEqual(runShellBuiltin("false"), { code: 1, stdout: "" });
+  assert.deepEqual(runShellBuiltin("echo a  b"), { code: 0, stdout: "a b\n" });
+  assert.deepEqual(runShellBuiltin("echo -n a"), { code: 0, stdout: "a" });
+  assert.equal(runShellBuiltin("echo $HOME"), null);
+  assert.equal(runShellBuiltin("echo a > f"), null);
+  assert.equal(runShellBuiltin("true; rm -rf x"), null);
+  assert.equal(runShellBuiltin("gcc -c a.c"), null);
+});
+
+Deno.test("wrapper through a master with no workers: output, status, stdin, builtins", async () => {
+  const dir = await tempTree();
+  const cache = await Deno.makeTempDir({ prefix: "termite-mcache-" });
+  const messages: string[] = [];
+  await using master = await startMaster({
+    root: dir,
+    secret: await secretFromBytes(crypto.getRandomValues(new Uint8Array(32))),
+    cacheDir: cache,
+    log: (m) => messages.push(m),
+  });
+  const env = { PATH: "/usr/bin:/bin", HOME: dir };
+  try {
+    const r = await wrap(["--as", "sh", "-c", "echo out; printf 'err\\0x' >&2; exit 3"], {
+      cwd: dir,
+      env,
+    });
+    assert.equal(r.code, 3);
+    assert.equal(r.stdout, "out\n");
+    assert.equal(r.stderr, "err\0x");
+
+    const killed = await wrap(["--as", "sh", "-c", "kill -9 $$"], { cwd: dir, env });
+    assert.equal(killed.code, 137);
+
+    const data = randomBytes(300_000);
+    const cat = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-config", "--no-lock", `${ROOT}wrapper.ts`, "--as", "sha256sum"],
+      cwd: dir,
+      env,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = cat.stdin.getWriter();
+    await w.write(data);
+    await w.close();
+    const catOut = await cat.output();
+    const expected = Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", data)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    assert.equal(dec.decode(catOut.stdout).split(" ")[0], expected);
+
+    const missing = await wrap(["--as", "no-such-tool-termite"], { cwd: dir, env });
+    assert.equal(missing.code, 127);
+    assert.match(missing.stderr, /command not found/);
+
+    const mk = await wrap(["--as", "sh", "-c", "mkdir -p a/b/c"], { cwd: dir, env });
+    assert.equal(mk.code, 0);
+    assert.ok((await Deno.stat(`${dir}/a/b/c`)).isDirectory);
+    const rm = await wrap(["--as", "sh", "-c", "rm -rf a"], { cwd: dir, env });
+    assert.equal(rm.code, 0);
+    await assert.rejects(Deno.stat(`${dir}/a`), Deno.errors.NotFound);
+    assert.ok(master.master.stats.jobsBuiltin >= 2, "mkdir -p and rm -rf ran in the master");
+    assert.ok(master.master.stats.jobsLocal >= 3);
+  } finally {
+    await master.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(cache, { recursive: true });
+  }
+});
+
+Deno.test("master refuses a second master on the same socket and cleans a stale one", async () => {
+  const dir = await tempTree();
+  const cache = await Deno.makeTempDir({ prefix: "termite-mcache-" });
+  const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
+  try {
+    await staleSocket(`${dir}/.termite-socket`);
+    const first = await startMaster({ root: dir, secret, cacheDir: cache, log: () => {} });
+    try {
+      assert.equal((await Deno.lstat(`${dir}/.termite-socket`)).mode! & 0o777, 0o700);
+      await assert.rejects(
+        startMaster({ root: dir, secret, cacheDir: cache, log: () => {} }),
+        /another master is running/,
+      );
+    } finally {
+      await first.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(cache, { recursive: true });
+  }
+});
