@@ -20,7 +20,7 @@ import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
 import { LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
-import { DEFAULT_EXCLUSIONS, Exclusions, isInside, normalizeAbsolute, parentOf } from "./paths.ts";
+import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { type PooledWorker, WorkerPool } from "./worker_pool.ts";
 
