@@ -88,6 +88,7 @@ class WorkerRegistrationImpl implements WorkerRegistration {
           },
           timeoutMs,
           signal,
+          log: (m) => this.#log(m),
         });
         const onClosed = () => connection.abort();
         peer.closed.then(onClosed, onClosed);

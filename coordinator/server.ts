@@ -10,7 +10,7 @@
  * @module
  */
 
-import { listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import { type Handlers, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
 import {
   ADMIN_ACTIONS,
   ADMIN_TOKEN_SKEW_S,
@@ -49,7 +49,7 @@ export interface CoordinatorOptions {
   mastersMax?: number;
   /** Shown on the status page and returned to workers; default "dev". */
   version?: string;
-  /** Coalesces list changes before pushing them to masters; default 20. */
+  /** Coalesces list changes before pushing them to masters; default 20, 0 = same turn. */
   pushDelayMs?: number;
   /** Time allowed for a worker to answer a relayed action; default 10 000. */
   relayTimeoutMs?: number;
@@ -122,8 +122,9 @@ class CoordinatorImpl implements Coordinator {
   readonly #trackedPeers = new WeakSet<RpcPeer>();
   readonly #usedTokens = new Map<string, number>();
   #seq = 0;
-  #pushTimer: number | undefined;
-  #sweepTimer: number | undefined;
+  #pushTimer: ReturnType<typeof setTimeout> | undefined;
+  #pushPending = false;
+  #sweepTimer: ReturnType<typeof setInterval> | undefined;
   #rpc: RpcServer | undefined;
   #http: Deno.HttpServer<Deno.NetAddr> | undefined;
   #closing: Promise<void> | undefined;
@@ -195,7 +196,7 @@ class CoordinatorImpl implements Coordinator {
     return { seq: this.#seq, workers: this.workers() };
   }
 
-  #handlersFor(peer: RpcPeer) {
+  #handlersFor(peer: RpcPeer): Handlers {
     switch (peer.peerRole) {
       case "worker":
         return { register: (params: unknown) => this.#register(peer, params) };
@@ -302,11 +303,18 @@ class CoordinatorImpl implements Coordinator {
 
   #changed(): void {
     this.#seq++;
-    if (this.#pushTimer !== undefined || this.#closing !== undefined) return;
-    this.#pushTimer = setTimeout(() => {
+    if (this.#pushPending || this.#closing !== undefined) return;
+    this.#pushPending = true;
+    const pushAll = () => {
       this.#pushTimer = undefined;
+      this.#pushPending = false;
+      if (this.#closing !== undefined) return;
       for (const [peer, sub] of this.#subscribers) this.#push(peer, sub);
-    }, this.#pushDelayMs);
+    };
+    // A 0 ms timer still costs a millisecond or two; a microtask coalesces
+    // the changes of one turn at no cost.
+    if (this.#pushDelayMs <= 0) queueMicrotask(pushAll);
+    else this.#pushTimer = setTimeout(pushAll, this.#pushDelayMs);
   }
 
   /** Sends the current list to one master, at most one notification in flight. */

@@ -108,6 +108,7 @@ class WorkerWatchImpl implements WorkerWatch {
           handlers: { workers: (params: unknown) => this.#apply(params) },
           timeoutMs,
           signal,
+          log: (m) => this.#log(m),
         });
         const onClosed = () => connection.abort();
         peer.closed.then(onClosed, onClosed);
