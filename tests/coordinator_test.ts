@@ -537,3 +537,32 @@ Deno.test("a worker told to drain stays draining after a coordinator restart", a
     await second?.coordinator.close();
   }
 });
+
+Deno.test("stop is answered even when onStop closes the registration at once", async () => {
+  const { key } = await randomSecret();
+  await using h = await startHarness(key, { httpPort: 0, httpHostname: HOST });
+  let stops = 0;
+  const worker = registerWorker({
+    coordinator: h.address,
+    secret: key,
+    info: () => workerInfo("w1"),
+    intervalMs: 30,
+    onStop: () => {
+      stops++;
+      void worker.close();
+    },
+  });
+  try {
+    await waitFor(() => worker.registered, "w1 to register");
+    const response = await fetch(`http://${HOST}:${h.coordinator.httpPort}/workers/w1/stop`, {
+      method: "POST",
+      headers: { authorization: await adminToken(key, "stop", "w1") },
+    });
+    const body = await response.text();
+    assert.equal(response.status, 200, body);
+    assert.equal(stops, 1);
+    await waitFor(() => h.coordinator.workers().length === 0, "w1 to leave");
+  } finally {
+    await worker.close();
+  }
+});
