@@ -124,6 +124,21 @@ export function decodeBody(body: Uint8Array): unknown {
   }
 }
 
+/** Names an untrusted decoded value without calling anything on it. */
+export function describe(value: unknown): string {
+  switch (typeof value) {
+    case "number":
+    case "boolean":
+      return String(value);
+    case "string":
+      return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+    default:
+      if (value === null) return "null";
+      if (value instanceof Uint8Array) return `${value.length} bytes`;
+      return Array.isArray(value) ? "an array" : `a ${typeof value}`;
+  }
+}
+
 function isId(value: unknown): value is number {
   return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= ID_MAX;
 }
@@ -138,7 +153,7 @@ export function decodeMessage(body: Uint8Array): Message {
     throw new FrameError("Malformed message: not an array of at least two elements");
   }
   const [type, id] = message;
-  if (!isId(id)) throw new FrameError(`Malformed message: bad id ${String(id)}`);
+  if (!isId(id)) throw new FrameError(`Malformed message: bad id ${describe(id)}`);
   switch (type) {
     case MessageType.REQUEST: {
       const method = message[2];
@@ -168,7 +183,7 @@ export function decodeMessage(body: Uint8Array): Message {
       if (message.length !== 2 || id === 0) throw new FrameError("Malformed cancel");
       return message as Message;
     default:
-      throw new FrameError(`Malformed message: unknown type ${String(type)}`);
+      throw new FrameError(`Malformed message: unknown type ${describe(type)}`);
   }
 }
 

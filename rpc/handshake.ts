@@ -27,6 +27,7 @@ import { AuthError, errorMessage, FrameError } from "./errors.ts";
 import {
   closeQuietly,
   decodeBody,
+  describe,
   encodeFrame,
   FRAME_BYTES_MAX,
   type FrameConn,
@@ -124,7 +125,9 @@ export async function clientHandshake(
 
     const hello = await readHandshakeMessage(reader);
     checkHello(hello, version);
-    if (typeof hello.e === "string") throw new AuthError(`Peer refused the handshake: ${hello.e}`);
+    if (typeof hello.e === "string") {
+      throw new AuthError(`Peer refused the handshake: ${hello.e.slice(0, 200)}`);
+    }
     const peerRole = checkRole(hello.r);
     const peerChallenge = checkBytes(hello.c, "challenge");
     const peerProof = checkBytes(hello.p, "proof");
@@ -151,7 +154,7 @@ export async function clientHandshake(
 
     const verdict = await readHandshakeMessage(reader);
     if (verdict.ok !== true) {
-      const reason = typeof verdict.e === "string" ? verdict.e : "no reason given";
+      const reason = typeof verdict.e === "string" ? verdict.e.slice(0, 200) : "no reason given";
       throw new AuthError(`Peer refused our authentication: ${reason}`);
     }
     return peerRole;
@@ -276,7 +279,7 @@ function checkHello(hello: HandshakeMessage, version: number): void {
 
 function checkRole(value: unknown): Role {
   if (typeof value !== "string" || !(ROLES as readonly string[]).includes(value)) {
-    throw new AuthError(`Malformed handshake: unknown role ${JSON.stringify(value)?.slice(0, 40)}`);
+    throw new AuthError(`Malformed handshake: unknown role ${describe(value)}`);
   }
   return value as Role;
 }

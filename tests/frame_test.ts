@@ -236,6 +236,8 @@ Deno.test("decodeMessage() rejects well-formed msgpack of the wrong shape", () =
     [MessageType.CHUNK, 0, new Uint8Array(1)],
     [MessageType.CANCEL, 0],
     [MessageType.CANCEL, 1, 2],
+    [{ toString: 1, valueOf: 2 }, 1], // found by the fuzzer: String() on this throws
+    [MessageType.REQUEST, { toString: 1 }, "m", null],
   ];
   for (const shape of shapes) {
     assert.throws(() => decodeMessage(encode(shape)), FrameError, JSON.stringify(shape));
