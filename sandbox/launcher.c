@@ -1,0 +1,584 @@
+/*
+ * Termite job launcher: runs one command chrooted into a read-only view of
+ * the master's file system, with the master's writable root writable through
+ * a per-job overlay, as an unprivileged user, in fresh mount, PID, IPC and UTS
+ * namespaces.
+ *
+ * Compiled on first use by sandbox/launcher.ts; run by sandbox/job.ts as root:
+ *
+ *   launcher --job-dir D --lower-root L --writable-root W --cwd C
+ *            [--uid N] [--gid N] [--umask OCTAL] [--memory-bytes N]
+ *            [--nproc N] [--cgroup DIR] -- ARGV...
+ *
+ * The launcher's own environment is the job's environment, passed on as is.
+ *
+ * Processes:
+ *   outer (this process, in the worker's namespaces): prepares D/{root,upper,
+ *     work,tmp}, joins the pids cgroup DIR, unshares, forks the init, waits for
+ *     it and writes D/status. SIGTERM kills the whole job (SIGKILL to the
+ *     init); SIGINT, SIGHUP and SIGQUIT are forwarded to the job.
+ *   init (PID 1 of the new PID namespace): builds the job root at D/root,
+ *     chroots into it, forks the job, forwards signals to the job's process
+ *     group, reaps orphans, and exits when the job exits, which kills every
+ *     process left in the namespace.
+ *   job (PID 2): drops to uid/gid, sets limits, closes inherited fds, execs.
+ *
+ * D/status holds lines "key value": exactly one of
+ *   exit N | signal N | nocmd CODE MESSAGE | error MESSAGE | killed
+ * then optionally "setup_ns N" (launcher start to exec), "processes 1" (the
+ * process cap was hit and the job killed), "terminated 1" (SIGTERM received).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+
+#define PATH_BYTES_MAX 4096
+#define REPORT_BYTES_MAX 4096
+#define SHM_SIZE "size=64m"
+
+struct config {
+  const char *job_dir;
+  const char *lower_root;
+  const char *writable_root;
+  const char *cwd;
+  const char *cgroup;
+  uid_t uid;
+  gid_t gid;
+  mode_t umask;
+  unsigned long long memory_bytes;
+  unsigned long nproc;
+  char **argv;
+};
+
+static struct config cfg = {.uid = 65534, .gid = 65534, .umask = 022};
+static const char *status_path_global;
+
+static unsigned long long monotonic_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (unsigned long long)t.tv_sec * 1000000000ULL + (unsigned long long)t.tv_nsec;
+}
+
+/* Joins a and b (b may start with '/') into out; fails when too long. */
+static int join_path(char *out, const char *a, const char *b) {
+  size_t la = strlen(a);
+  while (la > 1 && a[la - 1] == '/') la--;
+  if (la == 1 && a[0] == '/') la = 0;
+  while (*b == '/') b++;
+  int n = snprintf(out, PATH_BYTES_MAX, "%.*s/%s", (int)la, a, b);
+  return n > 0 && n < PATH_BYTES_MAX ? 0 : -1;
+}
+
+static void write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+}
+
+/* Sends one report line to the outer launcher (atomic: below PIPE_BUF). */
+static void report(int fd, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n > sizeof line - 2) n = sizeof line - 2;
+  for (int i = 0; i < n; i++)
+    if (line[i] == '\n') line[i] = ' ';
+  line[n++] = '\n';
+  write_all(fd, line, (size_t)n);
+}
+
+/* Outer launcher failures before the init exists: status file, exit 1. */
+static void fail_outer(const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  for (char *p = msg; *p; p++)
+    if (*p == '\n') *p = ' ';
+  FILE *f = status_path_global ? fopen(status_path_global, "we") : NULL;
+  if (f) {
+    fprintf(f, "error %s\n", msg);
+    fclose(f);
+  } else {
+    fprintf(stderr, "termite-launcher: %s\n", msg);
+  }
+  exit(1);
+}
+
+static void usage(const char *msg) {
+  fprintf(stderr, "termite-launcher: %s\n", msg);
+  exit(2);
+}
+
+static unsigned long long parse_number(const char *s, int base, const char *what) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, base);
+  if (errno || *s == '\0' || *end != '\0' || *s == '-') {
+    char msg[256];
+    snprintf(msg, sizeof msg, "Invalid %s: %s", what, s);
+    usage(msg);
+  }
+  return v;
+}
+
+static void parse_args(int argc, char **argv) {
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) {
+      i++;
+      break;
+    }
+    if (i + 1 >= argc) usage("Missing option value");
+    const char *v = argv[++i];
+    if (strcmp(a, "--job-dir") == 0) cfg.job_dir = v;
+    else if (strcmp(a, "--lower-root") == 0) cfg.lower_root = v;
+    else if (strcmp(a, "--writable-root") == 0) cfg.writable_root = v;
+    else if (strcmp(a, "--cwd") == 0) cfg.cwd = v;
+    else if (strcmp(a, "--cgroup") == 0) cfg.cgroup = v;
+    else if (strcmp(a, "--uid") == 0) cfg.uid = (uid_t)parse_number(v, 10, "uid");
+    else if (strcmp(a, "--gid") == 0) cfg.gid = (gid_t)parse_number(v, 10, "gid");
+    else if (strcmp(a, "--umask") == 0) cfg.umask = (mode_t)parse_number(v, 8, "umask") & 0777;
+    else if (strcmp(a, "--memory-bytes") == 0) cfg.memory_bytes = parse_number(v, 10, "memory");
+    else if (strcmp(a, "--nproc") == 0) cfg.nproc = (unsigned long)parse_number(v, 10, "nproc");
+    else usage("Unknown option");
+  }
+  if (i >= argc) usage("Missing command after --");
+  if (!cfg.job_dir || !cfg.lower_root || !cfg.writable_root || !cfg.cwd)
+    usage("Missing --job-dir, --lower-root, --writable-root or --cwd");
+  if (cfg.writable_root[0] != '/' || cfg.cwd[0] != '/' || cfg.lower_root[0] != '/' ||
+      cfg.job_dir[0] != '/')
+    usage("Paths must be absolute");
+  cfg.argv = argv + i;
+}
+
+/* ---------------------------------------------------------------- job */
+
+static void run_job(int report_fd) {
+  sigset_t none;
+  sigemptyset(&none);
+  for (int sig = 1; sig < NSIG; sig++) {
+    if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+  }
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  setsid();
+  if (cfg.memory_bytes) {
+    struct rlimit r = {cfg.memory_bytes, cfg.memory_bytes};
+    if (setrlimit(RLIMIT_AS, &r)) {
+      report(report_fd, "error Cannot limit memory: %s", strerror(errno));
+      _exit(1);
+    }
+  }
+  if (cfg.nproc) {
+    struct rlimit r = {cfg.nproc, cfg.nproc};
+    if (setrlimit(RLIMIT_NPROC, &r)) {
+      report(report_fd, "error Cannot limit processes: %s", strerror(errno));
+      _exit(1);
+    }
+  }
+  umask(cfg.umask);
+  if (setgroups(0, NULL) || setgid(cfg.gid) || setuid(cfg.uid)) {
+    report(report_fd, "error Cannot drop privileges to %u:%u: %s", (unsigned)cfg.uid,
+           (unsigned)cfg.gid, strerror(errno));
+    _exit(1);
+  }
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
+    report(report_fd, "error Cannot set no_new_privs: %s", strerror(errno));
+    _exit(1);
+  }
+  if (chdir(cfg.cwd)) {
+    report(report_fd, "error Cannot change directory to %s: %s", cfg.cwd, strerror(errno));
+    _exit(1);
+  }
+  /* Nothing but stdio (and the close-on-exec report pipe) reaches the job. */
+  if (report_fd > 3) close_range(3, (unsigned)report_fd - 1, 0);
+  close_range((unsigned)report_fd + 1, ~0U, 0);
+  report(report_fd, "ready %llu", monotonic_ns());
+  execvp(cfg.argv[0], cfg.argv);
+  int err = errno;
+  int code = err == ENOENT || err == ENOTDIR ? 127 : 126;
+  char msg[1024];
+  int n = snprintf(msg, sizeof msg, "termite: %s: %s\n", cfg.argv[0],
+                   err == ENOENT ? "command not found" : strerror(err));
+  if (n > 0) write_all(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+  report(report_fd, "nocmd %d %s: %s", code, cfg.argv[0], strerror(err));
+  _exit(code);
+}
+
+/* ---------------------------------------------------------------- init */
+
+#define SETUP_FAIL(...)                  \
+  do {                                   \
+    report(report_fd, "error " __VA_ARGS__); \
+    _exit(1);                            \
+  } while (0)
+
+/* Escapes the characters the overlay option parser treats specially. */
+static int escape_option(char *out, size_t cap, const char *in) {
+  size_t j = 0;
+  for (; *in; in++) {
+    if (*in == ',' || *in == ':' || *in == '\\') {
+      if (j + 1 >= cap) return -1;
+      out[j++] = '\\';
+    }
+    if (j + 1 >= cap) return -1;
+    out[j++] = *in;
+  }
+  out[j] = '\0';
+  return 0;
+}
+
+static int mkdir_parents(char *path, mode_t mode) {
+  for (char *p = path + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    int r = mkdir(path, mode);
+    *p = '/';
+    if (r && errno != EEXIST) return -1;
+  }
+  return mkdir(path, mode) && errno != EEXIST ? -1 : 0;
+}
+
+static void require_dir(int report_fd, const char *root, const char *name) {
+  char path[PATH_BYTES_MAX];
+  struct stat st;
+  if (join_path(path, root, name)) SETUP_FAIL("Path too long: %s", name);
+  if (stat(path, &st) || !S_ISDIR(st.st_mode))
+    SETUP_FAIL("Cannot mount /%s: the lower root has no directory there", name);
+}
+
+static void setup_dev(int report_fd, const char *root) {
+  char dev[PATH_BYTES_MAX], path[PATH_BYTES_MAX];
+  if (join_path(dev, root, "dev")) SETUP_FAIL("Path too long: /dev");
+  if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=1m,nr_inodes=64"))
+    SETUP_FAIL("Cannot mount /dev: %s", strerror(errno));
+  static const struct {
+    const char *name;
+    unsigned major, minor;
+  } nodes[] = {{"null", 1, 3}, {"zero", 1, 5},    {"full", 1, 7},
+               {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
+  for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+    join_path(path, dev, nodes[i].name);
+    if (mknod(path, S_IFCHR | 0666, makedev(nodes[i].major, nodes[i].minor)))
+      SETUP_FAIL("Cannot create /dev/%s: %s", nodes[i].name, strerror(errno));
+  }
+  static const char *links[][2] = {{"fd", "/proc/self/fd"},
+                                   {"stdin", "/proc/self/fd/0"},
+                                   {"stdout", "/proc/self/fd/1"},
+                                   {"stderr", "/proc/self/fd/2"}};
+  for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+    join_path(path, dev, links[i][0]);
+    if (symlink(links[i][1], path))
+      SETUP_FAIL("Cannot create /dev/%s: %s", links[i][0], strerror(errno));
+  }
+  join_path(path, dev, "shm");
+  if (mkdir(path, 01777) ||
+      mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777," SHM_SIZE))
+    SETUP_FAIL("Cannot mount /dev/shm: %s", strerror(errno));
+}
+
+static void setup_root(int report_fd, const char *root) {
+  char path[PATH_BYTES_MAX], lower[PATH_BYTES_MAX], upper[PATH_BYTES_MAX],
+      work[PATH_BYTES_MAX];
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
+    SETUP_FAIL("Cannot make / private: %s", strerror(errno));
+
+  /* Read-only recursive bind of the lower root (every submount included). */
+  int tree = (int)open_tree(AT_FDCWD, cfg.lower_root,
+                            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (tree < 0) SETUP_FAIL("Cannot clone %s: %s", cfg.lower_root, strerror(errno));
+  struct mount_attr attr = {
+      .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
+  if (mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr))
+    SETUP_FAIL("Cannot make %s read-only: %s", cfg.lower_root, strerror(errno));
+  if (move_mount(tree, "", AT_FDCWD, root, MOVE_MOUNT_F_EMPTY_PATH))
+    SETUP_FAIL("Cannot mount %s at %s: %s", cfg.lower_root, root, strerror(errno));
+  close(tree);
+
+  require_dir(report_fd, root, "proc");
+  require_dir(report_fd, root, "dev");
+  require_dir(report_fd, root, "tmp");
+
+  join_path(path, root, "proc");
+  if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+    SETUP_FAIL("Cannot mount /proc: %s", strerror(errno));
+  setup_dev(report_fd, root);
+  join_path(path, root, "tmp");
+  join_path(lower, cfg.job_dir, "tmp");
+  if (mount(lower, path, NULL, MS_BIND, NULL))
+    SETUP_FAIL("Cannot mount /tmp: %s", strerror(errno));
+
+  /* The writable root: an overlay whose upper layer collects the changes. A
+     writable root inside /tmp gets its mount point in the private /tmp. */
+  if (join_path(path, root, cfg.writable_root)) SETUP_FAIL("Path too long: writable root");
+  struct stat st;
+  if (stat(path, &st) && (errno != ENOENT || mkdir_parents(path, 0755)))
+    SETUP_FAIL("Cannot find the writable root %s in the lower view: %s", cfg.writable_root,
+               strerror(errno));
+  char lower_dir[PATH_BYTES_MAX], opts[3 * 2 * PATH_BYTES_MAX + 128];
+  if (join_path(lower_dir, cfg.lower_root, cfg.writable_root) ||
+      join_path(upper, cfg.job_dir, "upper") || join_path(work, cfg.job_dir, "work"))
+    SETUP_FAIL("Path too long: overlay layers");
+  char lower_e[2 * PATH_BYTES_MAX], upper_e[2 * PATH_BYTES_MAX], work_e[2 * PATH_BYTES_MAX];
+  if (escape_option(lower_e, sizeof lower_e, lower_dir) ||
+      escape_option(upper_e, sizeof upper_e, upper) ||
+      escape_option(work_e, sizeof work_e, work))
+    SETUP_FAIL("Path too long: overlay options");
+  snprintf(opts, sizeof opts,
+           "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=off,metacopy=off,index=off,"
+           "xino=off",
+           lower_e, upper_e, work_e);
+  if (mount("overlay", path, "overlay", MS_NOSUID | MS_NODEV, opts))
+    SETUP_FAIL("Cannot mount the overlay on %s: %s", cfg.writable_root, strerror(errno));
+
+  if (chroot(root) || chdir("/")) SETUP_FAIL("Cannot chroot to %s: %s", root, strerror(errno));
+}
+
+static void run_init(int report_fd, int life_fd) {
+  /* Die with the outer launcher; it may already be gone (then the pipe
+     reports a hang-up). */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  struct pollfd life = {.fd = life_fd, .events = POLLIN};
+  if (poll(&life, 1, 0) != 0) _exit(1);
+  close(life_fd);
+
+  char root[PATH_BYTES_MAX];
+  if (join_path(root, cfg.job_dir, "root")) SETUP_FAIL("Path too long: job root");
+  setup_root(report_fd, root);
+
+  pid_t job = fork();
+  if (job < 0) SETUP_FAIL("Cannot fork the job: %s", strerror(errno));
+  if (job == 0) run_job(report_fd);
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGQUIT);
+  for (;;) {
+    siginfo_t info;
+    int sig = sigwaitinfo(&set, &info);
+    if (sig < 0) continue;
+    if (sig != SIGCHLD) {
+      if (kill(-job, sig) && errno == ESRCH) kill(job, sig);
+      continue;
+    }
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      if (pid != job) continue;
+      if (WIFEXITED(status)) report(report_fd, "exit %d", WEXITSTATUS(status));
+      else report(report_fd, "signal %d", WTERMSIG(status));
+      /* Leaving kills every process left in the namespace. */
+      _exit(0);
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- outer */
+
+static void prepare_job_dir(void) {
+  char path[PATH_BYTES_MAX], lower_w[PATH_BYTES_MAX];
+  struct stat st;
+  umask(0);
+  if (join_path(lower_w, cfg.lower_root, cfg.writable_root))
+    fail_outer("Path too long: %s", cfg.writable_root);
+  if (stat(lower_w, &st) || !S_ISDIR(st.st_mode))
+    fail_outer("Cannot use the writable root %s: not a directory in the lower root",
+               cfg.writable_root);
+  static const struct {
+    const char *name;
+    mode_t mode;
+  } dirs[] = {{"root", 0700}, {"upper", 0700}, {"work", 0700}, {"tmp", 01777}};
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    if (join_path(path, cfg.job_dir, dirs[i].name)) fail_outer("Path too long: job dir");
+    if (mkdir(path, dirs[i].mode)) fail_outer("Cannot create %s: %s", path, strerror(errno));
+  }
+  /* The overlay root takes the upper dir's owner and mode. */
+  join_path(path, cfg.job_dir, "upper");
+  if (chown(path, cfg.uid, cfg.gid) || chmod(path, st.st_mode & 07777))
+    fail_outer("Cannot prepare %s: %s", path, strerror(errno));
+}
+
+/* Returns the "max" count of a pids.events file, or 0. */
+static unsigned long long read_pids_events(int fd) {
+  char buf[128];
+  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char *p = strstr(buf, "max ");
+  return p ? strtoull(p + 4, NULL, 10) : 0;
+}
+
+int main(int argc, char **argv) {
+  unsigned long long start_ns = monotonic_ns();
+  parse_args(argc, argv);
+  close_range(3, ~0U, 0);
+
+  static char status_path[PATH_BYTES_MAX], tmp_status[PATH_BYTES_MAX];
+  if (join_path(status_path, cfg.job_dir, "status") ||
+      join_path(tmp_status, cfg.job_dir, "status.tmp"))
+    usage("Job dir path too long");
+  status_path_global = status_path;
+
+  prepare_job_dir();
+
+  int events_fd = -1;
+  if (cfg.cgroup) {
+    char path[PATH_BYTES_MAX];
+    if (join_path(path, cfg.cgroup, "cgroup.procs")) fail_outer("Path too long: cgroup");
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "0", 1) != 1)
+      fail_outer("Cannot join cgroup %s: %s", cfg.cgroup, strerror(errno));
+    close(fd);
+    join_path(path, cfg.cgroup, "pids.events");
+    events_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (events_fd >= 0) read_pids_events(events_fd);
+  }
+
+  int report_pipe[2], life_pipe[2];
+  if (pipe2(report_pipe, O_CLOEXEC) || pipe2(life_pipe, O_CLOEXEC))
+    fail_outer("Cannot create pipes: %s", strerror(errno));
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGQUIT);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+
+  if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS))
+    fail_outer("Cannot create namespaces: %s", strerror(errno));
+  pid_t init = fork();
+  if (init < 0) fail_outer("Cannot fork: %s", strerror(errno));
+  if (init == 0) {
+    close(report_pipe[0]);
+    close(life_pipe[1]);
+    if (events_fd >= 0) close(events_fd);
+    run_init(report_pipe[1], life_pipe[0]);
+    _exit(1);
+  }
+  close(report_pipe[1]);
+  close(life_pipe[0]);
+
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) {
+    kill(init, SIGKILL);
+    fail_outer("Cannot create signalfd: %s", strerror(errno));
+  }
+
+  char reports[REPORT_BYTES_MAX + 1];
+  size_t reports_len = 0;
+  int report_fd = report_pipe[0];
+  int init_done = 0, terminated = 0, processes_hit = 0;
+  while (!init_done || report_fd >= 0) {
+    struct pollfd fds[3];
+    int n = 0;
+    fds[n++] = (struct pollfd){.fd = init_done ? -1 : sfd, .events = POLLIN};
+    fds[n++] = (struct pollfd){.fd = report_fd, .events = POLLIN};
+    fds[n++] = (struct pollfd){.fd = init_done ? -1 : events_fd, .events = POLLPRI};
+    if (poll(fds, (nfds_t)n, events_fd >= 0 && !init_done ? 100 : -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (report_fd >= 0 && fds[1].revents) {
+      char buf[512];
+      ssize_t r = read(report_fd, buf, sizeof buf);
+      if (r > 0) {
+        size_t take = (size_t)r;
+        if (take > REPORT_BYTES_MAX - reports_len) take = REPORT_BYTES_MAX - reports_len;
+        memcpy(reports + reports_len, buf, take);
+        reports_len += take;
+      } else if (r == 0 || errno != EINTR) {
+        close(report_fd);
+        report_fd = -1;
+      }
+    }
+    if (!init_done && events_fd >= 0 && !processes_hit && read_pids_events(events_fd) > 0) {
+      processes_hit = 1;
+      kill(init, SIGKILL);
+    }
+    struct signalfd_siginfo si;
+    while (!init_done && read(sfd, &si, sizeof si) == sizeof si) {
+      int sig = (int)si.ssi_signo;
+      if (sig == SIGTERM) {
+        terminated = 1;
+        kill(init, SIGKILL);
+      } else if (sig != SIGCHLD) {
+        kill(init, sig);
+      }
+    }
+    if (!init_done) {
+      int status;
+      if (waitpid(init, &status, WNOHANG) == init) init_done = 1;
+    }
+  }
+  reports[reports_len] = '\0';
+
+  /* The job's status is the init's last report, unless setup or exec failed. */
+  const char *result = NULL, *ready = NULL;
+  for (char *line = reports; line && *line;) {
+    char *next = strchr(line, '\n');
+    if (next) *next++ = '\0';
+    if (strncmp(line, "ready ", 6) == 0) ready = line + 6;
+    else if (!result || (strncmp(result, "error ", 6) != 0 && strncmp(result, "nocmd ", 6) != 0))
+      result = line;
+    line = next;
+  }
+  FILE *f = fopen(tmp_status, "we");
+  if (!f) {
+    fprintf(stderr, "termite-launcher: Cannot write %s: %s\n", tmp_status, strerror(errno));
+    return 1;
+  }
+  fprintf(f, "%s\n", result ? result : "killed");
+  if (ready) {
+    unsigned long long t = strtoull(ready, NULL, 10);
+    if (t > start_ns) fprintf(f, "setup_ns %llu\n", t - start_ns);
+  }
+  if (processes_hit) fprintf(f, "processes 1\n");
+  if (terminated) fprintf(f, "terminated 1\n");
+  if (fclose(f) || rename(tmp_status, status_path)) {
+    fprintf(stderr, "termite-launcher: Cannot write %s: %s\n", status_path, strerror(errno));
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,24 @@
+/**
+ * The job sandbox of a worker: runs a command chrooted into a view of the
+ * master's file system, as nobody, with the master's writable root writable
+ * through a per-job overlay, and turns what the job changed into a
+ * {@linkcode ResultSet}.
+ *
+ * @module
+ */
+export type { ResultFile, ResultSet } from "../common/types.ts";
+export { SandboxError } from "./errors.ts";
+export { ensureLauncher, LAUNCHER_CFLAGS } from "./launcher.ts";
+export {
+  DRAIN_GRACE_MS,
+  type JobOutcome,
+  type JobSpec,
+  KILL_GRACE_MS,
+  OUTPUT_BYTES_MAX,
+  PIDS_CGROUP_ROOT,
+  PROCESSES_MAX_DEFAULT,
+  runJob,
+  type RunJobOptions,
+  type SandboxOptions,
+} from "./job.ts";
+export { type CollectOptions, collectResultSet, RESULT_ENTRIES_MAX } from "./result_set.ts";

@@ -1,0 +1,627 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import {
+  collectResultSet,
+  type JobOutcome,
+  type JobSpec,
+  runJob,
+  type RunJobOptions,
+  SandboxError,
+} from "../sandbox/mod.ts";
+
+const LAUNCHER_CACHE = new URL("../.cache/sandbox-launcher", import.meta.url).pathname;
+const PATH = "/usr/local/bin:/usr/bin:/bin";
+const decoder = new TextDecoder();
+
+/** A temp area: a writable root owned by nobody, job dirs beside it, a private pids cgroup root. */
+class Fixture implements AsyncDisposable {
+  readonly base: string;
+  readonly writableRoot: string;
+  readonly cgroupRoot: string;
+  #jobs = 0;
+
+  constructor(parent = "/tmp") {
+    const id = crypto.randomUUID().slice(0, 8);
+    this.base = `${parent}/termite-sandbox-test-${id}`;
+    this.writableRoot = `${this.base}/w`;
+    this.cgroupRoot = `/sys/fs/cgroup/pids/termite-test-${id}`;
+  }
+
+  async init(): Promise<this> {
+    await Deno.mkdir(this.writableRoot, { recursive: true });
+    await chownNobody(this.writableRoot);
+    return this;
+  }
+
+  nextJobDir(): string {
+    return `${this.base}/jobs/${this.#jobs++}`;
+  }
+
+  options(extra: Partial<RunJobOptions> = {}): RunJobOptions {
+    return {
+      lowerRoot: "/",
+      writableRoot: this.writableRoot,
+      jobDir: this.nextJobDir(),
+      launcherCacheDir: LAUNCHER_CACHE,
+      pidsCgroupRoot: this.cgroupRoot,
+      ...extra,
+    };
+  }
+
+  /** Runs a shell script in the writable root; collects output and the result set. */
+  async sh(script: string, opts: Partial<JobSpec> & { run?: Partial<RunJobOptions> } = {}) {
+    return await capture(
+      {
+        argv: ["/bin/sh", "-c", script],
+        cwd: this.writableRoot,
+        env: { PATH },
+        timeoutMs: 30_000,
+        ...opts,
+      },
+      this.options(opts.run),
+    );
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Deno.remove(this.base, { recursive: true }).catch(() => {});
+    await Deno.remove(this.cgroupRoot).catch(() => {});
+  }
+}
+
+interface Captured {
+  outcome: JobOutcome;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  out: string;
+  err: string;
+}
+
+async function capture(spec: JobSpec, options: RunJobOptions): Promise<Captured> {
+  const stdout: Uint8Array[] = [];
+  const stderr: Uint8Array[] = [];
+  const outcome = await runJob(spec, {
+    ...options,
+    onStdout: (b) => {
+      stdout.push(b.slice());
+    },
+    onStderr: (b) => {
+      stderr.push(b.slice());
+    },
+  });
+  const o = concat(stdout);
+  const e = concat(stderr);
+  return { outcome, stdout: o, stderr: e, out: decoder.decode(o), err: decoder.decode(e) };
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+async function run(cmd: string, ...args: string[]): Promise<string> {
+  const r = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!r.success) throw new Error(`${cmd} ${args.join(" ")}: ${decoder.decode(r.stderr)}`);
+  return decoder.decode(r.stdout);
+}
+
+async function chownNobody(path: string): Promise<void> {
+  await run("chown", "-R", "65534:65534", path);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/** Host processes whose command line contains `needle`. */
+async function hostProcesses(needle: string): Promise<string[]> {
+  const found: string[] = [];
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const cmdline = (await Deno.readTextFile(`/proc/${e.name}/cmdline`)).replaceAll("\0", " ");
+      if (cmdline.includes(needle) && !cmdline.includes("deno")) {
+        found.push(`${e.name}: ${cmdline}`);
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return found;
+}
+
+async function assertCleanedUp(fixture: Fixture, jobDir: string): Promise<void> {
+  assert.equal(await exists(jobDir), false, "job dir removed");
+  const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+  assert.equal(mounts.includes(fixture.base), false, "no mount left in the host namespace");
+  const cgroups: string[] = [];
+  for await (const e of Deno.readDir(fixture.cgroupRoot)) if (e.isDirectory) cgroups.push(e.name);
+  assert.deepEqual(cgroups, [], "job cgroups removed");
+}
+
+Deno.test("runJob() runs as nobody with only the writable root writable", async () => {
+  await using fx = await new Fixture().init();
+  const r = await fx.sh(
+    "id -u; id -G; touch /etc/termite-sandbox-test 2>&1; touch /usr/termite 2>&1;" +
+      "echo ok > in_root && cat in_root; echo tmp > /tmp/t && cat /tmp/t; hostname >/dev/null",
+  );
+  assert.equal(r.outcome.exitCode, 0, r.err);
+  const lines = r.out.trim().split("\n");
+  assert.equal(lines[0], "65534");
+  assert.equal(lines[1], "65534");
+  assert.match(lines[2], /Read-only file system/);
+  assert.match(lines[3], /Read-only file system/);
+  assert.deepEqual(lines.slice(4), ["ok", "tmp"]);
+  assert.equal(await exists("/etc/termite-sandbox-test"), false);
+  assert.equal(await exists(`${fx.writableRoot}/in_root`), false, "host tree untouched");
+  assert.ok(r.outcome.launcherMs! > 0);
+});
+
+Deno.test("runJob() keeps submounts of the lower root read-only", async () => {
+  await using fx = await new Fixture("/var/tmp").init();
+  const sub = `${fx.base}/sub`;
+  await Deno.mkdir(sub);
+  await run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "termite-test", sub);
+  try {
+    const r = await fx.sh(`touch ${sub}/x 2>&1; ls -d ${sub}`);
+    assert.match(r.out, /Read-only file system/);
+    assert.match(r.out, new RegExp(`${sub}\n$`));
+    assert.equal(await exists(`${sub}/x`), false);
+  } finally {
+    await run("umount", sub);
+  }
+});
+
+Deno.test("runJob() hides the host: private /tmp, own /proc, no escape through /proc/1/root or ..", async () => {
+  await using fx = await new Fixture().init();
+  const marker = `/tmp/termite-marker-${crypto.randomUUID()}`;
+  await Deno.writeTextFile(marker, "host only");
+  try {
+    const hostInit = await Deno.readTextFile("/proc/1/cmdline");
+    for (
+      const probe of [`cat ${marker}`, `cat /proc/1/root${marker}`, `cd /../../..; cat .${marker}`]
+    ) {
+      const r = await fx.sh(probe);
+      assert.notEqual(r.outcome.exitCode, 0, probe);
+      assert.equal(r.out, "", probe);
+      assert.match(r.err, /No such file or directory|Permission denied/, probe);
+    }
+    const root = await fx.sh("readlink -v /proc/1/root");
+    assert.match(root.err, /Permission denied/);
+    const init = await fx.sh("cat /proc/1/cmdline");
+    assert.match(init.out, /termite-launcher/);
+    assert.notEqual(init.out, hostInit);
+    // The init, the shell and ls: not the host's processes.
+    const pids = await fx.sh("ls /proc | grep '^[0-9]'");
+    assert.ok(pids.out.trim().split("\n").length <= 4, `pids visible: ${pids.out}`);
+  } finally {
+    await Deno.remove(marker);
+  }
+});
+
+Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {
+  await using fx = await new Fixture().init();
+  // Run the launcher from a shell holding /dev/fuse and a file open without close-on-exec.
+  const { ensureLauncher } = await import("../sandbox/mod.ts");
+  const launcher = await ensureLauncher(LAUNCHER_CACHE);
+  const jobDir = fx.nextJobDir();
+  await Deno.mkdir(jobDir, { recursive: true });
+  const script = `exec 7<>/dev/fuse 8</etc/passwd; ls -l /proc/self/fd >&2; exec "$@"`;
+  const r = await new Deno.Command("/bin/sh", {
+    args: [
+      "-c",
+      script,
+      "sh",
+      launcher,
+      "--job-dir",
+      jobDir,
+      "--lower-root",
+      "/",
+      "--writable-root",
+      fx.writableRoot,
+      "--cwd",
+      "/",
+      "--",
+      "/bin/ls",
+      "/proc/self/fd",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const hostFds = decoder.decode(r.stderr);
+  assert.match(hostFds, /\/dev\/fuse/, "the fd was open in the launcher's parent");
+  assert.equal(decoder.decode(r.stdout), "0\n1\n2\n3\n", "only stdio and ls's own directory fd");
+  assert.equal((await Deno.readTextFile(`${jobDir}/status`)).split("\n")[0], "exit 0");
+});
+
+Deno.test("runJob() reports exit codes exactly: exit 3, killed by SIGKILL, SIGSEGV, command not found", async () => {
+  await using fx = await new Fixture().init();
+  assert.deepEqual((await fx.sh("exit 3")).outcome.exitCode, 3);
+  assert.deepEqual((await fx.sh("exit 0")).outcome.exitCode, 0);
+  const killed = await fx.sh("kill -9 $$");
+  assert.equal(killed.outcome.exitCode, 137);
+  assert.equal(killed.outcome.killedBy, undefined);
+  assert.equal(killed.outcome.reason, "Killed by SIGKILL");
+  assert.equal((await fx.sh("kill -SEGV $$")).outcome.exitCode, 139);
+  const missing = await capture(
+    { argv: ["no-such-command-termite"], cwd: "/", env: { PATH }, timeoutMs: 10_000 },
+    fx.options(),
+  );
+  assert.equal(missing.outcome.exitCode, 127);
+  assert.match(missing.outcome.reason!, /no-such-command-termite: No such file or directory/);
+  assert.match(missing.err, /no-such-command-termite: command not found/);
+  const notExecutable = await capture(
+    { argv: ["/etc/passwd"], cwd: "/", env: { PATH }, timeoutMs: 10_000 },
+    fx.options(),
+  );
+  assert.equal(notExecutable.outcome.exitCode, 126);
+});
+
+Deno.test("runJob() passes argv, env and cwd exactly", async () => {
+  await using fx = await new Fixture().init();
+  await Deno.mkdir(`${fx.writableRoot}/sub dir`);
+  await chownNobody(fx.writableRoot);
+  const env = { PATH, A: "1", "WEIRD_VAR": "x=y z\nnext", EMPTY: "" };
+  const r = await capture(
+    {
+      argv: ["/usr/bin/env", "--null"],
+      cwd: `${fx.writableRoot}/sub dir`,
+      env,
+      timeoutMs: 10_000,
+    },
+    fx.options(),
+  );
+  const seen = Object.fromEntries(
+    r.out.split("\0").filter((s) => s !== "").map((
+      s,
+    ) => [s.slice(0, s.indexOf("=")), s.slice(s.indexOf("=") + 1)]),
+  );
+  assert.deepEqual(seen, env);
+  const pwd = await capture(
+    {
+      argv: ["/bin/sh", "-c", 'pwd; printf "%s|" "$@"', "sh", "a b", "", "c"],
+      cwd: `${fx.writableRoot}/sub dir`,
+      env,
+      timeoutMs: 10_000,
+      umask: 0o077,
+    },
+    fx.options(),
+  );
+  assert.equal(pwd.out, `${fx.writableRoot}/sub dir\na b||c|`);
+  const umask = await fx.sh("umask", { umask: 0o027 });
+  assert.equal(umask.out.trim(), "0027");
+});
+
+Deno.test("runJob() streams stdout and stderr bytes exactly, binary and large; forwards stdin", async () => {
+  await using fx = await new Fixture().init();
+  const blob = new Uint8Array(6 * 1024 * 1024);
+  for (let i = 0; i < blob.length; i += 65536) crypto.getRandomValues(blob.subarray(i, i + 65536));
+  await Deno.writeFile(`${fx.writableRoot}/blob`, blob);
+  const r = await fx.sh(`printf 'a\\000\\001\\377'; cat blob; printf 'E\\000' >&2; cat blob >&2`);
+  assert.equal(r.outcome.exitCode, 0);
+  assert.deepEqual(r.stdout, concat([new Uint8Array([0x61, 0, 1, 0xff]), blob]));
+  assert.deepEqual(r.stderr, concat([new Uint8Array([0x45, 0]), blob]));
+
+  const echoed = await capture(
+    { argv: ["/bin/cat"], cwd: "/", env: {}, stdin: blob, timeoutMs: 30_000 },
+    fx.options(),
+  );
+  assert.equal(echoed.outcome.exitCode, 0);
+  assert.deepEqual(echoed.stdout, blob);
+  // No stdin given: /dev/null. A job that ignores its stdin still ends.
+  assert.equal((await fx.sh("cat")).out, "");
+  assert.equal((await fx.sh("exit 4", { stdin: blob })).outcome.exitCode, 4);
+});
+
+Deno.test("runJob() truncates output past outputBytesMax with a note", async () => {
+  await using fx = await new Fixture().init();
+  const r = await fx.sh("head -c 100000 /dev/zero; echo done >&2", {
+    run: { outputBytesMax: 1000 },
+  });
+  assert.equal(r.outcome.exitCode, 0);
+  assert.deepEqual(r.stdout.subarray(0, 1000), new Uint8Array(1000));
+  assert.equal(r.out.slice(1000), "\n[termite: stdout truncated after 1000 bytes]\n");
+  assert.equal(r.err, "done\n");
+  assert.match(r.outcome.reason!, /stdout truncated after 1000 bytes/);
+});
+
+Deno.test("runJob() kills a job past its timeout with all its children; the next job works", async () => {
+  await using fx = await new Fixture().init();
+  const tag = `${1000 + Math.floor(Math.random() * 1000)}.${Math.floor(Math.random() * 1000)}`;
+  const options = fx.options();
+  const r = await capture(
+    {
+      argv: ["/bin/sh", "-c", `sleep ${tag} & sleep ${tag}1 & echo started; wait`],
+      cwd: "/",
+      env: { PATH },
+      timeoutMs: 700,
+    },
+    options,
+  );
+  assert.equal(r.out, "started\n");
+  assert.equal(r.outcome.killedBy, "timeout");
+  assert.equal(r.outcome.exitCode, 137);
+  assert.deepEqual(await hostProcesses(`sleep ${tag}`), []);
+  await assertCleanedUp(fx, options.jobDir);
+  const next = await fx.sh("echo next");
+  assert.equal(next.out, "next\n");
+  assert.equal(next.outcome.killedBy, undefined);
+});
+
+Deno.test("runJob() kills the job tree when its AbortSignal fires", async () => {
+  await using fx = await new Fixture().init();
+  const controller = new AbortController();
+  const tag = `${2000 + Math.floor(Math.random() * 1000)}.5`;
+  const options = fx.options();
+  const outcome = await runJob(
+    {
+      argv: ["/bin/sh", "-c", `sleep ${tag} & echo started; wait`],
+      cwd: "/",
+      env: { PATH },
+      timeoutMs: 60_000,
+    },
+    {
+      ...options,
+      onStdout: () => controller.abort(),
+      signal: controller.signal,
+      onUpper: () => Promise.reject(new Error("onUpper must not run for a cancelled job")),
+    },
+  );
+  assert.equal(outcome.killedBy, "signal");
+  assert.deepEqual(await hostProcesses(`sleep ${tag}`), []);
+  await assertCleanedUp(fx, options.jobDir);
+  const aborted = await runJob(
+    { argv: ["/bin/true"], cwd: "/", env: {}, timeoutMs: 1000 },
+    { ...fx.options(), signal: AbortSignal.abort() },
+  );
+  assert.equal(aborted.killedBy, "signal");
+});
+
+Deno.test("runJob() stops a fork loop at the process cap", async () => {
+  await using fx = await new Fixture().init();
+  const options = fx.options();
+  const r = await capture(
+    {
+      argv: ["/bin/bash", "-c", "while :; do sleep 300 & done"],
+      cwd: "/",
+      env: { PATH },
+      timeoutMs: 60_000,
+      processesMax: 20,
+    },
+    options,
+  );
+  assert.equal(r.outcome.killedBy, "processes");
+  assert.deepEqual(await hostProcesses("sleep 300"), []);
+  await assertCleanedUp(fx, options.jobDir);
+  // Without cgroups: RLIMIT_NPROC makes fork fail; dash gives up.
+  const fallback = await fx.sh("i=0; while [ $i -lt 200 ]; do sleep 301 & i=$((i+1)); done; wait", {
+    processesMax: 20,
+    timeoutMs: 60_000,
+    run: { pidsCgroupRoot: null },
+  });
+  assert.notEqual(fallback.outcome.exitCode, 0);
+  assert.equal(fallback.outcome.killedBy, undefined);
+  assert.match(fallback.err, /fork/i);
+  assert.deepEqual(await hostProcesses("sleep 301"), []);
+});
+
+Deno.test("runJob() caps memory: allocating beyond memoryBytesMax fails", async () => {
+  await using fx = await new Fixture().init();
+  const alloc = (mib: number) => `python3 -c 'b = bytearray(${mib} * 1024 * 1024); print(len(b))'`;
+  const over = await fx.sh(alloc(400), { memoryBytesMax: 200 * 1024 * 1024 });
+  assert.notEqual(over.outcome.exitCode, 0);
+  assert.match(over.err, /MemoryError/);
+  const under = await fx.sh(alloc(50), { memoryBytesMax: 200 * 1024 * 1024 });
+  assert.equal(under.outcome.exitCode, 0, under.err);
+  assert.equal(under.out, `${50 * 1024 * 1024}\n`);
+});
+
+Deno.test("runJob() isolates concurrent jobs from each other", async () => {
+  await using fx = await new Fixture("/var/tmp").init();
+  const go = `${fx.base}/go`;
+  const w = fx.writableRoot;
+  let ready!: () => void;
+  const aReady = new Promise<void>((resolve) => ready = resolve);
+  const results = new Map<string, unknown>();
+  const collect = (name: string) => async (upper: string, lowerDir: string) => {
+    results.set(name, await collectResultSet(upper, w, fakePut, { lowerDir }));
+  };
+  const a = runJob(
+    {
+      argv: [
+        "/bin/sh",
+        "-c",
+        `echo a > ${w}/a; echo ready; i=0; while [ ! -e ${go} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; ls ${w}`,
+      ],
+      cwd: w,
+      env: { PATH },
+      timeoutMs: 60_000,
+    },
+    {
+      ...fx.options(),
+      onStdout: (b) => {
+        if (decoder.decode(b).includes("ready")) ready();
+        else results.set("a-ls", decoder.decode(b));
+      },
+      onUpper: collect("a"),
+    },
+  );
+  await aReady;
+  const b = await capture(
+    {
+      argv: ["/bin/sh", "-c", `ls ${w}; echo b > ${w}/b`],
+      cwd: w,
+      env: { PATH },
+      timeoutMs: 60_000,
+    },
+    { ...fx.options(), onUpper: collect("b") },
+  );
+  assert.equal(b.out, "", "b does not see a's file");
+  await Deno.writeTextFile(go, "");
+  assert.equal((await a).exitCode, 0);
+  assert.equal(results.get("a-ls"), "a\n", "a does not see b's file");
+  const put = (path: string, text: string) => ({
+    path,
+    hash: sha256(new TextEncoder().encode(text)),
+    size: text.length,
+    mode: 0o644,
+  });
+  const strip = (set: unknown) => {
+    const s = set as { files: { mtimeMs?: number }[] };
+    for (const f of s.files) delete f.mtimeMs;
+    return s;
+  };
+  assert.deepEqual(strip(results.get("a")), {
+    deletions: [],
+    dirs: [],
+    files: [put(`${w}/a`, "a\n")],
+    symlinks: [],
+  });
+  assert.deepEqual(strip(results.get("b")), {
+    deletions: [],
+    dirs: [],
+    files: [put(`${w}/b`, "b\n")],
+    symlinks: [],
+  });
+  assert.deepEqual([...Deno.readDirSync(w)], [], "host writable root untouched");
+});
+
+Deno.test("runJob() compiles with gcc from the lower view, byte-identical to a local compile", async () => {
+  await using fx = await new Fixture("/var/tmp").init();
+  const w = fx.writableRoot;
+  await Deno.writeTextFile(
+    `${w}/hello.c`,
+    '#include <stdio.h>\n#include <stdlib.h>\nint main(void) { printf("hi %d\\n", EXIT_SUCCESS); return 0; }\n',
+  );
+  await chownNobody(w);
+  let remote: Uint8Array | undefined;
+  const r = await capture(
+    {
+      argv: ["gcc", "-g", "-O2", "-c", "hello.c", "-o", "hello.o"],
+      cwd: w,
+      env: { PATH },
+      timeoutMs: 60_000,
+    },
+    {
+      ...fx.options(),
+      onUpper: async (upper) => {
+        remote = await Deno.readFile(`${upper}/hello.o`);
+      },
+    },
+  );
+  assert.equal(r.outcome.exitCode, 0, r.err);
+  assert.equal(await exists(`${w}/hello.o`), false);
+  await run("sh", "-c", `cd ${w} && PATH=${PATH} gcc -g -O2 -c hello.c -o hello.o`);
+  const local = await Deno.readFile(`${w}/hello.o`);
+  assert.ok(remote !== undefined && remote.length > 1000);
+  assert.deepEqual(remote, local);
+});
+
+Deno.test("runJob() works on a constructed lower root and keeps its bind-mounted /usr read-only", async () => {
+  await using fx = await new Fixture("/var/tmp").init();
+  const lower = `${fx.base}/lower`;
+  for (const d of ["usr", "proc", "dev", "tmp", "etc", "work"]) {
+    await Deno.mkdir(`${lower}/${d}`, { recursive: true });
+  }
+  for (const l of ["bin", "lib", "lib64", "sbin"]) await Deno.symlink(`usr/${l}`, `${lower}/${l}`);
+  await Deno.writeTextFile(`${lower}/etc/marker`, "constructed\n");
+  await chownNobody(`${lower}/work`);
+  await run("mount", "--bind", "/usr", `${lower}/usr`);
+  try {
+    const r = await capture(
+      {
+        argv: ["/bin/sh", "-c", "cat /etc/marker; touch /usr/x 2>&1; echo w > out; ls /"],
+        cwd: "/work",
+        env: { PATH },
+        timeoutMs: 30_000,
+      },
+      {
+        ...fx.options({ lowerRoot: lower, writableRoot: "/work" }),
+        onUpper: async (upper, lowerDir) => {
+          assert.equal(lowerDir, `${lower}/work`);
+          assert.equal(await Deno.readTextFile(`${upper}/out`), "w\n");
+        },
+      },
+    );
+    assert.equal(r.outcome.exitCode, 0, r.err);
+    const lines = r.out.split("\n");
+    assert.equal(lines[0], "constructed");
+    assert.match(lines[1], /Read-only file system/);
+    assert.deepEqual(lines.slice(2).filter(Boolean).sort(), [
+      "bin",
+      "dev",
+      "etc",
+      "lib",
+      "lib64",
+      "proc",
+      "sbin",
+      "tmp",
+      "usr",
+      "work",
+    ]);
+
+    // A lower root without /proc cannot host a job.
+    await run("umount", `${lower}/usr`);
+    await Deno.remove(`${lower}/proc`);
+    const options = fx.options({ lowerRoot: lower, writableRoot: "/work" });
+    await assert.rejects(
+      runJob({ argv: ["/bin/true"], cwd: "/", env: {}, timeoutMs: 10_000 }, options),
+      (err: unknown) => err instanceof SandboxError && /no directory there/.test(err.message),
+    );
+    await assertCleanedUp(fx, options.jobDir);
+  } finally {
+    await run("umount", `${lower}/usr`).catch(() => {});
+  }
+});
+
+Deno.test("runJob() reports sandbox failures as SandboxError, distinct from job status", async () => {
+  await using fx = await new Fixture().init();
+  const options = fx.options();
+  await assert.rejects(
+    runJob({ argv: ["/bin/true"], cwd: "/no/such/dir", env: {}, timeoutMs: 10_000 }, options),
+    (err: unknown) =>
+      err instanceof SandboxError && /Cannot change directory to \/no\/such\/dir/.test(err.message),
+  );
+  await assertCleanedUp(fx, options.jobDir);
+  await assert.rejects(
+    runJob(
+      { argv: ["/bin/true"], cwd: "/", env: {}, timeoutMs: 10_000 },
+      fx.options({ writableRoot: "/" }),
+    ),
+    SandboxError,
+  );
+  await assert.rejects(
+    runJob(
+      { argv: ["/bin/true"], cwd: "/", env: {}, timeoutMs: 10_000 },
+      fx.options({ writableRoot: `${fx.writableRoot}/missing` }),
+    ),
+    (err: unknown) =>
+      err instanceof SandboxError && /not a directory in the lower root/.test(err.message),
+  );
+  await assert.rejects(
+    runJob(
+      { argv: ["/bin/true"], cwd: "/", env: {}, timeoutMs: 10_000 },
+      fx.options({ jobDir: `${fx.writableRoot}/job` }),
+    ),
+    /lies inside the writable root/,
+  );
+});
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+async function fakePut(path: string): Promise<{ hash: string; size: number }> {
+  const bytes = await Deno.readFile(path);
+  return { hash: sha256(bytes), size: bytes.length };
+}
