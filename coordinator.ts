@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { startCoordinator } from "./coordinator/mod.ts";
 import { loadSecret } from "./rpc/mod.ts";
 import { die, parseDurationMs, untilSignal } from "./common/cli.ts";
+import { VERSION } from "./common/protocol.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -35,6 +36,7 @@ try {
     httpPort: values["http-port"] === "none" ? undefined : Number(values["http-port"]),
     secret,
     workerTimeoutMs: parseDurationMs(values["worker-timeout"]),
+    version: VERSION,
   });
   console.error(
     `termite coordinator: listening on port ${coordinator.port}` +
