@@ -1,0 +1,1268 @@
+/**
+ * The worker's view of a master's file system: a read-only FUSE file system
+ * showing the master's whole `/`, fetched lazily over a {@link MasterLink},
+ * with file contents served from the worker's content store by SHA-256.
+ *
+ * How it stays fast:
+ * - Attributes come a whole directory at a time (`link.dir`), so a lookup is
+ *   usually answered from memory, and a name missing from a known directory is
+ *   answered "no such file" with a long-lived negative entry, no round trip.
+ *   libfuse 3.14 makes the kernel serialise lookups in a directory, so every
+ *   network wait in a lookup holds up its neighbours ({@link MirrorStats.lookupsWaited}).
+ * - Kernel caches live long (an hour by default); correctness comes from
+ *   explicit invalidation when the master pushes changes ({@link MirrorFs.applyUpdates}).
+ * - A lookup of a file starts fetching its content in the background; reads are
+ *   answered from a descriptor of the stored blob without copying through
+ *   JavaScript, and the kernel keeps the page cache across opens.
+ *
+ * Handlers never touch paths under the mount point (that would deadlock the
+ * single thread serving it): they only use the link and the store.
+ *
+ * @module
+ */
+
+import type { Fetcher, Store } from "../cas/mod.ts";
+import type { FileAttr, FileKind } from "../common/types.ts";
+import {
+  EACCES,
+  EBADF,
+  EINVAL,
+  EIO,
+  EISDIR,
+  ENFILE,
+  ENODATA,
+  ENOENT,
+  ENOTDIR,
+  EROFS,
+  ESTALE,
+} from "../fuse/errno.ts";
+import { type Libc, openLibc } from "../fuse/libc.ts";
+import type {
+  Attr,
+  AttrReply,
+  ConnInfo,
+  DirEntry,
+  DirEntryPlus,
+  Entry,
+  Errno,
+  FdSlice,
+  FileSystem,
+  MountedSession,
+  OpenDirReply,
+  OpenReply,
+  RequestContext,
+  StatFs,
+} from "../fuse/types.ts";
+import { Limiter } from "./_mirror_limiter.ts";
+
+/** The master's file service, as the mirror needs it (implemented over RPC by the worker). */
+export interface MasterLink {
+  /** The master's `fs.attr`: one path's attributes (`kind: null` when absent). */
+  attr(path: string, options: { withHash: boolean; signal?: AbortSignal }): Promise<FileAttr>;
+  /**
+   * The master's `fs.dir`: attributes of all children of a directory at once
+   * (hashes only where the master has them cached).
+   */
+  dir(path: string, options: { signal?: AbortSignal }): Promise<FileAttr[]>;
+  /** The master's `blob.get`: writes the blob's bytes to `sink`, in order. */
+  fetchBlob(
+    hash: string,
+    sink: { write(chunk: Uint8Array): Promise<void> },
+    signal: AbortSignal,
+  ): Promise<void>;
+}
+
+/** Options of {@linkcode MirrorFs}. */
+export interface MirrorOptions {
+  link: MasterLink;
+  /** The worker's content store (shared by every mirror, kept between jobs). */
+  store: Store;
+  /**
+   * The master's writable root: paths at or under it are owned by uid/gid
+   * 65534 (the job user, so jobs can write through an overlay); the rest by root.
+   */
+  writableRoot: string;
+  /** Kernel cache lifetimes in seconds (default 3600 each). */
+  entryTimeoutS?: number;
+  attrTimeoutS?: number;
+  negativeTimeoutS?: number;
+  /**
+   * Always shown as empty directories, whatever the master says (a sandbox
+   * mounts over them). Only shown when their parent exists on the master.
+   * Default {@linkcode MOUNT_POINTS_DEFAULT}.
+   */
+  mountPoints?: readonly string[];
+  /** Cached paths kept at most (default 1,000,000); unreferenced ones are dropped, LRU. */
+  entriesMax?: number;
+  /** Link calls running at once (default 64). */
+  linkCallsMax?: number;
+  /** Open files and directories at once (default 8192); beyond, `open` answers ENFILE. */
+  handlesMax?: number;
+  /** Files up to this size get their content fetched when looked up (default 16 MiB). */
+  prefetchBytesMax?: number;
+  /** Content prefetches running or queued at once (default 256); beyond, none start. */
+  prefetchesMax?: number;
+  /** Offer READDIRPLUS (lookup answers with listings). Default false, see the benchmark. */
+  readdirPlus?: boolean;
+  /** Told about failures that cost a request or a prefetch (default: ignored). */
+  onError?: (error: unknown, context: string) => void;
+}
+
+/** Counters of a {@linkcode MirrorFs}. */
+export interface MirrorStats {
+  lookups: number;
+  /** Lookups that had to wait for the network. */
+  lookupsWaited: number;
+  /** Lookups answered "no such file" from a cached listing. */
+  negativeLocal: number;
+  dirFetches: number;
+  attrFetches: number;
+  /** Blob fetches started over the link (a blob already stored costs none). */
+  blobFetches: number;
+  blobBytes: number;
+  prefetches: number;
+  /** Failures answered EIO (link failures, corrupt blobs) and failed prefetches. */
+  errors: number;
+  /** Paths cached now. */
+  entries: number;
+  /** Open file and directory handles now. */
+  handles: number;
+}
+
+export const MOUNT_POINTS_DEFAULT: readonly string[] = ["/proc", "/dev", "/tmp", "/sys"];
+export const JOB_UID = 65534;
+export const JOB_GID = 65534;
+const TIMEOUT_S_DEFAULT = 3600;
+const ENTRIES_MAX_DEFAULT = 1_000_000;
+const LINK_CALLS_MAX_DEFAULT = 64;
+const HANDLES_MAX_DEFAULT = 8192;
+const PREFETCH_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
+const PREFETCHES_MAX_DEFAULT = 256;
+/** Names answered negatively and remembered (to invalidate them later), per directory. */
+const NEGATIVES_PER_DIR_MAX = 4096;
+/** The same, in all. Beyond either, a missing name is answered ENOENT (not cached). */
+const NEGATIVES_MAX = 1_000_000;
+/** Entries returned by one readdir call (the bridge packs what fits). */
+const READDIR_BATCH_MAX = 4096;
+/** Evict down to this fraction of entriesMax, so eviction runs rarely. */
+const EVICT_TARGET_FRACTION = 0.9;
+const ROOT_ID = 1n;
+/** Fetches repeated at most this often when a reset() overtakes them. */
+const FETCH_ATTEMPTS_MAX = 3;
+const NAME_BYTES_MAX = 255;
+
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const O_CLOEXEC = 0o2000000;
+const R_OK = 4;
+const W_OK = 2;
+const X_OK = 1;
+const FUSE_CAP_CACHE_SYMLINKS = 1 << 23;
+const FUSE_CAP_READDIRPLUS = 1 << 13;
+const FUSE_CAP_READDIRPLUS_AUTO = 1 << 14;
+/** sizeof(struct fuse_entry_out) + sizeof(struct fuse_dirent) without the name. */
+const DIRENTPLUS_FIXED_BYTES = 128 + 24;
+
+/** A path the mirror knows about; its id is the kernel's node id. */
+interface Node {
+  readonly id: bigint;
+  readonly path: string;
+  readonly name: string;
+  readonly parent: Node | undefined;
+  /** The master's attributes, or undefined when not known (yet, or since reset). */
+  attr: FileAttr | undefined;
+  /** For directories: names and kinds of the children, when known. */
+  listing: Map<string, FileKind> | undefined;
+  /** Whether every child in the listing had its attrs fetched (by a `dir` call). */
+  complete: boolean;
+  /** Cached child nodes (a subset of the listing). */
+  readonly kids: Map<string, Node>;
+  /** The kernel holds references (from a lookup until forget). */
+  known: boolean;
+  /** Open handles. */
+  opens: number;
+  /** No longer reachable by path (deleted or replaced); kept while the kernel or a handle holds it. */
+  detached: boolean;
+  /** A sandbox mount point: an empty directory, whatever the master says. */
+  readonly synthetic: boolean;
+  /** Names answered "no such file" (negative entries the kernel may cache). */
+  negatives: Set<string> | undefined;
+}
+
+interface FileHandle {
+  fd: number;
+  hash: string;
+  node: Node;
+}
+
+interface DirHandle {
+  node: Node;
+  entries: { name: string; kind: FileKind; node: Node | undefined }[];
+}
+
+interface AttrFetch {
+  promise: Promise<FileAttr>;
+  withHash: boolean;
+}
+
+/** A read-only mirror of a master's `/`, see the module documentation. */
+export class MirrorFs implements FileSystem {
+  readonly stats: MirrorStats;
+  /** Defined only with `readdirPlus` (its presence makes libfuse offer READDIRPLUS). */
+  readonly readdirplus?: (
+    ino: bigint,
+    fh: number,
+    offset: number,
+    sizeMax: number,
+    ctx: RequestContext,
+  ) => readonly DirEntryPlus[] | Errno;
+  readonly #link: MasterLink;
+  readonly #store: Store;
+  readonly #writableRoot: string;
+  readonly #entryTimeoutS: number;
+  readonly #attrTimeoutS: number;
+  readonly #negativeTimeoutS: number;
+  readonly #mountPoints: ReadonlyMap<string, readonly string[]>;
+  readonly #mountPointSet: ReadonlySet<string>;
+  readonly #entriesMax: number;
+  readonly #handlesMax: number;
+  readonly #prefetchBytesMax: number;
+  readonly #prefetchesMax: number;
+  readonly #readdirPlus: boolean;
+  readonly #onError: (error: unknown, context: string) => void;
+  readonly #limiter: Limiter;
+  readonly #root: Node;
+  /** Every node the kernel may name: attached ones in LRU order (first = least recent). */
+  readonly #nodes = new Map<bigint, Node>();
+  #attached = 0;
+  #nextId = ROOT_ID + 1n;
+  readonly #dirFetches = new Map<Node, Promise<void>>();
+  readonly #attrFetches = new Map<string, AttrFetch>();
+  readonly #prefetching = new Set<string>();
+  readonly #background = new Set<Promise<unknown>>();
+  readonly #files = new Map<number, FileHandle>();
+  readonly #dirs = new Map<number, DirHandle>();
+  #nextFh = 1;
+  #negativeCount = 0;
+  /** Bumped by reset(): fetches started before are not trusted. */
+  #epoch = 0;
+  #evictAbove: number;
+  readonly #closer = new AbortController();
+  #session: MountedSession | undefined;
+  #libc: Libc | undefined;
+  #mountpoint: string | undefined;
+  #closed = false;
+
+  constructor(options: MirrorOptions) {
+    this.#link = options.link;
+    this.#store = options.store;
+    this.#writableRoot = normalizePath(options.writableRoot);
+    this.#entryTimeoutS = options.entryTimeoutS ?? TIMEOUT_S_DEFAULT;
+    this.#attrTimeoutS = options.attrTimeoutS ?? TIMEOUT_S_DEFAULT;
+    this.#negativeTimeoutS = options.negativeTimeoutS ?? TIMEOUT_S_DEFAULT;
+    this.#entriesMax = options.entriesMax ?? ENTRIES_MAX_DEFAULT;
+    this.#evictAbove = this.#entriesMax;
+    this.#handlesMax = options.handlesMax ?? HANDLES_MAX_DEFAULT;
+    this.#prefetchBytesMax = options.prefetchBytesMax ?? PREFETCH_BYTES_MAX_DEFAULT;
+    this.#prefetchesMax = options.prefetchesMax ?? PREFETCHES_MAX_DEFAULT;
+    this.#readdirPlus = options.readdirPlus ?? false;
+    if (this.#readdirPlus) this.readdirplus = this.#readdirplus.bind(this);
+    this.#onError = options.onError ?? (() => {});
+    const linkCallsMax = options.linkCallsMax ?? LINK_CALLS_MAX_DEFAULT;
+    this.#limiter = new Limiter({
+      max: linkCallsMax,
+      backgroundMax: Math.max(1, Math.floor(linkCallsMax * 3 / 4)),
+    });
+    const mountPoints = new Map<string, string[]>();
+    const mountPointSet = new Set<string>();
+    for (const raw of options.mountPoints ?? MOUNT_POINTS_DEFAULT) {
+      const path = normalizePath(raw);
+      if (path === "/") continue;
+      mountPointSet.add(path);
+      const parent = dirname(path);
+      mountPoints.set(parent, [...(mountPoints.get(parent) ?? []), basename(path)]);
+    }
+    this.#mountPoints = mountPoints;
+    this.#mountPointSet = mountPointSet;
+    this.#root = this.#newNode(undefined, "", "/", false);
+    this.stats = {
+      lookups: 0,
+      lookupsWaited: 0,
+      negativeLocal: 0,
+      dirFetches: 0,
+      attrFetches: 0,
+      blobFetches: 0,
+      blobBytes: 0,
+      prefetches: 0,
+      errors: 0,
+      entries: 0,
+      handles: 0,
+    };
+    Object.defineProperties(this.stats, {
+      entries: { get: () => this.#attached, enumerable: true },
+      handles: { get: () => this.#files.size + this.#dirs.size, enumerable: true },
+    });
+  }
+
+  /** Use `session` for kernel cache invalidation. */
+  attach(session: MountedSession): void {
+    this.#session = session;
+  }
+
+  // ---- updates from the master ----
+
+  /**
+   * Takes attributes pushed by the master (its local edits, other workers'
+   * results): updates the cache and drops what the kernel cached about them.
+   * `kind: null` deletes a path and everything under it; a directory attr with
+   * `children` replaces its listing. The cache is updated at once; the promise
+   * settles when the kernel has dropped its copies (await it before running a
+   * job that must see the updates; it never rejects).
+   */
+  applyUpdates(updates: readonly FileAttr[]): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    const entries: [bigint, string][] = [];
+    const inodes: [bigint, number][] = [];
+    for (const update of updates) {
+      const path = normalizePath(update.path);
+      if (this.#isUnderMountPoint(path)) continue;
+      if (path === "/") {
+        this.#updateNode(this.#root, update, entries, inodes);
+        continue;
+      }
+      const parent = this.#find(dirname(path));
+      if (parent === undefined || parent.synthetic) continue; // the kernel cannot know it
+      const name = basename(path);
+      const node = parent.kids.get(name);
+      if (update.kind === null) {
+        const known = parent.listing?.delete(name) === true;
+        if (node) this.#detach(node);
+        if (known || node) entries.push([parent.id, name]);
+        continue;
+      }
+      if (parent.negatives?.has(name)) {
+        this.#forgetNegative(parent, name);
+        entries.push([parent.id, name]);
+      }
+      if (parent.listing && parent.listing.get(name) !== update.kind) {
+        parent.listing.set(name, update.kind);
+        entries.push([parent.id, name]);
+      }
+      if (node) {
+        if (node.attr !== undefined && node.attr.kind !== update.kind) {
+          this.#detach(node);
+          entries.push([parent.id, name]);
+          if (parent.listing) this.#learnChild(parent, name, update);
+        } else {
+          this.#updateNode(node, update, entries, inodes);
+        }
+      } else if (parent.listing) {
+        this.#learnChild(parent, name, update);
+      }
+    }
+    return this.#notify(entries, inodes);
+  }
+
+  /**
+   * Drops every cached attribute and listing and invalidates everything the
+   * kernel cached (used when the master's change log overflowed). Node ids the
+   * kernel holds stay valid; their attributes are fetched again when asked for.
+   * The promise settles like {@linkcode MirrorFs.applyUpdates}'s.
+   */
+  reset(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#epoch++;
+    this.#dirFetches.clear();
+    this.#attrFetches.clear();
+    const entries: [bigint, string][] = [];
+    const inodes: [bigint, number][] = [];
+    const visit = (node: Node): void => {
+      for (const kid of [...node.kids.values()]) visit(kid);
+      if (node.negatives) {
+        for (const name of node.negatives) entries.push([node.id, name]);
+        this.#negativeCount -= node.negatives.size;
+        node.negatives = undefined;
+      }
+      if (node.synthetic) return;
+      if (node.known) {
+        inodes.push([node.id, 0]);
+        if (node.parent) entries.push([node.parent.id, node.name]);
+      }
+      node.attr = undefined;
+      node.listing = undefined;
+      node.complete = false;
+      if (node !== this.#root && !node.known && node.opens === 0 && node.kids.size === 0) {
+        this.#detach(node);
+      }
+    };
+    visit(this.#root);
+    return this.#notify(entries, inodes);
+  }
+
+  /**
+   * Stops: aborts link calls and prefetches and waits for them, closes open
+   * blobs. Later requests answer EIO. Idempotent.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closer.abort(new MirrorClosedError());
+    while (this.#background.size > 0) {
+      await Promise.allSettled([...this.#background]);
+    }
+    for (const [fh, handle] of this.#files) {
+      this.#files.delete(fh);
+      this.#closeHandle(handle);
+    }
+    this.#dirs.clear();
+    this.#libc?.close();
+    this.#libc = undefined;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  // ---- FileSystem ----
+
+  init(conn: ConnInfo): void {
+    this.#mountpoint = conn.mountpoint;
+    if (isUnder(this.#store.dir, conn.mountpoint)) {
+      this.#onError(
+        new Error(`Store ${this.#store.dir} lies under mount point ${conn.mountpoint}`),
+        "init",
+      );
+    }
+    if (conn.capable & FUSE_CAP_CACHE_SYMLINKS) conn.want |= FUSE_CAP_CACHE_SYMLINKS;
+    if (!this.#readdirPlus) conn.want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+    // Warm up: the root's listing is needed by the first path lookup anyway.
+    this.#track(this.#fetchDir(this.#root).catch((error) => this.#failed(error, "prefetch /")));
+  }
+
+  lookup(
+    parentId: bigint,
+    name: string,
+    _ctx: RequestContext,
+  ): Entry | Errno | Promise<Entry | Errno> {
+    this.stats.lookups++;
+    if (this.#closed) return EIO;
+    const parent = this.#nodes.get(parentId);
+    if (parent === undefined) return ESTALE;
+    const answer = this.#lookupLocal(parent, name, true);
+    if (answer !== undefined) return answer;
+    this.stats.lookupsWaited++;
+    return this.#lookupSlow(parent, name);
+  }
+
+  forget(ino: bigint): void {
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return;
+    node.known = false;
+    this.#dropIfUnused(node);
+  }
+
+  getattr(ino: bigint, _ctx: RequestContext): AttrReply | Errno | Promise<AttrReply | Errno> {
+    if (this.#closed) return EIO;
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (node.attr !== undefined) {
+      return { attr: this.#toAttr(node), attrTimeoutS: this.#attrTimeoutS };
+    }
+    if (node.detached) return ESTALE;
+    return (async () => {
+      try {
+        await this.#refresh(node, false);
+      } catch (error) {
+        return this.#failed(error, `getattr ${node.path}`);
+      }
+      if (node.attr === undefined) return node.detached ? ESTALE : ENOENT;
+      return { attr: this.#toAttr(node), attrTimeoutS: this.#attrTimeoutS };
+    })();
+  }
+
+  readlink(ino: bigint, _ctx: RequestContext): string | Errno | Promise<string | Errno> {
+    if (this.#closed) return EIO;
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    const local = targetOf(node);
+    if (local !== undefined) return local;
+    if (node.detached || node.attr !== undefined) return EINVAL;
+    return (async () => {
+      try {
+        await this.#refresh(node, false);
+      } catch (error) {
+        return this.#failed(error, `readlink ${node.path}`);
+      }
+      return targetOf(node) ?? (node.attr === undefined ? ENOENT : EINVAL);
+    })();
+  }
+
+  opendir(
+    ino: bigint,
+    _flags: number,
+    _ctx: RequestContext,
+  ): OpenDirReply | Errno | Promise<OpenDirReply | Errno> {
+    if (this.#closed) return EIO;
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (node.attr !== undefined && node.attr.kind !== "dir") return ENOTDIR;
+    if (this.#files.size + this.#dirs.size >= this.#handlesMax) return ENFILE;
+    if (node.listing !== undefined && (node.complete || node.synthetic)) return this.#openDir(node);
+    return (async () => {
+      try {
+        await this.#fetchDir(node);
+      } catch (error) {
+        return this.#failed(error, `opendir ${node.path}`);
+      }
+      if (node.listing === undefined) return node.detached ? ESTALE : ENOENT;
+      return this.#openDir(node);
+    })();
+  }
+
+  readdir(
+    ino: bigint,
+    fh: number,
+    offset: number,
+    _sizeMax: number,
+    _ctx: RequestContext,
+  ): readonly DirEntry[] | Errno {
+    const handle = this.#dirs.get(fh);
+    if (handle === undefined || handle.node.id !== ino) return EBADF;
+    const result: DirEntry[] = [];
+    const end = Math.min(handle.entries.length, offset + READDIR_BATCH_MAX);
+    for (let i = offset; i < end; i++) {
+      const { name, kind, node } = handle.entries[i];
+      result.push({ name, ino: node?.id ?? fallbackIno(handle.node, name), mode: typeBits(kind) });
+    }
+    return result;
+  }
+
+  #readdirplus(
+    ino: bigint,
+    fh: number,
+    offset: number,
+    sizeMax: number,
+    _ctx: RequestContext,
+  ): readonly DirEntryPlus[] | Errno {
+    const handle = this.#dirs.get(fh);
+    if (handle === undefined || handle.node.id !== ino) return EBADF;
+    const result: DirEntryPlus[] = [];
+    let bytes = 0;
+    for (let i = offset; i < handle.entries.length; i++) {
+      const { name, kind } = handle.entries[i];
+      const size = DIRENTPLUS_FIXED_BYTES + align8(byteLength(name));
+      if (bytes + size > sizeMax) break;
+      bytes += size;
+      let node = handle.entries[i].node;
+      if (name !== "." && name !== "..") {
+        const current = handle.node.kids.get(name);
+        if (current !== undefined && !current.detached) node = current;
+      }
+      if (node?.attr === undefined || node.detached || name === "." || name === "..") {
+        const id = node?.id ?? fallbackIno(handle.node, name);
+        result.push({
+          name,
+          entry: {
+            ino: 0,
+            attr: node?.attr ? this.#toAttr(node) : minimalAttr(id, kind),
+            entryTimeoutS: 0,
+            attrTimeoutS: 0,
+          },
+        });
+        continue;
+      }
+      node.known = true;
+      result.push({ name, entry: this.#entryOf(node) });
+    }
+    return result;
+  }
+
+  releasedir(_ino: bigint, fh: number): void {
+    this.#dirs.delete(fh);
+  }
+
+  open(
+    ino: bigint,
+    flags: number,
+    _ctx: RequestContext,
+  ): OpenReply | Errno | Promise<OpenReply | Errno> {
+    if (this.#closed) return EIO;
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if ((flags & O_ACCMODE) !== O_RDONLY) return EROFS;
+    if (node.attr?.kind === "dir") return EISDIR;
+    if (this.#files.size + this.#dirs.size >= this.#handlesMax) return ENFILE;
+    return this.#open(node);
+  }
+
+  read(
+    ino: bigint,
+    fh: number,
+    size: number,
+    offset: number,
+    _ctx: RequestContext,
+  ): FdSlice | Errno {
+    const handle = this.#files.get(fh);
+    if (handle === undefined || handle.node.id !== ino) return EBADF;
+    return { fd: handle.fd, offset, size };
+  }
+
+  release(_ino: bigint, fh: number): void {
+    const handle = this.#files.get(fh);
+    if (handle === undefined) return;
+    this.#files.delete(fh);
+    this.#closeHandle(handle);
+  }
+
+  statfs(_ino: bigint, _ctx: RequestContext): StatFs {
+    const blocks = Math.ceil(this.#store.bytesMax / 4096);
+    return {
+      bsize: 4096,
+      frsize: 4096,
+      blocks,
+      bfree: 0,
+      bavail: 0,
+      files: this.#attached,
+      ffree: 0,
+      namemax: NAME_BYTES_MAX,
+    };
+  }
+
+  access(ino: bigint, mask: number, ctx: RequestContext): 0 | Errno {
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (mask & W_OK) return EROFS;
+    if (node.attr === undefined) return 0; // the kernel asks getattr first; be lenient
+    const attr = this.#toAttr(node);
+    if (ctx.uid === 0) {
+      // root may read anything, and execute what anyone may execute.
+      if ((mask & X_OK) && node.attr.kind === "file" && (attr.mode & 0o111) === 0) return EACCES;
+      return 0;
+    }
+    const bits = ctx.uid === attr.uid
+      ? (attr.mode >> 6) & 7
+      : ctx.gid === attr.gid
+      ? (attr.mode >> 3) & 7
+      : attr.mode & 7;
+    const wanted = mask & (R_OK | X_OK);
+    return (bits & wanted) === wanted ? 0 : EACCES;
+  }
+
+  getxattr(_ino: bigint, _name: string, _ctx: RequestContext): Errno {
+    return ENODATA;
+  }
+
+  listxattr(_ino: bigint, _ctx: RequestContext): readonly string[] {
+    return [];
+  }
+
+  // ---- lookups ----
+
+  /** Answers from memory, or undefined when the network is needed. */
+  #lookupLocal(parent: Node, name: string, countNegative: boolean): Entry | Errno | undefined {
+    if (parent.attr !== undefined && parent.attr.kind !== "dir") return ENOTDIR;
+    if (parent.detached) return parent.attr === undefined ? ESTALE : ENOENT;
+    const listing = parent.listing;
+    if (listing === undefined) return undefined;
+    if (!listing.has(name)) {
+      if (countNegative) this.stats.negativeLocal++;
+      return this.#negative(parent, name);
+    }
+    const child = parent.kids.get(name);
+    if (child?.attr === undefined) return undefined;
+    child.known = true;
+    this.#touch(child);
+    this.#maybePrefetch(child);
+    return this.#entryOf(child);
+  }
+
+  async #lookupSlow(parent: Node, name: string): Promise<Entry | Errno> {
+    try {
+      if (parent.listing === undefined || !parent.complete) await this.#fetchDir(parent);
+      const answer = this.#lookupLocal(parent, name, false);
+      if (answer !== undefined) return answer;
+      // A listed child without attrs (evicted, or added by an update): ask for it alone.
+      const attr = await this.#fetchFresh(joinPath(parent.path, name), false, false);
+      this.#absorb(attr);
+      return this.#lookupLocal(parent, name, false) ?? EIO;
+    } catch (error) {
+      return this.#failed(error, `lookup ${joinPath(parent.path, name)}`);
+    }
+  }
+
+  #negative(parent: Node, name: string): Entry | Errno {
+    if (parent.negatives?.has(name)) {
+      return { ino: 0, entryTimeoutS: this.#negativeTimeoutS, attrTimeoutS: 0 };
+    }
+    if (
+      this.#negativeCount >= NEGATIVES_MAX || (parent.negatives?.size ?? 0) >= NEGATIVES_PER_DIR_MAX
+    ) {
+      return ENOENT; // not cached by the kernel, so nothing to invalidate later
+    }
+    parent.negatives ??= new Set();
+    parent.negatives.add(name);
+    this.#negativeCount++;
+    return { ino: 0, entryTimeoutS: this.#negativeTimeoutS, attrTimeoutS: 0 };
+  }
+
+  #forgetNegative(parent: Node, name: string): void {
+    if (parent.negatives?.delete(name)) this.#negativeCount--;
+  }
+
+  #entryOf(node: Node): Entry & { attr: Attr } {
+    return {
+      ino: node.id,
+      attr: this.#toAttr(node),
+      entryTimeoutS: this.#entryTimeoutS,
+      attrTimeoutS: this.#attrTimeoutS,
+    };
+  }
+
+  // ---- fetching ----
+
+  /** Fetches a directory's children (once for concurrent callers) and caches them all. */
+  #fetchDir(node: Node): Promise<void> {
+    if (node.synthetic) return Promise.resolve();
+    let promise = this.#dirFetches.get(node);
+    if (promise === undefined) {
+      const fetching: Promise<void> = this.#doFetchDir(node).finally(() => {
+        if (this.#dirFetches.get(node) === fetching) this.#dirFetches.delete(node);
+      });
+      promise = fetching;
+      this.#dirFetches.set(node, promise);
+    }
+    return promise;
+  }
+
+  async #doFetchDir(node: Node): Promise<void> {
+    const signal = this.#closer.signal;
+    let attrs: FileAttr[];
+    for (let attempt = 1;; attempt++) {
+      this.stats.dirFetches++;
+      const epoch = this.#epoch;
+      attrs = await this.#limiter.run(() => this.#link.dir(node.path, { signal }), { signal });
+      // An answer from before a reset may miss changes the master could not push.
+      if (epoch === this.#epoch || attempt === FETCH_ATTEMPTS_MAX) break;
+    }
+    if (node.detached || this.#closed) return;
+    const listing = new Map<string, FileKind>();
+    for (const attr of attrs) {
+      if (attr.kind === null) continue;
+      const name = childName(node.path, attr.path);
+      if (name === undefined) continue;
+      listing.set(name, attr.kind);
+      this.#learnChild(node, name, attr);
+    }
+    this.#setListing(node, listing);
+    node.complete = true;
+    this.#evictIfNeeded();
+  }
+
+  /** Fetches one path's attrs (once for concurrent callers wanting no more). */
+  #fetchAttr(path: string, withHash: boolean, background: boolean): Promise<FileAttr> {
+    const inflight = this.#attrFetches.get(path);
+    if (inflight !== undefined && (inflight.withHash || !withHash)) return inflight.promise;
+    this.stats.attrFetches++;
+    const signal = this.#closer.signal;
+    const promise = this.#limiter.run(
+      () => this.#link.attr(path, { withHash, signal }),
+      { signal, background },
+    ).finally(() => {
+      if (this.#attrFetches.get(path)?.promise === promise) this.#attrFetches.delete(path);
+    });
+    this.#attrFetches.set(path, { promise, withHash });
+    return promise;
+  }
+
+  /** Like #fetchAttr, but asks again when a reset happened meanwhile. */
+  async #fetchFresh(path: string, withHash: boolean, background: boolean): Promise<FileAttr> {
+    for (let attempt = 1;; attempt++) {
+      const epoch = this.#epoch;
+      const attr = await this.#fetchAttr(path, withHash, background);
+      if (epoch === this.#epoch || attempt === FETCH_ATTEMPTS_MAX) return attr;
+    }
+  }
+
+  /** Refetches a node's own attrs and stores them (the node may get detached). */
+  async #refresh(node: Node, withHash: boolean, background = false): Promise<void> {
+    const attr = await this.#fetchFresh(node.path, withHash, background);
+    if (node.detached || this.#closed) return;
+    if (node === this.#root) {
+      if (attr.kind === "dir") this.#setAttr(node, attr);
+      return;
+    }
+    this.#absorb(attr);
+  }
+
+  /** Stores fetched attrs of one path into the tree (no kernel invalidation). */
+  #absorb(attr: FileAttr): Node | undefined {
+    const path = normalizePath(attr.path);
+    if (this.#isUnderMountPoint(path) || path === "/") return undefined;
+    const parent = this.#find(dirname(path));
+    if (parent === undefined || parent.synthetic) return undefined;
+    const name = basename(path);
+    if (attr.kind === null) {
+      parent.listing?.delete(name);
+      const node = parent.kids.get(name);
+      if (node) this.#detach(node);
+      return undefined;
+    }
+    if (parent.listing !== undefined && parent.listing.get(name) !== attr.kind) {
+      parent.listing.set(name, attr.kind);
+      this.#forgetNegative(parent, name);
+    }
+    return this.#learnChild(parent, name, attr);
+  }
+
+  /** Creates or updates the child node `name` of `parent` with `attr`. */
+  #learnChild(parent: Node, name: string, attr: FileAttr): Node | undefined {
+    if (parent.synthetic || !validName(name)) return undefined;
+    let child = parent.kids.get(name);
+    if (child?.synthetic) return child;
+    if (child?.attr !== undefined && child.attr.kind !== attr.kind) {
+      this.#detach(child);
+      child = undefined;
+    }
+    child ??= this.#newNode(parent, name, joinPath(parent.path, name), false);
+    this.#setAttr(child, attr);
+    return child;
+  }
+
+  #setAttr(node: Node, attr: FileAttr): void {
+    const old = node.attr;
+    const next: FileAttr = { ...attr, path: node.path };
+    if (
+      next.hash === undefined && old?.hash !== undefined && old.kind === "file" &&
+      next.kind === "file" && old.size === next.size && old.mtimeMs === next.mtimeMs
+    ) {
+      next.hash = old.hash;
+    }
+    const children = next.children;
+    delete next.children;
+    node.attr = next;
+    if (next.kind === "dir" && children !== undefined) {
+      // Names only: a listing new from here lacks its children's attrs.
+      if (node.listing === undefined) node.complete = false;
+      this.#setListing(node, mapOf(children));
+    }
+  }
+
+  /** Replaces a directory's listing; drops cached children no longer in it. */
+  #setListing(node: Node, listing: Map<string, FileKind>): void {
+    for (const name of this.#mountPoints.get(node.path) ?? []) {
+      listing.set(name, "dir");
+      if (!node.kids.get(name)?.synthetic) {
+        const old = node.kids.get(name);
+        if (old) this.#detach(old);
+        const child = this.#newNode(node, name, joinPath(node.path, name), true);
+        child.attr = {
+          path: child.path,
+          kind: "dir",
+          mode: child.path === "/tmp" ? 0o1777 : 0o755,
+          size: 0,
+          mtimeMs: Date.now(),
+        };
+        child.listing = new Map();
+        child.complete = true;
+      }
+    }
+    for (const [name, kid] of [...node.kids]) {
+      const kind = listing.get(name);
+      if (kind === undefined || (kid.attr !== undefined && kid.attr.kind !== kind)) {
+        this.#detach(kid);
+      }
+    }
+    if (node.negatives) {
+      for (const name of listing.keys()) this.#forgetNegative(node, name);
+    }
+    node.listing = listing;
+  }
+
+  /** Updates a cached node from a pushed attr and collects kernel invalidations. */
+  #updateNode(
+    node: Node,
+    update: FileAttr,
+    entries: [bigint, string][],
+    inodes: [bigint, number][],
+  ): void {
+    if (node.synthetic || update.kind === null) return;
+    const old = node.attr;
+    if (update.kind === "dir" && update.children !== undefined && node.listing !== undefined) {
+      const next = mapOf(update.children);
+      for (const [name, kind] of node.listing) {
+        if (next.get(name) !== kind) entries.push([node.id, name]);
+      }
+      for (const name of next.keys()) {
+        if (!node.listing.has(name) || node.negatives?.has(name)) entries.push([node.id, name]);
+      }
+    }
+    this.#setAttr(node, update);
+    if (old === undefined) {
+      if (node.known) inodes.push([node.id, 0]);
+      return;
+    }
+    const contentChanged = old.size !== update.size || old.mtimeMs !== update.mtimeMs ||
+      (update.hash !== undefined && old.hash !== undefined && old.hash !== update.hash) ||
+      old.target !== update.target;
+    const metaChanged = old.mode !== update.mode;
+    if (contentChanged) {
+      // Attrs and data; the entry too, so the kernel looks the path up again.
+      inodes.push([node.id, 0]);
+      if (node.parent) entries.push([node.parent.id, node.name]);
+    } else if (metaChanged) {
+      inodes.push([node.id, -1]);
+    }
+  }
+
+  // ---- files ----
+
+  async #open(node: Node): Promise<OpenReply | Errno> {
+    let hash: string;
+    let path: string;
+    try {
+      if (node.attr?.kind !== "file" || node.attr.hash === undefined) {
+        if (node.detached) return ESTALE;
+        await this.#refresh(node, true);
+      }
+      const attr = node.attr;
+      if (attr === undefined) return node.detached ? ESTALE : ENOENT;
+      if (attr.kind === "dir") return EISDIR;
+      if (attr.kind !== "file" || attr.hash === undefined) {
+        return this.#failed(new Error(`No hash for ${node.path}`), `open ${node.path}`);
+      }
+      hash = attr.hash;
+      try {
+        path = await this.#store.ensure(hash, this.#fetcher(false), {
+          pin: true,
+          signal: this.#closer.signal,
+        });
+      } catch (error) {
+        // The hash may be stale (changed on the master): ask for it again next time.
+        if (node.attr?.hash === hash) node.attr = { ...node.attr, hash: undefined };
+        throw error;
+      }
+    } catch (error) {
+      return this.#failed(error, `open ${node.path}`);
+    }
+    const libc = this.#libc ??= openLibc();
+    const fd = libc.symbols.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) {
+      this.#store.unpin(hash);
+      return this.#failed(new Error(`Cannot open blob ${path}`), `open ${node.path}`);
+    }
+    if (this.#closed) {
+      libc.symbols.close(fd);
+      this.#store.unpin(hash);
+      return EIO;
+    }
+    const fh = this.#nextFh++;
+    this.#files.set(fh, { fd, hash, node });
+    node.opens++;
+    return { fh, keepCache: true };
+  }
+
+  #closeHandle(handle: FileHandle): void {
+    this.#libc?.symbols.close(handle.fd);
+    try {
+      this.#store.unpin(handle.hash);
+    } catch (error) {
+      this.#onError(error, "release");
+    }
+    handle.node.opens--;
+    this.#dropIfUnused(handle.node);
+  }
+
+  #fetcher(background: boolean): Fetcher {
+    return (hash, sink, signal) =>
+      this.#limiter.run(async () => {
+        this.stats.blobFetches++;
+        await this.#link.fetchBlob(hash, {
+          write: (chunk) => {
+            this.stats.blobBytes += chunk.length;
+            return sink.write(chunk);
+          },
+        }, signal);
+      }, { signal, background });
+  }
+
+  /** Starts fetching a looked-up file's content in the background. */
+  #maybePrefetch(node: Node): void {
+    const attr = node.attr;
+    if (attr?.kind !== "file" || attr.size > this.#prefetchBytesMax || this.#closed) return;
+    if (attr.hash !== undefined && this.#store.sizeOf(attr.hash) !== undefined) return;
+    if (this.#prefetching.size >= this.#prefetchesMax || this.#prefetching.has(node.path)) return;
+    const path = node.path;
+    this.#prefetching.add(path);
+    this.stats.prefetches++;
+    const task = (async () => {
+      try {
+        if (node.attr?.hash === undefined) await this.#refresh(node, true, true);
+        const hash = node.attr?.hash;
+        if (hash === undefined || this.#closed) return;
+        await this.#store.ensure(hash, this.#fetcher(true), { signal: this.#closer.signal });
+      } catch (error) {
+        if (!this.#closed) this.#failed(error, `prefetch ${path}`);
+      } finally {
+        this.#prefetching.delete(path);
+      }
+    })();
+    this.#track(task);
+  }
+
+  #track(promise: Promise<unknown>): void {
+    this.#background.add(promise);
+    promise.finally(() => this.#background.delete(promise));
+  }
+
+  // ---- directories ----
+
+  #openDir(node: Node): OpenDirReply {
+    const entries: DirHandle["entries"] = [
+      { name: ".", kind: "dir", node },
+      { name: "..", kind: "dir", node: node.parent ?? node },
+    ];
+    for (const [name, kind] of node.listing ?? []) {
+      entries.push({ name, kind, node: node.kids.get(name) });
+    }
+    const fh = this.#nextFh++;
+    this.#dirs.set(fh, { node, entries });
+    return { fh, cacheReaddir: true, keepCache: true };
+  }
+
+  // ---- nodes ----
+
+  #newNode(parent: Node | undefined, name: string, path: string, synthetic: boolean): Node {
+    const id = parent === undefined ? ROOT_ID : this.#nextId++;
+    const node: Node = {
+      id,
+      path,
+      name,
+      parent,
+      attr: undefined,
+      listing: undefined,
+      complete: false,
+      kids: new Map(),
+      known: parent === undefined,
+      opens: 0,
+      detached: false,
+      synthetic,
+      negatives: undefined,
+    };
+    parent?.kids.set(name, node);
+    this.#nodes.set(id, node);
+    this.#attached++;
+    return node;
+  }
+
+  /** The attached node of `path`, if cached. */
+  #find(path: string): Node | undefined {
+    if (path === "/") return this.#root;
+    let node: Node | undefined = this.#root;
+    for (const part of path.slice(1).split("/")) {
+      node = node.kids.get(part);
+      if (node === undefined) return undefined;
+    }
+    return node;
+  }
+
+  /** Removes a node and its subtree from the tree; kept by id while still in use. */
+  #detach(node: Node): void {
+    if (node.detached || node === this.#root) return;
+    for (const kid of [...node.kids.values()]) this.#detach(kid);
+    if (node.parent?.kids.get(node.name) === node) node.parent.kids.delete(node.name);
+    node.detached = true;
+    node.listing = undefined;
+    if (node.negatives) {
+      this.#negativeCount -= node.negatives.size;
+      node.negatives = undefined;
+    }
+    this.#attached--;
+    this.#dropIfUnused(node);
+  }
+
+  #dropIfUnused(node: Node): void {
+    if (node.detached && !node.known && node.opens === 0) this.#nodes.delete(node.id);
+  }
+
+  #touch(node: Node): void {
+    this.#nodes.delete(node.id);
+    this.#nodes.set(node.id, node);
+  }
+
+  /** Drops least recently used nodes nobody holds, when above the cap. */
+  #evictIfNeeded(): void {
+    if (this.#attached <= this.#evictAbove) return;
+    const target = Math.floor(this.#entriesMax * EVICT_TARGET_FRACTION);
+    for (const node of this.#nodes.values()) {
+      if (this.#attached <= target) break;
+      if (
+        node === this.#root || node.detached || node.known || node.opens > 0 ||
+        node.kids.size > 0 || node.synthetic || this.#dirFetches.has(node)
+      ) {
+        continue;
+      }
+      this.#detach(node);
+    }
+    // When most nodes are held, scan again only after some growth.
+    this.#evictAbove = Math.max(
+      this.#entriesMax,
+      this.#attached + Math.ceil(this.#entriesMax * (1 - EVICT_TARGET_FRACTION)),
+    );
+  }
+
+  #isUnderMountPoint(path: string): boolean {
+    for (const mountPoint of this.#mountPointSet) {
+      if (path === mountPoint || path.startsWith(mountPoint + "/")) return true;
+    }
+    return false;
+  }
+
+  #toAttr(node: Node): Attr {
+    const attr = node.attr!;
+    const owner = isUnder(node.path, this.#writableRoot) ? JOB_UID : 0;
+    const size = attr.kind === "symlink" && attr.target !== undefined
+      ? byteLength(attr.target)
+      : attr.size;
+    return {
+      ino: node.id,
+      mode: typeBits(attr.kind ?? "file") | (attr.mode & 0o7777),
+      nlink: 1,
+      uid: owner,
+      gid: owner === 0 ? 0 : JOB_GID,
+      size,
+      mtimeMs: attr.mtimeMs,
+      ctimeMs: attr.mtimeMs,
+      atimeMs: attr.mtimeMs,
+      blksize: 4096,
+    };
+  }
+
+  #notify(entries: [bigint, string][], inodes: [bigint, number][]): Promise<void> {
+    const session = this.#session;
+    if (session === undefined || (entries.length === 0 && inodes.length === 0)) {
+      return Promise.resolve();
+    }
+    const calls: Promise<number>[] = [];
+    const seen = new Set<string>();
+    for (const [ino, offset] of inodes) {
+      calls.push(session.notifyInvalInode(ino, offset, 0));
+    }
+    for (const [parent, name] of entries) {
+      const key = `${parent}/${name}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      calls.push(session.notifyInvalEntry(parent, name));
+    }
+    const done = Promise.allSettled(calls).then(() => {});
+    this.#track(done);
+    return done;
+  }
+
+  /** Counts and reports a failure; the request answers EIO. */
+  #failed(error: unknown, context: string): Errno {
+    this.stats.errors++;
+    try {
+      this.#onError(error, context);
+    } catch {
+      // A failing logger must not cost the reply.
+    }
+    return EIO;
+  }
+
+  /** Where the mirror is mounted (from init), if known. */
+  get mountpoint(): string | undefined {
+    return this.#mountpoint;
+  }
+}
+
+/** The mirror was closed while a request was waiting. */
+export class MirrorClosedError extends Error {
+  constructor() {
+    super("Cannot serve request: mirror closed");
+    this.name = "MirrorClosedError";
+  }
+}
+
+function normalizePath(path: string): string {
+  const parts: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return "/" + parts.join("/");
+}
+
+function dirname(path: string): string {
+  const index = path.lastIndexOf("/");
+  return index <= 0 ? "/" : path.slice(0, index);
+}
+
+function basename(path: string): string {
+  return path.slice(path.lastIndexOf("/") + 1);
+}
+
+function joinPath(dir: string, name: string): string {
+  return dir === "/" ? `/${name}` : `${dir}/${name}`;
+}
+
+function isUnder(path: string, root: string): boolean {
+  return root === "/" || path === root || path.startsWith(root + "/");
+}
+
+/** The name of `path` in `dir` if it is a direct child, else undefined. */
+function childName(dir: string, path: string): string | undefined {
+  const normalized = normalizePath(path);
+  if (normalized === "/" || dirname(normalized) !== dir) return undefined;
+  const name = basename(normalized);
+  return validName(name) ? name : undefined;
+}
+
+function validName(name: string): boolean {
+  return name !== "" && name !== "." && name !== ".." && !name.includes("/") &&
+    !name.includes("\0") && byteLength(name) <= NAME_BYTES_MAX;
+}
+
+function mapOf(children: Record<string, FileKind>): Map<string, FileKind> {
+  const map = new Map<string, FileKind>();
+  for (const [name, kind] of Object.entries(children)) {
+    if (validName(name)) map.set(name, kind);
+  }
+  return map;
+}
+
+function typeBits(kind: FileKind): number {
+  return kind === "dir" ? S_IFDIR : kind === "symlink" ? S_IFLNK : S_IFREG;
+}
+
+function targetOf(node: Node): string | undefined {
+  return node.attr?.kind === "symlink" ? node.attr.target : undefined;
+}
+
+function minimalAttr(ino: bigint, kind: FileKind): Attr {
+  return { ino, mode: typeBits(kind), nlink: 1, uid: 0, gid: 0, size: 0, mtimeMs: 0 };
+}
+
+/** A d_ino for a listed name without a node: stable, and never a node id. */
+function fallbackIno(dir: Node, name: string): bigint {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193);
+  return (1n << 62n) | ((dir.id & 0x3fffffffn) << 32n) | BigInt(hash >>> 0);
+}
+
+const encoder = new TextEncoder();
+
+function byteLength(text: string): number {
+  return encoder.encode(text).length;
+}
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+function cString(text: string): Uint8Array<ArrayBuffer> {
+  return encoder.encode(text + "\0") as Uint8Array<ArrayBuffer>;
+}
