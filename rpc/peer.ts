@@ -128,6 +128,8 @@ export class RpcPeer implements AsyncDisposable {
   readonly #calls = new Map<number, PendingCall>();
   /** Running handlers of calls (not notifications), by the caller's id. */
   readonly #running = new Map<number, Context>();
+  /** Running handlers of notifications. */
+  readonly #runningNotifications = new Set<Context>();
   #runningCount = 0;
   #lastCallId = 0;
   #closing = false;
@@ -217,7 +219,12 @@ export class RpcPeer implements AsyncDisposable {
         signal.addEventListener("abort", pending.onAbort, { once: true });
       }
       this.#calls.set(id, pending);
-      this.#writer.enqueue(frame);
+      try {
+        this.#writer.enqueue(frame);
+      } catch (error) {
+        this.#takeCall(id);
+        reject(error);
+      }
     });
   }
 
@@ -260,6 +267,8 @@ export class RpcPeer implements AsyncDisposable {
       this.#running.delete(id);
       ctx.cancel(error);
     }
+    for (const ctx of this.#runningNotifications) ctx.cancel(error);
+    this.#runningNotifications.clear();
     if (this.#writer.idle) {
       this.#closeConn();
     } else {
@@ -406,6 +415,7 @@ export class RpcPeer implements AsyncDisposable {
     const ctx = new Context(this, this.#writer, id, method);
     this.#runningCount++;
     if (id !== 0) this.#running.set(id, ctx);
+    else this.#runningNotifications.add(ctx);
     let result: unknown;
     try {
       result = handler(params, ctx);
@@ -413,8 +423,8 @@ export class RpcPeer implements AsyncDisposable {
       this.#finish(ctx, false, error);
       return;
     }
-    if (result instanceof Promise) {
-      result.then(
+    if (isThenable(result)) {
+      Promise.resolve(result).then(
         (value) => this.#finish(ctx, true, value),
         (error) => this.#finish(ctx, false, error),
       );
@@ -428,6 +438,7 @@ export class RpcPeer implements AsyncDisposable {
     ctx.done = true;
     const id = ctx.id;
     if (id === 0) {
+      this.#runningNotifications.delete(ctx);
       if (!ok) {
         this.#log(
           `Notification ${ctx.method} from ${this.remoteAddr} failed: ${errorMessage(value)}`,
@@ -586,6 +597,12 @@ class Context implements CallContext {
     if (this.done) throw new RpcError("INTERNAL", `Call ${this.method} has already returned`);
     if (this.id === 0) throw new RpcError("INTERNAL", "A notification cannot stream chunks");
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value instanceof Promise ||
+    (typeof value === "object" && value !== null &&
+      typeof (value as { then?: unknown }).then === "function");
 }
 
 function clearPending(pending: PendingCall): void {

@@ -417,6 +417,27 @@ Deno.test("notify() runs the handler without a reply", async () => {
   assert.match(p.logs[1], /unknown method unknown/);
 });
 
+Deno.test("a running notification handler's signal aborts when the connection closes", async () => {
+  const aborted: string[] = [];
+  let started = false;
+  await using p = await pair({
+    watch: (_params, ctx: CallContext) => {
+      started = true;
+      return new Promise<void>((resolve) => {
+        ctx.signal.addEventListener("abort", () => {
+          aborted.push((ctx.signal.reason as RpcError).code);
+          resolve();
+        });
+      });
+    },
+  });
+  await p.client.notify("watch");
+  await waitFor(() => started, "the handler");
+  p.client.close();
+  await waitFor(() => aborted.length === 1, "the abort");
+  assert.deepEqual(aborted, ["CLOSED"]);
+});
+
 Deno.test("handlers beyond the in-flight limit get LIMIT", async () => {
   const release = Promise.withResolvers<void>();
   let running = 0;

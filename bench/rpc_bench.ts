@@ -1,0 +1,199 @@
+/**
+ * RPC throughput over loopback: round trips per second (sequential and with
+ * 64 calls in flight), blob transfer MB/s in CHUNK_BYTES chunks, and
+ * handshakes per second. The server runs in a Web Worker (its own thread and
+ * event loop), the client on the main thread, as two processes would.
+ *
+ * Run alone: `deno run -A bench/rpc_bench.ts [--quick]`.
+ */
+import { connect, listen, type RpcPeer, type RpcServer, secretFromBytes } from "../rpc/mod.ts";
+
+export type BenchResult = { name: string; value: number; unit: string; note?: string };
+
+const MIB = 1024 * 1024;
+const SECRET_BYTES = new TextEncoder().encode("rpc bench secret");
+
+interface ServerReady {
+  port: number;
+  path: string;
+}
+
+/** Worker side: serves echo, blob and file methods until told to stop. */
+async function serveInWorker(): Promise<void> {
+  const scope = globalThis as unknown as {
+    postMessage(message: unknown): void;
+    onmessage: ((event: MessageEvent) => void) | null;
+  };
+  const secret = await secretFromBytes(SECRET_BYTES);
+  let blob = new Uint8Array(0);
+  const handlers = {
+    echo: (x: unknown) => x,
+    blob: async (bytes: number, ctx: { sendBytes(b: Uint8Array): Promise<void> }) => {
+      if (blob.length !== bytes) {
+        blob = new Uint8Array(bytes);
+        for (let i = 0; i < bytes; i += 65536) crypto.getRandomValues(blob.subarray(i, i + 65536));
+      }
+      await ctx.sendBytes(blob);
+      return bytes;
+    },
+    file: async (path: string, ctx: { sendFile(p: string): Promise<number> }) =>
+      await ctx.sendFile(path),
+  };
+  const dir = await Deno.makeTempDir({ prefix: "rpc_bench_" });
+  const servers: RpcServer[] = [
+    listen({ transport: "tcp", secret, role: "worker", handlers }),
+    listen({ transport: "unix", path: `${dir}/bench.sock`, secret, role: "worker", handlers }),
+  ];
+  scope.onmessage = async () => {
+    for (const server of servers) await server.close();
+    await Deno.remove(dir, { recursive: true });
+    scope.postMessage("stopped");
+  };
+  scope.postMessage({ port: servers[0].port, path: `${dir}/bench.sock` } satisfies ServerReady);
+}
+
+async function sequentialCallsPerS(peer: RpcPeer, calls: number): Promise<number> {
+  for (let i = 0; i < 200; i++) await peer.call("echo", i); // warm-up
+  const start = performance.now();
+  for (let i = 0; i < calls; i++) await peer.call("echo", i);
+  return Math.round(calls / ((performance.now() - start) / 1000));
+}
+
+async function concurrentCallsPerS(peer: RpcPeer, calls: number, inFlight: number) {
+  let next = 0;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < calls) await peer.call("echo", next++);
+    }),
+  );
+  return Math.round(calls / ((performance.now() - start) / 1000));
+}
+
+async function blobMBPerS(peer: RpcPeer, method: string, params: unknown, bytes: number) {
+  let received = 0;
+  const start = performance.now();
+  await peer.call(method, params, {
+    onChunk: (chunk) => {
+      received += (chunk as Uint8Array).length;
+    },
+    timeoutMs: 120_000,
+  });
+  const ms = performance.now() - start;
+  if (received !== bytes) throw new Error(`Received ${received} of ${bytes} bytes`);
+  return Math.round(bytes / MIB / (ms / 1000));
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
+  const results: BenchResult[] = [];
+  const secret = await secretFromBytes(SECRET_BYTES);
+  const worker = new Worker(import.meta.url, { type: "module" });
+  const ready = await new Promise<ServerReady>((resolve) => {
+    worker.onmessage = (event) => resolve(event.data);
+  });
+  const dir = await Deno.makeTempDir({ prefix: "rpc_bench_file_" });
+  try {
+    const calls = options.quick ? 5_000 : 50_000;
+    const repeats = options.quick ? 1 : 3;
+    const blobBytes = (options.quick ? 16 : 64) * MIB;
+    const note = "server in a Web Worker, loopback";
+    {
+      await using peer = await connect({
+        transport: "tcp",
+        port: ready.port,
+        secret,
+        role: "master",
+      });
+      const seq: number[] = [];
+      const par: number[] = [];
+      const blob: number[] = [];
+      const file: number[] = [];
+      const path = `${dir}/blob.bin`;
+      const data = new Uint8Array(blobBytes);
+      for (let i = 0; i < data.length; i += 65536) {
+        crypto.getRandomValues(data.subarray(i, i + 65536));
+      }
+      await Deno.writeFile(path, data);
+      await blobMBPerS(peer, "blob", blobBytes, blobBytes); // warm-up, makes the blob
+      for (let r = 0; r < repeats; r++) {
+        seq.push(await sequentialCallsPerS(peer, calls));
+        par.push(await concurrentCallsPerS(peer, calls * 4, 64));
+        blob.push(await blobMBPerS(peer, "blob", blobBytes, blobBytes));
+        file.push(await blobMBPerS(peer, "file", path, blobBytes));
+      }
+      results.push(
+        { name: "rpc tcp round trips, sequential", value: median(seq), unit: "calls/s", note },
+        { name: "rpc tcp round trips, 64 in flight", value: median(par), unit: "calls/s", note },
+        {
+          name: `rpc tcp blob ${blobBytes / MIB} MiB from memory`,
+          value: median(blob),
+          unit: "MB/s",
+          note: "sendBytes, 256 KiB chunks",
+        },
+        {
+          name: `rpc tcp blob ${blobBytes / MIB} MiB from a file`,
+          value: median(file),
+          unit: "MB/s",
+          note: "sendFile, page-cached file",
+        },
+      );
+    }
+    {
+      await using peer = await connect({
+        transport: "unix",
+        path: ready.path,
+        secret,
+        role: "master",
+      });
+      const seq: number[] = [];
+      for (let r = 0; r < repeats; r++) seq.push(await sequentialCallsPerS(peer, calls));
+      results.push({
+        name: "rpc unix round trips, sequential",
+        value: median(seq),
+        unit: "calls/s",
+        note,
+      });
+    }
+    {
+      const handshakes = options.quick ? 200 : 1000;
+      const start = performance.now();
+      for (let i = 0; i < handshakes; i++) {
+        const peer = await connect({ transport: "tcp", port: ready.port, secret, role: "master" });
+        peer.close();
+        await peer.closed;
+      }
+      results.push({
+        name: "rpc connect + handshake",
+        value: Math.round(handshakes / ((performance.now() - start) / 1000)),
+        unit: "conn/s",
+        note: "HMAC-SHA256 challenge-response, sequential",
+      });
+    }
+  } finally {
+    worker.postMessage("stop");
+    await new Promise<void>((resolve) => {
+      worker.onmessage = () => resolve();
+    });
+    worker.terminate();
+    await Deno.remove(dir, { recursive: true });
+  }
+  return results;
+}
+
+if (import.meta.main) {
+  if ("WorkerGlobalScope" in globalThis) {
+    await serveInWorker();
+  } else {
+    const results = await run({ quick: Deno.args.includes("--quick") });
+    for (const r of results) {
+      console.log(
+        `${r.name.padEnd(44)} ${String(r.value).padStart(10)} ${r.unit.padEnd(8)} ${r.note ?? ""}`,
+      );
+    }
+  }
+}
