@@ -444,6 +444,31 @@ async function removeCgroup(dir: string): Promise<void> {
   }
 }
 
+/**
+ * Removes the job cgroups a previous run of the worker left under `root`
+ * (after a crash); call it at start-up, before any job runs. Returns how
+ * many were removed. Cgroups still holding processes are left alone.
+ */
+export async function removeStaleCgroups(root: string = PIDS_CGROUP_ROOT): Promise<number> {
+  let removed = 0;
+  try {
+    for await (const entry of Deno.readDir(root)) {
+      if (!entry.isDirectory || !entry.name.startsWith("job-")) continue;
+      try {
+        await Deno.remove(`${root}/${entry.name}`);
+        removed++;
+      } catch {
+        // Busy: still running (another worker?) — not ours to touch.
+      }
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new SandboxError(`Cannot list stale cgroups in ${root}`, { cause: err });
+    }
+  }
+  return removed;
+}
+
 function validate(spec: JobSpec, options: SandboxOptions): void {
   const fail = (what: string) => {
     throw new SandboxError(`Cannot run the job: ${what}`);

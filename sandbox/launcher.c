@@ -344,7 +344,9 @@ static void setup_root(int report_fd, const char *root) {
     SETUP_FAIL("Cannot mount /tmp: %s", strerror(errno));
 
   /* The writable root: an overlay whose upper layer collects the changes. A
-     writable root inside /tmp gets its mount point in the private /tmp. */
+     writable root inside /tmp gets its mount point in the private /tmp.
+     `volatile`: the upper is scratch, so unmounting must not sync the whole
+     upper file system (that waited for every dirty page on the disk). */
   if (join_path(path, root, cfg.writable_root)) SETUP_FAIL("Path too long: writable root");
   struct stat st;
   if (stat(path, &st) && (errno != ENOENT || mkdir_parents(path, 0755)))
@@ -361,7 +363,7 @@ static void setup_root(int report_fd, const char *root) {
     SETUP_FAIL("Path too long: overlay options");
   snprintf(opts, sizeof opts,
            "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=off,metacopy=off,index=off,"
-           "xino=off",
+           "xino=off,volatile",
            lower_e, upper_e, work_e);
   if (mount("overlay", path, "overlay", MS_NOSUID | MS_NODEV, opts))
     SETUP_FAIL("Cannot mount the overlay on %s: %s", cfg.writable_root, strerror(errno));

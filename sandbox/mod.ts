@@ -17,6 +17,7 @@ export {
   OUTPUT_BYTES_MAX,
   PIDS_CGROUP_ROOT,
   PROCESSES_MAX_DEFAULT,
+  removeStaleCgroups,
   runJob,
   type RunJobOptions,
   type SandboxOptions,

@@ -2,8 +2,10 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
   collectResultSet,
+  ensureLauncher,
   type JobOutcome,
   type JobSpec,
+  removeStaleCgroups,
   runJob,
   type RunJobOptions,
   SandboxError,
@@ -212,7 +214,6 @@ Deno.test("runJob() hides the host: private /tmp, own /proc, no escape through /
 Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {
   await using fx = await new Fixture().init();
   // Run the launcher from a shell holding /dev/fuse and a file open without close-on-exec.
-  const { ensureLauncher } = await import("../sandbox/mod.ts");
   const launcher = await ensureLauncher(LAUNCHER_CACHE);
   const jobDir = fx.nextJobDir();
   await Deno.mkdir(jobDir, { recursive: true });
@@ -625,3 +626,43 @@ async function fakePut(path: string): Promise<{ hash: string; size: number }> {
   const bytes = await Deno.readFile(path);
   return { hash: sha256(bytes), size: bytes.length };
 }
+
+Deno.test("ensureLauncher() compiles once per source version into its cache dir", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "termite-launcher-cache-" });
+  try {
+    const path = await ensureLauncher(`${dir}/cache`);
+    assert.match(path, /\/cache\/termite-launcher-[0-9a-f]{16}$/);
+    assert.equal((await Deno.stat(`${dir}/cache`)).mode! & 0o777, 0o700);
+    assert.equal(await ensureLauncher(`${dir}/cache`), path);
+    assert.deepEqual([...Deno.readDirSync(`${dir}/cache`)].map((e) => e.name), [
+      path.split("/").pop(),
+    ]);
+    const usage = await new Deno.Command(path, { stdout: "piped", stderr: "piped" }).output();
+    assert.equal(usage.code, 2);
+    assert.match(decoder.decode(usage.stderr), /Missing command/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("removeStaleCgroups() removes empty job cgroups only", async () => {
+  const root = `/sys/fs/cgroup/pids/termite-test-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(`${root}/job-stale`, { recursive: true });
+  await Deno.mkdir(`${root}/job-busy`);
+  await Deno.mkdir(`${root}/other`);
+  const busy = new Deno.Command("sleep", { args: ["30"] }).spawn();
+  try {
+    await Deno.writeTextFile(`${root}/job-busy/cgroup.procs`, String(busy.pid));
+    assert.equal(await removeStaleCgroups(root), 1);
+    const left = [...Deno.readDirSync(root)].filter((e) => e.isDirectory).map((e) => e.name).sort();
+    assert.deepEqual(left, ["job-busy", "other"]);
+    assert.equal(await removeStaleCgroups(`${root}/missing`), 0);
+  } finally {
+    busy.kill("SIGKILL");
+    await busy.status;
+    for (const name of ["job-busy", "other", "job-stale"]) {
+      await Deno.remove(`${root}/${name}`).catch(() => {});
+    }
+    await Deno.remove(root);
+  }
+});

@@ -1,0 +1,182 @@
+/**
+ * Sandbox cost: `/bin/true` through runJob() against a plain spawn, the
+ * launcher's own set-up time, and a small gcc compile through the sandbox
+ * (with result-set collection) against the same compile run directly.
+ *
+ * Run alone: `deno run -A bench/sandbox_bench.ts [--quick]` (as root).
+ */
+import { createHash } from "node:crypto";
+import { collectResultSet, ensureLauncher, type JobSpec, runJob } from "../sandbox/mod.ts";
+import type { BenchResult } from "./types.ts";
+
+const PATH = "/usr/local/bin:/usr/bin:/bin";
+const SOURCE = `#include <stdio.h>
+#include <string.h>
+struct point { int x, y; };
+static int dot(struct point a, struct point b) { return a.x * b.x + a.y * b.y; }
+int main(int argc, char **argv) {
+  struct point p = { argc, (int)strlen(argv[0]) }, q = { 3, 4 };
+  printf("%d\\n", dot(p, q));
+  return 0;
+}
+`;
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}
+
+async function timeDirect(argv: string[], cwd: string): Promise<number> {
+  const t = performance.now();
+  const out = await new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    cwd,
+    env: { PATH },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const ms = performance.now() - t;
+  if (!out.success) {
+    throw new Error(`${argv.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return ms;
+}
+
+async function putFile(path: string): Promise<{ hash: string; size: number }> {
+  const bytes = await Deno.readFile(path);
+  return { hash: createHash("sha256").update(bytes).digest("hex"), size: bytes.length };
+}
+
+export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
+  const runs = options.quick ? 10 : 30;
+  const base = await Deno.makeTempDir({ dir: "/var/tmp", prefix: "termite-sandbox-bench-" });
+  const w = `${base}/w`;
+  const cacheDir = `${base}/launcher-cache`;
+  const results: BenchResult[] = [];
+  try {
+    await Deno.chmod(base, 0o755);
+    await Deno.mkdir(w);
+    await Deno.writeTextFile(`${w}/hello.c`, SOURCE);
+    await new Deno.Command("chown", { args: ["-R", "65534:65534", w] }).output();
+
+    let t = performance.now();
+    await ensureLauncher(cacheDir);
+    results.push({
+      name: "sandbox launcher build (gcc, once per source version)",
+      value: round(performance.now() - t),
+      unit: "ms",
+    });
+
+    let job = 0;
+    const sandboxed = async (spec: JobSpec, collect: boolean, pidsCgroupRoot?: null) => {
+      let launcherMs = 0;
+      const t = performance.now();
+      const outcome = await runJob(spec, {
+        lowerRoot: "/",
+        writableRoot: w,
+        jobDir: `${base}/jobs/${job++}`,
+        launcherCacheDir: cacheDir,
+        pidsCgroupRoot,
+        onUpper: collect
+          ? (upper, lowerDir) => collectResultSet(upper, w, putFile, { lowerDir }).then(() => {})
+          : undefined,
+      });
+      const ms = performance.now() - t;
+      if (outcome.exitCode !== 0) throw new Error(`${spec.argv.join(" ")} failed in the sandbox`);
+      launcherMs = outcome.launcherMs ?? 0;
+      return { ms, launcherMs };
+    };
+
+    const trueSpec: JobSpec = { argv: ["/bin/true"], cwd: "/", env: { PATH }, timeoutMs: 10_000 };
+    await sandboxed(trueSpec, false);
+    await timeDirect(["/bin/true"], "/");
+    const direct: number[] = [];
+    const boxed: number[] = [];
+    const setup: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      direct.push(await timeDirect(["/bin/true"], "/"));
+      const r = await sandboxed(trueSpec, false);
+      boxed.push(r.ms);
+      setup.push(r.launcherMs);
+    }
+    results.push(
+      { name: "/bin/true spawned directly (median)", value: round(median(direct)), unit: "ms" },
+      { name: "/bin/true through runJob (median)", value: round(median(boxed)), unit: "ms" },
+      {
+        name: "sandbox overhead per job (median difference)",
+        value: round(median(boxed) - median(direct)),
+        unit: "ms",
+      },
+      {
+        name: "launcher set-up inside the launcher (median)",
+        value: round(median(setup)),
+        unit: "ms",
+        note: "start of the launcher to the job's exec: namespaces, mounts, chroot, privileges",
+      },
+    );
+
+    const compile = ["gcc", "-O2", "-c", "hello.c", "-o", "hello.o"];
+    const compileRuns = options.quick ? 5 : 15;
+    const compileSpec: JobSpec = { argv: compile, cwd: w, env: { PATH }, timeoutMs: 60_000 };
+    await sandboxed(compileSpec, true);
+    const directCompile: number[] = [];
+    const boxedCompile: number[] = [];
+    const boxedCompileNoCgroup: number[] = [];
+    const directTmp = `${base}/direct`;
+    await Deno.mkdir(directTmp);
+    await Deno.copyFile(`${w}/hello.c`, `${directTmp}/hello.c`);
+    for (let i = 0; i < compileRuns; i++) {
+      directCompile.push(await timeDirect(compile, directTmp));
+      boxedCompile.push((await sandboxed(compileSpec, true)).ms);
+      boxedCompileNoCgroup.push((await sandboxed(compileSpec, true, null)).ms);
+    }
+    results.push(
+      {
+        name: "gcc -O2 -c hello.c directly (median)",
+        value: round(median(directCompile)),
+        unit: "ms",
+      },
+      {
+        name: "gcc -O2 -c hello.c through runJob + collectResultSet (median)",
+        value: round(median(boxedCompile)),
+        unit: "ms",
+      },
+      {
+        name: "same, process cap by RLIMIT_NPROC instead of a pids cgroup (median)",
+        value: round(median(boxedCompileNoCgroup)),
+        unit: "ms",
+        note: "cgroup v1 migration waits for an RCU grace period unless another happened recently",
+      },
+      {
+        name: "sandboxed compile / direct compile",
+        value: Math.round((median(boxedCompile) / median(directCompile)) * 100) / 100,
+        unit: "x",
+      },
+    );
+
+    t = performance.now();
+    const parallel = 8;
+    await Promise.all(
+      Array.from({ length: parallel }, () => sandboxed(trueSpec, false)),
+    );
+    results.push({
+      name: `${parallel} concurrent /bin/true jobs, wall time`,
+      value: round(performance.now() - t),
+      unit: "ms",
+    });
+  } finally {
+    await Deno.remove(base, { recursive: true }).catch(() => {});
+  }
+  return results;
+}
+
+if (import.meta.main) {
+  const results = await run({ quick: Deno.args.includes("--quick") });
+  console.table(results);
+}
