@@ -101,7 +101,9 @@ interface PendingCall {
   readonly reject: (error: unknown) => void;
   readonly onChunk: ((chunk: unknown) => void | Promise<void>) | undefined;
   readonly signal: AbortSignal | undefined;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  /** `performance.now()` after which the call times out. */
+  readonly deadline: number;
+  readonly timeoutMs: number;
   onAbort: (() => void) | undefined;
 }
 
@@ -136,6 +138,13 @@ export class RpcPeer implements AsyncDisposable {
   #connClosed = false;
   #readDone = false;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * One timer serves every call's deadline: it fires at the earliest deadline
+   * it knows of, fails the calls due, and re-arms itself for the rest. Calls
+   * with later deadlines than the armed one (the usual case) cost no timer.
+   */
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #sweepAt = Infinity;
   readonly #closingSignal: PromiseWithResolvers<void> = Promise.withResolvers();
   readonly #closedSignal: PromiseWithResolvers<void> = Promise.withResolvers();
 
@@ -192,6 +201,7 @@ export class RpcPeer implements AsyncDisposable {
         new RpcError(code, `Cannot send ${method}: ${errorMessage(error)}`, { cause: error }),
       );
     }
+    const timeoutMs = options?.timeoutMs ?? CALL_TIMEOUT_MS;
     return new Promise<T>((resolve, reject) => {
       const pending: PendingCall = {
         method,
@@ -199,21 +209,11 @@ export class RpcPeer implements AsyncDisposable {
         reject,
         onChunk: options?.onChunk,
         signal,
-        timer: undefined,
+        deadline: performance.now() + timeoutMs,
+        timeoutMs,
         onAbort: undefined,
       };
-      const timeoutMs = options?.timeoutMs ?? CALL_TIMEOUT_MS;
-      if (Number.isFinite(timeoutMs)) {
-        pending.timer = setTimeout(() => {
-          this.#abandon(
-            id,
-            new RpcError(
-              "TIMEOUT",
-              `Call ${method} to ${this.remoteAddr} timed out after ${timeoutMs} ms`,
-            ),
-          );
-        }, timeoutMs);
-      }
+      if (pending.deadline < this.#sweepAt) this.#armSweep(pending.deadline);
       if (signal !== undefined) {
         pending.onAbort = () => this.#abandon(id, cancelledError(method, signal.reason));
         signal.addEventListener("abort", pending.onAbort, { once: true });
@@ -256,6 +256,7 @@ export class RpcPeer implements AsyncDisposable {
     if (this.#closing) return;
     this.#closing = true;
     this.#closingSignal.resolve();
+    this.#armSweep(Infinity);
     const error = this.#closedError();
     this.#writer.close(error);
     for (const [id, pending] of this.#calls) {
@@ -281,6 +282,39 @@ export class RpcPeer implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
     await this.closed;
+  }
+
+  #armSweep(deadline: number): void {
+    clearTimeout(this.#sweepTimer);
+    this.#sweepTimer = undefined;
+    this.#sweepAt = deadline;
+    if (deadline === Infinity) return;
+    const delayMs = Math.max(0, Math.ceil(deadline - performance.now()));
+    const timer = setTimeout(() => this.#sweep(), delayMs);
+    // Only pending calls need it, and they keep the connection's read alive anyway.
+    if (typeof timer === "number") Deno.unrefTimer(timer);
+    else (timer as { unref?: () => void }).unref?.();
+    this.#sweepTimer = timer;
+  }
+
+  #sweep(): void {
+    this.#sweepTimer = undefined;
+    const now = performance.now();
+    let next = Infinity;
+    for (const [id, pending] of this.#calls) {
+      if (pending.deadline <= now) {
+        this.#abandon(
+          id,
+          new RpcError(
+            "TIMEOUT",
+            `Call ${pending.method} to ${this.remoteAddr} timed out after ${pending.timeoutMs} ms`,
+          ),
+        );
+      } else if (pending.deadline < next) {
+        next = pending.deadline;
+      }
+    }
+    this.#armSweep(next);
   }
 
   #closedError(): RpcError {
@@ -606,7 +640,6 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
 }
 
 function clearPending(pending: PendingCall): void {
-  clearTimeout(pending.timer);
   if (pending.onAbort !== undefined) pending.signal?.removeEventListener("abort", pending.onAbort);
 }
 

@@ -131,6 +131,7 @@ class Server implements RpcServer {
         });
         continue;
       }
+      noDelay(conn);
       const remoteAddr = formatAddr(conn.remoteAddr);
       if (this.#peers.size + this.#handshaking.size >= peersMax) {
         this.#log(`Refusing connection from ${remoteAddr}: ${peersMax} connections open`);
@@ -255,6 +256,7 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
         cause: error,
       });
     }
+    noDelay(conn);
     if (signal.aborted) {
       closeQuietly(conn);
       throw new RpcError("CANCELLED", `Cannot connect to ${target}: cancelled`);
@@ -281,6 +283,11 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Our writer coalesces frames itself; Nagle's algorithm would only add latency. */
+function noDelay(conn: Deno.Conn): void {
+  if (conn.remoteAddr.transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
 }
 
 /** "host:port", "[v6]:port" or "unix". */

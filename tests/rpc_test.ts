@@ -157,6 +157,31 @@ Deno.test("a call past its deadline fails with TIMEOUT and the handler's signal 
   assert.equal(await p.client.call("echo", "still fine"), "still fine");
 });
 
+Deno.test("calls with different deadlines each time out on their own", async () => {
+  const started: string[] = [];
+  const aborted: string[] = [];
+  const release = Promise.withResolvers<string>();
+  await using p = await pair({
+    hang: hangingHandler(started, aborted),
+    slow: () => release.promise,
+  });
+  const long = p.client.call("slow", null, { timeoutMs: 60_000 });
+  const forever = p.client.call("slow", null, { timeoutMs: Infinity });
+  const settled: string[] = [];
+  const short = [300, 100, 200].map((timeoutMs) =>
+    assert.rejects(
+      p.client.call("hang", String(timeoutMs), { timeoutMs }),
+      rpcError("TIMEOUT", new RegExp(`timed out after ${timeoutMs} ms$`)),
+    ).then(() => void settled.push(String(timeoutMs)))
+  );
+  await Promise.all(short);
+  assert.deepEqual(settled.sort(), ["100", "200", "300"]);
+  await waitFor(() => aborted.length === 3, "the handlers' aborts");
+  release.resolve("done");
+  assert.equal(await long, "done");
+  assert.equal(await forever, "done");
+});
+
 Deno.test("cancelling a call through its AbortSignal reaches the handler", async () => {
   const started: string[] = [];
   const aborted: string[] = [];
