@@ -16,7 +16,10 @@
  *   outer (this process, in the worker's namespaces): prepares D/{root,upper,
  *     work,tmp}, joins the pids cgroup DIR, unshares, forks the init, waits for
  *     it and writes D/status. SIGTERM kills the whole job (SIGKILL to the
- *     init); SIGINT, SIGHUP and SIGQUIT are forwarded to the job.
+ *     init; the kernel then kills the namespace and the init is reaped only
+ *     once every process in it is gone); SIGINT, SIGHUP and SIGQUIT are
+ *     forwarded to the job. It reads DIR/pids.events every 100 ms (cgroup v1
+ *     sends no notification) and kills the job at the first refused fork.
  *   init (PID 1 of the new PID namespace): builds the job root at D/root,
  *     chroots into it, forks the job, forwards signals to the job's process
  *     group, reaps orphans, and exits when the job exits, which kills every
