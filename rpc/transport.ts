@@ -218,9 +218,11 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
   const signal = options.signal === undefined
     ? deadline.signal
     : AbortSignal.any([deadline.signal, options.signal]);
-  const target = options.transport === "unix"
-    ? `unix:${options.path}`
-    : `${options.hostname ?? "127.0.0.1"}:${options.port}`;
+  const target = options.transport === "unix" ? `unix:${options.path}` : formatAddr({
+    transport: "tcp",
+    hostname: options.hostname ?? "127.0.0.1",
+    port: options.port ?? 0,
+  });
   let conn: Deno.Conn;
   try {
     try {

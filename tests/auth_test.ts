@@ -427,3 +427,29 @@ Deno.test("loadSecret() refuses an empty or missing file", async () => {
   });
   await assert.rejects(secretFromBytes(new Uint8Array(0)), SecretError);
 });
+
+Deno.test("authentication is not bound to addresses: IPv6 loopback works too", async () => {
+  const logs: string[] = [];
+  const server = listen({
+    transport: "tcp",
+    hostname: "::1",
+    secret: SECRET,
+    role: "coordinator",
+    log: (message) => logs.push(message),
+    handlers: { whoami: (_params, ctx) => `${ctx.peer.peerRole}@${ctx.peer.remoteAddr}` },
+  });
+  try {
+    await using peer = await connect({
+      transport: "tcp",
+      hostname: "::1",
+      port: server.port,
+      secret: SECRET,
+      role: "worker",
+    });
+    assert.equal(peer.remoteAddr, `[::1]:${server.port}`);
+    assert.match(await peer.call<string>("whoami"), /^worker@\[::1\]:\d+$/);
+  } finally {
+    await server.close();
+  }
+  assert.deepEqual(logs, []);
+});
