@@ -21,7 +21,12 @@ import { isHash, Store } from "../cas/mod.ts";
 import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
 import { FuseSession } from "../fuse/mod.ts";
 import { cleanStaleMount } from "../fuse/mod.ts";
-import { collectResultSet, ensureLauncher, runJob } from "../sandbox/mod.ts";
+import {
+  collectResultSet,
+  ensureLauncher,
+  removeStaleCgroups,
+  runJob,
+} from "../sandbox/mod.ts";
 import { type MasterLink, MirrorFs } from "./mirror_fs.ts";
 
 export interface WorkerOptions {
@@ -116,6 +121,7 @@ export class Worker implements AsyncDisposable {
     }
     await Deno.remove(`${options.cacheDir}/jobs`, { recursive: true }).catch(() => {});
     await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
+    await removeStaleCgroups().catch(() => {});
     const launcher = await ensureLauncher(`${options.cacheDir}/launcher`);
     const store = await Store.open({
       dir: `${options.cacheDir}/cas`,
@@ -378,12 +384,13 @@ export class Worker implements AsyncDisposable {
         signal: ctx.signal,
         onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
         onStderr: (data) => ctx.sendChunk({ fd: 2, data }),
-        onUpper: async (upper) => {
+        onUpper: async (upper, lowerDir) => {
           const t = performance.now();
           resultSet = await collectResultSet(
             upper,
             mirror.writableRoot,
             (path) => this.#store.putFile(path),
+            { lowerDir },
           );
           collectMs = performance.now() - t;
         },
