@@ -4,7 +4,7 @@
  * the role entry points. Used by `deno task dev`, the end-to-end tests and the
  * benchmarks.
  */
-import { createHost, type Host, removeHost } from "./netns.ts";
+import { createHost, freeHostNumbers, type Host, removeHost } from "./netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -179,7 +179,7 @@ export class Farm implements AsyncDisposable {
 
     const n = o.workers ?? 2;
     const prefix = o.prefix ?? `termite-farm-${Deno.pid}`;
-    const first = o.firstHost ?? 1 + (Deno.pid % 200);
+    const first = o.firstHost ?? await freeHostNumbers(n);
     const useNetns = o.netns !== false;
     const started = await Promise.all(Array.from({ length: n }, async (_, i) => {
       let host: Host | null = null;

@@ -25,6 +25,17 @@ export interface Host {
   exec: string[];
 }
 
+/** A free block of `count` host numbers (veth names `tmh<n>` unused). */
+export async function freeHostNumbers(count: number): Promise<number> {
+  const links = await ip(["-o", "link"]);
+  const used = new Set([...links.matchAll(/tm[hn](\d+)/g)].map((m) => Number(m[1])));
+  for (let first = 1 + Math.floor(Math.random() * 200); ; first = 1 + ((first + count) % 240)) {
+    let ok = true;
+    for (let i = 0; i < count; i++) if (used.has(first + i) || first + i > 250) ok = false;
+    if (ok) return first;
+  }
+}
+
 /** Creates a namespace `name` with a veth link numbered `n` (1..250). */
 export async function createHost(name: string, n: number): Promise<Host> {
   if (!Number.isInteger(n) || n < 1 || n > 250) throw new Error(`Bad host number ${n}`);

@@ -32,7 +32,7 @@ async function sameBytes(a: string, b: string): Promise<boolean> {
 }
 
 const src = await fetchSource("lua5.4");
-const work = `${ROOT}/.cache/farm`;
+const work = `${ROOT}/.cache/dev/${Deno.pid}`;
 await Deno.remove(work, { recursive: true }).catch(() => {});
 await Deno.mkdir(work, { recursive: true });
 await Deno.chmod(work, 0o755);
