@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { hashBytes, Store } from "../cas/mod.ts";
-import { EIO, ENOENT, EROFS } from "../fuse/errno.ts";
+import { EIO, ENOENT, ENOSYS, EROFS } from "../fuse/errno.ts";
 import { openLibc } from "../fuse/libc.ts";
 import { FuseSession } from "../fuse/mod.ts";
 import type {
@@ -104,8 +104,10 @@ async function resolve(fs: MirrorFs, path: string): Promise<Entry> {
   return entry;
 }
 
+/** Opens a file; without open requests (ENOSYS, as the kernel takes it) reads use fh 0. */
 async function open(fs: MirrorFs, ino: bigint): Promise<OpenReply> {
   const reply = await fs.open!(ino, 0, CTX);
+  if (reply === ENOSYS) return { fh: 0 };
   if (typeof reply === "number") throw new Error(`open: errno ${reply}`);
   return reply;
 }
@@ -131,7 +133,7 @@ async function readFile(fs: MirrorFs, ino: bigint): Promise<Uint8Array> {
       offset += n;
     }
   } finally {
-    fs.release!(ino, fh!);
+    if (fh !== 0) fs.release!(ino, fh!);
     libc.close();
   }
   const out = new Uint8Array(offset);
@@ -151,15 +153,16 @@ async function getattrOf(fs: MirrorFs, ino: bigint) {
 
 async function listDir(fs: MirrorFs, ino: bigint): Promise<DirEntry[]> {
   const reply = await fs.opendir!(ino, 0, CTX);
-  if (typeof reply === "number") throw new Error(`opendir: errno ${reply}`);
+  if (typeof reply === "number" && reply !== ENOSYS) throw new Error(`opendir: errno ${reply}`);
+  const fh = typeof reply === "number" ? 0 : reply.fh!;
   const entries: DirEntry[] = [];
   while (true) {
-    const batch = await fs.readdir!(ino, reply.fh!, entries.length, 4096, CTX);
+    const batch = await fs.readdir!(ino, fh, entries.length, 4096, CTX);
     if (typeof batch === "number") throw new Error(`readdir: errno ${batch}`);
     if (batch.length === 0) break;
     entries.push(...batch);
   }
-  fs.releasedir!(ino, reply.fh!);
+  if (fh !== 0) fs.releasedir!(ino, fh);
   return entries;
 }
 
@@ -223,30 +226,59 @@ Deno.test("20 concurrent lookups in one uncached directory fetch it once", async
   assert.equal(new Set(entries.map((entry) => entry.ino)).size, 17); // 16 ids and 0
 });
 
-Deno.test("open() and read() return exact bytes; getattr, readlink and readdir match", async () => {
+for (const zeroOpen of [true, false]) {
+  Deno.test(`open() and read() return exact bytes; getattr, readlink and readdir match (zeroOpen ${zeroOpen})`, async () => {
+    await using f = await fixture({ zeroOpen });
+    const { fs } = f;
+    for (const path of ["/src/a.c", "/src/empty.txt", "/data/big.bin", "/src/sub/c.h"]) {
+      const entry = await resolve(fs, path);
+      assert.ok(entry.ino !== 0, path);
+      assert.deepEqual(await readFile(fs, BigInt(entry.ino)), f.files[path], path);
+      const attr = await getattrOf(fs, BigInt(entry.ino));
+      const info = await Deno.stat(f.tree + path);
+      assert.equal(attr.size, info.size);
+      assert.equal(attr.mode & 0o7777, info.mode! & 0o7777);
+      assert.equal(Math.floor(attr.mtimeMs), info.mtime!.getTime());
+      assert.equal(attr.uid, path.startsWith("/src/") ? JOB_UID : 0);
+    }
+    const link = await resolve(fs, "/src/link");
+    assert.equal(link.attr!.mode & S_IFMT, S_IFLNK);
+    assert.equal(await fs.readlink!(BigInt(link.ino), CTX), "a.c");
+    const src = await resolve(fs, "/src");
+    const names = (await listDir(fs, BigInt(src.ino))).map((entry) => entry.name).sort();
+    const expected = [".", ".."];
+    for await (const entry of Deno.readDir(`${f.tree}/src`)) expected.push(entry.name);
+    assert.deepEqual(names, expected.sort());
+    const a = await resolve(fs, "/src/a.c");
+    assert.equal(await fs.open!(BigInt(a.ino), 1, /* O_WRONLY */ CTX), EROFS);
+  });
+}
+
+Deno.test("readdirplus() answers lookups for what fits, with the ids lookup() gives", async () => {
   await using f = await fixture();
   const { fs } = f;
-  for (const path of ["/src/a.c", "/src/empty.txt", "/data/big.bin", "/src/sub/c.h"]) {
-    const entry = await resolve(fs, path);
-    assert.ok(entry.ino !== 0, path);
-    assert.deepEqual(await readFile(fs, BigInt(entry.ino)), f.files[path], path);
-    const attr = await getattrOf(fs, BigInt(entry.ino));
-    const info = await Deno.stat(f.tree + path);
-    assert.equal(attr.size, info.size);
-    assert.equal(attr.mode & 0o7777, info.mode! & 0o7777);
-    assert.equal(Math.floor(attr.mtimeMs), info.mtime!.getTime());
-    assert.equal(attr.uid, path.startsWith("/src/") ? JOB_UID : 0);
-  }
-  const link = await resolve(fs, "/src/link");
-  assert.equal(link.attr!.mode & S_IFMT, S_IFLNK);
-  assert.equal(await fs.readlink!(BigInt(link.ino), CTX), "a.c");
   const src = await resolve(fs, "/src");
-  const names = (await listDir(fs, BigInt(src.ino))).map((entry) => entry.name).sort();
-  const expected = [".", ".."];
-  for await (const entry of Deno.readDir(`${f.tree}/src`)) expected.push(entry.name);
-  assert.deepEqual(names, expected.sort());
-  const a = await resolve(fs, "/src/a.c");
-  assert.equal(await fs.open!(BigInt(a.ino), 1, /* O_WRONLY */ CTX), EROFS);
+  const sizeMax = 4096;
+  const first = await fs.readdirplus!(BigInt(src.ino), 0, 0, sizeMax, CTX);
+  assert.ok(typeof first !== "number");
+  // 152 bytes per entry plus the name rounded up to 8.
+  const bytes = first.reduce((sum, { name }) => sum + 152 + ((name.length + 7) & ~7), 0);
+  assert.ok(bytes <= sizeMax && bytes + 160 > sizeMax, `${first.length} entries, ${bytes} bytes`);
+  assert.deepEqual(first.slice(0, 2).map(({ name, entry }) => [name, entry.ino]), [
+    [".", 0],
+    ["..", 0],
+  ]);
+  const rest = await fs.readdirplus!(BigInt(src.ino), 0, first.length, 1 << 20, CTX);
+  assert.ok(typeof rest !== "number");
+  const all = [...first, ...rest];
+  assert.equal(all.length, 2 + 35);
+  for (const { name, entry } of all.slice(2)) {
+    const looked = await lookup(fs, BigInt(src.ino), name);
+    assert.equal(entry.ino, looked.ino, name);
+    assert.deepEqual(entry.attr, looked.attr, name);
+  }
+  assert.equal(fs.getxattr!(BigInt(src.ino), "user.x", CTX), ENOSYS);
+  assert.deepEqual(fs.listxattr!(BigInt(src.ino), CTX), []);
 });
 
 Deno.test("mount points are empty directories whatever the master has there", async () => {
@@ -260,20 +292,29 @@ Deno.test("mount points are empty directories whatever the master has there", as
   assert.equal((await lookup(fs, BigInt(tmp.ino), "junk")).ino, 0);
 });
 
-Deno.test("a blob is fetched once across two opens and two mirrors sharing a store", async () => {
-  await using f = await fixture({ prefetchBytesMax: 0 });
-  const first = await resolve(f.fs, "/data/big.bin");
-  await readFile(f.fs, BigInt(first.ino));
-  await readFile(f.fs, BigInt(first.ino));
-  assert.equal(f.link.calls.blob, 1);
-  const other = f.newFs({ prefetchBytesMax: 0 });
-  const second = await resolve(other, "/data/big.bin");
-  assert.deepEqual(await readFile(other, BigInt(second.ino)), f.files["/data/big.bin"]);
-  assert.equal(f.link.calls.blob, 1);
-  assert.equal(f.fs.stats.blobFetches + other.stats.blobFetches, 1);
-  assert.equal(f.fs.stats.blobBytes, f.files["/data/big.bin"].length);
-  assert.equal(f.store.isPinned(hashBytes(f.files["/data/big.bin"])), false);
-});
+for (const zeroOpen of [true, false]) {
+  Deno.test(`a blob is fetched once across two opens and two mirrors sharing a store (zeroOpen ${zeroOpen})`, async () => {
+    await using f = await fixture({ prefetchBytesMax: 0, zeroOpen });
+    const first = await resolve(f.fs, "/data/big.bin");
+    await readFile(f.fs, BigInt(first.ino));
+    await readFile(f.fs, BigInt(first.ino));
+    assert.equal(f.link.calls.blob, 1);
+    const other = f.newFs({ prefetchBytesMax: 0 });
+    const second = await resolve(other, "/data/big.bin");
+    assert.deepEqual(await readFile(other, BigInt(second.ino)), f.files["/data/big.bin"]);
+    assert.equal(f.link.calls.blob, 1);
+    assert.equal(f.fs.stats.blobFetches + other.stats.blobFetches, 1);
+    assert.equal(f.fs.stats.blobBytes, f.files["/data/big.bin"].length);
+    const hash = hashBytes(f.files["/data/big.bin"]);
+    if (zeroOpen) {
+      assert.equal(f.store.isPinned(hash), true, "pinned while its descriptor is cached");
+      f.fs.forget(BigInt(first.ino));
+      other.forget(BigInt(second.ino));
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    assert.equal(f.store.isPinned(hash), false);
+  });
+}
 
 Deno.test("a lookup starts fetching the content in the background", async () => {
   await using f = await fixture();
@@ -381,17 +422,22 @@ Deno.test("reset() drops cached attributes and invalidates what the kernel holds
   );
 });
 
-Deno.test("a corrupt blob answers EIO, and the next open works once the link is fixed", async () => {
-  await using f = await fixture({ prefetchBytesMax: 0 });
-  const { fs, link } = f;
-  const entry = await resolve(fs, "/src/a.c");
-  link.corrupt = true;
-  assert.equal(await fs.open!(BigInt(entry.ino), 0, CTX), EIO);
-  assert.equal(fs.stats.errors, 1);
-  assert.equal(f.store.sizeOf(hashBytes(f.files["/src/a.c"])), undefined);
-  link.corrupt = false;
-  assert.deepEqual(await readFile(fs, BigInt(entry.ino)), f.files["/src/a.c"]);
-});
+for (const zeroOpen of [true, false]) {
+  Deno.test(`a corrupt blob answers EIO, and works once the link is fixed (zeroOpen ${zeroOpen})`, async () => {
+    await using f = await fixture({ prefetchBytesMax: 0, zeroOpen });
+    const { fs, link } = f;
+    const entry = await resolve(fs, "/src/a.c");
+    link.corrupt = true;
+    const failed = zeroOpen
+      ? await fs.read!(BigInt(entry.ino), 0, 4096, 0, CTX) // the first read fetches
+      : await fs.open!(BigInt(entry.ino), 0, CTX);
+    assert.equal(failed, EIO);
+    assert.equal(fs.stats.errors, 1);
+    assert.equal(f.store.sizeOf(hashBytes(f.files["/src/a.c"])), undefined);
+    link.corrupt = false;
+    assert.deepEqual(await readFile(fs, BigInt(entry.ino)), f.files["/src/a.c"]);
+  });
+}
 
 Deno.test("link failures answer EIO and are retried on the next request", async () => {
   await using f = await fixture();
@@ -438,118 +484,148 @@ async function ok(cmd: string, ...args: string[]): Promise<string> {
   return result.stdout;
 }
 
-Deno.test("MirrorFs mounted: cat, ls, stat, readlink, updates, nobody, gcc", async (t) => {
-  // The source tree lives outside /tmp (a mount point of the mirror); the mount inside it.
-  const tree = await Deno.makeTempDir({ dir: "/var/tmp", prefix: "mirror_fs_src_" });
-  const dir = await Deno.makeTempDir({ dir: "/tmp", prefix: "mirror_fs_mnt_" });
-  await Deno.chmod(tree, 0o755);
-  await Deno.chmod(dir, 0o755);
-  const mnt = `${dir}/mnt`;
-  await Deno.mkdir(mnt);
-  const store = await Store.open({ dir: `${dir}/store`, bytesMax: 512 * 1024 * 1024 });
-  const link = new DirLink({ root: "/", excludes: [dir, "/proc", "/sys", "/dev"] });
-  const fs = new MirrorFs({ link, store, writableRoot: `${tree}/out` });
-  let session: FuseSession | undefined;
-  try {
-    const files = await makeTree(tree);
-    await Deno.chmod(`${tree}/src/b.h`, 0o600);
-    await Deno.mkdir(`${tree}/out`);
-    await Deno.writeTextFile(`${tree}/out/o.txt`, "out\n");
-    session = await FuseSession.mount(fs, {
-      mountpoint: mnt,
-      fsName: "mirror_test",
-      subtype: "termite",
-      allowOther: true,
-      defaultPermissions: true,
-      readOnly: true,
-    });
-    fs.attach(session);
-    const m = (path: string) => `${mnt}${path}`;
+const MOUNT_CONFIGS: { label: string; options: Partial<MirrorOptions> }[] = [
+  { label: "defaults", options: {} },
+  { label: "open requests, no readdirplus", options: { zeroOpen: false, readdirPlus: false } },
+];
 
-    await t.step("cat gives the source bytes", async () => {
-      for (const path of ["/src/a.c", "/src/b.h", "/data/big.bin", "/src/empty.txt"]) {
-        assert.deepEqual(await Deno.readFile(m(tree + path)), files[path], path);
-      }
-    });
+for (const { label, options } of MOUNT_CONFIGS) {
+  Deno.test(`MirrorFs mounted (${label}): cat, ls, stat, readlink, updates, nobody, gcc`, async (t) => {
+    // The source tree lives outside /tmp (a mount point of the mirror); the mount inside it.
+    const tree = await Deno.makeTempDir({ dir: "/var/tmp", prefix: "mirror_fs_src_" });
+    const dir = await Deno.makeTempDir({ dir: "/tmp", prefix: "mirror_fs_mnt_" });
+    await Deno.chmod(tree, 0o755);
+    await Deno.chmod(dir, 0o755);
+    const mnt = `${dir}/mnt`;
+    await Deno.mkdir(mnt);
+    const store = await Store.open({ dir: `${dir}/store`, bytesMax: 512 * 1024 * 1024 });
+    const link = new DirLink({ root: "/", excludes: [dir, "/proc", "/sys", "/dev"] });
+    const fs = new MirrorFs({ link, store, writableRoot: `${tree}/out`, ...options });
+    let session: FuseSession | undefined;
+    try {
+      const files = await makeTree(tree);
+      await Deno.chmod(`${tree}/src/b.h`, 0o600);
+      await Deno.mkdir(`${tree}/out`);
+      await Deno.writeTextFile(`${tree}/out/o.txt`, "out\n");
+      session = await FuseSession.mount(fs, {
+        mountpoint: mnt,
+        fsName: "mirror_test",
+        subtype: "termite",
+        allowOther: true,
+        defaultPermissions: true,
+        readOnly: true,
+      });
+      fs.attach(session);
+      const m = (path: string) => `${mnt}${path}`;
 
-    await t.step("ls -lA, stat and readlink match the source", async () => {
-      const strip = (text: string) =>
-        text.split("\n").filter((line) => line !== "" && !line.startsWith("total")).map((line) =>
-          line.split(/\s+/).filter((_, i) => i !== 1).join(" ") // nlink differs
-        ).join("\n");
-      for (const sub of ["/src", "/data"]) {
-        const local = await ok("ls", "-lA", "--time-style=+%s", tree + sub);
-        const mirrored = await ok("ls", "-lA", "--time-style=+%s", m(tree + sub));
-        assert.equal(strip(mirrored), strip(local), sub);
-      }
-      const format = "%F %a %s %Y %u %g";
-      for (const path of ["/src/a.c", "/src/link", "/src/sub", "/data/big.bin"]) {
-        const local = await ok("stat", "-c", format, tree + path);
-        assert.equal(await ok("stat", "-c", format, m(tree + path)), local, path);
-      }
-      assert.equal(await ok("readlink", m(`${tree}/src/link`)), "a.c\n");
-      assert.equal(await ok("stat", "-c", "%u:%g", m(`${tree}/out/o.txt`)), "65534:65534\n");
-      assert.equal(await ok("ls", "-A", m("/proc")), "");
-      assert.equal((await run("ls", [m(`${tree}/src/nothere.h`)])).code, 2);
-    });
+      await t.step("cat gives the source bytes", async () => {
+        for (const path of ["/src/a.c", "/src/b.h", "/data/big.bin", "/src/empty.txt"]) {
+          assert.deepEqual(await Deno.readFile(m(tree + path)), files[path], path);
+        }
+      });
 
-    await t.step("a change pushed with applyUpdates shows despite long timeouts", async () => {
-      const path = `${tree}/src/a.c`;
-      assert.equal(await Deno.readTextFile(m(path)), decoder.decode(files["/src/a.c"]));
-      const newer = "int main(void) { return 7; } /* longer than before */\n";
-      await Deno.writeTextFile(path, newer);
-      await Deno.writeTextFile(`${tree}/src/added.h`, "added\n");
-      assert.equal((await run("cat", [m(`${tree}/src/added.h`)])).code, 1, "negative cached");
-      const updates = await Promise.all(
-        [path, `${tree}/src/added.h`, `${tree}/src`].map((p) => link.attr(p, { withHash: false })),
+      await t.step("ls -lA, stat and readlink match the source", async () => {
+        const strip = (text: string) =>
+          text.split("\n").filter((line) => line !== "" && !line.startsWith("total")).map((line) =>
+            line.split(/\s+/).filter((_, i) => i !== 1).join(" ") // nlink differs
+          ).join("\n");
+        for (const sub of ["/src", "/data"]) {
+          const local = await ok("ls", "-lA", "--time-style=+%s", tree + sub);
+          const mirrored = await ok("ls", "-lA", "--time-style=+%s", m(tree + sub));
+          assert.equal(strip(mirrored), strip(local), sub);
+        }
+        const format = "%F %a %s %Y %u %g";
+        for (const path of ["/src/a.c", "/src/link", "/src/sub", "/data/big.bin"]) {
+          const local = await ok("stat", "-c", format, tree + path);
+          assert.equal(await ok("stat", "-c", format, m(tree + path)), local, path);
+        }
+        assert.equal(await ok("readlink", m(`${tree}/src/link`)), "a.c\n");
+        assert.equal(await ok("stat", "-c", "%u:%g", m(`${tree}/out/o.txt`)), "65534:65534\n");
+        assert.equal(await ok("ls", "-A", m("/proc")), "");
+        assert.equal((await run("ls", [m(`${tree}/src/nothere.h`)])).code, 2);
+      });
+
+      await t.step("a change pushed with applyUpdates shows despite long timeouts", async () => {
+        const path = `${tree}/src/a.c`;
+        assert.equal(await Deno.readTextFile(m(path)), decoder.decode(files["/src/a.c"]));
+        const newer = "int main(void) { return 7; } /* longer than before */\n";
+        await Deno.writeTextFile(path, newer);
+        await Deno.writeTextFile(`${tree}/src/added.h`, "added\n");
+        assert.equal((await run("cat", [m(`${tree}/src/added.h`)])).code, 1, "negative cached");
+        const updates = await Promise.all(
+          [path, `${tree}/src/added.h`, `${tree}/src`].map((p) =>
+            link.attr(p, { withHash: false })
+          ),
+        );
+        await fs.applyUpdates(updates);
+        assert.equal(await Deno.readTextFile(m(path)), newer);
+        assert.equal((await Deno.stat(m(path))).size, newer.length);
+        assert.equal(await Deno.readTextFile(m(`${tree}/src/added.h`)), "added\n");
+        await Deno.remove(`${tree}/src/added.h`);
+        await fs.applyUpdates([await link.attr(`${tree}/src/added.h`, { withHash: false })]);
+        assert.equal((await run("cat", [m(`${tree}/src/added.h`)])).code, 1, "deleted");
+      });
+
+      await t.step("user nobody reads world-readable files and not private ones", async () => {
+        const as = ["--reuid=65534", "--regid=65534", "--clear-groups", "cat"];
+        const world = await run("setpriv", [...as, m(`${tree}/src/sub/c.h`)]);
+        assert.equal(world.code, 0, world.stderr);
+        assert.equal(world.stdout, "/* c */\n");
+        const secret = await run("setpriv", [...as, m(`${tree}/src/b.h`)]);
+        assert.notEqual(secret.code, 0);
+        assert.match(secret.stderr, /Permission denied/);
+      });
+
+      await t.step(
+        "gcc compiles with headers from the mirror, same object as locally",
+        async () => {
+          const source = `${dir}/hello.c`;
+          await Deno.writeTextFile(
+            source,
+            "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include <stddef.h>\n" +
+              'int main(int argc, char **argv) { printf("%zu\\n", strlen(argv[0]) + offsetof(struct { int a; long b; }, b)); return EXIT_SUCCESS; }\n',
+          );
+          const gccInclude = (await ok("gcc", "-print-file-name=include")).trim();
+          const includes = (prefix: string) =>
+            [gccInclude, "/usr/include/x86_64-linux-gnu", "/usr/include"].flatMap((path) => [
+              "-isystem",
+              prefix + path,
+            ]);
+          await ok(
+            "gcc",
+            "-c",
+            "-O2",
+            "-nostdinc",
+            ...includes(""),
+            source,
+            "-o",
+            `${dir}/local.o`,
+          );
+          await ok(
+            "gcc",
+            "-c",
+            "-O2",
+            "-nostdinc",
+            ...includes(mnt),
+            source,
+            "-o",
+            `${dir}/mirror.o`,
+          );
+          const deps = await ok("gcc", "-M", "-nostdinc", ...includes(mnt), source);
+          assert.ok(deps.includes(`${mnt}/usr/include/stdio.h`), "headers came through the mirror");
+          assert.deepEqual(
+            await Deno.readFile(`${dir}/mirror.o`),
+            await Deno.readFile(`${dir}/local.o`),
+          );
+        },
       );
-      await fs.applyUpdates(updates);
-      assert.equal(await Deno.readTextFile(m(path)), newer);
-      assert.equal((await Deno.stat(m(path))).size, newer.length);
-      assert.equal(await Deno.readTextFile(m(`${tree}/src/added.h`)), "added\n");
-      await Deno.remove(`${tree}/src/added.h`);
-      await fs.applyUpdates([await link.attr(`${tree}/src/added.h`, { withHash: false })]);
-      assert.equal((await run("cat", [m(`${tree}/src/added.h`)])).code, 1, "deleted");
-    });
-
-    await t.step("user nobody reads world-readable files and not private ones", async () => {
-      const as = ["--reuid=65534", "--regid=65534", "--clear-groups", "cat"];
-      const world = await run("setpriv", [...as, m(`${tree}/src/sub/c.h`)]);
-      assert.equal(world.code, 0, world.stderr);
-      assert.equal(world.stdout, "/* c */\n");
-      const secret = await run("setpriv", [...as, m(`${tree}/src/b.h`)]);
-      assert.notEqual(secret.code, 0);
-      assert.match(secret.stderr, /Permission denied/);
-    });
-
-    await t.step("gcc compiles with headers from the mirror, same object as locally", async () => {
-      const source = `${dir}/hello.c`;
-      await Deno.writeTextFile(
-        source,
-        "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include <stddef.h>\n" +
-          'int main(int argc, char **argv) { printf("%zu\\n", strlen(argv[0]) + offsetof(struct { int a; long b; }, b)); return EXIT_SUCCESS; }\n',
-      );
-      const gccInclude = (await ok("gcc", "-print-file-name=include")).trim();
-      const includes = (prefix: string) =>
-        [gccInclude, "/usr/include/x86_64-linux-gnu", "/usr/include"].flatMap((path) => [
-          "-isystem",
-          prefix + path,
-        ]);
-      await ok("gcc", "-c", "-O2", "-nostdinc", ...includes(""), source, "-o", `${dir}/local.o`);
-      await ok("gcc", "-c", "-O2", "-nostdinc", ...includes(mnt), source, "-o", `${dir}/mirror.o`);
-      const deps = await ok("gcc", "-M", "-nostdinc", ...includes(mnt), source);
-      assert.ok(deps.includes(`${mnt}/usr/include/stdio.h`), "headers came through the mirror");
-      assert.deepEqual(
-        await Deno.readFile(`${dir}/mirror.o`),
-        await Deno.readFile(`${dir}/local.o`),
-      );
-    });
-    assert.ok(fs.stats.lookupsWaited < fs.stats.lookups);
-  } finally {
-    await session?.close();
-    await fs.close();
-    store.close();
-    await Deno.remove(dir, { recursive: true });
-    await Deno.remove(tree, { recursive: true });
-  }
-});
+      assert.ok(fs.stats.lookupsWaited < fs.stats.lookups);
+    } finally {
+      await session?.close();
+      await fs.close();
+      store.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(tree, { recursive: true });
+    }
+  });
+}

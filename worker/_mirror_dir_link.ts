@@ -17,7 +17,7 @@ export interface DirLinkOptions {
   excludes?: readonly string[];
   /** Delay added to every call, to stand for a network round trip. */
   latencyMs?: number;
-  /** Give directory attrs their `children` in `attr()` (as a master does). Default true. */
+  /** Give directory attrs their `children` (as a master does). Default true. */
   dirChildren?: boolean;
 }
 
@@ -78,16 +78,7 @@ export class DirLink implements MasterLink {
       }
       throw error;
     }
-    const attr = await this.#attrOf(path, info, options.withHash);
-    if (attr.kind === "dir" && this.#dirChildren) {
-      const children: Record<string, FileKind> = {};
-      for await (const entry of Deno.readDir(this.#host(path))) {
-        const kind = kindOfEntry(entry);
-        if (kind !== null && !this.#excluded(join(path, entry.name))) children[entry.name] = kind;
-      }
-      attr.children = children;
-    }
-    return attr;
+    return await this.#attrOf(path, info, options.withHash);
   }
 
   async dir(path: string, options: { signal?: AbortSignal }): Promise<FileAttr[]> {
@@ -166,6 +157,16 @@ export class DirLink implements MasterLink {
     };
     const host = this.#host(path);
     if (kind === "symlink") attr.target = await Deno.readLink(host);
+    if (kind === "dir" && this.#dirChildren) {
+      const children: Record<string, FileKind> = {};
+      for await (const entry of Deno.readDir(host)) {
+        const childKind = kindOfEntry(entry);
+        if (childKind !== null && !this.#excluded(join(path, entry.name))) {
+          children[entry.name] = childKind;
+        }
+      }
+      attr.children = children;
+    }
     if (kind === "file") {
       const key = `${info.ino}:${info.size}:${attr.mtimeMs}`;
       const cached = this.#hashByPath.get(host);
