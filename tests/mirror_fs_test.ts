@@ -281,6 +281,24 @@ Deno.test("readdirplus() answers lookups for what fits, with the ids lookup() gi
   assert.deepEqual(fs.listxattr!(BigInt(src.ino), CTX), []);
 });
 
+Deno.test("without open requests, blob descriptors stay under blobFdsMax and unpin", async () => {
+  await using f = await fixture({ blobFdsMax: 2, prefetchBytesMax: 0 });
+  const { fs, store } = f;
+  const paths = ["/src/a.c", "/src/b.h", "/src/sub/c.h", "/data/big.bin"];
+  for (const path of paths) {
+    const entry = await resolve(fs, path);
+    assert.deepEqual(await readFile(fs, BigInt(entry.ino)), f.files[path]);
+  }
+  await new Promise((resolve) => setTimeout(resolve, 0)); // closes run after the replies
+  assert.equal(fs.stats.handles, 2);
+  const pinned = paths.filter((path) => store.isPinned(hashBytes(f.files[path])));
+  assert.deepEqual(pinned, ["/src/sub/c.h", "/data/big.bin"]);
+  // A file whose descriptor was dropped is opened again.
+  const a = await resolve(fs, "/src/a.c");
+  assert.deepEqual(await readFile(fs, BigInt(a.ino)), f.files["/src/a.c"]);
+  assert.equal(f.link.calls.blob, 4);
+});
+
 Deno.test("mount points are empty directories whatever the master has there", async () => {
   await using f = await fixture();
   const { fs } = f;

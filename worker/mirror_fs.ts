@@ -99,6 +99,11 @@ export interface MirrorOptions {
   linkCallsMax?: number;
   /** Open files and directories at once (default 8192); beyond, `open` answers ENFILE. */
   handlesMax?: number;
+  /**
+   * Without open requests: blob descriptors kept open, one per recently read
+   * file (default 1024; the kernel's page cache answers most reads anyway).
+   */
+  blobFdsMax?: number;
   /** Files up to this size get their content fetched when looked up (default 16 MiB). */
   prefetchBytesMax?: number;
   /** Content prefetches running or queued at once (default 256); beyond, none start. */
@@ -148,6 +153,7 @@ const TIMEOUT_S_DEFAULT = 3600;
 const ENTRIES_MAX_DEFAULT = 1_000_000;
 const LINK_CALLS_MAX_DEFAULT = 64;
 const HANDLES_MAX_DEFAULT = 8192;
+const BLOB_FDS_MAX_DEFAULT = 1024;
 const PREFETCH_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
 const PREFETCHES_MAX_DEFAULT = 256;
 /** Names answered negatively and remembered (to invalidate them later), per directory. */
@@ -252,6 +258,7 @@ export class MirrorFs implements FileSystem {
   readonly #mountPointSet: ReadonlySet<string>;
   readonly #entriesMax: number;
   readonly #handlesMax: number;
+  readonly #blobFdsMax: number;
   readonly #prefetchBytesMax: number;
   readonly #prefetchesMax: number;
   readonly #readdirPlus: boolean;
@@ -296,6 +303,7 @@ export class MirrorFs implements FileSystem {
     this.#entriesMax = options.entriesMax ?? ENTRIES_MAX_DEFAULT;
     this.#evictAbove = this.#entriesMax;
     this.#handlesMax = options.handlesMax ?? HANDLES_MAX_DEFAULT;
+    this.#blobFdsMax = options.blobFdsMax ?? BLOB_FDS_MAX_DEFAULT;
     this.#prefetchBytesMax = options.prefetchBytesMax ?? PREFETCH_BYTES_MAX_DEFAULT;
     this.#prefetchesMax = options.prefetchesMax ?? PREFETCHES_MAX_DEFAULT;
     this.#readdirPlus = options.readdirPlus ?? true;
@@ -397,6 +405,7 @@ export class MirrorFs implements FileSystem {
         this.#learnChild(parent, name, update);
       }
     }
+    this.#evictIfNeeded();
     return this.#notify(entries, inodes);
   }
 
@@ -560,7 +569,7 @@ export class MirrorFs implements FileSystem {
     if (node.attr !== undefined && node.attr.kind !== "dir") return ENOTDIR;
     // The kernel then stops sending opendir and releasedir, and caches listings itself.
     if (this.#zeroOpenDir) return ENOSYS;
-    if (this.#handleCount() >= this.#handlesMax) return ENFILE;
+    if (this.#files.size + this.#dirs.size >= this.#handlesMax) return ENFILE;
     const rows = this.#rowsOf(node);
     if (rows instanceof Promise) {
       return rows.then((rows) => typeof rows === "number" ? rows : this.#openDir(node, rows));
@@ -643,7 +652,7 @@ export class MirrorFs implements FileSystem {
     if (node.attr?.kind === "dir") return EISDIR;
     // The kernel then stops sending open and release and keeps page caches (keep_cache).
     if (this.#zeroOpen) return ENOSYS;
-    if (this.#handleCount() >= this.#handlesMax) return ENFILE;
+    if (this.#files.size + this.#dirs.size >= this.#handlesMax) return ENFILE;
     return this.#open(node);
   }
 
@@ -995,6 +1004,10 @@ export class MirrorFs implements FileSystem {
   async #open(node: Node): Promise<OpenReply | Errno> {
     const handle = await this.#openBlob(node);
     if (typeof handle === "number") return handle;
+    if (this.#closed) {
+      this.#closeHandle(handle);
+      return EIO;
+    }
     const fh = this.#nextFh++;
     this.#files.set(fh, handle);
     return { fh, keepCache: true };
@@ -1006,12 +1019,16 @@ export class MirrorFs implements FileSystem {
     if (opening === undefined) {
       const promise: Promise<FileHandle | Errno> = this.#openBlob(node).then((handle) => {
         if (typeof handle === "number") return handle;
+        if (this.#closed) {
+          this.#closeHandle(handle);
+          return EIO;
+        }
         const old = this.#blobs.get(node.id);
         if (old !== undefined) this.#closeLater(old);
         this.#blobs.delete(node.id);
         this.#blobs.set(node.id, handle);
         for (const [id, oldest] of this.#blobs) {
-          if (this.#blobs.size <= this.#handlesMax) break;
+          if (this.#blobs.size <= this.#blobFdsMax) break;
           this.#blobs.delete(id);
           this.#closeLater(oldest);
         }
@@ -1054,16 +1071,15 @@ export class MirrorFs implements FileSystem {
     } catch (error) {
       return this.#failed(error, `open ${node.path}`);
     }
+    if (this.#closed) {
+      this.#store.unpin(hash);
+      return EIO;
+    }
     const libc = this.#libc ??= openLibc();
     const fd = libc.symbols.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0) {
       this.#store.unpin(hash);
       return this.#failed(new Error(`Cannot open blob ${path}`), `open ${node.path}`);
-    }
-    if (this.#closed) {
-      libc.symbols.close(fd);
-      this.#store.unpin(hash);
-      return EIO;
     }
     node.opens++;
     return { fd, hash, node };
