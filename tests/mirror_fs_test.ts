@@ -637,6 +637,30 @@ for (const { label, options } of MOUNT_CONFIGS) {
           );
         },
       );
+      await t.step("an overlay over the mirror takes writes and shows the mirror", async () => {
+        const [upper, work, merged] = ["upper", "work", "merged"].map((name) => `${dir}/${name}`);
+        for (const path of [upper, work, merged]) await Deno.mkdir(path);
+        const lower = m(tree);
+        await ok(
+          "mount",
+          "-t",
+          "overlay",
+          "overlay",
+          "-o",
+          `lowerdir=${lower},upperdir=${upper},workdir=${work}`,
+          merged,
+        );
+        try {
+          assert.deepEqual(await Deno.readFile(`${merged}/src/sub/c.h`), files["/src/sub/c.h"]);
+          await Deno.writeTextFile(`${merged}/src/sub/c.h`, "written\n");
+          await Deno.writeTextFile(`${merged}/out/new.txt`, "new\n");
+          assert.equal(await Deno.readTextFile(`${upper}/src/sub/c.h`), "written\n");
+          assert.equal(await Deno.readTextFile(`${merged}/out/new.txt`), "new\n");
+          assert.deepEqual(await Deno.readFile(`${lower}/src/sub/c.h`), files["/src/sub/c.h"]);
+        } finally {
+          await ok("umount", merged);
+        }
+      });
       assert.ok(fs.stats.lookupsWaited < fs.stats.lookups);
     } finally {
       await session?.close();
