@@ -14,6 +14,10 @@
  * - A lookup of a file starts fetching its content in the background; reads are
  *   answered from a descriptor of the stored blob without copying through
  *   JavaScript, and the kernel keeps the page cache across opens.
+ * - No open, opendir, release or getxattr requests at all (ENOSYS makes the
+ *   kernel stop sending them), and READDIRPLUS: a warm `cat` of every file in
+ *   /usr/include took 270 ms against 775 ms with open requests, a warm
+ *   `ls -lR` 55 ms against 940 ms (bench/mirror_bench.ts).
  *
  * Handlers never touch paths under the mount point (that would deadlock the
  * single thread serving it): they only use the link and the store.
