@@ -972,16 +972,42 @@ export async function abortConnection(connectionId: number): Promise<boolean> {
   }
 }
 
+/** Whether `path` is listed as a FUSE mount point in this mount namespace. */
+async function isFuseMountPoint(path: string): Promise<boolean> {
+  let absolute: string;
+  try {
+    absolute = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+    absolute = absolute.replace(/\/+$/, "") || "/";
+  } catch {
+    return false;
+  }
+  return await connectionIdOf(absolute) !== undefined;
+}
+
 /**
- * If `path` is a dead FUSE mount ("Transport endpoint is not connected"),
- * detach it (`umount2(MNT_DETACH)`) and return true; otherwise return false.
+ * If `path` is a dead FUSE mount ("Transport endpoint is not connected":
+ * its server died), detach it (`umount2(MNT_DETACH)`) and return true;
+ * otherwise return false. A plain `stat` may still succeed from cached
+ * attributes for a while, so a listed FUSE mount is also asked for `statfs`
+ * (in a subprocess: a hung server must not block this thread).
  */
 export async function cleanStaleMount(path: string): Promise<boolean> {
+  let dead = false;
   try {
     await Deno.stat(path);
-    return false;
   } catch (error) {
-    if (errnoFromError(error) !== ENOTCONN) return false;
+    dead = errnoFromError(error) === ENOTCONN;
+    if (!dead) return false;
+  }
+  if (!dead) {
+    if (!(await isFuseMountPoint(path))) return false;
+    const probe = await new Deno.Command("stat", {
+      args: ["-f", "-c", "%t", path],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    dead = !probe.success && /not connected/i.test(new TextDecoder().decode(probe.stderr));
+    if (!dead) return false;
   }
   const libc = openLibc();
   try {

@@ -1,0 +1,512 @@
+/**
+ * Real mounts in temp dirs (always unmounted in `finally`): a POSIX table run
+ * against a LoopbackFs mirror, error handling, concurrency, killed clients,
+ * stale mounts, and compiling through the mirror.
+ *
+ * The test process serves the mount on its JS thread, so it touches the mount
+ * only through async Deno APIs (they run on other threads) or subprocesses.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { cleanStaleMount, FuseSession } from "../fuse/session.ts";
+import { LoopbackFs, type LoopbackOptions } from "../fuse/loopback.ts";
+import { EIO, ELOOP, ENOENT, EROFS } from "../fuse/errno.ts";
+import type { FileSystem } from "../fuse/types.ts";
+
+const BIG_BYTES = 20 * 1024 * 1024;
+
+function sha256(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+function pseudoRandom(size: number, seed: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+async function sh(
+  script: string,
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command("sh", { args: ["-c", script], env }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+/** A source tree with every kind of entry the table checks. */
+async function makeSource(dir: string): Promise<void> {
+  await Deno.writeTextFile(`${dir}/hello.txt`, "hello world\n");
+  await Deno.mkdir(`${dir}/sub/deeper`, { recursive: true });
+  await Deno.writeFile(`${dir}/sub/deeper/big.bin`, pseudoRandom(BIG_BYTES, 7));
+  await Deno.writeTextFile(`${dir}/secret.txt`, "secret\n", { mode: 0o600 });
+  await Deno.chmod(`${dir}/secret.txt`, 0o600);
+  await Deno.writeTextFile(`${dir}/exec.sh`, "#!/bin/sh\necho ran\n");
+  await Deno.chmod(`${dir}/exec.sh`, 0o755);
+  await Deno.symlink("hello.txt", `${dir}/link`);
+  await Deno.symlink("loop-b", `${dir}/loop-a`);
+  await Deno.symlink("loop-a", `${dir}/loop-b`);
+  await Deno.symlink("sub/deeper", `${dir}/dirlink`);
+  for (let i = 0; i < 300; i++) {
+    await Deno.writeTextFile(`${dir}/sub/file-${i}.h`, `#define VALUE_${i} ${i}\n`.repeat(i % 7));
+  }
+}
+
+interface Fixture {
+  source: string;
+  mnt: string;
+  fs: LoopbackFs;
+  session: FuseSession;
+}
+
+async function withMount(
+  options: LoopbackOptions & { wrap?: (fs: LoopbackFs) => FileSystem; source?: string },
+  body: (fixture: Fixture) => Promise<void>,
+): Promise<void> {
+  const base = await Deno.makeTempDir({ prefix: "fuse_mount_test_" });
+  await Deno.chmod(base, 0o755); // other users (the permission checks) pass through
+  const source = options.source ?? `${base}/src`;
+  const mnt = `${base}/mnt`;
+  await Deno.mkdir(mnt);
+  if (options.source === undefined) {
+    await Deno.mkdir(source);
+    await makeSource(source);
+  }
+  const fs = new LoopbackFs(source, options);
+  let session: FuseSession | undefined;
+  try {
+    session = await FuseSession.mount(options.wrap ? options.wrap(fs) : fs, {
+      mountpoint: mnt,
+      readOnly: true,
+      allowOther: true,
+      defaultPermissions: true,
+    });
+    await body({ source, mnt, fs, session });
+  } finally {
+    await session?.close();
+    fs.close();
+    await Deno.remove(base, { recursive: true });
+  }
+}
+
+/**
+ * The client side of the table: a Python script run as a subprocess. The test
+ * process must not touch its own mount: Deno runs some file calls (seek,
+ * close) on the JS thread, which is the thread serving the mount.
+ */
+const CLIENT_PY = String.raw`
+import sys, os, json, hashlib
+out = []
+for op in json.loads(sys.argv[1]):
+    kind, path = op[0], op[1]
+    try:
+        if kind in ("lstat", "stat"):
+            st = (os.lstat if kind == "lstat" else os.stat)(path)
+            r = {"mode": st.st_mode, "size": st.st_size, "ino": st.st_ino, "nlink": st.st_nlink,
+                 "mtime_ns": st.st_mtime_ns, "uid": st.st_uid, "gid": st.st_gid}
+        elif kind == "list":
+            r = sorted(e.name + ":" + ("l" if e.is_symlink() else "d" if e.is_dir() else "f")
+                       for e in os.scandir(path))
+        elif kind == "readlink":
+            r = os.readlink(path)
+        elif kind == "pread":
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                r = hashlib.sha256(os.pread(fd, op[3], op[2])).hexdigest()
+            finally:
+                os.close(fd)
+        elif kind == "sha256":
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            r = h.hexdigest()
+        elif kind == "write":
+            os.close(os.open(path, os.O_WRONLY))
+            r = "opened"
+        else:
+            r = "bad op"
+    except OSError as e:
+        r = {"errno": e.errno}
+    out.append(r)
+print(json.dumps(out))
+`;
+
+type ClientOp = [string, string, ...number[]];
+
+/** Run `ops` (paths relative to `root`) in a client process; one result per op. */
+async function client(root: string, ops: ClientOp[]): Promise<unknown[]> {
+  const absolute = ops.map(([kind, path, ...rest]) => [kind, `${root}/${path}`, ...rest]);
+  const out = await new Deno.Command("python3", {
+    args: ["-c", CLIENT_PY, JSON.stringify(absolute)],
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+/** The same ops on the source and through the mount must give the same results. */
+async function sameAsSource(f: Fixture, ops: ClientOp[]): Promise<unknown[]> {
+  const [want, got] = await Promise.all([client(f.source, ops), client(f.mnt, ops)]);
+  assert.deepEqual(got, want);
+  return got;
+}
+
+function errnoResult(result: unknown): number | undefined {
+  return (result as { errno?: number }).errno;
+}
+
+type Check = (f: Fixture) => Promise<void>;
+
+/** A reusable POSIX table: name → check, run against any mirror of makeSource(). */
+const POSIX_TABLE: Record<string, Check> = {
+  "lstat and stat show the source's size, mode, inode, links and exact times": async (f) => {
+    const paths = ["hello.txt", "sub", "link", "dirlink", "exec.sh", "secret.txt", "loop-a", ""];
+    const [hello] = await sameAsSource(f, [
+      ...paths.map((p): ClientOp => ["lstat", p]),
+      ...paths.map((p): ClientOp => ["stat", p]),
+    ]) as Array<{ size: number }>;
+    assert.equal(hello.size, 12);
+  },
+  "readdir lists the same names and types as the source": async (f) => {
+    const [top] = await sameAsSource(f, [["list", ""], ["list", "sub"], ["list", "sub/deeper"]]);
+    assert.ok((top as string[]).includes("link:l"));
+  },
+  "readlink returns the target text": async (f) => {
+    const got = await sameAsSource(f, [["readlink", "link"], ["readlink", "dirlink"]]);
+    assert.deepEqual(got, ["hello.txt", "sub/deeper"]);
+  },
+  "read at offsets": async (f) => {
+    const offsets = [0, 1, 4095, 4096, 131_071, BIG_BYTES - 10, BIG_BYTES - 1, BIG_BYTES];
+    const got = await sameAsSource(
+      f,
+      offsets.map((offset): ClientOp => ["pread", "sub/deeper/big.bin", offset, 10_000]),
+    );
+    assert.equal(new Set(got).size, got.length);
+  },
+  "a 20 MiB file reads back with the same sha256": async (f) => {
+    const [digest] = await sameAsSource(f, [["sha256", "sub/deeper/big.bin"]]);
+    assert.equal(digest, sha256(pseudoRandom(BIG_BYTES, 7)));
+  },
+  "a missing name is ENOENT, twice (negative entry)": async (f) => {
+    const got = await sameAsSource(f, [["stat", "nope"], ["stat", "nope"], ["stat", "sub/nope/x"]]);
+    assert.deepEqual(got.map(errnoResult), [ENOENT, ENOENT, ENOENT]);
+  },
+  "permission bits are kept and enforced for other users": async ({ mnt }) => {
+    const asNobody = await sh(
+      `setpriv --reuid=65534 --regid=65534 --clear-groups cat "${mnt}/secret.txt"; ` +
+        `setpriv --reuid=65534 --regid=65534 --clear-groups cat "${mnt}/hello.txt"`,
+    );
+    assert.match(asNobody.stderr, /Permission denied/);
+    assert.equal(asNobody.stdout, "hello world\n");
+    const run = await sh(`"${mnt}/exec.sh"`);
+    assert.equal(run.stdout, "ran\n");
+  },
+  "a symlink loop is ELOOP": async (f) => {
+    const [loop] = await sameAsSource(f, [["stat", "loop-a"]]);
+    assert.equal(errnoResult(loop), ELOOP);
+  },
+  "writes are refused on the read-only mount": async ({ mnt }) => {
+    const [opened] = await client(mnt, [["write", "hello.txt"]]);
+    assert.equal(errnoResult(opened), EROFS);
+  },
+};
+
+for (
+  const [caching, options] of [
+    ["no kernel caching", {
+      entryTimeoutS: 0,
+      attrTimeoutS: 0,
+      negativeTimeoutS: 0,
+      keepCache: false,
+    }],
+    ["kernel caching", { entryTimeoutS: 60, attrTimeoutS: 60, negativeTimeoutS: 60 }],
+    ["readdirplus", { readdirplus: true }],
+  ] as const
+) {
+  Deno.test(`LoopbackFs passes the POSIX table (${caching})`, async (t) => {
+    await withMount(options, async (fixture) => {
+      for (const [name, check] of Object.entries(POSIX_TABLE)) {
+        await t.step(name, () => check(fixture));
+      }
+      assert.equal(fixture.session.stats.failures, 0);
+    });
+  });
+}
+
+Deno.test("a handler that throws gives EIO to the caller and the mount keeps serving", async () => {
+  await withMount({
+    wrap: (fs) => ({
+      lookup: (parent, name) => {
+        if (name === "boom") throw new Error("handler failure (expected in this test)");
+        return fs.lookup(parent, name);
+      },
+      getattr: (ino) => fs.getattr(ino),
+      opendir: (ino) => fs.opendir(ino),
+      readdir: (ino, fh, offset, size) => fs.readdir(ino, fh, offset, size),
+      releasedir: (ino, fh) => fs.releasedir(ino, fh),
+      open: async (ino, flags) => {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        return fs.open(ino, flags);
+      },
+      read: (ino, fh, size, offset) => fs.read(ino, fh, size, offset),
+      release: (ino, fh) => fs.release(ino, fh),
+    }),
+  }, async ({ mnt, session }) => {
+    const originalError = console.error;
+    console.error = () => {};
+    try {
+      const got = await client(mnt, [["stat", "boom"], ["stat", "boom"]]);
+      assert.deepEqual(got.map(errnoResult), [EIO, EIO]);
+    } finally {
+      console.error = originalError;
+    }
+    const [digest] = await client(mnt, [["sha256", "hello.txt"]]);
+    assert.equal(digest, sha256(new TextEncoder().encode("hello world\n")));
+    assert.equal(session.stats.failures, 2);
+    assert.ok(session.stats.asyncReplies >= 1);
+  });
+});
+
+Deno.test("gcc compiles through the mirror to a byte-identical object", async () => {
+  const gccInclude = (await sh("gcc -print-file-name=include")).stdout.trim();
+  assert.ok(gccInclude.startsWith("/usr/"), gccInclude);
+  const work = await Deno.makeTempDir({ prefix: "fuse_gcc_test_" });
+  try {
+    const headers = [
+      "stdio.h",
+      "stdlib.h",
+      "string.h",
+      "math.h",
+      "errno.h",
+      "fcntl.h",
+      "unistd.h",
+      "signal.h",
+      "time.h",
+      "ctype.h",
+      "limits.h",
+      "stdint.h",
+      "inttypes.h",
+      "assert.h",
+      "locale.h",
+      "pthread.h",
+      "sys/stat.h",
+      "sys/types.h",
+      "sys/socket.h",
+      "netinet/in.h",
+      "arpa/inet.h",
+      "dirent.h",
+      "poll.h",
+      "sys/mman.h",
+      "setjmp.h",
+      "wchar.h",
+      "stdarg.h",
+      "stddef.h",
+      "float.h",
+    ];
+    const program = headers.map((h) => `#include <${h}>`).join("\n") + `
+static int cmp(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+int main(int argc, char **argv) {
+  int v[4] = {3, 1, 2, argc};
+  qsort(v, 4, sizeof v[0], cmp);
+  printf("%d %s %f %" PRIu64 "\\n", v[0], strerror(ENOENT), sqrt(2.0), (uint64_t)INT64_MAX);
+  assert(argv != NULL);
+  return isdigit('1') ? 0 : 1;
+}
+`;
+    await Deno.writeTextFile(`${work}/prog.c`, program);
+    await withMount(
+      { source: "/usr", entryTimeoutS: 1, attrTimeoutS: 1 },
+      async ({ mnt, session }) => {
+        const compile = (root: string, out: string) =>
+          sh(
+            `cd "${work}" && gcc -g0 -O2 -nostdinc -isystem "${root}${gccInclude.slice(4)}" ` +
+              `-isystem "${root}/include/x86_64-linux-gnu" -isystem "${root}/include" ` +
+              `-H -c prog.c -o ${out}`,
+          );
+        const bare = await compile("/usr", "bare.o");
+        assert.equal(bare.code, 0, bare.stderr);
+        const before = session.stats.requests;
+        const mirrored = await compile(mnt, "mirror.o");
+        assert.equal(mirrored.code, 0, mirrored.stderr);
+        assert.ok(
+          mirrored.stderr.includes(`${mnt}/include/stdio.h`),
+          "headers not read via the mirror",
+        );
+        assert.ok(session.stats.requests > before + 50);
+        const [a, b] = await Promise.all([
+          Deno.readFile(`${work}/bare.o`),
+          Deno.readFile(`${work}/mirror.o`),
+        ]);
+        assert.equal(sha256(b), sha256(a));
+      },
+    );
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("8 processes reading and stat-ing through one mount at once", async () => {
+  await withMount(
+    { entryTimeoutS: 0, attrTimeoutS: 0, negativeTimeoutS: 0, keepCache: false },
+    async ({ source, mnt, session }) => {
+      const listing = `cd "$ROOT" && find . -type f ! -name big.bin | sort | xargs sha256sum && ` +
+        `find . | sort | xargs stat -c '%n %s %a %h %Y'`;
+      const expected = await sh(listing, { ROOT: source });
+      assert.equal(expected.code, 0, expected.stderr);
+      const deadline = Date.now() + 3000;
+      const worker = async () => {
+        let rounds = 0;
+        while (Date.now() < deadline || rounds === 0) {
+          const got = await sh(listing, { ROOT: mnt });
+          assert.equal(got.code, 0, got.stderr);
+          assert.equal(got.stdout, expected.stdout);
+          rounds++;
+        }
+        return rounds;
+      };
+      const rounds = await Promise.all(Array.from({ length: 8 }, worker));
+      assert.ok(rounds.every((n) => n >= 1));
+      assert.ok(session.stats.requests > 1000);
+    },
+  );
+});
+
+Deno.test("the mount survives a client killed mid-read", async () => {
+  await withMount({
+    keepCache: false,
+    wrap: (fs) => ({
+      lookup: (parent, name) => fs.lookup(parent, name),
+      getattr: (ino) => fs.getattr(ino),
+      open: (ino, flags) => fs.open(ino, flags),
+      release: (ino, fh) => fs.release(ino, fh),
+      // Slow reads, so that the client is surely inside a read when killed.
+      read: async (ino, fh, size, offset) => {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        return fs.read(ino, fh, size, offset);
+      },
+    }),
+  }, async ({ source, mnt, session }) => {
+    const child = new Deno.Command("cat", {
+      args: [`${mnt}/sub/deeper/big.bin`],
+      stdout: "null",
+    }).spawn();
+    while (session.stats.asyncReplies < 3) await new Promise((r) => setTimeout(r, 5));
+    child.kill("SIGKILL");
+    const status = await child.status;
+    assert.equal(status.signal, "SIGKILL");
+    const ops: ClientOp[] = [["sha256", "sub/deeper/big.bin"], ["sha256", "hello.txt"]];
+    const [want, got] = await Promise.all([client(source, ops), client(mnt, ops)]);
+    assert.deepEqual(got, want);
+  });
+});
+
+Deno.test("close() ends the connection even when another mount namespace holds a copy", async () => {
+  const base = await Deno.makeTempDir({ prefix: "fuse_ns_test_" });
+  const mnt = `${base}/mnt`;
+  await Deno.mkdir(mnt);
+  await Deno.mkdir(`${base}/src`);
+  await Deno.writeTextFile(`${base}/src/a.txt`, "a\n");
+  const fs = new LoopbackFs(`${base}/src`, {
+    entryTimeoutS: 0,
+    attrTimeoutS: 0,
+    negativeTimeoutS: 0,
+  });
+  const session = await FuseSession.mount(fs, { mountpoint: mnt });
+  let child: Deno.ChildProcess | undefined;
+  try {
+    child = new Deno.Command("unshare", {
+      args: [
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        `cat "${mnt}/a.txt"; read x; cat "${mnt}/a.txt"; echo rc=$?`,
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stdout.getReader();
+    const first = await reader.read();
+    assert.equal(new TextDecoder().decode(first.value), "a\n");
+    await session.close();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("go\n"));
+    await writer.close();
+    let rest = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      rest += new TextDecoder().decode(value);
+    }
+    const stderr = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+    await child.status;
+    child = undefined;
+    assert.equal(rest.trim(), "rc=1");
+    assert.match(stderr, /not connected/i);
+  } finally {
+    child?.kill("SIGKILL");
+    await child?.status;
+    await session.close();
+    fs.close();
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("a stale mount left by a killed process is cleaned by cleanStaleMount()", async () => {
+  const base = await Deno.makeTempDir({ prefix: "fuse_stale_test_" });
+  const mnt = `${base}/mnt`;
+  await Deno.mkdir(mnt);
+  const script = `${base}/child.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { FuseSession, LoopbackFs } from ${
+      JSON.stringify(import.meta.resolve("../fuse/mod.ts"))
+    };
+const session = await FuseSession.mount(new LoopbackFs(${JSON.stringify(base)}), { mountpoint: ${
+      JSON.stringify(mnt)
+    } });
+console.log("ready");
+await session.closed;
+`,
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    const reader = child.stdout.getReader();
+    const { value } = await reader.read();
+    assert.equal(new TextDecoder().decode(value).trim(), "ready");
+    reader.releaseLock();
+    assert.equal(await cleanStaleMount(mnt), false); // alive: left alone
+    child.kill("SIGKILL");
+    await child.status;
+    await child.stdout.cancel();
+    const mounts = await Deno.readTextFile("/proc/self/mounts");
+    assert.ok(mounts.includes(` ${mnt} `), "mount vanished by itself");
+    const statfs = await sh(`stat -f "${mnt}"`);
+    assert.match(statfs.stderr, /not connected/i);
+    assert.equal(await cleanStaleMount(mnt), true);
+    assert.equal((await Deno.stat(mnt)).isDirectory, true);
+    assert.ok(!(await Deno.readTextFile("/proc/self/mounts")).includes(` ${mnt} `));
+    assert.equal(await cleanStaleMount(mnt), false);
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await child.status;
+    await cleanStaleMount(mnt);
+    await Deno.remove(base, { recursive: true });
+  }
+});
