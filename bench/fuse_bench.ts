@@ -1,0 +1,324 @@
+/**
+ * FUSE mirror benchmark, side by side in one run on /usr/include (and /usr for
+ * compiles): the bare directory, the same read-only mirror in C against
+ * libfuse3's low-level API (bench/fuse_c/mirror.c, built here with gcc), and
+ * ours (fuse/loopback.ts served by fuse/session.ts in this process).
+ *
+ * Figures: lookups/s (lstat of every path) with kernel caching off (timeouts
+ * 0) and on (timeouts 60 s, second round), read MB/s of a 256 MiB file, wall
+ * time of compiling a C file with many includes, and of `find` over the tree.
+ *
+ *   deno run -A bench/fuse_bench.ts [--quick]
+ */
+
+import { FuseSession } from "../fuse/session.ts";
+import { LoopbackFs } from "../fuse/loopback.ts";
+import type { BenchResult } from "./types.ts";
+
+const HERE = new URL(".", import.meta.url).pathname;
+const INCLUDE_DIR = "/usr/include";
+
+interface Timeouts {
+  entryTimeoutS: number;
+  attrTimeoutS: number;
+  negativeTimeoutS: number;
+  keepCache: boolean;
+}
+
+const CACHING_OFF: Timeouts = {
+  entryTimeoutS: 0,
+  attrTimeoutS: 0,
+  negativeTimeoutS: 0,
+  keepCache: false,
+};
+const CACHING_ON: Timeouts = {
+  entryTimeoutS: 60,
+  attrTimeoutS: 60,
+  negativeTimeoutS: 60,
+  keepCache: true,
+};
+
+type Impl = "bare" | "c" | "deno";
+const IMPLS: readonly Impl[] = ["bare", "c", "deno"];
+
+/** A view of `source` at `path`, closed by `close()`. */
+interface View {
+  path: string;
+  close(): Promise<void>;
+}
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+async function timeMs(cmd: string, args: string[]): Promise<number> {
+  const start = performance.now();
+  await run(cmd, args);
+  return performance.now() - start;
+}
+
+async function buildC(dir: string): Promise<{ mirror: string; client: string }> {
+  const mirror = `${dir}/mirror`;
+  const client = `${dir}/client`;
+  await run("gcc", [
+    "-O2",
+    "-I/usr/include/fuse3",
+    "-o",
+    mirror,
+    `${HERE}fuse_c/mirror.c`,
+    "-lfuse3",
+  ]);
+  await run("gcc", ["-O2", "-o", client, `${HERE}fuse_c/client.c`]);
+  return { mirror, client };
+}
+
+async function mountView(
+  impl: Impl,
+  source: string,
+  mnt: string,
+  timeouts: Timeouts,
+  mirrorBin: string,
+): Promise<View> {
+  if (impl === "bare") return { path: source, close: () => Promise.resolve() };
+  if (impl === "deno") {
+    const fs = new LoopbackFs(source, timeouts);
+    const session = await FuseSession.mount(fs, {
+      mountpoint: mnt,
+      readOnly: true,
+      allowOther: true,
+      defaultPermissions: true,
+    });
+    return {
+      path: mnt,
+      close: async () => {
+        await session.close();
+        fs.close();
+      },
+    };
+  }
+  const child = new Deno.Command(mirrorBin, {
+    args: [
+      source,
+      mnt,
+      String(timeouts.entryTimeoutS),
+      String(timeouts.attrTimeoutS),
+      String(timeouts.negativeTimeoutS),
+      timeouts.keepCache ? "1" : "0",
+    ],
+    stdout: "piped",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  const { value } = await reader.read();
+  reader.releaseLock();
+  if (!new TextDecoder().decode(value).includes("ready")) throw new Error("C mirror did not start");
+  return {
+    path: mnt,
+    close: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+      await child.stdout.cancel();
+    },
+  };
+}
+
+async function withView<T>(
+  impl: Impl,
+  source: string,
+  timeouts: Timeouts,
+  mirrorBin: string,
+  body: (path: string) => Promise<T>,
+): Promise<T> {
+  const mnt = await Deno.makeTempDir({ prefix: "fuse_bench_mnt_" });
+  const view = await mountView(impl, source, mnt, timeouts, mirrorBin);
+  try {
+    return await body(view.path);
+  } finally {
+    await view.close();
+    await Deno.remove(mnt);
+  }
+}
+
+async function dropCaches(): Promise<void> {
+  try {
+    await Deno.writeTextFile("/proc/sys/vm/drop_caches", "3");
+  } catch {
+    // not root: the source stays in the page cache, which is fine for ratios
+  }
+}
+
+const COMPILE_HEADERS = [
+  "stdio.h",
+  "stdlib.h",
+  "string.h",
+  "math.h",
+  "errno.h",
+  "fcntl.h",
+  "unistd.h",
+  "signal.h",
+  "time.h",
+  "ctype.h",
+  "limits.h",
+  "stdint.h",
+  "inttypes.h",
+  "assert.h",
+  "locale.h",
+  "pthread.h",
+  "sys/stat.h",
+  "sys/types.h",
+  "sys/socket.h",
+  "netinet/in.h",
+  "arpa/inet.h",
+  "dirent.h",
+  "poll.h",
+  "sys/mman.h",
+  "setjmp.h",
+  "wchar.h",
+  "netdb.h",
+  "sys/wait.h",
+  "sys/time.h",
+  "sys/ioctl.h",
+  "termios.h",
+  "regex.h",
+  "glob.h",
+  "search.h",
+  "complex.h",
+  "fenv.h",
+  "sys/epoll.h",
+  "sys/uio.h",
+  "sys/resource.h",
+  "linux/fs.h",
+  "linux/input.h",
+  "sqlite3.h",
+  "zlib.h",
+];
+
+export async function runBench(options: { quick: boolean }): Promise<BenchResult[]> {
+  const work = await Deno.makeTempDir({ prefix: "fuse_bench_" });
+  const results: BenchResult[] = [];
+  const table: Record<string, Partial<Record<Impl, number>>> = {};
+  const record = (name: string, impl: Impl, value: number, unit: string) => {
+    (table[`${name} (${unit})`] ??= {})[impl] = value;
+    results.push({ name: `fuse ${name} ${impl}`, value, unit });
+  };
+  try {
+    const { mirror, client } = await buildC(work);
+    const relative = (await run("find", [INCLUDE_DIR, "-mindepth", "1"])).trim().split("\n")
+      .map((p) => p.slice(INCLUDE_DIR.length + 1));
+    const rounds = options.quick ? 1 : 3;
+
+    // lookups/s: lstat of every path
+    for (const [label, timeouts] of [["off", CACHING_OFF], ["on", CACHING_ON]] as const) {
+      for (const impl of IMPLS) {
+        const opsPerS = await withView(impl, INCLUDE_DIR, timeouts, mirror, async (root) => {
+          const list = `${work}/list-${impl}.txt`;
+          await Deno.writeTextFile(list, relative.map((p) => `${root}/${p}`).join("\n") + "\n");
+          if (label === "on") await run(client, ["stat", list, "1"]); // warm the kernel caches
+          const [rate, failures] = (await run(client, ["stat", list, String(rounds)])).trim()
+            .split(" ").map(Number);
+          if (failures !== 0) throw new Error(`${impl}: ${failures} lstat failures`);
+          return rate;
+        });
+        record(`lookups caching ${label}`, impl, Math.round(opsPerS), "ops/s");
+      }
+    }
+
+    // read MB/s of a large file
+    const bigDir = `${work}/big`;
+    await Deno.mkdir(bigDir);
+    const bigMiB = options.quick ? 64 : 256;
+    await run("dd", [
+      "if=/dev/urandom",
+      `of=${bigDir}/big.bin`,
+      "bs=1M",
+      `count=${bigMiB}`,
+      "status=none",
+    ]);
+    for (const impl of IMPLS) {
+      const rate = await withView(impl, bigDir, CACHING_ON, mirror, async (root) => {
+        const [mbs] = (await run(client, ["read", `${root}/big.bin`, String(1 << 20)])).split(" ");
+        return Number(mbs);
+      });
+      record("read 1 MiB blocks", impl, Math.round(rate), "MB/s");
+    }
+
+    // compile with many includes, through a mirror of /usr
+    const gccInclude = (await run("gcc", ["-print-file-name=include"])).trim();
+    const available = [];
+    for (const header of COMPILE_HEADERS) {
+      try {
+        await Deno.stat(`/usr/include/${header}`);
+        available.push(header);
+      } catch {
+        // not installed here
+      }
+    }
+    await Deno.writeTextFile(
+      `${work}/prog.c`,
+      available.map((h) => `#include <${h}>`).join("\n") + "\nint main(void) { return 0; }\n",
+    );
+    for (const impl of IMPLS) {
+      const [cold, warm] = await withView(impl, "/usr", CACHING_ON, mirror, async (root) => {
+        const args = [
+          "-O2",
+          "-nostdinc",
+          "-isystem",
+          `${root}${gccInclude.slice("/usr".length)}`,
+          "-isystem",
+          `${root}/include/x86_64-linux-gnu`,
+          "-isystem",
+          `${root}/include`,
+          "-c",
+          `${work}/prog.c`,
+          "-o",
+          `${work}/prog-${impl}.o`,
+        ];
+        const cold = await timeMs("gcc", args);
+        const warm: number[] = [];
+        for (let i = 0; i < (options.quick ? 2 : 5); i++) warm.push(await timeMs("gcc", args));
+        warm.sort((a, b) => a - b);
+        return [cold, warm[Math.floor(warm.length / 2)]];
+      });
+      record("compile cold", impl, Math.round(cold), "ms");
+      record("compile warm", impl, Math.round(warm), "ms");
+    }
+
+    // find over the tree (fresh mount: cold kernel caches for the mirrors)
+    for (const impl of IMPLS) {
+      const ms = await withView(impl, INCLUDE_DIR, CACHING_ON, mirror, async (root) => {
+        await dropCaches();
+        return await timeMs("find", [root]);
+      });
+      record("find /usr/include", impl, Math.round(ms), "ms");
+    }
+
+    for (const [name, row] of Object.entries(table)) {
+      if (row.c && row.deno) {
+        const higherIsBetter = name.includes("/s");
+        const ratio = higherIsBetter ? row.deno / row.c : row.c / row.deno;
+        results.push({
+          name: `fuse ${name} deno/c`,
+          value: Math.round(ratio * 100) / 100,
+          unit: "x",
+          note: "speed of ours relative to C (1 = same, higher is better)",
+        });
+      }
+    }
+    return results;
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+}
+
+export { runBench as run };
+
+if (import.meta.main) {
+  const quick = Deno.args.includes("--quick");
+  const results = await runBench({ quick });
+  for (const r of results) {
+    console.log(`${r.name.padEnd(48)} ${String(r.value).padStart(10)} ${r.unit}`);
+  }
+}
