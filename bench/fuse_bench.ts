@@ -23,6 +23,7 @@ interface Timeouts {
   attrTimeoutS: number;
   negativeTimeoutS: number;
   keepCache: boolean;
+  noOpen?: boolean;
 }
 
 const CACHING_OFF: Timeouts = {
@@ -37,6 +38,11 @@ const CACHING_ON: Timeouts = {
   negativeTimeoutS: 60,
   keepCache: true,
 };
+
+const COMPILE_VARIANTS: ReadonlyArray<[string, Timeouts]> = [
+  ["", CACHING_ON],
+  [" no-open", { ...CACHING_ON, noOpen: true }],
+];
 
 type Impl = "bare" | "c" | "deno";
 const IMPLS: readonly Impl[] = ["bare", "c", "deno"];
@@ -108,6 +114,7 @@ async function mountView(
       String(timeouts.attrTimeoutS),
       String(timeouts.negativeTimeoutS),
       timeouts.keepCache ? "1" : "0",
+      timeouts.noOpen ? "1" : "0",
     ],
     stdout: "piped",
   }).spawn();
@@ -260,30 +267,33 @@ export async function runBench(options: { quick: boolean }): Promise<BenchResult
       `${work}/prog.c`,
       available.map((h) => `#include <${h}>`).join("\n") + "\nint main(void) { return 0; }\n",
     );
-    for (const impl of IMPLS) {
-      const [cold, warm] = await withView(impl, "/usr", CACHING_ON, mirror, async (root) => {
-        const args = [
-          "-O2",
-          "-nostdinc",
-          "-isystem",
-          `${root}${gccInclude.slice("/usr".length)}`,
-          "-isystem",
-          `${root}/include/x86_64-linux-gnu`,
-          "-isystem",
-          `${root}/include`,
-          "-c",
-          `${work}/prog.c`,
-          "-o",
-          `${work}/prog-${impl}.o`,
-        ];
-        const cold = await timeMs("gcc", args);
-        const warm: number[] = [];
-        for (let i = 0; i < (options.quick ? 2 : 5); i++) warm.push(await timeMs("gcc", args));
-        warm.sort((a, b) => a - b);
-        return [cold, warm[Math.floor(warm.length / 2)]];
-      });
-      record("compile cold", impl, Math.round(cold), "ms");
-      record("compile warm", impl, Math.round(warm), "ms");
+    for (const [label, timeouts] of COMPILE_VARIANTS) {
+      for (const impl of IMPLS) {
+        if (impl === "bare" && label !== "") continue;
+        const [cold, warm] = await withView(impl, "/usr", timeouts, mirror, async (root) => {
+          const args = [
+            "-O2",
+            "-nostdinc",
+            "-isystem",
+            `${root}${gccInclude.slice("/usr".length)}`,
+            "-isystem",
+            `${root}/include/x86_64-linux-gnu`,
+            "-isystem",
+            `${root}/include`,
+            "-c",
+            `${work}/prog.c`,
+            "-o",
+            `${work}/prog-${impl}.o`,
+          ];
+          const cold = await timeMs("gcc", args);
+          const warm: number[] = [];
+          for (let i = 0; i < (options.quick ? 2 : 5); i++) warm.push(await timeMs("gcc", args));
+          warm.sort((a, b) => a - b);
+          return [cold, warm[Math.floor(warm.length / 2)]];
+        });
+        record(`compile cold${label}`, impl, Math.round(cold), "ms");
+        record(`compile warm${label}`, impl, Math.round(warm), "ms");
+      }
     }
 
     // find over the tree (fresh mount: cold kernel caches for the mirrors)

@@ -58,6 +58,15 @@ export interface LoopbackOptions {
   keepCache?: boolean;
   /** Offer READDIRPLUS (listing with attributes) to the kernel (default false). */
   readdirplus?: boolean;
+  /**
+   * Zero-message opens (default false): the mirror has no `open`, so the
+   * session lets the kernel skip OPEN/RELEASE (FUSE_CAP_NO_OPEN_SUPPORT), and
+   * the kernel then keeps the page cache across opens. Reads use a
+   * descriptor kept per inode (at most `fdsMax`, then opened per read).
+   */
+  noOpen?: boolean;
+  /** Descriptors kept open for reads with `noOpen` (default 512). */
+  fdsMax?: number;
   /** Open directories kept at once (default 4096); more opens fail with EMFILE. */
   openDirsMax?: number;
 }
@@ -74,6 +83,8 @@ interface Node {
   /** Absolute path in the source. */
   path: string;
   key: string;
+  /** A descriptor kept for reads (noOpen), or -1. */
+  fd: number;
 }
 
 const PATH_BYTES_MAX = 4096;
@@ -117,6 +128,9 @@ export class LoopbackFs implements FileSystem, Disposable {
   readonly #path = new Uint8Array(PATH_BYTES_MAX + 1);
   readonly #stat = new Uint8Array(STAT_SIZE);
   readonly #statView = new DataView(this.#stat.buffer);
+  readonly #dirents = new Uint8Array(DIRENTS_BYTES);
+  readonly #direntsView = new DataView(this.#dirents.buffer);
+  readonly #link = new Uint8Array(PATH_BYTES_MAX);
   readonly #encoder = new TextEncoder();
   readonly #decoder = new TextDecoder();
   #nextId = 2n;
@@ -124,6 +138,12 @@ export class LoopbackFs implements FileSystem, Disposable {
   #hidden = "";
   #closed = false;
   readdirplus?: FileSystem["readdirplus"];
+  open?: FileSystem["open"];
+  release?: FileSystem["release"];
+  read: NonNullable<FileSystem["read"]>;
+  readonly #fdsMax: number;
+  /** Nodes holding a read descriptor, oldest first (noOpen). */
+  readonly #fdNodes = new Set<Node>();
 
   constructor(rootDir: string, options: LoopbackOptions = {}) {
     try {
@@ -140,8 +160,16 @@ export class LoopbackFs implements FileSystem, Disposable {
     this.#libc = openLibc();
     const errnoPtr = this.#libc.symbols.__errno_location();
     this.#errno = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(errnoPtr!, 4));
-    this.#nodes.set(1n, { path: this.rootDir, key: "" });
+    this.#nodes.set(1n, { path: this.rootDir, key: "", fd: -1 });
     if (options.readdirplus) this.readdirplus = this.#readdirplus;
+    this.#fdsMax = options.fdsMax ?? 512;
+    if (options.noOpen) {
+      this.read = this.#readByInode;
+    } else {
+      this.open = this.#open;
+      this.release = this.#release;
+      this.read = this.#readByHandle;
+    }
   }
 
   init(conn: ConnInfo): void {
@@ -158,6 +186,7 @@ export class LoopbackFs implements FileSystem, Disposable {
   destroy(): void {
     for (const fd of this.#files) this.#libc.symbols.close(fd);
     this.#files.clear();
+    for (const node of this.#fdNodes) this.#closeNodeFd(node);
     this.#dirs.clear();
   }
 
@@ -209,7 +238,7 @@ export class LoopbackFs implements FileSystem, Disposable {
     if (id === undefined) {
       id = this.#nextId++;
       this.#idsByKey.set(key, id);
-      this.#nodes.set(id, { path, key });
+      this.#nodes.set(id, { path, key, fd: -1 });
     }
     return id;
   }
@@ -240,6 +269,7 @@ export class LoopbackFs implements FileSystem, Disposable {
     if (node === undefined) return;
     this.#nodes.delete(ino);
     this.#idsByKey.delete(node.key);
+    this.#closeNodeFd(node);
   }
 
   getattr(ino: bigint): AttrReply | Errno {
@@ -254,12 +284,12 @@ export class LoopbackFs implements FileSystem, Disposable {
     const node = this.#nodes.get(ino);
     if (node === undefined) return ESTALE;
     if (!this.#cPath(node.path)) return ENAMETOOLONG;
-    const target = new Uint8Array(PATH_BYTES_MAX);
+    const target = this.#link;
     const n = Number(
       this.#libc.symbols.readlinkat(AT_FDCWD, this.#path, target, BigInt(target.length)),
     );
     if (n < 0) return this.#errno[0];
-    return target.subarray(0, n);
+    return target.slice(0, n);
   }
 
   opendir(ino: bigint): OpenDirReply | Errno {
@@ -280,8 +310,8 @@ export class LoopbackFs implements FileSystem, Disposable {
     const fd = c.open(this.#path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW, 0);
     if (fd < 0) return this.#errno[0];
     const entries: DirEntry[] = [];
-    const buf = new Uint8Array(DIRENTS_BYTES);
-    const view = new DataView(buf.buffer);
+    const buf = this.#dirents;
+    const view = this.#direntsView;
     try {
       for (;;) {
         const n = Number(c.getdents64(fd, buf, BigInt(buf.length)));
@@ -352,24 +382,56 @@ export class LoopbackFs implements FileSystem, Disposable {
     this.#dirs.delete(fh);
   }
 
-  open(ino: bigint, flags: number): OpenReply | Errno {
+  #open = (ino: bigint, flags: number): OpenReply | Errno => {
     if ((flags & O_ACCMODE) !== O_RDONLY) return EROFS;
     const node = this.#nodes.get(ino);
     if (node === undefined) return ESTALE;
-    if (!this.#cPath(node.path)) return ENAMETOOLONG;
-    const fd = this.#libc.symbols.open(this.#path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
-    if (fd < 0) return this.#errno[0];
+    const fd = this.#openRead(node.path);
+    if (fd < 0) return -fd;
     this.#files.add(fd);
     return { fh: fd, keepCache: this.#keepCache };
+  };
+
+  /** open(2) for reading: the fd, or a negative errno. */
+  #openRead(path: string): number {
+    if (!this.#cPath(path)) return -ENAMETOOLONG;
+    const fd = this.#libc.symbols.open(this.#path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    return fd < 0 ? -this.#errno[0] : fd;
   }
 
-  read(_ino: bigint, fh: number, size: number, offset: number): FdSlice | Errno {
+  #readByHandle = (_ino: bigint, fh: number, size: number, offset: number): FdSlice | Errno => {
     if (!this.#files.has(fh)) return EBADF;
     return { fd: fh, offset, size };
-  }
+  };
 
-  release(_ino: bigint, fh: number): void {
+  #release = (_ino: bigint, fh: number): void => {
     if (this.#files.delete(fh)) this.#libc.symbols.close(fh);
+  };
+
+  /** noOpen: read through a descriptor kept per inode (LRU, at most fdsMax). */
+  #readByInode = (ino: bigint, _fh: number, size: number, offset: number): FdSlice | Errno => {
+    const node = this.#nodes.get(ino);
+    if (node === undefined) return ESTALE;
+    if (node.fd < 0) {
+      const fd = this.#openRead(node.path);
+      if (fd < 0) return -fd;
+      if (this.#fdNodes.size >= this.#fdsMax) {
+        const oldest = this.#fdNodes.values().next().value;
+        if (oldest !== undefined) this.#closeNodeFd(oldest);
+      }
+      node.fd = fd;
+    } else {
+      this.#fdNodes.delete(node);
+    }
+    this.#fdNodes.add(node);
+    return { fd: node.fd, offset, size };
+  };
+
+  #closeNodeFd(node: Node): void {
+    if (node.fd < 0) return;
+    this.#libc.symbols.close(node.fd);
+    node.fd = -1;
+    this.#fdNodes.delete(node);
   }
 
   statfs(): StatFs | Errno {

@@ -42,7 +42,7 @@
  */
 
 import { Bridge, type HandlerFailure, type ReplySink } from "./bridge.ts";
-import { EAGAIN, EINTR, ENOTCONN, errnoFromError } from "./errno.ts";
+import { EAGAIN, EINTR, ENOSYS, ENOTCONN, errnoFromError } from "./errno.ts";
 import { type Libfuse, openLibfuse } from "./ffi.ts";
 import { type Libc, openLibc } from "./libc.ts";
 import {
@@ -92,6 +92,8 @@ import {
   FORGET_DATA_SIZE,
   FUSE_BUF_FD_SEEK,
   FUSE_BUF_IS_FD,
+  FUSE_CAP_NO_OPEN_SUPPORT,
+  FUSE_CAP_NO_OPENDIR_SUPPORT,
   LOWLEVEL_OPS_SIZE,
   type LowlevelOp,
   lowlevelOpOffset,
@@ -425,6 +427,7 @@ export class FuseSession implements MountedSession {
   #initDone!: (error?: Error) => void;
   #initialized: Promise<void>;
   #connectionId: number | undefined;
+  #zeroMessageOpen = false;
 
   private constructor(fs: FileSystem, mountpoint: string, options: MountOptions) {
     this.mountpoint = mountpoint;
@@ -612,6 +615,16 @@ export class FuseSession implements MountedSession {
           });
         }),
       );
+    } else {
+      // ENOSYS tells the kernel to stop sending this request (zero-message
+      // opens, caches kept); libfuse 3.14 would answer success instead.
+      set(
+        "open",
+        this.#callback("open", (req, _ino, fi) => {
+          if (this.#zeroMessageOpen) f.fuse_reply_err(req, ENOSYS);
+          else f.fuse_reply_open(req, this.#fileInfoCopy(fi) as Uint8Array<ArrayBuffer>);
+        }),
+      );
     }
     if (fs.release) {
       set(
@@ -642,6 +655,16 @@ export class FuseSession implements MountedSession {
             const flags = new DataView(copy.buffer).getInt32(FILE_INFO_FLAGS, true);
             bridge.opendir(req, ino, flags, copy);
           });
+        }),
+      );
+    } else {
+      // ENOSYS tells the kernel to stop sending this request (zero-message
+      // opens, caches kept); libfuse 3.14 would answer success instead.
+      set(
+        "opendir",
+        this.#callback("opendir", (req, _ino, fi) => {
+          if (this.#zeroMessageOpen) f.fuse_reply_err(req, ENOSYS);
+          else f.fuse_reply_open(req, this.#fileInfoCopy(fi) as Uint8Array<ArrayBuffer>);
         }),
       );
     }
@@ -719,6 +742,11 @@ export class FuseSession implements MountedSession {
       maxRead: u32(CONN_MAX_READ),
       mountpoint: this.mountpoint,
     };
+    // Without a handler the open callback answers ENOSYS, and the kernel
+    // skips OPEN/RELEASE (keeping the page cache) or OPENDIR/RELEASEDIR.
+    this.#zeroMessageOpen = (conn.capable & FUSE_CAP_NO_OPEN_SUPPORT) !== 0;
+    if (!fs.open) conn.want |= conn.capable & FUSE_CAP_NO_OPEN_SUPPORT;
+    if (!fs.opendir) conn.want |= conn.capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
     try {
       fs.init?.(conn);
       view.setUint32(CONN_WANT, (conn.want & conn.capable) >>> 0, true);

@@ -160,8 +160,11 @@ export interface ConnInfo {
 
 /**
  * A file system. Only `lookup` and `getattr` are required; a missing handler
- * answers ENOSYS (open/opendir: libfuse's default success, getxattr: ENODATA,
- * listxattr: an empty list, access: 0, statfs: libfuse's default).
+ * answers ENOSYS, except: without `open` (or `opendir`) the kernel is told to
+ * skip OPEN/RELEASE (OPENDIR/RELEASEDIR) entirely (FUSE_CAP_NO_OPEN_SUPPORT:
+ * zero-message opens, the page cache is kept across opens, reads come with
+ * fh 0); getxattr answers ENODATA, listxattr an empty list, access 0, statfs
+ * zeros.
  * `fh` values are numbers below 2^53 chosen by the file system.
  */
 export interface FileSystem {

@@ -227,6 +227,7 @@ for (
     }],
     ["kernel caching", { entryTimeoutS: 60, attrTimeoutS: 60, negativeTimeoutS: 60 }],
     ["readdirplus", { readdirplus: true }],
+    ["zero-message opens", { noOpen: true, fdsMax: 2 }],
   ] as const
 ) {
   Deno.test(`LoopbackFs passes the POSIX table (${caching})`, async (t) => {
@@ -250,12 +251,12 @@ Deno.test("a handler that throws gives EIO to the caller and the mount keeps ser
       opendir: (ino) => fs.opendir(ino),
       readdir: (ino, fh, offset, size) => fs.readdir(ino, fh, offset, size),
       releasedir: (ino, fh) => fs.releasedir(ino, fh),
-      open: async (ino, flags) => {
+      open: async (ino, flags, ctx) => {
         await new Promise((resolve) => setTimeout(resolve, 1));
-        return fs.open(ino, flags);
+        return fs.open!(ino, flags, ctx);
       },
-      read: (ino, fh, size, offset) => fs.read(ino, fh, size, offset),
-      release: (ino, fh) => fs.release(ino, fh),
+      read: (ino, fh, size, offset, ctx) => fs.read(ino, fh, size, offset, ctx),
+      release: (ino, fh) => fs.release!(ino, fh),
     }),
   }, async ({ mnt, session }) => {
     const originalError = console.error;
@@ -383,12 +384,12 @@ Deno.test("the mount survives a client killed mid-read", async () => {
     wrap: (fs) => ({
       lookup: (parent, name) => fs.lookup(parent, name),
       getattr: (ino) => fs.getattr(ino),
-      open: (ino, flags) => fs.open(ino, flags),
-      release: (ino, fh) => fs.release(ino, fh),
+      open: (ino, flags, ctx) => fs.open!(ino, flags, ctx),
+      release: (ino, fh) => fs.release!(ino, fh),
       // Slow reads, so that the client is surely inside a read when killed.
-      read: async (ino, fh, size, offset) => {
+      read: async (ino, fh, size, offset, ctx) => {
         await new Promise((resolve) => setTimeout(resolve, 5));
-        return fs.read(ino, fh, size, offset);
+        return fs.read(ino, fh, size, offset, ctx);
       },
     }),
   }, async ({ source, mnt, session }) => {

@@ -5,7 +5,9 @@
  * directory listing snapshot at opendir, read via fuse_reply_data from the fd),
  * served by a single thread (fuse_session_loop), like the Deno session.
  *
- * usage: mirror SRC MNT ENTRY_TIMEOUT ATTR_TIMEOUT NEGATIVE_TIMEOUT KEEP_CACHE
+ * usage: mirror SRC MNT ENTRY_TIMEOUT ATTR_TIMEOUT NEGATIVE_TIMEOUT KEEP_CACHE [NO_OPEN]
+ * With NO_OPEN=1 it has no open/release (zero-message opens, like LoopbackFs
+ * with noOpen): reads use a descriptor kept per node.
  */
 #define FUSE_USE_VERSION 35
 #define _GNU_SOURCE
@@ -26,6 +28,7 @@ struct node {
   ino_t ino;
   char *path;
   uint64_t nlookup;
+  int fd;
   struct node *next;
 };
 
@@ -33,7 +36,7 @@ struct node {
 static struct node *buckets[BUCKETS];
 static struct node root;
 static double entry_timeout, attr_timeout, negative_timeout;
-static int keep_cache;
+static int keep_cache, no_open;
 
 static struct node *node_of(fuse_ino_t ino) {
   return ino == FUSE_ROOT_ID ? &root : (struct node *)(uintptr_t)ino;
@@ -53,6 +56,7 @@ static struct node *find_or_add(const char *path, const struct stat *st) {
   n->dev = st->st_dev;
   n->ino = st->st_ino;
   n->path = strdup(path);
+  n->fd = -1;
   n->next = buckets[h];
   buckets[h] = n;
   return n;
@@ -63,6 +67,7 @@ static void drop(struct node *n) {
   for (struct node **p = &buckets[h]; *p; p = &(*p)->next)
     if (*p == n) {
       *p = n->next;
+      if (n->fd >= 0) close(n->fd);
       free(n->path);
       free(n);
       return;
@@ -196,6 +201,23 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
   fuse_reply_data(req, &buf, 0);
 }
 
+static void ll_read_by_node(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  (void)fi;
+  struct node *n = node_of(ino);
+  if (n->fd < 0) n->fd = open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (n->fd < 0) return (void)fuse_reply_err(req, errno);
+  struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+  buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+  buf.buf[0].fd = n->fd;
+  buf.buf[0].pos = off;
+  fuse_reply_data(req, &buf, 0);
+}
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn) {
+  (void)userdata;
+  if (no_open) conn->want |= conn->capable & FUSE_CAP_NO_OPEN_SUPPORT;
+}
+
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   (void)ino;
   close((int)fi->fh);
@@ -209,7 +231,8 @@ static void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
   fuse_reply_statfs(req, &st);
 }
 
-static const struct fuse_lowlevel_ops ops = {
+static struct fuse_lowlevel_ops ops = {
+  .init = ll_init,
   .lookup = ll_lookup,
   .forget = ll_forget,
   .forget_multi = ll_forget_multi,
@@ -225,8 +248,8 @@ static const struct fuse_lowlevel_ops ops = {
 };
 
 int main(int argc, char **argv) {
-  if (argc != 7) {
-    fprintf(stderr, "usage: %s SRC MNT ENTRY_TIMEOUT ATTR_TIMEOUT NEGATIVE_TIMEOUT KEEP_CACHE\n", argv[0]);
+  if (argc != 7 && argc != 8) {
+    fprintf(stderr, "usage: %s SRC MNT ENTRY_TIMEOUT ATTR_TIMEOUT NEGATIVE_TIMEOUT KEEP_CACHE [NO_OPEN]\n", argv[0]);
     return 2;
   }
   root.path = realpath(argv[1], NULL);
@@ -235,6 +258,12 @@ int main(int argc, char **argv) {
   attr_timeout = atof(argv[4]);
   negative_timeout = atof(argv[5]);
   keep_cache = atoi(argv[6]);
+  no_open = argc == 8 && atoi(argv[7]);
+  if (no_open) {
+    ops.open = NULL;
+    ops.release = NULL;
+    ops.read = ll_read_by_node;
+  }
   char *fargv[] = {argv[0], "-o", "ro,fsname=cmirror,default_permissions,allow_other", NULL};
   struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
   struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, NULL);
