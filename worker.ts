@@ -12,7 +12,7 @@ import { loadSecret } from "./rpc/mod.ts";
 import { defaultCacheDir, die, parseBytes, parseDurationMs, untilSignal } from "./common/cli.ts";
 
 if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
-  const { code } = await new Deno.Command("unshare", {
+  const child = new Deno.Command("unshare", {
     args: [
       "--mount",
       "--propagation",
@@ -27,8 +27,17 @@ if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
     stdin: "inherit",
     stdout: "inherit",
     stderr: "inherit",
-  }).spawn().status;
-  Deno.exit(code);
+  }).spawn();
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => {
+      try {
+        child.kill(signal);
+      } catch {
+        // Already gone.
+      }
+    });
+  }
+  Deno.exit((await child.status).code);
 }
 
 const { values } = parseArgs({

@@ -72,6 +72,7 @@ export class Store {
   readonly #tmpDir: string;
   /** Insertion order is LRU order: first = least recently used. */
   readonly #index = new Map<string, Entry>();
+  #mutex: Promise<void> = Promise.resolve();
   readonly #pins = new Map<string, number>();
   readonly #inflight = new Map<string, Inflight>();
   #bytes = 0;
@@ -221,8 +222,8 @@ export class Store {
         );
       }
       this.#assertOpen();
-      this.#commit(temp, hash, size);
-      this.#pinnedEvict(hash);
+      await this.#commit(temp, hash, size);
+      await this.#pinnedEvict(hash);
       return { hash, size };
     } finally {
       temp.discard();
@@ -248,8 +249,8 @@ export class Store {
       await temp.write(bytes);
       await temp.finish();
       this.#assertOpen();
-      this.#commit(temp, hash, bytes.length);
-      this.#pinnedEvict(hash);
+      await this.#commit(temp, hash, bytes.length);
+      await this.#pinnedEvict(hash);
       return hash;
     } finally {
       temp.discard();
@@ -328,7 +329,7 @@ export class Store {
     if (actual === hash && size === entry.size) return true;
     // Replaced meanwhile (evicted and fetched again): the new file was verified when fetched.
     if (this.#index.get(hash) !== entry) return this.#index.has(hash);
-    this.#remove(hash, entry);
+    await this.#remove(hash, entry);
     return false;
   }
 
@@ -353,7 +354,7 @@ export class Store {
       return await Deno.readFile(path);
     } catch (error) {
       if (error instanceof Deno.errors.NotFound) {
-        if (this.#index.get(hash) === entry) this.#remove(hash, entry);
+        if (this.#index.get(hash) === entry) await this.#remove(hash, entry);
         throw new CasError("MISSING", `Cannot read blob ${hash}: file vanished`, {
           cause: error,
         });
@@ -386,8 +387,7 @@ export class Store {
    * blobs are left). Runs after every put; call it after unpinning to reclaim space. */
   evict(): Promise<void> {
     this.#assertOpen();
-    this.#evictSync();
-    return Promise.resolve();
+    return this.#exclusive(() => this.#evictLocked());
   }
 
   /** Stops the store: aborts in-flight fetches; later calls throw `IO`. Idempotent. */
@@ -423,8 +423,8 @@ export class Store {
       }
       signal.throwIfAborted();
       this.#assertOpen();
-      this.#commit(temp, hash, size);
-      this.#pinnedEvict(hash);
+      await this.#commit(temp, hash, size);
+      await this.#pinnedEvict(hash);
       return this.pathOf(hash);
     } finally {
       temp.discard();
@@ -441,56 +441,91 @@ export class Store {
     });
   }
 
-  /** Moves a finished temp file into place and indexes it. Synchronous, so that no other
-   * store operation (eviction, verify, a concurrent put) interleaves. */
-  #commit(temp: TempBlob, hash: string, size: number): void {
-    if (this.#index.has(hash)) {
-      this.#touch(hash); // someone else stored it meanwhile; temp is discarded
-      return;
-    }
-    const path = this.pathOf(hash);
-    try {
-      try {
-        Deno.renameSync(temp.path, path);
-      } catch (error) {
-        if (!(error instanceof Deno.errors.NotFound)) throw error;
-        Deno.mkdirSync(`${this.dir}/${hash.slice(0, 2)}`, { recursive: true });
-        Deno.renameSync(temp.path, path);
+  /**
+   * Runs `fn` with no other mutation of the store (commit, eviction, removal)
+   * in between. The file operations are asynchronous on purpose: a worker serves
+   * FUSE requests on the JS thread, and a synchronous rename there can wait on a
+   * kernel lock held by an overlayfs copy-up that itself waits for a FUSE reply.
+   */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#mutex.then(fn);
+    this.#mutex = run.then(() => {}, () => {});
+    return run;
+  }
+
+  /** Moves a finished temp file into place and indexes it. */
+  #commit(temp: TempBlob, hash: string, size: number): Promise<void> {
+    return this.#exclusive(async () => {
+      if (this.#index.has(hash)) {
+        this.#touch(hash); // someone else stored it meanwhile; temp is discarded
+        return;
       }
-    } catch (error) {
-      throw ioError(`Cannot store blob ${hash}`, error);
-    }
-    temp.committed = true;
-    this.#index.set(hash, { size, diskTouchMs: Date.now() });
-    this.#bytes += size;
+      const path = this.pathOf(hash);
+      try {
+        try {
+          await Deno.rename(temp.path, path);
+        } catch (error) {
+          if (!(error instanceof Deno.errors.NotFound)) throw error;
+          await Deno.mkdir(`${this.dir}/${hash.slice(0, 2)}`, { recursive: true });
+          await Deno.rename(temp.path, path);
+        }
+      } catch (error) {
+        throw ioError(`Cannot store blob ${hash}`, error);
+      }
+      temp.committed = true;
+      this.#index.set(hash, { size, diskTouchMs: Date.now() });
+      this.#bytes += size;
+    });
   }
 
   /** Evicts while keeping the blob just stored (it may alone exceed the cap). */
-  #pinnedEvict(hash: string): void {
+  async #pinnedEvict(hash: string): Promise<void> {
+    if (this.#bytes <= this.bytesMax) return;
     this.pin(hash);
     try {
-      this.#evictSync();
+      await this.#exclusive(() => this.#evictLocked());
     } finally {
       this.unpin(hash);
     }
   }
 
+  /** At open only, before anything else uses the store. */
   #evictSync(): void {
     if (this.#bytes <= this.bytesMax) return;
     for (const [hash, entry] of this.#index) {
       if (this.#bytes <= this.bytesMax) break;
       if (this.#pins.has(hash)) continue;
-      this.#remove(hash, entry);
+      try {
+        Deno.removeSync(this.pathOf(hash));
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) continue;
+      }
+      this.#index.delete(hash);
+      this.#bytes -= entry.size;
+    }
+  }
+
+  async #evictLocked(): Promise<void> {
+    for (const [hash, entry] of [...this.#index]) {
+      if (this.#bytes <= this.bytesMax) break;
+      if (this.#pins.has(hash) || this.#index.get(hash) !== entry) continue;
+      await this.#removeLocked(hash, entry);
     }
   }
 
   /** Deletes a blob file and drops it from the index (kept if the delete fails). */
-  #remove(hash: string, entry: Entry): void {
+  #remove(hash: string, entry: Entry): Promise<void> {
+    return this.#exclusive(() => this.#removeLocked(hash, entry));
+  }
+
+  async #removeLocked(hash: string, entry: Entry): Promise<void> {
+    if (this.#index.get(hash) !== entry) return;
     try {
-      Deno.removeSync(this.pathOf(hash));
+      await Deno.remove(this.pathOf(hash));
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) return;
     }
+    if (this.#index.get(hash) !== entry) return;
     this.#index.delete(hash);
     this.#bytes -= entry.size;
   }
@@ -503,12 +538,9 @@ export class Store {
     const nowMs = Date.now();
     if (nowMs - entry.diskTouchMs > DISK_TOUCH_INTERVAL_MS) {
       entry.diskTouchMs = nowMs;
-      try {
-        const now = new Date(nowMs);
-        Deno.utimeSync(this.pathOf(hash), now, now);
-      } catch {
-        // Only the LRU order after a restart suffers.
-      }
+      const now = new Date(nowMs);
+      // Only the LRU order after a restart suffers if this fails.
+      Deno.utime(this.pathOf(hash), now, now).catch(() => {});
     }
   }
 
@@ -599,11 +631,8 @@ class TempBlob {
     }
     this.#file = undefined;
     if (this.committed) return;
-    try {
-      Deno.removeSync(this.path);
-    } catch {
-      // gone already, or removed at the next open
-    }
+    // Asynchronous (see Store.#exclusive); a leftover is removed at the next open.
+    Deno.remove(this.path).catch(() => {});
   }
 
   async #flush(): Promise<void> {

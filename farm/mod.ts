@@ -195,8 +195,16 @@ export class Farm implements AsyncDisposable {
         port = 1232;
       }
       const cacheDir = `${this.dir}/worker-${i}`;
+      // The worker keeps its mounts in a mount namespace of its own; starting it
+      // under `unshare` here (which execs) keeps the pid ours to signal.
       const cmd = [
         ...(host?.exec ?? []),
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "env",
+        "TERMITE_WORKER_NS=1",
         deno,
         "run",
         "-A",

@@ -29,7 +29,7 @@ export interface Host {
 export async function freeHostNumbers(count: number): Promise<number> {
   const links = await ip(["-o", "link"]);
   const used = new Set([...links.matchAll(/tm[hn](\d+)/g)].map((m) => Number(m[1])));
-  for (let first = 1 + Math.floor(Math.random() * 200); ; first = 1 + ((first + count) % 240)) {
+  for (let first = 1 + Math.floor(Math.random() * 200);; first = 1 + ((first + count) % 240)) {
     let ok = true;
     for (let i = 0; i < count; i++) if (used.has(first + i) || first + i > 250) ok = false;
     if (ok) return first;

@@ -1,0 +1,219 @@
+/**
+ * End to end: real processes (coordinator, workers each in a network namespace
+ * of its own, master), real FUSE mirrors, real sandboxes, real compilers.
+ */
+import assert from "node:assert/strict";
+import { Farm, fetchSource, ROOT, runIn } from "../farm/mod.ts";
+
+async function tempDir(prefix: string): Promise<string> {
+  // Not under /tmp: the master excludes /tmp by default (it is private per job).
+  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
+  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix });
+  await Deno.chmod(dir, 0o755);
+  return dir;
+}
+
+async function withFarm(
+  name: string,
+  options: { workers?: number; slots?: number; source?: string },
+  fn: (farm: Farm, tree: string) => Promise<void>,
+): Promise<void> {
+  const dir = await tempDir(`${name}-`);
+  const tree = `${dir}/tree`;
+  if (options.source) assert.equal((await runIn(ROOT, ["cp", "-a", options.source, tree])).code, 0);
+  else await Deno.mkdir(tree);
+  const farm = await Farm.start({
+    dir: `${dir}/farm`,
+    tree,
+    workers: options.workers ?? 2,
+    slotsPerWorker: options.slots ?? 2,
+  });
+  try {
+    await fn(farm, tree);
+  } finally {
+    await farm.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function sameBytes(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}
+
+Deno.test("e2e: lua 5.4 builds across two workers, objects identical to a local build", async () => {
+  const src = await fetchSource("lua5.4");
+  await withFarm("lua", { source: src }, async (farm, tree) => {
+    const local = `${tree}-local`;
+    assert.equal((await runIn(ROOT, ["cp", "-a", src, local])).code, 0);
+    const ref = await runIn(local, ["make", "-j4", "linux"]);
+    assert.equal(ref.code, 0, ref.stderr);
+    const build = await runIn(tree, ["make", "-j4", "linux"], farm.env);
+    assert.equal(build.code, 0, build.stdout + build.stderr);
+    const lua = await runIn(tree, [`${tree}/src/lua`, "-e", "print(6*7)"]);
+    assert.equal(lua.stdout, "42\n");
+    const objects = [...Deno.readDirSync(`${local}/src`)].filter((e) => e.name.endsWith(".o"));
+    assert.ok(objects.length >= 30);
+    for (const o of objects) {
+      assert.ok(await sameBytes(`${local}/src/${o.name}`, `${tree}/src/${o.name}`), o.name);
+    }
+    const status = await farm.status();
+    assert.equal(status.jobs.jobsLocal, 0, "every job ran on a worker");
+    const perWorker = Object.values(status.jobs.perWorker) as { done: number }[];
+    assert.equal(perWorker.length, 2, "both workers ran jobs");
+    assert.ok(perWorker.every((w) => w.done > 0));
+    await Deno.remove(local, { recursive: true });
+  });
+});
+
+Deno.test("e2e: a compile error prints gcc's message, exits 1 and stops make", async () => {
+  await withFarm("err", {}, async (farm, tree) => {
+    await Deno.writeTextFile(`${tree}/bad.c`, "int main(void) { return undefined_thing; }\n");
+    await Deno.writeTextFile(`${tree}/good.c`, "int good(void) { return 1; }\n");
+    await Deno.writeTextFile(
+      `${tree}/Makefile`,
+      "all: bad.o after.stamp\nafter.stamp: bad.o\n\ttouch after.stamp\n%.o: %.c\n\tgcc -c $< -o $@\n",
+    );
+    const direct = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "/dev/null"]);
+    const gcc = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "bad.o"], farm.env);
+    assert.equal(gcc.code, 1);
+    assert.equal(gcc.stderr, direct.stderr, "the same message as a local gcc");
+    assert.match(gcc.stderr, /undefined_thing/);
+    const make = await runIn(tree, ["make"], farm.env);
+    assert.notEqual(make.code, 0);
+    await assert.rejects(Deno.stat(`${tree}/after.stamp`), Deno.errors.NotFound);
+    const ok = await runIn(tree, ["gcc", "-c", "good.c", "-o", "good.o"], farm.env);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.ok((await Deno.stat(`${tree}/good.o`)).size > 0);
+  });
+});
+
+Deno.test("e2e: a header generated on one worker is seen by jobs on every worker", async () => {
+  await withFarm("gen", { slots: 1 }, async (farm, tree) => {
+    await Deno.writeTextFile(`${tree}/use.c`, '#include "gen.h"\nint v(void) { return V; }\n');
+    const sh = `${farm.binDir}/termite-sh`;
+    // Both workers look for gen.h before it exists (negative entries cached).
+    const miss = await Promise.all(
+      [1, 2].map((i) => runIn(tree, [sh, "-c", `sleep 1; gcc -c use.c -o use${i}.o`], farm.env)),
+    );
+    assert.ok(miss.every((r) => r.code === 1 && /gen\.h/.test(r.stderr)));
+    // One worker writes the header while the other is busy.
+    const [gen, busy] = await Promise.all([
+      runIn(tree, [sh, "-c", "sleep 1; echo '#define V 42' > gen.h"], farm.env),
+      runIn(tree, [sh, "-c", "sleep 1"], farm.env),
+    ]);
+    assert.equal(gen.code, 0, gen.stderr);
+    assert.equal(busy.code, 0);
+    assert.equal(await Deno.readTextFile(`${tree}/gen.h`), "#define V 42\n");
+    // Two compiles at once occupy both workers: both must see the header.
+    const before = await farm.status();
+    const uses = await Promise.all(
+      [1, 2].map((i) => runIn(tree, [sh, "-c", `sleep 1; gcc -c use.c -o use${i}.o`], farm.env)),
+    );
+    for (const r of uses) assert.equal(r.code, 0, r.stderr);
+    const after = await farm.status();
+    for (
+      const [address, w] of Object.entries(after.jobs.perWorker as Record<string, { done: number }>)
+    ) {
+      assert.ok(w.done > (before.jobs.perWorker[address]?.done ?? 0), `${address} compiled one`);
+    }
+    const ref = await runIn(tree, ["gcc", "-c", "use.c", "-o", "ref.o"]);
+    assert.equal(ref.code, 0);
+    assert.ok(await sameBytes(`${tree}/use1.o`, `${tree}/ref.o`));
+    assert.ok(await sameBytes(`${tree}/use2.o`, `${tree}/ref.o`));
+  });
+});
+
+Deno.test("e2e: 200 small jobs through make -j16 against 2 workers × 2 slots", async () => {
+  await withFarm("many", { slots: 2 }, async (farm, tree) => {
+    const n = 200;
+    const objs: string[] = [];
+    for (let i = 0; i < n; i++) {
+      await Deno.writeTextFile(
+        `${tree}/f${i}.c`,
+        `int f${i}(int x) { return x * ${i} + ${i % 7}; }\n`,
+      );
+      objs.push(`f${i}.o`);
+    }
+    await Deno.writeTextFile(
+      `${tree}/Makefile`,
+      `all: ${objs.join(" ")}\n%.o: %.c\n\tgcc -O1 -c $< -o $@\n`,
+    );
+    const build = await runIn(tree, ["make", "-j16"], farm.env);
+    assert.equal(build.code, 0, build.stderr);
+    const ref = `${tree}/ref`;
+    await Deno.mkdir(ref);
+    for (let i = 0; i < n; i += 50) {
+      const batch = objs.slice(i, i + 50).map((o) => o.replace(".o", ".c"));
+      const r = await runIn(tree, [
+        "sh",
+        "-c",
+        `for f in ${batch.join(" ")}; do gcc -O1 -c $f -o ref/\${f%.c}.o; done`,
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    for (const o of objs) assert.ok(await sameBytes(`${tree}/${o}`, `${ref}/${o}`), o);
+    const status = await farm.status();
+    assert.equal(status.jobs.jobsRemote, n);
+  });
+});
+
+Deno.test("e2e: a worker killed during a job: the job is retried and the build completes", async () => {
+  await withFarm("kill", { slots: 2 }, async (farm, tree) => {
+    const n = 12;
+    const objs: string[] = [];
+    for (let i = 0; i < n; i++) {
+      await Deno.writeTextFile(`${tree}/k${i}.c`, `int k${i}(void) { return ${i}; }\n`);
+      objs.push(`k${i}.o`);
+    }
+    await Deno.writeTextFile(
+      `${tree}/Makefile`,
+      `SHELL := ${farm.binDir}/termite-sh\nall: ${
+        objs.join(" ")
+      }\n%.o: %.c\n\tsleep 1; gcc -c $< -o $@\n`,
+    );
+    const building = runIn(tree, ["make", "-j4"], farm.env);
+    await new Promise((r) => setTimeout(r, 1500));
+    await farm.killWorker(0);
+    const build = await building;
+    assert.equal(build.code, 0, build.stdout + build.stderr);
+    for (const o of objs) assert.ok((await Deno.stat(`${tree}/${o}`)).size > 0, o);
+    const status = await farm.status();
+    assert.ok(status.jobs.retries + status.jobs.jobsLocal > 0, JSON.stringify(status.jobs));
+  });
+});
+
+Deno.test("e2e: a worker with the wrong secret is refused and logged", async () => {
+  await withFarm("secret", { workers: 1 }, async (farm) => {
+    const wrong = `${farm.dir}/wrong-secret.txt`;
+    await Deno.writeFile(wrong, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${ROOT}/worker.ts`,
+        "--secret",
+        wrong,
+        "--coordinator",
+        `127.0.0.1:${farm.coordinatorPort}`,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--cache-dir",
+        `${farm.dir}/wrong-worker`,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, 3000));
+    child.kill("SIGTERM");
+    const out = await child.output();
+    const workerLog = new TextDecoder().decode(out.stderr);
+    assert.match(workerLog, /HMAC|auth|secret/i);
+    const coordinatorLog = await Deno.readTextFile(farm.coordinator.log);
+    assert.match(coordinatorLog, /Rejected peer/);
+    const status = await farm.status();
+    assert.equal(status.workers.length, 1, "only the good worker is used");
+  });
+});
