@@ -833,11 +833,23 @@ export class FuseSession implements MountedSession {
       while (!this.#closing) {
         let handled = 0;
         let wait = false;
+        // After a reply, wait for the next request in poll() first: in serial
+        // workloads the queue is usually empty, and a read() answering EAGAIN
+        // would be one syscall more per request.
+        let polled = false;
         while (handled < this.#requestsPerTurn) {
+          if (handled > 0 && !polled && syncWaitMs > 0 && bridge.pendingCount === 0) {
+            polled = true;
+            if (c.poll(pollfds, 1n, syncWaitMs) <= 0) {
+              wait = true;
+              break;
+            }
+          }
           const res = f.fuse_session_receive_buf(se, buf);
           if (res > 0) {
             this.#requests++;
             handled++;
+            polled = false;
             f.fuse_session_process_buf(se, buf);
             continue;
           }
@@ -845,8 +857,10 @@ export class FuseSession implements MountedSession {
           if (res === -EAGAIN) {
             // Nothing queued: a short wait here keeps serial clients fast.
             if (
-              syncWaitMs > 0 && bridge.pendingCount === 0 && c.poll(pollfds, 1n, syncWaitMs) > 0
+              !polled && syncWaitMs > 0 && bridge.pendingCount === 0 &&
+              c.poll(pollfds, 1n, syncWaitMs) > 0
             ) {
+              polled = true;
               if (pollView.getInt16(POLLFD_REVENTS, true) & POLLIN) continue;
             }
             wait = true;

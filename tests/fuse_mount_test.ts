@@ -511,3 +511,120 @@ await session.closed;
     await Deno.remove(base, { recursive: true });
   }
 });
+
+Deno.test("processes started while mounted do not inherit /dev/fuse", async () => {
+  await withMount({}, async ({ mnt }) => {
+    const fds = await sh(`ls -l /proc/self/fd/; cat "${mnt}/hello.txt"`);
+    assert.equal(fds.code, 0, fds.stderr);
+    assert.ok(fds.stdout.includes("hello world"));
+    assert.ok(!fds.stdout.includes("/dev/fuse"), fds.stdout);
+  });
+});
+
+Deno.test("closeOnSignals() unmounts on SIGTERM and the server exits by itself", async () => {
+  const base = await Deno.makeTempDir({ prefix: "fuse_signal_test_" });
+  const mnt = `${base}/mnt`;
+  await Deno.mkdir(mnt);
+  const script = `${base}/child.ts`;
+  const mod = JSON.stringify(import.meta.resolve("../fuse/mod.ts"));
+  await Deno.writeTextFile(
+    script,
+    `import { FuseSession, LoopbackFs } from ${mod};
+using fs = new LoopbackFs(${JSON.stringify(base)});
+const session = await FuseSession.mount(fs, { mountpoint: ${JSON.stringify(mnt)} });
+session.closeOnSignals();
+console.log("ready");
+await session.closed;
+console.log("closed");
+`,
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    const reader = child.stdout.getReader();
+    const first = await reader.read();
+    assert.equal(new TextDecoder().decode(first.value).trim(), "ready");
+    const listed = await sh(`ls "${mnt}"`);
+    assert.ok(listed.stdout.includes("child.ts"));
+    child.kill("SIGTERM");
+    let rest = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      rest += new TextDecoder().decode(value);
+    }
+    const status = await child.status;
+    assert.equal(status.code, 0);
+    assert.equal(rest.trim(), "closed");
+    assert.ok(!(await Deno.readTextFile("/proc/self/mounts")).includes(` ${mnt} `));
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await child.status;
+    await cleanStaleMount(mnt);
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("notifyInvalEntry() and notifyInvalInode() drop cached answers", async () => {
+  await withMount(
+    { entryTimeoutS: 3600, attrTimeoutS: 3600, negativeTimeoutS: 3600 },
+    async ({ source, mnt, session }) => {
+      const [missing] = await client(mnt, [["stat", "later.txt"]]);
+      assert.equal(errnoResult(missing), ENOENT);
+      await Deno.writeTextFile(`${source}/later.txt`, "now here\n");
+      const [stillMissing] = await client(mnt, [["stat", "later.txt"]]);
+      assert.equal(errnoResult(stillMissing), ENOENT, "negative entry was not cached");
+      assert.equal(await session.notifyInvalEntry(1n, "later.txt"), 0);
+      const [found] = await client(mnt, [["stat", "later.txt"]]) as Array<{ size: number }>;
+      assert.equal(found.size, 9);
+
+      const [before] = await client(mnt, [["stat", ""]]) as Array<{ mtime_ns: number }>;
+      await Deno.writeTextFile(`${source}/another.txt`, "x");
+      await Deno.utime(source, 1_000_000, 1_000_000);
+      const [cached] = await client(mnt, [["stat", ""]]) as Array<{ mtime_ns: number }>;
+      assert.equal(cached.mtime_ns, before.mtime_ns, "attributes were not cached");
+      assert.equal(await session.notifyInvalInode(1n, -1), 0);
+      const [fresh] = await client(mnt, [["stat", ""]]) as Array<{ mtime_ns: number }>;
+      assert.equal(fresh.mtime_ns, 1_000_000 * 1e9);
+      assert.equal(await session.notifyInvalEntry(1n, "never-looked-up"), -ENOENT);
+    },
+  );
+});
+
+Deno.test("a notification waits on a helper thread while a lookup in that directory is pending", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => release = resolve);
+  let slowStarted!: () => void;
+  const started = new Promise<void>((resolve) => slowStarted = resolve);
+  await withMount({
+    entryTimeoutS: 3600,
+    attrTimeoutS: 3600,
+    wrap: (fs) => ({
+      lookup: async (parent, name) => {
+        if (name === "slow") {
+          slowStarted();
+          await gate;
+        }
+        return fs.lookup(parent, name);
+      },
+      getattr: (ino) => fs.getattr(ino),
+    }),
+  }, async ({ mnt, session }) => {
+    await client(mnt, [["stat", "hello.txt"]]);
+    const slow = client(mnt, [["stat", "slow"]]);
+    await started;
+    const notified = session.notifyInvalEntry(1n, "hello.txt");
+    // The JS thread is free meanwhile: timers run and the gate can open.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    release();
+    assert.equal(errnoResult((await slow)[0]), ENOENT);
+    assert.equal(await notified, 0);
+  });
+});
