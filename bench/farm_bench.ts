@@ -1,0 +1,1280 @@
+/**
+ * Termite side by side with local make and distcc, on real projects.
+ *
+ * - Builds: each project (Debian source packages: lua 5.4, zstd) is built from
+ *   a fresh copy of its pristine tree by every contender at the same `make -j`,
+ *   interleaved (local, termite, distcc, local, ...): (1) local make; (2) a
+ *   Termite farm, two workers each in a network namespace of its own, started
+ *   once per project (its first, cold build is recorded apart); (3) distcc,
+ *   two `distccd` each in a network namespace of its own.
+ * - Round trips: sequential trivial commands and small compiles, directly, via
+ *   the wrapper and via distcc; wall time and client CPU per command.
+ * - Client cost: CPU seconds on the master host per compile job (make, shells,
+ *   wrappers or distcc clients: bash `times` after the build, i.e. the rusage
+ *   of every reaped descendant; plus the master process, /proc/<pid>/stat).
+ * - Scaling: hosts of 0.4 core each (cgroup v1 CPU quotas): the master host
+ *   alone (local make) against the master with 1..4 workers.
+ *
+ * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
+ * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]`.
+ */
+import { parseArgs } from "node:util";
+import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { removeHost } from "../farm/netns.ts";
+import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
+import { renderChart } from "./_chart.ts";
+import { DistccCluster, ensureDistcc } from "./_distcc.ts";
+import { childrenCpuS, cpuS, processTree, tail, timedCommand, withDeadline } from "./_proc.ts";
+import { LUA, type Project, PROJECTS, ZSTD } from "./_projects.ts";
+
+export type BenchResult = { name: string; value: number; unit: string; note?: string };
+
+export type ContenderName = "local" | "termite" | "distcc";
+export const CONTENDERS: readonly ContenderName[] = ["local", "termite", "distcc"];
+
+/** Goals from the issue. */
+export const GOAL_BUILD_OVERHEAD = 1.10;
+export const GOAL_SCALING_PER_WORKER = 0.7;
+
+export interface HarnessOptions {
+  /** One run per contender, lua only, fewer round trips, scaling to 2 workers. */
+  quick?: boolean;
+  projects?: Project[];
+  contenders?: ContenderName[];
+  /** Where farm.json, farm.md and scaling.svg go (default bench/results). */
+  outDir?: string;
+  /** Scratch directory (default .cache/bench-farm). */
+  workDir?: string;
+  /** Measured (warm) runs per contender and project (default 3, quick 1). */
+  runs?: number;
+  /** `make -j` for every contender (default workers × slotsPerWorker). */
+  jobs?: number;
+  workers?: number;
+  slotsPerWorker?: number;
+  /** Commands of each kind in the round-trip test (default 100, quick 20; 0 skips). */
+  roundTrips?: number;
+  /** Worker counts for scaling, 0 = master alone (default 0..4, quick 0..2; [] skips). */
+  scalingWorkers?: number[];
+  /** Project for scaling (default the first). */
+  scalingProject?: Project;
+  /** Measured runs per scaling point (default 2, quick 1). */
+  scalingRuns?: number;
+  /** CPU of each emulated host in the scaling test (default 0.4). */
+  coresPerHost?: number;
+  /** First veth number for farms (default 225); distcc uses hostBase + 10. */
+  hostBase?: number;
+  /** Progress messages (default: stderr). */
+  log?: (message: string) => void;
+}
+
+export interface BuildRun {
+  project: string;
+  contender: ContenderName;
+  /** 0-based warm round, or "cold" (the farm's first build). */
+  round: number | "cold";
+  ok: boolean;
+  wallMs?: number;
+  /** CPU of make and everything it ran on the master host, seconds. */
+  clientCpuS?: number;
+  /** CPU of the Termite master process over the build, seconds. */
+  masterCpuS?: number;
+  /** Object files the build left: the compile jobs. */
+  objects?: number;
+  /** Termite master job counters over the build. */
+  termiteJobs?: Record<string, number>;
+  error?: string;
+}
+
+export interface BuildSummary {
+  project: string;
+  contender: ContenderName;
+  ok: boolean;
+  runs: number;
+  medianMs?: number;
+  minMs?: number;
+  maxMs?: number;
+  coldMs?: number;
+  objects?: number;
+  /** Master-host CPU per compile job (make + clients + master), ms. */
+  clientCpuPerJobMs?: number;
+  /** Median time / median local make time. */
+  vsLocal?: number;
+  error?: string;
+}
+
+export interface RoundTripKind {
+  name: string;
+  via: "direct" | "termite" | "distcc";
+  ok: boolean;
+  /** Wall time of each command (spawn to exit), ms. */
+  wallMs: number[];
+  medianMs?: number;
+  meanMs?: number;
+  p90Ms?: number;
+  /** CPU of the command's processes (and of the master, for termite) per command, ms. */
+  clientCpuPerCmdMs?: number;
+  masterCpuPerCmdMs?: number;
+  /** Termite jobs the master ran on workers over this kind's timed commands. */
+  remoteJobs?: number;
+  /** Commands meant for a worker that ran on the master instead (not timed). */
+  notRemote?: number;
+  /** The master's job counters over the last of those. */
+  lastNotRemote?: string;
+  error?: string;
+}
+
+export interface RoundTripDerived {
+  /** `termite-sh -c true` (a builtin: the wrapper alone) minus `/bin/true`, ms. */
+  wrapperStartMs?: number;
+  /** termite gcc -c minus gcc -c, minus the wrapper start, ms. */
+  termiteCompileBeyondWrapperMs?: number;
+  /** termite-sh -c '/bin/true x' minus sh -c '/bin/true x', minus the wrapper start, ms. */
+  termiteTrueBeyondWrapperMs?: number;
+  /** distcc gcc -c minus gcc -c, ms. */
+  distccCompileOverheadMs?: number;
+}
+
+export interface ScalingPoint {
+  workers: number;
+  ok: boolean;
+  /** `make -j` used. */
+  jobs: number;
+  wallMs: number[];
+  medianMs?: number;
+  /** First build of a new farm, no quotas (not part of the figure). */
+  coldMs?: number;
+  speedup?: number;
+  /** Time the quota held the groups back over the measured runs, seconds. */
+  throttledS?: number;
+  error?: string;
+}
+
+export interface Goal {
+  name: string;
+  measured: number | null;
+  target: string;
+  met: boolean | null;
+  detail: string;
+}
+
+export interface HarnessReport {
+  date: string;
+  quick: boolean;
+  machine: { cpus: number; kernel: string };
+  settings: {
+    jobs: number;
+    workers: number;
+    slotsPerWorker: number;
+    runs: number;
+    roundTrips: number;
+    coresPerHost: number;
+    scalingProject: string | null;
+  };
+  builds: BuildRun[];
+  summaries: BuildSummary[];
+  roundTrips: RoundTripKind[];
+  roundTripDerived: RoundTripDerived;
+  scaling: ScalingPoint[];
+  goals: Goal[];
+  notes: string[];
+  results: BenchResult[];
+  /** Markdown tables (also in farm.md). */
+  table: string;
+  files: { json: string; markdown: string; chart: string };
+}
+
+// ---------------------------------------------------------------- helpers
+
+function errorText(err: unknown): string {
+  const e = err as Error;
+  const text = e?.message ?? String(err);
+  return text.length > 2000 ? `${text.slice(0, 2000)}…` : text;
+}
+
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function percentile(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))];
+}
+
+function round(n: number, digits = 3): number {
+  return Number(n.toPrecision(digits));
+}
+
+async function freshDir(path: string): Promise<void> {
+  await Deno.remove(path, { recursive: true }).catch(() => {});
+  await Deno.mkdir(path, { recursive: true });
+  await Deno.chmod(path, 0o755);
+}
+
+/** A fresh copy of `src` at `dest` (dest's parent must exist). */
+async function freshCopy(src: string, dest: string): Promise<void> {
+  await Deno.remove(dest, { recursive: true }).catch(() => {});
+  const cp = await runIn("/", ["cp", "-a", src, dest]);
+  if (cp.code !== 0) throw new Error(`Cannot copy the source tree: ${cp.stderr.trim()}`);
+}
+
+async function countObjects(dir: string): Promise<number> {
+  let n = 0;
+  const todo = [dir];
+  while (todo.length > 0) {
+    const d = todo.pop()!;
+    for await (const e of Deno.readDir(d)) {
+      if (e.isDirectory) todo.push(`${d}/${e.name}`);
+      else if (e.isFile && e.name.endsWith(".o")) n++;
+    }
+  }
+  return n;
+}
+
+const JOB_COUNTERS = ["jobs", "jobsRemote", "jobsLocal", "jobsBuiltin", "jobsFailed", "retries"];
+
+async function termiteCounters(farm: Farm): Promise<Record<string, number>> {
+  try {
+    const status = await withDeadline(farm.status(), 5_000, null);
+    const jobs = (status?.jobs ?? {}) as Record<string, unknown>;
+    return Object.fromEntries(JOB_COUNTERS.map((k) => [k, Number(jobs[k] ?? 0)]));
+  } catch {
+    return Object.fromEntries(JOB_COUNTERS.map((k) => [k, 0]));
+  }
+}
+
+function counterDelta(a: Record<string, number>, b: Record<string, number>) {
+  return Object.fromEntries(JOB_COUNTERS.map((k) => [k, (b[k] ?? 0) - (a[k] ?? 0)]));
+}
+
+/** A farm that knows its namespaces, so that a stuck stop can still be cleaned up. */
+interface BenchFarm {
+  farm: Farm;
+  prefix: string;
+  firstHost: number;
+  workers: number;
+  /** The farm's pids right after start (inner workers included). */
+  pids: number[];
+}
+
+async function startFarm(options: {
+  dir: string;
+  tree: string;
+  workers: number;
+  slotsPerWorker: number;
+  prefix: string;
+  firstHost: number;
+}): Promise<BenchFarm> {
+  await freshDir(options.dir);
+  await Deno.mkdir(options.tree, { recursive: true });
+  await Deno.chmod(options.tree, 0o755);
+  const farm = await Farm.start({
+    dir: options.dir,
+    tree: options.tree,
+    workers: options.workers,
+    slotsPerWorker: options.slotsPerWorker,
+    prefix: options.prefix,
+    firstHost: options.firstHost,
+  });
+  const bf: BenchFarm = { farm, ...options, pids: [] };
+  bf.pids = await farmPids(bf);
+  return bf;
+}
+
+/** Every pid of the farm's process trees (the workers re-exec themselves under unshare). */
+async function farmPids(bf: BenchFarm): Promise<number[]> {
+  const roots = [bf.farm.master, bf.farm.coordinator, ...bf.farm.workers]
+    .filter((p) => p !== undefined).map((p) => p.child.pid);
+  const all = new Set<number>();
+  for (const root of roots) for (const pid of await processTree(root)) all.add(pid);
+  return [...all];
+}
+
+/**
+ * Aborts the FUSE connections of the farm's worker mirrors (found in the
+ * workers' mount namespaces, under the farm's directory): a wedged mirror
+ * otherwise leaves its readers in uninterruptible sleep, and a reader that
+ * holds a file system's rename lock stalls every rename on that file system.
+ * Returns how many connections were aborted.
+ */
+async function abortFuse(bf: BenchFarm): Promise<number> {
+  const minors = new Set<string>();
+  for (const pid of await farmPids(bf)) {
+    const info = await Deno.readTextFile(`/proc/${pid}/mountinfo`).catch(() => "");
+    for (const line of info.split("\n")) {
+      const f = line.split(" ");
+      const dash = f.indexOf("-");
+      if (dash < 0 || !f[dash + 1]?.startsWith("fuse")) continue;
+      if (!f[4]?.startsWith(`${bf.farm.dir}/`)) continue;
+      const [major, minor] = (f[2] ?? "").split(":");
+      if (major === "0" && /^\d+$/.test(minor)) minors.add(minor);
+    }
+  }
+  let n = 0;
+  for (const minor of minors) {
+    try {
+      await Deno.writeTextFile(`/sys/fs/fuse/connections/${minor}/abort`, "1");
+      n++;
+    } catch {
+      // Gone already.
+    }
+  }
+  return n;
+}
+
+/**
+ * Stops a farm. The workers' inner processes (children of the pids the farm
+ * knows) get SIGTERM first: a worker's outer process does not pass signals on,
+ * and an orphaned inner worker would hold the log pipes open. Past the
+ * deadline every pid of the farm gets SIGKILL and its namespaces are removed.
+ */
+async function stopFarm(bf: BenchFarm, notes: string[]): Promise<void> {
+  const pids = new Set([...bf.pids, ...await farmPids(bf)]);
+  const outer = new Set(bf.farm.workers.map((w) => w.child.pid));
+  for (const w of bf.farm.workers) {
+    for (const pid of (await processTree(w.child.pid)).filter((p) => !outer.has(p))) {
+      try {
+        Deno.kill(pid, "SIGTERM");
+      } catch {
+        // Gone.
+      }
+    }
+  }
+  const stopping = bf.farm.stop().then(() => true, (err) => {
+    notes.push(`farm stop failed: ${errorText(err)}`);
+    return true;
+  });
+  if (!await withDeadline(stopping, 30_000, false)) {
+    const aborted = await abortFuse(bf);
+    notes.push(
+      `farm ${bf.prefix} did not stop in 30 s: killed (${aborted} FUSE connections aborted)`,
+    );
+    for (const pid of pids) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch {
+        // Gone.
+      }
+    }
+    await withDeadline(stopping, 30_000, false);
+    for (let i = 0; i < bf.workers; i++) {
+      await removeHost(`${bf.prefix}-w${i}`, bf.firstHost + i);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- builds
+
+interface BuildContext {
+  project: Project;
+  src: string;
+  jobs: number;
+  pdir: string;
+  farm: BenchFarm | null;
+  farmError: string;
+  /** Set after a farm build timed out: later farm runs are skipped. */
+  farmBroken?: boolean;
+  distcc: DistccCluster | null;
+  distccError: string;
+}
+
+async function buildOnce(
+  ctx: BuildContext,
+  contender: ContenderName,
+  roundNo: number | "cold",
+): Promise<BuildRun> {
+  const run: BuildRun = { project: ctx.project.name, contender, round: roundNo, ok: false };
+  if (contender === "termite" && (!ctx.farm || ctx.farmBroken)) {
+    return { ...run, error: ctx.farmError };
+  }
+  if (contender === "distcc" && !ctx.distcc) return { ...run, error: ctx.distccError };
+  const dir = contender === "termite"
+    ? `${ctx.farm!.farm.tree}/build`
+    : `${ctx.pdir}/${contender}/build`;
+  const logPath = `${ctx.pdir}/logs/${contender}-${roundNo}.log`;
+  try {
+    await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
+    await freshCopy(ctx.src, dir);
+    const env = contender === "termite"
+      ? ctx.farm!.farm.env
+      : contender === "distcc"
+      ? ctx.distcc!.env(true)
+      : Deno.env.toObject();
+    const farm = contender === "termite" ? ctx.farm!.farm : null;
+    const before = farm ? await termiteCounters(farm) : null;
+    const masterBefore = farm ? await cpuS(farm.master.child.pid) : 0;
+    const timed = await timedCommand({
+      argv: ctx.project.command(ctx.jobs),
+      cwd: dir,
+      env,
+      logPath,
+      timeoutS: ctx.project.timeoutS,
+    });
+    if (farm) {
+      run.masterCpuS = round(await cpuS(farm.master.child.pid) - masterBefore, 4);
+      run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
+    }
+    run.wallMs = Math.round(timed.wallMs);
+    run.clientCpuS = round(timed.cpuS, 4);
+    if (timed.timedOut && ctx.farm && contender === "termite") {
+      const aborted = await abortFuse(ctx.farm);
+      ctx.farmError =
+        `skipped: an earlier farm build timed out (${aborted} FUSE connections aborted)`;
+      ctx.farmBroken = true;
+    }
+    if (timed.code !== 0) {
+      throw new Error(
+        `${timed.timedOut ? "timed out" : `exit ${timed.code}`} (log ${logPath}):\n${await tail(
+          logPath,
+          8,
+        )}`,
+      );
+    }
+    await ctx.project.check(dir);
+    run.objects = await countObjects(dir);
+    run.ok = true;
+  } catch (err) {
+    run.error = errorText(err);
+  }
+  return run;
+}
+
+// ---------------------------------------------------------------- round trips
+
+interface RoundTripSpec {
+  name: string;
+  via: RoundTripKind["via"];
+  argv: string[];
+  env: Record<string, string>;
+  cwd: string;
+  /** Must run on a worker (checked with the master's counters). */
+  remote: boolean;
+  unavailable?: string;
+}
+
+const ROUND_TRIP_TIMEOUT_MS = 30_000;
+const TINY_C = "int tiny(int x) { return x * 3 + 1; }\n";
+
+async function measureRoundTrips(options: {
+  n: number;
+  dir: string;
+  farm: BenchFarm | null;
+  farmError: string;
+  /** Set after a farm build timed out: later farm runs are skipped. */
+  farmBroken?: boolean;
+  distcc: DistccCluster | null;
+  distccError: string;
+  log: (message: string) => void;
+}): Promise<RoundTripKind[]> {
+  const { farm, distcc } = options;
+  const plainEnv = Deno.env.toObject();
+  const localDir = `${options.dir}/direct`, distccDir = `${options.dir}/distcc`;
+  for (const d of [localDir, distccDir]) {
+    await freshDir(d);
+    await Deno.writeTextFile(`${d}/tiny.c`, TINY_C);
+  }
+  let farmDir = "";
+  if (farm) {
+    farmDir = `${farm.farm.tree}/rt`;
+    await freshDir(farmDir);
+    await Deno.writeTextFile(`${farmDir}/tiny.c`, TINY_C);
+  }
+  const bin = farm?.farm.binDir ?? "";
+  const farmEnv = farm?.farm.env ?? plainEnv;
+  const noFarm = farm ? undefined : options.farmError || "no farm";
+  const noDistcc = distcc ? undefined : options.distccError || "no distcc";
+  const specs: RoundTripSpec[] = [
+    {
+      name: "/bin/true x",
+      via: "direct",
+      argv: ["/bin/true", "x"],
+      env: plainEnv,
+      cwd: localDir,
+      remote: false,
+    },
+    {
+      name: "sh -c '/bin/true x'",
+      via: "direct",
+      argv: ["sh", "-c", "/bin/true x"],
+      env: plainEnv,
+      cwd: localDir,
+      remote: false,
+    },
+    {
+      name: "termite-sh -c true (builtin: wrapper start)",
+      via: "termite",
+      argv: [`${bin}/termite-sh`, "-c", "true"],
+      env: farmEnv,
+      cwd: farmDir,
+      remote: false,
+      unavailable: noFarm,
+    },
+    {
+      name: "termite-sh -c '/bin/true x' (remote)",
+      via: "termite",
+      argv: [`${bin}/termite-sh`, "-c", "/bin/true x"],
+      env: farmEnv,
+      cwd: farmDir,
+      remote: true,
+      unavailable: noFarm,
+    },
+    {
+      name: "gcc -c tiny.c",
+      via: "direct",
+      argv: ["gcc", "-c", "tiny.c"],
+      env: plainEnv,
+      cwd: localDir,
+      remote: false,
+    },
+    {
+      name: "gcc -c tiny.c (termite wrapper)",
+      via: "termite",
+      argv: [`${bin}/gcc`, "-c", "tiny.c"],
+      env: farmEnv,
+      cwd: farmDir,
+      remote: true,
+      unavailable: noFarm,
+    },
+    {
+      name: "distcc gcc -c tiny.c",
+      via: "distcc",
+      argv: ["distcc", "gcc", "-c", "tiny.c"],
+      env: distcc?.env(false) ?? plainEnv,
+      cwd: distccDir,
+      remote: true,
+      unavailable: noDistcc,
+    },
+  ];
+  const kinds: RoundTripKind[] = specs.map((s) => ({
+    name: s.name,
+    via: s.via,
+    ok: s.unavailable === undefined,
+    wallMs: [],
+    ...(s.unavailable === undefined ? {} : { error: s.unavailable }),
+  }));
+  const clientCpu = specs.map(() => 0), masterCpu = specs.map(() => 0), remote = specs.map(() => 0);
+  const masterPid = farm?.farm.master.child.pid ?? 0;
+  const decoder = new TextDecoder();
+  // Interleaved (one of each kind per iteration) so that load from elsewhere
+  // spreads over all kinds; iteration 0 warms up and is not counted.
+  for (let i = 0; i <= options.n; i++) {
+    for (const [k, spec] of specs.entries()) {
+      if (!kinds[k].ok) continue;
+      const counters = spec.via === "termite" ? await termiteCounters(farm!.farm) : null;
+      const selfBefore = await childrenCpuS("self");
+      const masterBefore = spec.via === "termite" ? await cpuS(masterPid) : 0;
+      const start = performance.now();
+      let out: Deno.CommandOutput;
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), ROUND_TRIP_TIMEOUT_MS);
+      try {
+        out = await new Deno.Command(spec.argv[0], {
+          args: spec.argv.slice(1),
+          cwd: spec.cwd,
+          env: spec.env,
+          clearEnv: true,
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+          signal: abort.signal,
+        }).output();
+      } catch (err) {
+        kinds[k] = { ...kinds[k], ok: false, error: errorText(err) };
+        continue;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (abort.signal.aborted) {
+        kinds[k] = { ...kinds[k], ok: false, error: `timed out after ${ROUND_TRIP_TIMEOUT_MS} ms` };
+        continue;
+      }
+      const wall = performance.now() - start;
+      const selfAfter = await childrenCpuS("self");
+      const masterAfter = spec.via === "termite" ? await cpuS(masterPid) : 0;
+      if (out.code !== 0) {
+        kinds[k] = {
+          ...kinds[k],
+          ok: false,
+          error: `exit ${out.code}: ${decoder.decode(out.stderr).trim().slice(0, 500)}`,
+        };
+        continue;
+      }
+      if (counters) {
+        const d = counterDelta(counters, await termiteCounters(farm!.farm));
+        if (spec.remote && d.jobsRemote < 1) {
+          // Not timed: it ran on the master (after a failed remote try, say).
+          const n = (kinds[k].notRemote ?? 0) + 1;
+          kinds[k].notRemote = n;
+          kinds[k].lastNotRemote = JSON.stringify(d);
+          if (n > Math.max(3, options.n / 2)) {
+            kinds[k] = {
+              ...kinds[k],
+              ok: false,
+              error: `${n} commands did not run on a worker, last: ${kinds[k].lastNotRemote}`,
+            };
+          }
+          continue;
+        }
+        if (i > 0) remote[k] += d.jobsRemote;
+      }
+      if (i === 0) continue;
+      kinds[k].wallMs.push(round(wall, 4));
+      clientCpu[k] += selfAfter - selfBefore;
+      masterCpu[k] += masterAfter - masterBefore;
+    }
+    if (i % 20 === 0) options.log(`round trips: ${i}/${options.n}`);
+  }
+  return kinds.map((kind, k) => {
+    if (!kind.ok || kind.wallMs.length === 0) return { ...kind, ok: false };
+    const n = kind.wallMs.length;
+    return {
+      ...kind,
+      medianMs: round(median(kind.wallMs)),
+      meanMs: round(kind.wallMs.reduce((a, b) => a + b, 0) / n),
+      p90Ms: round(percentile(kind.wallMs, 0.9)),
+      clientCpuPerCmdMs: round((clientCpu[k] * 1000) / n),
+      ...(kind.via === "termite"
+        ? { masterCpuPerCmdMs: round((masterCpu[k] * 1000) / n), remoteJobs: remote[k] }
+        : {}),
+    };
+  });
+}
+
+function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
+  const m = (name: string) => kinds.find((k) => k.name === name && k.ok)?.medianMs;
+  const trueMs = m("/bin/true x"), shTrue = m("sh -c '/bin/true x'");
+  const wrapper = m("termite-sh -c true (builtin: wrapper start)");
+  const remoteTrue = m("termite-sh -c '/bin/true x' (remote)");
+  const gcc = m("gcc -c tiny.c"), tgcc = m("gcc -c tiny.c (termite wrapper)");
+  const dgcc = m("distcc gcc -c tiny.c");
+  const out: RoundTripDerived = {};
+  if (wrapper !== undefined && trueMs !== undefined) out.wrapperStartMs = round(wrapper - trueMs);
+  if (out.wrapperStartMs !== undefined && tgcc !== undefined && gcc !== undefined) {
+    out.termiteCompileBeyondWrapperMs = round(tgcc - gcc - out.wrapperStartMs);
+  }
+  if (out.wrapperStartMs !== undefined && remoteTrue !== undefined && shTrue !== undefined) {
+    out.termiteTrueBeyondWrapperMs = round(remoteTrue - shTrue - out.wrapperStartMs);
+  }
+  if (dgcc !== undefined && gcc !== undefined) out.distccCompileOverheadMs = round(dgcc - gcc);
+  return out;
+}
+
+// ---------------------------------------------------------------- scaling
+
+async function measureScaling(options: {
+  project: Project;
+  counts: number[];
+  runs: number;
+  cores: number;
+  slotsPerWorker: number;
+  dir: string;
+  hostBase: number;
+  notes: string[];
+  log: (message: string) => void;
+}): Promise<ScalingPoint[]> {
+  const points: ScalingPoint[] = [];
+  const failAll = (error: string) =>
+    options.counts.map((workers) => ({
+      workers,
+      ok: false,
+      jobs: options.slotsPerWorker * Math.max(1, workers),
+      wallMs: [],
+      error,
+    }));
+  if (!await cpuCgroupsAvailable()) {
+    const why = "no writable cgroup v1 cpu controller at /sys/fs/cgroup/cpu";
+    options.notes.push(`scaling skipped: ${why}`);
+    return failAll(why);
+  }
+  let src: string;
+  try {
+    src = await options.project.source();
+  } catch (err) {
+    return failAll(errorText(err));
+  }
+  const groups: CpuGroup[] = [];
+  try {
+    const masterGroup = await CpuGroup.create(`termite-bench-${Deno.pid}-master`);
+    groups.push(masterGroup);
+    for (const workers of options.counts) {
+      const jobs = options.slotsPerWorker * Math.max(1, workers);
+      const point: ScalingPoint = { workers, ok: false, jobs, wallMs: [] };
+      points.push(point);
+      options.log(`scaling: ${workers} workers`);
+      const pdir = `${options.dir}/n${workers}`;
+      let bf: BenchFarm | null = null;
+      const workerGroups: CpuGroup[] = [];
+      try {
+        await freshDir(pdir);
+        await freshDir(`${pdir}/logs`);
+        let buildDir = `${pdir}/local/build`;
+        let env = Deno.env.toObject();
+        if (workers > 0) {
+          bf = await startFarm({
+            dir: `${pdir}/farm`,
+            tree: `${pdir}/tree`,
+            workers,
+            slotsPerWorker: options.slotsPerWorker,
+            prefix: `termite-bs${Deno.pid}`,
+            firstHost: options.hostBase,
+          });
+          buildDir = `${bf.farm.tree}/build`;
+          env = bf.farm.env;
+          await masterGroup.moveTree(bf.farm.master.child.pid);
+          await masterGroup.moveTree(bf.farm.coordinator.child.pid);
+          for (const [i, w] of bf.farm.workers.entries()) {
+            const g = await CpuGroup.create(`termite-bench-${Deno.pid}-w${i}`);
+            groups.push(g);
+            workerGroups.push(g);
+            await g.moveTree(w.child.pid);
+          }
+        } else {
+          await Deno.mkdir(`${pdir}/local`, { recursive: true });
+        }
+        const all = [masterGroup, ...workerGroups];
+        const build = async (label: string) => {
+          await freshCopy(src, buildDir);
+          const logPath = `${pdir}/logs/${label}.log`;
+          const t = await timedCommand({
+            argv: options.project.command(jobs),
+            cwd: buildDir,
+            env,
+            logPath,
+            timeoutS: options.project.timeoutS,
+            cgroupProcs: masterGroup.procsFile,
+          });
+          if (t.code !== 0) {
+            throw new Error(
+              `build failed: exit ${t.code} (log ${logPath}):\n${await tail(logPath, 8)}`,
+            );
+          }
+          await options.project.check(buildDir);
+          return t.wallMs;
+        };
+        if (workers > 0) {
+          // Warm the farm (mirrors, stores, hash cache) without quotas.
+          for (const g of all) await g.setCores(null);
+          point.coldMs = Math.round(await build("cold"));
+        }
+        for (const g of all) await g.setCores(options.cores);
+        const throttledBefore = await Promise.all(all.map((g) => g.throttledS()));
+        for (let r = 0; r < options.runs; r++) {
+          point.wallMs.push(Math.round(await build(`run${r}`)));
+        }
+        const throttledAfter = await Promise.all(all.map((g) => g.throttledS()));
+        point.throttledS = round(
+          throttledAfter.reduce((a, b, i) => a + b - throttledBefore[i], 0),
+        );
+        point.medianMs = Math.round(median(point.wallMs));
+        point.ok = true;
+      } catch (err) {
+        point.error = errorText(err);
+        options.log(`scaling ${workers}: ${point.error}`);
+      } finally {
+        for (const g of [masterGroup, ...workerGroups]) await g.setCores(null).catch(() => {});
+        if (bf) await stopFarm(bf, options.notes);
+        for (const g of workerGroups) {
+          await g.remove().catch((err) => options.notes.push(errorText(err)));
+          groups.splice(groups.indexOf(g), 1);
+        }
+      }
+    }
+  } finally {
+    for (const g of groups) await g.remove().catch((err) => options.notes.push(errorText(err)));
+  }
+  const base = points.find((p) => p.workers === 0 && p.ok)?.medianMs;
+  for (const p of points) {
+    if (p.ok && base !== undefined && p.medianMs) p.speedup = round(base / p.medianMs);
+  }
+  return points;
+}
+
+// ---------------------------------------------------------------- report
+
+function summarize(builds: BuildRun[], projects: Project[], contenders: ContenderName[]) {
+  const out: BuildSummary[] = [];
+  for (const p of projects) {
+    for (const c of contenders) {
+      const runs = builds.filter((b) =>
+        b.project === p.name && b.contender === c && b.round !== "cold"
+      );
+      const ok = runs.filter((b) => b.ok);
+      const cold = builds.find((b) =>
+        b.project === p.name && b.contender === c && b.round === "cold"
+      );
+      const s: BuildSummary = { project: p.name, contender: c, ok: ok.length > 0, runs: ok.length };
+      if (cold?.ok) s.coldMs = cold.wallMs;
+      if (ok.length > 0) {
+        const walls = ok.map((b) => b.wallMs!);
+        s.medianMs = Math.round(median(walls));
+        s.minMs = Math.min(...walls);
+        s.maxMs = Math.max(...walls);
+        s.objects = ok[0].objects;
+        const perJob = ok.map((b) =>
+          ((b.clientCpuS ?? 0) + (b.masterCpuS ?? 0)) * 1000 / Math.max(1, b.objects ?? 1)
+        );
+        s.clientCpuPerJobMs = round(median(perJob));
+      }
+      const failed = [...runs, ...(cold ? [cold] : [])].find((b) => !b.ok);
+      if (failed) s.error = failed.error;
+      out.push(s);
+    }
+    const local = out.find((s) => s.project === p.name && s.contender === "local")?.medianMs;
+    for (const s of out.filter((s) => s.project === p.name)) {
+      if (local && s.medianMs) s.vsLocal = round(s.medianMs / local);
+    }
+  }
+  return out;
+}
+
+function goals(
+  summaries: BuildSummary[],
+  derived: RoundTripDerived,
+  scaling: ScalingPoint[],
+): Goal[] {
+  const out: Goal[] = [];
+  for (const s of summaries.filter((s) => s.contender === "termite")) {
+    const v = s.vsLocal ?? null;
+    out.push({
+      name: `${s.project}: build time farm / local make (same -j, warm)`,
+      measured: v,
+      target: `≤ ${GOAL_BUILD_OVERHEAD}`,
+      met: v === null ? null : v <= GOAL_BUILD_OVERHEAD,
+      detail: v === null
+        ? `no figure: ${s.error ?? "local or farm build missing"}`
+        : v <= GOAL_BUILD_OVERHEAD
+        ? `met, ${round((GOAL_BUILD_OVERHEAD - v) * 100, 2)} points to spare`
+        : `not met: ${round((v / GOAL_BUILD_OVERHEAD - 1) * 100, 2)}% over the goal`,
+    });
+  }
+  const t = derived.termiteCompileBeyondWrapperMs, d = derived.distccCompileOverheadMs;
+  out.push({
+    name: "per-command overhead beyond wrapper start (gcc -c tiny.c), termite vs distcc",
+    measured: t ?? null,
+    target: d === undefined ? "≤ distcc's (not measured)" : `≤ ${d} ms (distcc)`,
+    met: t === undefined || d === undefined ? null : t <= d,
+    detail: t === undefined || d === undefined
+      ? "no figure: a contender failed or was skipped"
+      : t <= d
+      ? `met: ${round(d - t)} ms less than distcc`
+      : `not met: ${round(t - d)} ms more than distcc (${round(t / Math.max(d, 0.001))}×)`,
+  });
+  for (const p of scaling.filter((p) => p.workers > 0)) {
+    const target = GOAL_SCALING_PER_WORKER * p.workers;
+    const v = p.speedup ?? null;
+    out.push({
+      name: `scaling: speed-up with ${p.workers} worker${p.workers > 1 ? "s" : ""}`,
+      measured: v,
+      target: `≥ ${round(target)}`,
+      met: v === null ? null : v >= target,
+      detail: v === null
+        ? `no figure: ${p.error ?? "no baseline"}`
+        : v >= target
+        ? `met (${round(v / p.workers)} per worker)`
+        : `not met: ${round(v / p.workers)} per worker, ${round((1 - v / target) * 100, 2)}% short`,
+    });
+  }
+  return out;
+}
+
+const s1 = (ms: number | undefined) => ms === undefined ? "—" : (ms / 1000).toFixed(2);
+const fx = (v: number | undefined, d = 2) => v === undefined ? "—" : v.toFixed(d);
+
+function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string {
+  const lines: string[] = [];
+  lines.push(
+    `Farm benchmark (${r.date.slice(0, 10)}, ${r.machine.cpus} cores, make -j${r.settings.jobs}, ` +
+      `${r.settings.workers} workers × ${r.settings.slotsPerWorker} slots; medians of ` +
+      `${r.settings.runs} interleaved run${r.settings.runs > 1 ? "s" : ""}${
+        r.quick ? ", quick mode" : ""
+      })`,
+    "",
+    "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
+      "master-host CPU ms/job |",
+    "|---|---|---|---|---|---|---|---|",
+  );
+  for (const s of r.summaries) {
+    if (!s.ok) {
+      lines.push(
+        `| ${s.project} | ${s.contender} | — | failed | — | — | — | ${
+          (s.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
+        } |`,
+      );
+      continue;
+    }
+    lines.push(
+      `| ${s.project} | ${s.contender} | ${s.objects ?? "—"} | ${s1(s.medianMs)} | ` +
+        `${s1(s.minMs)}–${s1(s.maxMs)} | ${s1(s.coldMs)} | ${fx(s.vsLocal)} | ` +
+        `${fx(s.clientCpuPerJobMs, 1)} |`,
+    );
+  }
+  if (r.roundTrips.length > 0) {
+    lines.push(
+      "",
+      `Round trips (${r.settings.roundTrips} sequential commands of each kind, interleaved)`,
+      "",
+      "| command | via | median ms | mean ms | p90 ms | client CPU ms/cmd | master CPU ms/cmd | " +
+        "remote |",
+      "|---|---|---|---|---|---|---|---|",
+    );
+    for (const k of r.roundTrips) {
+      if (!k.ok) {
+        lines.push(
+          `| ${k.name} | ${k.via} | failed | — | — | — | — | ${
+            (k.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
+          } |`,
+        );
+        continue;
+      }
+      lines.push(
+        `| ${k.name} | ${k.via} | ${fx(k.medianMs, 1)} | ${fx(k.meanMs, 1)} | ${
+          fx(k.p90Ms, 1)
+        } | ` +
+          `${fx(k.clientCpuPerCmdMs, 1)} | ${fx(k.masterCpuPerCmdMs, 1)} | ` +
+          `${k.remoteJobs ?? "—"}${k.notRemote ? ` (+${k.notRemote} not remote)` : ""} |`,
+      );
+    }
+    const d = r.roundTripDerived;
+    lines.push(
+      "",
+      `Wrapper start ${fx(d.wrapperStartMs, 1)} ms; beyond it, a remote compile costs ` +
+        `${fx(d.termiteCompileBeyondWrapperMs, 1)} ms and a remote /bin/true ` +
+        `${fx(d.termiteTrueBeyondWrapperMs, 1)} ms; distcc adds ` +
+        `${fx(d.distccCompileOverheadMs, 1)} ms to a compile.`,
+    );
+  }
+  if (r.scaling.length > 0) {
+    lines.push(
+      "",
+      `Scaling (${r.settings.scalingProject}; every host ${r.settings.coresPerHost} core by a ` +
+        "CPU quota; 0 workers = local make on the master host)",
+      "",
+      "| workers | make -j | median s | runs s | speed-up | per worker |",
+      "|---|---|---|---|---|---|",
+    );
+    for (const p of r.scaling) {
+      lines.push(
+        p.ok
+          ? `| ${p.workers} | ${p.jobs} | ${s1(p.medianMs)} | ${
+            p.wallMs.map((w) => s1(w)).join(", ")
+          } | ${fx(p.speedup)} | ${
+            p.workers > 0 && p.speedup !== undefined ? fx(p.speedup / p.workers) : "—"
+          } |`
+          : `| ${p.workers} | ${p.jobs} | failed | — | — | ${
+            (p.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
+          } |`,
+      );
+    }
+  }
+  lines.push("", "| goal | measured | target | verdict |", "|---|---|---|---|");
+  for (const g of r.goals) {
+    lines.push(
+      `| ${g.name} | ${g.measured === null ? "—" : g.measured} | ${g.target} | ${g.detail} |`,
+    );
+  }
+  if (r.notes.length > 0) lines.push("", ...r.notes.map((n) => `- ${n}`));
+  return lines.join("\n") + "\n";
+}
+
+function benchResults(r: Omit<HarnessReport, "table" | "results" | "files">): BenchResult[] {
+  const out: BenchResult[] = [];
+  for (const s of r.summaries) {
+    const label = `${s.project} ${s.contender}`;
+    if (!s.ok) {
+      out.push({ name: `${label} build`, value: NaN, unit: "s", note: `failed: ${s.error}` });
+      continue;
+    }
+    out.push({
+      name: `${label} build (make -j${r.settings.jobs})`,
+      value: s.medianMs! / 1000,
+      unit: "s",
+      note: `median of ${s.runs}, ${s1(s.minMs)}–${s1(s.maxMs)} s${
+        s.coldMs ? `, cold ${s1(s.coldMs)} s` : ""
+      }${s.vsLocal ? `, ${s.vsLocal}× local` : ""}`,
+    });
+    out.push({
+      name: `${label} master-host CPU per compile job`,
+      value: s.clientCpuPerJobMs!,
+      unit: "ms",
+      note: `${s.objects} objects`,
+    });
+  }
+  for (const k of r.roundTrips.filter((k) => k.ok)) {
+    out.push({
+      name: `round trip: ${k.name}`,
+      value: k.medianMs!,
+      unit: "ms",
+      note: `${k.via}; mean ${k.meanMs}, client CPU ${k.clientCpuPerCmdMs} ms${
+        k.masterCpuPerCmdMs !== undefined ? ` + master ${k.masterCpuPerCmdMs} ms` : ""
+      }`,
+    });
+  }
+  for (const p of r.scaling.filter((p) => p.ok)) {
+    out.push({
+      name: `scaling ${p.workers} workers (${r.settings.coresPerHost} core each)`,
+      value: p.medianMs! / 1000,
+      unit: "s",
+      note: p.speedup !== undefined ? `speed-up ${p.speedup}×` : undefined,
+    });
+  }
+  for (const g of r.goals) {
+    out.push({
+      name: `goal: ${g.name}`,
+      value: g.measured ?? NaN,
+      unit: g.name.includes("overhead beyond") ? "ms" : "×",
+      note: `${g.target}; ${g.detail}`,
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- harness
+
+/** Runs the whole benchmark; writes farm.json, farm.md and scaling.svg to outDir. */
+export async function runHarness(options: HarnessOptions = {}): Promise<HarnessReport> {
+  const quick = options.quick ?? false;
+  const t0 = performance.now();
+  const log = options.log ??
+    ((m: string) =>
+      console.error(`farm bench [${((performance.now() - t0) / 1000).toFixed(0)} s]: ${m}`));
+  const projects = options.projects ?? (quick ? [LUA] : [LUA, ZSTD]);
+  const contenders = options.contenders ?? [...CONTENDERS];
+  const workers = options.workers ?? 2;
+  const slotsPerWorker = options.slotsPerWorker ?? 2;
+  const jobs = options.jobs ?? workers * slotsPerWorker;
+  const runs = options.runs ?? (quick ? 1 : 3);
+  const roundTrips = options.roundTrips ?? (quick ? 20 : 100);
+  const scalingWorkers = options.scalingWorkers ?? (quick ? [0, 1, 2] : [0, 1, 2, 3, 4]);
+  const scalingProject = options.scalingProject ?? projects[0];
+  const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
+  const coresPerHost = options.coresPerHost ?? 0.4;
+  const hostBase = options.hostBase ?? 225;
+  const outDir = options.outDir ?? new URL("./results", import.meta.url).pathname;
+  const workDir = options.workDir ?? `${ROOT}/.cache/bench-farm`;
+  if (workers + Math.max(0, ...scalingWorkers) > 25) throw new RangeError("Too many workers");
+
+  const notes: string[] = [];
+  const builds: BuildRun[] = [];
+  let rt: RoundTripKind[] = [];
+  let scaling: ScalingPoint[] = [];
+  await freshDir(workDir);
+  await Deno.mkdir(outDir, { recursive: true });
+
+  let distcc: DistccCluster | null = null;
+  let distccError = "";
+  const wantDistcc = contenders.includes("distcc");
+  try {
+    if (wantDistcc) {
+      const why = await ensureDistcc();
+      if (why) {
+        distccError = `skipped: ${why}`;
+        notes.push(`distcc ${distccError}`);
+      } else {
+        try {
+          distcc = await DistccCluster.start({
+            dir: `${workDir}/distcc`,
+            count: workers,
+            firstHost: hostBase + 10,
+            jobsPerHost: slotsPerWorker,
+            prefix: `termite-bd${Deno.pid}`,
+          });
+        } catch (err) {
+          distccError = `distccd did not start: ${errorText(err)}`;
+          notes.push(distccError);
+        }
+      }
+    }
+    for (const [pi, project] of projects.entries()) {
+      log(`${project.name}: fetching and unpacking`);
+      const pdir = `${workDir}/${project.name}`;
+      await freshDir(pdir);
+      await freshDir(`${pdir}/logs`);
+      let src: string;
+      try {
+        src = await project.source();
+      } catch (err) {
+        const error = `no source: ${errorText(err)}`;
+        for (const c of contenders) {
+          builds.push({ project: project.name, contender: c, round: 0, ok: false, error });
+        }
+        continue;
+      }
+      let farm: BenchFarm | null = null;
+      let farmError = "";
+      if (contenders.includes("termite")) {
+        try {
+          log(`${project.name}: starting a farm (${workers} workers × ${slotsPerWorker} slots)`);
+          farm = await startFarm({
+            dir: `${pdir}/termite/farm`,
+            tree: `${pdir}/termite/tree`,
+            workers,
+            slotsPerWorker,
+            prefix: `termite-bf${Deno.pid}`,
+            firstHost: hostBase,
+          });
+        } catch (err) {
+          farmError = `farm did not start: ${errorText(err)}`;
+          notes.push(`${project.name}: ${farmError.split("\n")[0]}`);
+        }
+      }
+      const ctx: BuildContext = {
+        project,
+        src,
+        jobs,
+        pdir,
+        farm,
+        farmError,
+        distcc,
+        distccError,
+      };
+      try {
+        if (contenders.includes("termite")) {
+          log(`${project.name}: termite, cold`);
+          builds.push(await buildOnce(ctx, "termite", "cold"));
+        }
+        for (let r = 0; r < runs; r++) {
+          for (const c of contenders) {
+            log(`${project.name}: ${c}, run ${r + 1}/${runs}`);
+            const b = await buildOnce(ctx, c, r);
+            if (!b.ok) log(`${project.name}: ${c} failed: ${b.error?.split("\n")[0]}`);
+            builds.push(b);
+          }
+        }
+        if (pi === 0 && roundTrips > 0) {
+          log(`round trips (${roundTrips} of each kind)`);
+          rt = await measureRoundTrips({
+            n: roundTrips,
+            dir: `${pdir}/rt`,
+            farm: contenders.includes("termite") ? farm : null,
+            farmError: contenders.includes("termite") ? farmError : "not a contender",
+            distcc,
+            distccError: wantDistcc ? distccError : "not a contender",
+            log,
+          });
+        }
+      } finally {
+        if (farm) await stopFarm(farm, notes);
+      }
+    }
+  } finally {
+    await distcc?.stop();
+  }
+  if (scalingWorkers.length > 0 && scalingProject && contenders.includes("termite")) {
+    scaling = await measureScaling({
+      project: scalingProject,
+      counts: scalingWorkers,
+      runs: scalingRuns,
+      cores: coresPerHost,
+      slotsPerWorker,
+      dir: `${workDir}/scaling`,
+      hostBase,
+      notes,
+      log,
+    });
+  }
+
+  const summaries = summarize(builds, projects, contenders);
+  const derived = deriveRoundTrips(rt);
+  const core = {
+    date: new Date().toISOString(),
+    quick,
+    machine: { cpus: navigator.hardwareConcurrency, kernel: Deno.osRelease() },
+    settings: {
+      jobs,
+      workers,
+      slotsPerWorker,
+      runs,
+      roundTrips,
+      coresPerHost,
+      scalingProject: scaling.length > 0 ? scalingProject.name : null,
+    },
+    builds,
+    summaries,
+    roundTrips: rt,
+    roundTripDerived: derived,
+    scaling,
+    goals: goals(summaries, derived, scaling),
+    notes,
+  };
+  const table = markdown(core);
+  const results = benchResults(core);
+  await Deno.mkdir(outDir, { recursive: true });
+  const files = {
+    json: `${outDir}/farm.json`,
+    markdown: `${outDir}/farm.md`,
+    chart: `${outDir}/scaling.svg`,
+  };
+  const ratios: { label: string; value: number | null }[] = [];
+  for (const s of summaries.filter((s) => s.contender !== "local")) {
+    ratios.push({ label: `${s.project} ${s.contender}`, value: s.vsLocal ?? null });
+    if (s.contender === "termite" && s.coldMs !== undefined) {
+      const local = summaries.find((x) => x.project === s.project && x.contender === "local");
+      ratios.push({
+        label: `${s.project} termite cold`,
+        value: local?.medianMs ? round(s.coldMs / local.medianMs) : null,
+      });
+    }
+  }
+  const svg = renderChart({
+    title: `Termite farm vs local make and distcc (${core.machine.cpus} cores, ${
+      core.date.slice(0, 10)
+    })`,
+    scaling: scaling.map((p) => ({ workers: p.workers, speedup: p.speedup ?? null })),
+    goalPerWorker: GOAL_SCALING_PER_WORKER,
+    ratios,
+    ratioGoal: GOAL_BUILD_OVERHEAD,
+    note: `all hosts share one ${core.machine.cpus}-core machine; ` +
+      `scaling: ${coresPerHost} core per host by cgroup CPU quota`,
+  });
+  const report: HarnessReport = { ...core, table, results, files };
+  await Deno.writeTextFile(files.json, JSON.stringify({ ...report, table: undefined }, null, 2));
+  await Deno.writeTextFile(files.markdown, table);
+  await Deno.writeTextFile(files.chart, svg);
+  return report;
+}
+
+/** For bench/main.ts: runs the harness, prints the tables, returns the rows. */
+export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
+  const report = await runHarness({ quick: options.quick });
+  console.error(report.table);
+  return report.results;
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      quick: { type: "boolean", default: false },
+      projects: { type: "string" },
+      contenders: { type: "string" },
+      runs: { type: "string" },
+      "round-trips": { type: "string" },
+      scaling: { type: "string" },
+      "out-dir": { type: "string" },
+    },
+  });
+  const projects = values.projects?.split(",").map((name) => {
+    const p = PROJECTS[name];
+    if (!p) throw new Error(`Unknown project: ${name} (known: ${Object.keys(PROJECTS)})`);
+    return p;
+  });
+  const contenders = values.contenders?.split(",").map((c) => {
+    if (!CONTENDERS.includes(c as ContenderName)) throw new Error(`Unknown contender: ${c}`);
+    return c as ContenderName;
+  });
+  const report = await runHarness({
+    quick: values.quick,
+    projects,
+    contenders,
+    runs: values.runs ? Number(values.runs) : undefined,
+    roundTrips: values["round-trips"] ? Number(values["round-trips"]) : undefined,
+    scalingWorkers: values.scaling === undefined
+      ? undefined
+      : values.scaling === ""
+      ? []
+      : values.scaling.split(",").map(Number),
+    outDir: values["out-dir"],
+  });
+  console.log(report.table);
+}
