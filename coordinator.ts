@@ -37,10 +37,13 @@ try {
     secret,
     workerTimeoutMs: parseDurationMs(values["worker-timeout"]),
     version: VERSION,
+    log: (m) => console.error(`termite coordinator: ${m}`),
   });
   console.error(
     `termite coordinator: listening on port ${coordinator.port}` +
-      (coordinator.httpPort ? `, status page on http://${values["http-host"]}:${coordinator.httpPort}/` : ""),
+      (coordinator.httpPort
+        ? `, status page on http://${values["http-host"]}:${coordinator.httpPort}/`
+        : ""),
   );
   await untilSignal();
   await coordinator.close();

@@ -217,3 +217,23 @@ Deno.test("e2e: a worker with the wrong secret is refused and logged", async () 
     assert.equal(status.workers.length, 1, "only the good worker is used");
   });
 });
+
+Deno.test("e2e: updates pushed to a mirror never unmount a running job's overlay", async () => {
+  await withFarm("overlay", { workers: 1, slots: 3 }, async (farm, tree) => {
+    const sh = `${farm.binDir}/termite-sh`;
+    // A long job on the worker, while other jobs change the build tree's root
+    // directory (new files) and the master pushes that change to the mirror.
+    const long = runIn(tree, [sh, "-c", "sleep 2; echo late > late.txt; cat late.txt"], farm.env);
+    for (let i = 0; i < 4; i++) {
+      const r = await runIn(tree, [sh, "-c", `echo ${i} > quick${i}.txt`], farm.env);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const r = await long;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "late\n");
+    assert.equal(await Deno.readTextFile(`${tree}/late.txt`), "late\n");
+    for (let i = 0; i < 4; i++) {
+      assert.equal(await Deno.readTextFile(`${tree}/quick${i}.txt`), `${i}\n`);
+    }
+  });
+});

@@ -436,7 +436,8 @@ export class MirrorFs implements FileSystem {
       if (node.synthetic) return;
       if (node.known) {
         inodes.push([node.id, 0]);
-        if (node.parent) entries.push([node.parent.id, node.name]);
+        // Not a directory's entry: that would detach the sandboxes' mounts on it.
+        if (node.parent && node.attr?.kind !== "dir") entries.push([node.parent.id, node.name]);
       }
       node.attr = undefined;
       node.listing = undefined;
@@ -995,9 +996,12 @@ export class MirrorFs implements FileSystem {
       old.target !== update.target;
     const metaChanged = old.mode !== update.mode;
     if (contentChanged) {
-      // Attrs and data; the entry too, so the kernel looks the path up again.
+      // Attrs and data; for a file the entry too, so the kernel looks the path up
+      // again. Never a directory's entry: invalidating a dentry detaches every
+      // mount on it, in every namespace, and the jobs' sandboxes mount their
+      // overlay (and /proc, /dev, /tmp) on directories of this mirror.
       inodes.push([node.id, 0]);
-      if (node.parent) entries.push([node.parent.id, node.name]);
+      if (node.parent && update.kind !== "dir") entries.push([node.parent.id, node.name]);
     } else if (metaChanged) {
       inodes.push([node.id, -1]);
     }

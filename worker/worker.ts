@@ -21,12 +21,7 @@ import { isHash, Store } from "../cas/mod.ts";
 import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
 import { FuseSession } from "../fuse/mod.ts";
 import { cleanStaleMount } from "../fuse/mod.ts";
-import {
-  collectResultSet,
-  ensureLauncher,
-  removeStaleCgroups,
-  runJob,
-} from "../sandbox/mod.ts";
+import { collectResultSet, ensureLauncher, removeStaleCgroups, runJob } from "../sandbox/mod.ts";
 import { type MasterLink, MirrorFs } from "./mirror_fs.ts";
 
 export interface WorkerOptions {
@@ -152,7 +147,10 @@ export class Worker implements AsyncDisposable {
       });
     }
     const idleMs = options.mirrorIdleMs ?? 10 * 60_000;
-    worker.#idleTimer = setInterval(() => worker.#dropIdleMirrors(idleMs), Math.min(idleMs, 30_000));
+    worker.#idleTimer = setInterval(
+      () => worker.#dropIdleMirrors(idleMs),
+      Math.min(idleMs, 30_000),
+    );
     return worker;
   }
 
@@ -198,7 +196,8 @@ export class Worker implements AsyncDisposable {
     });
     return {
       [WorkerMethods.mirrorOpen]: (params: MirrorOpenParams) => this.#mirrorOpen(peer, params),
-      [WorkerMethods.jobRun]: (params: JobParams, ctx: CallContext) => this.#jobRun(peer, params, ctx),
+      [WorkerMethods.jobRun]: (params: JobParams, ctx: CallContext) =>
+        this.#jobRun(peer, params, ctx),
       [WorkerMethods.jobStdin]: (params: { jobId: string; data: Uint8Array }) => {
         if (typeof params?.jobId !== "string" || !(params.data instanceof Uint8Array)) return;
         const s = this.#stdinEntry(params.jobId);
@@ -212,7 +211,9 @@ export class Worker implements AsyncDisposable {
       },
       [WorkerMethods.blobGet]: async (params: { hash: unknown }, ctx: CallContext) => {
         const hash = params?.hash;
-        if (typeof hash !== "string" || !isHash(hash)) throw new RpcError("BAD_REQUEST", "Bad hash");
+        if (typeof hash !== "string" || !isHash(hash)) {
+          throw new RpcError("BAD_REQUEST", "Bad hash");
+        }
         if (!this.#store.has(hash)) throw new RpcError("ENOENT", `No blob ${hash} on this worker`);
         this.#store.pin(hash);
         try {
@@ -223,18 +224,21 @@ export class Worker implements AsyncDisposable {
           this.#store.unpin(hash);
         }
       },
-      [WorkerMethods.attrsPush]: (params: { updates: FileAttr[]; reset: boolean }) => {
+      [WorkerMethods.attrsPush]: async (params: { updates: FileAttr[]; reset: boolean }) => {
         const r = this.#reservations.get(peer);
         if (!r) throw new RpcError("BAD_REQUEST", "No mirror open on this connection");
-        this.#applyUpdates(r.mirror, params?.updates, params?.reset);
+        await this.#applyUpdates(r.mirror, params?.updates, params?.reset);
         return {};
       },
     };
   }
 
-  #applyUpdates(mirror: Mirror, updates: unknown, reset: unknown): void {
-    if (reset === true) mirror.fs.reset();
-    if (Array.isArray(updates) && updates.length > 0) mirror.fs.applyUpdates(updates as FileAttr[]);
+  /** Updates the mirror's cache; resolves once the kernel dropped its copies. */
+  async #applyUpdates(mirror: Mirror, updates: unknown, reset: unknown): Promise<void> {
+    if (reset === true) await mirror.fs.reset();
+    if (Array.isArray(updates) && updates.length > 0) {
+      await mirror.fs.applyUpdates(updates as FileAttr[]);
+    }
   }
 
   async #mirrorOpen(peer: RpcPeer, params: MirrorOpenParams): Promise<MirrorOpenReply> {
@@ -251,7 +255,9 @@ export class Worker implements AsyncDisposable {
     if (!mirror) {
       let opening = this.#mirrorOpening.get(key);
       if (!opening) {
-        opening = this.#mountMirror(key, params, peer).finally(() => this.#mirrorOpening.delete(key));
+        opening = this.#mountMirror(key, params, peer).finally(() =>
+          this.#mirrorOpening.delete(key)
+        );
         this.#mirrorOpening.set(key, opening);
       }
       mirror = await opening;
@@ -336,6 +342,7 @@ export class Worker implements AsyncDisposable {
       this.#mirrors.delete(mirror.key);
       this.#log(`dropping idle mirror ${mirror.key}`);
       await mirror.session.close().catch((err) => this.#log(`unmount: ${err}`));
+      await mirror.fs.close();
     }
   }
 
@@ -350,7 +357,6 @@ export class Worker implements AsyncDisposable {
       throw new RpcError("BAD_REQUEST", "Bad job parameters");
     }
     const mirror = reservation.mirror;
-    this.#applyUpdates(mirror, params.updates, params.reset);
     mirror.jobs++;
     this.#running++;
     this.stats.jobs++;
@@ -359,6 +365,7 @@ export class Worker implements AsyncDisposable {
     }, JOB_HEARTBEAT_MS);
     const jobDir = `${this.#options.cacheDir}/jobs/${safeName(params.jobId)}`;
     try {
+      await this.#applyUpdates(mirror, params.updates, params.reset);
       let stdin: Uint8Array | undefined;
       if (params.stdin) stdin = await this.#collectStdin(params.jobId, ctx.signal);
       const timeoutMs = Math.min(
@@ -452,7 +459,10 @@ export class Worker implements AsyncDisposable {
     await this.#server.close();
     await Promise.allSettled([...this.#mirrorOpening.values()]);
     for (const mirror of this.#mirrors.values()) {
-      await mirror.session.close().catch((err) => this.#log(`unmount ${mirror.mountpoint}: ${err}`));
+      await mirror.session.close().catch((err) =>
+        this.#log(`unmount ${mirror.mountpoint}: ${err}`)
+      );
+      await mirror.fs.close();
     }
     this.#mirrors.clear();
     this.#store.close();
