@@ -116,3 +116,78 @@ export function generatedProject(dir: string, files = 6): Project {
 
 /** The projects by name, for the command line. */
 export const PROJECTS: Record<string, Project> = { lua: LUA, zstd: ZSTD };
+
+export type TreeReset = "in-place" | "recopy";
+
+interface TreeEntry {
+  kind: "file" | "dir" | "symlink" | "other";
+  size: number;
+  mtimeMs: number;
+}
+
+/** Every path under `root` (relative), at most `entriesMax`. */
+async function listTree(root: string, entriesMax = 200_000): Promise<Map<string, TreeEntry>> {
+  const out = new Map<string, TreeEntry>();
+  const todo = [""];
+  while (todo.length > 0) {
+    const rel = todo.pop()!;
+    for await (const e of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
+      const path = rel === "" ? e.name : `${rel}/${e.name}`;
+      const st = await Deno.lstat(`${root}/${path}`);
+      const kind = st.isSymlink ? "symlink" : st.isDirectory ? "dir" : st.isFile ? "file" : "other";
+      out.set(path, { kind, size: st.size, mtimeMs: st.mtime?.getTime() ?? 0 });
+      if (out.size > entriesMax) throw new ProjectError(`Too many files under ${root}`);
+      if (kind === "dir") todo.push(path);
+    }
+  }
+  return out;
+}
+
+async function cp(src: string, dest: string): Promise<void> {
+  const out = await new Deno.Command("cp", {
+    args: ["-a", "--no-target-directory", src, dest],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new ProjectError(`Cannot copy ${src}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+}
+
+/**
+ * Makes `dest` a clean copy of the pristine tree `src`. "in-place" works like
+ * `git clean -fdx && git checkout .`: what the build added goes, what it
+ * changed is copied back, directories stay (the usual clean build); "recopy"
+ * removes `dest` and copies it anew (every directory a new inode).
+ */
+export async function resetTree(
+  src: string,
+  dest: string,
+  mode: TreeReset = "in-place",
+): Promise<void> {
+  const exists = await Deno.lstat(dest).then((st) => st.isDirectory, () => false);
+  if (mode === "recopy" || !exists) {
+    await Deno.remove(dest, { recursive: true }).catch(() => {});
+    await cp(src, dest);
+    return;
+  }
+  const want = await listTree(src);
+  const have = await listTree(dest);
+  // Deepest first, so that a removed directory's contents go before it.
+  const extra = [...have.keys()].filter((p) => want.get(p)?.kind !== have.get(p)!.kind)
+    .sort((a, b) => b.length - a.length);
+  for (const p of extra) await Deno.remove(`${dest}/${p}`, { recursive: true }).catch(() => {});
+  for (const [p, w] of [...want.entries()].sort(([a], [b]) => a.length - b.length)) {
+    const h = have.get(p);
+    const same = h !== undefined && h.kind === w.kind &&
+      (w.kind === "dir" || (h.size === w.size && h.mtimeMs === w.mtimeMs));
+    if (same) continue;
+    if (w.kind === "dir" && h?.kind === "dir") continue;
+    if (h !== undefined && h.kind === w.kind && w.kind !== "dir") {
+      await Deno.remove(`${dest}/${p}`).catch(() => {});
+    } else if (await Deno.lstat(`${dest}/${p}`).then(() => true, () => false)) {
+      continue; // Copied with its parent directory already.
+    }
+    await cp(`${src}/${p}`, `${dest}/${p}`);
+  }
+}

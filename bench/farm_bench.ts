@@ -19,13 +19,13 @@
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]`.
  */
 import { parseArgs } from "node:util";
-import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { Farm, ROOT } from "../farm/mod.ts";
 import { removeHost } from "../farm/netns.ts";
 import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
 import { childrenCpuS, cpuS, processTree, tail, timedCommand, withDeadline } from "./_proc.ts";
-import { LUA, type Project, PROJECTS, ZSTD } from "./_projects.ts";
+import { LUA, type Project, PROJECTS, resetTree, type TreeReset, ZSTD } from "./_projects.ts";
 
 export type BenchResult = { name: string; value: number; unit: string; note?: string };
 
@@ -63,6 +63,12 @@ export interface HarnessOptions {
   coresPerHost?: number;
   /** First veth number for farms (default 225); distcc uses hostBase + 10. */
   hostBase?: number;
+  /**
+   * How each run gets a clean tree: "in-place" (default) removes what the last
+   * build added and restores what it changed, like `git clean -fdx`; "recopy"
+   * deletes the tree and copies it anew, so every directory is a new inode.
+   */
+  treeReset?: TreeReset;
   /** Progress messages (default: stderr). */
   log?: (message: string) => void;
 }
@@ -99,6 +105,9 @@ export interface BuildSummary {
   clientCpuPerJobMs?: number;
   /** Median time / median local make time. */
   vsLocal?: number;
+  /** Termite: jobs the master ran on workers, and in all (over the warm runs). */
+  remoteJobs?: number;
+  allJobs?: number;
   error?: string;
 }
 
@@ -169,6 +178,7 @@ export interface HarnessReport {
     roundTrips: number;
     coresPerHost: number;
     scalingProject: string | null;
+    treeReset: TreeReset;
   };
   builds: BuildRun[];
   summaries: BuildSummary[];
@@ -210,13 +220,6 @@ async function freshDir(path: string): Promise<void> {
   await Deno.remove(path, { recursive: true }).catch(() => {});
   await Deno.mkdir(path, { recursive: true });
   await Deno.chmod(path, 0o755);
-}
-
-/** A fresh copy of `src` at `dest` (dest's parent must exist). */
-async function freshCopy(src: string, dest: string): Promise<void> {
-  await Deno.remove(dest, { recursive: true }).catch(() => {});
-  const cp = await runIn("/", ["cp", "-a", src, dest]);
-  if (cp.code !== 0) throw new Error(`Cannot copy the source tree: ${cp.stderr.trim()}`);
 }
 
 async function countObjects(dir: string): Promise<number> {
@@ -371,6 +374,7 @@ interface BuildContext {
   src: string;
   jobs: number;
   pdir: string;
+  treeReset: TreeReset;
   farm: BenchFarm | null;
   farmError: string;
   /** Set after a farm build timed out: later farm runs are skipped. */
@@ -395,7 +399,7 @@ async function buildOnce(
   const logPath = `${ctx.pdir}/logs/${contender}-${roundNo}.log`;
   try {
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
-    await freshCopy(ctx.src, dir);
+    await resetTree(ctx.src, dir, ctx.treeReset);
     const env = contender === "termite"
       ? ctx.farm!.farm.env
       : contender === "distcc"
@@ -433,6 +437,12 @@ async function buildOnce(
     }
     await ctx.project.check(dir);
     run.objects = await countObjects(dir);
+    if (run.termiteJobs && run.termiteJobs.jobsRemote === 0) {
+      throw new Error(
+        `no job ran on a worker (${run.termiteJobs.jobsLocal} ran on the master; see ` +
+          `${ctx.farm!.farm.dir}/logs/master.log)`,
+      );
+    }
     run.ok = true;
   } catch (err) {
     run.error = errorText(err);
@@ -665,6 +675,7 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
 async function measureScaling(options: {
   project: Project;
   counts: number[];
+  treeReset: TreeReset;
   runs: number;
   cores: number;
   slotsPerWorker: number;
@@ -734,7 +745,7 @@ async function measureScaling(options: {
         }
         const all = [masterGroup, ...workerGroups];
         const build = async (label: string) => {
-          await freshCopy(src, buildDir);
+          await resetTree(src, buildDir, options.treeReset);
           const logPath = `${pdir}/logs/${label}.log`;
           const t = await timedCommand({
             argv: options.project.command(jobs),
@@ -815,6 +826,10 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           ((b.clientCpuS ?? 0) + (b.masterCpuS ?? 0)) * 1000 / Math.max(1, b.objects ?? 1)
         );
         s.clientCpuPerJobMs = round(median(perJob));
+        if (c === "termite") {
+          s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
+          s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
+        }
       }
       const failed = [...runs, ...(cold ? [cold] : [])].find((b) => !b.ok);
       if (failed) s.error = failed.error;
@@ -891,13 +906,13 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       })`,
     "",
     "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
-      "master-host CPU ms/job |",
-    "|---|---|---|---|---|---|---|---|",
+      "master-host CPU ms/job | remote jobs |",
+    "|---|---|---|---|---|---|---|---|---|",
   );
   for (const s of r.summaries) {
     if (!s.ok) {
       lines.push(
-        `| ${s.project} | ${s.contender} | — | failed | — | — | — | ${
+        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | ${
           (s.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
         } |`,
       );
@@ -906,7 +921,9 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
     lines.push(
       `| ${s.project} | ${s.contender} | ${s.objects ?? "—"} | ${s1(s.medianMs)} | ` +
         `${s1(s.minMs)}–${s1(s.maxMs)} | ${s1(s.coldMs)} | ${fx(s.vsLocal)} | ` +
-        `${fx(s.clientCpuPerJobMs, 1)} |`,
+        `${fx(s.clientCpuPerJobMs, 1)} | ${
+          s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"
+        } |`,
     );
   }
   if (r.roundTrips.length > 0) {
@@ -1049,6 +1066,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const scalingProject = options.scalingProject ?? projects[0];
   const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
   const coresPerHost = options.coresPerHost ?? 0.4;
+  const treeReset = options.treeReset ?? "in-place";
   const hostBase = options.hostBase ?? 225;
   const outDir = options.outDir ?? new URL("./results", import.meta.url).pathname;
   const workDir = options.workDir ?? `${ROOT}/.cache/bench-farm`;
@@ -1123,6 +1141,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
         src,
         jobs,
         pdir,
+        treeReset,
         farm,
         farmError,
         distcc,
@@ -1164,6 +1183,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
     scaling = await measureScaling({
       project: scalingProject,
       counts: scalingWorkers,
+      treeReset,
       runs: scalingRuns,
       cores: coresPerHost,
       slotsPerWorker,
@@ -1188,6 +1208,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       roundTrips,
       coresPerHost,
       scalingProject: scaling.length > 0 ? scalingProject.name : null,
+      treeReset,
     },
     builds,
     summaries,
@@ -1250,6 +1271,7 @@ if (import.meta.main) {
       contenders: { type: "string" },
       runs: { type: "string" },
       "round-trips": { type: "string" },
+      recopy: { type: "boolean", default: false },
       scaling: { type: "string" },
       "out-dir": { type: "string" },
     },
@@ -1275,6 +1297,7 @@ if (import.meta.main) {
       ? []
       : values.scaling.split(",").map(Number),
     outDir: values["out-dir"],
+    treeReset: values.recopy ? "recopy" : "in-place",
   });
   console.log(report.table);
 }
