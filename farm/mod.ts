@@ -4,6 +4,7 @@
  * the role entry points. Used by `deno task dev`, the end-to-end tests and the
  * benchmarks.
  */
+import type { MasterStatus } from "../master/mod.ts";
 import { createHost, freeHostNumbers, type Host, removeHost } from "./netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -263,7 +264,7 @@ export class Farm implements AsyncDisposable {
   }
 
   /** The master's status (its status page as JSON). */
-  async status(): Promise<Record<string, any>> {
+  async status(): Promise<MasterStatus> {
     const res = await fetch(`http://127.0.0.1:${this.statusPort}/status.json`);
     return await res.json();
   }

@@ -101,7 +101,7 @@ const CHUNK_ATTRS = 512;
 
 export class Master implements AsyncDisposable {
   readonly root: string;
-  readonly masterId = crypto.randomUUID();
+  readonly masterId: string = crypto.randomUUID();
   readonly stats: MasterStats = {
     jobs: 0,
     jobsRemote: 0,

@@ -29,6 +29,10 @@ function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
+/** What the status page shows, as JSON. */
+export type MasterStatus = ReturnType<typeof masterStatus>;
+
+// deno-lint-ignore explicit-module-boundary-types
 export function masterStatus(master: Master) {
   const hashes = master.fileServer.hashCache.stats;
   return {

@@ -82,7 +82,7 @@ function safeName(s: string): string {
 }
 
 export class Worker implements AsyncDisposable {
-  readonly id = crypto.randomUUID();
+  readonly id: string = crypto.randomUUID();
   #options: WorkerOptions;
   #log: (message: string) => void;
   #store: Store;
