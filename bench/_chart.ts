@@ -29,30 +29,37 @@ function fmt(n: number): string {
   return n >= 10 ? n.toFixed(0) : n >= 1 ? n.toFixed(2) : n.toFixed(3);
 }
 
-/** Rounds up to a tidy axis maximum. */
-function niceMax(v: number): number {
-  const steps = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10];
+/** A tidy axis for values up to `v`: its top and tick step (at most 6 ticks). */
+function axis(v: number): { top: number; step: number } {
   const p = 10 ** Math.floor(Math.log10(Math.max(v, 1e-9)));
-  for (const s of steps) if (s * p >= v) return s * p;
-  return 10 * p;
+  for (const m of [0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10]) {
+    const step = m * p;
+    const top = Math.ceil(v / step - 1e-9) * step;
+    if (top / step <= 6) return { top: Math.max(top, step), step };
+  }
+  return { top: 10 * p, step: 2 * p };
+}
+
+function tick(v: number): string {
+  return String(Number(v.toPrecision(3)));
 }
 
 function scalingPanel(d: ChartData, x0: number, y0: number, w: number, h: number): string {
   const out: string[] = [];
   const maxN = Math.max(1, ...d.scaling.map((p) => p.workers));
-  const top = niceMax(Math.max(maxN, ...d.scaling.map((p) => p.speedup ?? 0)));
+  const { top, step } = axis(Math.max(maxN, ...d.scaling.map((p) => p.speedup ?? 0)));
   const px = (n: number) => x0 + (n / maxN) * w;
   const py = (v: number) => y0 + h - (v / top) * h;
   out.push(
     `<text x="${x0 + w / 2}" y="${y0 - 12}" text-anchor="middle" ${FONT} font-size="14" ` +
       `font-weight="bold">Speed-up over the master alone (0.4 core per host)</text>`,
   );
-  for (let i = 0; i <= 4; i++) {
-    const v = (top * i) / 4;
+  for (let i = 0; i * step <= top + 1e-9; i++) {
+    const v = i * step;
     out.push(
       `<line x1="${x0}" y1="${py(v)}" x2="${x0 + w}" y2="${py(v)}" stroke="#ddd"/>`,
       `<text x="${x0 - 6}" y="${py(v) + 4}" text-anchor="end" ${FONT} font-size="11">` +
-        `${fmt(v)}×</text>`,
+        `${tick(v)}×</text>`,
     );
   }
   for (let n = 0; n <= maxN; n++) {
@@ -107,20 +114,20 @@ function scalingPanel(d: ChartData, x0: number, y0: number, w: number, h: number
 function ratioPanel(d: ChartData, x0: number, y0: number, w: number, h: number): string {
   const out: string[] = [];
   const values = d.ratios.map((r) => r.value ?? 0);
-  const top = niceMax(Math.max(d.ratioGoal, 1, ...values) * 1.05);
+  const { top, step } = axis(Math.max(d.ratioGoal, 1, ...values) * 1.05);
   const n = Math.max(1, d.ratios.length);
   const slot = w / n, bar = Math.min(44, slot * 0.6);
   const py = (v: number) => y0 + h - (v / top) * h;
   out.push(
-    `<text x="${x0 + w / 2}" y="${y0 - 12}" text-anchor="middle" ${FONT} font-size="14" ` +
-      `font-weight="bold">Time / local make, same -j (lower is better)</text>`,
+    `<text x="${x0 + w / 2}" y="${y0 - 16}" text-anchor="middle" ${FONT} font-size="14" ` +
+      `font-weight="bold">Time / local (same -j; one command: / direct)</text>`,
   );
-  for (let i = 0; i <= 4; i++) {
-    const v = (top * i) / 4;
+  for (let i = 0; i * step <= top + 1e-9; i++) {
+    const v = i * step;
     out.push(
       `<line x1="${x0}" y1="${py(v)}" x2="${x0 + w}" y2="${py(v)}" stroke="#ddd"/>`,
       `<text x="${x0 - 6}" y="${py(v) + 4}" text-anchor="end" ${FONT} font-size="11">` +
-        `${fmt(v)}</text>`,
+        `${tick(v)}</text>`,
     );
   }
   d.ratios.forEach((r, i) => {
@@ -140,8 +147,8 @@ function ratioPanel(d: ChartData, x0: number, y0: number, w: number, h: number):
       );
     }
     out.push(
-      `<text transform="translate(${cx + 4},${y0 + h + 10}) rotate(35)" ${FONT} ` +
-        `font-size="11">${esc(r.label)}</text>`,
+      `<text transform="translate(${cx + 4},${y0 + h + 12}) rotate(-30)" ${FONT} ` +
+        `font-size="11" text-anchor="end">${esc(r.label)}</text>`,
     );
   });
   out.push(
@@ -149,8 +156,8 @@ function ratioPanel(d: ChartData, x0: number, y0: number, w: number, h: number):
     `<line x1="${x0}" y1="${y0}" x2="${x0}" y2="${y0 + h}" stroke="#333"/>`,
     `<line x1="${x0}" y1="${py(d.ratioGoal)}" x2="${x0 + w}" y2="${py(d.ratioGoal)}" ` +
       `stroke="#c33" stroke-dasharray="2 3"/>`,
-    `<text x="${x0 + w - 4}" y="${py(d.ratioGoal) - 4}" text-anchor="end" ${FONT} ` +
-      `font-size="11" fill="#c33">goal ${d.ratioGoal}</text>`,
+    `<text x="${x0 + w}" y="${y0 - 1}" text-anchor="end" ${FONT} ` +
+      `font-size="11" fill="#c33">dotted: build goal ≤ ${d.ratioGoal}</text>`,
   );
   return out.join("\n");
 }

@@ -61,7 +61,11 @@ export interface HarnessOptions {
   scalingRuns?: number;
   /** CPU of each emulated host in the scaling test (default 0.4). */
   coresPerHost?: number;
-  /** First veth number for farms (default 225); distcc uses hostBase + 10. */
+  /**
+   * First veth number (farm/netns.ts) for the farms' workers; distcc's hosts
+   * follow them. Default: the first free block in 202..250 (other farms use
+   * 1..201), so that concurrent runs do not take each other's links.
+   */
   hostBase?: number;
   /**
    * How each run gets a clean tree: "in-place" (default) removes what the last
@@ -88,6 +92,9 @@ export interface BuildRun {
   objects?: number;
   /** Termite master job counters over the build. */
   termiteJobs?: Record<string, number>;
+  /** /proc/loadavg (1 min) before and after: load from elsewhere shows here. */
+  loadBefore?: number;
+  loadAfter?: number;
   error?: string;
 }
 
@@ -103,6 +110,8 @@ export interface BuildSummary {
   objects?: number;
   /** Master-host CPU per compile job (make + clients + master), ms. */
   clientCpuPerJobMs?: number;
+  /** Of which the Termite master process, ms. */
+  masterCpuPerJobMs?: number;
   /** Median time / median local make time. */
   vsLocal?: number;
   /** Termite: jobs the master ran on workers, and in all (over the warm runs). */
@@ -169,7 +178,7 @@ export interface Goal {
 export interface HarnessReport {
   date: string;
   quick: boolean;
-  machine: { cpus: number; kernel: string };
+  machine: { cpus: number; kernel: string; loadAtStart: number; loadAtEnd: number };
   settings: {
     jobs: number;
     workers: number;
@@ -220,6 +229,12 @@ async function freshDir(path: string): Promise<void> {
   await Deno.remove(path, { recursive: true }).catch(() => {});
   await Deno.mkdir(path, { recursive: true });
   await Deno.chmod(path, 0o755);
+}
+
+/** The 1-minute load average. */
+async function loadAverage(): Promise<number> {
+  const text = await Deno.readTextFile("/proc/loadavg").catch(() => "0");
+  return Number(text.split(" ")[0]) || 0;
 }
 
 async function countObjects(dir: string): Promise<number> {
@@ -367,6 +382,18 @@ async function stopFarm(bf: BenchFarm, notes: string[]): Promise<void> {
   }
 }
 
+/** The first n in 202..250 with veth links tmh<n>..tmh<n + count - 1> all absent. */
+async function freeHostBlock(count: number): Promise<number> {
+  const taken = async (n: number) =>
+    await Deno.lstat(`/sys/class/net/tmh${n}`).then(() => true, () => false);
+  for (let base = 202; base + count - 1 <= 250; base++) {
+    let free = true;
+    for (let n = base; n < base + count && free; n++) free = !await taken(n);
+    if (free) return base;
+  }
+  throw new RangeError(`No ${count} free host numbers in 202..250`);
+}
+
 // ---------------------------------------------------------------- builds
 
 interface BuildContext {
@@ -408,6 +435,7 @@ async function buildOnce(
     const farm = contender === "termite" ? ctx.farm!.farm : null;
     const before = farm ? await termiteCounters(farm) : null;
     const masterBefore = farm ? await cpuS(farm.master.child.pid) : 0;
+    run.loadBefore = await loadAverage();
     const timed = await timedCommand({
       argv: ctx.project.command(ctx.jobs),
       cwd: dir,
@@ -419,6 +447,7 @@ async function buildOnce(
       run.masterCpuS = round(await cpuS(farm.master.child.pid) - masterBefore, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
     }
+    run.loadAfter = await loadAverage();
     run.wallMs = Math.round(timed.wallMs);
     run.clientCpuS = round(timed.cpuS, 4);
     if (timed.timedOut && ctx.farm && contender === "termite") {
@@ -827,6 +856,11 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
         );
         s.clientCpuPerJobMs = round(median(perJob));
         if (c === "termite") {
+          s.masterCpuPerJobMs = round(
+            median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
+          );
+        }
+        if (c === "termite") {
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
         }
@@ -903,7 +937,7 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `${r.settings.workers} workers × ${r.settings.slotsPerWorker} slots; medians of ` +
       `${r.settings.runs} interleaved run${r.settings.runs > 1 ? "s" : ""}${
         r.quick ? ", quick mode" : ""
-      })`,
+      }; load average ${r.machine.loadAtStart} at the start, ${r.machine.loadAtEnd} at the end)`,
     "",
     "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
       "master-host CPU ms/job | remote jobs |",
@@ -921,9 +955,9 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
     lines.push(
       `| ${s.project} | ${s.contender} | ${s.objects ?? "—"} | ${s1(s.medianMs)} | ` +
         `${s1(s.minMs)}–${s1(s.maxMs)} | ${s1(s.coldMs)} | ${fx(s.vsLocal)} | ` +
-        `${fx(s.clientCpuPerJobMs, 1)} | ${
-          s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"
-        } |`,
+        `${fx(s.clientCpuPerJobMs, 1)}${
+          s.masterCpuPerJobMs !== undefined ? ` (master ${fx(s.masterCpuPerJobMs, 1)})` : ""
+        } | ${s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"} |`,
     );
   }
   if (r.roundTrips.length > 0) {
@@ -1067,11 +1101,14 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
   const coresPerHost = options.coresPerHost ?? 0.4;
   const treeReset = options.treeReset ?? "in-place";
-  const hostBase = options.hostBase ?? 225;
+  const farmHosts = Math.max(workers, ...scalingWorkers);
+  if (farmHosts + workers > 24) throw new RangeError(`Too many workers: ${farmHosts + workers}`);
+  const hostBase = options.hostBase ?? await freeHostBlock(farmHosts + workers);
+  const distccHostBase = hostBase + farmHosts;
   const outDir = options.outDir ?? new URL("./results", import.meta.url).pathname;
   const workDir = options.workDir ?? `${ROOT}/.cache/bench-farm`;
-  if (workers + Math.max(0, ...scalingWorkers) > 25) throw new RangeError("Too many workers");
 
+  const loadAtStart = await loadAverage();
   const notes: string[] = [];
   const builds: BuildRun[] = [];
   let rt: RoundTripKind[] = [];
@@ -1093,7 +1130,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
           distcc = await DistccCluster.start({
             dir: `${workDir}/distcc`,
             count: workers,
-            firstHost: hostBase + 10,
+            firstHost: distccHostBase,
             jobsPerHost: slotsPerWorker,
             prefix: `termite-bd${Deno.pid}`,
           });
@@ -1199,7 +1236,12 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const core = {
     date: new Date().toISOString(),
     quick,
-    machine: { cpus: navigator.hardwareConcurrency, kernel: Deno.osRelease() },
+    machine: {
+      cpus: navigator.hardwareConcurrency,
+      kernel: Deno.osRelease(),
+      loadAtStart,
+      loadAtEnd: await loadAverage(),
+    },
     settings: {
       jobs,
       workers,
@@ -1236,6 +1278,15 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
         value: local?.medianMs ? round(s.coldMs / local.medianMs) : null,
       });
     }
+  }
+  const direct = rt.find((k) => k.name === "gcc -c tiny.c" && k.ok)?.medianMs;
+  for (const name of ["gcc -c tiny.c (termite wrapper)", "distcc gcc -c tiny.c"]) {
+    const k = rt.find((k) => k.name === name);
+    if (!k) continue;
+    ratios.push({
+      label: `gcc -c tiny.c ${k.via}`,
+      value: k.ok && direct ? round(k.medianMs! / direct) : null,
+    });
   }
   const svg = renderChart({
     title: `Termite farm vs local make and distcc (${core.machine.cpus} cores, ${

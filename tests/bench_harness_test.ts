@@ -25,7 +25,6 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
       scalingWorkers: [0, 1],
       outDir: `${dir}/out`,
       workDir: `${dir}/work`,
-      hostBase: 210,
       log: (m) => messages.push(m),
     });
     const context = `${report.table}\n${messages.join("\n")}`;
