@@ -19,7 +19,7 @@ import { applyResultSet, ResultSetError, STAGING_DIR } from "./apply.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
-import { LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
+import { LOCALRC_NAME, LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { type PooledWorker, WorkerPool } from "./worker_pool.ts";
@@ -125,6 +125,7 @@ export class Master implements AsyncDisposable {
   #watching: Promise<void> | null = null;
   #dirty = new Set<string>();
   #rules: LocalRules;
+  #rulesStamp = "";
   #localSlots: Semaphore;
   #closed = false;
   #jobSeq = 0;
@@ -303,7 +304,7 @@ export class Master implements AsyncDisposable {
       return { code };
     }
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
-    const rule = this.#rules.match(commandLine);
+    const rule = (await this.#currentRules()).match(commandLine);
     if (rule?.local) return await this.#runLocal(request, io, !rule.skipRefresh, false);
 
     const tried = new Set<string>();
@@ -341,6 +342,21 @@ export class Master implements AsyncDisposable {
     } finally {
       this.#localSlots.release();
     }
+  }
+
+  /** The local rules, read again when `.termite-localrc` changed. */
+  async #currentRules(): Promise<LocalRules> {
+    const info = await Deno.stat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
+    const stamp = info ? `${info.mtime?.getTime()}:${info.size}:${info.ino}` : "";
+    if (stamp !== this.#rulesStamp) {
+      try {
+        this.#rules = await LocalRules.load(this.root);
+      } catch (err) {
+        this.#log(`keeping the previous local rules: ${(err as Error).message}`);
+      }
+      this.#rulesStamp = stamp;
+    }
+    return this.#rules;
   }
 
   #workerStats(worker: PooledWorker) {

@@ -237,3 +237,87 @@ Deno.test("e2e: updates pushed to a mirror never unmount a running job's overlay
     }
   });
 });
+
+Deno.test("e2e: jobs run as nobody and see only what the master may serve", async () => {
+  await withFarm("isolation", { workers: 1 }, async (farm, tree) => {
+    const sh = `${farm.binDir}/termite-sh`;
+    await Deno.writeTextFile(`${tree}/private.txt`, "secret\n", { mode: 0o600 });
+    await Deno.chmod(`${tree}/private.txt`, 0o600);
+    await Deno.mkdir(`${tree}/closed`, { mode: 0o700 });
+    await Deno.chmod(`${tree}/closed`, 0o700);
+    await Deno.writeTextFile(`${tree}/closed/inner.txt`, "hidden\n", { mode: 0o644 });
+    await Deno.writeTextFile(`${tree}/public.txt`, "public\n");
+    const id = await runIn(tree, [sh, "-c", "id -u; id -G"], farm.env);
+    assert.equal(id.stdout, "65534\n65534\n");
+    const pub = await runIn(tree, [sh, "-c", "cat public.txt"], farm.env);
+    assert.equal(pub.stdout, "public\n");
+    const priv = await runIn(tree, [sh, "-c", "cat private.txt"], farm.env);
+    assert.notEqual(priv.code, 0);
+    assert.doesNotMatch(priv.stdout, /secret/);
+    const inner = await runIn(tree, [sh, "-c", "cat closed/inner.txt"], farm.env);
+    assert.notEqual(inner.code, 0, "a 0644 file inside a 0700 directory is not served");
+    // Excluded prefixes (/proc of the master, /sys, ...) are not the master's.
+    const proc = await runIn(tree, [sh, "-c", "cat /proc/1/cmdline | tr '\\0' ' '"], farm.env);
+    assert.doesNotMatch(proc.stdout, /systemd|init|sh -c sleep/);
+    // Writing outside the writable root fails; inside works.
+    const outside = await runIn(tree, [sh, "-c", "echo x > /usr/termite-x"], farm.env);
+    assert.notEqual(outside.code, 0);
+    assert.match(outside.stderr, /Read-only file system/);
+    await assert.rejects(Deno.stat("/usr/termite-x"), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("e2e: local rules run commands on the master and their output reaches the workers", async () => {
+  await withFarm("localrc", { workers: 1 }, async (farm, tree) => {
+    await Deno.writeTextFile(
+      `${tree}/.termite-localrc`,
+      JSON.stringify([{ regexp: "# gen-local$", local: true }]),
+    );
+    await Deno.writeTextFile(`${tree}/use.c`, '#include "local.h"\nint v(void) { return LV; }\n');
+    const sh = `${farm.binDir}/termite-sh`;
+    // Make the worker look at local.h before it exists.
+    const miss = await runIn(tree, ["gcc", "-c", "use.c"], farm.env);
+    assert.notEqual(miss.code, 0);
+    const before = (await farm.status()).jobs.jobsLocal;
+    const gen = await runIn(
+      tree,
+      [sh, "-c", "echo '#define LV 9' > local.h # gen-local"],
+      farm.env,
+    );
+    assert.equal(gen.code, 0, gen.stderr);
+    assert.equal((await farm.status()).jobs.jobsLocal, before + 1, "the rule ran it locally");
+    const use = await runIn(tree, ["gcc", "-c", "use.c"], farm.env);
+    assert.equal(use.code, 0, use.stderr);
+    assert.ok((await Deno.stat(`${tree}/use.o`)).size > 0);
+  });
+});
+
+Deno.test("e2e: ^C on the wrapper cancels the remote job", async () => {
+  await withFarm("cancel", { workers: 1 }, async (farm, tree) => {
+    const child = new Deno.Command(`${farm.binDir}/termite-sh`, {
+      args: ["-c", "sleep 60; echo never > never.txt"],
+      cwd: tree,
+      env: farm.env,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // Wait until the job runs on the worker.
+    for (let i = 0; i < 100; i++) {
+      const s = await farm.status();
+      if (s.workers.some((w) => w.running > 0)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const started = performance.now();
+    child.kill("SIGINT");
+    const out = await child.output();
+    assert.equal(out.code, 130);
+    assert.ok(performance.now() - started < 30_000);
+    for (let i = 0; i < 100; i++) {
+      const s = await farm.status();
+      if (s.workers.every((w) => w.running === 0)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok((await farm.status()).workers.every((w) => w.running === 0));
+    await assert.rejects(Deno.stat(`${tree}/never.txt`), Deno.errors.NotFound);
+  });
+});
