@@ -66,6 +66,8 @@ export interface JobReply {
   resultSet: ResultSet;
   /** Milliseconds spent: in the sandbox, collecting results. */
   timings?: Record<string, number>;
+  /** The mirror's counters after the job (lookups, lookupsWaited, fetches...). */
+  mirror?: Record<string, number>;
 }
 
 export interface JobStdinParams {

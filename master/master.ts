@@ -64,6 +64,17 @@ export interface JobRequest {
   shell?: boolean;
 }
 
+export interface WorkerJobStats {
+  done: number;
+  failed: number;
+  /** Sums over the jobs done: time on the worker, collecting results, applying them here. */
+  workerMs: number;
+  collectMs: number;
+  applyMs: number;
+  /** The worker's mirror counters after its last job. */
+  mirror?: Record<string, number>;
+}
+
 export interface MasterStats {
   jobs: number;
   jobsRemote: number;
@@ -74,7 +85,7 @@ export interface MasterStats {
   retries: number;
   bytesServed: number;
   bytesReceived: number;
-  perWorker: Record<string, { done: number; failed: number }>;
+  perWorker: Record<string, WorkerJobStats>;
 }
 
 class Semaphore {
@@ -360,7 +371,13 @@ export class Master implements AsyncDisposable {
   }
 
   #workerStats(worker: PooledWorker) {
-    return this.stats.perWorker[worker.address] ??= { done: 0, failed: 0 };
+    return this.stats.perWorker[worker.address] ??= {
+      done: 0,
+      failed: 0,
+      workerMs: 0,
+      collectMs: 0,
+      applyMs: 0,
+    };
   }
 
   async #runOn(worker: PooledWorker, request: JobRequest, io: JobIo): Promise<number> {
@@ -414,6 +431,7 @@ export class Master implements AsyncDisposable {
       unfollow?.();
     }
     worker.cursor = cursor;
+    const applyStarted = performance.now();
     const outcome = await applyResultSet(reply.resultSet, {
       writableRoot: this.root,
       hashCache: this.#hashCache,
@@ -429,6 +447,11 @@ export class Master implements AsyncDisposable {
       },
     });
     this.stats.bytesReceived += outcome.bytesFetched;
+    const ws = this.#workerStats(worker);
+    ws.applyMs += performance.now() - applyStarted;
+    ws.workerMs += Number(reply.timings?.totalMs) || 0;
+    ws.collectMs += Number(reply.timings?.collectMs) || 0;
+    if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
     await this.#flushChanges(outcome.touched, outcome.hashes);
     if (reply.killedBy) {
       const why = reply.reason ?? reply.killedBy;

@@ -85,13 +85,17 @@ try {
   console.log(
     `  jobs:                ${jobs.jobs} (remote ${jobs.jobsRemote}, local ${jobs.jobsLocal}, master builtins ${jobs.jobsBuiltin}, retries ${jobs.retries})`,
   );
-  for (
-    const [address, w] of Object.entries(
-      jobs.perWorker as Record<string, { done: number; failed: number }>,
-    )
-  ) {
-    console.log(`  worker ${address.padEnd(18)} ${w.done} done, ${w.failed} failed`);
+  for (const [address, w] of Object.entries(jobs.perWorker)) {
+    const m = w.mirror ?? {};
+    const per = (x: number) => (w.done ? x / w.done : 0).toFixed(0);
+    console.log(
+      `  worker ${address.padEnd(18)} ${w.done} done, ${w.failed} failed; per job: ` +
+        `${per(w.workerMs)} ms on the worker, ${per(w.applyMs)} ms applying; mirror: ` +
+        `${m.lookups ?? 0} lookups, ${m.lookupsWaited ?? 0} waited on the network, ` +
+        `${m.blobFetches ?? 0} blobs fetched`,
+    );
   }
+
   console.log(
     `  wall time:           farm ${(farmMs / 1000).toFixed(2)} s, local ${
       (localMs / 1000).toFixed(2)

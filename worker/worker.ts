@@ -410,6 +410,7 @@ export class Worker implements AsyncDisposable {
         reason: outcome.reason,
         resultSet,
         timings: { totalMs: performance.now() - started, collectMs },
+        mirror: { ...mirror.fs.stats },
       };
     } catch (err) {
       this.stats.jobsFailed++;
