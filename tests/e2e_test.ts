@@ -321,3 +321,40 @@ Deno.test("e2e: ^C on the wrapper cancels the remote job", async () => {
     await assert.rejects(Deno.stat(`${tree}/never.txt`), Deno.errors.NotFound);
   });
 });
+
+Deno.test("e2e: a mirror unused for a while is unmounted, and mounted again when needed", async () => {
+  const dir = await tempDir("idle-");
+  const tree = `${dir}/tree`;
+  await Deno.mkdir(tree);
+  await using farm = await Farm.start({
+    dir: `${dir}/farm`,
+    tree,
+    workers: 1,
+    workerArgs: ["--mirror-idle", "1s"],
+  });
+  try {
+    const sh = `${farm.binDir}/termite-sh`;
+    const first = await runIn(tree, [sh, "-c", "echo one > one.txt"], farm.env);
+    assert.equal(first.code, 0, first.stderr);
+    const pid = farm.workers[0].child.pid;
+    const fuseMounts = async () =>
+      (await Deno.readTextFile(`/proc/${pid}/mountinfo`)).split("\n")
+        .filter((l) => l.includes("fuse.termite")).length;
+    assert.equal(await fuseMounts(), 1);
+    let dropped = false;
+    for (let i = 0; i < 50 && !dropped; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      dropped = (await fuseMounts()) === 0;
+    }
+    assert.ok(dropped, "the idle mirror was unmounted");
+    assert.match(await Deno.readTextFile(farm.workers[0].log), /dropping idle mirror/);
+    const again = await runIn(tree, [sh, "-c", "cat one.txt; echo two > two.txt"], farm.env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.stdout, "one\n");
+    assert.equal(await Deno.readTextFile(`${tree}/two.txt`), "two\n");
+    assert.equal(await fuseMounts(), 1);
+  } finally {
+    await farm.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -61,7 +61,7 @@ interface Mirror {
 }
 
 interface Reservation {
-  mirror: Mirror;
+  params: MirrorOpenParams;
   slots: number;
 }
 
@@ -94,6 +94,7 @@ export class Worker implements AsyncDisposable {
   #reservations = new Map<RpcPeer, Reservation>();
   #stdin = new Map<string, StdinEntry>();
   #running = 0;
+  #mountSeq = 0;
   #draining = false;
   #idleTimer?: ReturnType<typeof setInterval>;
   #closed = false;
@@ -111,8 +112,15 @@ export class Worker implements AsyncDisposable {
     await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
     // Leftovers of a crashed worker: dead mounts and job directories.
     for await (const entry of Deno.readDir(`${options.cacheDir}/mirrors`)) {
-      const mnt = `${options.cacheDir}/mirrors/${entry.name}/root`;
-      await cleanStaleMount(mnt).catch(() => false);
+      const dir = `${options.cacheDir}/mirrors/${entry.name}`;
+      try {
+        for await (const mnt of Deno.readDir(dir)) {
+          await cleanStaleMount(`${dir}/${mnt.name}`).catch(() => false);
+        }
+      } catch {
+        // Not a directory: removed below.
+      }
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
     await Deno.remove(`${options.cacheDir}/jobs`, { recursive: true }).catch(() => {});
     await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
@@ -192,7 +200,8 @@ export class Worker implements AsyncDisposable {
     peer.closed.then(() => {
       const r = this.#reservations.get(peer);
       this.#reservations.delete(peer);
-      if (r) r.mirror.lastUsedMs = Date.now();
+      const mirror = r && this.#mirrors.get(safeName(r.params.masterId));
+      if (mirror) mirror.lastUsedMs = Date.now();
     });
     return {
       [WorkerMethods.mirrorOpen]: (params: MirrorOpenParams) => this.#mirrorOpen(peer, params),
@@ -227,7 +236,9 @@ export class Worker implements AsyncDisposable {
       [WorkerMethods.attrsPush]: async (params: { updates: FileAttr[]; reset: boolean }) => {
         const r = this.#reservations.get(peer);
         if (!r) throw new RpcError("BAD_REQUEST", "No mirror open on this connection");
-        await this.#applyUpdates(r.mirror, params?.updates, params?.reset);
+        // A mirror dropped for idleness has nothing cached to update.
+        const mirror = this.#mirrors.get(safeName(r.params.masterId));
+        if (mirror) await this.#applyUpdates(mirror, params?.updates, params?.reset);
         return {};
       },
     };
@@ -250,7 +261,16 @@ export class Worker implements AsyncDisposable {
       throw new RpcError("BAD_REQUEST", "Bad mirror.open parameters");
     }
     if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
-    const key = `${safeName(params.masterId)}`;
+    await this.#mirrorFor(peer, params);
+    const free = this.#draining ? 0 : this.#options.jobs - this.#reservedSlots();
+    const slots = Math.max(0, Math.min(Math.floor(params.slots), free));
+    this.#reservations.set(peer, { params, slots });
+    return { slots, workerId: this.id };
+  }
+
+  /** The mirror of a master, mounted now if it is not (first use, or dropped when idle). */
+  async #mirrorFor(peer: RpcPeer, params: MirrorOpenParams): Promise<Mirror> {
+    const key = safeName(params.masterId);
     let mirror = this.#mirrors.get(key);
     if (!mirror) {
       let opening = this.#mirrorOpening.get(key);
@@ -263,15 +283,15 @@ export class Worker implements AsyncDisposable {
       mirror = await opening;
     }
     mirror.peer = peer;
-    const free = this.#draining ? 0 : this.#options.jobs - this.#reservedSlots();
-    const slots = Math.max(0, Math.min(Math.floor(params.slots), free));
-    this.#reservations.set(peer, { mirror, slots });
-    return { slots, workerId: this.id };
+    mirror.lastUsedMs = Date.now();
+    return mirror;
   }
 
   async #mountMirror(key: string, params: MirrorOpenParams, peer: RpcPeer): Promise<Mirror> {
+    // A fresh mount point per mount: a mirror dropped for idleness may still be
+    // unmounting when the next one is mounted.
     const dir = `${this.#options.cacheDir}/mirrors/${key}`;
-    const mountpoint = `${dir}/root`;
+    const mountpoint = `${dir}/root-${++this.#mountSeq}`;
     await Deno.mkdir(mountpoint, { recursive: true });
     await cleanStaleMount(mountpoint).catch(() => false);
     const holder: { mirror?: Mirror } = {};
@@ -337,12 +357,12 @@ export class Worker implements AsyncDisposable {
   async #dropIdleMirrors(idleMs: number): Promise<void> {
     const now = Date.now();
     for (const mirror of [...this.#mirrors.values()]) {
-      const inUse = [...this.#reservations.values()].some((r) => r.mirror === mirror);
-      if (mirror.jobs > 0 || inUse || now - mirror.lastUsedMs < idleMs) continue;
+      if (mirror.jobs > 0 || now - mirror.lastUsedMs < idleMs) continue;
       this.#mirrors.delete(mirror.key);
       this.#log(`dropping idle mirror ${mirror.key}`);
       await mirror.session.close().catch((err) => this.#log(`unmount: ${err}`));
       await mirror.fs.close();
+      await Deno.remove(mirror.mountpoint).catch(() => {});
     }
   }
 
@@ -356,7 +376,8 @@ export class Worker implements AsyncDisposable {
     ) {
       throw new RpcError("BAD_REQUEST", "Bad job parameters");
     }
-    const mirror = reservation.mirror;
+    if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
+    const mirror = await this.#mirrorFor(peer, reservation.params);
     mirror.jobs++;
     this.#running++;
     this.stats.jobs++;
