@@ -1,0 +1,52 @@
+import assert from "node:assert/strict";
+import { HashCache } from "../master/hash_cache.ts";
+import { hashBytes } from "../cas/mod.ts";
+
+Deno.test("HashCache persists across restarts: an unchanged tree is not hashed again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "termite-hc-" });
+  try {
+    const file = `${dir}/cache.json`;
+    const paths: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const p = `${dir}/f${i}.c`;
+      await Deno.writeTextFile(p, `int f${i};\n`);
+      // Old enough not to be "racy" (modified within the timestamp granularity).
+      const old = new Date(Date.now() - 60_000);
+      await Deno.utime(p, old, old);
+      paths.push(p);
+    }
+    const first = await HashCache.open({ file });
+    for (const p of paths) {
+      assert.equal(await first.hash(p, await Deno.stat(p)), hashBytes(await Deno.readFile(p)));
+    }
+    assert.equal(first.stats.misses, 20);
+    await first.close();
+
+    const second = await HashCache.open({ file });
+    for (const p of paths) await second.hash(p, await Deno.stat(p));
+    assert.equal(second.stats.misses, 0, "nothing re-hashed after a restart");
+    assert.equal(second.stats.hits, 20);
+    assert.equal(second.pathOf(hashBytes(await Deno.readFile(paths[3]))), paths[3]);
+
+    // A changed file (same size, new mtime) is hashed again.
+    await Deno.writeTextFile(paths[0], "int g0;\n");
+    const h = await second.hash(paths[0], await Deno.stat(paths[0]));
+    assert.equal(h, hashBytes(new TextEncoder().encode("int g0;\n")));
+    assert.equal(second.stats.misses, 1);
+    await second.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("HashCache ignores a corrupt cache file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "termite-hc-" });
+  try {
+    await Deno.writeTextFile(`${dir}/cache.json`, "{not json");
+    const cache = await HashCache.open({ file: `${dir}/cache.json` });
+    assert.equal(cache.size, 0);
+    await cache.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
