@@ -167,6 +167,8 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
     if (spec.memoryBytesMax !== undefined) args.push("--memory-bytes", String(spec.memoryBytesMax));
     if (cgroup !== null) args.push("--cgroup", cgroup);
     else args.push("--nproc", String(processesMax));
+    // The launcher dies with this process: a worker killed hard leaves no job running.
+    args.push("--parent-pid", String(Deno.pid));
     args.push("--", ...spec.argv);
 
     outcome = await supervise(launcher, args, spec, options);

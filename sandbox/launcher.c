@@ -8,7 +8,7 @@
  *
  *   launcher --job-dir D --lower-root L --writable-root W --cwd C
  *            [--uid N] [--gid N] [--umask OCTAL] [--memory-bytes N]
- *            [--nproc N] [--cgroup DIR] -- ARGV...
+ *            [--nproc N] [--cgroup DIR] [--parent-pid N] -- ARGV...
  *
  * The launcher's own environment is the job's environment, passed on as is.
  *
@@ -25,6 +25,10 @@
  *     group, reaps orphans, and exits when the job exits, which kills every
  *     process left in the namespace.
  *   job (PID 2): drops to uid/gid, sets limits, closes inherited fds, execs.
+ *
+ * With --parent-pid (the worker's pid), the launcher dies with its parent:
+ * a worker killed hard gets SIGTERM delivered to each of its launchers, which
+ * then kill their jobs as on a cancellation (nothing is left running).
  *
  * D/status holds lines "key value": exactly one of
  *   exit N | signal N | nocmd CODE MESSAGE | error MESSAGE | killed
@@ -74,6 +78,7 @@ struct config {
   mode_t umask;
   unsigned long long memory_bytes;
   unsigned long nproc;
+  pid_t parent_pid;
   char **argv;
 };
 
@@ -179,6 +184,8 @@ static void parse_args(int argc, char **argv) {
     else if (strcmp(a, "--umask") == 0) cfg.umask = (mode_t)parse_number(v, 8, "umask") & 0777;
     else if (strcmp(a, "--memory-bytes") == 0) cfg.memory_bytes = parse_number(v, 10, "memory");
     else if (strcmp(a, "--nproc") == 0) cfg.nproc = (unsigned long)parse_number(v, 10, "nproc");
+    else if (strcmp(a, "--parent-pid") == 0)
+      cfg.parent_pid = (pid_t)parse_number(v, 10, "parent pid");
     else usage("Unknown option");
   }
   if (i >= argc) usage("Missing command after --");
@@ -456,6 +463,13 @@ int main(int argc, char **argv) {
   unsigned long long start_ns = monotonic_ns();
   parse_args(argc, argv);
   close_range(3, ~0U, 0);
+  /* SIGTERM when the worker dies (handled below as a cancellation); the check
+     after prctl catches a worker that died before it. */
+  if (cfg.parent_pid > 0 &&
+      (prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() != cfg.parent_pid)) {
+    fprintf(stderr, "termite-launcher: The worker (pid %d) is gone\n", (int)cfg.parent_pid);
+    return 1;
+  }
 
   static char status_path[PATH_BYTES_MAX], tmp_status[PATH_BYTES_MAX];
   if (join_path(status_path, cfg.job_dir, "status") ||
