@@ -22,6 +22,12 @@ export interface FarmOptions {
   tools?: string[];
   masterArgs?: string[];
   workerArgs?: string[];
+  coordinatorArgs?: string[];
+  /**
+   * Put each worker's cache dir on a tmpfs of this many bytes, mounted in the
+   * worker's own mount namespace (disk-full tests). Default: plain disk.
+   */
+  workerCacheBytes?: number;
   /** Namespace name prefix (unique per concurrent farm). */
   prefix?: string;
   /** First veth number (1..250). */
@@ -51,9 +57,16 @@ async function spawn(options: {
   logDir: string;
   ready: RegExp;
   timeoutMs?: number;
+  /** Append to the log (a restart) instead of truncating it. */
+  append?: boolean;
 }): Promise<FarmProcess & { match: RegExpMatchArray }> {
   const log = `${options.logDir}/${options.name}.log`;
-  const file = await Deno.open(log, { write: true, create: true, truncate: true });
+  const file = await Deno.open(
+    log,
+    options.append
+      ? { write: true, create: true, append: true }
+      : { write: true, create: true, truncate: true },
+  );
   const child = new Deno.Command(options.cmd[0], {
     args: options.cmd.slice(1),
     cwd: options.cwd,
@@ -100,6 +113,16 @@ async function spawn(options: {
     throw new Error(`${options.name} did not start (log ${log}):\n${tail}`);
   }
   return { name: options.name, child, log, done, match };
+}
+
+async function killProcess(p: FarmProcess | undefined, signal: Deno.Signal): Promise<void> {
+  if (!p) return;
+  try {
+    p.child.kill(signal);
+  } catch {
+    // Already gone.
+  }
+  await p.done;
 }
 
 export class Farm implements AsyncDisposable {
@@ -154,91 +177,130 @@ export class Farm implements AsyncDisposable {
       await Deno.remove(`${this.binDir}/${tool}`).catch(() => {});
       await Deno.symlink(`${ROOT}/bin/termite-wrap`, `${this.binDir}/${tool}`);
     }
-    const deno = Deno.execPath();
+    await this.startCoordinator();
+    const n = o.workers ?? 2;
+    const prefix = o.prefix ?? `termite-farm-${Deno.pid}`;
+    const first = o.firstHost ?? await freeHostNumbers(n);
+    const useNetns = o.netns !== false;
+    this.workers = [];
+    await Promise.all(Array.from({ length: n }, async (_, i) => {
+      let host: Host | null = null;
+      if (useNetns) {
+        const name = `${prefix}-w${i}`;
+        this.#hosts.push({ name, n: first + i });
+        host = await createHost(name, first + i);
+      }
+      // Each as it starts, so that stop() finds it if another one fails.
+      this.workers[i] = await this.#spawnWorker(i, host, false);
+    }));
+    await this.startMaster();
+    await this.waitForWorkers(n);
+  }
 
+  get #logDir(): string {
+    return `${this.dir}/logs`;
+  }
+
+  /** Starts the coordinator (again, on the same port once it has one). */
+  async startCoordinator(): Promise<void> {
+    const restart = this.coordinatorPort !== 0;
     const coordinator = await spawn({
       name: "coordinator",
       cmd: [
-        deno,
+        Deno.execPath(),
         "run",
         "-A",
         `${ROOT}/coordinator.ts`,
         "--secret",
         this.secretPath,
         "--port",
-        "0",
+        String(this.coordinatorPort),
         "--http-port",
         "none",
         "--worker-timeout",
         "10s",
+        ...(this.#options.coordinatorArgs ?? []),
       ],
-      logDir,
+      logDir: this.#logDir,
       ready: /listening on port (\d+)/,
+      append: restart,
     });
     this.coordinator = coordinator;
     this.coordinatorPort = Number(coordinator.match[1]);
+  }
 
-    const n = o.workers ?? 2;
-    const prefix = o.prefix ?? `termite-farm-${Deno.pid}`;
-    const first = o.firstHost ?? await freeHostNumbers(n);
-    const useNetns = o.netns !== false;
-    const started = await Promise.all(Array.from({ length: n }, async (_, i) => {
-      let host: Host | null = null;
-      let coordinatorAddress = `127.0.0.1:${this.coordinatorPort}`;
-      let address = "127.0.0.1";
-      let port = 0;
-      if (useNetns) {
-        const name = `${prefix}-w${i}`;
-        this.#hosts.push({ name, n: first + i });
-        host = await createHost(name, first + i);
-        coordinatorAddress = `${host.hostAddress}:${this.coordinatorPort}`;
-        address = host.address;
-        port = 1232;
-      }
-      const cacheDir = `${this.dir}/worker-${i}`;
-      // The worker keeps its mounts in a mount namespace of its own; starting it
-      // under `unshare` here (which execs) keeps the pid ours to signal.
-      const cmd = [
-        ...(host?.exec ?? []),
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "env",
-        "TERMITE_WORKER_NS=1",
-        deno,
-        "run",
-        "-A",
-        `${ROOT}/worker.ts`,
-        "--secret",
-        this.secretPath,
-        "--coordinator",
-        coordinatorAddress,
-        "--jobs",
-        String(o.slotsPerWorker ?? 2),
-        "--host",
-        useNetns ? "0.0.0.0" : "127.0.0.1",
-        "--port",
-        String(port),
-        ...(useNetns ? ["--advertise", `${address}:${port}`] : []),
-        "--cache-dir",
+  async #spawnWorker(i: number, host: Host | null, restart: boolean): Promise<FarmWorker> {
+    const o = this.#options;
+    const deno = Deno.execPath();
+    const useNetns = host !== null;
+    const coordinatorAddress = `${host?.hostAddress ?? "127.0.0.1"}:${this.coordinatorPort}`;
+    const address = host?.address ?? "127.0.0.1";
+    const port = useNetns ? 1232 : 0;
+    const cacheDir = this.workerCacheDir(i);
+    await Deno.mkdir(cacheDir, { recursive: true, mode: 0o700 });
+    const workerCmd = [
+      deno,
+      "run",
+      "-A",
+      `${ROOT}/worker.ts`,
+      "--secret",
+      this.secretPath,
+      "--coordinator",
+      coordinatorAddress,
+      "--jobs",
+      String(o.slotsPerWorker ?? 2),
+      "--host",
+      useNetns ? "0.0.0.0" : "127.0.0.1",
+      "--port",
+      String(port),
+      ...(useNetns ? ["--advertise", `${address}:${port}`] : []),
+      "--cache-dir",
+      cacheDir,
+      ...(o.workerArgs ?? []),
+    ];
+    // The worker keeps its mounts in a mount namespace of its own; starting it
+    // under `unshare` here (which execs, as do `sh -c exec` and `env`) keeps
+    // the pid ours to signal.
+    const inner = o.workerCacheBytes === undefined
+      ? ["env", "TERMITE_WORKER_NS=1", ...workerCmd]
+      : [
+        "sh",
+        "-c",
+        `mount -t tmpfs -o size=${o.workerCacheBytes},mode=0700 termite-cache "$0" && ` +
+        'exec env TERMITE_WORKER_NS=1 "$@"',
         cacheDir,
-        ...(o.workerArgs ?? []),
+        ...workerCmd,
       ];
-      const proc = await spawn({
-        name: `worker-${i}`,
-        cmd,
-        logDir,
-        ready: /listening as (\S+)/,
-      });
-      return { ...proc, host, address: proc.match[1] };
-    }));
-    this.workers = started;
+    const proc = await spawn({
+      name: `worker-${i}`,
+      cmd: [...(host?.exec ?? []), "unshare", "--mount", "--propagation", "private", ...inner],
+      logDir: this.#logDir,
+      ready: /listening as (\S+)/,
+      append: restart,
+    });
+    return { ...proc, host, address: proc.match[1] };
+  }
 
+  /** Worker `i`'s cache dir (store, mirrors, jobs). */
+  workerCacheDir(i: number): string {
+    return `${this.dir}/worker-${i}`;
+  }
+
+  /** Starts worker `i` again (after `killWorker`), same host and cache dir. */
+  async startWorker(i: number): Promise<void> {
+    const old = this.workers[i];
+    if (!old) throw new Error(`No worker ${i}`);
+    this.workers[i] = await this.#spawnWorker(i, old.host, true);
+  }
+
+  /** Starts the master (again, with the same cache dir; a new status port). */
+  async startMaster(): Promise<void> {
+    const o = this.#options;
+    const restart = this.statusPort !== 0;
     const master = await spawn({
       name: "master",
       cmd: [
-        deno,
+        Deno.execPath(),
         "run",
         "-A",
         `${ROOT}/master.ts`,
@@ -255,12 +317,12 @@ export class Farm implements AsyncDisposable {
         ...(o.masterArgs ?? []),
       ],
       cwd: this.tree,
-      logDir,
+      logDir: this.#logDir,
       ready: /status on http:\/\/127\.0\.0\.1:(\d+)\//,
+      append: restart,
     });
     this.master = master;
     this.statusPort = Number(master.match[1]);
-    await this.waitForWorkers(n);
   }
 
   /** The master's status (its status page as JSON). */
@@ -281,15 +343,49 @@ export class Farm implements AsyncDisposable {
     }
   }
 
-  /** Kills worker `i` hard (SIGKILL). */
-  async killWorker(i: number): Promise<void> {
-    const w = this.workers[i];
-    try {
-      w.child.kill("SIGKILL");
-    } catch {
-      // Already gone.
-    }
-    await w.done;
+  /** Kills worker `i` (default SIGKILL) and waits until it is gone. */
+  async killWorker(i: number, signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await killProcess(this.workers[i], signal);
+  }
+
+  /** Kills worker `i` and starts it again with the same cache dir. */
+  async restartWorker(i: number, signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await this.killWorker(i, signal);
+    await this.startWorker(i);
+  }
+
+  /** Kills the coordinator (default SIGKILL) and waits until it is gone. */
+  async killCoordinator(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await killProcess(this.coordinator, signal);
+  }
+
+  /** Kills the coordinator and starts a fresh one on the same port. */
+  async restartCoordinator(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await this.killCoordinator(signal);
+    await this.startCoordinator();
+  }
+
+  /** Kills the master (default SIGKILL) and waits until it is gone. */
+  async killMaster(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await killProcess(this.master, signal);
+  }
+
+  /** Kills the master and starts it again in the same tree with the same cache dir. */
+  async restartMaster(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await this.killMaster(signal);
+    await this.startMaster();
+  }
+
+  /**
+   * Process ids (for /proc/<pid>/status, fd and mountinfo): each is the role's
+   * deno process itself (the worker's `ip netns exec`, `unshare`, `env` exec).
+   */
+  pids(): { coordinator: number; master: number; workers: number[] } {
+    return {
+      coordinator: this.coordinator.child.pid,
+      master: this.master.child.pid,
+      workers: this.workers.map((w) => w.child.pid),
+    };
   }
 
   async stop(): Promise<void> {

@@ -1,0 +1,190 @@
+/**
+ * Helpers of the fault, load and hostile-input tests: a farm in a scratch
+ * directory, generated C projects, local reference compiles, and what the
+ * kernel says about a process (peak memory, descriptors, mounts).
+ */
+import assert from "node:assert/strict";
+import { Farm, type FarmOptions, ROOT, runIn } from "../farm/mod.ts";
+
+export { Farm, ROOT, runIn };
+
+/** A scratch dir under the checkout (not /tmp: the master does not serve /tmp). */
+export async function scratchDir(prefix: string): Promise<string> {
+  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
+  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix });
+  await Deno.chmod(dir, 0o755);
+  return dir;
+}
+
+/** Runs `fn` with a farm on an empty build tree; stops it and removes everything after. */
+export async function withFarm(
+  name: string,
+  options: Omit<FarmOptions, "dir" | "tree">,
+  fn: (farm: Farm, tree: string) => Promise<void>,
+): Promise<void> {
+  const dir = await scratchDir(`${name}-`);
+  const tree = `${dir}/tree`;
+  await Deno.mkdir(tree);
+  let farm: Farm | undefined;
+  try {
+    farm = await Farm.start({ dir: `${dir}/farm`, tree, ...options });
+    await fn(farm, tree);
+  } finally {
+    await farm?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Writes `n` tiny C files and a Makefile compiling each to an object. */
+export async function writeProject(tree: string, options: {
+  n: number;
+  /** Shell commands run before each compile (through termite-sh when `shell` is set). */
+  before?: string;
+  /** SHELL for make (the farm's termite-sh to send whole recipes). */
+  shell?: string;
+  cflags?: string;
+  prefix?: string;
+}): Promise<string[]> {
+  const prefix = options.prefix ?? "f";
+  const objects: string[] = [];
+  for (let i = 0; i < options.n; i++) {
+    await Deno.writeTextFile(
+      `${tree}/${prefix}${i}.c`,
+      `int ${prefix}${i}(int x) { return x * ${i} + ${i % 7}; }\n`,
+    );
+    objects.push(`${prefix}${i}.o`);
+  }
+  const recipe = options.before ? `${options.before}; ` : "";
+  await Deno.writeTextFile(
+    `${tree}/Makefile`,
+    (options.shell ? `SHELL := ${options.shell}\n` : "") +
+      `all: ${objects.join(" ")}\n%.o: %.c\n\t${recipe}gcc ${
+        options.cflags ?? "-O1"
+      } -c $< -o $@\n`,
+  );
+  return objects;
+}
+
+/**
+ * Compiles each object's source locally into `<tree>/.ref` (the same command
+ * line from the same directory) and checks every farm-built object present is
+ * byte-identical. Returns how many objects were present.
+ */
+export async function checkObjects(
+  tree: string,
+  objects: string[],
+  options: { cflags?: string; requireAll?: boolean } = {},
+): Promise<number> {
+  const ref = `${tree}/.ref`;
+  await Deno.mkdir(ref, { recursive: true });
+  let present = 0;
+  const missing: string[] = [];
+  for (let i = 0; i < objects.length; i += 100) {
+    const batch = objects.slice(i, i + 100);
+    const script = batch.map((o) =>
+      `gcc ${options.cflags ?? "-O1"} -c ${o.replace(/\.o$/, ".c")} -o .ref/${o}`
+    ).join(" && ");
+    const r = await runIn(tree, ["sh", "-c", script]);
+    assert.equal(r.code, 0, r.stderr);
+  }
+  for (const o of objects) {
+    let built: Uint8Array;
+    try {
+      built = await Deno.readFile(`${tree}/${o}`);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) {
+        missing.push(o);
+        continue;
+      }
+      throw err;
+    }
+    const want = await Deno.readFile(`${ref}/${o}`);
+    assert.ok(
+      built.length === want.length && built.every((v, k) => v === want[k]),
+      `${o} differs from a local compile (${built.length} vs ${want.length} bytes)`,
+    );
+    present++;
+  }
+  if (options.requireAll !== false) assert.deepEqual(missing, [], "objects missing");
+  await Deno.remove(ref, { recursive: true });
+  return present;
+}
+
+/** Names under `dir` starting with `prefix` (staging dirs left behind, say). */
+export async function namesStartingWith(dir: string, prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) if (e.name.startsWith(prefix)) out.push(e.name);
+  return out;
+}
+
+/** Fields of /proc/<pid>/status in kB (VmHWM, VmRSS, ...); empty when gone. */
+export async function procStatus(pid: number): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  try {
+    const text = await Deno.readTextFile(`/proc/${pid}/status`);
+    for (const m of text.matchAll(/^(Vm\w+|Threads):\s+(\d+)/gm)) out[m[1]] = Number(m[2]);
+  } catch {
+    // Gone.
+  }
+  return out;
+}
+
+/** Open descriptors of a process. */
+export async function fdCount(pid: number): Promise<number> {
+  let n = 0;
+  try {
+    for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) n++;
+  } catch {
+    return -1;
+  }
+  return n;
+}
+
+/** Mounts seen by a process (its mount namespace): of a file system type, below a path. */
+export async function mounts(
+  pid: number,
+  filter: { type?: RegExp; under?: string } = {},
+): Promise<string[]> {
+  const text = await Deno.readTextFile(`/proc/${pid}/mountinfo`);
+  return text.split("\n").filter((line) => {
+    if (line === "") return false;
+    const fields = line.split(" ");
+    const type = line.split(" - ")[1]?.split(" ")[0] ?? "";
+    if (filter.type && !filter.type.test(type)) return false;
+    if (filter.under && !`${fields[4]}/`.startsWith(`${filter.under}/`)) return false;
+    return true;
+  });
+}
+
+/** Pids whose command line mentions `needle` (processes a test must not leave behind). */
+export async function pidsMentioning(needle: string): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
+    try {
+      const cmd = await Deno.readTextFile(`/proc/${e.name}/cmdline`);
+      if (cmd.includes(needle)) out.push(Number(e.name));
+    } catch {
+      // Gone.
+    }
+  }
+  return out;
+}
+
+/** Polls `check` until it holds or `timeoutMs` passes; returns whether it held. */
+export async function waitUntil(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  intervalMs = 100,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,90 @@
+/**
+ * Faults against a real farm (coordinator, workers each in a network
+ * namespace, master, as processes): a worker killed mid-job, the coordinator
+ * and the master restarted during a build, a link cut mid-transfer, a
+ * worker's disk full, blobs corrupted on disk. Every build completes with
+ * objects identical to local compiles, or its wrappers fail clearly.
+ */
+import assert from "node:assert/strict";
+import {
+  checkObjects,
+  mounts,
+  pidsMentioning,
+  runIn,
+  sleep,
+  waitUntil,
+  withFarm,
+  writeProject,
+} from "./_reliability.ts";
+
+Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftovers cleaned at restart", async () => {
+  await withFarm("fault-kill", { slotsPerWorker: 2 }, async (farm, tree) => {
+    const objects = await writeProject(tree, {
+      n: 16,
+      before: "sleep 2",
+      shell: `${farm.binDir}/termite-sh`,
+    });
+    const cacheDir = farm.workerCacheDir(0);
+    // Two long jobs, one per worker (least loaded first), cancelled at the end.
+    const long = [0, 1].map(() =>
+      new Deno.Command(`${farm.binDir}/termite-sh`, {
+        args: ["-c", "sleep 60"],
+        cwd: tree,
+        env: farm.env,
+        stdout: "null",
+        stderr: "null",
+      }).spawn()
+    );
+    assert.ok(await waitUntil(async () => (await farm.status()).jobs.jobsRunning >= 2, 10_000));
+    const building = runIn(tree, ["make", "-j4"], farm.env);
+    // Jobs are running on both workers (2 s sleeps) when worker 0 dies.
+    assert.ok(
+      await waitUntil(async () => (await farm.status()).jobs.jobsRunning >= 6, 10_000),
+      "six jobs running",
+    );
+    await sleep(500);
+    const launchers = await pidsMentioning(`${cacheDir}/jobs/`);
+    assert.ok(launchers.length > 0, "worker 0 was running jobs");
+    await farm.killWorker(0);
+    // Its sandboxes die with it: no launcher or job is left running.
+    assert.ok(
+      await waitUntil(async () => (await pidsMentioning(`${cacheDir}/jobs/`)).length === 0, 3_000),
+      `processes left behind: ${await pidsMentioning(`${cacheDir}/jobs/`)}`,
+    );
+    for (const w of long) w.kill("SIGINT");
+    for (const w of long) assert.equal((await w.status).code, 130, "^C cancels");
+    const build = await building;
+    assert.equal(build.code, 0, build.stdout + build.stderr);
+    assert.equal(await checkObjects(tree, objects), objects.length);
+    const status = await farm.status();
+    assert.ok(status.jobs.retries + status.jobs.jobsLocal > 0, JSON.stringify(status.jobs));
+    assert.equal(status.jobs.jobsFailed, 0);
+
+    // Start it again on the same cache dir: no stale mount, no job dir left,
+    // and its mirror mounts again at the same place for new jobs.
+    await farm.startWorker(0);
+    const pid = farm.workers[0].child.pid;
+    assert.deepEqual(
+      await mounts(pid, { type: /fuse/, under: cacheDir }),
+      [],
+      "no FUSE mount in the new worker",
+    );
+    assert.deepEqual([...Deno.readDirSync(`${cacheDir}/jobs`)], []);
+    await farm.waitForWorkers(2);
+    const before = (await farm.status()).jobs.perWorker[farm.workers[0].address]?.done ?? 0;
+    const more = await writeProject(tree, {
+      n: 8,
+      prefix: "g",
+      before: "sleep 1",
+      shell: `${farm.binDir}/termite-sh`,
+    });
+    const again = await runIn(tree, ["make", "-j4"], farm.env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await checkObjects(tree, more), more.length);
+    const after = (await farm.status()).jobs.perWorker[farm.workers[0].address]?.done ?? 0;
+    assert.ok(after > before, "the restarted worker ran jobs");
+    const fuse = await mounts(pid, { type: /fuse/, under: cacheDir });
+    assert.equal(fuse.length, 1, fuse.join("\n"));
+    assert.match(fuse[0], new RegExp(`${cacheDir}/mirrors/[^ ]+/root(-\\d+)? `));
+  });
+});
