@@ -75,10 +75,15 @@ export class WorkerPool {
   update(list: WorkerInfo[]): void {
     if (this.#closed) return;
     this.#known = new Map(list.filter((w) => !w.draining).map((w) => [w.id, w]));
-    for (const [id, w] of this.#workers) {
-      if (!this.#known.has(id)) {
-        this.#options.log(`worker ${w.address} left the coordinator's list`);
-        this.#drop(id);
+    // A connected worker missing from the list stays while its connection
+    // lives: a restarted coordinator's list fills up only as the workers
+    // register again, and a dead worker's connection closes by itself (a
+    // silent one is set aside by its job's deadline). A draining one goes.
+    for (const w of list) {
+      const connected = this.#workers.get(w.id);
+      if (w.draining && connected) {
+        this.#options.log(`worker ${connected.address} is draining`);
+        this.#drop(w.id);
       }
     }
     this.#connectAll();
