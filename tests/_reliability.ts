@@ -31,7 +31,9 @@ export async function withFarm(
     await fn(farm, tree);
   } finally {
     await farm?.stop();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    // TERMITE_TEST_KEEP=1 keeps the logs and trees for a look after a failure.
+    if (Deno.env.get("TERMITE_TEST_KEEP") === "1") console.log(`kept ${dir}`);
+    else await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
 

@@ -88,3 +88,66 @@ Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftover
     assert.match(fuse[0], new RegExp(`${cacheDir}/mirrors/[^ ]+/root(-\\d+)? `));
   });
 });
+
+Deno.test("fault: the coordinator killed and restarted mid-build; workers re-register, the master keeps them", async () => {
+  await withFarm("fault-coord", { slotsPerWorker: 2 }, async (farm, tree) => {
+    const objects = await writeProject(tree, {
+      n: 16,
+      before: "sleep 1",
+      shell: `${farm.binDir}/termite-sh`,
+    });
+    const building = runIn(tree, ["make", "-j4"], farm.env);
+    assert.ok(await waitUntil(async () => (await farm.status()).jobs.jobsRunning >= 4, 10_000));
+    await farm.killCoordinator();
+    // Meanwhile the master keeps its workers.
+    let fewest = 2;
+    for (let i = 0; i < 10; i++) {
+      fewest = Math.min(fewest, (await farm.status()).workers.length);
+      await sleep(100);
+    }
+    await farm.startCoordinator();
+    for (let i = 0; i < 30; i++) {
+      fewest = Math.min(fewest, (await farm.status()).workers.length);
+      await sleep(100);
+    }
+    const build = await building;
+    assert.equal(build.code, 0, build.stdout + build.stderr);
+    assert.equal(await checkObjects(tree, objects), objects.length);
+    assert.equal(fewest, 2, "the master kept both workers through the restart");
+    // Both workers registered again, the master subscribed again.
+    for (const w of farm.workers) {
+      assert.ok(
+        await waitUntil(
+          async () =>
+            ((await Deno.readTextFile(w.log)).match(/Registered with coordinator/g) ?? []).length >=
+              2,
+          15_000,
+        ),
+        `${w.name} registered again`,
+      );
+    }
+    const masterLog = await Deno.readTextFile(farm.master.log);
+    assert.ok((masterLog.match(/Watching workers at coordinator/g) ?? []).length >= 2, masterLog);
+    // The new coordinator's list reaches the master: a worker started now is used.
+    await farm.restartWorker(1);
+    await farm.waitForWorkers(2);
+    const before = (await farm.status()).jobs;
+    const more = await writeProject(tree, {
+      n: 8,
+      prefix: "g",
+      before: "sleep 1",
+      shell: `${farm.binDir}/termite-sh`,
+    });
+    const again = await runIn(tree, ["make", "-j4"], farm.env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await checkObjects(tree, more), more.length);
+    const after = (await farm.status()).jobs;
+    assert.equal(after.jobsLocal, before.jobsLocal, "no job ran locally");
+    assert.equal(after.jobsRemote - before.jobsRemote, more.length);
+    const address = farm.workers[1].address;
+    assert.ok(
+      (after.perWorker[address]?.done ?? 0) > (before.perWorker[address]?.done ?? 0),
+      "the restarted worker ran jobs",
+    );
+  });
+});
