@@ -518,7 +518,8 @@ export class Master implements AsyncDisposable {
         pump(child.stdout, io.stdout),
         pump(child.stderr, io.stderr),
       ]);
-      return { code: status.code };
+      // Cancelled by ^C on the wrapper: report it as the interrupt it was.
+      return { code: io.signal.aborted ? 130 : status.code };
     } finally {
       unfollow?.();
       io.signal.removeEventListener("abort", kill);

@@ -107,6 +107,12 @@ try {
     }%`,
   );
   if (differ.length > 0) throw new Error(`object files differ: ${differ.join(", ")}`);
+  if (jobs.jobsRemote === 0 || jobs.jobsLocal > 0) {
+    throw new Error(
+      `${jobs.jobsLocal} of ${jobs.jobs} jobs ran on the master instead of a worker ` +
+        `(see ${farm.dir}/logs/master.log)`,
+    );
+  }
   ok = true;
 } finally {
   await farm.stop();

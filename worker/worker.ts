@@ -22,7 +22,7 @@ import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from
 import { FuseSession } from "../fuse/mod.ts";
 import { cleanStaleMount } from "../fuse/mod.ts";
 import { collectResultSet, ensureLauncher, removeStaleCgroups, runJob } from "../sandbox/mod.ts";
-import { type MasterLink, MirrorFs } from "./mirror_fs.ts";
+import { type MasterLink, MirrorFs, MOUNT_POINTS_DEFAULT } from "./mirror_fs.ts";
 
 export interface WorkerOptions {
   secret: CryptoKey;
@@ -327,7 +327,11 @@ export class Worker implements AsyncDisposable {
         });
       },
     };
-    const fs = new MirrorFs({ link, store: this.#store, writableRoot: params.writableRoot });
+    // The sandbox mounts over /proc, /dev, /tmp, /sys: the mirror shows them
+    // empty, except one holding the writable root (a build tree in /tmp).
+    const root = params.writableRoot;
+    const mountPoints = MOUNT_POINTS_DEFAULT.filter((m) => !root.startsWith(m + "/"));
+    const fs = new MirrorFs({ link, store: this.#store, writableRoot: root, mountPoints });
     const session = await FuseSession.mount(fs, {
       mountpoint,
       fsName: `termite:${key.slice(0, 16)}`,
