@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import {
   checkObjects,
   mounts,
+  namesStartingWith,
   pidsMentioning,
   runIn,
   sleep,
@@ -151,3 +152,76 @@ Deno.test("fault: the coordinator killed and restarted mid-build; workers re-reg
     );
   });
 });
+
+/** Runs `make` and fails (instead of hanging the suite) if it takes longer than `ms`. */
+async function makeWithin(
+  farm: { env: Record<string, string> },
+  tree: string,
+  args: string[],
+  ms: number,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      runIn(tree, ["make", ...args], farm.env),
+      new Promise<never>((_, reject) =>
+        timer = setTimeout(() => reject(new Error(`make hung for ${ms} ms`)), ms)
+      ),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+for (const signal of ["SIGKILL", "SIGTERM"] as const) {
+  Deno.test(`fault: the master ${signal === "SIGKILL" ? "killed" : "stopped"} (${signal}) while wrappers wait; none hangs, the tree stays consistent`, async () => {
+    await withFarm("fault-master", { slotsPerWorker: 2 }, async (farm, tree) => {
+      const objects = await writeProject(tree, {
+        n: 24,
+        before: "sleep 2",
+        shell: `${farm.binDir}/termite-sh`,
+      });
+      const building = makeWithin(farm, tree, ["-j8", "-k"], 60_000);
+      // Four jobs on the workers, four wrappers waiting for a slot.
+      assert.ok(await waitUntil(async () => (await farm.status()).jobs.jobsRunning >= 8, 15_000));
+      await sleep(2500); // some results are being applied now
+      await farm.killMaster(signal);
+      if (signal === "SIGTERM") {
+        // A clean stop: exit 0, nothing staged left in the tree.
+        assert.equal((await farm.master.done).code, 0);
+        assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);
+      }
+      const build = await building;
+      assert.notEqual(build.code, 0);
+      // Each wrapper that lost its job says so.
+      const lost = build.stderr.split("\n").filter((l) => /^termite: /.test(l));
+      assert.ok(lost.length > 0, build.stderr);
+      for (const line of lost) {
+        assert.match(
+          line,
+          /master closed the connection|lost the master|no master socket|cannot reach/i,
+        );
+      }
+      // What landed is whole: every object present equals a local compile.
+      const present = await checkObjects(tree, objects, { requireAll: false });
+      assert.ok(present < objects.length);
+      // The workers cancelled the master's jobs: none left running.
+      for (let i = 0; i < farm.workers.length; i++) {
+        const jobs = `${farm.workerCacheDir(i)}/jobs/`;
+        assert.ok(await waitUntil(async () => (await pidsMentioning(jobs)).length === 0, 10_000));
+      }
+      // A wrapper started while the master is down fails at once, clearly.
+      const down = await runIn(tree, [`${farm.binDir}/gcc`, "-c", "f0.c", "-o", "x.o"], farm.env);
+      assert.equal(down.code, 255);
+      assert.match(down.stderr, /^termite: .*master/m);
+      // Restarted, the master clears staging dirs; the build completes.
+      await farm.startMaster();
+      assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);
+      await farm.waitForWorkers(2);
+      const again = await makeWithin(farm, tree, ["-j8"], 60_000);
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(await checkObjects(tree, objects), objects.length);
+      assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);
+    });
+  });
+}
