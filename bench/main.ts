@@ -12,6 +12,7 @@ const MODULES = [
   "fuse",
   "mirror",
   "sandbox",
+  "worker",
   "wrapper",
   "farm",
 ] as const;

@@ -427,6 +427,14 @@ export class Worker implements AsyncDisposable {
           collectMs = performance.now() - t;
         },
       });
+      const sandboxEnded = performance.now();
+      if (Deno.env.get("TERMITE_DEBUG_TIMINGS")) {
+        this.#log(
+          `job ${params.argv[0]}: ${(sandboxEnded - started).toFixed(1)} ms, collect ${
+            collectMs.toFixed(1)
+          } ms, launcher set-up ${(outcome.launcherMs ?? 0).toFixed(1)} ms`,
+        );
+      }
       if (ctx.signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
       if (!resultSet) throw new RpcError("INTERNAL", "The job's changes could not be collected");
       return {
@@ -434,7 +442,12 @@ export class Worker implements AsyncDisposable {
         killedBy: outcome.killedBy,
         reason: outcome.reason,
         resultSet,
-        timings: { totalMs: performance.now() - started, collectMs },
+        timings: {
+          totalMs: performance.now() - started,
+          collectMs,
+          launcherMs: outcome.launcherMs ?? 0,
+          sandboxMs: sandboxEnded - started - collectMs,
+        },
         mirror: { ...mirror.fs.stats },
       };
     } catch (err) {
