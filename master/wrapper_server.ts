@@ -173,7 +173,8 @@ export class WrapperServer implements AsyncDisposable {
     } finally {
       cancel.abort();
       try {
-        conn.closeWrite();
+        // A promise: a connection closed meanwhile rejects it (no sync throw).
+        await conn.closeWrite();
       } catch {
         // Gone.
       }
