@@ -82,6 +82,8 @@ export interface BuildRun {
   contender: ContenderName;
   /** 0-based warm round, or "cold" (the farm's first build). */
   round: number | "cold";
+  /** 0 for the first try; a failed build is tried again (ATTEMPTS_MAX in all). */
+  attempt: number;
   ok: boolean;
   wallMs?: number;
   /** CPU of make and everything it ran on the master host, seconds. */
@@ -96,6 +98,8 @@ export interface BuildRun {
   loadBefore?: number;
   loadAfter?: number;
   error?: string;
+  /** The end of the build log, when it failed. */
+  logTail?: string;
 }
 
 export interface BuildSummary {
@@ -114,6 +118,8 @@ export interface BuildSummary {
   masterCpuPerJobMs?: number;
   /** Median time / median local make time. */
   vsLocal?: number;
+  /** Builds (cold included) that failed and were tried again or given up. */
+  failedAttempts?: number;
   /** Termite: jobs the master ran on workers, and in all (over the warm runs). */
   remoteJobs?: number;
   allJobs?: number;
@@ -164,6 +170,8 @@ export interface ScalingPoint {
   speedup?: number;
   /** Time the quota held the groups back over the measured runs, seconds. */
   throttledS?: number;
+  /** Builds that failed and were tried again (or given up), with why. */
+  failedTries: string[];
   error?: string;
 }
 
@@ -229,6 +237,18 @@ async function freshDir(path: string): Promise<void> {
   await Deno.remove(path, { recursive: true }).catch(() => {});
   await Deno.mkdir(path, { recursive: true });
   await Deno.chmod(path, 0o755);
+}
+
+const DIAGNOSIS =
+  /Stale file handle|Fatal error|error:|Error \d|No such file|Permission denied|Killed/;
+
+/** Why a build failed, in one line: the first telling line of its log. */
+async function diagnose(code: number, timedOut: boolean, logPath: string): Promise<string> {
+  const lines = (await tail(logPath, 200)).split("\n");
+  const telling = lines.find((l) => DIAGNOSIS.test(l)) ?? lines.at(-1) ?? "";
+  return `${timedOut ? "timed out" : `exit ${code}`}: ${
+    telling.trim().slice(0, 300)
+  } (log ${logPath})`;
 }
 
 /** The 1-minute load average. */
@@ -414,8 +434,15 @@ async function buildOnce(
   ctx: BuildContext,
   contender: ContenderName,
   roundNo: number | "cold",
+  attempt: number,
 ): Promise<BuildRun> {
-  const run: BuildRun = { project: ctx.project.name, contender, round: roundNo, ok: false };
+  const run: BuildRun = {
+    project: ctx.project.name,
+    contender,
+    round: roundNo,
+    attempt,
+    ok: false,
+  };
   if (contender === "termite" && (!ctx.farm || ctx.farmBroken)) {
     return { ...run, error: ctx.farmError };
   }
@@ -423,7 +450,7 @@ async function buildOnce(
   const dir = contender === "termite"
     ? `${ctx.farm!.farm.tree}/build`
     : `${ctx.pdir}/${contender}/build`;
-  const logPath = `${ctx.pdir}/logs/${contender}-${roundNo}.log`;
+  const logPath = `${ctx.pdir}/logs/${contender}-${roundNo}${attempt ? `-try${attempt}` : ""}.log`;
   try {
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
     await resetTree(ctx.src, dir, ctx.treeReset);
@@ -457,12 +484,8 @@ async function buildOnce(
       ctx.farmBroken = true;
     }
     if (timed.code !== 0) {
-      throw new Error(
-        `${timed.timedOut ? "timed out" : `exit ${timed.code}`} (log ${logPath}):\n${await tail(
-          logPath,
-          8,
-        )}`,
-      );
+      run.logTail = await tail(logPath, 12);
+      throw new Error(await diagnose(timed.code, timed.timedOut, logPath));
     }
     await ctx.project.check(dir);
     run.objects = await countObjects(dir);
@@ -477,6 +500,23 @@ async function buildOnce(
     run.error = errorText(err);
   }
   return run;
+}
+
+/** A failed build is tried again, up to this many tries in all; every try is recorded. */
+export const ATTEMPTS_MAX = 3;
+
+async function buildWithRetries(
+  ctx: BuildContext,
+  contender: ContenderName,
+  roundNo: number | "cold",
+  record: (b: BuildRun) => void,
+): Promise<void> {
+  for (let attempt = 0; attempt < ATTEMPTS_MAX; attempt++) {
+    const b = await buildOnce(ctx, contender, roundNo, attempt);
+    record(b);
+    if (b.ok || (contender === "termite" && (!ctx.farm || ctx.farmBroken))) return;
+    if (contender === "distcc" && !ctx.distcc) return;
+  }
 }
 
 // ---------------------------------------------------------------- round trips
@@ -720,6 +760,7 @@ async function measureScaling(options: {
       ok: false,
       jobs: options.slotsPerWorker * Math.max(1, workers),
       wallMs: [],
+      failedTries: [],
       error,
     }));
   if (!await cpuCgroupsAvailable()) {
@@ -739,7 +780,7 @@ async function measureScaling(options: {
     groups.push(masterGroup);
     for (const workers of options.counts) {
       const jobs = options.slotsPerWorker * Math.max(1, workers);
-      const point: ScalingPoint = { workers, ok: false, jobs, wallMs: [] };
+      const point: ScalingPoint = { workers, ok: false, jobs, wallMs: [], failedTries: [] };
       points.push(point);
       options.log(`scaling: ${workers} workers`);
       const pdir = `${options.dir}/n${workers}`;
@@ -774,23 +815,26 @@ async function measureScaling(options: {
         }
         const all = [masterGroup, ...workerGroups];
         const build = async (label: string) => {
-          await resetTree(src, buildDir, options.treeReset);
-          const logPath = `${pdir}/logs/${label}.log`;
-          const t = await timedCommand({
-            argv: options.project.command(jobs),
-            cwd: buildDir,
-            env,
-            logPath,
-            timeoutS: options.project.timeoutS,
-            cgroupProcs: masterGroup.procsFile,
-          });
-          if (t.code !== 0) {
-            throw new Error(
-              `build failed: exit ${t.code} (log ${logPath}):\n${await tail(logPath, 8)}`,
-            );
+          for (let attempt = 0;; attempt++) {
+            await resetTree(src, buildDir, options.treeReset);
+            const logPath = `${pdir}/logs/${label}${attempt ? `-try${attempt}` : ""}.log`;
+            const t = await timedCommand({
+              argv: options.project.command(jobs),
+              cwd: buildDir,
+              env,
+              logPath,
+              timeoutS: options.project.timeoutS,
+              cgroupProcs: masterGroup.procsFile,
+            });
+            try {
+              if (t.code !== 0) throw new Error(await diagnose(t.code, t.timedOut, logPath));
+              await options.project.check(buildDir);
+              return t.wallMs;
+            } catch (err) {
+              point.failedTries.push(`${label}, try ${attempt + 1}: ${errorText(err)}`);
+              if (t.timedOut || attempt + 1 >= ATTEMPTS_MAX) throw err;
+            }
           }
-          await options.project.check(buildDir);
-          return t.wallMs;
         };
         if (workers > 0) {
           // Warm the farm (mirrors, stores, hash cache) without quotas.
@@ -840,11 +884,12 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
         b.project === p.name && b.contender === c && b.round !== "cold"
       );
       const ok = runs.filter((b) => b.ok);
-      const cold = builds.find((b) =>
+      const colds = builds.filter((b) =>
         b.project === p.name && b.contender === c && b.round === "cold"
       );
+      const cold = colds.find((b) => b.ok);
       const s: BuildSummary = { project: p.name, contender: c, ok: ok.length > 0, runs: ok.length };
-      if (cold?.ok) s.coldMs = cold.wallMs;
+      if (cold) s.coldMs = cold.wallMs;
       if (ok.length > 0) {
         const walls = ok.map((b) => b.wallMs!);
         s.medianMs = Math.round(median(walls));
@@ -859,14 +904,13 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
-        }
-        if (c === "termite") {
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
         }
       }
-      const failed = [...runs, ...(cold ? [cold] : [])].find((b) => !b.ok);
-      if (failed) s.error = failed.error;
+      const failed = [...colds, ...runs].filter((b) => !b.ok);
+      s.failedAttempts = failed.length;
+      if (failed.length > 0) s.error = failed[0].error;
       out.push(s);
     }
     const local = out.find((s) => s.project === p.name && s.contender === "local")?.medianMs;
@@ -927,6 +971,12 @@ function goals(
   return out;
 }
 
+/** One line of text for a markdown table cell. */
+function cell(text: string | undefined, max = 200): string {
+  const line = (text ?? "").split("\n")[0].replace(/\|/g, "/");
+  return line.length > max ? `${line.slice(0, max)}…` : line;
+}
+
 const s1 = (ms: number | undefined) => ms === undefined ? "—" : (ms / 1000).toFixed(2);
 const fx = (v: number | undefined, d = 2) => v === undefined ? "—" : v.toFixed(d);
 
@@ -940,15 +990,14 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       }; load average ${r.machine.loadAtStart} at the start, ${r.machine.loadAtEnd} at the end)`,
     "",
     "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
-      "master-host CPU ms/job | remote jobs |",
-    "|---|---|---|---|---|---|---|---|---|",
+      "master-host CPU ms/job | remote jobs | failed tries |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   );
   for (const s of r.summaries) {
     if (!s.ok) {
       lines.push(
-        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | ${
-          (s.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
-        } |`,
+        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | — | ` +
+          `${s.failedAttempts ?? 0}: ${cell(s.error)} |`,
       );
       continue;
     }
@@ -957,8 +1006,19 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `${s1(s.minMs)}–${s1(s.maxMs)} | ${s1(s.coldMs)} | ${fx(s.vsLocal)} | ` +
         `${fx(s.clientCpuPerJobMs, 1)}${
           s.masterCpuPerJobMs !== undefined ? ` (master ${fx(s.masterCpuPerJobMs, 1)})` : ""
-        } | ${s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"} |`,
+        } | ${s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"} | ` +
+        `${s.failedAttempts ?? 0} |`,
     );
+  }
+  const failures = r.builds.filter((b) => !b.ok);
+  if (failures.length > 0) {
+    lines.push("", "Failed tries (each was tried again, up to " + `${ATTEMPTS_MAX} tries):`, "");
+    for (const b of failures) {
+      lines.push(
+        `- ${b.project} ${b.contender} ${b.round === "cold" ? "cold" : `run ${b.round + 1}`}, ` +
+          `try ${b.attempt + 1}: ${cell(b.error)}`,
+      );
+    }
   }
   if (r.roundTrips.length > 0) {
     lines.push(
@@ -972,9 +1032,7 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
     for (const k of r.roundTrips) {
       if (!k.ok) {
         lines.push(
-          `| ${k.name} | ${k.via} | failed | — | — | — | — | ${
-            (k.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
-          } |`,
+          `| ${k.name} | ${k.via} | failed | — | — | — | — | ${cell(k.error)} |`,
         );
         continue;
       }
@@ -1001,8 +1059,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `Scaling (${r.settings.scalingProject}; every host ${r.settings.coresPerHost} core by a ` +
         "CPU quota; 0 workers = local make on the master host)",
       "",
-      "| workers | make -j | median s | runs s | speed-up | per worker |",
-      "|---|---|---|---|---|---|",
+      "| workers | make -j | median s | runs s | speed-up | per worker | failed tries |",
+      "|---|---|---|---|---|---|---|",
     );
     for (const p of r.scaling) {
       lines.push(
@@ -1011,17 +1069,21 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
             p.wallMs.map((w) => s1(w)).join(", ")
           } | ${fx(p.speedup)} | ${
             p.workers > 0 && p.speedup !== undefined ? fx(p.speedup / p.workers) : "—"
-          } |`
-          : `| ${p.workers} | ${p.jobs} | failed | — | — | ${
-            (p.error ?? "").split("\n")[0].replace(/\|/g, "/").slice(0, 120)
+          } | ${p.failedTries.length} |`
+          : `| ${p.workers} | ${p.jobs} | failed | — | — | — | ${p.failedTries.length}: ${
+            cell(p.error)
           } |`,
       );
     }
   }
+  const scalingFailures = r.scaling.flatMap((p) =>
+    p.failedTries.map((f) => `- ${p.workers} workers, ${cell(f)}`)
+  );
+  if (scalingFailures.length > 0) lines.push("", "Failed scaling tries:", "", ...scalingFailures);
   lines.push("", "| goal | measured | target | verdict |", "|---|---|---|---|");
   for (const g of r.goals) {
     lines.push(
-      `| ${g.name} | ${g.measured === null ? "—" : g.measured} | ${g.target} | ${g.detail} |`,
+      `| ${g.name} | ${g.measured === null ? "—" : g.measured} | ${g.target} | ${cell(g.detail)} |`,
     );
   }
   if (r.notes.length > 0) lines.push("", ...r.notes.map((n) => `- ${n}`));
@@ -1151,7 +1213,14 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       } catch (err) {
         const error = `no source: ${errorText(err)}`;
         for (const c of contenders) {
-          builds.push({ project: project.name, contender: c, round: 0, ok: false, error });
+          builds.push({
+            project: project.name,
+            contender: c,
+            round: 0,
+            attempt: 0,
+            ok: false,
+            error,
+          });
         }
         continue;
       }
@@ -1187,14 +1256,15 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       try {
         if (contenders.includes("termite")) {
           log(`${project.name}: termite, cold`);
-          builds.push(await buildOnce(ctx, "termite", "cold"));
+          await buildWithRetries(ctx, "termite", "cold", (b) => builds.push(b));
         }
         for (let r = 0; r < runs; r++) {
           for (const c of contenders) {
             log(`${project.name}: ${c}, run ${r + 1}/${runs}`);
-            const b = await buildOnce(ctx, c, r);
-            if (!b.ok) log(`${project.name}: ${c} failed: ${b.error?.split("\n")[0]}`);
-            builds.push(b);
+            await buildWithRetries(ctx, c, r, (b) => {
+              if (!b.ok) log(`${project.name}: ${c} failed: ${b.error?.split("\n")[0]}`);
+              builds.push(b);
+            });
           }
         }
         if (pi === 0 && roundTrips > 0) {
