@@ -16,8 +16,11 @@ export interface JobSpec {
   cwd: string;
   /** The job's whole environment, passed on exactly. */
   env: Record<string, string>;
-  /** Bytes fed to the job's stdin; without it stdin is /dev/null. */
-  stdin?: Uint8Array;
+  /**
+   * Fed to the job's stdin: bytes, or chunks as they arrive (a stream that
+   * need not end before the job does); without it stdin is /dev/null.
+   */
+  stdin?: Uint8Array | AsyncIterable<Uint8Array>;
   /** Wall-clock limit; the whole process tree is killed after it. */
   timeoutMs: number;
   /** Address-space limit of each process (RLIMIT_AS). */
@@ -232,12 +235,16 @@ async function supervise(
   const bytesMax = options.outputBytesMax ?? OUTPUT_BYTES_MAX;
   const stdoutPump = new Pump(child.stdout, "stdout", bytesMax, options.onStdout, onSinkError);
   const stderrPump = new Pump(child.stderr, "stderr", bytesMax, options.onStderr, onSinkError);
-  const stdinDone = spec.stdin ? feedStdin(child.stdin, spec.stdin) : Promise.resolve();
+  const stdinStop = new AbortController();
+  const stdinDone = spec.stdin
+    ? feedStdin(child.stdin, spec.stdin, stdinStop.signal)
+    : Promise.resolve();
 
   let status: Deno.CommandStatus;
   try {
     status = await child.status;
   } finally {
+    stdinStop.abort();
     clearTimeout(timeoutTimer);
     clearTimeout(graceTimer);
     options.signal?.removeEventListener("abort", onAbort);
@@ -272,11 +279,35 @@ function trySignal(child: Deno.ChildProcess, signal: Deno.Signal): void {
   }
 }
 
-async function feedStdin(stream: WritableStream<Uint8Array>, bytes: Uint8Array): Promise<void> {
+async function feedStdin(
+  stream: WritableStream<Uint8Array>,
+  input: Uint8Array | AsyncIterable<Uint8Array>,
+  stop: AbortSignal,
+): Promise<void> {
   const writer = stream.getWriter();
+  const stopped = new Promise<"stop">((resolve) => {
+    if (stop.aborted) resolve("stop");
+    stop.addEventListener("abort", () => resolve("stop"), { once: true });
+  });
   try {
-    await writer.write(bytes);
-    await writer.close();
+    if (input instanceof Uint8Array) {
+      await Promise.race([writer.write(input), stopped]);
+    } else {
+      const it = input[Symbol.asyncIterator]();
+      try {
+        for (;;) {
+          // The job may end while its stdin is still open: stop waiting then.
+          const next = await Promise.race([it.next(), stopped]);
+          if (next === "stop" || next.done) break;
+          await Promise.race([writer.write(next.value), stopped]);
+          if (stop.aborted) break;
+        }
+      } finally {
+        it.return?.()?.catch?.(() => {});
+      }
+    }
+    if (stop.aborted) await writer.abort().catch(() => {});
+    else await writer.close();
   } catch {
     // The job exited without reading everything.
     await writer.abort().catch(() => {});

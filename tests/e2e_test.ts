@@ -358,3 +358,43 @@ Deno.test("e2e: a mirror unused for a while is unmounted, and mounted again when
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("e2e: stdin reaches a remote job, and a job need not wait for stdin to end", async () => {
+  await withFarm("stdin", { workers: 1 }, async (farm, tree) => {
+    const sh = `${farm.binDir}/termite-sh`;
+    const data = new TextEncoder().encode("line one\nline two\n".repeat(5000));
+    const child = new Deno.Command(sh, {
+      args: ["-c", "tee copy.txt | wc -l"],
+      cwd: tree,
+      env: farm.env,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    await w.write(data);
+    await w.close();
+    const out = await child.output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.equal(new TextDecoder().decode(out.stdout).trim(), "10000");
+    assert.deepEqual(await Deno.readFile(`${tree}/copy.txt`), data);
+
+    // stdin left open (a pipe nobody closes): a job that does not read it still ends.
+    const open = new Deno.Command(sh, {
+      args: ["-c", "echo done > done.txt; echo ok"],
+      cwd: tree,
+      env: farm.env,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const keep = open.stdin.getWriter();
+    await keep.write(new TextEncoder().encode("unread"));
+    const status = await open.status;
+    assert.equal(status.code, 0);
+    await keep.close().catch(() => {});
+    const rest = await open.output().catch(() => null);
+    if (rest) assert.equal(new TextDecoder().decode(rest.stdout), "ok\n");
+    assert.equal(await Deno.readTextFile(`${tree}/done.txt`), "done\n");
+  });
+});

@@ -385,14 +385,21 @@ export class Worker implements AsyncDisposable {
     mirror.jobs++;
     this.#running++;
     this.stats.jobs++;
+    const heartbeatMs = Math.min(
+      JOB_HEARTBEAT_MS,
+      Math.max(250, Number(params.heartbeatMs) || JOB_HEARTBEAT_MS),
+    );
     const heartbeat = setInterval(() => {
       ctx.sendChunk({ hb: 1 }).catch(() => {});
-    }, JOB_HEARTBEAT_MS);
+    }, heartbeatMs);
     const jobDir = `${this.#options.cacheDir}/jobs/${safeName(params.jobId)}`;
+    const stdinEnd = new AbortController();
     try {
       await this.#applyUpdates(mirror, params.updates, params.reset);
-      let stdin: Uint8Array | undefined;
-      if (params.stdin) stdin = await this.#collectStdin(params.jobId, ctx.signal);
+      // stdin streams in while the job runs; it need not end before the job.
+      const stdin = params.stdin
+        ? this.#stdinStream(params.jobId, AbortSignal.any([ctx.signal, stdinEnd.signal]))
+        : undefined;
       const timeoutMs = Math.min(
         Math.max(1, Number(params.timeoutMs) || 600_000),
         this.#options.jobTimeoutMsMax ?? 3_600_000,
@@ -455,6 +462,7 @@ export class Worker implements AsyncDisposable {
       throw err;
     } finally {
       clearInterval(heartbeat);
+      stdinEnd.abort();
       this.#stdin.delete(params.jobId);
       mirror.jobs--;
       mirror.lastUsedMs = Date.now();
@@ -471,23 +479,22 @@ export class Worker implements AsyncDisposable {
     return entry;
   }
 
-  async #collectStdin(jobId: string, signal: AbortSignal): Promise<Uint8Array> {
+  async *#stdinStream(jobId: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
     const entry = this.#stdinEntry(jobId);
     if (!entry) throw new RpcError("LIMIT", "Too many jobs waiting for stdin");
-    while (!entry.ended) {
-      if (signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
+    let sent = 0;
+    for (;;) {
+      while (sent < entry.chunks.length) {
+        const chunk = entry.chunks[sent];
+        entry.chunks[sent++] = new Uint8Array(); // Delivered: let it go.
+        yield chunk;
+      }
+      if (entry.ended || signal.aborted) return;
       await new Promise<void>((resolve) => {
         entry.wake = resolve;
         signal.addEventListener("abort", () => resolve(), { once: true });
       });
     }
-    const out = new Uint8Array(entry.bytes);
-    let off = 0;
-    for (const c of entry.chunks) {
-      out.set(c, off);
-      off += c.length;
-    }
-    return out;
   }
 
   async close(): Promise<void> {
