@@ -21,6 +21,7 @@ const { values } = parseArgs({
     "cache-dir": { type: "string" },
     retries: { type: "string", default: "2" },
     "job-timeout": { type: "string", default: "10m" },
+    "job-silence": { type: "string", default: "30s" },
     "keep-alive": { type: "string", default: "0" },
     "status-port": { type: "string" },
     "no-local-fallback": { type: "boolean", default: false },
@@ -32,6 +33,7 @@ if (values.help) {
   [--socket PATH] (its folder is the writable root; default ./.termite-socket)
   [--exclude PREFIX]... (default ${DEFAULT_EXCLUSIONS.join(",")})
   [--cache-dir DIR] [--retries N] [--job-timeout 10m] [--keep-alive 0 (= forever)]
+  [--job-silence 30s] (give up on a worker silent this long during a job)
   [--status-port N] [--no-local-fallback]`);
   Deno.exit(0);
 }
@@ -52,6 +54,7 @@ try {
     cacheDir: values["cache-dir"] ?? defaultCacheDir("master"),
     retries: Number(values.retries),
     jobTimeoutMs: parseDurationMs(values["job-timeout"]),
+    jobSilenceMs: parseDurationMs(values["job-silence"]),
     localFallback: !values["no-local-fallback"],
     statusPort: values["status-port"] ? Number(values["status-port"]) : undefined,
   });

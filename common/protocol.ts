@@ -54,6 +54,8 @@ export interface JobParams {
   /** Attribute changes the mirror must apply before the job starts. */
   updates: FileAttr[];
   reset: boolean;
+  /** Heartbeat interval the master wants (ms); the worker clamps it to [250, JOB_HEARTBEAT_MS]. */
+  heartbeatMs?: number;
 }
 
 /** Streamed during a job: output, or a heartbeat (`{ hb: 1 }`). */

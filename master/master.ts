@@ -6,6 +6,7 @@
 import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
 import type { FileAttr } from "../common/types.ts";
 import {
+  JOB_HEARTBEAT_MS,
   JOB_SILENCE_MS_MAX,
   type JobChunk,
   type JobParams,
@@ -39,6 +40,11 @@ export interface MasterOptions {
   /** Other workers tried after a failure before running locally. */
   retries?: number;
   jobTimeoutMs?: number;
+  /**
+   * Give up on a worker silent this long during a job (no output, no
+   * heartbeat) or while it sends a result; default {@linkcode JOB_SILENCE_MS_MAX}.
+   */
+  jobSilenceMs?: number;
   /** Run a job locally when no worker can. */
   localFallback?: boolean;
   /** Local jobs (fallback) at once. */
@@ -109,6 +115,73 @@ class Semaphore {
 }
 
 const CHUNK_ATTRS = 512;
+/** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
+export const OUTPUT_HOLD_BYTES_MAX = 1 << 20;
+/** While the job runs, output is held this long after its first byte at most. */
+export const OUTPUT_HOLD_MS = 2_000;
+
+/**
+ * A remote attempt's output, held until the attempt succeeds so that a retry
+ * elsewhere does not repeat it, unless it grows past a size or age: then it
+ * is forwarded and the attempt is committed (a failure is no longer retried).
+ */
+class OutputHold {
+  #io: JobIo;
+  #held: { fd: 1 | 2; data: Uint8Array }[] = [];
+  #bytes = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timed = true;
+  #chain: Promise<void> = Promise.resolve();
+  committed = false;
+
+  constructor(io: JobIo) {
+    this.#io = io;
+  }
+
+  write(fd: 1 | 2, data: Uint8Array): Promise<void> {
+    if (this.committed) return this.#then(() => this.#forward(fd, data));
+    this.#held.push({ fd, data });
+    this.#bytes += data.length;
+    if (this.#bytes > OUTPUT_HOLD_BYTES_MAX) return this.flush();
+    if (this.#timed && this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.flush().catch(() => {}), OUTPUT_HOLD_MS);
+    }
+    return Promise.resolve();
+  }
+
+  /** The job ended: hold what it printed until the result is applied. */
+  stopTimer(): void {
+    this.#timed = false;
+    clearTimeout(this.#timer);
+  }
+
+  /** Forwards what is held; from now on the attempt's output goes straight through. */
+  flush(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.committed = true;
+    const held = this.#held.splice(0);
+    this.#bytes = 0;
+    return this.#then(async () => {
+      for (const { fd, data } of held) await this.#forward(fd, data);
+    });
+  }
+
+  /** The attempt failed before anything was forwarded. */
+  discard(): void {
+    clearTimeout(this.#timer);
+    this.#held = [];
+    this.#bytes = 0;
+  }
+
+  #forward(fd: 1 | 2, data: Uint8Array): Promise<void> {
+    return fd === 1 ? this.#io.stdout(data) : this.#io.stderr(data);
+  }
+
+  #then(fn: () => Promise<void>): Promise<void> {
+    this.#chain = this.#chain.then(fn);
+    return this.#chain;
+  }
+}
 
 export class Master implements AsyncDisposable {
   readonly root: string;
@@ -325,19 +398,34 @@ export class Master implements AsyncDisposable {
       if (worker === null) break;
       tried.add(worker.id);
       if (attempt > 0) this.stats.retries++;
+      const hold = new OutputHold(io);
       try {
-        const code = await this.#runOn(worker, request, io);
+        const code = await this.#runOn(worker, request, io, hold);
+        await hold.flush();
         this.stats.jobsRemote++;
         worker.jobsDone++;
         this.#workerStats(worker).done++;
         return { code };
       } catch (err) {
+        hold.discard();
         if (io.signal.aborted) return { code: 130, error: "cancelled" };
         worker.jobsFailed++;
         this.#workerStats(worker).failed++;
         this.#log(`job ${request.argv[0]} failed on ${worker.address}: ${(err as Error).message}`);
-        if (err instanceof ResultSetError || !(err instanceof RpcError)) {
+        // Its fault: a bad result set, a broken or silent connection.
+        if (
+          err instanceof ResultSetError || !(err instanceof RpcError) || err.code === "TIMEOUT"
+        ) {
           this.#pool.fail(worker, (err as Error).message);
+        }
+        if (hold.committed) {
+          // Its output was sent: running it again would print it twice.
+          this.stats.jobsFailed++;
+          return {
+            code: 255,
+            error: `the job failed on ${worker.address} after its output was sent, so it is ` +
+              `not run again: ${(err as Error).message}`,
+          };
         }
       } finally {
         this.#pool?.release(worker);
@@ -380,11 +468,17 @@ export class Master implements AsyncDisposable {
     };
   }
 
-  async #runOn(worker: PooledWorker, request: JobRequest, io: JobIo): Promise<number> {
+  async #runOn(
+    worker: PooledWorker,
+    request: JobRequest,
+    io: JobIo,
+    hold: OutputHold,
+  ): Promise<number> {
     await this.#flushChanges();
     const { updates, reset, cursor } = this.#changes.since(worker.cursor);
     const jobId = `${this.masterId}-${++this.#jobSeq}`;
     const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
+    const silenceMs = this.#options.jobSilenceMs ?? JOB_SILENCE_MS_MAX;
     const params: JobParams = {
       jobId,
       argv: request.argv,
@@ -394,13 +488,14 @@ export class Master implements AsyncDisposable {
       timeoutMs,
       updates,
       reset,
+      heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
     };
     // A worker that falls silent (no output, no heartbeat) is given up on.
     const silence = new AbortController();
-    let silenceTimer = setTimeout(() => silence.abort(), JOB_SILENCE_MS_MAX);
+    let silenceTimer = setTimeout(() => silence.abort(), silenceMs);
     const heard = () => {
       clearTimeout(silenceTimer);
-      silenceTimer = setTimeout(() => silence.abort(), JOB_SILENCE_MS_MAX);
+      silenceTimer = setTimeout(() => silence.abort(), silenceMs);
     };
     const unfollow = io.stdin?.follow((data) => {
       worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
@@ -414,7 +509,7 @@ export class Master implements AsyncDisposable {
           heard();
           const c = chunk as JobChunk;
           if ("fd" in c && c.data instanceof Uint8Array) {
-            await (c.fd === 1 ? io.stdout(c.data) : io.stderr(c.data));
+            await hold.write(c.fd === 1 ? 1 : 2, c.data);
           }
         },
       });
@@ -422,13 +517,14 @@ export class Master implements AsyncDisposable {
       if (silence.signal.aborted && !io.signal.aborted) {
         throw new RpcError(
           "TIMEOUT",
-          `worker ${worker.address} silent for ${JOB_SILENCE_MS_MAX} ms`,
+          `worker ${worker.address} silent for ${silenceMs} ms`,
         );
       }
       throw err;
     } finally {
       clearTimeout(silenceTimer);
       unfollow?.();
+      hold.stopTimer();
     }
     worker.cursor = cursor;
     const applyStarted = performance.now();
@@ -436,14 +532,33 @@ export class Master implements AsyncDisposable {
       writableRoot: this.root,
       hashCache: this.#hashCache,
       fetchBlob: async (hash, sink) => {
-        await worker.peer.call(WorkerMethods.blobGet, { hash }, {
-          timeoutMs: 120_000,
-          signal: io.signal,
-          onChunk: (chunk) => {
-            if (!(chunk instanceof Uint8Array)) throw new ResultSetError("Blob chunk is not bytes");
-            return sink.write(chunk);
-          },
-        });
+        // A transfer that stalls (a cut link) is given up on like a silent job.
+        const stalled = new AbortController();
+        let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
+        try {
+          await worker.peer.call(WorkerMethods.blobGet, { hash }, {
+            timeoutMs: 120_000,
+            signal: AbortSignal.any([io.signal, stalled.signal]),
+            onChunk: (chunk) => {
+              clearTimeout(stallTimer);
+              stallTimer = setTimeout(() => stalled.abort(), silenceMs);
+              if (!(chunk instanceof Uint8Array)) {
+                throw new ResultSetError("Blob chunk is not bytes");
+              }
+              return sink.write(chunk);
+            },
+          });
+        } catch (err) {
+          if (stalled.signal.aborted && !io.signal.aborted) {
+            throw new RpcError(
+              "TIMEOUT",
+              `worker ${worker.address} stalled for ${silenceMs} ms sending blob ${hash}`,
+            );
+          }
+          throw err;
+        } finally {
+          clearTimeout(stallTimer);
+        }
       },
     });
     this.stats.bytesReceived += outcome.bytesFetched;
@@ -455,7 +570,8 @@ export class Master implements AsyncDisposable {
     await this.#flushChanges(outcome.touched, outcome.hashes);
     if (reply.killedBy) {
       const why = reply.reason ?? reply.killedBy;
-      await io.stderr(
+      await hold.write(
+        2,
         new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
       );
     }
