@@ -6,8 +6,10 @@
  * objects identical to local compiles, or its wrappers fail clearly.
  */
 import assert from "node:assert/strict";
+import { type Host, setLink } from "../farm/netns.ts";
 import {
   checkObjects,
+  type Farm,
   mounts,
   namesStartingWith,
   pidsMentioning,
@@ -225,3 +227,120 @@ for (const signal of ["SIGKILL", "SIGTERM"] as const) {
     });
   });
 }
+
+/** Runs a command through the farm's shell wrapper; output captured. */
+function viaShell(
+  farm: { binDir: string; env: Record<string, string> },
+  tree: string,
+  script: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runIn(tree, [`${farm.binDir}/termite-sh`, "-c", script], farm.env);
+}
+
+/** The index of the one worker with nothing running, once the other runs a job. */
+async function idleWorker(farm: Farm): Promise<number> {
+  let idle = -1;
+  assert.ok(
+    await waitUntil(async () => {
+      const ws = (await farm.status()).workers;
+      const busy = ws.filter((w) => w.running > 0).map((w) => w.address);
+      if (busy.length !== 1) return false;
+      idle = farm.workers.findIndex((w) => !busy.includes(w.address));
+      return idle >= 0;
+    }, 10_000),
+    "one worker busy",
+  );
+  return idle;
+}
+
+async function tc(host: Host, args: string[]): Promise<void> {
+  const dev = host.hostIf.replace("tmh", "tmn");
+  const out = await runIn("/", [
+    ...host.exec,
+    "tc",
+    "qdisc",
+    ...args.map((a) => a === "DEV" ? dev : a),
+  ]);
+  assert.equal(out.code, 0, out.stderr);
+}
+
+Deno.test("fault: the link to a worker cut mid-transfer and mid-job; deadlines fire, jobs move, builds complete", async () => {
+  await withFarm("fault-link", {
+    slotsPerWorker: 1,
+    masterArgs: ["--job-silence", "3s"],
+  }, async (farm, tree) => {
+    // 1. Mid-transfer: the result's 6 MB crawl back at 4 Mbit/s when the link goes.
+    const blocker = viaShell(farm, tree, "sleep 5");
+    const t = await idleWorker(farm);
+    const host = farm.workers[t].host!;
+    await tc(host, [
+      "add",
+      "dev",
+      "DEV",
+      "root",
+      "tbf",
+      "rate",
+      "4mbit",
+      "burst",
+      "32kbit",
+      "latency",
+      "400ms",
+    ]);
+    const big = viaShell(farm, tree, "head -c 6000000 /dev/urandom > big.bin; echo made");
+    // The master is fetching it: its staging file grows.
+    assert.ok(
+      await waitUntil(
+        async () => {
+          for (const name of await namesStartingWith(tree, ".termite-staging")) {
+            for (const e of Deno.readDirSync(`${tree}/${name}`)) {
+              if (Deno.statSync(`${tree}/${name}/${e.name}`).size > 100_000) return true;
+            }
+          }
+          return false;
+        },
+        10_000,
+        50,
+      ),
+      "the transfer started",
+    );
+    await setLink(host, false);
+    const cut = Date.now();
+    const r = await big;
+    const recoveredMs = Date.now() - cut;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "made\n");
+    assert.equal((await Deno.stat(`${tree}/big.bin`)).size, 6_000_000);
+    assert.equal((await blocker).code, 0);
+    assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);
+    const masterLog = await Deno.readTextFile(farm.master.log);
+    assert.match(masterLog, /stalled for 3000 ms sending blob/);
+    assert.match(masterLog, /setting worker \S+ aside/);
+    console.log(`mid-transfer cut: job completed elsewhere ${recoveredMs} ms after the cut`);
+    await tc(host, ["del", "dev", "DEV", "root"]);
+    await setLink(host, true);
+    await farm.waitForWorkers(2);
+
+    // 2. Mid-job: the worker falls silent (no heartbeat) while its job runs.
+    const blocker2 = viaShell(farm, tree, "sleep 6");
+    const t2 = await idleWorker(farm);
+    const job = viaShell(farm, tree, "sleep 3; echo c > c.txt; echo ok");
+    await waitUntil(async () => (await farm.status()).jobs.jobsRunning >= 2, 5_000);
+    await sleep(500);
+    await setLink(farm.workers[t2].host!, false);
+    const cut2 = Date.now();
+    const r2 = await job;
+    const recovered2Ms = Date.now() - cut2;
+    assert.equal(r2.code, 0, r2.stderr);
+    assert.equal(r2.stdout, "ok\n");
+    assert.equal(await Deno.readTextFile(`${tree}/c.txt`), "c\n");
+    assert.equal((await blocker2).code, 0);
+    assert.match(await Deno.readTextFile(farm.master.log), /silent for 3000 ms/);
+    console.log(`mid-job cut: job completed elsewhere ${recovered2Ms} ms after the cut`);
+    await setLink(farm.workers[t2].host!, true);
+    // Back: both workers serve again.
+    await farm.waitForWorkers(2);
+    const status = await farm.status();
+    assert.equal(status.jobs.jobsFailed, 0);
+    assert.ok(status.jobs.retries >= 2, JSON.stringify(status.jobs));
+  });
+});
