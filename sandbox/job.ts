@@ -87,7 +87,13 @@ export interface RunJobOptions extends SandboxOptions {
    * before the job dir is removed: collect the result set here, passing
    * `lowerDir` on to {@linkcode collectResultSet}.
    */
-  onUpper?(upperDir: string, lowerDir: string): Promise<void>;
+  onUpper?(upperDir: string, lowerDir: string, outcome: JobOutcome): Promise<void>;
+  /**
+   * Given, the clean-up after the job (removing its directory and cgroup) is
+   * handed over here instead of awaited, so that the outcome returns sooner;
+   * the promise rejects with a {@linkcode SandboxError} if it fails.
+   */
+  deferCleanup?(cleanup: Promise<void>): void;
 }
 
 /** Default cap on processes per job. */
@@ -176,24 +182,33 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
 
     outcome = await supervise(launcher, args, spec, options);
     if (outcome.killedBy === undefined && options.onUpper) {
-      await options.onUpper(`${jobDir}/upper`, lowerDir);
+      await options.onUpper(`${jobDir}/upper`, lowerDir, outcome);
     }
   } catch (err) {
     failure = err;
   }
 
   // Cleanup: the mounts lived in the job's namespace and are gone with it.
-  const cleanupErrors: unknown[] = [];
-  if (cgroup !== null) {
-    await removeCgroup(cgroup).catch((err) => cleanupErrors.push(err));
+  const cleanup = (async () => {
+    const cleanupErrors: unknown[] = [];
+    if (cgroup !== null) {
+      await removeCgroup(cgroup).catch((err) => cleanupErrors.push(err));
+    }
+    await Deno.remove(jobDir, { recursive: true }).catch((err) => cleanupErrors.push(err));
+    if (cleanupErrors.length > 0) {
+      throw new SandboxError(`Cannot clean up after the job in ${jobDir}`, {
+        cause: cleanupErrors[0],
+      });
+    }
+  })();
+  if (options.deferCleanup && failure === undefined) {
+    options.deferCleanup(cleanup);
+    return outcome!;
   }
-  await Deno.remove(jobDir, { recursive: true }).catch((err) => cleanupErrors.push(err));
+  await cleanup.catch((err) => {
+    if (failure === undefined) failure = err;
+  });
   if (failure !== undefined) throw failure;
-  if (cleanupErrors.length > 0) {
-    throw new SandboxError(`Cannot clean up after the job in ${jobDir}`, {
-      cause: cleanupErrors[0],
-    });
-  }
   return outcome!;
 }
 

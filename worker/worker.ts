@@ -77,6 +77,19 @@ interface StdinEntry {
   wake?: () => void;
 }
 
+/** Free space below which a failed job is blamed on the worker's disk. */
+const DISK_FREE_BYTES_MIN = 16 * 2 ** 20;
+
+/** Whether an error (or one of its causes) is ENOSPC. */
+function isNoSpace(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if ((e as { code?: unknown }).code === "ENOSPC" || /os error 28\b/.test(e.message)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 function safeName(s: string): string {
   return s.replace(/[^A-Za-z0-9_.-]/g, "_").slice(0, 100);
 }
@@ -95,6 +108,7 @@ export class Worker implements AsyncDisposable {
   #stdin = new Map<string, StdinEntry>();
   #running = 0;
   #mountSeq = 0;
+  #background = new Set<Promise<void>>();
   #draining = false;
   #idleTimer?: ReturnType<typeof setInterval>;
   #closed = false;
@@ -421,16 +435,26 @@ export class Worker implements AsyncDisposable {
         jobDir,
         launcherCacheDir: `${this.#options.cacheDir}/launcher`,
         signal: ctx.signal,
+        deferCleanup: (cleanup) => this.#track(cleanup),
         onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
         onStderr: (data) => ctx.sendChunk({ fd: 2, data }),
-        onUpper: async (upper, lowerDir) => {
+        onUpper: async (upper, lowerDir, ended) => {
+          // A job that failed on a full disk failed because of this worker.
+          if (ended.exitCode !== 0) await this.#checkDiskSpace(upper);
           const t = performance.now();
-          resultSet = await collectResultSet(
-            upper,
-            mirror.writableRoot,
-            (path) => this.#store.putFile(path),
-            { lowerDir },
-          );
+          try {
+            resultSet = await collectResultSet(
+              upper,
+              mirror.writableRoot,
+              (path) => this.#store.putFile(path),
+              { lowerDir },
+            );
+          } catch (err) {
+            if (isNoSpace(err)) {
+              throw new RpcError("NOSPACE", `No space left on this worker to store the results`);
+            }
+            throw err;
+          }
           collectMs = performance.now() - t;
         },
       });
@@ -470,6 +494,24 @@ export class Worker implements AsyncDisposable {
     }
   }
 
+  /** Throws NOSPACE when the file system holding `path` is (nearly) full. */
+  async #checkDiskSpace(path: string): Promise<void> {
+    const out = await new Deno.Command("stat", {
+      args: ["-f", "-c", "%a %S", path],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const [blocks, size] = new TextDecoder().decode(out.stdout).trim().split(" ").map(Number);
+    const free = blocks * size;
+    if (out.success && Number.isFinite(free) && free < DISK_FREE_BYTES_MIN) {
+      throw new RpcError(
+        "NOSPACE",
+        `No space left on this worker: ${free} bytes free in ${this.#options.cacheDir}`,
+      );
+    }
+  }
+
   #stdinEntry(jobId: string): StdinEntry | undefined {
     let entry = this.#stdin.get(jobId);
     if (!entry && this.#stdin.size < STDIN_JOBS_MAX) {
@@ -497,13 +539,21 @@ export class Worker implements AsyncDisposable {
     }
   }
 
+  /** Background work (job clean-up) awaited at close; failures are logged. */
+  #track(work: Promise<void>): void {
+    const p = work.catch((err) => this.#log(`${(err as Error).message}`)).finally(() =>
+      this.#background.delete(p)
+    );
+    this.#background.add(p);
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#idleTimer);
     await this.#registration?.close();
     await this.#server.close();
-    await Promise.allSettled([...this.#mirrorOpening.values()]);
+    await Promise.allSettled([...this.#mirrorOpening.values(), ...this.#background]);
     for (const mirror of this.#mirrors.values()) {
       await mirror.session.close().catch((err) =>
         this.#log(`unmount ${mirror.mountpoint}: ${err}`)
