@@ -5,7 +5,8 @@
  *   wrapper.ts --as NAME [ARGS...]     run tool NAME through the master
  *   wrapper.ts --as sh -c SCRIPT       shell-wrapper mode
  *
- * The `bin/termite-wrap` shim passes `--as "$(basename "$0")"`.
+ * The `bin/termite-wrap` shim passes `--as "$(basename "$0")"`; a binary made
+ * with `deno compile` and symlinked as the tool takes the name it was run as.
  */
 import { runShellBuiltin, runWrapper } from "./wrapper/client.ts";
 
@@ -14,6 +15,12 @@ async function main(args: string[]): Promise<number> {
   if (args[0] === "--as") {
     tool = args[1];
     args = args.slice(2);
+  }
+  if (!tool) {
+    // A `deno compile`d wrapper symlinked as the tool: the name it was started as.
+    const argv0 = Deno.readTextFileSync("/proc/self/cmdline").split("\0")[0];
+    const name = argv0.slice(argv0.lastIndexOf("/") + 1);
+    if (name && !/^(deno|termite-wrapper|wrapper\.ts)$/.test(name)) tool = name;
   }
   if (!tool) {
     console.error("termite wrapper: usage: wrapper.ts --as TOOL [ARGS...]");
