@@ -412,9 +412,10 @@ export class Master implements AsyncDisposable {
         worker.jobsFailed++;
         this.#workerStats(worker).failed++;
         this.#log(`job ${request.argv[0]} failed on ${worker.address}: ${(err as Error).message}`);
-        // Its fault: a bad result set, a broken or silent connection.
+        // Its fault: a bad result set, a broken or silent connection, a full disk.
         if (
-          err instanceof ResultSetError || !(err instanceof RpcError) || err.code === "TIMEOUT"
+          err instanceof ResultSetError || !(err instanceof RpcError) || err.code === "TIMEOUT" ||
+          err.code === "NOSPACE"
         ) {
           this.#pool.fail(worker, (err as Error).message);
         }

@@ -440,7 +440,7 @@ export class Worker implements AsyncDisposable {
         onStderr: (data) => ctx.sendChunk({ fd: 2, data }),
         onUpper: async (upper, lowerDir, ended) => {
           // A job that failed on a full disk failed because of this worker.
-          if (ended.exitCode !== 0) await this.#checkDiskSpace(upper);
+          if (ended.exitCode !== 0) await this.#throwIfDiskFull();
           const t = performance.now();
           try {
             resultSet = await collectResultSet(
@@ -483,6 +483,8 @@ export class Worker implements AsyncDisposable {
       };
     } catch (err) {
       this.stats.jobsFailed++;
+      // The sandbox failed (say, no room for the launcher's status): the disk?
+      if (!(err instanceof RpcError) && !ctx.signal.aborted) await this.#throwIfDiskFull();
       throw err;
     } finally {
       clearInterval(heartbeat);
@@ -494,10 +496,10 @@ export class Worker implements AsyncDisposable {
     }
   }
 
-  /** Throws NOSPACE when the file system holding `path` is (nearly) full. */
-  async #checkDiskSpace(path: string): Promise<void> {
+  /** Throws NOSPACE when the file system of the cache dir (jobs, store) is (nearly) full. */
+  async #throwIfDiskFull(): Promise<void> {
     const out = await new Deno.Command("stat", {
-      args: ["-f", "-c", "%a %S", path],
+      args: ["-f", "-c", "%a %S", `${this.#options.cacheDir}/jobs`],
       stdin: "null",
       stdout: "piped",
       stderr: "null",
