@@ -344,3 +344,80 @@ Deno.test("fault: the link to a worker cut mid-transfer and mid-job; deadlines f
     assert.ok(status.jobs.retries >= 2, JSON.stringify(status.jobs));
   });
 });
+
+/** Runs a shell script inside worker `i`'s mount namespace (its cache dir may be a tmpfs there). */
+async function inWorkerNs(farm: Farm, i: number, script: string): Promise<string> {
+  const out = await runIn("/", [
+    "nsenter",
+    "-t",
+    String(farm.workers[i].child.pid),
+    "-m",
+    "--",
+    "sh",
+    "-c",
+    script,
+  ]);
+  assert.equal(out.code, 0, out.stderr);
+  return out.stdout;
+}
+
+Deno.test("fault: a worker's disk full while storing results or running; the job fails over, the worker recovers", async () => {
+  await withFarm("fault-disk", {
+    slotsPerWorker: 1,
+    workerCacheBytes: 48 * 2 ** 20,
+  }, async (farm, tree) => {
+    const cases = [
+      { name: "store", script: "head -c 2000000 /dev/urandom > out0.bin; echo wrote", size: 2e6 },
+      { name: "job", script: "head -c 4000000 /dev/urandom > out1.bin; echo wrote", size: 4e6 },
+    ];
+    // Each worker's store holds sh, head and their libraries: only results need room.
+    const warm = await Promise.all(
+      [0, 1].map(() =>
+        viaShell(farm, tree, "sleep 1; head -c 10 /dev/urandom | cmp -s - /dev/null")
+      ),
+    );
+    assert.ok(warm.every((w) => w.code === 1), "both workers warmed up");
+    for (const [k, c] of cases.entries()) {
+      await farm.waitForWorkers(2);
+      const blocker = viaShell(farm, tree, "sleep 4");
+      const t = await idleWorker(farm);
+      const cache = farm.workerCacheDir(t);
+      // 3 MB left: enough for the job's 2 MB but not for storing them too,
+      // or not for the job's 4 MB at all.
+      await inWorkerNs(
+        farm,
+        t,
+        `free=$(( $(stat -f -c '%a * %S' ${cache}) ));` +
+          ` fallocate -l $(( free - 3 * 1024 * 1024 )) ${cache}/filler`,
+      );
+      const r = await viaShell(farm, tree, c.script);
+      assert.equal(r.code, 0, `${c.name}: ${r.stderr}`);
+      assert.equal(r.stdout, "wrote\n", "printed once");
+      assert.equal((await Deno.stat(`${tree}/out${k}.bin`)).size, c.size);
+      assert.equal((await blocker).code, 0);
+      assert.match(await Deno.readTextFile(farm.master.log), /No space left on this worker/);
+      // Nothing half-written in its store: no temp file, every blob whole.
+      const check = await inWorkerNs(
+        farm,
+        t,
+        `cd ${cache}/cas && ls tmp | wc -l && for f in ??/*; do [ -f "$f" ] || continue;` +
+          ` h=$(sha256sum < "$f" | cut -c1-64); [ "$h" = "\${f#??/}" ] || echo "BAD $f"; done`,
+      );
+      assert.equal(check, "0\n", `store of worker ${t}: ${check}`);
+      // Space returns: the worker runs jobs again.
+      await inWorkerNs(farm, t, `rm ${cache}/filler`);
+      await farm.waitForWorkers(2);
+      const before = (await farm.status()).jobs.perWorker[farm.workers[t].address]?.done ?? 0;
+      const blocker2 = viaShell(farm, tree, "sleep 3");
+      const t2 = await idleWorker(farm);
+      const again = await viaShell(farm, tree, `${c.script}; cmp -s out${k}.bin out${k}.bin`);
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal((await blocker2).code, 0);
+      const after = (await farm.status()).jobs.perWorker[farm.workers[t2].address]?.done ?? 0;
+      assert.ok(after > before || t2 !== t, "the worker serves again");
+    }
+    const status = await farm.status();
+    assert.equal(status.jobs.jobsFailed, 0);
+    assert.equal(status.jobs.jobsLocal, 0);
+  });
+});
