@@ -248,7 +248,15 @@ export class FileServer {
     for (const path of new Set(paths)) {
       const before = this.#served.get(path);
       if (!before) continue;
-      const after = await this.#attr(path, false);
+      let after = await this.#attr(path, false);
+      if (
+        before.hash && after.kind === "file" && after.hash === undefined && !known?.has(path) &&
+        sameAttr(before, after)
+      ) {
+        // Same size and mtime, but the hash cache no longer vouches for it (its
+        // ctime or inode changed): new content is possible, so hash it again.
+        after = await this.#attr(path, true);
+      }
       const hash = known?.get(path);
       if (hash && after.kind === "file") after.hash = hash;
       if (!sameAttr(before, after) || (after.hash && before.hash !== after.hash)) {
