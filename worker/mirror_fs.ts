@@ -148,6 +148,8 @@ export interface MirrorStats {
   entries: number;
   /** Open file and directory handles now. */
   handles: number;
+  /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
+  corruptBlobs: number;
 }
 
 export const MOUNT_POINTS_DEFAULT: readonly string[] = ["/proc", "/dev", "/tmp", "/sys"];
@@ -160,6 +162,8 @@ const HANDLES_MAX_DEFAULT = 8192;
 const BLOB_FDS_MAX_DEFAULT = 1024;
 const PREFETCH_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
 const PREFETCHES_MAX_DEFAULT = 256;
+/** Hashes remembered as checked by this mirror (the set is cleared beyond it). */
+const VERIFIED_MAX = 1_000_000;
 /** Names answered negatively and remembered (to invalidate them later), per directory. */
 const NEGATIVES_PER_DIR_MAX = 4096;
 /** The same, in all. Beyond either, a missing name is answered ENOENT (not cached). */
@@ -282,6 +286,8 @@ export class MirrorFs implements FileSystem {
   /** Without open requests: a blob descriptor per node id, LRU order. */
   readonly #blobs = new Map<bigint, FileHandle>();
   readonly #blobOpening = new Map<bigint, Promise<FileHandle | Errno>>();
+  /** Stored blobs rehashed once by this mirror (or fetched, hence verified, by it). */
+  readonly #verified = new Set<string>();
   readonly #closing: FileHandle[] = [];
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   #zeroOpen: boolean;
@@ -344,6 +350,7 @@ export class MirrorFs implements FileSystem {
       errors: 0,
       entries: 0,
       handles: 0,
+      corruptBlobs: 0,
     };
     Object.defineProperties(this.stats, {
       entries: { get: () => this.#attached, enumerable: true },
@@ -1067,10 +1074,35 @@ export class MirrorFs implements FileSystem {
       }
       hash = attr.hash;
       try {
+        const stored = this.#store.sizeOf(hash) !== undefined;
         path = await this.#store.ensure(hash, this.#fetcher(false), {
           pin: true,
           signal: this.#closer.signal,
         });
+        if (stored && !this.#verified.has(hash)) {
+          // Stored before this mirror used it: rehash it once, so that a blob
+          // corrupted on disk is discarded and fetched again, never served.
+          let whole = false;
+          try {
+            whole = await this.#store.verify(hash);
+          } finally {
+            if (!whole) this.#store.unpin(hash);
+          }
+          if (!whole) {
+            this.stats.corruptBlobs++;
+            try {
+              this.#onError(new Error(`Blob ${hash} was corrupt on disk`), `open ${node.path}`);
+            } catch {
+              // A failing logger must not cost the reply.
+            }
+            path = await this.#store.ensure(hash, this.#fetcher(false), {
+              pin: true,
+              signal: this.#closer.signal,
+            });
+          }
+        }
+        if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+        this.#verified.add(hash);
       } catch (error) {
         // The hash may be stale (changed on the master): ask for it again next time.
         if (node.attr?.hash === hash) node.attr = { ...node.attr, hash: undefined };
