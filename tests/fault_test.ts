@@ -6,6 +6,7 @@
  * objects identical to local compiles, or its wrappers fail clearly.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { type Host, setLink } from "../farm/netns.ts";
 import {
   checkObjects,
@@ -419,5 +420,52 @@ Deno.test("fault: a worker's disk full while storing results or running; the job
     const status = await farm.status();
     assert.equal(status.jobs.jobsFailed, 0);
     assert.equal(status.jobs.jobsLocal, 0);
+  });
+});
+
+function sha256Hex(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+Deno.test("fault: blobs corrupted on disk are detected by hash, discarded and fetched again; a file changed under the hash cache is seen", async () => {
+  await withFarm("fault-corrupt", { workers: 1 }, async (farm, tree) => {
+    const data = new Uint8Array(200_000).map((_, i) => (i * 7) % 251);
+    await Deno.writeFile(`${tree}/data.bin`, data);
+    const hash = sha256Hex(data);
+    const sum = (file: string) => viaShell(farm, tree, `sha256sum ${file} | cut -c1-64`);
+    assert.equal((await sum("data.bin")).stdout, `${hash}\n`);
+
+    // Worker store: flip bytes of the stored blob in place (same size).
+    const blob = `${farm.workerCacheDir(0)}/cas/${hash.slice(0, 2)}/${hash}`;
+    {
+      using f = await Deno.open(blob, { write: true });
+      await f.seek(1000, Deno.SeekMode.Start);
+      await f.write(new TextEncoder().encode("CORRUPTED"));
+    }
+    assert.notEqual(sha256Hex(await Deno.readFile(blob)), hash);
+    // A fresh mirror (a new master session) reads it: detected, fetched again.
+    await farm.restartMaster();
+    await farm.waitForWorkers(1);
+    assert.equal((await sum("data.bin")).stdout, `${hash}\n`);
+    const mirror = Object.values((await farm.status()).jobs.perWorker)[0]?.mirror;
+    assert.equal(mirror?.corruptBlobs, 1, JSON.stringify(mirror));
+    assert.equal(sha256Hex(await Deno.readFile(blob)), hash, "the stored blob is whole again");
+
+    // Master: same size, same mtime, new content (only ctime tells), while it runs...
+    const changed = data.map((v) => v ^ 0x55);
+    const mtime = (await Deno.stat(`${tree}/data.bin`)).mtime!;
+    const rewrite = async (bytes: Uint8Array) => {
+      using f = await Deno.open(`${tree}/data.bin`, { write: true });
+      await f.write(bytes);
+      await Deno.utime(`${tree}/data.bin`, mtime, mtime);
+    };
+    await rewrite(changed);
+    assert.equal((await sum("data.bin")).stdout, `${sha256Hex(changed)}\n`);
+    // ... and while it is down (its hash cache on disk says otherwise).
+    await farm.killMaster("SIGTERM");
+    await rewrite(data);
+    await farm.startMaster();
+    await farm.waitForWorkers(1);
+    assert.equal((await sum("data.bin")).stdout, `${hash}\n`);
   });
 });
