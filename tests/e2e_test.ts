@@ -398,3 +398,26 @@ Deno.test("e2e: stdin reaches a remote job, and a job need not wait for stdin to
     assert.equal(await Deno.readTextFile(`${tree}/done.txt`), "done\n");
   });
 });
+
+Deno.test("e2e: the tree recreated between builds (rm -rf, copy) builds again and again", async () => {
+  await withFarm("rebuild", { workers: 1, slots: 2 }, async (farm, tree) => {
+    const n = 16;
+    const objs = Array.from({ length: n }, (_, i) => `a${i}.o`).join(" ");
+    await Deno.writeTextFile(`${tree}/rules.mk`, `all: ${objs}\n%.o: %.c\n\tgcc -c $< -o $@\n`);
+    for (let run = 0; run < 5; run++) {
+      // Outside the master's knowledge, as a fresh checkout would be.
+      await Deno.remove(`${tree}/build`, { recursive: true }).catch(() => {});
+      await Deno.mkdir(`${tree}/build/src`, { recursive: true });
+      for (let i = 0; i < n; i++) {
+        await Deno.writeTextFile(`${tree}/build/src/a${i}.c`, `int a${i} = ${run};\n`);
+      }
+      const r = await runIn(
+        `${tree}/build/src`,
+        ["make", "-j4", "-f", `${tree}/rules.mk`],
+        farm.env,
+      );
+      assert.equal(r.code, 0, `run ${run}: ${r.stderr}`);
+    }
+    assert.equal((await farm.status()).jobs.jobsLocal, 0);
+  });
+});

@@ -58,6 +58,8 @@ interface Mirror {
   peer: RpcPeer;
   jobs: number;
   lastUsedMs: number;
+  /** Updates applied in the order they arrived. */
+  updating: Promise<void>;
 }
 
 interface Reservation {
@@ -258,12 +260,23 @@ export class Worker implements AsyncDisposable {
     };
   }
 
-  /** Updates the mirror's cache; resolves once the kernel dropped its copies. */
-  async #applyUpdates(mirror: Mirror, updates: unknown, reset: unknown): Promise<void> {
-    if (reset === true) await mirror.fs.reset();
-    if (Array.isArray(updates) && updates.length > 0) {
-      await mirror.fs.applyUpdates(updates as FileAttr[]);
-    }
+  /**
+   * Updates the mirror's cache; resolves once the kernel dropped its copies
+   * and every update that arrived earlier (for another job) is applied too.
+   * A job must not start while earlier updates are in flight: its overlay
+   * would hold lower dentries that are invalidated under it, and writing such
+   * a path then fails with ESTALE.
+   */
+  #applyUpdates(mirror: Mirror, updates: unknown, reset: unknown): Promise<void> {
+    const apply = async () => {
+      if (reset === true) await mirror.fs.reset();
+      if (Array.isArray(updates) && updates.length > 0) {
+        await mirror.fs.applyUpdates(updates as FileAttr[]);
+      }
+    };
+    const done = mirror.updating.then(apply);
+    mirror.updating = done.catch(() => {});
+    return done;
   }
 
   async #mirrorOpen(peer: RpcPeer, params: MirrorOpenParams): Promise<MirrorOpenReply> {
@@ -365,6 +378,7 @@ export class Worker implements AsyncDisposable {
       peer,
       jobs: 0,
       lastUsedMs: Date.now(),
+      updating: Promise.resolve(),
     };
     holder.mirror = mirror;
     this.#mirrors.set(key, mirror);
