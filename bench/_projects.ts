@@ -117,7 +117,13 @@ export function generatedProject(dir: string, files = 6): Project {
 /** The projects by name, for the command line. */
 export const PROJECTS: Record<string, Project> = { lua: LUA, zstd: ZSTD };
 
-export type TreeReset = "in-place" | "recopy";
+export const TREE_RESETS = ["in-place", "recopy", "new-path"] as const;
+/**
+ * How a run gets a clean tree: "in-place" (like `git clean -fdx`), "recopy"
+ * (removed and copied anew at the same path) or "new-path" (a fresh copy in a
+ * directory no earlier run used; the caller picks the path).
+ */
+export type TreeReset = typeof TREE_RESETS[number];
 
 interface TreeEntry {
   kind: "file" | "dir" | "symlink" | "other";
@@ -166,7 +172,7 @@ export async function resetTree(
   mode: TreeReset = "in-place",
 ): Promise<void> {
   const exists = await Deno.lstat(dest).then((st) => st.isDirectory, () => false);
-  if (mode === "recopy" || !exists) {
+  if (mode !== "in-place" || !exists) {
     await Deno.remove(dest, { recursive: true }).catch(() => {});
     await cp(src, dest);
     return;

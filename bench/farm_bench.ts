@@ -25,7 +25,15 @@ import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
 import { childrenCpuS, cpuS, processTree, tail, timedCommand, withDeadline } from "./_proc.ts";
-import { LUA, type Project, PROJECTS, resetTree, type TreeReset, ZSTD } from "./_projects.ts";
+import {
+  LUA,
+  type Project,
+  PROJECTS,
+  resetTree,
+  TREE_RESETS,
+  type TreeReset,
+  ZSTD,
+} from "./_projects.ts";
 
 export type BenchResult = { name: string; value: number; unit: string; note?: string };
 
@@ -73,6 +81,12 @@ export interface HarnessOptions {
    * deletes the tree and copies it anew, so every directory is a new inode.
    */
   treeReset?: TreeReset;
+  /**
+   * The same for the scaling runs; default "new-path" (every run in a new
+   * directory): scaling is about spreading jobs, and a tree reset at the same
+   * path trips the mirrors' stale-handle bug (see farm.md's failed tries).
+   */
+  scalingTreeReset?: TreeReset;
   /** Progress messages (default: stderr). */
   log?: (message: string) => void;
 }
@@ -196,6 +210,7 @@ export interface HarnessReport {
     coresPerHost: number;
     scalingProject: string | null;
     treeReset: TreeReset;
+    scalingTreeReset: TreeReset;
   };
   builds: BuildRun[];
   summaries: BuildSummary[];
@@ -447,10 +462,12 @@ async function buildOnce(
     return { ...run, error: ctx.farmError };
   }
   if (contender === "distcc" && !ctx.distcc) return { ...run, error: ctx.distccError };
-  const dir = contender === "termite"
+  const base = contender === "termite"
     ? `${ctx.farm!.farm.tree}/build`
     : `${ctx.pdir}/${contender}/build`;
-  const logPath = `${ctx.pdir}/logs/${contender}-${roundNo}${attempt ? `-try${attempt}` : ""}.log`;
+  const label = `${roundNo}${attempt ? `-try${attempt}` : ""}`;
+  const dir = ctx.treeReset === "new-path" ? `${base}-${label}` : base;
+  const logPath = `${ctx.pdir}/logs/${contender}-${label}.log`;
   try {
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
     await resetTree(ctx.src, dir, ctx.treeReset);
@@ -498,6 +515,8 @@ async function buildOnce(
     run.ok = true;
   } catch (err) {
     run.error = errorText(err);
+  } finally {
+    if (ctx.treeReset === "new-path") await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
   return run;
 }
@@ -816,11 +835,13 @@ async function measureScaling(options: {
         const all = [masterGroup, ...workerGroups];
         const build = async (label: string) => {
           for (let attempt = 0;; attempt++) {
-            await resetTree(src, buildDir, options.treeReset);
-            const logPath = `${pdir}/logs/${label}${attempt ? `-try${attempt}` : ""}.log`;
+            const name = `${label}${attempt ? `-try${attempt}` : ""}`;
+            const dir = options.treeReset === "new-path" ? `${buildDir}-${name}` : buildDir;
+            await resetTree(src, dir, options.treeReset);
+            const logPath = `${pdir}/logs/${name}.log`;
             const t = await timedCommand({
               argv: options.project.command(jobs),
-              cwd: buildDir,
+              cwd: dir,
               env,
               logPath,
               timeoutS: options.project.timeoutS,
@@ -828,11 +849,15 @@ async function measureScaling(options: {
             });
             try {
               if (t.code !== 0) throw new Error(await diagnose(t.code, t.timedOut, logPath));
-              await options.project.check(buildDir);
+              await options.project.check(dir);
               return t.wallMs;
             } catch (err) {
               point.failedTries.push(`${label}, try ${attempt + 1}: ${errorText(err)}`);
               if (t.timedOut || attempt + 1 >= ATTEMPTS_MAX) throw err;
+            } finally {
+              if (options.treeReset === "new-path") {
+                await Deno.remove(dir, { recursive: true }).catch(() => {});
+              }
             }
           }
         };
@@ -915,7 +940,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
     }
     const local = out.find((s) => s.project === p.name && s.contender === "local")?.medianMs;
     for (const s of out.filter((s) => s.project === p.name)) {
-      if (local && s.medianMs) s.vsLocal = round(s.medianMs / local);
+      if (local && s.medianMs) s.vsLocal = round(s.medianMs / local, 4);
     }
   }
   return out;
@@ -987,7 +1012,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `${r.settings.workers} workers × ${r.settings.slotsPerWorker} slots; medians of ` +
       `${r.settings.runs} interleaved run${r.settings.runs > 1 ? "s" : ""}${
         r.quick ? ", quick mode" : ""
-      }; load average ${r.machine.loadAtStart} at the start, ${r.machine.loadAtEnd} at the end)`,
+      }; clean tree per run: ${r.settings.treeReset}; load average ${r.machine.loadAtStart} ` +
+      `at the start, ${r.machine.loadAtEnd} at the end)`,
     "",
     "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
       "master-host CPU ms/job | remote jobs | failed tries |",
@@ -1057,7 +1083,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
     lines.push(
       "",
       `Scaling (${r.settings.scalingProject}; every host ${r.settings.coresPerHost} core by a ` +
-        "CPU quota; 0 workers = local make on the master host)",
+        `CPU quota; 0 workers = local make on the master host; clean tree per run: ` +
+        `${r.settings.scalingTreeReset})`,
       "",
       "| workers | make -j | median s | runs s | speed-up | per worker | failed tries |",
       "|---|---|---|---|---|---|---|",
@@ -1163,6 +1190,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
   const coresPerHost = options.coresPerHost ?? 0.4;
   const treeReset = options.treeReset ?? "in-place";
+  const scalingTreeReset = options.scalingTreeReset ?? "new-path";
   const farmHosts = Math.max(workers, ...scalingWorkers);
   if (farmHosts + workers > 24) throw new RangeError(`Too many workers: ${farmHosts + workers}`);
   const hostBase = options.hostBase ?? await freeHostBlock(farmHosts + workers);
@@ -1290,7 +1318,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
     scaling = await measureScaling({
       project: scalingProject,
       counts: scalingWorkers,
-      treeReset,
+      treeReset: scalingTreeReset,
       runs: scalingRuns,
       cores: coresPerHost,
       slotsPerWorker,
@@ -1321,6 +1349,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       coresPerHost,
       scalingProject: scaling.length > 0 ? scalingProject.name : null,
       treeReset,
+      scalingTreeReset,
     },
     builds,
     summaries,
@@ -1383,6 +1412,14 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
   return report.results;
 }
 
+function treeResetArg(value: string | undefined): TreeReset | undefined {
+  if (value === undefined) return undefined;
+  if (!TREE_RESETS.includes(value as TreeReset)) {
+    throw new Error(`Unknown tree reset: ${value} (known: ${TREE_RESETS.join(", ")})`);
+  }
+  return value as TreeReset;
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
@@ -1392,7 +1429,8 @@ if (import.meta.main) {
       contenders: { type: "string" },
       runs: { type: "string" },
       "round-trips": { type: "string" },
-      recopy: { type: "boolean", default: false },
+      "tree-reset": { type: "string" },
+      "scaling-tree-reset": { type: "string" },
       scaling: { type: "string" },
       "out-dir": { type: "string" },
     },
@@ -1418,7 +1456,8 @@ if (import.meta.main) {
       ? []
       : values.scaling.split(",").map(Number),
     outDir: values["out-dir"],
-    treeReset: values.recopy ? "recopy" : "in-place",
+    treeReset: treeResetArg(values["tree-reset"]),
+    scalingTreeReset: treeResetArg(values["scaling-tree-reset"]),
   });
   console.log(report.table);
 }
