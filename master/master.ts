@@ -115,6 +115,8 @@ class Semaphore {
 }
 
 const CHUNK_ATTRS = 512;
+/** How long the tree watcher may take to report a marker file. */
+const TREE_SYNC_MS = 2_000;
 /** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
 export const OUTPUT_HOLD_BYTES_MAX = 1 << 20;
 /** While the job runs, output is held this long after its first byte at most. */
@@ -208,6 +210,8 @@ export class Master implements AsyncDisposable {
   #fsWatcher: Deno.FsWatcher | null = null;
   #watching: Promise<void> | null = null;
   #dirty = new Set<string>();
+  #syncSeq = 0;
+  #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
   #rulesStamp = "";
   #localSlots: Semaphore;
@@ -344,7 +348,11 @@ export class Master implements AsyncDisposable {
       try {
         for await (const event of watcher) {
           for (const p of event.paths) {
-            if (p.startsWith(staging) || this.#dirty.size > 100_000) continue;
+            if (p.startsWith(staging)) {
+              this.#syncWaiters.get(p)?.();
+              continue;
+            }
+            if (this.#dirty.size > 100_000) continue;
             this.#dirty.add(p);
           }
         }
@@ -352,6 +360,35 @@ export class Master implements AsyncDisposable {
         // Closed.
       }
     })();
+  }
+
+  /**
+   * Waits until the tree watcher has seen every change made before this call
+   * (`mkdir` or `rm` by make's own shell just before a compile arrives): it
+   * creates a marker file and waits for its event, which the kernel queues
+   * after the earlier ones. If the watcher does not answer in time, every
+   * served path of the tree is read again instead.
+   */
+  async #syncTree(): Promise<void> {
+    const marker = `${this.root}/${STAGING_DIR}-sync-${++this.#syncSeq}`;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const seen = this.#fsWatcher === null ? Promise.resolve(false) : new Promise<boolean>(
+      (resolve) => {
+        this.#syncWaiters.set(marker, () => resolve(true));
+        timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
+      },
+    );
+    try {
+      if (this.#fsWatcher !== null) await Deno.writeFile(marker, new Uint8Array(), { mode: 0o600 });
+      if (await seen) return;
+    } catch {
+      // Could not write the marker (a full disk, say): read everything again.
+    } finally {
+      clearTimeout(timer);
+      this.#syncWaiters.delete(marker);
+      Deno.remove(marker).catch(() => {});
+    }
+    for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
   }
 
   /** Re-reads paths that changed since they were served and logs the changes. */
@@ -475,6 +512,7 @@ export class Master implements AsyncDisposable {
     io: JobIo,
     hold: OutputHold,
   ): Promise<number> {
+    await this.#syncTree();
     await this.#flushChanges();
     const { updates, reset, cursor } = this.#changes.since(worker.cursor);
     const jobId = `${this.masterId}-${++this.#jobSeq}`;

@@ -421,3 +421,24 @@ Deno.test("e2e: the tree recreated between builds (rm -rf, copy) builds again an
     assert.equal((await farm.status()).jobs.jobsLocal, 0);
   });
 });
+
+Deno.test("e2e: directories made by make's own shell just before a compile are seen by the worker", async () => {
+  await withFarm("mkdir", { workers: 1, slots: 2 }, async (farm, tree) => {
+    const n = 30;
+    const objs: string[] = [];
+    for (let i = 0; i < n; i++) {
+      await Deno.writeTextFile(`${tree}/m${i}.c`, `int m${i};\n`);
+      objs.push(`obj/d${i}/sub/m${i}.o`);
+    }
+    // The mkdir runs in make's /bin/sh on the master, outside Termite;
+    // gcc (the wrapper) comes right after and writes into the new directory.
+    const rules = objs.map((o, i) =>
+      `${o}: m${i}.c\n\tmkdir -p $(@D)\n\tgcc -MMD -MF $(@:.o=.d) -c $< -o $@\n`
+    );
+    await Deno.writeTextFile(`${tree}/Makefile`, `all: ${objs.join(" ")}\n${rules.join("")}`);
+    const r = await runIn(tree, ["make", "-j4"], farm.env);
+    assert.equal(r.code, 0, r.stderr);
+    for (const o of objs) assert.ok((await Deno.stat(`${tree}/${o}`)).size > 0, o);
+    assert.equal((await farm.status()).jobs.jobsLocal, 0);
+  });
+});
