@@ -66,6 +66,8 @@ export interface JobReply {
   killedBy?: string;
   reason?: string;
   resultSet: ResultSet;
+  /** Contents of small result files, by hash (the rest via `blob.get`). */
+  inline?: Record<string, Uint8Array>;
   /** Milliseconds spent: in the sandbox, collecting results. */
   timings?: Record<string, number>;
   /** The mirror's counters after the job (lookups, lookupsWaited, fetches...). */

@@ -456,6 +456,8 @@ export class Master implements AsyncDisposable {
         ) {
           this.#pool.fail(worker, (err as Error).message);
         }
+        // A transient of the worker's file system view: the same worker may try again.
+        if (err instanceof RpcError && err.code === "ESTALE") tried.delete(worker.id);
         if (hold.committed) {
           // Its output was sent: running it again would print it twice.
           this.stats.jobsFailed++;
@@ -571,6 +573,11 @@ export class Master implements AsyncDisposable {
       writableRoot: this.root,
       hashCache: this.#hashCache,
       fetchBlob: async (hash, sink) => {
+        const inline = reply.inline?.[hash];
+        if (inline instanceof Uint8Array) {
+          await sink.write(inline); // Verified against the hash like any fetch.
+          return;
+        }
         // A transfer that stalls (a cut link) is given up on like a silent job.
         const stalled = new AbortController();
         let stallTimer = setTimeout(() => stalled.abort(), silenceMs);

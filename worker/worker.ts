@@ -17,7 +17,7 @@ import {
   WorkerMethods,
 } from "../common/protocol.ts";
 import type { FileAttr, ResultSet } from "../common/types.ts";
-import { isHash, Store } from "../cas/mod.ts";
+import { hashBytes, isHash, Store } from "../cas/mod.ts";
 import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
 import { FuseSession } from "../fuse/mod.ts";
 import { cleanStaleMount } from "../fuse/mod.ts";
@@ -69,7 +69,22 @@ interface Reservation {
 
 const DIR_ATTRS_MAX = 1_000_000;
 const STDIN_BYTES_MAX = 64 * 2 ** 20;
+/** Result files up to this size travel inline in the job's reply... */
+const INLINE_FILE_BYTES_MAX = 128 * 1024;
+/** ...up to this much in all (a reply is one RPC frame, at most FRAME_BYTES_MAX). */
+const INLINE_BYTES_MAX = 512 * 1024;
 const STDIN_JOBS_MAX = 1024;
+
+const STALE_TEXT = new TextEncoder().encode("Stale file handle");
+
+/** Whether a chunk of a job's stderr reports ESTALE (strerror text). */
+function staleText(data: Uint8Array): boolean {
+  outer: for (let i = 0; i + STALE_TEXT.length <= data.length; i++) {
+    for (let j = 0; j < STALE_TEXT.length; j++) if (data[i + j] !== STALE_TEXT[j]) continue outer;
+    return true;
+  }
+  return false;
+}
 
 /** A job's stdin as it arrives (notifications may come before the job itself). */
 interface StdinEntry {
@@ -433,6 +448,9 @@ export class Worker implements AsyncDisposable {
         this.#options.jobTimeoutMsMax ?? 3_600_000,
       );
       let resultSet: ResultSet | undefined;
+      let staleSeen = false;
+      // Small results travel in the reply itself: no store write, no fetch.
+      const inline = { blobs: {} as Record<string, Uint8Array>, bytes: 0 };
       const started = performance.now();
       let collectMs = 0;
       const outcome = await runJob({
@@ -451,7 +469,10 @@ export class Worker implements AsyncDisposable {
         signal: ctx.signal,
         deferCleanup: (cleanup) => this.#track(cleanup),
         onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
-        onStderr: (data) => ctx.sendChunk({ fd: 2, data }),
+        onStderr: (data) => {
+          if (!staleSeen) staleSeen = staleText(data);
+          return ctx.sendChunk({ fd: 2, data });
+        },
         onUpper: async (upper, lowerDir, ended) => {
           // A job that failed on a full disk failed because of this worker.
           if (ended.exitCode !== 0) await this.#throwIfDiskFull();
@@ -460,7 +481,7 @@ export class Worker implements AsyncDisposable {
             resultSet = await collectResultSet(
               upper,
               mirror.writableRoot,
-              (path) => this.#store.putFile(path),
+              (path) => this.#putResult(path, inline),
               { lowerDir },
             );
           } catch (err) {
@@ -481,12 +502,19 @@ export class Worker implements AsyncDisposable {
         );
       }
       if (ctx.signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
+      if (outcome.exitCode !== 0 && staleSeen) {
+        // The job failed on ESTALE from the overlay over the mirror (a lower
+        // dentry invalidated under it): this worker's fault, not the job's.
+        this.#log(`job ${params.argv[0]} failed on a stale file handle; asking for a retry`);
+        throw new RpcError("ESTALE", "The job hit a stale file handle in the mirror");
+      }
       if (!resultSet) throw new RpcError("INTERNAL", "The job's changes could not be collected");
       return {
         exitCode: outcome.exitCode,
         killedBy: outcome.killedBy,
         reason: outcome.reason,
         resultSet,
+        inline: inline.blobs,
         timings: {
           totalMs: performance.now() - started,
           collectMs,
@@ -553,6 +581,29 @@ export class Worker implements AsyncDisposable {
         signal.addEventListener("abort", () => resolve(), { once: true });
       });
     }
+  }
+
+  /**
+   * Takes one result file: small ones are kept for the reply (up to
+   * INLINE_BYTES_MAX in all), the rest go to the store for the master to fetch.
+   */
+  async #putResult(
+    path: string,
+    inline: { blobs: Record<string, Uint8Array>; bytes: number },
+  ): Promise<{ hash: string; size: number }> {
+    const info = await Deno.stat(path);
+    if (info.size <= INLINE_FILE_BYTES_MAX && inline.bytes + info.size <= INLINE_BYTES_MAX) {
+      const bytes = await Deno.readFile(path);
+      if (bytes.length === info.size) {
+        const hash = hashBytes(bytes);
+        if (!(hash in inline.blobs)) {
+          inline.blobs[hash] = bytes;
+          inline.bytes += bytes.length;
+        }
+        return { hash, size: bytes.length };
+      }
+    }
+    return await this.#store.putFile(path);
   }
 
   /** Background work (job clean-up) awaited at close; failures are logged. */
