@@ -1,12 +1,21 @@
 /**
  * Helpers of the fault, load and hostile-input tests: a farm in a scratch
- * directory, generated C projects, local reference compiles, and what the
- * kernel says about a process (peak memory, descriptors, mounts).
+ * directory, generated C projects, local reference compiles; what the kernel
+ * says about a process (peak memory, descriptors, mounts) is in farm/probe.ts.
  */
 import assert from "node:assert/strict";
 import { Farm, type FarmOptions, ROOT, runIn } from "../farm/mod.ts";
 
 export { Farm, ROOT, runIn };
+export {
+  type FarmSample,
+  fdCount,
+  mounts,
+  pidsMentioning,
+  procStatus,
+  sampleFarm,
+  treeBytes,
+} from "../farm/probe.ts";
 
 /** A scratch dir under the checkout (not /tmp: the master does not serve /tmp). */
 export async function scratchDir(prefix: string): Promise<string> {
@@ -116,60 +125,6 @@ export async function checkObjects(
 export async function namesStartingWith(dir: string, prefix: string): Promise<string[]> {
   const out: string[] = [];
   for await (const e of Deno.readDir(dir)) if (e.name.startsWith(prefix)) out.push(e.name);
-  return out;
-}
-
-/** Fields of /proc/<pid>/status in kB (VmHWM, VmRSS, ...); empty when gone. */
-export async function procStatus(pid: number): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
-  try {
-    const text = await Deno.readTextFile(`/proc/${pid}/status`);
-    for (const m of text.matchAll(/^(Vm\w+|Threads):\s+(\d+)/gm)) out[m[1]] = Number(m[2]);
-  } catch {
-    // Gone.
-  }
-  return out;
-}
-
-/** Open descriptors of a process. */
-export async function fdCount(pid: number): Promise<number> {
-  let n = 0;
-  try {
-    for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) n++;
-  } catch {
-    return -1;
-  }
-  return n;
-}
-
-/** Mounts seen by a process (its mount namespace): of a file system type, below a path. */
-export async function mounts(
-  pid: number,
-  filter: { type?: RegExp; under?: string } = {},
-): Promise<string[]> {
-  const text = await Deno.readTextFile(`/proc/${pid}/mountinfo`);
-  return text.split("\n").filter((line) => {
-    if (line === "") return false;
-    const fields = line.split(" ");
-    const type = line.split(" - ")[1]?.split(" ")[0] ?? "";
-    if (filter.type && !filter.type.test(type)) return false;
-    if (filter.under && !`${fields[4]}/`.startsWith(`${filter.under}/`)) return false;
-    return true;
-  });
-}
-
-/** Pids whose command line mentions `needle` (processes a test must not leave behind). */
-export async function pidsMentioning(needle: string): Promise<number[]> {
-  const out: number[] = [];
-  for await (const e of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
-    try {
-      const cmd = await Deno.readTextFile(`/proc/${e.name}/cmdline`);
-      if (cmd.includes(needle)) out.push(Number(e.name));
-    } catch {
-      // Gone.
-    }
-  }
   return out;
 }
 
