@@ -90,14 +90,16 @@ export async function checkObjects(
   await Deno.mkdir(ref, { recursive: true });
   let present = 0;
   const missing: string[] = [];
-  for (let i = 0; i < objects.length; i += 100) {
-    const batch = objects.slice(i, i + 100);
-    const script = batch.map((o) =>
-      `gcc ${options.cflags ?? "-O1"} -c ${o.replace(/\.o$/, ".c")} -o .ref/${o}`
-    ).join(" && ");
-    const r = await runIn(tree, ["sh", "-c", script]);
-    assert.equal(r.code, 0, r.stderr);
-  }
+  const sources = objects.map((o) => o.replace(/\.o$/, ".c")).join("\n");
+  const r = await runIn(tree, [
+    "sh",
+    "-c",
+    `printf '%s\\n' "$1" | xargs -P ${navigator.hardwareConcurrency} -I{} ` +
+    `sh -c 'gcc ${options.cflags ?? "-O1"} -c "$1" -o ".ref/\${1%.c}.o"' - {}`,
+    "-",
+    sources,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
   for (const o of objects) {
     let built: Uint8Array;
     try {
