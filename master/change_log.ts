@@ -4,6 +4,11 @@
  * changes it has not seen yet, so one job's output is visible to the next job
  * on any worker. When a cursor falls out of the bounded log, the worker is
  * told to drop its whole cache instead.
+ *
+ * Only the latest version of a path matters to any cursor, so older versions
+ * are compacted away: the log holds at most about one entry per changed path
+ * (a directory changed by every job would otherwise pile up a copy of its
+ * whole listing per job).
  */
 import type { FileAttr } from "../common/types.ts";
 
@@ -16,7 +21,11 @@ export interface Updates {
 
 export class ChangeLog {
   #entries: { seq: number; attr: FileAttr }[] = [];
+  /** Path → seq of its latest entry. */
+  #latest = new Map<string, number>();
   #seq = 0;
+  /** Highest seq dropped for room (not superseded): cursors below it must reset. */
+  #lostSeq = 0;
   #entriesMax: number;
 
   constructor(options: { entriesMax?: number } = {}) {
@@ -27,21 +36,37 @@ export class ChangeLog {
     return this.#seq;
   }
 
+  /** Entries held now (for tests and the status page). */
+  get size(): number {
+    return this.#entries.length;
+  }
+
   push(attrs: Iterable<FileAttr>): void {
-    for (const attr of attrs) this.#entries.push({ seq: ++this.#seq, attr });
+    for (const attr of attrs) {
+      this.#entries.push({ seq: ++this.#seq, attr });
+      this.#latest.set(attr.path, this.#seq);
+    }
+    // Superseded versions: drop them once they are half the log.
+    if (this.#entries.length > 2 * this.#latest.size + 1024) {
+      this.#entries = this.#entries.filter((e) => this.#latest.get(e.attr.path) === e.seq);
+    }
     if (this.#entries.length > this.#entriesMax) {
-      this.#entries.splice(0, this.#entries.length - this.#entriesMax);
+      const dropped = this.#entries.splice(0, this.#entries.length - this.#entriesMax);
+      for (const e of dropped) {
+        if (this.#latest.get(e.attr.path) === e.seq) {
+          this.#latest.delete(e.attr.path);
+          this.#lostSeq = Math.max(this.#lostSeq, e.seq);
+        }
+      }
     }
   }
 
   /** Changes after `cursor`, the latest version of each path only. */
   since(cursor: number): Updates {
     if (cursor === this.#seq) return { updates: [], reset: false, cursor };
-    const first = this.#entries[0];
-    if (cursor > this.#seq || (first !== undefined && first.seq > cursor + 1)) {
+    if (cursor > this.#seq || cursor < this.#lostSeq) {
       return { updates: [], reset: true, cursor: this.#seq };
     }
-    const latest = new Map<string, FileAttr>();
     // Entries are in seq order; a binary search finds the first one after cursor.
     let lo = 0, hi = this.#entries.length;
     while (lo < hi) {
@@ -49,11 +74,11 @@ export class ChangeLog {
       if (this.#entries[mid].seq <= cursor) lo = mid + 1;
       else hi = mid;
     }
+    const updates: FileAttr[] = [];
     for (let i = lo; i < this.#entries.length; i++) {
-      const { attr } = this.#entries[i];
-      latest.delete(attr.path);
-      latest.set(attr.path, attr);
+      const { seq, attr } = this.#entries[i];
+      if (this.#latest.get(attr.path) === seq) updates.push(attr);
     }
-    return { updates: [...latest.values()], reset: false, cursor: this.#seq };
+    return { updates, reset: false, cursor: this.#seq };
   }
 }
