@@ -47,6 +47,11 @@ try {
   const running = await startMaster({
     root,
     secret,
+    onSecretMismatch: () =>
+      die(
+        `termite master: the coordinator at ${values.coordinator} holds another secret than ` +
+          `${values.secret}: use the same secret file on every host`,
+      ),
     coordinator: values.coordinator,
     jobs: Number(values.jobs),
     socketPath: `${root}/${socketPath.slice(socketPath.lastIndexOf("/") + 1)}`,

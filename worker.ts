@@ -69,6 +69,11 @@ try {
   const secret = await loadSecret(values.secret);
   const worker = await startWorker({
     secret,
+    onSecretMismatch: () =>
+      die(
+        `termite worker: the coordinator at ${values.coordinator} holds another secret than ` +
+          `${values.secret}: use the same secret file on every host`,
+      ),
     jobs: Number(values.jobs),
     hostname: values.host,
     port: Number(values.port),

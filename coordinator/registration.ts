@@ -6,7 +6,7 @@
  * @module
  */
 
-import { connect, type RpcPeer } from "../rpc/mod.ts";
+import { connect, isSecretMismatch, type RpcPeer } from "../rpc/mod.ts";
 import { Backoff, errorMessage, parseHostPort, sleep } from "./_net.ts";
 import type { RegisterParams, RegisterReply, WorkerInfo } from "./types.ts";
 
@@ -26,6 +26,11 @@ export interface WorkerRegistrationOptions {
    * here; the reply to the coordinator is sent after this returns.
    */
   onStop?: () => void;
+  /**
+   * Called when the coordinator proves it holds another secret before this
+   * worker ever registered (a misconfiguration: the caller may give up).
+   */
+  onSecretMismatch?: (error: Error) => void;
   log?: (message: string) => void;
   /** First reconnect delay; doubles up to `backoffMaxMs`. Default 100. */
   backoffMinMs?: number;
@@ -50,6 +55,7 @@ class WorkerRegistrationImpl implements WorkerRegistration {
   readonly #abort = new AbortController();
   readonly #loop: Promise<void>;
   #registered = false;
+  #everRegistered = false;
   #draining = false;
 
   constructor(options: WorkerRegistrationOptions) {
@@ -104,12 +110,16 @@ class WorkerRegistrationImpl implements WorkerRegistration {
             lastError = "";
           }
           this.#registered = true;
+          this.#everRegistered = true;
           if (reply?.draining === true && !this.#draining) this.#drain();
           backoff.reset();
           await sleep(intervalMs, both);
         }
         if (!signal.aborted) this.#log(`Connection to coordinator ${options.coordinator} closed`);
       } catch (error) {
+        if (!signal.aborted && !this.#everRegistered && isSecretMismatch(error)) {
+          options.onSecretMismatch?.(error as Error);
+        }
         if (!signal.aborted) {
           const message = errorMessage(error);
           // Log each distinct failure once, not every retry.

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { connect, type RpcPeer } from "../rpc/mod.ts";
+import { connect, isSecretMismatch, type RpcPeer } from "../rpc/mod.ts";
 import { Backoff, errorMessage, parseHostPort, sleep } from "./_net.ts";
 import {
   validateWorkerList,
@@ -21,6 +21,11 @@ export interface WorkerWatchOptions {
   secret: CryptoKey;
   /** Called with each new list (also after a reconnect). */
   onChange: (workers: WorkerInfo[]) => void;
+  /**
+   * Called when the coordinator proves it holds another secret before any
+   * list arrived (a misconfiguration: the caller may give up).
+   */
+  onSecretMismatch?: (error: Error) => void;
   log?: (message: string) => void;
   /** How often to ask for the list, to notice a silent coordinator; default 15 000. */
   pollIntervalMs?: number;
@@ -52,6 +57,8 @@ class WorkerWatchImpl implements WorkerWatch {
   #workers: WorkerInfo[] = [];
   /** Highest list sequence seen on the current connection. */
   #seq = -1;
+  /** A list arrived once. */
+  #listed = false;
   #resolveReady!: () => void;
   readonly ready: Promise<void>;
 
@@ -79,6 +86,7 @@ class WorkerWatchImpl implements WorkerWatch {
     if (list.seq < this.#seq) return;
     this.#seq = list.seq;
     this.#workers = list.workers;
+    this.#listed = true;
     this.#resolveReady();
     try {
       this.#options.onChange(list.workers);
@@ -125,6 +133,9 @@ class WorkerWatchImpl implements WorkerWatch {
         }
         if (!signal.aborted) this.#log(`Connection to coordinator ${options.coordinator} closed`);
       } catch (error) {
+        if (!signal.aborted && !this.#listed && isSecretMismatch(error)) {
+          options.onSecretMismatch?.(error as Error);
+        }
         if (!signal.aborted) {
           const message = errorMessage(error);
           if (message !== lastError) {

@@ -54,6 +54,8 @@ export interface MasterOptions {
   /** Wait this long for the first worker list at start. */
   startWaitMs?: number;
   log?: (message: string) => void;
+  /** The coordinator holds another secret (before any worker list arrived). */
+  onSecretMismatch?: (error: Error) => void;
 }
 
 export interface JobIo {
@@ -323,6 +325,7 @@ export class Master implements AsyncDisposable {
       coordinator,
       secret: this.#options.secret,
       onChange: (workers) => pool.update(workers),
+      onSecretMismatch: this.#options.onSecretMismatch,
       log: this.#log,
     });
     // Commands arriving before the first list must not fail with "no workers".

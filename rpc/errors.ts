@@ -42,6 +42,25 @@ export class AuthError extends Error {
   }
 }
 
+/**
+ * The peer answered the handshake with a proof made from another secret: a
+ * misconfiguration (or an impostor), never a transient failure.
+ */
+export class SecretMismatchError extends AuthError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SecretMismatchError";
+  }
+}
+
+/** Whether `error` or one of its causes is a {@linkcode SecretMismatchError}. */
+export function isSecretMismatch(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof SecretMismatchError) return true;
+  }
+  return false;
+}
+
 /** A secret file that is missing, empty or readable by others. */
 export class SecretError extends Error {
   constructor(message: string, options?: ErrorOptions) {

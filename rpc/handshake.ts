@@ -23,7 +23,7 @@
  * @module
  */
 
-import { AuthError, errorMessage, FrameError } from "./errors.ts";
+import { AuthError, errorMessage, FrameError, SecretMismatchError } from "./errors.ts";
 import {
   closeQuietly,
   decodeBody,
@@ -141,7 +141,7 @@ export async function clientHandshake(
       peer: own,
     });
     if (!timingSafeEqual(peerProof, expected)) {
-      throw new AuthError("Cannot verify peer: HMAC mismatch (wrong secret?)");
+      throw new SecretMismatchError("Cannot verify peer: HMAC mismatch (wrong secret?)");
     }
 
     const proof = await computeProof(options.secret, {

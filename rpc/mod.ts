@@ -20,7 +20,14 @@
  * @module
  */
 
-export { AuthError, FrameError, RpcError, SecretError } from "./errors.ts";
+export {
+  AuthError,
+  FrameError,
+  isSecretMismatch,
+  RpcError,
+  SecretError,
+  SecretMismatchError,
+} from "./errors.ts";
 export {
   allocBytesChunkFrame,
   BYTES_CHUNK_HEADER_BYTES,

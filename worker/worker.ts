@@ -45,6 +45,8 @@ export interface WorkerOptions {
   memoryBytesMax?: number;
   processesMax?: number;
   log?: (message: string) => void;
+  /** The coordinator holds another secret (before this worker ever registered). */
+  onSecretMismatch?: (error: Error) => void;
 }
 
 interface Mirror {
@@ -176,6 +178,7 @@ export class Worker implements AsyncDisposable {
         coordinator: options.coordinator,
         secret: options.secret,
         info: () => worker.#info(),
+        onSecretMismatch: options.onSecretMismatch,
         onDrain: () => {
           worker.#draining = true;
         },
