@@ -117,6 +117,11 @@ class Semaphore {
 }
 
 const CHUNK_ATTRS = 512;
+
+/** Names an untrusted decoded value without stringifying it (its toString may be anything). */
+function describe(value: unknown): string {
+  return typeof value === "string" ? JSON.stringify(value.slice(0, 200)) : typeof value;
+}
 /** How long the tree watcher may take to report a marker file. */
 const TREE_SYNC_MS = 2_000;
 /** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
@@ -282,7 +287,7 @@ export class Master implements AsyncDisposable {
     const files = this.#files;
     const path = (p: unknown): string => {
       const normal = typeof p === "string" ? normalizeAbsolute(p) : null;
-      if (normal === null) throw new RpcError("BAD_REQUEST", `Bad path: ${String(p)}`);
+      if (normal === null) throw new RpcError("BAD_REQUEST", `Bad path: ${describe(p)}`);
       return normal;
     };
     return {
@@ -298,7 +303,7 @@ export class Master implements AsyncDisposable {
       [MasterMethods.blobGet]: async (params: { hash: unknown }, ctx: CallContext) => {
         const hash = params?.hash;
         if (typeof hash !== "string" || !isHash(hash)) {
-          throw new RpcError("BAD_REQUEST", `Bad hash: ${String(hash)}`);
+          throw new RpcError("BAD_REQUEST", `Bad hash: ${describe(hash)}`);
         }
         const file = await files.blobPath(hash);
         if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
@@ -570,6 +575,14 @@ export class Master implements AsyncDisposable {
       unfollow?.();
       hold.stopTimer();
     }
+    // A reply from a worker is untrusted: its exit status reaches make.
+    if (typeof reply !== "object" || reply === null) {
+      throw new ResultSetError("Refusing the reply: not an object");
+    }
+    const exitCode = reply.exitCode;
+    if (!Number.isInteger(exitCode) || exitCode < 0 || exitCode > 255) {
+      throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
+    }
     worker.cursor = cursor;
     const applyStarted = performance.now();
     const outcome = await applyResultSet(reply.resultSet, {
@@ -618,13 +631,16 @@ export class Master implements AsyncDisposable {
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
     await this.#flushChanges(outcome.touched, outcome.hashes);
     if (reply.killedBy) {
-      const why = reply.reason ?? reply.killedBy;
+      const why = [reply.reason, reply.killedBy].find((w) =>
+        typeof w === "string"
+      )?.slice(0, 500) ??
+        "killed";
       await hold.write(
         2,
         new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
       );
     }
-    return reply.exitCode;
+    return exitCode;
   }
 
   async #runLocal(
