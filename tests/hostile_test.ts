@@ -11,12 +11,16 @@ import { MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
 import { Master } from "../master/master.ts";
 import {
   type CallContext,
+  clientHandshake,
   listen,
+  loadSecret,
+  type Role,
   type RpcError,
   type RpcPeer,
   secretFromBytes,
 } from "../rpc/mod.ts";
-import { ROOT, scratchDir } from "./_reliability.ts";
+import { concat, Fuzz, FUZZ_SEED, sendAndDrain } from "./_fuzz.ts";
+import { ROOT, runIn, scratchDir, withFarm } from "./_reliability.ts";
 
 const decoder = new TextDecoder();
 
@@ -429,3 +433,206 @@ for (const [name, behaviour, why] of hostileWorkers) {
     ]);
   });
 }
+
+// ---- Fuzzing every listening port of a real farm ----
+
+/** Runs `count` tasks, `width` at a time. */
+async function inParallel(count: number, width: number, task: (i: number) => Promise<void>) {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < count) await task(next++);
+  }));
+}
+
+function wrapperFrame(type: number, payload: Uint8Array): Uint8Array {
+  const frame = new Uint8Array(5 + payload.length);
+  new DataView(frame.buffer).setUint32(0, payload.length + 1);
+  frame[4] = type;
+  frame.set(payload, 5);
+  return frame;
+}
+
+/** Bytes a broken or hostile wrapper sends to the master's socket. */
+function wrapperFuzz(fuzz: Fuzz, base: Record<string, unknown>): Uint8Array {
+  const json = (v: unknown) => enc.encode(JSON.stringify(v));
+  const request = () => {
+    const field = fuzz.pick(["version", "argv", "cwd", "env", "stdin", "shell", "extra"]);
+    let value = fuzz.value();
+    // Never a runnable argv: commands stay `true`.
+    if (field === "argv" && Array.isArray(value) && value.every((v) => typeof v === "string")) {
+      value = [1, 2];
+    }
+    return wrapperFrame(0x52, json({ ...base, [field]: value }));
+  };
+  const anyFrame = () =>
+    wrapperFrame(
+      fuzz.pick([0x52, 0x49, 0x43, 0x4f, 0x45, 0x58, fuzz.int(256)]),
+      fuzz.bytes(fuzz.int(64)),
+    );
+  switch (fuzz.int(8)) {
+    case 0:
+      return fuzz.bytes(fuzz.int(400));
+    case 1:
+      return concat(Array.from({ length: 1 + fuzz.int(5) }, anyFrame));
+    case 2:
+      return fuzz.mutate(wrapperFrame(0x52, json(base)));
+    case 3:
+      return request();
+    case 4: {
+      const header = new Uint8Array(5);
+      new DataView(header.buffer).setUint32(0, fuzz.pick([0, 2 ** 31, 2 ** 20 + 2, 2 ** 32 - 1]));
+      return header;
+    }
+    case 5:
+      return concat([
+        anyFrame(),
+        wrapperFrame(0x43, new Uint8Array()),
+        wrapperFrame(0x52, json(base)),
+      ]);
+    case 6:
+      return concat([wrapperFrame(0x52, json(base)), ...Array.from({ length: 3 }, anyFrame)]);
+    default:
+      return concat([
+        wrapperFrame(0x52, json({ ...base, stdin: true })),
+        ...Array.from({ length: fuzz.int(6) }, () => wrapperFrame(0x49, fuzz.bytes(fuzz.int(100)))),
+        fuzz.chance(0.5) ? wrapperFrame(0x49, new Uint8Array()) : anyFrame(),
+      ]);
+  }
+}
+
+/** Bytes a broken or hostile HTTP client sends. */
+function httpFuzz(fuzz: Fuzz): Uint8Array {
+  const good = "GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n";
+  switch (fuzz.int(9)) {
+    case 0:
+      return fuzz.bytes(fuzz.int(500));
+    case 1:
+      return fuzz.mutate(enc.encode(good));
+    case 2:
+      return enc.encode(`GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(200_000)}\r\n\r\n`);
+    case 3:
+      return enc.encode(fuzz.pick([
+        "GET /../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /\0\0\0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "GET / HTTP/9.9\r\n\r\n",
+      ]));
+    case 4:
+      return enc.encode(
+        `POST /workers/${encodeURIComponent(fuzz.string())}/${fuzz.pick(["drain", "stop", "x"])} ` +
+          `HTTP/1.1\r\nHost: x\r\nAuthorization: ${
+            fuzz.pick(["", "Bearer x", "Termite 1.2.3"])
+          }\r\n` +
+          `Content-Length: 0\r\n\r\n`,
+      );
+    case 5:
+      return enc.encode(good.repeat(50));
+    case 6:
+      return enc.encode(
+        `POST /status.json HTTP/1.1\r\nHost: x\r\nContent-Length: ${
+          fuzz.pick(["-1", "99999999999", "x", "10"])
+        }\r\n\r\nabc`,
+      );
+    case 7:
+      return enc.encode(
+        "GET /status.json HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+      );
+    default:
+      return enc.encode(good.slice(0, fuzz.int(good.length)));
+  }
+}
+
+Deno.test("hostile: fuzzed handshakes, frames and HTTP at every port of a farm; it keeps serving", async () => {
+  await withFarm(
+    "fuzz",
+    { workers: 1, coordinatorArgs: ["--http-port", "0"] },
+    async (farm, tree) => {
+      const fuzz = new Fuzz(FUZZ_SEED);
+      const seedNote = `FUZZ_SEED=${FUZZ_SEED}`;
+      const secret = await loadSecret(farm.secretPath);
+      const coordinatorLog = await Deno.readTextFile(farm.coordinator.log);
+      const coordinatorHttp = Number(
+        coordinatorLog.match(/status page on http:\/\/[^:]+:(\d+)\//)?.[1],
+      );
+      assert.ok(coordinatorHttp > 0, coordinatorLog);
+      const [workerHost, workerPort] = farm.workers[0].address.split(":");
+      const counts: Record<string, number> = {};
+      const rpcTargets = [
+        {
+          name: "coordinator",
+          hostname: "127.0.0.1",
+          port: farm.coordinatorPort,
+          roles: ["worker", "master"] as Role[],
+          methods: ["register", "subscribe", "workers", "nope"],
+        },
+        {
+          name: "worker",
+          hostname: workerHost,
+          port: Number(workerPort),
+          roles: ["master"] as Role[],
+          methods: ["mirror.open", "job.run", "job.stdin", "blob.get", "attrs.push", "nope"],
+        },
+      ];
+      for (const t of rpcTargets) {
+        await inParallel(200, 16, async () => {
+          const conn = await Deno.connect({ hostname: t.hostname, port: t.port });
+          await sendAndDrain(conn, fuzz.handshake(), 5_000);
+          counts[`${t.name} handshakes`] = (counts[`${t.name} handshakes`] ?? 0) + 1;
+        });
+        await inParallel(40, 8, async () => {
+          const conn = await Deno.connect({ hostname: t.hostname, port: t.port });
+          try {
+            await clientHandshake(conn, { secret, role: fuzz.pick(t.roles) });
+          } catch (err) {
+            conn.close();
+            throw err;
+          }
+          await sendAndDrain(conn, fuzz.session(t.methods), 3_000);
+          counts[`${t.name} sessions`] = (counts[`${t.name} sessions`] ?? 0) + 1;
+        });
+      }
+      const base = {
+        version: 1,
+        argv: ["true"],
+        cwd: tree,
+        env: { PATH: "/usr/bin:/bin" },
+        stdin: false,
+      };
+      await inParallel(200, 16, async () => {
+        const conn = await Deno.connect({ transport: "unix", path: `${tree}/.termite-socket` });
+        await sendAndDrain(conn, wrapperFuzz(fuzz, base), 15_000);
+        counts["wrapper socket"] = (counts["wrapper socket"] ?? 0) + 1;
+      });
+      for (
+        const [name, port] of [["master status", farm.statusPort], [
+          "coordinator status",
+          coordinatorHttp,
+        ]] as const
+      ) {
+        await inParallel(150, 16, async () => {
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+          await sendAndDrain(conn, httpFuzz(fuzz), 5_000);
+          counts[name] = (counts[name] ?? 0) + 1;
+        });
+      }
+      console.log(`${seedNote}: ${JSON.stringify(counts)}`);
+
+      // Everything still serves good peers.
+      const status = await farm.status();
+      assert.equal(status.workers.length, 1, seedNote);
+      const listed = await (await fetch(`http://127.0.0.1:${coordinatorHttp}/status.json`)).json();
+      assert.equal(listed.workers.length, 1, seedNote);
+      assert.equal(listed.workers[0].draining, false, `${seedNote}: nobody drained it`);
+      await Deno.writeTextFile(`${tree}/ok.c`, "int ok(void) { return 1; }\n");
+      const before = status.jobs.jobsRemote;
+      const gcc = await runIn(tree, [`${farm.binDir}/gcc`, "-c", "ok.c", "-o", "ok.o"], farm.env);
+      assert.equal(gcc.code, 0, `${seedNote}: ${gcc.stderr}`);
+      assert.ok((await farm.status()).jobs.jobsRemote > before, "the compile ran on the worker");
+      for (const p of [farm.coordinator, farm.master, farm.workers[0]]) {
+        assert.ok(await Deno.stat(`/proc/${p.child.pid}`).then(() => true, () => false), p.name);
+      }
+      assert.match(await Deno.readTextFile(farm.coordinator.log), /Rejected peer|Dropping peer/);
+    },
+  );
+});
