@@ -52,6 +52,7 @@ const { values } = parseArgs({
     "cache-dir": { type: "string" },
     "store-max": { type: "string", default: "8G" },
     "mirror-idle": { type: "string", default: "10m" },
+    "mirrors-max": { type: "string", default: "64" },
     "job-timeout-max": { type: "string", default: "1h" },
     "memory-max": { type: "string", default: "4G" },
     "processes-max": { type: "string", default: "512" },
@@ -61,7 +62,7 @@ const { values } = parseArgs({
 if (values.help) {
   console.log(`usage: worker.ts [--secret FILE] [--coordinator HOST:PORT] [--jobs N]
   [--host H] [--port N] [--advertise HOST:PORT] [--cache-dir DIR] [--store-max 8G]
-  [--mirror-idle 10m] [--job-timeout-max 1h] [--memory-max 4G] [--processes-max 512]`);
+  [--mirror-idle 10m] [--mirrors-max 64] [--job-timeout-max 1h] [--memory-max 4G] [--processes-max 512]`);
   Deno.exit(0);
 }
 if (Deno.uid() !== 0) die("termite worker: must run as root (FUSE mounts, chroot, setuid)");
@@ -82,6 +83,7 @@ try {
     cacheDir: values["cache-dir"] ?? defaultCacheDir("worker"),
     storeBytesMax: parseBytes(values["store-max"]),
     mirrorIdleMs: parseDurationMs(values["mirror-idle"]),
+    mirrorsMax: Number(values["mirrors-max"]),
     jobTimeoutMsMax: parseDurationMs(values["job-timeout-max"]),
     memoryBytesMax: parseBytes(values["memory-max"]),
     processesMax: Number(values["processes-max"]),

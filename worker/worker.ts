@@ -40,6 +40,8 @@ export interface WorkerOptions {
   storeBytesMax?: number;
   /** A mirror unused this long is unmounted and freed. */
   mirrorIdleMs?: number;
+  /** Mirrors (one FUSE mount per master) at once; default {@linkcode MIRRORS_MAX_DEFAULT}. */
+  mirrorsMax?: number;
   /** Per-job caps. */
   jobTimeoutMsMax?: number;
   memoryBytesMax?: number;
@@ -70,6 +72,8 @@ interface Reservation {
 }
 
 const DIR_ATTRS_MAX = 1_000_000;
+/** Mirrors at once by default: beyond, the least recently used one without a job goes. */
+export const MIRRORS_MAX_DEFAULT = 64;
 const STDIN_BYTES_MAX = 64 * 2 ** 20;
 /** Result files up to this size travel inline in the job's reply... */
 const INLINE_FILE_BYTES_MAX = 128 * 1024;
@@ -320,10 +324,16 @@ export class Worker implements AsyncDisposable {
     if (!mirror) {
       let opening = this.#mirrorOpening.get(key);
       if (!opening) {
-        opening = this.#mountMirror(key, params, peer).finally(() =>
-          this.#mirrorOpening.delete(key)
-        );
-        this.#mirrorOpening.set(key, opening);
+        await this.#makeRoomForMirror();
+        // Someone else may have mounted it meanwhile.
+        const mounted = this.#mirrors.get(key);
+        opening = mounted ? Promise.resolve(mounted) : this.#mirrorOpening.get(key);
+        if (!opening) {
+          opening = this.#mountMirror(key, params, peer).finally(() =>
+            this.#mirrorOpening.delete(key)
+          );
+          this.#mirrorOpening.set(key, opening);
+        }
       }
       mirror = await opening;
     }
@@ -402,6 +412,24 @@ export class Worker implements AsyncDisposable {
     this.#mirrors.set(key, mirror);
     this.#log(`mirror of master ${params.masterId.slice(0, 8)} mounted at ${mountpoint}`);
     return mirror;
+  }
+
+  /** Below the mirror cap: unmounts the least recently used mirror without a job, or refuses. */
+  async #makeRoomForMirror(): Promise<void> {
+    const max = this.#options.mirrorsMax ?? MIRRORS_MAX_DEFAULT;
+    if (this.#mirrors.size + this.#mirrorOpening.size < max) return;
+    let oldest: Mirror | undefined;
+    for (const m of this.#mirrors.values()) {
+      if (m.jobs === 0 && (oldest === undefined || m.lastUsedMs < oldest.lastUsedMs)) oldest = m;
+    }
+    if (oldest === undefined) {
+      throw new RpcError("LIMIT", `Cannot open a mirror: ${max} mirrors are running jobs`);
+    }
+    this.#mirrors.delete(oldest.key);
+    this.#log(`dropping mirror ${oldest.key}: ${max} mirrors at most`);
+    await oldest.session.close().catch((err) => this.#log(`unmount: ${err}`));
+    await oldest.fs.close();
+    await Deno.remove(oldest.mountpoint).catch(() => {});
   }
 
   async #dropIdleMirrors(idleMs: number): Promise<void> {
