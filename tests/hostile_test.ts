@@ -12,6 +12,7 @@ import { Master } from "../master/master.ts";
 import {
   type CallContext,
   clientHandshake,
+  connect,
   listen,
   loadSecret,
   type Role,
@@ -20,7 +21,7 @@ import {
   secretFromBytes,
 } from "../rpc/mod.ts";
 import { concat, Fuzz, FUZZ_SEED, sendAndDrain } from "./_fuzz.ts";
-import { ROOT, runIn, scratchDir, withFarm } from "./_reliability.ts";
+import { mounts, ROOT, runIn, scratchDir, withFarm } from "./_reliability.ts";
 
 const decoder = new TextDecoder();
 
@@ -633,6 +634,47 @@ Deno.test("hostile: fuzzed handshakes, frames and HTTP at every port of a farm; 
         assert.ok(await Deno.stat(`/proc/${p.child.pid}`).then(() => true, () => false), p.name);
       }
       assert.match(await Deno.readTextFile(farm.coordinator.log), /Rejected peer|Dropping peer/);
+    },
+  );
+});
+
+Deno.test("hostile: a peer opening mirror after mirror stays under the worker's mirror cap; real jobs still run", async () => {
+  await withFarm(
+    "mirrors",
+    { workers: 1, workerArgs: ["--mirrors-max", "3"] },
+    async (farm, tree) => {
+      const secret = await loadSecret(farm.secretPath);
+      const [hostname, port] = farm.workers[0].address.split(":");
+      const cache = farm.workerCacheDir(0);
+      const pid = farm.workers[0].child.pid;
+      let most = 0;
+      const refused: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        await using peer = await connect({
+          transport: "tcp",
+          hostname,
+          port: Number(port),
+          secret,
+          role: "master",
+        });
+        await peer.call(WorkerMethods.mirrorOpen, {
+          masterId: `hostile-${i}`,
+          writableRoot: tree,
+          slots: 1,
+        }, { timeoutMs: 10_000 }).catch((e) => refused.push((e as RpcError).code));
+        most = Math.max(most, (await mounts(pid, { type: /fuse/, under: cache })).length);
+      }
+      assert.ok(most <= 3, `${most} mirrors mounted`);
+      assert.deepEqual(refused, [], "idle mirrors make room");
+      const r = await runIn(
+        tree,
+        [`${farm.binDir}/termite-sh`, "-c", "echo fine > fine.txt"],
+        farm.env,
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await Deno.readTextFile(`${tree}/fine.txt`), "fine\n");
+      assert.ok((await mounts(pid, { type: /fuse/, under: cache })).length <= 3);
+      assert.match(await Deno.readTextFile(farm.workers[0].log), /3 mirrors at most/);
     },
   );
 });
