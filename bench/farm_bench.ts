@@ -1395,8 +1395,9 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
     goalPerWorker: GOAL_SCALING_PER_WORKER,
     ratios,
     ratioGoal: GOAL_BUILD_OVERHEAD,
-    note: `all hosts share one ${core.machine.cpus}-core machine; ` +
-      `scaling: ${coresPerHost} core per host by cgroup CPU quota`,
+    note: `all hosts share one ${core.machine.cpus}-core machine (load average ` +
+      `${core.machine.loadAtStart} → ${core.machine.loadAtEnd}); scaling: ${coresPerHost} core ` +
+      `per host by cgroup CPU quota`,
   });
   const report: HarnessReport = { ...core, table, results, files };
   await Deno.writeTextFile(files.json, JSON.stringify({ ...report, table: undefined }, null, 2));
