@@ -2,7 +2,7 @@
  * Termite side by side with local make and distcc, on real projects.
  *
  * - Builds: each project (Debian source packages: lua 5.4, zstd) is built from
- *   a fresh copy of its pristine tree by every contender at the same `make -j`,
+ *   a clean copy of its pristine tree by every contender at the same `make -j`,
  *   interleaved (local, termite, distcc, local, ...): (1) local make; (2) a
  *   Termite farm, two workers each in a network namespace of its own, started
  *   once per project (its first, cold build is recorded apart); (3) distcc,
@@ -15,8 +15,14 @@
  * - Scaling: hosts of 0.4 core each (cgroup v1 CPU quotas): the master host
  *   alone (local make) against the master with 1..4 workers.
  *
+ * Every run starts from a clean tree (by default reset in place, like
+ * `git clean -fdx`); a failed build is recorded and tried again (3 tries in
+ * all), so that a flaky contender still gets figures and its failures show.
+ *
  * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
- * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]`.
+ * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
+ * [--contenders local,termite,distcc] [--runs N] [--round-trips N] [--scaling 0,1,2]
+ * [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`.
  */
 import { parseArgs } from "node:util";
 import { Farm, ROOT } from "../farm/mod.ts";
