@@ -539,6 +539,12 @@ export class Worker implements AsyncDisposable {
         this.#log(`job ${params.argv[0]} failed on a stale file handle; asking for a retry`);
         throw new RpcError("ESTALE", "The job hit a stale file handle in the mirror");
       }
+      // Killed by the sandbox (time, processes, disk): its changes are dropped and
+      // the kill reported as the job's own outcome. Not an error of this worker,
+      // or the master would run the job again elsewhere, and at last unconfined.
+      if (!resultSet && outcome.killedBy !== undefined) {
+        resultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
+      }
       if (!resultSet) throw new RpcError("INTERNAL", "The job's changes could not be collected");
       return {
         exitCode: outcome.exitCode,
