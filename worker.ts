@@ -56,13 +56,15 @@ const { values } = parseArgs({
     "job-timeout-max": { type: "string", default: "1h" },
     "memory-max": { type: "string", default: "4G" },
     "processes-max": { type: "string", default: "512" },
+    "job-disk-max": { type: "string", default: "8G" },
     help: { type: "boolean", default: false },
   },
 });
 if (values.help) {
   console.log(`usage: worker.ts [--secret FILE] [--coordinator HOST:PORT] [--jobs N]
   [--host H] [--port N] [--advertise HOST:PORT] [--cache-dir DIR] [--store-max 8G]
-  [--mirror-idle 10m] [--mirrors-max 64] [--job-timeout-max 1h] [--memory-max 4G] [--processes-max 512]`);
+  [--mirror-idle 10m] [--mirrors-max 64] [--job-timeout-max 1h] [--memory-max 4G] [--processes-max 512]
+  [--job-disk-max 8G] (bytes a job may write: files in its writable layer and /tmp)`);
   Deno.exit(0);
 }
 if (Deno.uid() !== 0) die("termite worker: must run as root (FUSE mounts, chroot, setuid)");
@@ -87,6 +89,7 @@ try {
     jobTimeoutMsMax: parseDurationMs(values["job-timeout-max"]),
     memoryBytesMax: parseBytes(values["memory-max"]),
     processesMax: Number(values["processes-max"]),
+    jobDiskBytesMax: parseBytes(values["job-disk-max"]),
   });
   console.error(`termite worker: ${values.jobs} slots, listening as ${worker.address}`);
   await untilSignal();

@@ -8,6 +8,7 @@
  */
 import { SandboxError } from "./errors.ts";
 import { ensureLauncher } from "./launcher.ts";
+import { RESULT_ENTRIES_MAX } from "./result_set.ts";
 
 /** The command to run and its limits. */
 export interface JobSpec {
@@ -27,6 +28,15 @@ export interface JobSpec {
   memoryBytesMax?: number;
   /** Processes (and threads) of the whole job; default {@linkcode PROCESSES_MAX_DEFAULT}. */
   processesMax?: number;
+  /**
+   * Bytes the job may write to the worker's disk (files in its writable layer
+   * and its /tmp, by size). No single file grows past it (RLIMIT_FSIZE: the
+   * writer gets SIGXFSZ); the total is measured every
+   * {@linkcode DISK_CHECK_MS_MIN} ms or so and the job killed past it
+   * (`killedBy: "disk"`), as it is past {@linkcode RESULT_ENTRIES_MAX} files.
+   * Default: no limit.
+   */
+  diskBytesMax?: number;
   /** Default 0o022. */
   umask?: number;
 }
@@ -66,10 +76,11 @@ export interface JobOutcome {
   /**
    * Set when the sandbox ended the job: `timeout` (wall clock), `processes`
    * (the process cap was hit: the job is killed at the first refused fork),
-   * `signal` (cancelled through the AbortSignal). `memory` is reserved: with
+   * `signal` (cancelled through the AbortSignal), `disk` (it wrote more than
+   * `diskBytesMax`). `memory` is reserved: with
    * RLIMIT_AS a refused allocation is not attributable from outside.
    */
-  killedBy?: "timeout" | "memory" | "processes" | "signal";
+  killedBy?: "timeout" | "memory" | "processes" | "signal" | "disk";
   /** Human-readable detail: signal name, exec failure, truncated output. */
   reason?: string;
   /** Launcher start to the job's exec, measured inside the launcher. */
@@ -106,6 +117,8 @@ export const PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids/termite";
 export const KILL_GRACE_MS = 5_000;
 /** After the launcher exited, how long output pipes may stay open. */
 export const DRAIN_GRACE_MS = 5_000;
+/** Least time between two measures of what a job wrote (more when a measure is slow). */
+export const DISK_CHECK_MS_MIN = 500;
 /** How long a job's cgroup may stay busy after the job before removal is given up. */
 const CGROUP_REMOVE_MS = 2_000;
 
@@ -174,6 +187,7 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
       (spec.umask ?? 0o022).toString(8),
     ];
     if (spec.memoryBytesMax !== undefined) args.push("--memory-bytes", String(spec.memoryBytesMax));
+    if (spec.diskBytesMax !== undefined) args.push("--file-bytes", String(spec.diskBytesMax));
     if (cgroup !== null) args.push("--cgroup", cgroup);
     else args.push("--nproc", String(processesMax));
     // The launcher dies with this process: a worker killed hard leaves no job running.
@@ -240,6 +254,9 @@ async function supervise(
     graceTimer = setTimeout(() => trySignal(child, "SIGKILL"), KILL_GRACE_MS);
   };
   const timeoutTimer = setTimeout(() => terminate("timeout"), spec.timeoutMs);
+  const diskWatch = spec.diskBytesMax === undefined
+    ? undefined
+    : watchDisk(options.jobDir, spec.diskBytesMax, () => terminate("disk"));
   const onAbort = () => terminate("signal");
   options.signal?.addEventListener("abort", onAbort, { once: true });
   const onSinkError = (err: unknown) => {
@@ -261,6 +278,7 @@ async function supervise(
   } finally {
     stdinStop.abort();
     clearTimeout(timeoutTimer);
+    await diskWatch?.stop();
     clearTimeout(graceTimer);
     options.signal?.removeEventListener("abort", onAbort);
   }
@@ -284,6 +302,65 @@ async function supervise(
   const notes = [stdoutPump.note, stderrPump.note].filter((n) => n !== undefined);
   if (notes.length > 0) outcome.reason = [outcome.reason, ...notes].filter(Boolean).join("; ");
   return outcome;
+}
+
+/**
+ * Measures what the job wrote (its upper layer and /tmp) until stopped, and
+ * calls `onOver` once past `bytesMax` bytes or {@linkcode RESULT_ENTRIES_MAX}
+ * entries. Measures are spaced by at least {@linkcode DISK_CHECK_MS_MIN} ms
+ * and twenty times the last one's duration.
+ */
+function watchDisk(
+  jobDir: string,
+  bytesMax: number,
+  onOver: () => void,
+): { stop(): Promise<void> } {
+  let stopped = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let running: Promise<void> | undefined;
+  const measure = async () => {
+    const started = performance.now();
+    let bytes = 0, entries = 0;
+    const walk = async (dir: string): Promise<boolean> => {
+      let list: Deno.DirEntry[];
+      try {
+        list = await Array.fromAsync(Deno.readDir(dir));
+      } catch {
+        return false; // Not there (yet) or gone.
+      }
+      for (const e of list) {
+        if (stopped) return false;
+        if (++entries > RESULT_ENTRIES_MAX) return true;
+        const path = `${dir}/${e.name}`;
+        if (e.isDirectory) {
+          if (await walk(path)) return true;
+        } else if (e.isFile) {
+          bytes += await Deno.lstat(path).then((i) => i.size, () => 0);
+          if (bytes > bytesMax) return true;
+        }
+      }
+      return false;
+    };
+    const over = await walk(`${jobDir}/upper`) || await walk(`${jobDir}/tmp`);
+    if (stopped) return;
+    if (over) {
+      onOver();
+      return;
+    }
+    const ms = Math.max(DISK_CHECK_MS_MIN, 20 * (performance.now() - started));
+    timer = setTimeout(tick, ms);
+  };
+  const tick = () => {
+    running = measure();
+  };
+  timer = setTimeout(tick, DISK_CHECK_MS_MIN);
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    },
+  };
 }
 
 function trySignal(child: Deno.ChildProcess, signal: Deno.Signal): void {
@@ -451,6 +528,7 @@ function interpret(
   if (outcome.killedBy === "timeout") outcome.reason = "Wall-clock timeout";
   else if (outcome.killedBy === "processes") outcome.reason = "Process limit reached";
   else if (outcome.killedBy === "signal") outcome.reason = "Cancelled";
+  else if (outcome.killedBy === "disk") outcome.reason = "Disk limit reached";
   return outcome;
 }
 
@@ -527,10 +605,11 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
     fail(`bad timeoutMs: ${spec.timeoutMs}`);
   }
   for (
-    const [name, value] of [["memoryBytesMax", spec.memoryBytesMax], [
-      "processesMax",
-      spec.processesMax,
-    ]] as const
+    const [name, value] of [
+      ["memoryBytesMax", spec.memoryBytesMax],
+      ["processesMax", spec.processesMax],
+      ["diskBytesMax", spec.diskBytesMax],
+    ] as const
   ) {
     if (value !== undefined && !(Number.isSafeInteger(value) && value > 0)) {
       fail(`bad ${name}: ${value}`);

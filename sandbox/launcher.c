@@ -8,7 +8,7 @@
  *
  *   launcher --job-dir D --lower-root L --writable-root W --cwd C
  *            [--uid N] [--gid N] [--umask OCTAL] [--memory-bytes N]
- *            [--nproc N] [--cgroup DIR] [--parent-pid N] -- ARGV...
+ *            [--nproc N] [--cgroup DIR] [--parent-pid N] [--file-bytes N] -- ARGV...
  *
  * The launcher's own environment is the job's environment, passed on as is.
  *
@@ -78,6 +78,7 @@ struct config {
   mode_t umask;
   unsigned long long memory_bytes;
   unsigned long nproc;
+  unsigned long long file_bytes;
   pid_t parent_pid;
   char **argv;
 };
@@ -184,6 +185,7 @@ static void parse_args(int argc, char **argv) {
     else if (strcmp(a, "--umask") == 0) cfg.umask = (mode_t)parse_number(v, 8, "umask") & 0777;
     else if (strcmp(a, "--memory-bytes") == 0) cfg.memory_bytes = parse_number(v, 10, "memory");
     else if (strcmp(a, "--nproc") == 0) cfg.nproc = (unsigned long)parse_number(v, 10, "nproc");
+    else if (strcmp(a, "--file-bytes") == 0) cfg.file_bytes = parse_number(v, 10, "file bytes");
     else if (strcmp(a, "--parent-pid") == 0)
       cfg.parent_pid = (pid_t)parse_number(v, 10, "parent pid");
     else usage("Unknown option");
@@ -211,6 +213,14 @@ static void run_job(int report_fd) {
     struct rlimit r = {cfg.memory_bytes, cfg.memory_bytes};
     if (setrlimit(RLIMIT_AS, &r)) {
       report(report_fd, "error Cannot limit memory: %s", strerror(errno));
+      _exit(1);
+    }
+  }
+  if (cfg.file_bytes) {
+    /* No file grows past it: the writer gets SIGXFSZ (or EFBIG if it ignores it). */
+    struct rlimit r = {cfg.file_bytes, cfg.file_bytes};
+    if (setrlimit(RLIMIT_FSIZE, &r)) {
+      report(report_fd, "error Cannot limit file sizes: %s", strerror(errno));
       _exit(1);
     }
   }

@@ -46,6 +46,8 @@ export interface WorkerOptions {
   jobTimeoutMsMax?: number;
   memoryBytesMax?: number;
   processesMax?: number;
+  /** Bytes a job may write (files in its writable layer and /tmp); default no limit. */
+  jobDiskBytesMax?: number;
   log?: (message: string) => void;
   /** The coordinator holds another secret (before this worker ever registered). */
   onSecretMismatch?: (error: Error) => void;
@@ -492,6 +494,7 @@ export class Worker implements AsyncDisposable {
         timeoutMs,
         memoryBytesMax: this.#options.memoryBytesMax,
         processesMax: this.#options.processesMax,
+        diskBytesMax: this.#options.jobDiskBytesMax,
       }, {
         lowerRoot: mirror.mountpoint,
         writableRoot: mirror.writableRoot,
