@@ -273,7 +273,16 @@ export class Farm implements AsyncDisposable {
       ];
     const proc = await spawn({
       name: `worker-${i}`,
-      cmd: [...(host?.exec ?? []), "unshare", "--mount", "--propagation", "private", ...inner],
+      // Into the host's network namespace with nsenter, not `ip netns exec`:
+      // that remounts /sys, which hides /sys/fs/cgroup (the jobs' pids cgroups).
+      cmd: [
+        ...(host ? ["nsenter", `--net=/run/netns/${host.name}`, "--"] : []),
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        ...inner,
+      ],
       logDir: this.#logDir,
       ready: /listening as (\S+)/,
       append: restart,
