@@ -21,7 +21,7 @@ import {
   secretFromBytes,
 } from "../rpc/mod.ts";
 import { concat, Fuzz, FUZZ_SEED, sendAndDrain } from "./_fuzz.ts";
-import { mounts, ROOT, runIn, scratchDir, withFarm } from "./_reliability.ts";
+import { mounts, ROOT, runIn, sampleFarm, scratchDir, withFarm } from "./_reliability.ts";
 
 const decoder = new TextDecoder();
 
@@ -677,4 +677,119 @@ Deno.test("hostile: a peer opening mirror after mirror stays under the worker's 
       assert.match(await Deno.readTextFile(farm.workers[0].log), /3 mirrors at most/);
     },
   );
+});
+
+// ---- Jobs that try to escape their sandbox or exhaust the worker ----
+
+const ESCAPE_C = `
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  mkdir("esc", 0755);
+  printf("chroot: %s\\n", chroot("esc") ? strerror(errno) : "ok");
+  for (int i = 0; i < 64; i++) chdir("..");
+  printf("chroot again: %s\\n", chroot(".") ? strerror(errno) : "ok");
+  for (int i = 1; i < argc; i++) {
+    FILE *f = fopen(argv[i], "r");
+    printf("open %s: %s\\n", argv[i], f ? "opened" : strerror(errno));
+  }
+  return 0;
+}
+`;
+
+const PTRACE_C = `
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ptrace.h>
+#include <unistd.h>
+int main(void) {
+  int seen = 0, unseen = 0;
+  char visible[4096] = {0};
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    int pid = atoi(e->d_name);
+    if (pid <= 0) continue;
+    seen++;
+    if (pid < 4096) visible[pid] = 1;
+  }
+  /* Any process of another job would have to be one this job cannot see. */
+  for (int pid = 1; pid < 4096; pid++) {
+    if (!visible[pid] && ptrace(PTRACE_ATTACH, pid, 0, 0) == 0) unseen++;
+  }
+  kill(-1, SIGKILL);
+  printf("processes seen %d, attached unseen %d\\n", seen, unseen);
+  return 0;
+}
+`;
+
+Deno.test("hostile: jobs trying to escape the sandbox, trace or read other jobs, fill the disk or fork-bomb fail; the worker keeps serving", async () => {
+  await withFarm("escape", {
+    workers: 1,
+    slotsPerWorker: 3,
+    workerArgs: ["--processes-max", "64", "--job-disk-max", "64M"],
+  }, async (farm, tree) => {
+    const sh = (script: string) =>
+      runIn(tree, [`${farm.binDir}/termite-sh`, "-c", script], farm.env);
+    await Deno.writeTextFile(`${tree}/escape.c`, ESCAPE_C);
+    await Deno.writeTextFile(`${tree}/ptrace.c`, PTRACE_C);
+    for (const p of ["escape", "ptrace"]) {
+      const cc = await runIn(tree, ["gcc", "-O1", "-o", p, `${p}.c`]);
+      assert.equal(cc.code, 0, cc.stderr);
+    }
+    // A file of the worker host that the master does not serve (its dir is 0700).
+    const marker = `${farm.workerCacheDir(0)}/marker.txt`;
+    await Deno.writeTextFile(marker, "worker private\n", { mode: 0o644 });
+
+    // 1. A second chroot and `..`: chroot is refused to nobody; nothing outside is seen.
+    const esc = await sh(`./escape ${marker} /proc/1/root/etc/hostname /etc/shadow`);
+    assert.equal(esc.code, 0, esc.stderr);
+    assert.match(esc.stdout, /^chroot: Operation not permitted$/m);
+    assert.match(esc.stdout, /^chroot again: Operation not permitted$/m);
+    assert.doesNotMatch(esc.stdout, /opened/);
+
+    // 2. Tracing or killing another job: it is in another PID namespace, unseen.
+    const victim = sh("echo hidden > victim.txt; sleep 3; cat victim.txt; echo survived");
+    await new Promise((r) => setTimeout(r, 1000));
+    // (Its kill(-1, SIGKILL) takes its own shell down too: exit 137.)
+    const tracer = await sh("cat victim.txt 2>&1; ./ptrace");
+    const seen = Number(tracer.stdout.match(/processes seen (\d+)/)?.[1]);
+    assert.ok(seen >= 1 && seen <= 4, tracer.stdout);
+    assert.match(tracer.stdout, /attached unseen 0/);
+    assert.match(tracer.stdout, /victim\.txt: No such file/, "another job's files are not visible");
+    const v = await victim;
+    assert.equal(v.code, 0, v.stderr);
+    assert.equal(v.stdout, "hidden\nsurvived\n", "the other job was neither traced nor killed");
+
+    // 3. Filling the disk: one big file, many files, /tmp.
+    // One file stops at the cap (SIGXFSZ: exit 128+25); what was written up to it is a result.
+    const big = await sh("dd if=/dev/zero of=big.bin bs=1M count=300");
+    assert.equal(big.code, 153, big.stderr);
+    assert.ok((await Deno.stat(`${tree}/big.bin`)).size <= 64 * 2 ** 20);
+    const many = await sh(
+      "for i in 1 2 3 4 5 6 7 8; do head -c 30000000 /dev/zero > m$i.bin; done; sleep 3",
+    );
+    assert.notEqual(many.code, 0, JSON.stringify(many));
+    assert.match(many.stderr, /termite: job killed on .*[Dd]isk/);
+    await assert.rejects(Deno.stat(`${tree}/m1.bin`), Deno.errors.NotFound);
+    const tmp = await sh("head -c 300000000 /dev/zero > /tmp/fill; echo after $?");
+    assert.notEqual(tmp.stdout, "after 0\n");
+
+    // 4. A fork bomb stops at the process cap.
+    const bomb = await sh("f() { f | f & }; f; sleep 5");
+    assert.notEqual(bomb.code, 0);
+    assert.match(bomb.stderr, /termite: job killed on .*[Pp]rocess limit/);
+
+    // The worker serves on, and nothing of those jobs is left on it.
+    const ok = await sh("echo still > still.txt; cat still.txt");
+    assert.equal(ok.stdout, "still\n", ok.stderr);
+    const status = await farm.status();
+    assert.equal(status.jobs.jobsLocal, 0, "every job ran on the worker");
+    assert.equal((await sampleFarm(farm)).sandboxProcesses, 0);
+  });
 });
