@@ -6,6 +6,7 @@
  * behind. Network, disk and corruption faults are in fault_io_test.ts.
  */
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import {
   checkObjects,
   mounts,
@@ -47,6 +48,7 @@ Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftover
     const launchers = await pidsMentioning(`${cacheDir}/jobs/`);
     assert.ok(launchers.length > 0, "worker 0 was running jobs");
     await farm.killWorker(0);
+    const killedAt = Date.now();
     // Its sandboxes die with it: no launcher or job is left running.
     assert.ok(
       await waitUntil(async () => (await pidsMentioning(`${cacheDir}/jobs/`)).length === 0, 3_000),
@@ -55,11 +57,16 @@ Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftover
     for (const w of long) w.kill("SIGINT");
     for (const w of long) assert.equal((await w.status).code, 130, "^C cancels");
     const build = await building;
+    const buildDoneMs = Date.now() - killedAt;
     assert.equal(build.code, 0, build.stdout + build.stderr);
     assert.equal(await checkObjects(tree, objects), objects.length);
     const status = await farm.status();
     assert.ok(status.jobs.retries + status.jobs.jobsLocal > 0, JSON.stringify(status.jobs));
     assert.equal(status.jobs.jobsFailed, 0);
+    console.log(
+      `worker killed: build done ${buildDoneMs} ms later; jobs remote ${status.jobs.jobsRemote}, ` +
+        `local ${status.jobs.jobsLocal}, retries ${status.jobs.retries}, failed 0`,
+    );
 
     // Start it again on the same cache dir: no stale mount, no job dir left,
     // and its mirror mounts again at the same place for new jobs.
@@ -107,6 +114,7 @@ Deno.test("fault: the coordinator killed and restarted mid-build; workers re-reg
       await sleep(100);
     }
     await farm.startCoordinator();
+    const restartedAt = Date.now();
     for (let i = 0; i < 30; i++) {
       fewest = Math.min(fewest, (await farm.status()).workers.length);
       await sleep(100);
@@ -127,8 +135,14 @@ Deno.test("fault: the coordinator killed and restarted mid-build; workers re-reg
         `${w.name} registered again`,
       );
     }
+    const reregisteredMs = Date.now() - restartedAt;
     const masterLog = await Deno.readTextFile(farm.master.log);
     assert.ok((masterLog.match(/Watching workers at coordinator/g) ?? []).length >= 2, masterLog);
+    const jobs = (await farm.status()).jobs;
+    console.log(
+      `coordinator restarted: workers registered again within ${reregisteredMs} ms; build ` +
+        `jobs remote ${jobs.jobsRemote}, local ${jobs.jobsLocal}, retries ${jobs.retries}`,
+    );
     // The new coordinator's list reaches the master: a worker started now is used.
     await farm.restartWorker(1);
     await farm.waitForWorkers(2);
@@ -184,14 +198,18 @@ for (const signal of ["SIGKILL", "SIGTERM"] as const) {
       const building = makeWithin(farm, tree, ["-j8", "-k"], 60_000);
       // Four jobs on the workers, four wrappers waiting for a slot.
       assert.ok(await waitUntil(async () => (await farm.status()).jobs.jobsRunning >= 8, 15_000));
-      await sleep(2500); // some results are being applied now
+      // Some results landed, more are being applied now.
+      const landed = () => objects.filter((o) => existsSync(`${tree}/${o}`)).length;
+      assert.ok(await waitUntil(() => landed() >= 4, 20_000, 20), "objects landing");
       await farm.killMaster(signal);
+      const killedAt = Date.now();
       if (signal === "SIGTERM") {
         // A clean stop: exit 0, nothing staged left in the tree.
         assert.equal((await farm.master.done).code, 0);
         assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);
       }
       const build = await building;
+      const makeDoneMs = Date.now() - killedAt;
       assert.notEqual(build.code, 0);
       // Each wrapper that lost its job says so.
       const lost = build.stderr.split("\n").filter((l) => /^termite: /.test(l));
@@ -205,6 +223,10 @@ for (const signal of ["SIGKILL", "SIGTERM"] as const) {
       // What landed is whole: every object present equals a local compile.
       const present = await checkObjects(tree, objects, { requireAll: false });
       assert.ok(present < objects.length);
+      console.log(
+        `master ${signal}: make -k ended ${makeDoneMs} ms later; ${lost.length} wrappers failed ` +
+          `clearly; ${present} of ${objects.length} objects present, all identical to local`,
+      );
       // The workers cancelled the master's jobs: none left running.
       for (let i = 0; i < farm.workers.length; i++) {
         const jobs = `${farm.workerCacheDir(i)}/jobs/`;
