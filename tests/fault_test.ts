@@ -22,7 +22,7 @@ import {
 Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftovers cleaned at restart", async () => {
   await withFarm("fault-kill", { slotsPerWorker: 2 }, async (farm, tree) => {
     const objects = await writeProject(tree, {
-      n: 16,
+      n: 12,
       before: "sleep 2",
       shell: `${farm.binDir}/termite-sh`,
     });
@@ -81,7 +81,7 @@ Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftover
     await farm.waitForWorkers(2);
     const before = (await farm.status()).jobs.perWorker[farm.workers[0].address]?.done ?? 0;
     const more = await writeProject(tree, {
-      n: 8,
+      n: 6,
       prefix: "g",
       before: "sleep 1",
       shell: `${farm.binDir}/termite-sh`,
@@ -100,7 +100,7 @@ Deno.test("fault: a worker killed mid-job; jobs complete elsewhere, its leftover
 Deno.test("fault: the coordinator killed and restarted mid-build; workers re-register, the master keeps them", async () => {
   await withFarm("fault-coord", { slotsPerWorker: 2 }, async (farm, tree) => {
     const objects = await writeProject(tree, {
-      n: 16,
+      n: 12,
       before: "sleep 1",
       shell: `${farm.binDir}/termite-sh`,
     });
@@ -148,7 +148,7 @@ Deno.test("fault: the coordinator killed and restarted mid-build; workers re-reg
     await farm.waitForWorkers(2);
     const before = (await farm.status()).jobs;
     const more = await writeProject(tree, {
-      n: 8,
+      n: 6,
       prefix: "g",
       before: "sleep 1",
       shell: `${farm.binDir}/termite-sh`,
@@ -191,8 +191,8 @@ for (const signal of ["SIGKILL", "SIGTERM"] as const) {
   Deno.test(`fault: the master ${signal === "SIGKILL" ? "killed" : "stopped"} (${signal}) while wrappers wait; none hangs, the tree stays consistent`, async () => {
     await withFarm("fault-master", { slotsPerWorker: 2 }, async (farm, tree) => {
       const objects = await writeProject(tree, {
-        n: 24,
-        before: "sleep 2",
+        n: 16,
+        before: "sleep 1.5",
         shell: `${farm.binDir}/termite-sh`,
       });
       const building = makeWithin(farm, tree, ["-j8", "-k"], 60_000);
