@@ -89,8 +89,8 @@ export interface HarnessOptions {
   treeReset?: TreeReset;
   /**
    * The same for the scaling runs; default "new-path" (every run in a new
-   * directory): scaling is about spreading jobs, and a tree reset at the same
-   * path trips the mirrors' stale-handle bug (see farm.md's failed tries).
+   * directory): scaling is about spreading jobs, and same-path resets used to
+   * trip the mirrors' stale handles (ESTALE, before dd8cee5).
    */
   scalingTreeReset?: TreeReset;
   /** Progress messages (default: stderr). */
