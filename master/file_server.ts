@@ -22,6 +22,9 @@ export interface FileServerOptions {
 }
 
 const OTHERS_READ = 0o004;
+/** A path served within this long of its last change is read again meanwhile. */
+const YOUNG_MS = 3_000;
+const YOUNG_MAX = 10_000;
 const OTHERS_SEARCH = 0o001;
 
 function kindOf(info: Deno.FileInfo): FileKind | null {
@@ -60,6 +63,7 @@ export class FileServer {
   #servedMax: number;
   /** Last attributes served per path (what the mirrors believe). */
   #served = new Map<string, FileAttr>();
+  #young = new Map<string, number>();
   /** Directory → whether others may search it (memo for the path check). */
   #searchable = new Map<string, boolean>();
   stats = { attrs: 0, dirs: 0, blobs: 0, blobBytes: 0 };
@@ -113,6 +117,13 @@ export class FileServer {
   #remember(attr: FileAttr): FileAttr {
     this.#served.delete(attr.path);
     this.#served.set(attr.path, attr);
+    // Served moments after it changed: it may change again before the tree
+    // watcher watches it (inotify misses events in a directory it has not
+    // added a watch for yet, as in `mkdir -p a/b/c`), so it is read again.
+    const now = Date.now();
+    if (attr.kind !== null && now - attr.mtimeMs < YOUNG_MS) {
+      if (this.#young.size < YOUNG_MAX) this.#young.set(attr.path, now);
+    }
     if (this.#served.size > this.#servedMax) {
       this.#served.delete(this.#served.keys().next().value!);
     }
@@ -222,6 +233,20 @@ export class FileServer {
     } catch {
       return null;
     }
+  }
+
+  /**
+   * Served paths that had just changed when served (see `#remember`), to read
+   * again for a few seconds; older ones are dropped.
+   */
+  youngPaths(): string[] {
+    const now = Date.now();
+    const out: string[] = [];
+    for (const [path, servedMs] of this.#young) {
+      if (now - servedMs > YOUNG_MS) this.#young.delete(path);
+      else out.push(path);
+    }
+    return out;
   }
 
   /** Whether mirrors may hold attributes of `path`. */

@@ -407,6 +407,7 @@ export class Master implements AsyncDisposable {
       paths.add(parentOf(p));
     }
     this.#dirty.clear();
+    for (const p of this.#files.youngPaths()) paths.add(p);
     if (paths.size === 0) return;
     const changed = await this.#files.refresh(paths, known);
     if (changed.length > 0) this.#changes.push(changed);
