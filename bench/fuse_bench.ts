@@ -61,10 +61,13 @@ async function run(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
-async function timeMs(cmd: string, args: string[]): Promise<number> {
+/** Wall time of a command whose output is discarded. */
+async function timeQuietMs(cmd: string, args: string[]): Promise<number> {
   const start = performance.now();
-  await run(cmd, args);
-  return performance.now() - start;
+  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output();
+  const elapsed = performance.now() - start;
+  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed`);
+  return elapsed;
 }
 
 async function buildC(dir: string): Promise<{ mirror: string; client: string }> {
@@ -184,6 +187,25 @@ async function interleaved(
         }
       }),
   );
+  return values;
+}
+
+/** `measure` on a fresh mount of every implementation, round-robin, `rounds` times. */
+async function freshMounts(
+  source: string,
+  timeouts: Timeouts,
+  mirrorBin: string,
+  rounds: number,
+  measure: (impl: Impl, root: string) => Promise<number>,
+): Promise<Record<Impl, number[]>> {
+  const values: Record<Impl, number[]> = { bare: [], c: [], deno: [] };
+  for (let round = 0; round < rounds; round++) {
+    for (const impl of IMPLS) {
+      values[impl].push(
+        await withView(impl, source, timeouts, mirrorBin, (root) => measure(impl, root)),
+      );
+    }
+  }
   return values;
 }
 
@@ -321,31 +343,44 @@ export async function runBench(options: { quick: boolean }): Promise<BenchResult
     ];
     const compileRounds = options.quick ? 3 : 9;
     for (const [label, timeouts] of COMPILE_VARIANTS) {
-      const times = await interleaved(
+      // cold: the first compile on a fresh mount; warm: again on the same one
+      const cold = await freshMounts(
         "/usr",
         timeouts,
         mirror,
         compileRounds,
-        (impl, root) => timeMs("gcc", compileArgs(root, impl)),
+        (impl, root) => timeQuietMs("gcc", compileArgs(root, impl)),
+      );
+      const warm = await interleaved(
+        "/usr",
+        timeouts,
+        mirror,
+        compileRounds,
+        (impl, root) => timeQuietMs("gcc", compileArgs(root, impl)),
+        1,
       );
       for (const impl of IMPLS) {
-        const [cold, ...warm] = times[impl];
-        record(`compile cold${label}`, impl, Math.round(cold), "ms");
-        record(`compile warm${label}`, impl, Math.round(median(warm)), "ms");
+        record(`compile cold${label}`, impl, Math.round(median(cold[impl])), "ms");
+        record(`compile warm${label}`, impl, Math.round(median(warm[impl])), "ms");
       }
     }
 
-    // find over the tree: a fresh mount each round (cold kernel caches)
-    const findTimes: Record<Impl, number[]> = { bare: [], c: [], deno: [] };
-    for (let round = 0; round < rounds; round++) {
+    // find over the tree on a fresh mount (cold kernel caches). Its output
+    // goes to /dev/null: piped into this process, it would compete with our
+    // file system's request loop on the same thread, which C's separate
+    // process is spared.
+    const findRounds = options.quick ? 5 : 11;
+    for (const [label, timeouts] of [["on", CACHING_ON], ["off", CACHING_OFF]] as const) {
+      const times = await freshMounts(
+        INCLUDE_DIR,
+        timeouts,
+        mirror,
+        findRounds,
+        (_impl, root) => timeQuietMs("find", [root]),
+      );
       for (const impl of IMPLS) {
-        findTimes[impl].push(
-          await withView(impl, INCLUDE_DIR, CACHING_ON, mirror, (root) => timeMs("find", [root])),
-        );
+        record(`find caching ${label}`, impl, Math.round(median(times[impl])), "ms");
       }
-    }
-    for (const impl of IMPLS) {
-      record("find /usr/include", impl, Math.round(median(findTimes[impl])), "ms");
     }
 
     for (const [name, row] of Object.entries(table)) {

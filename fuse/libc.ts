@@ -43,6 +43,22 @@ export const LIBC_SYMBOLS = {
     ],
     result: "i32",
   },
+  timerfd_create: {
+    parameters: [
+      "i32", // int clockid
+      "i32", // int flags
+    ],
+    result: "i32",
+  },
+  timerfd_settime: {
+    parameters: [
+      "i32", // int fd
+      "i32", // int flags
+      "buffer", // const struct itimerspec *new_value
+      "pointer", // struct itimerspec *old_value (NULL)
+    ],
+    result: "i32",
+  },
   read: {
     parameters: [
       "i32", // int fd

@@ -208,6 +208,14 @@ export const MNT_FORCE = 1;
 export const MNT_DETACH = 2;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
+export const CLOCK_MONOTONIC = 1;
+export const TFD_CLOEXEC = 0o2000000;
+export const TFD_NONBLOCK = 0o4000;
+/** struct itimerspec: it_interval then it_value, each { tv_sec, tv_nsec }. */
+export const ITIMERSPEC_SIZE = 32;
+export const ITIMERSPEC_INTERVAL = 0;
+export const ITIMERSPEC_VALUE = 16;
+export const TIMESPEC_NSEC = 8;
 
 // ---- FUSE_CAP_* (fuse_common.h) ----
 export const FUSE_CAP_ASYNC_READ = 1 << 0;

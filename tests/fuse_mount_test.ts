@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import { cleanStaleMount, FuseSession } from "../fuse/session.ts";
 import { LoopbackFs, type LoopbackOptions } from "../fuse/loopback.ts";
 import { EIO, ELOOP, ENOENT, EROFS } from "../fuse/errno.ts";
-import type { FileSystem } from "../fuse/types.ts";
+import type { FileSystem, MountOptions } from "../fuse/types.ts";
 
 const BIG_BYTES = 20 * 1024 * 1024;
 
@@ -66,7 +66,11 @@ interface Fixture {
 }
 
 async function withMount(
-  options: LoopbackOptions & { wrap?: (fs: LoopbackFs) => FileSystem; source?: string },
+  options: LoopbackOptions & {
+    wrap?: (fs: LoopbackFs) => FileSystem;
+    source?: string;
+    session?: Partial<MountOptions>;
+  },
   body: (fixture: Fixture) => Promise<void>,
 ): Promise<void> {
   const base = await Deno.makeTempDir({ prefix: "fuse_mount_test_" });
@@ -86,6 +90,7 @@ async function withMount(
       readOnly: true,
       allowOther: true,
       defaultPermissions: true,
+      ...options.session,
     });
     await body({ source, mnt, fs, session });
   } finally {
@@ -228,6 +233,7 @@ for (
     ["kernel caching", { entryTimeoutS: 60, attrTimeoutS: 60, negativeTimeoutS: 60 }],
     ["readdirplus", { readdirplus: true }],
     ["zero-message opens", { noOpen: true, fdsMax: 2 }],
+    ["every wait on a thread", { session: { syncWaitMs: 0 } }],
   ] as const
 ) {
   Deno.test(`LoopbackFs passes the POSIX table (${caching})`, async (t) => {
@@ -350,6 +356,45 @@ int main(int argc, char **argv) {
   } finally {
     await Deno.remove(work, { recursive: true });
   }
+});
+
+Deno.test("a busy mount leaves the event loop running, and an idle one waits on a thread", async () => {
+  await withMount(
+    { entryTimeoutS: 0, attrTimeoutS: 0, negativeTimeoutS: 0, keepCache: false },
+    async ({ mnt, session }) => {
+      // A 1 ms timer records how many requests were served since it last ran:
+      // a request loop that starved the event loop would show one huge gap.
+      let last = session.stats.requests;
+      let widestGap = 0;
+      let fired = 0;
+      const timer = setInterval(() => {
+        const now = session.stats.requests;
+        widestGap = Math.max(widestGap, now - last);
+        last = now;
+        fired++;
+      }, 1);
+      const before = session.stats.requests;
+      try {
+        // Three clients at once keep requests queued without a pause.
+        const loop =
+          `python3 -c 'import os\nfor i in range(4000): os.lstat("${mnt}/sub/deeper/big.bin")'`;
+        const busy = await sh(`${loop} & ${loop} & ${loop} & wait`);
+        assert.equal(busy.code, 0, busy.stderr);
+      } finally {
+        clearInterval(timer);
+      }
+      const served = session.stats.requests - before;
+      assert.ok(served > 2000, `only ${served} requests`);
+      assert.ok(fired > 0);
+      assert.ok(widestGap < served / 4, `${widestGap} of ${served} requests without a timer turn`);
+      // Idle now: within a few ticks the wait moves to a helper thread.
+      const waits = session.stats.threadWaits;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const after = await client(mnt, [["lstat", "hello.txt"]]);
+      assert.equal((after[0] as { size: number }).size, 12);
+      assert.ok(session.stats.threadWaits > waits, "the idle session never waited on a thread");
+    },
+  );
 });
 
 Deno.test("8 processes reading and stat-ing through one mount at once", async () => {

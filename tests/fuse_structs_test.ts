@@ -21,6 +21,8 @@ const PROBE_C = String.raw`
 #include <sys/statvfs.h>
 #include <sys/mount.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <time.h>
 
 struct linux_dirent64 { unsigned long long d_ino; long long d_off; unsigned short d_reclen; unsigned char d_type; char d_name[]; };
 
@@ -122,6 +124,11 @@ int main(void) {
   P("AT_FDCWD", AT_FDCWD); P("AT_SYMLINK_NOFOLLOW", AT_SYMLINK_NOFOLLOW);
   P("AT_EMPTY_PATH", AT_EMPTY_PATH); P("MNT_FORCE", MNT_FORCE); P("MNT_DETACH", MNT_DETACH);
   P("EFD_CLOEXEC", EFD_CLOEXEC); P("EFD_NONBLOCK", EFD_NONBLOCK);
+  P("CLOCK_MONOTONIC", CLOCK_MONOTONIC); P("TFD_CLOEXEC", TFD_CLOEXEC);
+  P("TFD_NONBLOCK", TFD_NONBLOCK); P("ITIMERSPEC_SIZE", sizeof(struct itimerspec));
+  OFF("ITIMERSPEC_INTERVAL", struct itimerspec, it_interval);
+  OFF("ITIMERSPEC_VALUE", struct itimerspec, it_value);
+  OFF("TIMESPEC_NSEC", struct timespec, tv_nsec);
 #define CAP(name) P(#name, name)
   CAP(FUSE_CAP_ASYNC_READ); CAP(FUSE_CAP_EXPORT_SUPPORT); CAP(FUSE_CAP_SPLICE_WRITE);
   CAP(FUSE_CAP_SPLICE_MOVE); CAP(FUSE_CAP_SPLICE_READ); CAP(FUSE_CAP_AUTO_INVAL_DATA);
