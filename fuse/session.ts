@@ -11,27 +11,31 @@
  * bridge keeps the `fuse_req_t` and replies when its promise settles.
  *
  * When the queue is empty the loop waits for the next request:
- *  - first in a short blocking `poll(2)` on this thread (`syncWaitMs`, 1 ms by
- *    default), but only while no handler is waiting for a promise: a client
- *    that sends one request after another (stat of every file, a compiler
- *    opening headers) then gets its answer with the latency of a C server;
+ *  - first in a blocking `poll(2)` on this thread with no timeout, but only
+ *    while no handler is waiting for a promise: a client that sends one
+ *    request after another (stat of every file, a compiler opening headers)
+ *    then gets its answer with the latency of a C server. The wait is bounded
+ *    by a timerfd in the same poll, ticking every `syncWaitMs` (1 ms by
+ *    default) while requests flow: at each tick the loop lets the event loop
+ *    run, and after a whole tick without a request it stops the timer and
+ *    hands the wait to a thread. A poll() timeout would arm and cancel a
+ *    kernel timer on every wait, two exits to the hypervisor in a virtual
+ *    machine: measured, that alone made a warm compile through the mirror
+ *    1.3× C's time and cost 2.5× C's CPU per request;
  *  - then in `poll(2)` as a `nonblocking` FFI call (on a helper thread), so
  *    timers, network I/O and async handlers run meanwhile. Handing a wait to a
- *    thread and back costs 20–40 µs, which is what the short blocking wait
+ *    thread and back costs 20–40 µs, which is what waiting on this thread
  *    saves per request in serial workloads.
- * Every `requestsPerTurn` requests the loop yields to the event loop
+ * Every `requestsPerTurn` requests the loop also yields to the event loop
  * (`setImmediate`), so a flood of requests cannot starve other work.
  *
- * Measured here (bench/fuse_bench.ts, 2 cores, other load): serial
- * getattr/lookup round trips at C speed (about 20 000/s for both; a VM
- * context switch dominates), lstat of all of /usr/include with timeouts 0 at
- * 0.87–0.95× the C mirror, with kernel caching ≈1.0×, reads 1.4× C (our reads
- * come straight from the source fd like C's), a warm compile through a
- * zero-message-open mirror at bare-disk speed (no requests at all). The
- * blocking wait saves the 20–40 µs thread hop per request only when requests
- * come one after another; `find` (opendir/readdir heavy, about 30 µs of JS
- * and V8 work per request against about 6 µs of C) is the weakest case, at
- * 0.3–0.6× C.
+ * Measured here (bench/fuse_bench.ts, 2 cores, a VM): lookups at 0.99–1.05×
+ * the C mirror with and without kernel caching, reads 1.9–2.2× C (our reads
+ * come straight from the source fd, like C's, with a larger reply), `find`
+ * over /usr/include 1.03–1.4× C, a warm compile 0.9× C with open requests
+ * and at bare-disk speed with zero-message opens (no requests at all). Our
+ * CPU per request is still about 2× C's (V8 entry and exit on every
+ * callback), which shows only where requests are many and cheap.
  *
  * The serving process must never touch its own mount, not even with Deno's
  * async file APIs: some of them (seek, close of a file) run on this thread,

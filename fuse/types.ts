@@ -239,10 +239,11 @@ export interface MountOptions {
   /** Log every request through libfuse (`-d`), to stderr. */
   debug?: boolean;
   /**
-   * How long the serving loop waits for the next request on the JS thread
-   * in a blocking `poll` before handing the wait to a thread and returning to
-   * the event loop (default 1 ms; 0 = always wait on a thread). Short waits
-   * keep request latency near C; they delay other JS work by at most this.
+   * While requests flow, the serving loop waits for the next one on the JS
+   * thread (a blocking `poll`), letting the event loop run every `syncWaitMs`
+   * (default 1 ms, at most 100; 0 = always wait on a thread); after a whole
+   * `syncWaitMs` without requests it hands the wait to a thread. Waiting here
+   * keeps request latency near C; other JS work waits at most about this long.
    */
   syncWaitMs?: number;
   /** Requests answered before yielding to the event loop (default 32). */
