@@ -57,6 +57,7 @@ const { values } = parseArgs({
     "memory-max": { type: "string", default: "4G" },
     "processes-max": { type: "string", default: "512" },
     "job-disk-max": { type: "string", default: "8G" },
+    "no-favor-dynmods": { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
@@ -64,7 +65,9 @@ if (values.help) {
   console.log(`usage: worker.ts [--secret FILE] [--coordinator HOST:PORT] [--jobs N]
   [--host H] [--port N] [--advertise HOST:PORT] [--cache-dir DIR] [--store-max 8G]
   [--mirror-idle 10m] [--mirrors-max 64] [--job-timeout-max 1h] [--memory-max 4G] [--processes-max 512]
-  [--job-disk-max 8G] (bytes a job may write: files in its writable layer and /tmp)`);
+  [--job-disk-max 8G] (bytes a job may write: files in its writable layer and /tmp)
+  [--no-favor-dynmods] (do not mount a favordynmods cgroup hierarchy: each job then waits
+  for an RCU grace period when it moves into its cgroup)`);
   Deno.exit(0);
 }
 if (Deno.uid() !== 0) die("termite worker: must run as root (FUSE mounts, chroot, setuid)");
@@ -90,6 +93,7 @@ try {
     memoryBytesMax: parseBytes(values["memory-max"]),
     processesMax: Number(values["processes-max"]),
     jobDiskBytesMax: parseBytes(values["job-disk-max"]),
+    favorCgroupMigrations: !values["no-favor-dynmods"],
   });
   console.error(`termite worker: ${values.jobs} slots, listening as ${worker.address}`);
   await untilSignal();

@@ -122,6 +122,9 @@ const CHUNK_ATTRS = 512;
 function describe(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value.slice(0, 200)) : typeof value;
 }
+/** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
+const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
+
 /** How long the tree watcher may take to report a marker file. */
 const TREE_SYNC_MS = 2_000;
 /** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
@@ -523,8 +526,11 @@ export class Master implements AsyncDisposable {
     io: JobIo,
     hold: OutputHold,
   ): Promise<number> {
+    const t0 = performance.now();
     await this.#syncTree();
+    const tSynced = performance.now();
     await this.#flushChanges();
+    const tFlushed = performance.now();
     const { updates, reset, cursor } = this.#changes.since(worker.cursor);
     const jobId = `${this.masterId}-${++this.#jobSeq}`;
     const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
@@ -631,6 +637,15 @@ export class Master implements AsyncDisposable {
     ws.collectMs += Number(reply.timings?.collectMs) || 0;
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
     await this.#flushChanges(outcome.touched, outcome.hashes);
+    if (DEBUG_TIMINGS) {
+      const t = reply.timings ?? {};
+      const ms = (a: number, b: number) => (b - a).toFixed(1);
+      this.#log(
+        `job ${request.argv[0]}: sync ${ms(t0, tSynced)} flush ${ms(tSynced, tFlushed)} ` +
+          `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
+          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${ms(applyStarted, performance.now())} ms`,
+      );
+    }
     if (reply.killedBy) {
       const why = [reply.reason, reply.killedBy].find((w) =>
         typeof w === "string"

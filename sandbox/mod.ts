@@ -10,6 +10,12 @@ export type { ResultFile, ResultSet } from "../common/types.ts";
 export { SandboxError } from "./errors.ts";
 export { ensureLauncher, LAUNCHER_CFLAGS } from "./launcher.ts";
 export {
+  DYNMODS_HIERARCHY,
+  type DynmodsMount,
+  favorCgroupMigrations,
+  isDynmodsMount,
+} from "./cgroup_tuning.ts";
+export {
   DRAIN_GRACE_MS,
   type JobOutcome,
   type JobSpec,

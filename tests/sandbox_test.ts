@@ -3,6 +3,8 @@ import { createHash } from "node:crypto";
 import {
   collectResultSet,
   ensureLauncher,
+  favorCgroupMigrations,
+  isDynmodsMount,
   type JobOutcome,
   type JobSpec,
   removeStaleCgroups,
@@ -664,5 +666,40 @@ Deno.test("removeStaleCgroups() removes empty job cgroups only", async () => {
       await Deno.remove(`${root}/${name}`).catch(() => {});
     }
     await Deno.remove(root);
+  }
+});
+
+Deno.test("favorCgroupMigrations() mounts a favordynmods hierarchy once and close() removes it", async () => {
+  const base = await Deno.makeTempDir({ prefix: "termite-dynmods-" });
+  const path = `${base}/h`;
+  try {
+    const first = await favorCgroupMigrations(path);
+    assert.ok(first.mount, "this kernel supports favordynmods on cgroup v1");
+    assert.ok(await isDynmodsMount(path));
+    // A second call (a restarted worker) reuses the mount instead of stacking one.
+    const again = await favorCgroupMigrations(path);
+    assert.ok(again.mount);
+    const count = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")
+      .filter((line) => line.split(" ")[4] === path).length;
+    assert.equal(count, 1);
+    // Jobs still get their pids cgroups and caps (the fork-loop test checks the cap).
+    await first.mount.close();
+    assert.equal(await isDynmodsMount(path), false);
+    assert.equal(await Deno.stat(path).then(() => true, () => false), false);
+  } finally {
+    await new Deno.Command("umount", { args: ["-l", path], stderr: "null" }).output();
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("favorCgroupMigrations() reports why it could not mount, without throwing", async () => {
+  const base = await Deno.makeTempDir({ prefix: "termite-dynmods-" });
+  try {
+    await Deno.writeTextFile(`${base}/file`, "");
+    const result = await favorCgroupMigrations(`${base}/file/h`);
+    assert.equal(result.mount, null);
+    assert.match((result as { reason: string }).reason, /file\/h/);
+  } finally {
+    await Deno.remove(base, { recursive: true });
   }
 });
