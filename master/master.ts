@@ -643,7 +643,9 @@ export class Master implements AsyncDisposable {
       this.#log(
         `job ${request.argv[0]}: sync ${ms(t0, tSynced)} flush ${ms(tSynced, tFlushed)} ` +
           `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
-          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${ms(applyStarted, performance.now())} ms`,
+          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${
+            ms(applyStarted, performance.now())
+          } ms`,
       );
     }
     if (reply.killedBy) {
