@@ -5,12 +5,18 @@
  *   wrapper.ts --as NAME [ARGS...]     run tool NAME through the master
  *   wrapper.ts --as sh -c SCRIPT       shell-wrapper mode
  *
- * The `bin/termite-wrap` shim passes `--as "$(basename "$0")"`; a binary made
+ * The `bin/termite-wrap` shim (symlinked as the tool) imports this module and
+ * calls {@linkcode main} with the name and directory of the link; a binary made
  * with `deno compile` and symlinked as the tool takes the name it was run as.
  */
 import { runShellBuiltin, runWrapper } from "./wrapper/client.ts";
 
-async function main(args: string[]): Promise<number> {
+/**
+ * Runs the wrapper; resolves with the exit status. `wrapperDir` (the
+ * directory of the tool links) is dropped from the PATH of the command, so
+ * that a local run finds the real tool.
+ */
+export async function main(args: string[], wrapperDir?: string): Promise<number> {
   let tool: string | undefined;
   if (args[0] === "--as") {
     tool = args[1];
@@ -27,7 +33,7 @@ async function main(args: string[]): Promise<number> {
     return 2;
   }
   const env = Deno.env.toObject();
-  const wrapperDir = env.TERMITE_WRAPPER_DIR;
+  wrapperDir ??= env.TERMITE_WRAPPER_DIR;
   const cwd = Deno.cwd();
   const shellMode = tool === "sh" || tool === "termite-sh" || tool === "bash";
   if (shellMode) {

@@ -80,6 +80,31 @@ Deno.test("wrapper: a stale socket file is reported, with a local fallback on re
   }
 });
 
+Deno.test("wrapper: bin/termite-wrap linked as gcc runs as gcc, and a local run skips the link's directory in PATH", async () => {
+  const dir = await tempTree();
+  try {
+    const links = `${dir}/tool links`; // a space: the link's path is decoded from a URL
+    await Deno.mkdir(links);
+    const shim = new URL("../bin/termite-wrap", import.meta.url).pathname;
+    await Deno.symlink(shim, `${links}/gcc`);
+    await staleSocket(`${dir}/.termite-socket`);
+    const out = await new Deno.Command(`${links}/gcc`, {
+      args: ["-dumpmachine"],
+      cwd: dir,
+      // The link's directory twice, spelled otherwise: both must go.
+      env: { PATH: `${links}/:./tool links:/usr/bin:/bin`, TERMITE_LOCAL_FALLBACK: "1" },
+      clearEnv: true,
+      signal: AbortSignal.timeout(30_000), // a wrapper recursing into itself would never end
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    // The real gcc answered (the link would have recursed into the wrapper).
+    assert.equal(out.code, 0, stderr);
+    assert.match(new TextDecoder().decode(out.stdout), /^x86_64-.*linux-gnu\n$/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("runShellBuiltin() runs true, false, : and plain echo only", () => {
   assert.deepEqual(runShellBuiltin("true"), { code: 0, stdout: "" });
   assert.deepEqual(runShellBuiltin(":"), { code: 0, stdout: "" });

@@ -42,10 +42,24 @@ export function findSocket(cwd: string, env: Record<string, string>): string | n
   }
 }
 
-/** PATH without the wrapper's own directory, so the job finds the real tool. */
-export function cleanPath(path: string, wrapperDir: string | undefined): string {
+/**
+ * PATH without the wrapper's own directory, so the job finds the real tool
+ * (else a local run would start the wrapper again, and again). An entry is
+ * the wrapper's directory when it names the same directory in any spelling
+ * (a trailing slash, a relative path, a symlink to it).
+ */
+export function cleanPath(path: string, wrapperDir: string | undefined, cwd = "/"): string {
   if (!wrapperDir) return path;
-  return path.split(":").filter((dir) => dir !== "" && dir !== wrapperDir).join(":");
+  const real = (dir: string) => {
+    try {
+      return Deno.realPathSync(dir.startsWith("/") ? dir : `${cwd}/${dir}`);
+    } catch {
+      return undefined;
+    }
+  };
+  const self = real(wrapperDir) ?? wrapperDir;
+  return path.split(":").filter((dir) => dir !== "" && dir !== wrapperDir && real(dir) !== self)
+    .join(":");
 }
 
 function stdinIsData(): boolean {
@@ -71,8 +85,27 @@ async function pumpStdin(conn: Deno.UnixConn): Promise<void> {
   }
 }
 
+/**
+ * Local runs nested this deep mean the wrapper keeps starting itself (a PATH
+ * that still leads back to it): stop instead of filling the machine. Make's
+ * SHELL and the compiler each count once per level of recursive make.
+ */
+export const LOCAL_DEPTH_MAX = 40;
+
 function runLocally(options: WrapperOptions): number {
-  const env = { ...options.env, PATH: cleanPath(options.env.PATH ?? "", options.wrapperDir) };
+  const depth = Number(options.env.TERMITE_LOCAL_DEPTH) || 0;
+  if (depth >= LOCAL_DEPTH_MAX) {
+    console.error(
+      `termite: ${options.argv[0]}: ${depth} nested local runs: the wrapper keeps starting ` +
+        `itself; take its directory out of PATH (${options.wrapperDir ?? "unknown"})`,
+    );
+    return 127;
+  }
+  const env = {
+    ...options.env,
+    PATH: cleanPath(options.env.PATH ?? "", options.wrapperDir, options.cwd),
+    TERMITE_LOCAL_DEPTH: String(depth + 1),
+  };
   const [cmd, ...args] = options.argv;
   try {
     const { code } = new Deno.Command(cmd, {
@@ -117,7 +150,7 @@ export async function runWrapper(options: WrapperOptions): Promise<number> {
     return 255;
   }
   const env = { ...options.env };
-  if (env.PATH !== undefined) env.PATH = cleanPath(env.PATH, options.wrapperDir);
+  if (env.PATH !== undefined) env.PATH = cleanPath(env.PATH, options.wrapperDir, options.cwd);
   const withStdin = stdinIsData();
   const request: WrapperRequest = {
     version: WRAPPER_PROTOCOL_VERSION,
