@@ -595,12 +595,11 @@ export class Master implements AsyncDisposable {
     const outcome = await applyResultSet(reply.resultSet, {
       writableRoot: this.root,
       hashCache: this.#hashCache,
+      inline: (hash) => {
+        const bytes = reply.inline?.[hash];
+        return bytes instanceof Uint8Array ? bytes : undefined; // verified before use
+      },
       fetchBlob: async (hash, sink) => {
-        const inline = reply.inline?.[hash];
-        if (inline instanceof Uint8Array) {
-          await sink.write(inline); // Verified against the hash like any fetch.
-          return;
-        }
         // A transfer that stalls (a cut link) is given up on like a silent job.
         const stalled = new AbortController();
         let stallTimer = setTimeout(() => stalled.abort(), silenceMs);

@@ -236,3 +236,49 @@ for (const [name, make] of hostile) {
     });
   });
 }
+
+Deno.test("applyResultSet() writes inline contents without a fetch, and refuses wrong ones", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("\x7fELF inline object");
+    const cache = await HashCache.open();
+    const set = (hash: string): ResultSet => ({
+      deletions: [],
+      dirs: [],
+      files: [
+        { path: `${root}/src/a.o`, hash, size: obj.length, mode: 0o644, mtimeMs: 0 },
+        { path: `${root}/src/a2.o`, hash, size: obj.length, mode: 0o600, mtimeMs: 0 },
+      ],
+      symlinks: [],
+    });
+    let fetches = 0;
+    const fetchBlob = () => {
+      fetches++;
+      return Promise.reject(new Error("no fetch expected"));
+    };
+    const out = await applyResultSet(set(sha(obj)), {
+      writableRoot: root,
+      fetchBlob,
+      inline: (hash) => hash === sha(obj) ? obj : undefined,
+      hashCache: cache,
+    });
+    assert.equal(fetches, 0);
+    assert.equal(out.bytesFetched, obj.length);
+    assert.deepEqual(await Deno.readFile(`${root}/src/a2.o`), obj);
+    assert.equal((await Deno.stat(`${root}/src/a2.o`)).mode! & 0o777, 0o600);
+
+    // Bytes that do not match their hash: refused, and the tree is left as it was.
+    const before = await snapshot(root);
+    const other = enc.encode("something else entirely");
+    await assert.rejects(
+      applyResultSet(set(sha(other)), {
+        writableRoot: root,
+        fetchBlob,
+        inline: () => obj,
+        hashCache: cache,
+      }),
+      (err) => err instanceof ResultSetError && /verification failed/.test(err.message),
+    );
+    assert.deepEqual(await snapshot(root), before);
+    assert.equal(fetches, 0);
+  });
+});
