@@ -58,8 +58,19 @@ export interface JobParams {
   heartbeatMs?: number;
 }
 
-/** Streamed during a job: output, or a heartbeat (`{ hb: 1 }`). */
-export type JobChunk = { fd: 1 | 2; data: Uint8Array } | { hb: 1 };
+/**
+ * Streamed during a job: output, or a heartbeat (`{ hb: 1 }`). After the job,
+ * a result set too large for the reply's frame comes as parts (`rs`, entries
+ * to add to the reply's set) and batches of inline contents (`blobs`).
+ */
+export type JobChunk =
+  | { fd: 1 | 2; data: Uint8Array }
+  | { hb: 1 }
+  | { rs: Partial<ResultSet> }
+  | { blobs: Record<string, Uint8Array> };
+
+/** A reply (or part) is kept below this many bytes; a frame holds 1 MiB. */
+export const RESULT_PART_BYTES = 256 * 1024;
 
 export interface JobReply {
   exitCode: number;

@@ -174,6 +174,73 @@ function checkAgainstTree(set: ResultSet, root: string): void {
   }
 }
 
+/** Inline contents a job's parts may bring in all (the worker sends at most 512 KiB). */
+export const PART_BLOB_BYTES_MAX = 8 * 2 ** 20;
+
+/**
+ * Collects the parts of a large result set (`rs` and `blobs` chunks of a
+ * job), bounded: more entries than `entriesMax` or contents past
+ * {@linkcode PART_BLOB_BYTES_MAX} fail with {@linkcode ResultSetError}.
+ * Entries are validated later, with the reply's own, by `applyResultSet`.
+ */
+export class ResultParts {
+  readonly #entriesMax: number;
+  readonly #set: ResultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
+  readonly #blobs = new Map<string, Uint8Array>();
+  #entries = 0;
+  #blobBytes = 0;
+
+  constructor(entriesMax = 100_000) {
+    this.#entriesMax = entriesMax;
+  }
+
+  get empty(): boolean {
+    return this.#entries === 0 && this.#blobs.size === 0;
+  }
+
+  addEntries(part: unknown): void {
+    if (!isObject(part)) fail("a result part is not an object");
+    for (const key of ["deletions", "dirs", "files", "symlinks"] as const) {
+      const list = part[key];
+      if (list === undefined) continue;
+      if (!Array.isArray(list)) fail(`a result part's ${key} is not a list`);
+      this.#entries += list.length;
+      if (this.#entries > this.#entriesMax) {
+        fail(`more than ${this.#entriesMax} result entries`);
+      }
+      (this.#set[key] as unknown[]).push(...list);
+    }
+  }
+
+  addBlobs(blobs: unknown): void {
+    if (!isObject(blobs)) fail("a blob batch is not an object");
+    for (const [hash, bytes] of Object.entries(blobs)) {
+      if (!(bytes instanceof Uint8Array)) fail(`inline content ${hash} is not bytes`);
+      this.#blobBytes += bytes.length;
+      if (this.#blobBytes > PART_BLOB_BYTES_MAX) {
+        fail(`more than ${PART_BLOB_BYTES_MAX} bytes of inline contents`);
+      }
+      this.#blobs.set(hash, bytes);
+    }
+  }
+
+  /** The reply's result set with the parts before it (unchecked: `applyResultSet` checks). */
+  merge(replySet: unknown): unknown {
+    if (this.#entries === 0) return replySet;
+    if (!isObject(replySet)) return replySet;
+    const merged: Record<string, unknown> = { ...replySet };
+    for (const key of ["deletions", "dirs", "files", "symlinks"] as const) {
+      const rest = replySet[key];
+      merged[key] = Array.isArray(rest) ? [...this.#set[key], ...rest] : rest;
+    }
+    return merged;
+  }
+
+  blob(hash: string): Uint8Array | undefined {
+    return this.#blobs.get(hash);
+  }
+}
+
 /** Writes bytes that came with the reply into `path` after checking their hash and size. */
 function writeVerified(bytes: Uint8Array, hash: string, size: number, path: string): void {
   const actual = createHash("sha256").update(bytes).digest("hex");

@@ -16,7 +16,7 @@ import {
 } from "../common/protocol.ts";
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
-import { applyResultSet, ResultSetError, STAGING_DIR } from "./apply.ts";
+import { applyResultSet, ResultParts, ResultSetError, STAGING_DIR } from "./apply.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
@@ -28,6 +28,8 @@ import { type PooledWorker, WorkerPool } from "./worker_pool.ts";
 export interface MasterOptions {
   /** The writable root: the build tree. */
   root: string;
+  /** Entries (files, directories, links, deletions) one job may change; default 100,000. */
+  resultEntriesMax?: number;
   secret: CryptoKey;
   /** Coordinator "host:port"; none = every job runs locally. */
   coordinator?: string;
@@ -556,6 +558,8 @@ export class Master implements AsyncDisposable {
     const unfollow = io.stdin?.follow((data) => {
       worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
     });
+    // A large result set arrives in parts ahead of the reply.
+    const parts = new ResultParts(this.#options.resultEntriesMax);
     let reply: JobReply;
     try {
       reply = await worker.peer.call<JobReply>(WorkerMethods.jobRun, params, {
@@ -564,9 +568,11 @@ export class Master implements AsyncDisposable {
         onChunk: async (chunk) => {
           heard();
           const c = chunk as JobChunk;
+          if (typeof c !== "object" || c === null) return;
           if ("fd" in c && c.data instanceof Uint8Array) {
             await hold.write(c.fd === 1 ? 1 : 2, c.data);
-          }
+          } else if ("rs" in c) parts.addEntries(c.rs);
+          else if ("blobs" in c) parts.addBlobs(c.blobs);
         },
       });
     } catch (err) {
@@ -592,11 +598,12 @@ export class Master implements AsyncDisposable {
     }
     worker.cursor = cursor;
     const applyStarted = performance.now();
-    const outcome = await applyResultSet(reply.resultSet, {
+    const outcome = await applyResultSet(parts.merge(reply.resultSet), {
       writableRoot: this.root,
       hashCache: this.#hashCache,
+      entriesMax: this.#options.resultEntriesMax,
       inline: (hash) => {
-        const bytes = reply.inline?.[hash];
+        const bytes = parts.blob(hash) ?? reply.inline?.[hash];
         return bytes instanceof Uint8Array ? bytes : undefined; // verified before use
       },
       fetchBlob: async (hash, sink) => {

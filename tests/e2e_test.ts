@@ -447,3 +447,31 @@ Deno.test("e2e: directories made by make's own shell just before a compile are s
     assert.equal((await farm.status()).jobs.jobsLocal, 0);
   });
 });
+
+Deno.test("e2e: a job writing 12,000 files runs remotely; its results come back in parts", async () => {
+  await withFarm("many-files", { workers: 1, slots: 1 }, async (farm, tree) => {
+    const sh = `${farm.binDir}/termite-sh`;
+    const before = (await farm.status()).jobs;
+    // 12,000 small files (each its own content, so each its own inline blob),
+    // deep enough paths, and a few larger ones fetched from the worker's store.
+    const script = "import os\n" +
+      "for d in range(40):\n" +
+      "  p = f'out/some/deeper/directory/level-{d:02d}'\n" +
+      "  os.makedirs(p)\n" +
+      "  for i in range(300): open(f'{p}/generated-file-{i:04d}.txt', 'w').write(f'{d}.{i}\\n')\n" +
+      "for i in range(3): open(f'out/big{i}.bin', 'wb').write(os.urandom(300000))\n";
+    const r = await runIn(tree, [sh, "-c", `python3 -c "${script}"`], farm.env);
+    assert.equal(r.code, 0, r.stderr);
+    const after = (await farm.status()).jobs;
+    assert.equal(after.jobsRemote - before.jobsRemote, 1, "ran remotely, once");
+    assert.equal(after.retries - before.retries, 0);
+    assert.equal(after.jobsLocal - before.jobsLocal, 0);
+    const check = await runIn(tree, [
+      "sh",
+      "-c",
+      "find out -type f | wc -l; cat out/some/deeper/directory/level-39/generated-file-0299.txt; " +
+      "wc -c < out/big2.bin",
+    ]);
+    assert.equal(check.stdout, "12003\n39.299\n300000\n");
+  });
+});

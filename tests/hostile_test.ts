@@ -194,6 +194,8 @@ interface DoubleBehaviour {
   reply?: (root: string, hash: string, size: number) => unknown;
   /** Serves blob.get. */
   blob?: (ctx: CallContext) => Promise<unknown>;
+  /** Chunks sent ahead of the job's reply (result set parts). */
+  parts?: (root: string, ctx: CallContext) => Promise<void>;
 }
 
 const PAYLOAD = enc.encode("hostile bytes\n");
@@ -252,8 +254,9 @@ async function throughDouble(behaviour: DoubleBehaviour): Promise<{
         probes.push(`/etc/shadow: ${shadow.kind}`);
         return { slots: 4, workerId: "double" };
       },
-      [WorkerMethods.jobRun]: () =>
-        (behaviour.reply ?? ((r: string, h: string, s: number) => ({
+      [WorkerMethods.jobRun]: async (_p: unknown, ctx: CallContext) => {
+        await behaviour.parts?.(root, ctx);
+        return (behaviour.reply ?? ((r: string, h: string, s: number) => ({
           exitCode: 0,
           resultSet: {
             deletions: [`${r}/keep.c`],
@@ -261,7 +264,8 @@ async function throughDouble(behaviour: DoubleBehaviour): Promise<{
             files: [{ path: `${r}/out.o`, hash: h, size: s, mode: 0o644, mtimeMs: 0 }],
             symlinks: [],
           },
-        })))(root, PAYLOAD_HASH, PAYLOAD.length),
+        })))(root, PAYLOAD_HASH, PAYLOAD.length);
+      },
       [WorkerMethods.blobGet]: (_p: unknown, ctx: CallContext) =>
         behaviour.blob ? behaviour.blob(ctx) : ctx.sendBytes(PAYLOAD).then(() => ({ size: 14 })),
     }),
@@ -386,6 +390,40 @@ const hostileWorkers: [string, DoubleBehaviour, RegExp][] = [
     },
     // Capped by the frame size first (1 MiB), else by the entry count.
     /Frame too large|100001 entries/,
+  ],
+  [
+    "too many entries in parts",
+    {
+      parts: async (r, ctx) => {
+        for (let part = 0; part < 11; part++) {
+          const deletions = Array.from({ length: 10_000 }, (_, i) => `${r}/p${part}-${i}`);
+          await ctx.sendChunk({ rs: { deletions } });
+        }
+      },
+    },
+    /more than 100000 result entries/,
+  ],
+  [
+    "result parts that are not lists",
+    {
+      parts: async (_r, ctx) => {
+        await ctx.sendChunk({ rs: { files: "all of them" } });
+      },
+    },
+    /not a list/,
+  ],
+  [
+    "inline contents that are not bytes",
+    { parts: (_r, ctx) => ctx.sendChunk({ blobs: { [PAYLOAD_HASH]: "hostile bytes\n" } }) },
+    /not bytes/,
+  ],
+  [
+    "inline contents with other bytes",
+    {
+      parts: (_r, ctx) =>
+        ctx.sendChunk({ blobs: { [PAYLOAD_HASH]: enc.encode("other bytes!!\n") } }),
+    },
+    /verification failed/,
   ],
   ["a reply that is not an object", { reply: () => null }, /./],
   [

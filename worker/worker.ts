@@ -30,6 +30,7 @@ import {
   runJob,
 } from "../sandbox/mod.ts";
 import { type MasterLink, MirrorFs, MOUNT_POINTS_DEFAULT } from "./mirror_fs.ts";
+import { sendResultParts } from "./result_parts.ts";
 
 export interface WorkerOptions {
   secret: CryptoKey;
@@ -574,12 +575,14 @@ export class Worker implements AsyncDisposable {
         resultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
       }
       if (!resultSet) throw new RpcError("INTERNAL", "The job's changes could not be collected");
+      // A reply must fit one frame: large results go ahead of it in parts.
+      const results = await sendResultParts(resultSet, inline.blobs, (c) => ctx.sendChunk(c));
       return {
         exitCode: outcome.exitCode,
         killedBy: outcome.killedBy,
         reason: outcome.reason,
-        resultSet,
-        inline: inline.blobs,
+        resultSet: results.resultSet,
+        inline: results.inline,
         timings: {
           totalMs: performance.now() - started,
           collectMs,
