@@ -415,6 +415,48 @@ Deno.test("applyUpdates() changes what getattr returns and invalidates the kerne
   assert.equal((await getattrOf(fs, BigInt(a.ino))).mode, S_IFREG | 0o600);
 });
 
+Deno.test("a listing read before an update but received after it does not undo the update", async () => {
+  await using f = await fixture({ prefetchBytesMax: 0 });
+  const { fs, link } = f;
+  fs.attach(recordingSession());
+  // The master reads / (with /src's listing), then, before its answer
+  // arrives, makes new.h, removes b.h and pushes that: the late answer must
+  // not put back the old listing.
+  const dir = link.dir.bind(link);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => release = resolve);
+  let read!: () => void;
+  const wasRead = new Promise<void>((resolve) => read = resolve);
+  let gated = false;
+  link.dir = async (path, options) => {
+    const attrs = await dir(path, options);
+    if (path === "/" && !gated) {
+      gated = true;
+      read();
+      await gate;
+    }
+    return attrs;
+  };
+  const answer = resolve(fs, "/src/new.h");
+  await wasRead;
+  await Deno.writeTextFile(`${f.tree}/src/new.h`, "new\n");
+  await Deno.remove(`${f.tree}/src/b.h`);
+  const updates = await Promise.all(
+    ["/src/new.h", "/src/b.h", "/src"].map((path) => link.attr(path, { withHash: false })),
+  );
+  await fs.applyUpdates(updates);
+  release();
+  const entry = await answer;
+  assert.ok(entry.ino !== 0, "new.h is there");
+  const src = await resolve(fs, "/src");
+  const names = (await listDir(fs, BigInt(src.ino))).map((e) => e.name);
+  assert.ok(names.includes("new.h"), names.join(" "));
+  assert.ok(!names.includes("b.h"), names.join(" "));
+  const gone = await fs.lookup(BigInt(src.ino), "b.h", CTX);
+  assert.ok(typeof gone === "number" || gone.ino === 0);
+  assert.ok(fs.stats.replayed >= 3);
+});
+
 Deno.test("reset() drops cached attributes and invalidates what the kernel holds", async () => {
   await using f = await fixture({ prefetchBytesMax: 0 });
   const { fs, link } = f;

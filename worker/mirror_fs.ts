@@ -142,6 +142,8 @@ export interface MirrorStats {
   blobFetches: number;
   blobBytes: number;
   prefetches: number;
+  /** Updates applied again over fetched answers they overtook. */
+  replayed: number;
   /** Failures answered EIO (link failures, corrupt blobs) and failed prefetches. */
   errors: number;
   /** Paths cached now. */
@@ -175,6 +177,8 @@ const EVICT_TARGET_FRACTION = 0.9;
 const ROOT_ID = 1n;
 /** Fetches repeated at most this often when a reset() overtakes them. */
 const FETCH_ATTEMPTS_MAX = 3;
+/** Updates remembered to replay over fetches they overtook (halved beyond it). */
+const RECENT_UPDATES_MAX = 100_000;
 const NAME_BYTES_MAX = 255;
 
 const S_IFDIR = 0o040000;
@@ -243,6 +247,8 @@ interface DirHandle {
 interface AttrFetch {
   promise: Promise<FileAttr>;
   withHash: boolean;
+  /** The number of the first update that may have overtaken the answer. */
+  since: number;
 }
 
 /** A read-only mirror of a master's `/`, see the module documentation. */
@@ -296,6 +302,16 @@ export class MirrorFs implements FileSystem {
   #negativeCount = 0;
   /** Bumped by reset(): fetches started before are not trusted. */
   #epoch = 0;
+  /**
+   * The latest updates, in arrival order; update number n is
+   * `#recent[n - #recentBase]`. A fetch answered by the master before an
+   * update but received after it would put back what the update changed
+   * (found as a lost file in a rebuilt tree: `ar: lvm.o: No such file`), so
+   * the updates that arrived while a fetch was in flight are applied again
+   * over its answer.
+   */
+  #recent: FileAttr[] = [];
+  #recentBase = 0;
   #evictAbove: number;
   readonly #closer = new AbortController();
   #session: MountedSession | undefined;
@@ -347,6 +363,7 @@ export class MirrorFs implements FileSystem {
       blobFetches: 0,
       blobBytes: 0,
       prefetches: 0,
+      replayed: 0,
       errors: 0,
       entries: 0,
       handles: 0,
@@ -375,8 +392,51 @@ export class MirrorFs implements FileSystem {
    */
   applyUpdates(updates: readonly FileAttr[]): Promise<void> {
     if (this.#closed) return Promise.resolve();
+    for (const update of updates) this.#recent.push(update);
+    if (this.#recent.length > RECENT_UPDATES_MAX) {
+      const drop = this.#recent.length - RECENT_UPDATES_MAX / 2;
+      this.#recent.splice(0, drop);
+      this.#recentBase += drop;
+    }
     const entries: [bigint, string][] = [];
     const inodes: [bigint, number][] = [];
+    this.#applyToCache(updates, entries, inodes);
+    this.#evictIfNeeded();
+    return this.#notify(entries, inodes);
+  }
+
+  /** Number of the next update to arrive. */
+  #updateCount(): number {
+    return this.#recentBase + this.#recent.length;
+  }
+
+  /**
+   * Applies again, to the cache only, the updates since number `since` of
+   * `path` and everything under it: what a fetch of `path` that started
+   * before them may have undone. The kernel heard nothing from the fetch's
+   * answer yet (this runs before it is used), so nothing is invalidated.
+   * False when those updates are forgotten (the fetch must be made again).
+   */
+  #replaySince(since: number, path: string): boolean {
+    if (since < this.#recentBase) return false;
+    const prefix = path === "/" ? "/" : `${path}/`;
+    const overtaking = this.#recent.slice(since - this.#recentBase).filter((u) => {
+      const p = normalizePath(u.path);
+      return p === path || p.startsWith(prefix);
+    });
+    if (overtaking.length > 0) {
+      this.stats.replayed += overtaking.length;
+      this.#applyToCache(overtaking, [], []);
+    }
+    return true;
+  }
+
+  /** Applies pushed attrs to the cache; collects the kernel invalidations they need. */
+  #applyToCache(
+    updates: readonly FileAttr[],
+    entries: [bigint, string][],
+    inodes: [bigint, number][],
+  ): void {
     for (const update of updates) {
       const path = normalizePath(update.path);
       if (this.#isUnderMountPoint(path)) continue;
@@ -416,8 +476,6 @@ export class MirrorFs implements FileSystem {
         this.#learnChild(parent, name, update);
       }
     }
-    this.#evictIfNeeded();
-    return this.#notify(entries, inodes);
   }
 
   /**
@@ -777,8 +835,7 @@ export class MirrorFs implements FileSystem {
       const answer = this.#lookupLocal(parent, name, false);
       if (answer !== undefined) return answer;
       // A listed child without attrs (evicted, or added by an update): ask for it alone.
-      const attr = await this.#fetchFresh(joinPath(parent.path, name), false, false);
-      this.#absorb(attr);
+      this.#absorbFetched(await this.#fetchFresh(joinPath(parent.path, name), false, false));
       return this.#lookupLocal(parent, name, false) ?? EIO;
     } catch (error) {
       return this.#failed(error, `lookup ${joinPath(parent.path, name)}`);
@@ -832,12 +889,16 @@ export class MirrorFs implements FileSystem {
   async #doFetchDir(node: Node): Promise<void> {
     const signal = this.#closer.signal;
     let attrs: FileAttr[];
+    let since: number;
     for (let attempt = 1;; attempt++) {
       this.stats.dirFetches++;
       const epoch = this.#epoch;
+      since = this.#updateCount();
       attrs = await this.#limiter.run(() => this.#link.dir(node.path, { signal }), { signal });
       // An answer from before a reset may miss changes the master could not push.
-      if (epoch === this.#epoch || attempt === FETCH_ATTEMPTS_MAX) break;
+      if (
+        (epoch === this.#epoch && since >= this.#recentBase) || attempt === FETCH_ATTEMPTS_MAX
+      ) break;
     }
     if (node.detached || this.#closed) return;
     const listing = new Map<string, FileKind>();
@@ -850,43 +911,64 @@ export class MirrorFs implements FileSystem {
     }
     this.#setListing(node, listing);
     node.complete = true;
+    this.#replaySince(since, node.path);
     this.#evictIfNeeded();
   }
 
   /** Fetches one path's attrs (once for concurrent callers wanting no more). */
-  #fetchAttr(path: string, withHash: boolean, background: boolean): Promise<FileAttr> {
+  #fetchAttr(path: string, withHash: boolean, background: boolean): AttrFetch {
     const inflight = this.#attrFetches.get(path);
-    if (inflight !== undefined && (inflight.withHash || !withHash)) return inflight.promise;
+    if (inflight !== undefined && (inflight.withHash || !withHash)) return inflight;
     this.stats.attrFetches++;
     const signal = this.#closer.signal;
+    const since = this.#updateCount();
     const promise = this.#limiter.run(
       () => this.#link.attr(path, { withHash, signal }),
       { signal, background },
     ).finally(() => {
       if (this.#attrFetches.get(path)?.promise === promise) this.#attrFetches.delete(path);
     });
-    this.#attrFetches.set(path, { promise, withHash });
-    return promise;
+    const fetch = { promise, withHash, since };
+    this.#attrFetches.set(path, fetch);
+    return fetch;
   }
 
-  /** Like #fetchAttr, but asks again when a reset happened meanwhile. */
-  async #fetchFresh(path: string, withHash: boolean, background: boolean): Promise<FileAttr> {
+  /**
+   * Like #fetchAttr, but asks again when a reset happened meanwhile; gives the
+   * number of the first update that may have overtaken the answer.
+   */
+  async #fetchFresh(
+    path: string,
+    withHash: boolean,
+    background: boolean,
+  ): Promise<{ attr: FileAttr; since: number }> {
     for (let attempt = 1;; attempt++) {
       const epoch = this.#epoch;
-      const attr = await this.#fetchAttr(path, withHash, background);
-      if (epoch === this.#epoch || attempt === FETCH_ATTEMPTS_MAX) return attr;
+      const fetch = this.#fetchAttr(path, withHash, background);
+      const attr = await fetch.promise;
+      if (
+        (epoch === this.#epoch && fetch.since >= this.#recentBase) ||
+        attempt === FETCH_ATTEMPTS_MAX
+      ) return { attr, since: fetch.since };
     }
+  }
+
+  /** Stores a fetched attr, then the updates that overtook it. */
+  #absorbFetched(fetched: { attr: FileAttr; since: number }): void {
+    this.#absorb(fetched.attr);
+    this.#replaySince(fetched.since, normalizePath(fetched.attr.path));
   }
 
   /** Refetches a node's own attrs and stores them (the node may get detached). */
   async #refresh(node: Node, withHash: boolean, background = false): Promise<void> {
-    const attr = await this.#fetchFresh(node.path, withHash, background);
+    const fetched = await this.#fetchFresh(node.path, withHash, background);
     if (node.detached || this.#closed) return;
     if (node === this.#root) {
-      if (attr.kind === "dir") this.#setAttr(node, attr);
+      if (fetched.attr.kind === "dir") this.#setAttr(node, fetched.attr);
+      this.#replaySince(fetched.since, "/");
       return;
     }
-    this.#absorb(attr);
+    this.#absorbFetched(fetched);
   }
 
   /** Stores fetched attrs of one path into the tree (no kernel invalidation). */
