@@ -19,6 +19,11 @@ export interface FileServerOptions {
   childrenMax?: number;
   /** Memory of served attributes, in entries. */
   servedMax?: number;
+  /**
+   * Told of attributes a read found changed from what was served before
+   * (every mirror must hear of them, not only the one that asked).
+   */
+  onChange?: (attrs: FileAttr[]) => void;
 }
 
 const OTHERS_READ = 0o004;
@@ -61,8 +66,16 @@ export class FileServer {
   #hiddenPrefixes: string[];
   #childrenMax: number;
   #servedMax: number;
-  /** Last attributes served per path (what the mirrors believe). */
-  #served = new Map<string, FileAttr>();
+  /**
+   * Last attributes served per path (what the mirrors believe), with the
+   * number of the read that found them. Reads are numbered as they start: the
+   * answer of a read that started before the one behind the served attributes
+   * is older news and never replaces them (reads overlap: a directory listed
+   * while a job's result lands in it).
+   */
+  #served = new Map<string, { attr: FileAttr; read: number }>();
+  #reads = 0;
+  #onChange: (attrs: FileAttr[]) => void;
   #young = new Map<string, number>();
   /** Directory → whether others may search it (memo for the path check). */
   #searchable = new Map<string, boolean>();
@@ -75,6 +88,7 @@ export class FileServer {
     this.#hiddenPrefixes = options.hiddenPrefixes ?? [];
     this.#childrenMax = options.childrenMax ?? 100_000;
     this.#servedMax = options.servedMax ?? 2_000_000;
+    this.#onChange = options.onChange ?? (() => {});
   }
 
   get hashCache(): HashCache {
@@ -114,9 +128,22 @@ export class FileServer {
     this.#searchable.clear();
   }
 
-  #remember(attr: FileAttr): FileAttr {
+  /**
+   * An answer to a mirror: remembered as served, unless a newer read's answer
+   * is; when it differs from what was served before, the other mirrors may
+   * hold the old attributes, so it is a change for all of them.
+   */
+  #serve(attr: FileAttr, read: number): FileAttr {
+    const prev = this.#served.get(attr.path);
+    if (prev !== undefined && read < prev.read) return attr;
+    this.#store(attr, read);
+    if (prev !== undefined && !sameAttr(prev.attr, attr)) this.#onChange([attr]);
+    return attr;
+  }
+
+  #store(attr: FileAttr, read: number): void {
     this.#served.delete(attr.path);
-    this.#served.set(attr.path, attr);
+    this.#served.set(attr.path, { attr, read });
     // Served moments after it changed: it may change again before the tree
     // watcher watches it (inotify misses events in a directory it has not
     // added a watch for yet, as in `mkdir -p a/b/c`), so it is read again.
@@ -127,13 +154,13 @@ export class FileServer {
     if (this.#served.size > this.#servedMax) {
       this.#served.delete(this.#served.keys().next().value!);
     }
-    return attr;
   }
 
   /** Attributes of one path; `withHash` hashes a regular file if needed. */
   async attr(path: string, options: { withHash?: boolean } = {}): Promise<FileAttr> {
     this.stats.attrs++;
-    return this.#remember(await this.#attr(path, options.withHash ?? false));
+    const read = ++this.#reads;
+    return this.#serve(await this.#attr(path, options.withHash ?? false), read);
   }
 
   async #attr(path: string, withHash: boolean, known?: Deno.FileInfo): Promise<FileAttr> {
@@ -213,7 +240,8 @@ export class FileServer {
     const work = async () => {
       while (next < names.length) {
         const i = next++;
-        out[i] = this.#remember(await this.#attr(joinPath(path, names[i]), false));
+        const read = ++this.#reads;
+        out[i] = this.#serve(await this.#attr(joinPath(path, names[i]), false), read);
       }
     };
     await Promise.all(Array.from({ length: Math.min(parallel, names.length) }, work));
@@ -265,15 +293,18 @@ export class FileServer {
   }
 
   /**
-   * Re-reads the given paths and returns the attributes that differ from what
-   * was served (only for paths the mirrors may hold).
+   * Re-reads the given paths; the attributes that differ from what was served
+   * (only for paths the mirrors may hold) go to `onChange` and are returned.
    */
   async refresh(paths: Iterable<string>, known?: Map<string, string>): Promise<FileAttr[]> {
     const changed: FileAttr[] = [];
     for (const path of new Set(paths)) {
-      const before = this.#served.get(path);
-      if (!before) continue;
+      if (!this.#served.has(path)) continue;
+      const read = ++this.#reads;
       let after = await this.#attr(path, false);
+      const served = this.#served.get(path);
+      if (served === undefined || read < served.read) continue; // forgotten, or newer news
+      const before = served.attr;
       if (
         before.hash && after.kind === "file" && after.hash === undefined && !known?.has(path) &&
         sameAttr(before, after)
@@ -281,11 +312,17 @@ export class FileServer {
         // Same size and mtime, but the hash cache no longer vouches for it (its
         // ctime or inode changed): new content is possible, so hash it again.
         after = await this.#attr(path, true);
+        const now = this.#served.get(path);
+        if (now === undefined || now.read > read) continue;
       }
       const hash = known?.get(path);
       if (hash && after.kind === "file") after.hash = hash;
       if (!sameAttr(before, after) || (after.hash && before.hash !== after.hash)) {
-        this.#remember(after);
+        // Told at once, in the order the reads started: a list told when the
+        // whole refresh ends could come after a newer read's news, and a
+        // mirror would take the older listing for the latest.
+        this.#store(after, read);
+        this.#onChange([after]);
         changed.push(after);
       }
     }

@@ -247,6 +247,8 @@ export class Master implements AsyncDisposable {
       hashCache,
       hidden,
       hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
+      // A worker's read found a change before the tree watcher did: all hear of it.
+      onChange: (attrs) => this.#changes.push(attrs),
     });
   }
 
@@ -414,8 +416,7 @@ export class Master implements AsyncDisposable {
     this.#dirty.clear();
     for (const p of this.#files.youngPaths()) paths.add(p);
     if (paths.size === 0) return;
-    const changed = await this.#files.refresh(paths, known);
-    if (changed.length > 0) this.#changes.push(changed);
+    await this.#files.refresh(paths, known); // changes go to the log as they are found
   }
 
   /** Runs one wrapper request; resolves with the exit status. */
