@@ -75,6 +75,8 @@ export class Store {
   #mutex: Promise<void> = Promise.resolve();
   readonly #pins = new Map<string, number>();
   readonly #inflight = new Map<string, Inflight>();
+  /** File work that may outlive the call that started it (see settle()). */
+  readonly #work = new Set<Promise<unknown>>();
   #bytes = 0;
   #closed = false;
 
@@ -226,7 +228,7 @@ export class Store {
       await this.#pinnedEvict(hash);
       return { hash, size };
     } finally {
-      temp.discard();
+      this.#track(temp.discard());
     }
   }
 
@@ -253,7 +255,7 @@ export class Store {
       await this.#pinnedEvict(hash);
       return hash;
     } finally {
-      temp.discard();
+      this.#track(temp.discard());
     }
   }
 
@@ -277,7 +279,9 @@ export class Store {
     let inflight = this.#inflight.get(hash);
     if (!inflight) {
       const controller = new AbortController();
-      const promise = this.#fetch(hash, fetcher, controller.signal);
+      // Tracked apart from its waiters: a waiter that gives up returns at once,
+      // while the fetch still writes (and then removes) its temp file.
+      const promise = this.#track(this.#fetch(hash, fetcher, controller.signal));
       inflight = { promise, controller, waiters: 0 };
       this.#inflight.set(hash, inflight);
       // Waiters may all abort; the shared outcome must never be an unhandled rejection.
@@ -391,6 +395,21 @@ export class Store {
   }
 
   /** Stops the store: aborts in-flight fetches; later calls throw `IO`. Idempotent. */
+  /**
+   * Resolves when no fetch or temp-file clean-up started before is still
+   * touching the store's files (after close(), before removing the directory).
+   */
+  async settle(): Promise<void> {
+    while (this.#work.size > 0) await Promise.allSettled([...this.#work]);
+  }
+
+  #track<T>(work: Promise<T>): Promise<T> {
+    this.#work.add(work);
+    const done = () => this.#work.delete(work);
+    work.then(done, done);
+    return work;
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -427,7 +446,7 @@ export class Store {
       await this.#pinnedEvict(hash);
       return this.pathOf(hash);
     } finally {
-      temp.discard();
+      this.#track(temp.discard());
       const inflight = this.#inflight.get(hash);
       if (inflight?.controller.signal === signal) this.#inflight.delete(hash);
     }
@@ -623,16 +642,17 @@ class TempBlob {
   }
 
   /** Closes the file and removes it unless committed. Never throws. */
-  discard(): void {
+  /** Closes and removes the temp file (unless committed); never rejects. */
+  discard(): Promise<void> {
     try {
       this.#file?.close();
     } catch {
       // already closed
     }
     this.#file = undefined;
-    if (this.committed) return;
+    if (this.committed) return Promise.resolve();
     // Asynchronous (see Store.#exclusive); a leftover is removed at the next open.
-    Deno.remove(this.path).catch(() => {});
+    return Deno.remove(this.path).catch(() => {});
   }
 
   async #flush(): Promise<void> {

@@ -566,3 +566,33 @@ Deno.test("a full disk (ENOSPC) throws IO, removes the temp file, and the store 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("settle() waits until a fetch its caller gave up on has cleaned up its temp file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cas_test_" });
+  const store = await Store.open({ dir, bytesMax: 1 << 30 });
+  const bytes = randomBytes(4 << 20);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => release = resolve);
+  // A fetcher that has written half when its caller gives up, and only notices later.
+  const fetcher: Fetcher = async (_hash, sink) => {
+    await sink.write(bytes.subarray(0, 2 << 20));
+    await gate;
+    await sink.write(bytes.subarray(2 << 20)).catch(() => {});
+  };
+  const caller = new AbortController();
+  const ensured = store.ensure(hashBytes(bytes), fetcher, { signal: caller.signal });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  caller.abort(new Error("gave up"));
+  await assert.rejects(ensured, /gave up/);
+  store.close();
+  let settled = false;
+  const settling = store.settle().then(() => settled = true);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(settled, false, "the fetch is still running");
+  release();
+  await settling;
+  // Nothing is left, and nothing writes any more: the directory can go.
+  const left = [...Deno.readDirSync(`${dir}/tmp`)].map((e) => e.name);
+  assert.deepEqual(left, []);
+  await Deno.remove(dir, { recursive: true });
+});

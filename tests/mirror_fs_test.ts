@@ -83,6 +83,7 @@ async function fixture(options: Partial<MirrorOptions> = {}): Promise<Fixture> {
     async [Symbol.asyncDispose]() {
       for (const each of all) await each.close();
       store.close();
+      await store.settle();
       await Deno.remove(dir, { recursive: true });
     },
   };
@@ -708,6 +709,7 @@ for (const { label, options } of MOUNT_CONFIGS) {
       await session?.close();
       await fs.close();
       store.close();
+      await store.settle();
       await Deno.remove(dir, { recursive: true });
       await Deno.remove(tree, { recursive: true });
     }

@@ -697,6 +697,7 @@ export class Worker implements AsyncDisposable {
     }
     this.#mirrors.clear();
     this.#store.close();
+    await this.#store.settle();
     await this.#dynmods?.close();
   }
 
