@@ -21,6 +21,7 @@ async function withStore(
     await fn(store, dir);
   } finally {
     store.close();
+    await store.settle();
     await Deno.remove(dir, { recursive: true });
   }
 }
