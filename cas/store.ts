@@ -394,7 +394,6 @@ export class Store {
     return this.#exclusive(() => this.#evictLocked());
   }
 
-  /** Stops the store: aborts in-flight fetches; later calls throw `IO`. Idempotent. */
   /**
    * Resolves when no fetch or temp-file clean-up started before is still
    * touching the store's files (after close(), before removing the directory).
@@ -410,6 +409,7 @@ export class Store {
     return work;
   }
 
+  /** Stops the store: aborts in-flight fetches; later calls throw `IO`. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -641,8 +641,7 @@ class TempBlob {
     return { hash: this.#hasher.digest("hex"), size: this.#size };
   }
 
-  /** Closes the file and removes it unless committed. Never throws. */
-  /** Closes and removes the temp file (unless committed); never rejects. */
+  /** Closes the file and removes it unless committed; never throws or rejects. */
   discard(): Promise<void> {
     try {
       this.#file?.close();

@@ -36,6 +36,9 @@ export interface ResultFile {
 }
 
 /** What a job changed under the writable root, in the order it is applied. */
+/** The lists of a {@linkcode ResultSet}, in the order they are applied. */
+export const RESULT_SET_KEYS = ["deletions", "dirs", "files", "symlinks"] as const;
+
 export interface ResultSet {
   /** Paths removed (recursively), deepest first. */
   deletions: string[];

@@ -20,8 +20,9 @@
  *    run, and after a whole tick without a request it stops the timer and
  *    hands the wait to a thread. A poll() timeout would arm and cancel a
  *    kernel timer on every wait, two exits to the hypervisor in a virtual
- *    machine: measured, that alone made a warm compile through the mirror
- *    1.3× C's time and cost 2.5× C's CPU per request;
+ *    machine: measured on 20 warm compiles through the mirror, our CPU per
+ *    request fell from about 3.5× C's to 2.3×, and a compile from 1.2–1.3×
+ *    C's time to about 1.1×;
  *  - then in `poll(2)` as a `nonblocking` FFI call (on a helper thread), so
  *    timers, network I/O and async handlers run meanwhile. Handing a wait to a
  *    thread and back costs 20–40 µs, which is what waiting on this thread
@@ -944,8 +945,8 @@ export class FuseSession implements MountedSession {
    * Wait on this thread for the next request, bounded by the tick timer
    * rather than by a poll() timeout: a timeout arms and cancels a kernel timer
    * on every wait, which in a virtual machine costs two exits to the
-   * hypervisor, as much as our whole request handling (measured: a warm
-   * compile through the mirror went from 1.3× C to C's time). The timer ticks
+   * hypervisor, as much as our whole request handling (see the module
+   * comment for what it cost). The timer ticks
    * every `syncWaitMs` while requests flow and is stopped when they do not.
    *
    * "request": the device is readable; "tick": a tick passed with requests

@@ -5,7 +5,7 @@
  * directory inside the tree, and only then is the tree touched, by renames.
  */
 import { createHash } from "node:crypto";
-import type { ResultSet } from "../common/types.ts";
+import { RESULT_SET_KEYS, type ResultSet } from "../common/types.ts";
 import type { HashCache } from "./hash_cache.ts";
 import { baseName, checkResultPath, isInside, joinPath, parentOf } from "./paths.ts";
 
@@ -194,13 +194,9 @@ export class ResultParts {
     this.#entriesMax = entriesMax;
   }
 
-  get empty(): boolean {
-    return this.#entries === 0 && this.#blobs.size === 0;
-  }
-
   addEntries(part: unknown): void {
     if (!isObject(part)) fail("a result part is not an object");
-    for (const key of ["deletions", "dirs", "files", "symlinks"] as const) {
+    for (const key of RESULT_SET_KEYS) {
       const list = part[key];
       if (list === undefined) continue;
       if (!Array.isArray(list)) fail(`a result part's ${key} is not a list`);
@@ -208,7 +204,8 @@ export class ResultParts {
       if (this.#entries > this.#entriesMax) {
         fail(`more than ${this.#entriesMax} result entries`);
       }
-      (this.#set[key] as unknown[]).push(...list);
+      const into = this.#set[key] as unknown[];
+      for (const entry of list) into.push(entry); // no spread: a part may be long
     }
   }
 
@@ -229,7 +226,7 @@ export class ResultParts {
     if (this.#entries === 0) return replySet;
     if (!isObject(replySet)) return replySet;
     const merged: Record<string, unknown> = { ...replySet };
-    for (const key of ["deletions", "dirs", "files", "symlinks"] as const) {
+    for (const key of RESULT_SET_KEYS) {
       const rest = replySet[key];
       merged[key] = Array.isArray(rest) ? [...this.#set[key], ...rest] : rest;
     }

@@ -177,8 +177,12 @@ const EVICT_TARGET_FRACTION = 0.9;
 const ROOT_ID = 1n;
 /** Fetches repeated at most this often when a reset() overtakes them. */
 const FETCH_ATTEMPTS_MAX = 3;
-/** Updates remembered to replay over fetches they overtook (halved beyond it). */
-const RECENT_UPDATES_MAX = 100_000;
+/**
+ * Updates remembered to replay over fetches they overtook (halved beyond it; a
+ * fetch that began before the oldest one kept is made again). Fetches last
+ * milliseconds; a job brings tens of updates.
+ */
+const RECENT_UPDATES_MAX = 10_000;
 const NAME_BYTES_MAX = 255;
 
 const S_IFDIR = 0o040000;
@@ -415,10 +419,10 @@ export class MirrorFs implements FileSystem {
    * `path` and everything under it: what a fetch of `path` that started
    * before them may have undone. The kernel heard nothing from the fetch's
    * answer yet (this runs before it is used), so nothing is invalidated.
-   * False when those updates are forgotten (the fetch must be made again).
+   * The fetch was made again if they were forgotten (`since` < the base).
    */
-  #replaySince(since: number, path: string): boolean {
-    if (since < this.#recentBase) return false;
+  #replaySince(since: number, path: string): void {
+    if (since < this.#recentBase) return;
     const prefix = path === "/" ? "/" : `${path}/`;
     const overtaking = this.#recent.slice(since - this.#recentBase).filter((u) => {
       const p = normalizePath(u.path);
@@ -428,7 +432,6 @@ export class MirrorFs implements FileSystem {
       this.stats.replayed += overtaking.length;
       this.#applyToCache(overtaking, [], []);
     }
-    return true;
   }
 
   /** Applies pushed attrs to the cache; collects the kernel invalidations they need. */

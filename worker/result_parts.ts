@@ -5,7 +5,7 @@
  * @module
  */
 import { RESULT_PART_BYTES } from "../common/protocol.ts";
-import type { ResultSet } from "../common/types.ts";
+import { RESULT_SET_KEYS, type ResultSet } from "../common/types.ts";
 
 /** What is left for the reply itself. */
 export interface ReplyResults {
@@ -22,8 +22,6 @@ function entryBytes(entry: string | { path: string; target?: string; hash?: stri
     (entry.target === undefined ? 0 : encoder.encode(entry.target).length);
 }
 
-const SET_KEYS = ["deletions", "dirs", "files", "symlinks"] as const;
-
 /**
  * Sends `set` and `inline` through `send` in parts of about
  * {@linkcode RESULT_PART_BYTES} when together they would not fit in a reply
@@ -38,13 +36,13 @@ export async function sendResultParts(
   partBytes = RESULT_PART_BYTES,
 ): Promise<ReplyResults> {
   let total = 0;
-  for (const key of SET_KEYS) for (const e of set[key]) total += entryBytes(e);
+  for (const key of RESULT_SET_KEYS) for (const e of set[key]) total += entryBytes(e);
   for (const bytes of Object.values(inline)) total += 80 + bytes.length;
   if (total <= partBytes) return { resultSet: set, inline };
 
   let part: Partial<ResultSet> = {};
   let size = 0;
-  for (const key of SET_KEYS) {
+  for (const key of RESULT_SET_KEYS) {
     for (const e of set[key]) {
       const n = entryBytes(e);
       if (size > 0 && size + n > partBytes) {
