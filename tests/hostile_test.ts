@@ -6,22 +6,19 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { registerWorker, startCoordinator } from "../coordinator/mod.ts";
-import { MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
-import { Master } from "../master/master.ts";
+import { MasterMethods, WorkerMethods } from "../common/protocol.ts";
 import {
   type CallContext,
   clientHandshake,
   connect,
-  listen,
   loadSecret,
   type Role,
   type RpcError,
   type RpcPeer,
-  secretFromBytes,
 } from "../rpc/mod.ts";
 import { concat, Fuzz, FUZZ_SEED, sendAndDrain } from "./_fuzz.ts";
 import { mounts, ROOT, runIn, sampleFarm, scratchDir, withFarm } from "./_reliability.ts";
+import { runScript, withWorkerDouble } from "./_worker_double.ts";
 
 const decoder = new TextDecoder();
 
@@ -215,118 +212,62 @@ async function throughDouble(behaviour: DoubleBehaviour): Promise<{
   probes: string[];
 }> {
   const root = await Deno.realPath(await scratchDir("double-"));
-  const cache = await Deno.makeTempDir({ prefix: "termite-double-cache-" });
   await Deno.writeTextFile(`${root}/keep.c`, "int keep;\n");
-  const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
   const probes: string[] = [];
   const list = async (): Promise<string[]> =>
     (await Array.fromAsync(Deno.readDir(root))).map((e) => e.name).sort();
-  const worker = listen({
-    transport: "tcp",
-    hostname: "127.0.0.1",
-    port: 0,
-    secret,
-    role: "worker",
-    log: () => {},
-    handlers: (peer: RpcPeer) => ({
-      [WorkerMethods.mirrorOpen]: async () => {
-        // A hostile worker also calls into the master with garbage.
-        const garbage: [string, unknown][] = [
-          [MasterMethods.fsAttr, { path: "../../etc/passwd" }],
-          [MasterMethods.fsAttr, { path: 42 }],
-          [MasterMethods.fsAttr, null],
-          [MasterMethods.fsDir, { path: { toString: "x" } }],
-          [MasterMethods.blobGet, { hash: "../../etc/shadow" }],
-          [MasterMethods.blobGet, { hash: "0".repeat(64) }],
-          ["no.such.method", [1, 2, 3]],
-        ];
-        for (const [method, params] of garbage) {
-          await peer.call(method, params, { timeoutMs: 5_000 }).then(
-            (v) => probes.push(`${method}: ok ${JSON.stringify(v).slice(0, 80)}`),
-            (e) => probes.push(`${method}: ${(e as RpcError).code}`),
-          );
-        }
-        // A path the master must not serve: a file only its owner may read.
-        const shadow = await peer.call<{ kind: unknown }>(MasterMethods.fsAttr, {
-          path: "/etc/shadow",
-          withHash: true,
-        });
-        probes.push(`/etc/shadow: ${shadow.kind}`);
-        return { slots: 4, workerId: "double" };
-      },
-      [WorkerMethods.jobRun]: async (_p: unknown, ctx: CallContext) => {
-        await behaviour.parts?.(root, ctx);
-        return (behaviour.reply ?? ((r: string, h: string, s: number) => ({
-          exitCode: 0,
-          resultSet: {
-            deletions: [`${r}/keep.c`],
-            dirs: [],
-            files: [{ path: `${r}/out.o`, hash: h, size: s, mode: 0o644, mtimeMs: 0 }],
-            symlinks: [],
-          },
-        })))(root, PAYLOAD_HASH, PAYLOAD.length);
-      },
-      [WorkerMethods.blobGet]: (_p: unknown, ctx: CallContext) =>
-        behaviour.blob ? behaviour.blob(ctx) : ctx.sendBytes(PAYLOAD).then(() => ({ size: 14 })),
-    }),
-  });
-  const coordinator = await startCoordinator({
-    hostname: "127.0.0.1",
-    port: 0,
-    secret,
-    log: () => {},
-  });
-  const registration = registerWorker({
-    coordinator: `127.0.0.1:${coordinator.port}`,
-    secret,
-    info: () => ({
-      id: "double",
-      address: `127.0.0.1:${worker.port}`,
-      hostname: "double",
-      slots: 4,
-      jobsRunning: 0,
-      load: 0,
-      version: VERSION,
-    }),
-    log: () => {},
-  });
-  const logs: string[] = [];
-  const master = await Master.start({
-    root,
-    secret,
-    cacheDir: cache,
-    coordinator: `127.0.0.1:${coordinator.port}`,
-    retries: 0,
-    jobSilenceMs: 1_000,
-    log: (m) => logs.push(m),
-  });
   try {
-    for (let i = 0; i < 200 && master.workers.length === 0; i++) {
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    assert.equal(master.workers.length, 1, logs.join("\n"));
-    const treeBefore = await list();
-    let out = "";
-    const result = await master.run(
-      { argv: ["sh", "-c", "echo local"], cwd: root, env: { PATH: "/usr/bin:/bin" } },
-      {
-        stdout: (b) => {
-          out += decoder.decode(b);
-          return Promise.resolve();
+    return await withWorkerDouble({
+      root,
+      master: { jobSilenceMs: 1_000 },
+      handlers: (peer: RpcPeer) => ({
+        [WorkerMethods.mirrorOpen]: async () => {
+          // A hostile worker also calls into the master with garbage.
+          const garbage: [string, unknown][] = [
+            [MasterMethods.fsAttr, { path: "../../etc/passwd" }],
+            [MasterMethods.fsAttr, { path: 42 }],
+            [MasterMethods.fsAttr, null],
+            [MasterMethods.fsDir, { path: { toString: "x" } }],
+            [MasterMethods.blobGet, { hash: "../../etc/shadow" }],
+            [MasterMethods.blobGet, { hash: "0".repeat(64) }],
+            ["no.such.method", [1, 2, 3]],
+          ];
+          for (const [method, params] of garbage) {
+            await peer.call(method, params, { timeoutMs: 5_000 }).then(
+              (v) => probes.push(`${method}: ok ${JSON.stringify(v).slice(0, 80)}`),
+              (e) => probes.push(`${method}: ${(e as RpcError).code}`),
+            );
+          }
+          // A path the master must not serve: a file only its owner may read.
+          const shadow = await peer.call<{ kind: unknown }>(MasterMethods.fsAttr, {
+            path: "/etc/shadow",
+            withHash: true,
+          });
+          probes.push(`/etc/shadow: ${shadow.kind}`);
+          return { slots: 4, workerId: "double" };
         },
-        stderr: () => Promise.resolve(),
-        stdin: null,
-        signal: new AbortController().signal,
-      },
-    );
-    return { code: result.code, out, logs, treeBefore, treeAfter: await list(), probes };
+        [WorkerMethods.jobRun]: async (_p: unknown, ctx: CallContext) => {
+          await behaviour.parts?.(root, ctx);
+          return (behaviour.reply ?? ((r: string, h: string, s: number) => ({
+            exitCode: 0,
+            resultSet: {
+              deletions: [`${r}/keep.c`],
+              dirs: [],
+              files: [{ path: `${r}/out.o`, hash: h, size: s, mode: 0o644, mtimeMs: 0 }],
+              symlinks: [],
+            },
+          })))(root, PAYLOAD_HASH, PAYLOAD.length);
+        },
+        [WorkerMethods.blobGet]: (_p: unknown, ctx: CallContext) =>
+          behaviour.blob ? behaviour.blob(ctx) : ctx.sendBytes(PAYLOAD).then(() => ({ size: 14 })),
+      }),
+    }, async (master, logs) => {
+      const treeBefore = await list();
+      const { code, out } = await runScript(master, "echo local", root);
+      return { code, out, logs, treeBefore, treeAfter: await list(), probes };
+    });
   } finally {
-    await master.close();
-    await registration.close();
-    await coordinator.close();
-    await worker.close();
     await Deno.remove(root, { recursive: true });
-    await Deno.remove(cache, { recursive: true });
   }
 }
 
