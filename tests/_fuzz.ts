@@ -1,5 +1,5 @@
 /**
- * Small seeded generators for fuzz tests (after tests/rpc_fuzz_test.ts):
+ * Small seeded generators for fuzz tests (tests/rpc_fuzz_test.ts extends them):
  * random bytes and values, damaged frames, random and mutated handshakes.
  * Reproduce a failure with `FUZZ_SEED=<seed printed on failure>`.
  */
@@ -42,6 +42,18 @@ export class Fuzz {
     for (let i = 0; i < n; i++) out[i] = this.int(256);
     return out;
   }
+  /** Numbers `value()` picks from (a subclass may aim elsewhere). */
+  protected numbers: readonly number[] = [
+    0,
+    1,
+    -1,
+    255,
+    65536,
+    2 ** 32,
+    -(2 ** 31),
+    2 ** 53 - 1,
+    1e300,
+  ];
   string(): string {
     return this.pick([
       "",
@@ -64,7 +76,7 @@ export class Fuzz {
       case 1:
         return this.chance(0.5);
       case 2:
-        return this.pick([0, 1, -1, 255, 65536, 2 ** 32, -(2 ** 31), 2 ** 53 - 1, 1e300]);
+        return this.pick(this.numbers);
       case 3:
         return this.random() * 1e6 - 5e5;
       case 4:
