@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { connect, RpcError, secretFromBytes } from "../rpc/mod.ts";
+import { connect, RpcError, type RpcPeer, secretFromBytes } from "../rpc/mod.ts";
 import {
   adminToken,
   type Coordinator,
@@ -54,6 +54,8 @@ interface Harness extends AsyncDisposable {
   coordinator: Coordinator;
   logs: string[];
   address: string;
+  /** An authenticated connection to the coordinator in `role`. */
+  connect(role: "worker" | "master"): Promise<RpcPeer>;
 }
 
 async function startHarness(
@@ -72,6 +74,8 @@ async function startHarness(
     coordinator,
     logs,
     address: `${HOST}:${coordinator.port}`,
+    connect: (role) =>
+      connect({ transport: "tcp", hostname: HOST, port: coordinator.port, secret, role }),
     [Symbol.asyncDispose]: () => coordinator.close(),
   };
 }
@@ -177,13 +181,7 @@ Deno.test("a worker that stops re-registering is dropped after workerTimeoutMs",
   const { key } = await randomSecret();
   await using h = await startHarness(key, { workerTimeoutMs: 300 });
   await using watch = watchWorkers({ coordinator: h.address, secret: key, onChange: () => {} });
-  const peer = await connect({
-    transport: "tcp",
-    hostname: HOST,
-    port: h.coordinator.port,
-    secret: key,
-    role: "worker",
-  });
+  const peer = await h.connect("worker");
   try {
     await peer.call("register", workerInfo("silent"));
     assert.equal(h.coordinator.workers().length, 1);
@@ -206,13 +204,7 @@ Deno.test("the injected clock decides when a worker times out", async () => {
   const { key } = await randomSecret();
   let nowMs = 1_000_000;
   await using h = await startHarness(key, { workerTimeoutMs: 40, now: () => nowMs });
-  const peer = await connect({
-    transport: "tcp",
-    hostname: HOST,
-    port: h.coordinator.port,
-    secret: key,
-    role: "worker",
-  });
+  const peer = await h.connect("worker");
   try {
     await peer.call("register", workerInfo("clocked"));
     assert.equal(h.coordinator.workers()[0].lastContactMs, 1_000_000);
@@ -324,13 +316,7 @@ Deno.test("a worker with the wrong secret is refused, logged and not listed", as
 Deno.test("bad register params are refused with BAD_REQUEST and logged", async () => {
   const { key } = await randomSecret();
   await using h = await startHarness(key);
-  const peer = await connect({
-    transport: "tcp",
-    hostname: HOST,
-    port: h.coordinator.port,
-    secret: key,
-    role: "worker",
-  });
+  const peer = await h.connect("worker");
   try {
     for (const patch of [{ slots: -1 }, { hostname: "x".repeat(1000) }, { id: 42 }]) {
       await assert.rejects(
@@ -353,27 +339,9 @@ Deno.test("bad register params are refused with BAD_REQUEST and logged", async (
 Deno.test("workersMax limits the listed workers and a master cannot register", async () => {
   const { key } = await randomSecret();
   await using h = await startHarness(key, { workersMax: 1 });
-  const a = await connect({
-    transport: "tcp",
-    hostname: HOST,
-    port: h.coordinator.port,
-    secret: key,
-    role: "worker",
-  });
-  const b = await connect({
-    transport: "tcp",
-    hostname: HOST,
-    port: h.coordinator.port,
-    secret: key,
-    role: "worker",
-  });
-  const m = await connect({
-    transport: "tcp",
-    hostname: HOST,
-    port: h.coordinator.port,
-    secret: key,
-    role: "master",
-  });
+  const a = await h.connect("worker");
+  const b = await h.connect("worker");
+  const m = await h.connect("master");
   try {
     await a.call("register", workerInfo("a"));
     await a.call("register", workerInfo("a", { jobsRunning: 1 }));
