@@ -94,35 +94,6 @@ class RpcFuzz extends Fuzz {
         return [MessageType.CANCEL, 1 + this.int(5000)];
     }
   }
-  /** Damages `bytes` in place-ish ways: flips, overwrites, inserts, deletes, cuts, repeats. */
-  override mutate(bytes: Uint8Array): Uint8Array {
-    const out = [...bytes];
-    for (let n = 1 + this.int(3); n > 0; n--) {
-      const at = this.int(out.length + 1);
-      switch (this.int(6)) {
-        case 0:
-          if (at < out.length) out[at] ^= 1 << this.int(8);
-          break;
-        case 1:
-          if (at < out.length) {
-            out[at] = this.pick([0x00, 0xc1, 0xff, 0xdd, 0xc6, 0x90, 0x80, this.int(256)]);
-          }
-          break;
-        case 2:
-          out.splice(at, 0, this.int(256));
-          break;
-        case 3:
-          out.splice(at, 1 + this.int(4));
-          break;
-        case 4:
-          out.length = Math.min(out.length, at);
-          break;
-        default:
-          out.splice(at, 0, ...out.slice(this.int(out.length + 1)).slice(0, 8));
-      }
-    }
-    return new Uint8Array(out);
-  }
 }
 
 function frameOf(body: Uint8Array): Uint8Array {
