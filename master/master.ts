@@ -23,7 +23,18 @@ import { HashCache } from "./hash_cache.ts";
 import { LOCALRC_NAME, LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
-import { type PooledWorker, WorkerPool } from "./worker_pool.ts";
+import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
+import type { FallbackCause } from "./dispatch.ts";
+
+/** What to change when jobs run locally, by cause. */
+const FALLBACK_HINTS: Record<FallbackCause, string> = {
+  "no-workers": "start workers with --coordinator pointing at this master's coordinator",
+  unusable: "check that each worker's address (its --advertise HOST:PORT) is reachable from " +
+    "this host and that it holds the same secret",
+  busy: "the farm's slots are all taken: add workers, or lower make's -j",
+  failed: "see the failures logged above",
+  committed: "see the failures logged above",
+};
 
 export interface MasterOptions {
   /** The writable root: the build tree. */
@@ -93,6 +104,8 @@ export interface MasterStats {
   jobsFailed: number;
   jobsRunning: number;
   retries: number;
+  /** Jobs run locally as a last resort, by why they got no worker. */
+  localByCause: Partial<Record<FallbackCause, number>>;
   bytesServed: number;
   bytesReceived: number;
   perWorker: Record<string, WorkerJobStats>;
@@ -208,6 +221,7 @@ export class Master implements AsyncDisposable {
     jobsFailed: 0,
     jobsRunning: 0,
     retries: 0,
+    localByCause: {},
     bytesServed: 0,
     bytesReceived: 0,
     perWorker: {},
@@ -331,6 +345,9 @@ export class Master implements AsyncDisposable {
       slotsPerWorker: this.#options.jobs ?? 4,
       handlers: this.#handlers(),
       log: this.#log,
+      retries: this.#options.retries,
+      slotWaitMs: this.#options.slotWaitMs,
+      localFallback: this.#options.localFallback,
     });
     const pool = this.#pool;
     this.#watch = watchWorkers({
@@ -443,12 +460,15 @@ export class Master implements AsyncDisposable {
     const rule = (await this.#currentRules()).match(commandLine);
     if (rule?.local) return await this.#runLocal(request, io, !rule.skipRefresh, false);
 
-    const tried = new Set<string>();
-    const retries = this.#options.retries ?? 2;
-    for (let attempt = 0; attempt <= retries && this.#pool; attempt++) {
-      const worker = await this.#pool.acquire(tried, this.#options.slotWaitMs ?? 120_000);
-      if (worker === null) break;
-      tried.add(worker.id);
+    if (this.#pool === null) {
+      if (this.#options.localFallback !== false) return await this.#runLocalSlot(request, io);
+      this.stats.jobsFailed++;
+      return { code: 255, error: `no coordinator, and local fallback is off` };
+    }
+    const { job, placement: first } = this.#pool.submit(io.signal);
+    let placement: PoolPlacement | null = await first;
+    for (let attempt = 0; placement?.kind === "run"; attempt++) {
+      const worker = placement.worker;
       if (attempt > 0) this.stats.retries++;
       const hold = new OutputHold(io);
       try {
@@ -457,45 +477,59 @@ export class Master implements AsyncDisposable {
         this.stats.jobsRemote++;
         worker.jobsDone++;
         this.#workerStats(worker).done++;
+        await this.#pool.end(job, worker, { kind: "ok" });
         return { code };
       } catch (err) {
         hold.discard();
-        if (io.signal.aborted) return { code: 130, error: "cancelled" };
+        if (io.signal.aborted) {
+          await this.#pool.end(job, worker, { kind: "cancelled" });
+          return { code: 130, error: "cancelled" };
+        }
         worker.jobsFailed++;
         this.#workerStats(worker).failed++;
-        this.#log(`job ${request.argv[0]} failed on ${worker.address}: ${(err as Error).message}`);
-        // Its fault: a bad result set, a broken or silent connection, a full disk.
-        if (
-          err instanceof ResultSetError || !(err instanceof RpcError) || err.code === "TIMEOUT" ||
-          err.code === "NOSPACE"
-        ) {
-          this.#pool.fail(worker, (err as Error).message);
-        }
-        // A transient of the worker's file system view: the same worker may try again.
-        if (err instanceof RpcError && err.code === "ESTALE") tried.delete(worker.id);
-        if (hold.committed) {
+        const why = (err as Error).message;
+        this.#log(`job ${request.argv[0]} failed on ${worker.address}: ${why}`);
+        placement = await this.#pool.end(job, worker, {
+          kind: "failed",
+          why,
+          // Its fault: a bad result set, a broken or silent connection, a full disk.
+          workerFault: err instanceof ResultSetError || !(err instanceof RpcError) ||
+            err.code === "TIMEOUT" || err.code === "NOSPACE",
+          // A transient of the worker's file system view: the same worker may try again.
+          transient: err instanceof RpcError && err.code === "ESTALE",
           // Its output was sent: running it again would print it twice.
-          this.stats.jobsFailed++;
-          return {
-            code: 255,
-            error: `the job failed on ${worker.address} after its output was sent, so it is ` +
-              `not run again: ${(err as Error).message}`,
-          };
-        }
-      } finally {
-        this.#pool?.release(worker);
+          committed: hold.committed,
+        }, io.signal);
       }
     }
-    if (this.#options.localFallback === false) {
+    if (placement === null) throw new Error("A job ended without a result"); // not reached
+    if (io.signal.aborted) return { code: 130, error: "cancelled" };
+    if (placement.kind === "fail") {
       this.stats.jobsFailed++;
-      return { code: 255, error: `no worker could run ${request.argv[0]} (local fallback is off)` };
+      return { code: 255, error: placement.reason };
     }
+    this.#noteFallback(placement.cause, placement.reason);
+    return await this.#runLocalSlot(request, io);
+  }
+
+  /** A local run as the last resort, bounded by the local slots. */
+  async #runLocalSlot(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
     await this.#localSlots.acquire();
     try {
       return await this.#runLocal(request, io, true, true);
     } finally {
       this.#localSlots.release();
     }
+  }
+
+  /**
+   * Says once per cause, on the master's terminal, why jobs run locally and
+   * what to change: a farm that quietly builds everything here is no farm.
+   */
+  #noteFallback(cause: FallbackCause, reason: string): void {
+    this.stats.localByCause[cause] = (this.stats.localByCause[cause] ?? 0) + 1;
+    if (this.stats.localByCause[cause] > 1) return;
+    this.#log(`running jobs locally: ${reason}; ${FALLBACK_HINTS[cause]}`);
   }
 
   /** The local rules, read again when `.termite-localrc` changed. */

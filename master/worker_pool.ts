@@ -1,12 +1,13 @@
 /**
  * The master's workers: connections to the workers the coordinator lists,
- * each with the slots it reserved for this master, handed out least loaded
- * first. A worker that fails is set aside for a while; the pool never waits
- * forever: `acquire` gives up after a deadline and the job runs locally.
+ * each with the slots it reserved for this master. Which job runs where is
+ * the {@linkcode Dispatch} state machine's choice; the pool feeds it the
+ * connections' events and the clock, and carries out what it decides.
  */
 import type { WorkerInfo } from "../coordinator/mod.ts";
 import { type MirrorOpenParams, type MirrorOpenReply, WorkerMethods } from "../common/protocol.ts";
 import { connect, type Handlers, type RpcPeer } from "../rpc/mod.ts";
+import { type AttemptEnd, Dispatch, type Effect, type FallbackCause } from "./dispatch.ts";
 
 export interface PooledWorker {
   readonly id: string;
@@ -34,12 +35,19 @@ export interface WorkerPoolOptions {
   connectTimeoutMs?: number;
   /** Waiters for a slot, at most. */
   waitersMax?: number;
+  /** Other workers tried after a failed attempt. */
+  retries?: number;
+  /** A job waits this long for a slot before it runs locally. */
+  slotWaitMs?: number;
+  localFallback?: boolean;
+  now?: () => number;
 }
 
-interface Waiter {
-  resolve: (w: PooledWorker | null) => void;
-  exclude: ReadonlySet<string>;
-}
+/** Where a job runs: on a worker, locally (with the reason), or nowhere. */
+export type PoolPlacement =
+  | { kind: "run"; worker: PooledWorker }
+  | { kind: "local"; cause: FallbackCause; reason: string }
+  | { kind: "fail"; cause: FallbackCause; reason: string };
 
 function splitAddress(address: string): { hostname: string; port: number } {
   const i = address.lastIndexOf(":");
@@ -50,25 +58,38 @@ function splitAddress(address: string): { hostname: string; port: number } {
 
 export class WorkerPool {
   #options: WorkerPoolOptions;
+  #now: () => number;
+  #dispatch: Dispatch;
   #known = new Map<string, WorkerInfo>();
   #workers = new Map<string, PooledWorker>();
   #connecting = new Map<string, Promise<void>>();
-  #failedUntil = new Map<string, number>();
-  #waiters: Waiter[] = [];
+  /** Jobs waiting for the dispatcher's decision. */
+  #pending = new Map<number, (p: PoolPlacement) => void>();
+  #jobSeq = 0;
   #closed = false;
-  #retryTimer?: ReturnType<typeof setTimeout>;
+  #timer?: ReturnType<typeof setTimeout>;
+  #timerAt = Infinity;
 
   constructor(options: WorkerPoolOptions) {
     this.#options = options;
+    this.#now = options.now ?? Date.now;
+    this.#dispatch = new Dispatch({
+      now: this.#now,
+      retries: options.retries ?? 2,
+      slotWaitMs: options.slotWaitMs ?? 120_000,
+      setAsideMs: options.retryAfterMs ?? 5_000,
+      waitersMax: options.waitersMax ?? 4096,
+      localFallback: options.localFallback ?? true,
+    });
   }
 
   get workers(): PooledWorker[] {
     return [...this.#workers.values()];
   }
 
-  /** Whether a worker may come: connected, connecting, or listed. */
-  get hopeful(): boolean {
-    return this.#workers.size > 0 || this.#connecting.size > 0;
+  /** Jobs waiting for a slot. */
+  get waiting(): number {
+    return this.#dispatch.waiting;
   }
 
   /** The coordinator's list changed. */
@@ -84,28 +105,21 @@ export class WorkerPool {
       if (w.draining && connected) {
         this.#options.log(`worker ${connected.address} is draining`);
         this.#drop(w.id);
+        this.#apply(this.#dispatch.removed(w.id));
       }
     }
     this.#connectAll();
   }
 
   #connectAll(): void {
-    const now = Date.now();
     for (const [id, info] of this.#known) {
       if (this.#workers.has(id) || this.#connecting.has(id)) continue;
-      if ((this.#failedUntil.get(id) ?? 0) > now) continue;
-      const p = this.#connect(info).finally(() => {
-        this.#connecting.delete(id);
-        this.#wake();
-      });
+      if (!this.#dispatch.mayConnect(id)) continue;
+      this.#apply(this.#dispatch.connecting(id));
+      const p = this.#connect(info).finally(() => this.#connecting.delete(id));
       this.#connecting.set(id, p);
     }
-    if (this.#failedUntil.size > 0 && this.#retryTimer === undefined && !this.#closed) {
-      this.#retryTimer = setTimeout(() => {
-        this.#retryTimer = undefined;
-        this.#connectAll();
-      }, this.#options.retryAfterMs ?? 5_000);
-    }
+    this.#schedule();
   }
 
   async #connect(info: WorkerInfo): Promise<void> {
@@ -130,12 +144,13 @@ export class WorkerPool {
       );
       if (this.#closed || !this.#known.has(info.id)) {
         peer.close();
+        this.#apply(this.#dispatch.removed(info.id));
         return;
       }
       if (reply.slots <= 0) {
         this.#options.log(`worker ${info.address} has no free slots`);
-        this.#failedUntil.set(info.id, Date.now() + (this.#options.retryAfterMs ?? 5_000));
         peer.close();
+        this.#apply(this.#dispatch.down(info.id, `${info.address} has no free slots`));
         return;
       }
       const worker: PooledWorker = {
@@ -149,22 +164,22 @@ export class WorkerPool {
         jobsFailed: 0,
       };
       this.#workers.set(info.id, worker);
-      this.#failedUntil.delete(info.id);
       this.#options.log(`worker ${info.address}: ${reply.slots} slots reserved`);
       peer.closed.then(() => {
         if (this.#workers.get(info.id) === worker) {
           this.#options.log(`lost worker ${info.address}`);
           this.#workers.delete(info.id);
-          this.#failedUntil.set(info.id, Date.now() + (this.#options.retryAfterMs ?? 5_000));
+          this.#apply(this.#dispatch.down(info.id, `lost the connection to ${info.address}`));
           this.#connectAll();
-          this.#wake();
         }
       });
+      this.#apply(this.#dispatch.up(info.id, reply.slots));
     } catch (err) {
       peer?.close();
-      this.#options.log(`cannot use worker ${info.address}: ${(err as Error).message}`);
-      this.#failedUntil.set(info.id, Date.now() + (this.#options.retryAfterMs ?? 5_000));
-      this.#connectAll();
+      const why = `cannot use worker ${info.address}: ${(err as Error).message}`;
+      this.#options.log(why);
+      this.#apply(this.#dispatch.down(info.id, why));
+      this.#schedule();
     }
   }
 
@@ -175,81 +190,102 @@ export class WorkerPool {
     w.peer.close();
   }
 
-  /** A worker failed a job in a way that is its fault: set it aside. */
-  fail(worker: PooledWorker, why: string): void {
-    this.#options.log(`setting worker ${worker.address} aside: ${why}`);
-    this.#failedUntil.set(worker.id, Date.now() + (this.#options.retryAfterMs ?? 5_000));
-    this.#drop(worker.id);
-    this.#connectAll();
-    this.#wake();
-  }
-
-  #pick(exclude: ReadonlySet<string>): PooledWorker | null {
-    let best: PooledWorker | null = null;
-    for (const w of this.#workers.values()) {
-      if (exclude.has(w.id) || w.running >= w.slots) continue;
-      if (best === null || w.running / w.slots < best.running / best.slots) best = w;
-    }
-    return best;
-  }
-
-  #anyUsable(exclude: ReadonlySet<string>): boolean {
-    for (const w of this.#workers.values()) if (!exclude.has(w.id)) return true;
-    for (const id of this.#connecting.keys()) if (!exclude.has(id)) return true;
-    return false;
+  /**
+   * Where a new job runs: a worker's slot (least loaded first, waiting up to
+   * the slot wait while any worker may come), or locally with the reason.
+   */
+  submit(signal?: AbortSignal): { job: number; placement: Promise<PoolPlacement> } {
+    const job = ++this.#jobSeq;
+    return { job, placement: this.#await(job, () => this.#dispatch.submit(job), signal) };
   }
 
   /**
-   * A worker with a free slot, least loaded first; waits for one while any
-   * usable worker exists, up to `waitMs`; null when there is none.
+   * An attempt ended; frees its slot. Resolves with where the job runs next
+   * after a failure, or null when it is done.
    */
-  acquire(exclude: ReadonlySet<string>, waitMs: number): Promise<PooledWorker | null> {
-    const now = this.#pick(exclude);
-    if (now) {
-      now.running++;
-      return Promise.resolve(now);
+  end(
+    job: number,
+    worker: PooledWorker,
+    end: AttemptEnd,
+    signal?: AbortSignal,
+  ): Promise<PoolPlacement | null> {
+    worker.running = Math.max(0, worker.running - 1);
+    if (end.kind !== "failed") {
+      this.#apply(this.#dispatch.ended(job, worker.id, end));
+      return Promise.resolve(null);
     }
-    if (this.#closed || !this.#anyUsable(exclude)) return Promise.resolve(null);
-    if (this.#waiters.length >= (this.#options.waitersMax ?? 4096)) return Promise.resolve(null);
-    return new Promise((resolve) => {
-      const waiter: Waiter = { resolve: () => {}, exclude };
-      const timer = setTimeout(() => {
-        this.#waiters = this.#waiters.filter((x) => x !== waiter);
-        resolve(null);
-      }, waitMs);
-      waiter.resolve = (w) => {
-        clearTimeout(timer);
-        resolve(w);
+    if (end.workerFault) this.#options.log(`setting worker ${worker.address} aside: ${end.why}`);
+    return this.#await(job, () => this.#dispatch.ended(job, worker.id, end), signal);
+  }
+
+  #await(job: number, step: () => Effect[], signal?: AbortSignal): Promise<PoolPlacement> {
+    if (this.#closed) {
+      return Promise.resolve({
+        kind: "fail",
+        cause: "no-workers",
+        reason: "the master is closing",
+      });
+    }
+    const placed = new Promise<PoolPlacement>((resolve) => {
+      const onAbort = () => {
+        if (!this.#pending.delete(job)) return;
+        this.#dispatch.cancel(job);
+        resolve({ kind: "fail", cause: "no-workers", reason: "cancelled" });
       };
-      this.#waiters.push(waiter);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#pending.set(job, (p) => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve(p);
+      });
     });
+    this.#apply(step());
+    return placed;
   }
 
-  release(worker: PooledWorker): void {
-    worker.running--;
-    this.#wake();
-  }
-
-  #wake(): void {
-    const still: Waiter[] = [];
-    for (const waiter of this.#waiters) {
-      const w = this.#pick(waiter.exclude);
-      if (w) {
-        w.running++;
-        waiter.resolve(w);
-      } else if (this.#closed || !this.#anyUsable(waiter.exclude)) {
-        waiter.resolve(null);
-      } else {
-        still.push(waiter);
+  /** Carries out the dispatcher's decisions. */
+  #apply(effects: Effect[]): void {
+    for (const e of effects) {
+      if (e.kind === "drop") {
+        this.#drop(e.worker);
+        continue;
       }
+      const resolve = this.#pending.get(e.job);
+      this.#pending.delete(e.job);
+      if (e.kind === "run") {
+        const worker = this.#workers.get(e.worker)!;
+        worker.running++;
+        resolve?.({ kind: "run", worker });
+      } else resolve?.(e);
     }
-    this.#waiters = still;
+    this.#schedule();
+  }
+
+  /** One timer for the next waiter's deadline or set-aside worker's return. */
+  #schedule(): void {
+    if (this.#closed) return;
+    const at = Math.min(
+      this.#dispatch.nextDeadline() ?? Infinity,
+      this.#dispatch.nextRetryAt() ?? Infinity,
+    );
+    if (at === Infinity || at >= this.#timerAt) return;
+    clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => {
+      this.#timerAt = Infinity;
+      this.#timer = undefined;
+      this.#apply(this.#dispatch.tick());
+      this.#connectAll();
+    }, Math.max(0, at - this.#now()));
   }
 
   async close(): Promise<void> {
     this.#closed = true;
-    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
-    this.#wake();
+    clearTimeout(this.#timer);
+    for (const [job, resolve] of this.#pending) {
+      this.#dispatch.cancel(job);
+      resolve({ kind: "fail", cause: "no-workers", reason: "the master is closing" });
+    }
+    this.#pending.clear();
     await Promise.allSettled([...this.#connecting.values()]);
     for (const id of [...this.#workers.keys()]) this.#drop(id);
   }
