@@ -20,6 +20,7 @@ import { applyResultSet, ResultParts, ResultSetError, STAGING_DIR } from "./appl
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
+import { outsideReason } from "./outside.ts";
 import { LOCALRC_NAME, LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
@@ -104,6 +105,8 @@ export interface MasterStats {
   jobsFailed: number;
   jobsRunning: number;
   retries: number;
+  /** Jobs run locally because they name paths outside what the workers see or ship. */
+  jobsOutside: number;
   /** Jobs run locally as a last resort, by why they got no worker. */
   localByCause: Partial<Record<FallbackCause, number>>;
   bytesServed: number;
@@ -221,6 +224,7 @@ export class Master implements AsyncDisposable {
     jobsFailed: 0,
     jobsRunning: 0,
     retries: 0,
+    jobsOutside: 0,
     localByCause: {},
     bytesServed: 0,
     bytesReceived: 0,
@@ -230,6 +234,7 @@ export class Master implements AsyncDisposable {
   #log: (message: string) => void;
   #hashCache: HashCache;
   #files: FileServer;
+  #exclusions: Exclusions;
   #changes = new ChangeLog();
   #pool: WorkerPool | null = null;
   #watch: WorkerWatch | null = null;
@@ -256,8 +261,9 @@ export class Master implements AsyncDisposable {
     this.#rules = rules;
     this.#localSlots = new Semaphore(options.localJobsMax ?? navigator.hardwareConcurrency);
     const hidden = [options.cacheDir];
+    this.#exclusions = new Exclusions(options.exclusions ?? DEFAULT_EXCLUSIONS, this.root);
     this.#files = new FileServer({
-      exclusions: new Exclusions(options.exclusions ?? DEFAULT_EXCLUSIONS, this.root),
+      exclusions: this.#exclusions,
       hashCache,
       hidden,
       hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
@@ -459,6 +465,15 @@ export class Master implements AsyncDisposable {
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
     const rule = (await this.#currentRules()).match(commandLine);
     if (rule?.local) return await this.#runLocal(request, io, !rule.skipRefresh, false);
+    const outside = outsideReason(request.argv, request.cwd, {
+      root: this.root,
+      excluded: (p) => this.#exclusions.excluded(p),
+    }, request.shell);
+    if (outside !== null) {
+      this.stats.jobsOutside++;
+      this.#log(`running ${request.argv[0]} here: ${outside}`);
+      return await this.#runLocal(request, io, true, false);
+    }
 
     if (this.#pool === null) {
       if (this.#options.localFallback !== false) return await this.#runLocalSlot(request, io);

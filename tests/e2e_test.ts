@@ -481,3 +481,35 @@ Deno.test("e2e: a job writing 12,000 files runs remotely; its results come back 
     assert.equal(check.stdout, "12003\n39.299\n300000\n");
   });
 });
+
+Deno.test("e2e: an output or include outside the tree is never lost: such a compile runs on the master", async () => {
+  await withFarm("outside", { workers: 1 }, async (farm, tree) => {
+    const outside = await Deno.makeTempDir({ prefix: "termite-outside-" }); // under /tmp
+    const varTmp = await Deno.makeTempDir({ dir: "/var/tmp", prefix: "termite-outside-" });
+    try {
+      await Deno.mkdir(`${outside}/inc`);
+      await Deno.writeTextFile(`${outside}/inc/far.h`, "#define FAR 7\n");
+      await Deno.writeTextFile(`${tree}/x.c`, '#include "far.h"\nint x(void) { return FAR; }\n');
+      const before = (await farm.status()).jobs;
+      const compiles = [
+        ["gcc", `-I${outside}/inc`, "-c", "x.c", "-o", `${outside}/x.o`],
+        ["gcc", "-I", `${outside}/inc`, "-c", "x.c", "-o", `${varTmp}/x.o`],
+      ];
+      for (const argv of compiles) {
+        const r = await runIn(tree, argv, farm.env);
+        assert.equal(r.code, 0, r.stderr);
+      }
+      assert.ok((await Deno.stat(`${outside}/x.o`)).size > 0, "-o under /tmp");
+      assert.ok((await Deno.stat(`${varTmp}/x.o`)).size > 0, "-o under /var/tmp");
+      const after = (await farm.status()).jobs;
+      assert.equal(after.jobsOutside - before.jobsOutside, 2);
+      // An ordinary compile still runs remotely.
+      const inside = await runIn(tree, ["gcc", `-I${tree}`, "-c", "x.c", "-DFAR=1"], farm.env);
+      assert.notEqual(inside.code, 0, "far.h is not in the tree: the remote compile fails");
+      assert.equal((await farm.status()).jobs.jobsRemote, after.jobsRemote + 1);
+    } finally {
+      await Deno.remove(outside, { recursive: true });
+      await Deno.remove(varTmp, { recursive: true });
+    }
+  });
+});
