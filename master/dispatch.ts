@@ -38,7 +38,13 @@ export type AttemptEnd =
   };
 
 /** Why a job did not get a worker. */
-export type FallbackCause = "no-workers" | "unusable" | "busy" | "failed" | "committed";
+export type FallbackCause =
+  | "no-workers"
+  | "unusable"
+  | "busy"
+  | "failed"
+  | "committed"
+  | "unservable";
 
 /** What to do with a job. */
 export type Placement =

@@ -35,7 +35,29 @@ const FALLBACK_HINTS: Record<FallbackCause, string> = {
   busy: "the farm's slots are all taken: add workers, or lower make's -j",
   failed: "see the failures logged above",
   committed: "see the failures logged above",
+  unservable: "jobs on the workers run as nobody and see only what every user may read",
 };
+
+/**
+ * Why the workers cannot see `root`: a directory on its path that other
+ * users may not enter, or the root itself not readable by them; null if none.
+ */
+export function treeHiddenReason(root: string): string | null {
+  for (let dir = root;; dir = parentOf(dir)) {
+    let mode: number;
+    try {
+      mode = (Deno.statSync(dir).mode ?? 0) & 0o7777;
+    } catch (err) {
+      return `cannot read ${dir}: ${(err as Error).message}`;
+    }
+    const need = dir === root ? 0o005 : 0o001;
+    if ((mode & need) !== need) {
+      return `${dir} (mode ${mode.toString(8).padStart(4, "0")}) is closed to other users; run ` +
+        `\`chmod o+${dir === root ? "rx" : "x"} ${dir}\` or build in another directory`;
+    }
+    if (dir === "/") return null;
+  }
+}
 
 export interface MasterOptions {
   /** The writable root: the build tree. */
@@ -235,6 +257,8 @@ export class Master implements AsyncDisposable {
   #hashCache: HashCache;
   #files: FileServer;
   #exclusions: Exclusions;
+  /** Why the workers cannot see the tree; null once they can. */
+  #treeHidden: string | null = "";
   #changes = new ChangeLog();
   #pool: WorkerPool | null = null;
   #watch: WorkerWatch | null = null;
@@ -293,7 +317,11 @@ export class Master implements AsyncDisposable {
       }
     }
     master.#startWatchingTree();
-    if (options.coordinator) await master.#startPool(options.coordinator);
+    if (options.coordinator) {
+      const hidden = master.#treeHiddenReason();
+      if (hidden !== null) master.#log(`the workers cannot see this tree: ${hidden}`);
+      await master.#startPool(options.coordinator);
+    }
     return master;
   }
 
@@ -465,6 +493,11 @@ export class Master implements AsyncDisposable {
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
     const rule = (await this.#currentRules()).match(commandLine);
     if (rule?.local) return await this.#runLocal(request, io, !rule.skipRefresh, false);
+    const hidden = this.#treeHiddenReason();
+    if (hidden !== null) {
+      this.#noteFallback("unservable", hidden);
+      return await this.#runLocalSlot(request, io);
+    }
     const outside = outsideReason(request.argv, request.cwd, {
       root: this.root,
       excluded: (p) => this.#exclusions.excluded(p),
@@ -525,6 +558,17 @@ export class Master implements AsyncDisposable {
     }
     this.#noteFallback(placement.cause, placement.reason);
     return await this.#runLocalSlot(request, io);
+  }
+
+  /**
+   * Why the workers cannot see the tree (a directory on its path closed to
+   * other users), or null. Checked again per job while it fails, so a chmod
+   * takes effect at once.
+   */
+  #treeHiddenReason(): string | null {
+    if (this.#treeHidden === null) return null;
+    this.#treeHidden = treeHiddenReason(this.root);
+    return this.#treeHidden;
   }
 
   /** A local run as the last resort, bounded by the local slots. */

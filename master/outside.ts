@@ -4,8 +4,8 @@
  * writable root, where a worker's writes are thrown away. They run on the
  * master instead, so that an output never goes missing behind exit status 0
  * (`gcc -c x.c -o /tmp/x.o`). The check reads the arguments the way
- * compilers, linkers and shells spell paths; the worker also refuses a job
- * that leaves files in its private /tmp (what the arguments did not show).
+ * compilers, linkers and shells spell paths; a path the arguments do not
+ * spell out (`$d/x`) is not seen.
  */
 import { isInside, normalizeAbsolute } from "./paths.ts";
 
@@ -25,8 +25,8 @@ const PATH_FLAGS = [
   "-isysroot",
   "-T",
 ];
-/** Devices the sandbox provides itself. */
-const SANDBOX_DEVICES = /^\/dev\/(null|zero|full|random|urandom|stdin|stdout|stderr|fd\/\d+)$/;
+/** What the sandbox provides itself (its own /proc, /sys and devices). */
+const SANDBOX_OWN = /^\/(proc|sys|dev)(\/|$)/;
 
 export interface OutsideCheck {
   root: string;
@@ -66,7 +66,7 @@ export function outsideReason(
     // Only what is spelled like a path: absolute, or relative with a slash.
     if (!path.startsWith("/") && !path.startsWith("./") && !path.startsWith("../")) continue;
     const abs = normalizeAbsolute(path.startsWith("/") ? path : `${cwd}/${path}`);
-    if (abs === null || isInside(abs, check.root) || SANDBOX_DEVICES.test(abs)) continue;
+    if (abs === null || isInside(abs, check.root) || SANDBOX_OWN.test(abs)) continue;
     if (check.excluded(abs)) return `it names ${abs}, which the workers do not see`;
     if (writes) return `it writes ${abs}, outside the build tree`;
   }

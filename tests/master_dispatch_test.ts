@@ -14,6 +14,7 @@ import { runScript } from "./_worker_double.ts";
 Deno.test("master: jobs run locally when no listed worker is reachable, and it says why once", async () => {
   const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
   const root = await Deno.makeTempDir({ prefix: "termite-dispatch-" });
+  await Deno.chmod(root, 0o755); // servable: /tmp lets everyone in
   const cache = await Deno.makeTempDir({ prefix: "termite-dispatch-cache-" });
   // A port nobody listens on: bind one, note it, close it.
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -73,6 +74,7 @@ Deno.test("master: jobs run locally when no listed worker is reachable, and it s
 Deno.test("master: with local fallback off, a job no worker can take fails with the reason", async () => {
   const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
   const root = await Deno.makeTempDir({ prefix: "termite-dispatch-" });
+  await Deno.chmod(root, 0o755); // servable: /tmp lets everyone in
   const cache = await Deno.makeTempDir({ prefix: "termite-dispatch-cache-" });
   const coordinator = await startCoordinator({
     hostname: "127.0.0.1",
@@ -106,6 +108,46 @@ Deno.test("master: with local fallback off, a job no worker can take fails with 
     await master.close();
     await coordinator.close();
     await Deno.remove(root, { recursive: true });
+    await Deno.remove(cache, { recursive: true });
+  }
+});
+
+Deno.test("master: a tree other users cannot enter is reported at start, with the chmod that fixes it", async () => {
+  const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
+  const home = await Deno.makeTempDir({ prefix: "termite-home-" }); // 0700, like /root
+  const root = `${home}/proj`;
+  await Deno.mkdir(root, { mode: 0o755 });
+  const cache = await Deno.makeTempDir({ prefix: "termite-dispatch-cache-" });
+  const coordinator = await startCoordinator({
+    hostname: "127.0.0.1",
+    port: 0,
+    secret,
+    log: () => {},
+  });
+  const logs: string[] = [];
+  const master = await Master.start({
+    root,
+    secret,
+    cacheDir: cache,
+    coordinator: `127.0.0.1:${coordinator.port}`,
+    startWaitMs: 200,
+    log: (m) => logs.push(m),
+  });
+  try {
+    const start = logs.find((l) => l.startsWith("the workers cannot see this tree"));
+    assert.ok(start, logs.join("\n"));
+    assert.match(start, new RegExp(`${home} \\(mode 0700\\).*chmod o\\+x ${home}`));
+    assert.equal((await runScript(master, "echo a > a", root)).code, 0);
+    assert.equal(master.stats.localByCause.unservable, 1);
+    // Fixed while the master runs: the next job is the farm's again.
+    await Deno.chmod(home, 0o711);
+    assert.equal((await runScript(master, "echo b > b", root)).code, 0);
+    assert.equal(master.stats.localByCause.unservable, 1);
+    assert.equal(master.stats.localByCause["no-workers"], 1);
+  } finally {
+    await master.close();
+    await coordinator.close();
+    await Deno.remove(home, { recursive: true });
     await Deno.remove(cache, { recursive: true });
   }
 });

@@ -20,6 +20,7 @@ Deno.test("outsideReason() keeps ordinary compiles, links and scripts on the wor
       ["gcc", "-o", "lua", "lua.o", "liblua.a", "-L/usr/lib/x86_64-linux-gnu", "-lm"],
       ["gcc", "-MD", "-MF", "obj/a.d", "-c", "a.c", "-o/home/u/proj/obj/a.o"],
       ["gcc", "-c", "t.c", "-o", "/dev/null"],
+      ["cat", "/proc/cpuinfo", "/sys/kernel/mm/transparent_hugepage/enabled"],
       ["ar", "rcs", "liblua.a", "a.o", "b.o"],
       ["gcc", "-Wl,-rpath,/opt/lib", "--sysroot=/", "x.c"],
     ]
