@@ -7,7 +7,8 @@
  */
 
 import { connect, isSecretMismatch, type RpcPeer } from "../rpc/mod.ts";
-import { Backoff, errorMessage, parseHostPort, sleep } from "./_net.ts";
+import { parseHostPort } from "../common/address.ts";
+import { Backoff, errorMessage, sleep } from "./_net.ts";
 import type { RegisterParams, RegisterReply, WorkerInfo } from "./types.ts";
 
 /** Options for {@linkcode registerWorker}. */

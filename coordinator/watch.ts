@@ -6,7 +6,8 @@
  */
 
 import { connect, isSecretMismatch, type RpcPeer } from "../rpc/mod.ts";
-import { Backoff, errorMessage, parseHostPort, sleep } from "./_net.ts";
+import { parseHostPort } from "../common/address.ts";
+import { Backoff, errorMessage, sleep } from "./_net.ts";
 import {
   validateWorkerList,
   type WorkerInfo,

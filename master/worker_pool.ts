@@ -6,6 +6,7 @@
  */
 import type { WorkerInfo } from "../coordinator/mod.ts";
 import { type MirrorOpenParams, type MirrorOpenReply, WorkerMethods } from "../common/protocol.ts";
+import { parseHostPort } from "../common/address.ts";
 import { connect, type Handlers, type RpcPeer } from "../rpc/mod.ts";
 
 export interface PooledWorker {
@@ -39,13 +40,6 @@ export interface WorkerPoolOptions {
 interface Waiter {
   resolve: (w: PooledWorker | null) => void;
   exclude: ReadonlySet<string>;
-}
-
-function splitAddress(address: string): { hostname: string; port: number } {
-  const i = address.lastIndexOf(":");
-  let hostname = address.slice(0, i);
-  if (hostname.startsWith("[") && hostname.endsWith("]")) hostname = hostname.slice(1, -1);
-  return { hostname, port: Number(address.slice(i + 1)) };
 }
 
 export class WorkerPool {
@@ -113,7 +107,7 @@ export class WorkerPool {
     try {
       peer = await connect({
         transport: "tcp",
-        ...splitAddress(info.address),
+        ...parseHostPort(info.address),
         secret: this.#options.secret,
         role: "master",
         handlers: this.#options.handlers,
