@@ -78,3 +78,21 @@ export function unmapIpv4(hostname: string): string {
   const m = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(hostname);
   return m ? m[1] : hostname;
 }
+
+/**
+ * The address to dial a listener at: `announced` as is, unless its host is a
+ * wildcard ("0.0.0.0:1232", "[::]:1232"), then the host `remoteAddr` (the
+ * listener's own connection to us, "10.0.0.2:41234") came from, with the
+ * announced port. An unparseable `remoteAddr` leaves `announced` as is.
+ */
+export function reachableAddress(announced: string, remoteAddr: string): string {
+  const { hostname, port } = parseHostPort(announced);
+  if (!isUnspecifiedHost(hostname)) return announced;
+  let peer: HostPort;
+  try {
+    peer = parseHostPort(remoteAddr);
+  } catch {
+    return announced;
+  }
+  return formatHostPort(unmapIpv4(peer.hostname), port);
+}

@@ -5,7 +5,9 @@
  * Workers connect with role "worker" and call "register" every few seconds;
  * masters connect with role "master", call "subscribe" once and then receive
  * "workers" notifications. A worker is dropped when its connection closes or
- * when it has not re-registered within `workerTimeoutMs`.
+ * when it has not re-registered within `workerTimeoutMs`. A worker that
+ * announces a wildcard host ("0.0.0.0:1232") is listed at the host its
+ * connection came from.
  *
  * @module
  */
@@ -18,6 +20,7 @@ import {
   verifyAdminToken,
 } from "./admin_token.ts";
 import { errorMessage } from "./_net.ts";
+import { isLoopbackHost, parseHostPort, reachableAddress } from "../common/address.ts";
 import { renderStatusPage } from "./status_page.ts";
 import {
   type RegisterReply,
@@ -235,9 +238,12 @@ class CoordinatorImpl implements Coordinator {
       );
     }
     this.#track(peer);
+    // A worker bound to every address announces "0.0.0.0:port": masters dial
+    // the address its connection came from instead.
+    const address = reachableAddress(clean.address, peer.remoteAddr);
     const info: WorkerInfo = {
       id: clean.id,
-      address: clean.address,
+      address,
       hostname: clean.hostname,
       slots: clean.slots,
       jobsRunning: clean.jobsRunning,
@@ -248,8 +254,15 @@ class CoordinatorImpl implements Coordinator {
     };
     if (existing === undefined) {
       this.#log(
-        `Worker ${info.id} registered: ${info.address} (${info.hostname}, ${info.slots} slots)`,
+        `Worker ${info.id} registered: ${info.address} (${info.hostname}, ${info.slots} slots)` +
+          (address === clean.address ? "" : `; it announced ${clean.address}`),
       );
+      if (address !== clean.address && isLoopbackHost(parseHostPort(address).hostname)) {
+        this.#log(
+          `Worker ${info.id} is listed at ${address}, a loopback address: masters on other ` +
+            `hosts cannot reach it (start it with --advertise HOST:PORT)`,
+        );
+      }
     } else if (existing.peer !== peer) {
       this.#log(`Worker ${info.id} re-registered over a new connection from ${peer.remoteAddr}`);
     }
