@@ -96,3 +96,22 @@ export function reachableAddress(announced: string, remoteAddr: string): string 
   }
   return formatHostPort(unmapIpv4(peer.hostname), port);
 }
+
+/** A listener could not bind; the message names the address, what it was for and why. */
+export class ListenError extends Error {
+  readonly hostname: string;
+  readonly port: number;
+
+  constructor(what: string, hostname: string, port: number, options: { cause: unknown }) {
+    const cause = options.cause;
+    const reason = cause instanceof Deno.errors.AddrInUse
+      ? `port ${port} is in use`
+      : cause instanceof Error
+      ? cause.message
+      : String(cause);
+    super(`Cannot listen on ${formatHostPort(hostname, port)} (${what}): ${reason}`, options);
+    this.name = "ListenError";
+    this.hostname = hostname;
+    this.port = port;
+  }
+}

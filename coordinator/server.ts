@@ -20,7 +20,7 @@ import {
   verifyAdminToken,
 } from "./admin_token.ts";
 import { errorMessage } from "./_net.ts";
-import { isLoopbackHost, parseHostPort, reachableAddress } from "../common/address.ts";
+import { isLoopbackHost, ListenError, parseHostPort, reachableAddress } from "../common/address.ts";
 import { renderStatusPage } from "./status_page.ts";
 import {
   type RegisterReply,
@@ -154,22 +154,28 @@ class CoordinatorImpl implements Coordinator {
 
   start(options: CoordinatorOptions): void {
     const hostname = options.hostname ?? "0.0.0.0";
-    this.#rpc = listen({
-      transport: "tcp",
-      hostname,
-      port: options.port ?? 0,
-      secret: this.#secret,
-      role: "coordinator",
-      handlers: (peer) => this.#handlersFor(peer),
-      log: (m) => this.#log(m),
-      peersMax: this.#workersMax + this.#mastersMax + 16,
-    });
+    const port = options.port ?? 0;
+    try {
+      this.#rpc = listen({
+        transport: "tcp",
+        hostname,
+        port,
+        secret: this.#secret,
+        role: "coordinator",
+        handlers: (peer) => this.#handlersFor(peer),
+        log: (m) => this.#log(m),
+        peersMax: this.#workersMax + this.#mastersMax + 16,
+      });
+    } catch (error) {
+      throw new ListenError("workers and masters", hostname, port, { cause: error });
+    }
     const sweepMs = Math.max(10, Math.min(1000, Math.floor(this.#workerTimeoutMs / 4)));
     this.#sweepTimer = setInterval(() => this.#sweep(), sweepMs);
     if (options.httpPort !== undefined) {
+      const httpHostname = options.httpHostname ?? hostname;
       try {
         this.#http = Deno.serve({
-          hostname: options.httpHostname ?? hostname,
+          hostname: httpHostname,
           port: options.httpPort,
           onListen: () => {},
           onError: (error) => {
@@ -180,13 +186,9 @@ class CoordinatorImpl implements Coordinator {
       } catch (error) {
         clearInterval(this.#sweepTimer);
         void this.#rpc.close();
-        throw error;
+        throw new ListenError("status page", httpHostname, options.httpPort, { cause: error });
       }
     }
-    this.#log(
-      `Coordinator listening on port ${this.port}` +
-        (this.httpPort === undefined ? "" : `, status page on port ${this.httpPort}`),
-    );
   }
 
   workers(): WorkerInfo[] {
@@ -443,7 +445,10 @@ export { WORKERS_MAX_DEFAULT };
 
 /**
  * Starts a coordinator: an RPC listener for workers and masters and, when
- * `httpPort` is given, a status page.
+ * `httpPort` is given, a status page. Logs nothing on start: the caller says
+ * where it listens, once.
+ *
+ * @throws {ListenError} when a port cannot be bound, naming it.
  */
 export function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
   const coordinator = new CoordinatorImpl(options);
