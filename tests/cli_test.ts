@@ -388,3 +388,37 @@ Deno.test("another user, with no network and an empty DENO_DIR, starts every rol
     await Deno.remove(denoDir, { recursive: true });
   }
 });
+
+Deno.test("deno task compile without network says it needs internet access or DENORT_BIN", async () => {
+  const denoDir = await Deno.makeTempDir({ prefix: "termite-deno-dir-" });
+  try {
+    const env: Record<string, string> = {
+      ...Deno.env.toObject(),
+      DENO_DIR: denoDir,
+      NO_COLOR: "1",
+    };
+    delete env.DENORT_BIN;
+    const run = async (extra: Record<string, string>) => {
+      const out = await new Deno.Command("unshare", {
+        args: ["--net", "bash", `${ROOT}/scripts/compile.sh`],
+        env: { ...env, ...extra },
+        clearEnv: true,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: out.code, stderr: decoder.decode(out.stderr) };
+    };
+    const offline = await run({});
+    assert.equal(offline.code, 1);
+    assert.match(
+      offline.stderr,
+      /^compile: deno compile needs internet access to download denort [\d.]+ .*or DENORT_BIN=\/path\/to\/denort/,
+    );
+    const missing = await run({ DENORT_BIN: `${denoDir}/no-denort` });
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /^compile: DENORT_BIN=.*no-denort is not an executable file/);
+  } finally {
+    await Deno.remove(denoDir, { recursive: true });
+  }
+});
