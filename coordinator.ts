@@ -1,52 +1,89 @@
 /**
  * termite coordinator: keeps the list of live workers.
  *
- *   deno run -A coordinator.ts --secret secret.txt [--port 1230] [--http-port 1231]
+ *   deno run -A coordinator.ts --secret /etc/termite/secret [--port 1230] [--http-port 1231]
  */
-import { parseArgs } from "node:util";
 import { startCoordinator } from "./coordinator/mod.ts";
-import { loadSecret } from "./rpc/mod.ts";
-import { die, parseDurationMs, untilSignal } from "./common/cli.ts";
+import {
+  die,
+  type FlagSpecs,
+  loadSecretFile,
+  parseRoleFlags,
+  startErrorMessage,
+  untilSignal,
+} from "./common/cli.ts";
 import { VERSION } from "./common/protocol.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    secret: { type: "string", default: "secret.txt" },
-    host: { type: "string", default: "0.0.0.0" },
-    port: { type: "string", default: "1230" },
-    "http-host": { type: "string", default: "127.0.0.1" },
-    "http-port": { type: "string", default: "1231" },
-    "worker-timeout": { type: "string", default: "30s" },
-    help: { type: "boolean", default: false },
+const FLAGS: FlagSpecs = {
+  secret: {
+    type: "string",
+    value: "FILE",
+    default: "secret.txt",
+    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
+      "host; a relative path is taken from the directory the coordinator starts in",
   },
+  host: { type: "string", value: "ADDR", default: "0.0.0.0", help: "address to listen on" },
+  port: {
+    type: "string",
+    value: "N",
+    default: "1230",
+    help: "port for workers and masters (--coordinator HOST:PORT on theirs)",
+  },
+  "http-host": {
+    type: "string",
+    value: "ADDR",
+    default: "127.0.0.1",
+    help: "address of the status page",
+  },
+  "http-port": {
+    type: "string",
+    value: "N|none",
+    default: "1231",
+    help: "port of the status page (HTML, /status.json); none for no page",
+  },
+  "worker-timeout": {
+    type: "string",
+    value: "DURATION",
+    default: "30s",
+    help: "drop a worker not heard from this long",
+  },
+};
+
+const flags = parseRoleFlags("coordinator", Deno.args, {
+  usage: "deno run -A coordinator.ts [flags]",
+  about: "Keeps the list of live workers of one farm and pushes it to masters.",
+  flags: FLAGS,
 });
-if (values.help) {
-  console.log(
-    "usage: coordinator.ts [--secret FILE] [--host H] [--port N] [--http-host H] [--http-port N] [--worker-timeout 30s]",
-  );
-  Deno.exit(0);
-}
+const ports: { flag: string; hostname: string; port: number }[] = [];
 try {
-  const secret = await loadSecret(values.secret);
+  const hostname = flags.string("host")!;
+  const port = flags.port("port")!;
+  const httpHostname = flags.string("http-host")!;
+  const httpPort = flags.string("http-port") === "none" ? undefined : flags.port("http-port");
+  ports.push({ flag: "--port", hostname, port });
+  if (httpPort !== undefined) {
+    ports.push({ flag: "--http-port", hostname: httpHostname, port: httpPort });
+  }
+  const workerTimeoutMs = flags.durationMs("worker-timeout");
+  const secret = await loadSecretFile(flags.path("secret")!);
   const coordinator = await startCoordinator({
-    hostname: values.host,
-    port: Number(values.port),
-    httpHostname: values["http-host"],
-    httpPort: values["http-port"] === "none" ? undefined : Number(values["http-port"]),
+    hostname,
+    port,
+    httpHostname,
+    httpPort,
     secret,
-    workerTimeoutMs: parseDurationMs(values["worker-timeout"]),
+    workerTimeoutMs,
     version: VERSION,
     log: (m) => console.error(`termite coordinator: ${m}`),
   });
   console.error(
     `termite coordinator: listening on port ${coordinator.port}` +
       (coordinator.httpPort
-        ? `, status page on http://${values["http-host"]}:${coordinator.httpPort}/`
+        ? `, status page on http://${httpHostname}:${coordinator.httpPort}/`
         : ""),
   );
   await untilSignal();
   await coordinator.close();
 } catch (err) {
-  die(`termite coordinator: ${(err as Error).message}`);
+  die(`termite coordinator: ${startErrorMessage(err, ports)}`);
 }

@@ -2,72 +2,148 @@
  * termite master: run in the root of the build tree. Wrappers find it through
  * `.termite-socket`.
  *
- *   deno run -A master.ts --secret secret.txt --coordinator host:1230 [--jobs 4]
+ *   deno run -A master.ts --secret /etc/termite/secret --coordinator host:1230 [--jobs 4]
  */
-import { parseArgs } from "node:util";
 import { startMaster } from "./master/mod.ts";
 import { DEFAULT_EXCLUSIONS } from "./master/paths.ts";
-import { loadSecret } from "./rpc/mod.ts";
-import { defaultCacheDir, die, parseDurationMs, untilSignal } from "./common/cli.ts";
+import {
+  defaultCacheDir,
+  die,
+  type FlagSpecs,
+  loadSecretFile,
+  parseRoleFlags,
+  startErrorMessage,
+  untilSignal,
+} from "./common/cli.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    secret: { type: "string", default: "secret.txt" },
-    coordinator: { type: "string" },
-    jobs: { type: "string", default: "4" },
-    socket: { type: "string" },
-    exclude: { type: "string", multiple: true },
-    "cache-dir": { type: "string" },
-    retries: { type: "string", default: "2" },
-    "job-timeout": { type: "string", default: "10m" },
-    "job-silence": { type: "string", default: "30s" },
-    "keep-alive": { type: "string", default: "0" },
-    "status-port": { type: "string" },
-    "no-local-fallback": { type: "boolean", default: false },
-    help: { type: "boolean", default: false },
+const FLAGS: FlagSpecs = {
+  secret: {
+    type: "string",
+    value: "FILE",
+    default: "secret.txt",
+    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
+      "host; a relative path is taken from the directory the master starts in",
   },
+  coordinator: {
+    type: "string",
+    value: "HOST:PORT",
+    defaultText: "none: every job runs here",
+    help: "the coordinator listing the workers",
+  },
+  jobs: {
+    type: "string",
+    value: "N",
+    default: "4",
+    help: "slots to reserve on each worker (make -j should be about workers × this)",
+  },
+  socket: {
+    type: "string",
+    value: "PATH",
+    defaultText: "./.termite-socket",
+    help: "the wrappers' socket; its folder is the build tree, the only place jobs may write",
+  },
+  exclude: {
+    type: "string",
+    value: "PREFIX",
+    multiple: true,
+    defaultText: DEFAULT_EXCLUSIONS.join(","),
+    help: "paths never served to workers (repeat the flag or separate with commas)",
+  },
+  "cache-dir": {
+    type: "string",
+    value: "DIR",
+    defaultText: "$XDG_CACHE_HOME/termite/master, else ~/.cache/termite/master",
+    help: "the path → SHA-256 cache",
+  },
+  retries: {
+    type: "string",
+    value: "N",
+    default: "2",
+    help: "tries on other workers before a failed job runs here",
+  },
+  "job-timeout": {
+    type: "string",
+    value: "DURATION",
+    default: "10m",
+    help: "longest remote job",
+  },
+  "job-silence": {
+    type: "string",
+    value: "DURATION",
+    default: "30s",
+    help: "give up on a worker silent this long during a job",
+  },
+  "keep-alive": {
+    type: "string",
+    value: "DURATION",
+    default: "0",
+    help: "exit after this long without jobs; 0 = run until stopped",
+  },
+  "status-port": {
+    type: "string",
+    value: "N",
+    defaultText: "none",
+    help: "serve a status page (jobs run remotely and locally, per worker) on 127.0.0.1:N",
+  },
+  "no-local-fallback": {
+    type: "boolean",
+    help: "fail a job that no worker could run instead of running it here",
+  },
+};
+
+const flags = parseRoleFlags("master", Deno.args, {
+  usage: "deno run -A /path/to/termite/master.ts --coordinator HOST:PORT [flags]",
+  about: "Serves the build tree to workers and runs the wrappers' commands on them; start it " +
+    "in the root of the build tree.",
+  flags: FLAGS,
 });
-if (values.help) {
-  console.log(`usage: master.ts [--secret FILE] [--coordinator HOST:PORT] [--jobs N]
-  [--socket PATH] (its folder is the writable root; default ./.termite-socket)
-  [--exclude PREFIX]... (default ${DEFAULT_EXCLUSIONS.join(",")})
-  [--cache-dir DIR] [--retries N] [--job-timeout 10m] [--keep-alive 0 (= forever)]
-  [--job-silence 30s] (give up on a worker silent this long during a job)
-  [--status-port N] [--no-local-fallback]`);
-  Deno.exit(0);
-}
+const ports: { flag: string; hostname: string; port: number }[] = [];
 try {
-  const secret = await loadSecret(values.secret);
-  const socketPath = values.socket ?? `${Deno.cwd()}/.termite-socket`;
+  const coordinator = flags.hostPort("coordinator");
+  const secretPath = flags.path("secret")!;
+  const socketPath = flags.path("socket") ?? `${Deno.cwd()}/.termite-socket`;
+  const statusPort = flags.port("status-port");
+  if (statusPort !== undefined) {
+    ports.push({ flag: "--status-port", hostname: "127.0.0.1", port: statusPort });
+  }
+  const options = {
+    jobs: flags.integer("jobs", { min: 1, max: 4096 })!,
+    retries: flags.integer("retries", { min: 0, max: 100 })!,
+    jobTimeoutMs: flags.durationMs("job-timeout")!,
+    jobSilenceMs: flags.durationMs("job-silence")!,
+    keepAliveMs: flags.durationMs("keep-alive")!,
+    cacheDir: flags.path("cache-dir") ?? defaultCacheDir("master"),
+  };
+  const secret = await loadSecretFile(secretPath);
   const root = await Deno.realPath(socketPath.slice(0, socketPath.lastIndexOf("/")) || "/");
-  const exclusions = values.exclude
-    ? values.exclude.flatMap((e) => e.split(",")).filter((e) => e !== "")
+  const excluded = flags.list("exclude");
+  const exclusions = excluded
+    ? excluded.flatMap((e) => e.split(",")).filter((e) => e !== "")
     : DEFAULT_EXCLUSIONS;
   const running = await startMaster({
     root,
     secret,
     onSecretMismatch: () =>
       die(
-        `termite master: the coordinator at ${values.coordinator} holds another secret than ` +
-          `${values.secret}: use the same secret file on every host`,
+        `termite master: the coordinator at ${coordinator} holds another secret than ` +
+          `${secretPath}: use the same secret file on every host`,
       ),
-    coordinator: values.coordinator,
-    jobs: Number(values.jobs),
+    coordinator,
+    jobs: options.jobs,
     socketPath: `${root}/${socketPath.slice(socketPath.lastIndexOf("/") + 1)}`,
     exclusions,
-    cacheDir: values["cache-dir"] ?? defaultCacheDir("master"),
-    retries: Number(values.retries),
-    jobTimeoutMs: parseDurationMs(values["job-timeout"]),
-    jobSilenceMs: parseDurationMs(values["job-silence"]),
-    localFallback: !values["no-local-fallback"],
-    statusPort: values["status-port"] ? Number(values["status-port"]) : undefined,
+    cacheDir: options.cacheDir,
+    retries: options.retries,
+    jobTimeoutMs: options.jobTimeoutMs,
+    jobSilenceMs: options.jobSilenceMs,
+    localFallback: !flags.boolean("no-local-fallback"),
+    statusPort,
   });
   console.error(
     `termite master: serving ${root} on ${running.socketPath}` +
       (running.statusPort ? `, status on http://127.0.0.1:${running.statusPort}/` : ""),
   );
-  const keepAliveMs = parseDurationMs(values["keep-alive"]);
+  const keepAliveMs = options.keepAliveMs;
   const idle = keepAliveMs > 0
     ? new Promise<void>((resolve) => {
       let last = running.master.stats.jobs;
@@ -86,5 +162,5 @@ try {
   await running.close();
   Deno.exit(0);
 } catch (err) {
-  die(`termite master: ${(err as Error).message}`);
+  die(`termite master: ${startErrorMessage(err, ports)}`);
 }

@@ -1,15 +1,110 @@
 /**
  * termite worker: runs as root on each build machine.
  *
- *   deno run -A worker.ts --secret secret.txt --coordinator host:1230 --jobs 4
+ *   deno run -A worker.ts --secret /etc/termite/secret --coordinator host:1230 --jobs 4
  *
  * The worker keeps its FUSE mounts in a mount namespace of its own: started
  * outside one, it re-executes itself under `unshare --mount --propagation private`.
  */
-import { parseArgs } from "node:util";
 import { startWorker } from "./worker/worker.ts";
-import { loadSecret } from "./rpc/mod.ts";
-import { defaultCacheDir, die, parseBytes, parseDurationMs, untilSignal } from "./common/cli.ts";
+import { isUnspecifiedHost } from "./common/address.ts";
+import {
+  defaultCacheDir,
+  die,
+  effectiveUid,
+  type FlagSpecs,
+  loadSecretFile,
+  parseRoleFlags,
+  startErrorMessage,
+  untilSignal,
+} from "./common/cli.ts";
+
+const FLAGS: FlagSpecs = {
+  secret: {
+    type: "string",
+    value: "FILE",
+    default: "secret.txt",
+    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
+      "host; a relative path is taken from the directory the worker starts in",
+  },
+  coordinator: {
+    type: "string",
+    value: "HOST:PORT",
+    required: true,
+    help: "the coordinator to register with (its --port, 1230 unless changed)",
+  },
+  jobs: {
+    type: "string",
+    value: "N",
+    default: String(navigator.hardwareConcurrency),
+    defaultText: `the number of CPUs, ${navigator.hardwareConcurrency} here`,
+    help: "job slots: jobs this worker runs at once, shared among masters",
+  },
+  host: {
+    type: "string",
+    value: "ADDR",
+    default: "0.0.0.0",
+    help: "address masters connect to; on 0.0.0.0 the coordinator lists the worker at the " +
+      "address its connection came from",
+  },
+  port: { type: "string", value: "N", default: "1232", help: "port masters connect to" },
+  advertise: {
+    type: "string",
+    value: "HOST:PORT",
+    defaultText: "--host:--port, or the address the coordinator sees for 0.0.0.0",
+    help: "address masters should use, when not the one the coordinator sees (NAT, a proxy)",
+  },
+  "cache-dir": {
+    type: "string",
+    value: "DIR",
+    defaultText: "$XDG_CACHE_HOME/termite/worker, else ~/.cache/termite/worker",
+    help: "content store, mirrors and job scratch",
+  },
+  "store-max": { type: "string", value: "SIZE", default: "8G", help: "content store size" },
+  "mirror-idle": {
+    type: "string",
+    value: "DURATION",
+    default: "10m",
+    help: "unmount a master's mirror unused this long",
+  },
+  "mirrors-max": {
+    type: "string",
+    value: "N",
+    default: "64",
+    help: "mirrors (masters served) at once",
+  },
+  "job-timeout-max": {
+    type: "string",
+    value: "DURATION",
+    default: "1h",
+    help: "longest job, whatever its master asks",
+  },
+  "memory-max": { type: "string", value: "SIZE", default: "4G", help: "memory per job" },
+  "processes-max": { type: "string", value: "N", default: "512", help: "processes per job" },
+  "job-disk-max": {
+    type: "string",
+    value: "SIZE",
+    default: "8G",
+    help: "bytes a job may write (files in its writable layer and /tmp)",
+  },
+  "no-favor-dynmods": {
+    type: "boolean",
+    help: "do not mount a favordynmods cgroup hierarchy (each job then waits for an RCU " +
+      "grace period when it moves into its cgroup)",
+  },
+};
+
+const flags = parseRoleFlags("worker", Deno.args, {
+  usage: "deno run -A worker.ts --coordinator HOST:PORT [flags]   (as root)",
+  about: "Runs jobs for masters in sandboxes over FUSE mirrors of their file systems.",
+  flags: FLAGS,
+});
+if (effectiveUid() !== 0) {
+  die(
+    "termite worker: must run as root (it mounts FUSE mirrors and overlays, chroots and " +
+      "switches each job to nobody): start it with sudo",
+  );
+}
 
 if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
   const child = new Deno.Command("unshare", {
@@ -40,65 +135,49 @@ if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
   Deno.exit((await child.status).code);
 }
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    secret: { type: "string", default: "secret.txt" },
-    coordinator: { type: "string" },
-    jobs: { type: "string", default: String(navigator.hardwareConcurrency) },
-    host: { type: "string", default: "0.0.0.0" },
-    port: { type: "string", default: "1232" },
-    advertise: { type: "string" },
-    "cache-dir": { type: "string" },
-    "store-max": { type: "string", default: "8G" },
-    "mirror-idle": { type: "string", default: "10m" },
-    "mirrors-max": { type: "string", default: "64" },
-    "job-timeout-max": { type: "string", default: "1h" },
-    "memory-max": { type: "string", default: "4G" },
-    "processes-max": { type: "string", default: "512" },
-    "job-disk-max": { type: "string", default: "8G" },
-    "no-favor-dynmods": { type: "boolean", default: false },
-    help: { type: "boolean", default: false },
-  },
-});
-if (values.help) {
-  console.log(`usage: worker.ts [--secret FILE] [--coordinator HOST:PORT] [--jobs N]
-  [--host H] [--port N] [--advertise HOST:PORT] [--cache-dir DIR] [--store-max 8G]
-  [--mirror-idle 10m] [--mirrors-max 64] [--job-timeout-max 1h] [--memory-max 4G] [--processes-max 512]
-  [--job-disk-max 8G] (bytes a job may write: files in its writable layer and /tmp)
-  [--no-favor-dynmods] (do not mount a favordynmods cgroup hierarchy: each job then waits
-  for an RCU grace period when it moves into its cgroup)`);
-  Deno.exit(0);
-}
-if (Deno.uid() !== 0) die("termite worker: must run as root (FUSE mounts, chroot, setuid)");
+const ports: { flag: string; hostname: string; port: number }[] = [];
 try {
-  const secret = await loadSecret(values.secret);
+  flags.required("coordinator");
+  const coordinator = flags.hostPort("coordinator")!;
+  const hostname = flags.string("host")!;
+  const port = flags.port("port")!;
+  ports.push({ flag: "--port", hostname, port });
+  const advertise = flags.hostPort("advertise");
+  const secretPath = flags.path("secret")!;
+  const options = {
+    jobs: flags.integer("jobs", { min: 1, max: 4096 })!,
+    cacheDir: flags.path("cache-dir") ?? defaultCacheDir("worker"),
+    storeBytesMax: flags.bytes("store-max"),
+    mirrorIdleMs: flags.durationMs("mirror-idle"),
+    mirrorsMax: flags.integer("mirrors-max", { min: 1, max: 4096 }),
+    jobTimeoutMsMax: flags.durationMs("job-timeout-max"),
+    memoryBytesMax: flags.bytes("memory-max"),
+    processesMax: flags.integer("processes-max", { min: 1, max: 1 << 22 }),
+    jobDiskBytesMax: flags.bytes("job-disk-max"),
+    favorCgroupMigrations: !flags.boolean("no-favor-dynmods"),
+  };
+  const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({
+    ...options,
     secret,
     onSecretMismatch: () =>
       die(
-        `termite worker: the coordinator at ${values.coordinator} holds another secret than ` +
-          `${values.secret}: use the same secret file on every host`,
+        `termite worker: the coordinator at ${coordinator} holds another secret than ` +
+          `${secretPath}: use the same secret file on every host`,
       ),
-    jobs: Number(values.jobs),
-    hostname: values.host,
-    port: Number(values.port),
-    advertise: values.advertise,
-    coordinator: values.coordinator,
-    cacheDir: values["cache-dir"] ?? defaultCacheDir("worker"),
-    storeBytesMax: parseBytes(values["store-max"]),
-    mirrorIdleMs: parseDurationMs(values["mirror-idle"]),
-    mirrorsMax: Number(values["mirrors-max"]),
-    jobTimeoutMsMax: parseDurationMs(values["job-timeout-max"]),
-    memoryBytesMax: parseBytes(values["memory-max"]),
-    processesMax: Number(values["processes-max"]),
-    jobDiskBytesMax: parseBytes(values["job-disk-max"]),
-    favorCgroupMigrations: !values["no-favor-dynmods"],
+    hostname,
+    port,
+    advertise,
+    coordinator,
   });
-  console.error(`termite worker: ${values.jobs} slots, listening as ${worker.address}`);
+  const wildcard = advertise === undefined && isUnspecifiedHost(hostname);
+  console.error(
+    `termite worker: ${options.jobs} slots, listening as ${worker.address}` +
+      (wildcard ? " (masters get the address the coordinator sees it connect from)" : ""),
+  );
   await untilSignal();
   await worker.close();
   Deno.exit(0);
 } catch (err) {
-  die(`termite worker: ${(err as Error).message}`);
+  die(`termite worker: ${startErrorMessage(err, ports)}`);
 }

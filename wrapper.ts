@@ -11,6 +11,25 @@
  */
 import { runShellBuiltin, runWrapper } from "./wrapper/client.ts";
 
+const HELP = `usage: wrapper.ts --as TOOL [ARGS...]     run TOOL through the master
+       wrapper.ts --as sh -c SCRIPT       run a shell command line through the master
+
+Normally not run by hand: symlink bin/termite-wrap under each tool's name
+(gcc, g++, cc, c++, ar, ranlib, and termite-sh for make's SHELL) in a folder
+put first in PATH; each link then behaves exactly like the tool, its command
+running on a worker (or here, when .termite-localrc says so).
+
+flags:
+  --as TOOL  the tool to run (default: the name the wrapper was started as)
+  --help     print this and exit
+
+environment:
+  TERMITE_SOCKET          the master's socket (default: .termite-socket in the
+                          current folder or the nearest one above it)
+  TERMITE_LOCAL_FALLBACK  1: run the command here when no master listens
+  TERMITE_WRAPPER_DIR     the folder of the links, left out of the job's PATH
+                          (default: the folder of the link that was run)`;
+
 /**
  * Runs the wrapper; resolves with the exit status. `wrapperDir` (the
  * directory of the tool links) is dropped from the PATH of the command, so
@@ -29,7 +48,11 @@ export async function main(args: string[], wrapperDir?: string): Promise<number>
     if (name && !/^(deno|termite-wrapper|wrapper\.ts)$/.test(name)) tool = name;
   }
   if (!tool) {
-    console.error("termite wrapper: usage: wrapper.ts --as TOOL [ARGS...]");
+    if (args[0] === "--help" || args[0] === "-h") {
+      console.log(HELP);
+      return 0;
+    }
+    console.error("termite wrapper: usage: wrapper.ts --as TOOL [ARGS...] (see --help)");
     return 2;
   }
   const env = Deno.env.toObject();

@@ -1,62 +1,9 @@
 /**
- * Small helpers shared by the coordinator's client side: address parsing and
- * reconnect backoff.
+ * Small helpers shared by the coordinator's client side: reconnect backoff,
+ * an abortable sleep, error messages. Addresses are parsed by common/address.ts.
  *
  * @module
  */
-
-/** A parsed "host:port" address. */
-export interface HostPort {
-  hostname: string;
-  port: number;
-}
-
-/** The longest "host:port" string accepted. */
-export const ADDRESS_CHARS_MAX = 262;
-
-/** Error for a malformed "host:port" string. */
-export class AddressError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "AddressError";
-  }
-}
-
-/**
- * Parses "host:port", "[v6]:port" or "v4:port". The port must be 1..65535.
- *
- * @throws {AddressError} when the string is not of that form.
- */
-export function parseHostPort(address: string): HostPort {
-  if (address.length === 0 || address.length > ADDRESS_CHARS_MAX) {
-    throw new AddressError(`Cannot parse address: length ${address.length}`);
-  }
-  let hostname: string;
-  let portText: string;
-  if (address.startsWith("[")) {
-    const end = address.indexOf("]");
-    if (end < 0 || address[end + 1] !== ":") {
-      throw new AddressError(`Cannot parse address: ${JSON.stringify(address)}`);
-    }
-    hostname = address.slice(1, end);
-    portText = address.slice(end + 2);
-  } else {
-    const colon = address.lastIndexOf(":");
-    if (colon <= 0 || address.indexOf(":") !== colon) {
-      throw new AddressError(`Cannot parse address: ${JSON.stringify(address)}`);
-    }
-    hostname = address.slice(0, colon);
-    portText = address.slice(colon + 1);
-  }
-  if (!/^[0-9]{1,5}$/.test(portText)) {
-    throw new AddressError(`Cannot parse address: bad port in ${JSON.stringify(address)}`);
-  }
-  const port = Number(portText);
-  if (port < 1 || port > 65535 || hostname.length === 0 || /[\s/]/.test(hostname)) {
-    throw new AddressError(`Cannot parse address: ${JSON.stringify(address)}`);
-  }
-  return { hostname, port };
-}
 
 /** Exponential backoff with jitter, for reconnect loops. */
 export class Backoff {

@@ -37,4 +37,4 @@ export {
   type WorkerList,
 } from "./types.ts";
 export { escapeHtml, renderStatusPage } from "./status_page.ts";
-export { AddressError, parseHostPort } from "./_net.ts";
+export { AddressError, formatHostPort, parseHostPort } from "../common/address.ts";

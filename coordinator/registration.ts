@@ -6,8 +6,9 @@
  * @module
  */
 
-import { connect, isSecretMismatch, type RpcPeer } from "../rpc/mod.ts";
-import { Backoff, errorMessage, parseHostPort, sleep } from "./_net.ts";
+import { isSecretMismatch } from "../rpc/mod.ts";
+import { sleep } from "./_net.ts";
+import { keepConnected } from "./_reconnect.ts";
 import type { RegisterParams, RegisterReply, WorkerInfo } from "./types.ts";
 
 /** Options for {@linkcode registerWorker}. */
@@ -62,7 +63,6 @@ class WorkerRegistrationImpl implements WorkerRegistration {
     this.#options = options;
     this.#log = options.log ?? (() => {});
     // Throws at once on a malformed address: a configuration error.
-    parseHostPort(options.coordinator);
     this.#loop = this.#run();
   }
 
@@ -70,72 +70,48 @@ class WorkerRegistrationImpl implements WorkerRegistration {
     return this.#registered;
   }
 
-  async #run(): Promise<void> {
+  #run(): Promise<void> {
     const options = this.#options;
-    const { hostname, port } = parseHostPort(options.coordinator);
-    const signal = this.#abort.signal;
     const intervalMs = options.intervalMs ?? REGISTER_INTERVAL_MS_DEFAULT;
     const timeoutMs = options.timeoutMs ?? 10_000;
-    const backoff = new Backoff(options.backoffMinMs ?? 100, options.backoffMaxMs ?? 5000);
-    let lastError = "";
-    while (!signal.aborted) {
-      let peer: RpcPeer | undefined;
-      const connection = new AbortController();
-      try {
-        peer = await connect({
-          transport: "tcp",
-          hostname,
-          port,
-          secret: options.secret,
-          role: "worker",
-          handlers: {
-            drain: () => this.#drain(),
-            stop: () => this.#stop(),
-          },
-          timeoutMs,
-          signal,
-          log: (m) => this.#log(m),
-        });
-        const onClosed = () => connection.abort();
-        peer.closed.then(onClosed, onClosed);
-        const both = AbortSignal.any([signal, connection.signal]);
-        while (!both.aborted) {
+    return keepConnected({
+      coordinator: options.coordinator,
+      secret: options.secret,
+      role: "worker",
+      handlers: {
+        drain: () => this.#drain(),
+        stop: () => this.#stop(),
+      },
+      signal: this.#abort.signal,
+      failure: "Cannot register with",
+      log: this.#log,
+      backoffMinMs: options.backoffMinMs,
+      backoffMaxMs: options.backoffMaxMs,
+      timeoutMs,
+      onError: (error) => {
+        if (!this.#everRegistered && isSecretMismatch(error)) {
+          options.onSecretMismatch?.(error as Error);
+        }
+      },
+      onDisconnect: () => {
+        this.#registered = false;
+      },
+      session: async (peer, session, healthy) => {
+        while (!session.aborted) {
           const params: RegisterParams = { ...options.info(), draining: this.#draining };
           const reply = await peer.call<RegisterReply>("register", params, {
             timeoutMs,
-            signal: both,
+            signal: session,
           });
-          if (!this.#registered) {
-            this.#log(`Registered with coordinator ${options.coordinator}`);
-            lastError = "";
-          }
+          if (!this.#registered) this.#log(`Registered with coordinator ${options.coordinator}`);
           this.#registered = true;
           this.#everRegistered = true;
           if (reply?.draining === true && !this.#draining) this.#drain();
-          backoff.reset();
-          await sleep(intervalMs, both);
+          healthy();
+          await sleep(intervalMs, session);
         }
-        if (!signal.aborted) this.#log(`Connection to coordinator ${options.coordinator} closed`);
-      } catch (error) {
-        if (!signal.aborted && !this.#everRegistered && isSecretMismatch(error)) {
-          options.onSecretMismatch?.(error as Error);
-        }
-        if (!signal.aborted) {
-          const message = errorMessage(error);
-          // Log each distinct failure once, not every retry.
-          if (message !== lastError) {
-            this.#log(`Cannot register with coordinator ${options.coordinator}: ${message}`);
-            lastError = message;
-          }
-        }
-      } finally {
-        this.#registered = false;
-        connection.abort();
-        peer?.close();
-      }
-      if (peer !== undefined) await peer.closed.catch(() => {});
-      await sleep(backoff.next(), signal);
-    }
+      },
+    });
   }
 
   #drain(): { ok: true } {

@@ -5,7 +5,9 @@
  * Workers connect with role "worker" and call "register" every few seconds;
  * masters connect with role "master", call "subscribe" once and then receive
  * "workers" notifications. A worker is dropped when its connection closes or
- * when it has not re-registered within `workerTimeoutMs`.
+ * when it has not re-registered within `workerTimeoutMs`. A worker that
+ * announces a wildcard host ("0.0.0.0:1232") is listed at the host its
+ * connection came from.
  *
  * @module
  */
@@ -18,6 +20,7 @@ import {
   verifyAdminToken,
 } from "./admin_token.ts";
 import { errorMessage } from "./_net.ts";
+import { isLoopbackHost, ListenError, parseHostPort, reachableAddress } from "../common/address.ts";
 import { renderStatusPage } from "./status_page.ts";
 import {
   type RegisterReply,
@@ -151,22 +154,28 @@ class CoordinatorImpl implements Coordinator {
 
   start(options: CoordinatorOptions): void {
     const hostname = options.hostname ?? "0.0.0.0";
-    this.#rpc = listen({
-      transport: "tcp",
-      hostname,
-      port: options.port ?? 0,
-      secret: this.#secret,
-      role: "coordinator",
-      handlers: (peer) => this.#handlersFor(peer),
-      log: (m) => this.#log(m),
-      peersMax: this.#workersMax + this.#mastersMax + 16,
-    });
+    const port = options.port ?? 0;
+    try {
+      this.#rpc = listen({
+        transport: "tcp",
+        hostname,
+        port,
+        secret: this.#secret,
+        role: "coordinator",
+        handlers: (peer) => this.#handlersFor(peer),
+        log: (m) => this.#log(m),
+        peersMax: this.#workersMax + this.#mastersMax + 16,
+      });
+    } catch (error) {
+      throw new ListenError("workers and masters", hostname, port, { cause: error });
+    }
     const sweepMs = Math.max(10, Math.min(1000, Math.floor(this.#workerTimeoutMs / 4)));
     this.#sweepTimer = setInterval(() => this.#sweep(), sweepMs);
     if (options.httpPort !== undefined) {
+      const httpHostname = options.httpHostname ?? hostname;
       try {
         this.#http = Deno.serve({
-          hostname: options.httpHostname ?? hostname,
+          hostname: httpHostname,
           port: options.httpPort,
           onListen: () => {},
           onError: (error) => {
@@ -177,13 +186,9 @@ class CoordinatorImpl implements Coordinator {
       } catch (error) {
         clearInterval(this.#sweepTimer);
         void this.#rpc.close();
-        throw error;
+        throw new ListenError("status page", httpHostname, options.httpPort, { cause: error });
       }
     }
-    this.#log(
-      `Coordinator listening on port ${this.port}` +
-        (this.httpPort === undefined ? "" : `, status page on port ${this.httpPort}`),
-    );
   }
 
   workers(): WorkerInfo[] {
@@ -235,9 +240,12 @@ class CoordinatorImpl implements Coordinator {
       );
     }
     this.#track(peer);
+    // A worker bound to every address announces "0.0.0.0:port": masters dial
+    // the address its connection came from instead.
+    const address = reachableAddress(clean.address, peer.remoteAddr);
     const info: WorkerInfo = {
       id: clean.id,
-      address: clean.address,
+      address,
       hostname: clean.hostname,
       slots: clean.slots,
       jobsRunning: clean.jobsRunning,
@@ -248,8 +256,15 @@ class CoordinatorImpl implements Coordinator {
     };
     if (existing === undefined) {
       this.#log(
-        `Worker ${info.id} registered: ${info.address} (${info.hostname}, ${info.slots} slots)`,
+        `Worker ${info.id} registered: ${info.address} (${info.hostname}, ${info.slots} slots)` +
+          (address === clean.address ? "" : `; it announced ${clean.address}`),
       );
+      if (address !== clean.address && isLoopbackHost(parseHostPort(address).hostname)) {
+        this.#log(
+          `Worker ${info.id} is listed at ${address}, a loopback address: masters on other ` +
+            `hosts cannot reach it (start it with --advertise HOST:PORT)`,
+        );
+      }
     } else if (existing.peer !== peer) {
       this.#log(`Worker ${info.id} re-registered over a new connection from ${peer.remoteAddr}`);
     }
@@ -430,7 +445,10 @@ export { WORKERS_MAX_DEFAULT };
 
 /**
  * Starts a coordinator: an RPC listener for workers and masters and, when
- * `httpPort` is given, a status page.
+ * `httpPort` is given, a status page. Logs nothing on start: the caller says
+ * where it listens, once.
+ *
+ * @throws {ListenError} when a port cannot be bound, naming it.
  */
 export function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
   const coordinator = new CoordinatorImpl(options);

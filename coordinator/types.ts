@@ -5,7 +5,7 @@
  * @module
  */
 
-import { ADDRESS_CHARS_MAX, parseHostPort } from "./_net.ts";
+import { ADDRESS_CHARS_MAX, parseHostPort } from "../common/address.ts";
 
 /** One live worker, as listed by the coordinator. */
 export interface WorkerInfo {

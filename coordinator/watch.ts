@@ -5,8 +5,9 @@
  * @module
  */
 
-import { connect, isSecretMismatch, type RpcPeer } from "../rpc/mod.ts";
-import { Backoff, errorMessage, parseHostPort, sleep } from "./_net.ts";
+import { isSecretMismatch } from "../rpc/mod.ts";
+import { errorMessage, sleep } from "./_net.ts";
+import { keepConnected } from "./_reconnect.ts";
 import {
   validateWorkerList,
   type WorkerInfo,
@@ -67,7 +68,6 @@ class WorkerWatchImpl implements WorkerWatch {
     this.#log = options.log ?? (() => {});
     this.#workersMax = options.workersMax ?? WORKERS_MAX_DEFAULT;
     this.ready = new Promise((resolve) => this.#resolveReady = resolve);
-    parseHostPort(options.coordinator);
     this.#loop = this.#run();
   }
 
@@ -95,62 +95,37 @@ class WorkerWatchImpl implements WorkerWatch {
     }
   }
 
-  async #run(): Promise<void> {
+  /** Throws at once on a malformed address: a configuration error. */
+  #run(): Promise<void> {
     const options = this.#options;
-    const { hostname, port } = parseHostPort(options.coordinator);
-    const signal = this.#abort.signal;
     const pollIntervalMs = options.pollIntervalMs ?? 15_000;
     const timeoutMs = options.timeoutMs ?? 10_000;
-    const backoff = new Backoff(options.backoffMinMs ?? 100, options.backoffMaxMs ?? 5000);
-    let lastError = "";
-    while (!signal.aborted) {
-      let peer: RpcPeer | undefined;
-      const connection = new AbortController();
-      try {
-        peer = await connect({
-          transport: "tcp",
-          hostname,
-          port,
-          secret: options.secret,
-          role: "master",
-          handlers: { workers: (params: unknown) => this.#apply(params) },
-          timeoutMs,
-          signal,
-          log: (m) => this.#log(m),
-        });
-        const onClosed = () => connection.abort();
-        peer.closed.then(onClosed, onClosed);
-        const both = AbortSignal.any([signal, connection.signal]);
+    return keepConnected({
+      coordinator: options.coordinator,
+      secret: options.secret,
+      role: "master",
+      handlers: { workers: (params: unknown) => this.#apply(params) },
+      signal: this.#abort.signal,
+      failure: "Cannot watch",
+      log: this.#log,
+      backoffMinMs: options.backoffMinMs,
+      backoffMaxMs: options.backoffMaxMs,
+      timeoutMs,
+      onError: (error) => {
+        if (!this.#listed && isSecretMismatch(error)) options.onSecretMismatch?.(error as Error);
+      },
+      session: async (peer, session, healthy) => {
         this.#seq = -1;
-        this.#apply(await peer.call("subscribe", {}, { timeoutMs, signal: both }));
+        this.#apply(await peer.call("subscribe", {}, { timeoutMs, signal: session }));
         this.#log(`Watching workers at coordinator ${options.coordinator}`);
-        lastError = "";
-        backoff.reset();
-        while (!both.aborted) {
-          await sleep(pollIntervalMs, both);
-          if (both.aborted) break;
-          this.#apply(await peer.call("workers", {}, { timeoutMs, signal: both }));
+        healthy();
+        while (!session.aborted) {
+          await sleep(pollIntervalMs, session);
+          if (session.aborted) break;
+          this.#apply(await peer.call("workers", {}, { timeoutMs, signal: session }));
         }
-        if (!signal.aborted) this.#log(`Connection to coordinator ${options.coordinator} closed`);
-      } catch (error) {
-        if (!signal.aborted && !this.#listed && isSecretMismatch(error)) {
-          options.onSecretMismatch?.(error as Error);
-        }
-        if (!signal.aborted) {
-          const message = errorMessage(error);
-          if (message !== lastError) {
-            this.#log(`Cannot watch coordinator ${options.coordinator}: ${message}`);
-            lastError = message;
-          }
-        }
-      } finally {
-        connection.abort();
-        peer?.close();
-      }
-      if (peer !== undefined) await peer.closed.catch(() => {});
-      await sleep(backoff.next(), signal);
-    }
-    this.#resolveReady();
+      },
+    }).finally(() => this.#resolveReady());
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,7 @@
  */
 import type { WorkerInfo } from "../coordinator/mod.ts";
 import { type MirrorOpenParams, type MirrorOpenReply, WorkerMethods } from "../common/protocol.ts";
+import { parseHostPort } from "../common/address.ts";
 import { connect, type Handlers, type RpcPeer } from "../rpc/mod.ts";
 import { type AttemptEnd, Dispatch, type Effect, type FallbackCause } from "./dispatch.ts";
 
@@ -48,13 +49,6 @@ export type PoolPlacement =
   | { kind: "run"; worker: PooledWorker }
   | { kind: "local"; cause: FallbackCause; reason: string }
   | { kind: "fail"; cause: FallbackCause; reason: string };
-
-function splitAddress(address: string): { hostname: string; port: number } {
-  const i = address.lastIndexOf(":");
-  let hostname = address.slice(0, i);
-  if (hostname.startsWith("[") && hostname.endsWith("]")) hostname = hostname.slice(1, -1);
-  return { hostname, port: Number(address.slice(i + 1)) };
-}
 
 export class WorkerPool {
   #options: WorkerPoolOptions;
@@ -127,7 +121,7 @@ export class WorkerPool {
     try {
       peer = await connect({
         transport: "tcp",
-        ...splitAddress(info.address),
+        ...parseHostPort(info.address),
         secret: this.#options.secret,
         role: "master",
         handlers: this.#options.handlers,

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Termite needs on a fresh Debian 12 machine (run as root):
-# Deno (npm package `deno`, pinned) and libfuse3. Fast when both are present.
+# Deno (npm package `deno`, pinned), libfuse3, and Termite's one npm dependency
+# into node_modules/ beside deno.json ("nodeModulesDir": "manual"), readable by
+# every user: the roles then start with no network, whoever runs them.
+# Fast when all are present.
 set -euo pipefail
 DENO_VERSION=2.9.6
+cd "$(dirname "$0")/.."
 
 have_deno() {
   command -v deno >/dev/null 2>&1 && [ "$(deno --version 2>/dev/null | head -n1 | cut -d' ' -f2)" = "$DENO_VERSION" ]
@@ -15,6 +19,7 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v dpkg-source >/dev/null 2>&1 || need_apt+=(dpkg-dev)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]}" >&2
   apt-get update -qq
@@ -40,3 +45,12 @@ if ! have_deno; then
   fi
   have_deno || { echo "bootstrap: could not install deno $DENO_VERSION" >&2; exit 1; }
 fi
+
+# The npm dependency, from the lock file, where every user's Deno finds it
+# (a per-user DENO_DIR would make another user, e.g. the master's, download
+# it again, and fail on a host without network).
+deno install --frozen --quiet >/dev/null || {
+  echo "bootstrap: deno install failed: the npm dependencies need the npm registry once" >&2
+  exit 1
+}
+chmod -R a+rX node_modules

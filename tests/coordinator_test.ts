@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { connect, RpcError, type RpcPeer, secretFromBytes } from "../rpc/mod.ts";
+import { reachableAddress } from "../common/address.ts";
 import {
   adminToken,
   type Coordinator,
   type CoordinatorOptions,
+  formatHostPort,
   parseHostPort,
   registerWorker,
   startCoordinator,
@@ -92,6 +94,20 @@ Deno.test("parseHostPort() accepts host:port forms and rejects others", () => {
   }
 });
 
+Deno.test("reachableAddress() puts the connection's host in place of a wildcard host", () => {
+  assert.equal(reachableAddress("0.0.0.0:1232", "10.213.5.2:40112"), "10.213.5.2:1232");
+  assert.equal(reachableAddress("[::]:1232", "[fd00::2]:40112"), "[fd00::2]:1232");
+  assert.equal(reachableAddress("[::]:1232", "[::ffff:10.0.0.2]:40112"), "10.0.0.2:1232");
+  assert.equal(reachableAddress("[0:0:0:0:0:0:0:0]:9", "10.0.0.2:1"), "10.0.0.2:9");
+  // An address that names a host stays as announced (e.g. --advertise behind NAT).
+  assert.equal(reachableAddress("build-7.example:1232", "10.0.0.2:40112"), "build-7.example:1232");
+  assert.equal(reachableAddress("10.0.0.9:1232", "10.0.0.2:40112"), "10.0.0.9:1232");
+  assert.equal(reachableAddress("0.0.0.0:1232", "unix"), "0.0.0.0:1232");
+  for (const [host, port] of [["::1", 80], ["10.0.0.1", 1232], ["build-1", 65535]] as const) {
+    assert.deepEqual(parseHostPort(formatHostPort(host, port)), { hostname: host, port });
+  }
+});
+
 Deno.test("validateRegisterParams() rejects each bad field", () => {
   const good = { ...workerInfo("w1"), extra: "dropped" };
   assert.deepEqual(validateRegisterParams(good), { ...workerInfo("w1"), draining: false });
@@ -175,6 +191,26 @@ Deno.test("a registered worker reaches a watching master, and re-registration up
   await waitFor(() => watch.workers[0]?.jobsRunning === 3, "watcher to see jobsRunning 3");
   assert.equal(h.coordinator.workers()[0].jobsRunning, 3);
   assert.ok(changes.length >= 3);
+});
+
+Deno.test("a worker announcing 0.0.0.0:PORT is listed at the address its connection came from", async () => {
+  const { key } = await randomSecret();
+  await using h = await startHarness(key);
+  await using watch = watchWorkers({ coordinator: h.address, secret: key, onChange: () => {} });
+  await using _worker = registerWorker({
+    coordinator: h.address,
+    secret: key,
+    info: () => workerInfo("wild", { address: "0.0.0.0:1232" }),
+  });
+  await waitFor(() => watch.workers.length === 1, "watcher to see the worker");
+  assert.equal(watch.workers[0].address, "127.0.0.1:1232");
+  assert.equal(h.coordinator.workers()[0].address, "127.0.0.1:1232");
+  assert.ok(
+    h.logs.some((m) => /registered: 127\.0\.0\.1:1232 .*announced 0\.0\.0\.0:1232/.test(m)),
+    h.logs.join("\n"),
+  );
+  // Loopback: reachable only from the coordinator's host, which is worth a word.
+  assert.ok(h.logs.some((m) => /loopback address.*--advertise/.test(m)), h.logs.join("\n"));
 });
 
 Deno.test("a worker that stops re-registering is dropped after workerTimeoutMs", async () => {

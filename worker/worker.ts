@@ -5,6 +5,7 @@
  * writable through an overlay; the overlay's upper layer becomes the result set.
  */
 import { hostname } from "node:os";
+import { formatHostPort } from "../common/address.ts";
 import { registerWorker, type WorkerRegistration } from "../coordinator/mod.ts";
 import {
   JOB_HEARTBEAT_MS,
@@ -233,7 +234,8 @@ export class Worker implements AsyncDisposable {
   }
 
   get address(): string {
-    return this.#options.advertise ?? `${this.#options.hostname ?? "127.0.0.1"}:${this.port}`;
+    return this.#options.advertise ??
+      formatHostPort(this.#options.hostname ?? "127.0.0.1", this.port);
   }
 
   get mirrors(): ReadonlyMap<string, Mirror> {
