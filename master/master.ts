@@ -498,10 +498,16 @@ export class Master implements AsyncDisposable {
     }
   }
 
-  /** The local rules, read again when `.termite-localrc` changed. */
+  /**
+   * The local rules, read again when `.termite-localrc` changed (its owner or
+   * mode too: a file made writable by others is refused, the previous rules kept).
+   */
   async #currentRules(): Promise<LocalRules> {
-    const info = await Deno.stat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
-    const stamp = info ? `${info.mtime?.getTime()}:${info.size}:${info.ino}` : "";
+    const info = await Deno.lstat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
+    const stamp = info
+      ? [info.mtime?.getTime(), info.ctime?.getTime(), info.size, info.ino, info.mode, info.uid]
+        .join(":")
+      : "";
     if (stamp !== this.#rulesStamp) {
       try {
         this.#rules = await LocalRules.load(this.root);
