@@ -5,6 +5,7 @@
  * can be pushed to the mirrors.
  */
 import type { FileAttr, FileKind } from "../common/types.ts";
+import { openRegular, type RegularFile } from "../common/regular_file.ts";
 import type { HashCache } from "./hash_cache.ts";
 import { baseName, type Exclusions, isInside, joinPath, parentOf } from "./paths.ts";
 
@@ -292,18 +293,29 @@ export class FileServer {
     return out;
   }
 
-  /** Path to read the blob `hash` from, verified to still hold it; null if unknown. */
-  async blobPath(hash: string): Promise<string | null> {
+  /**
+   * The file holding blob `hash`, open (a regular file others may read and
+   * reach, never a FIFO or device put in its place), verified to still hold
+   * it; null if unknown. Close it when sent.
+   */
+  async openBlob(hash: string): Promise<RegularFile | null> {
     const path = this.#hashCache.pathOf(hash);
     if (!path || !this.#visible(path)) return null;
+    let file: RegularFile | undefined;
     try {
       const info = await Deno.lstat(path);
       if (!info.isFile || ((info.mode ?? 0) & OTHERS_READ) === 0) return null;
       if (this.#reach(path) === null) return null;
-      const now = await this.#hashCache.hash(path, info);
-      return now === hash ? path : null;
+      file = await openRegular(path, info);
+      if (((file.info.mode ?? 0) & OTHERS_READ) === 0) return null;
+      if (await this.#hashCache.hash(path, file.info) !== hash) return null;
+      const held = file;
+      file = undefined;
+      return held;
     } catch {
       return null;
+    } finally {
+      file?.close();
     }
   }
 

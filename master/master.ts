@@ -312,9 +312,9 @@ export class Master implements AsyncDisposable {
         if (typeof hash !== "string" || !isHash(hash)) {
           throw new RpcError("BAD_REQUEST", `Bad hash: ${describe(hash)}`);
         }
-        const file = await files.blobPath(hash);
+        using file = await files.openBlob(hash);
         if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
-        const size = await ctx.sendFile(file);
+        const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
         this.stats.bytesServed += size;
         files.stats.blobs++;
         files.stats.blobBytes += size;
