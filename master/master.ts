@@ -23,6 +23,7 @@ import { HashCache } from "./hash_cache.ts";
 import { LOCALRC_NAME, LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
+import { TreeWatcher } from "./tree_watcher.ts";
 import { type PooledWorker, WorkerPool } from "./worker_pool.ts";
 
 export interface MasterOptions {
@@ -219,7 +220,7 @@ export class Master implements AsyncDisposable {
   #changes = new ChangeLog();
   #pool: WorkerPool | null = null;
   #watch: WorkerWatch | null = null;
-  #fsWatcher: Deno.FsWatcher | null = null;
+  #fsWatcher: TreeWatcher | null = null;
   #watching: Promise<void> | null = null;
   #dirty = new Set<string>();
   #syncSeq = 0;
@@ -351,17 +352,27 @@ export class Master implements AsyncDisposable {
   }
 
   #startWatchingTree(): void {
+    const staging = `${this.root}/${STAGING_DIR}`;
     try {
-      this.#fsWatcher = Deno.watchFs(this.root, { recursive: true });
+      // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
+      this.#fsWatcher = TreeWatcher.start({
+        root: this.root,
+        skip: (dir) => dir.startsWith(staging),
+        log: this.#log,
+      });
     } catch (err) {
       this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
       return;
     }
-    const staging = `${this.root}/${STAGING_DIR}`;
     const watcher = this.#fsWatcher;
     this.#watching = (async () => {
       try {
         for await (const event of watcher) {
+          if (event.kind === "rescan") {
+            // Events were lost: whatever the mirrors hold may have changed.
+            for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
+            continue;
+          }
           for (const p of event.paths) {
             if (p.startsWith(staging)) {
               this.#syncWaiters.get(p)?.();
