@@ -21,6 +21,13 @@ export function hashBytes(bytes: Uint8Array): string {
  */
 export async function hashFile(path: string): Promise<{ hash: string; size: number }> {
   using file = await Deno.open(path, { read: true });
+  return await hashReader(file);
+}
+
+/** Streams what `file` reads until its end through SHA-256 in 1 MiB chunks. */
+export async function hashReader(
+  file: { read(p: Uint8Array): Promise<number | null> },
+): Promise<{ hash: string; size: number }> {
   const hasher = createHash("sha256");
   const buffer = new Uint8Array(HASH_CHUNK_BYTES);
   let size = 0;

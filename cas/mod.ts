@@ -4,7 +4,7 @@
  * @module
  */
 export { CasError, type CasErrorCode } from "./errors.ts";
-export { HASH_CHUNK_BYTES, hashBytes, hashFile, isHash } from "./hash.ts";
+export { HASH_CHUNK_BYTES, hashBytes, hashFile, hashReader, isHash } from "./hash.ts";
 export {
   type BlobSink,
   type EnsureOptions,

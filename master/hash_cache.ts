@@ -3,7 +3,8 @@
  * inode, persisted across restarts, so neither a second build nor a restarted
  * master re-hashes an unchanged tree.
  */
-import { hashFile } from "../cas/mod.ts";
+import { hashReader } from "../cas/mod.ts";
+import { openRegular } from "../common/regular_file.ts";
 
 interface Entry {
   size: number;
@@ -118,7 +119,11 @@ export class HashCache {
     this.#markDirty();
   }
 
-  /** Hash of the regular file at `path`, hashing only when the cache is stale. */
+  /**
+   * Hash of the regular file at `path` that `info` (its lstat) describes,
+   * hashing only when the cache is stale.
+   * @throws {NotRegularFileError} the path no longer holds that regular file.
+   */
   hash(path: string, info: Deno.FileInfo): Promise<string> {
     const cached = this.lookup(path, info);
     if (cached) return Promise.resolve(cached);
@@ -127,9 +132,12 @@ export class HashCache {
     this.stats.misses++;
     const promise = (async () => {
       try {
-        const { hash, size } = await hashFile(path);
+        // Only the regular file `info` describes: never a FIFO or device put there since.
+        using regular = await openRegular(path, info);
+        using file = await regular.open();
+        const { hash, size } = await hashReader(file);
         this.stats.bytesHashed += size;
-        const after = await Deno.stat(path);
+        const after = await file.stat();
         const mtimeMs = after.mtime?.getTime() ?? 0;
         // Only a file that did not change while hashing, and not too recently
         // (it could change again within the same timestamp), is cached.

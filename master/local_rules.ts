@@ -3,7 +3,14 @@
  * writable root: a JSON list of `{ "regexp": "...", "local": true }`, first
  * match wins, matched against the command line (argv joined by spaces, or the
  * shell script). Plus the master's own `mkdir -p` and `rm -f`/`rm -rf`.
+ *
+ * The file is policy: a rule runs commands unsandboxed as the master's user.
+ * It is used only when it is a regular file owned by that user (or root) and
+ * writable by nobody else, and its regexps are RE2 (linear-time matching: a
+ * rule like `^(a+)+$` cannot stall the master).
  */
+import { RE2JS } from "re2js";
+import { kindName, NotRegularFileError, openRegular } from "../common/regular_file.ts";
 import { isInside, normalizeAbsolute } from "./paths.ts";
 
 export interface LocalRule {
@@ -15,6 +22,8 @@ export interface LocalRule {
 }
 
 export const LOCALRC_NAME = ".termite-localrc";
+/** A larger `.termite-localrc` is refused. */
+export const LOCALRC_BYTES_MAX = 1 << 20;
 
 /** What users of the original expect to stay local: recursive make, configure. */
 export const DEFAULT_RULES: LocalRule[] = [
@@ -23,47 +32,93 @@ export const DEFAULT_RULES: LocalRule[] = [
   { regexp: "^(\\S*/)?(\\./)?config\\.status( |$)", local: true },
 ];
 
-export class LocalRules {
-  #rules: { re: RegExp; rule: LocalRule }[];
+/** `.termite-localrc` cannot be used: unsafe, unreadable or malformed. */
+export class LocalRulesError extends Error {
+  override name = "LocalRulesError";
+}
 
-  constructor(rules: LocalRule[]) {
-    this.#rules = rules.map((rule) => ({ re: new RegExp(rule.regexp), rule }));
+/**
+ * Why the file described by `info` (its descriptor's attributes) may not set
+ * policy for a master running as `uid`, or null when it may.
+ */
+export function distrust(info: Deno.FileInfo, uid: number): string | null {
+  if (!info.isFile) return `it is ${kindName(info)}`;
+  if (info.uid !== uid && info.uid !== 0) {
+    return `it belongs to uid ${info.uid}, not to the master's user (uid ${uid}) or root`;
+  }
+  const mode = (info.mode ?? 0) & 0o777;
+  if ((mode & 0o022) !== 0) {
+    const who = [(mode & 0o020) !== 0 ? "its group" : "", (mode & 0o002) !== 0 ? "others" : ""]
+      .filter((w) => w !== "").join(" and ");
+    return `it is writable by ${who} (mode 0${mode.toString(8)})`;
+  }
+  return null;
+}
+
+export class LocalRules {
+  #rules: { re: RE2JS; rule: LocalRule }[];
+
+  /** @throws {LocalRulesError} a regexp RE2 cannot compile. */
+  constructor(rules: LocalRule[], source = "local rules") {
+    this.#rules = rules.map((rule, i) => ({ re: compileRule(rule.regexp, source, i), rule }));
   }
 
-  /** Reads `.termite-localrc` in `root`; the defaults when there is none. */
-  static async load(root: string): Promise<LocalRules> {
+  /**
+   * Reads `.termite-localrc` in `root`; the defaults when there is none.
+   * @throws {LocalRulesError} a file that is untrusted, unreadable or malformed.
+   */
+  static async load(root: string, uid: number = Deno.uid() ?? 0): Promise<LocalRules> {
     const path = `${root}/${LOCALRC_NAME}`;
-    let text: string;
+    let bytes: Uint8Array;
     try {
-      text = await Deno.readTextFile(path);
+      using file = await openRegular(path);
+      const why = distrust(file.info, uid);
+      if (why !== null) throw new LocalRulesError(`Refusing ${path}: ${why}`);
+      if (file.info.size > LOCALRC_BYTES_MAX) {
+        throw new LocalRulesError(`Refusing ${path}: ${file.info.size} bytes, over 1 MiB`);
+      }
+      bytes = await file.read();
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) return new LocalRules(DEFAULT_RULES);
-      throw err;
+      if (err instanceof LocalRulesError) throw err;
+      if (err instanceof NotRegularFileError) {
+        throw new LocalRulesError(`Refusing ${path}: it ${err.message.slice(path.length + 1)}`);
+      }
+      throw new LocalRulesError(`Cannot read ${path}: ${(err as Error).message}`, { cause: err });
     }
     let data: unknown;
     try {
-      data = JSON.parse(text);
+      data = JSON.parse(new TextDecoder().decode(bytes));
     } catch (err) {
-      throw new Error(`Cannot parse ${path}: ${(err as Error).message}`, { cause: err });
+      throw new LocalRulesError(`Cannot parse ${path}: ${(err as Error).message}`, { cause: err });
     }
-    if (!Array.isArray(data)) throw new Error(`Cannot use ${path}: expected a JSON list of rules`);
+    if (!Array.isArray(data)) {
+      throw new LocalRulesError(`Cannot use ${path}: expected a JSON list of rules`);
+    }
     const rules: LocalRule[] = data.map((r, i) => {
       if (typeof r?.regexp !== "string") {
-        throw new Error(`Cannot use ${path}: rule ${i} has no "regexp" string`);
-      }
-      try {
-        new RegExp(r.regexp);
-      } catch (err) {
-        throw new Error(`Cannot use ${path}: rule ${i}: ${(err as Error).message}`);
+        throw new LocalRulesError(`Cannot use ${path}: rule ${i} has no "regexp" string`);
       }
       return { regexp: r.regexp, local: r.local !== false, skipRefresh: r.skipRefresh === true };
     });
-    return new LocalRules(rules);
+    return new LocalRules(rules, path);
   }
 
   match(commandLine: string): LocalRule | undefined {
     for (const { re, rule } of this.#rules) if (re.test(commandLine)) return rule;
     return undefined;
+  }
+}
+
+function compileRule(regexp: string, source: string, index: number): RE2JS {
+  try {
+    return RE2JS.compile(regexp);
+  } catch (err) {
+    throw new LocalRulesError(
+      `Cannot use ${source}: rule ${index} (${JSON.stringify(regexp.slice(0, 200))}): ` +
+        `not an RE2 regexp: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 

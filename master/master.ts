@@ -24,6 +24,7 @@ import { outsideReason } from "./outside.ts";
 import { LOCALRC_NAME, LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
+import { TreeWatcher } from "./tree_watcher.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
 import type { FallbackCause } from "./dispatch.ts";
 
@@ -262,7 +263,7 @@ export class Master implements AsyncDisposable {
   #changes = new ChangeLog();
   #pool: WorkerPool | null = null;
   #watch: WorkerWatch | null = null;
-  #fsWatcher: Deno.FsWatcher | null = null;
+  #fsWatcher: TreeWatcher | null = null;
   #watching: Promise<void> | null = null;
   #dirty = new Set<string>();
   #syncSeq = 0;
@@ -360,9 +361,9 @@ export class Master implements AsyncDisposable {
         if (typeof hash !== "string" || !isHash(hash)) {
           throw new RpcError("BAD_REQUEST", `Bad hash: ${describe(hash)}`);
         }
-        const file = await files.blobPath(hash);
+        using file = await files.openBlob(hash);
         if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
-        const size = await ctx.sendFile(file);
+        const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
         this.stats.bytesServed += size;
         files.stats.blobs++;
         files.stats.blobBytes += size;
@@ -402,17 +403,27 @@ export class Master implements AsyncDisposable {
   }
 
   #startWatchingTree(): void {
+    const staging = `${this.root}/${STAGING_DIR}`;
     try {
-      this.#fsWatcher = Deno.watchFs(this.root, { recursive: true });
+      // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
+      this.#fsWatcher = TreeWatcher.start({
+        root: this.root,
+        skip: (dir) => dir.startsWith(staging),
+        log: this.#log,
+      });
     } catch (err) {
       this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
       return;
     }
-    const staging = `${this.root}/${STAGING_DIR}`;
     const watcher = this.#fsWatcher;
     this.#watching = (async () => {
       try {
         for await (const event of watcher) {
+          if (event.kind === "rescan") {
+            // Events were lost: whatever the mirrors hold may have changed.
+            for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
+            continue;
+          }
           for (const p of event.paths) {
             if (p.startsWith(staging)) {
               this.#syncWaiters.get(p)?.();
@@ -591,10 +602,16 @@ export class Master implements AsyncDisposable {
     this.#log(`running jobs locally: ${reason}; ${FALLBACK_HINTS[cause]}`);
   }
 
-  /** The local rules, read again when `.termite-localrc` changed. */
+  /**
+   * The local rules, read again when `.termite-localrc` changed (its owner or
+   * mode too: a file made writable by others is refused, the previous rules kept).
+   */
   async #currentRules(): Promise<LocalRules> {
-    const info = await Deno.stat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
-    const stamp = info ? `${info.mtime?.getTime()}:${info.size}:${info.ino}` : "";
+    const info = await Deno.lstat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
+    const stamp = info
+      ? [info.mtime?.getTime(), info.ctime?.getTime(), info.size, info.ino, info.mode, info.uid]
+        .join(":")
+      : "";
     if (stamp !== this.#rulesStamp) {
       try {
         this.#rules = await LocalRules.load(this.root);

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { SOCKET_NAME } from "../wrapper/client.ts";
+import { distrustSocket, SOCKET_NAME } from "../wrapper/client.ts";
 import { Master, type MasterOptions } from "./master.ts";
 import { WrapperServer } from "./wrapper_server.ts";
 
@@ -88,6 +88,8 @@ export async function startMaster(options: StartMasterOptions): Promise<RunningM
     await master.close();
     throw err;
   }
+  const why = distrustSocket(socketPath, Deno.uid() ?? 0);
+  if (why !== null) log(`wrappers will refuse the socket ${socketPath}: ${why}`);
   let http: Deno.HttpServer | undefined;
   if (options.statusPort !== undefined) {
     http = Deno.serve({

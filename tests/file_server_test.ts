@@ -10,12 +10,13 @@ import type { FileAttr } from "../common/types.ts";
 
 async function withServer(
   fn: (root: string, files: FileServer, changes: FileAttr[][]) => Promise<void>,
+  options: { exclusions?: string[] } = {},
 ): Promise<void> {
   const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
   await Deno.chmod(root, 0o755);
   const changes: FileAttr[][] = [];
   const files = new FileServer({
-    exclusions: new Exclusions([], root),
+    exclusions: new Exclusions(options.exclusions ?? [], root),
     hashCache: await HashCache.open(),
     onChange: (attrs) => changes.push(attrs),
   });
@@ -88,4 +89,65 @@ Deno.test("FileServer: of two overlapping refreshes, the newer listing is told l
     const latest = changes.flat().filter((a) => a.path === `${root}/obj`).at(-1)!;
     assert.deepEqual(Object.keys(latest.children ?? {}).sort(), ["a.o", "d29"]);
   });
+});
+
+/** Makes `path` (a file or directory) with exactly `mode`, whatever the umask. */
+async function make(path: string, mode: number, text?: string): Promise<void> {
+  if (text === undefined) await Deno.mkdir(path);
+  else await Deno.writeTextFile(path, text);
+  await Deno.chmod(path, mode);
+}
+
+Deno.test("FileServer: a world-readable file behind a symlink into a 0700 directory is not served", async () => {
+  await withServer(async (root, files) => {
+    // Someone's private directory, with a world-readable corner inside.
+    const home = `${root}/home`;
+    await make(home, 0o700);
+    await make(`${home}/notes`, 0o755);
+    await make(`${home}/notes/secret.txt`, 0o644, "the password\n");
+    await make(`${root}/tree`, 0o755);
+    await Deno.symlink(`${home}/notes`, `${root}/tree/peek`);
+    const link = await files.attr(`${root}/tree/peek`);
+    assert.equal(link.kind, "symlink", "the link itself is the tree's");
+    const through = await files.attr(`${root}/tree/peek/secret.txt`, { withHash: true });
+    assert.equal(through.kind, null);
+    assert.equal(through.hash, undefined);
+    assert.equal((await files.attr(`${root}/tree/peek/secret.txt`)).kind, null);
+    assert.deepEqual(await files.dir(`${root}/tree/peek`), [], "a link is not listed");
+    // Nor by its real name.
+    assert.equal((await files.attr(`${home}/notes/secret.txt`)).kind, null);
+  });
+});
+
+Deno.test("FileServer: a file made after its directory was chmod 700 is not served (no permission remembered)", async () => {
+  await withServer(async (root, files) => {
+    const dir = `${root}/src`;
+    await make(dir, 0o755);
+    await make(`${dir}/a.c`, 0o644, "int a;\n");
+    assert.equal((await files.attr(`${dir}/a.c`, { withHash: true })).kind, "file");
+    assert.equal((await files.dir(dir)).length, 1);
+    await Deno.chmod(dir, 0o700);
+    await make(`${dir}/new-secret.c`, 0o644, "int key = 42;\n");
+    assert.equal((await files.attr(`${dir}/new-secret.c`, { withHash: true })).kind, null);
+    assert.equal((await files.attr(`${dir}/a.c`)).kind, null);
+    assert.deepEqual(await files.dir(dir), []);
+    assert.deepEqual((await files.attr(dir)).children, {});
+    // Opened again: served again.
+    await Deno.chmod(dir, 0o755);
+    assert.equal((await files.attr(`${dir}/new-secret.c`)).kind, "file");
+    // Searchable but not listable: its files are served, its listing is not.
+    await Deno.chmod(dir, 0o711);
+    assert.equal((await files.attr(`${dir}/a.c`)).kind, "file");
+    assert.deepEqual((await files.attr(dir)).children, {});
+  });
+});
+
+Deno.test("FileServer: an excluded path reached through a symlink (tree/p -> /proc/self) is not served", async () => {
+  await withServer(async (root, files) => {
+    await Deno.symlink("/proc/self", `${root}/p`);
+    assert.equal((await files.attr("/proc/self/cmdline")).kind, null, "excluded by name");
+    assert.equal((await files.attr(`${root}/p/cmdline`, { withHash: true })).kind, null);
+    assert.deepEqual(await files.dir(`${root}/p/task`), []);
+    assert.equal((await files.attr(`${root}/p/task`)).kind, null);
+  }, { exclusions: ["/proc"] });
 });

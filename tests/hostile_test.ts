@@ -701,8 +701,10 @@ int main(void) {
   for (int pid = 1; pid < 4096; pid++) {
     if (!visible[pid] && ptrace(PTRACE_ATTACH, pid, 0, 0) == 0) unseen++;
   }
-  kill(-1, SIGKILL);
+  /* Said before the kill: the job ends when its shell dies, maybe before a late printf. */
   printf("processes seen %d, attached unseen %d\\n", seen, unseen);
+  fflush(stdout);
+  kill(-1, SIGKILL);
   return 0;
 }
 `;

@@ -199,3 +199,198 @@ Deno.test("master refuses a second master on the same socket and cleans a stale 
     await Deno.remove(cache, { recursive: true });
   }
 });
+
+/**
+ * A listening socket that answers every request with "pwned" and exit 0, as an
+ * attacker's would; `received()` is what requests reached it.
+ */
+async function fakeMaster(path: string, options: { asNobody?: boolean } = {}) {
+  const py = `
+import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o700)
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    data = b""
+    try:
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except Exception:
+        pass
+    print("got", data[5:].decode(errors="replace"), flush=True)
+    for kind, body in ((0x4F, b"pwned\\n"), (0x58, json.dumps({"code": 0}).encode())):
+        c.sendall(struct.pack(">IB", len(body) + 1, kind) + body)
+    c.close()
+`;
+  const nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+  // The system python: a user's own (pyenv under /root) is out of nobody's reach.
+  const argv = [...(options.asNobody ? nobody : []), "/usr/bin/python3", "-c", py, path];
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("ready\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`fake master at ${path} did not start`);
+    text += value;
+  }
+  const rest = (async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return text;
+      text += value;
+    }
+  })();
+  return {
+    /** Stops it; resolves with what requests reached it. */
+    async stop(): Promise<string> {
+      child.kill("SIGKILL");
+      await child.status;
+      return (await rest).replace(/^ready\n/, "");
+    },
+  };
+}
+
+const SECRET_ENV = { PATH: "/usr/bin:/bin", TERMITE_TOKEN: "s3cret-token" };
+
+/** Runs `gcc -c x.c` through the wrapper; the fake master must have received nothing. */
+async function refused(
+  cwd: string,
+  env: Record<string, string>,
+  master: { stop(): Promise<string> },
+) {
+  const r = await wrap(["--as", "gcc", "-c", "x.c"], { cwd, env: { ...SECRET_ENV, ...env } });
+  const received = await master.stop();
+  assert.equal(received, "", "the request reached the socket");
+  assert.equal(r.stdout, "");
+  assert.equal(r.code, 255, r.stderr);
+  return r.stderr;
+}
+
+Deno.test("wrapper: a socket another user planted in a 1777 parent of the tree is refused; nothing is sent", async () => {
+  const dir = await tempTree();
+  try {
+    const shared = `${dir}/shared`; // like /tmp
+    await Deno.mkdir(`${shared}/tree`, { recursive: true });
+    await Deno.chmod(shared, 0o1777);
+    await Deno.chmod(`${shared}/tree`, 0o755);
+    const planted = `${shared}/.termite-socket`;
+    const attacker = await fakeMaster(planted, { asNobody: true });
+    assert.equal((await Deno.lstat(planted)).uid, 65534);
+    const stderr = await refused(`${shared}/tree`, {}, attacker);
+    assert.equal(
+      stderr.split("\n")[0],
+      `termite: refusing the master socket ${planted}: it belongs to uid 65534, not to you ` +
+        `(uid 0) or root; anyone who could put it there would get this command and its environment`,
+    );
+    // With the local fallback the command runs here, still sending nothing.
+    const again = await fakeMaster(`${shared}/.termite-socket-2`, { asNobody: true });
+    await Deno.rename(`${shared}/.termite-socket-2`, planted);
+    const local = await wrap(["--as", "echo", "local"], {
+      cwd: `${shared}/tree`,
+      env: { ...SECRET_ENV, TERMITE_LOCAL_FALLBACK: "1" },
+    });
+    assert.equal(await again.stop(), "");
+    assert.equal(local.code, 0);
+    assert.equal(local.stdout, "local\n");
+    assert.match(local.stderr, /refusing the master socket/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("wrapper: a socket owned by another user, or writable by others, in the tree's own 0755 directory is refused", async () => {
+  const dir = await tempTree();
+  try {
+    const socket = `${dir}/.termite-socket`;
+    const theirs = await fakeMaster(socket);
+    await Deno.chown(socket, 65534, 65534);
+    assert.match(await refused(dir, {}, theirs), /it belongs to uid 65534, not to you/);
+    await Deno.remove(socket);
+    const open = await fakeMaster(socket);
+    await Deno.chmod(socket, 0o777);
+    assert.match(
+      await refused(dir, {}, open),
+      new RegExp(`socket ${socket}: it is writable by its group and others \\(mode 0777\\)`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("wrapper: a .termite-socket that is a symlink (even to a good socket) is refused", async () => {
+  const dir = await tempTree();
+  try {
+    await Deno.mkdir(`${dir}/private`, { mode: 0o700 });
+    const real = `${dir}/private/master.sock`;
+    const behind = await fakeMaster(real);
+    await Deno.mkdir(`${dir}/tree`);
+    await Deno.chmod(`${dir}/tree`, 0o755);
+    await Deno.symlink(real, `${dir}/tree/.termite-socket`);
+    assert.match(
+      await refused(`${dir}/tree`, {}, behind),
+      new RegExp(`refusing the master socket ${dir}/tree/.termite-socket: it is a symlink`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("wrapper: TERMITE_SOCKET naming a socket in a 1777 directory (a /tmp) or a group-writable one is refused", async () => {
+  const dir = await tempTree();
+  try {
+    const tmp = `${dir}/tmp`;
+    await Deno.mkdir(tmp);
+    await Deno.chmod(tmp, 0o1777);
+    const mine = await fakeMaster(`${tmp}/termite.sock`); // the caller's own, even
+    assert.match(
+      await refused(dir, { TERMITE_SOCKET: `${tmp}/termite.sock` }, mine),
+      new RegExp(`its directory ${tmp} is writable by its group and others \\(mode 01777\\)`),
+    );
+    const group = `${dir}/group`;
+    await Deno.mkdir(group);
+    await Deno.chmod(group, 0o775);
+    const shared = await fakeMaster(`${group}/termite.sock`);
+    // A relative TERMITE_SOCKET is taken from the working directory.
+    assert.match(
+      await refused(dir, { TERMITE_SOCKET: "group/termite.sock" }, shared),
+      new RegExp(`socket ${group}/termite.sock: its directory ${group} is writable by its group`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("master: in a tree others may write it says that wrappers will refuse its socket", async () => {
+  const dir = await tempTree();
+  const cache = await Deno.makeTempDir({ prefix: "termite-mcache-" });
+  try {
+    await Deno.chmod(dir, 0o1777);
+    const logs: string[] = [];
+    const master = await startMaster({
+      root: dir,
+      secret: await secretFromBytes(crypto.getRandomValues(new Uint8Array(32))),
+      cacheDir: cache,
+      log: (m) => logs.push(m),
+    });
+    await master.close();
+    assert.deepEqual(logs, [
+      `wrappers will refuse the socket ${dir}/.termite-socket: its directory ${dir} is ` +
+      `writable by its group and others (mode 01777)`,
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(cache, { recursive: true });
+  }
+});

@@ -26,20 +26,68 @@ export interface WrapperOptions {
   shell?: boolean;
 }
 
-/** Finds the master's socket: `TERMITE_SOCKET`, else walking up from `cwd`. */
+/**
+ * Finds the master's socket: `TERMITE_SOCKET`, else the nearest
+ * `.termite-socket` walking up from `cwd` (a socket, or a symlink that
+ * {@linkcode distrustSocket} then refuses).
+ */
 export function findSocket(cwd: string, env: Record<string, string>): string | null {
-  if (env.TERMITE_SOCKET) return env.TERMITE_SOCKET;
+  const named = env.TERMITE_SOCKET;
+  if (named) return named.startsWith("/") ? named : `${cwd === "/" ? "" : cwd}/${named}`;
   let dir = cwd;
   for (;;) {
     const candidate = `${dir === "/" ? "" : dir}/${SOCKET_NAME}`;
     try {
-      if (Deno.statSync(candidate).isSocket) return candidate;
+      const info = Deno.lstatSync(candidate);
+      if (info.isSocket || info.isSymlink) return candidate;
     } catch {
       // Not here: keep walking up.
     }
     if (dir === "/") return null;
     dir = dir.slice(0, dir.lastIndexOf("/")) || "/";
   }
+}
+
+function writableBy(mode: number): string | null {
+  if ((mode & 0o022) === 0) return null;
+  const who = [(mode & 0o020) !== 0 ? "its group" : "", (mode & 0o002) !== 0 ? "others" : ""];
+  return `writable by ${who.filter((w) => w !== "").join(" and ")} (mode 0${mode.toString(8)})`;
+}
+
+/**
+ * Why the wrapper of user `uid` may not hand a command (argv, cwd, the whole
+ * environment) to the socket at `path`, or null when it may: the socket and
+ * the directory holding it must belong to `uid` or root and be writable by
+ * nobody else (else anyone could have put it there, or swap it). The socket
+ * itself is not followed: a symlink is refused.
+ */
+export function distrustSocket(path: string, uid: number): string | null {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(path);
+  } catch (err) {
+    return err instanceof Deno.errors.NotFound ? "there is no such socket" : String(err);
+  }
+  if (info.isSymlink) return "it is a symlink";
+  if (!info.isSocket) return "it is not a socket";
+  const owner = (what: string, id: number | null) =>
+    id === uid || id === 0 ? null : `${what} belongs to uid ${id}, not to you (uid ${uid}) or root`;
+  const notMine = owner("it", info.uid);
+  if (notMine) return notMine;
+  const open = writableBy((info.mode ?? 0) & 0o7777);
+  if (open) return `it is ${open}`;
+  const dir = path.slice(0, path.lastIndexOf("/")) || "/";
+  let dirInfo: Deno.FileInfo;
+  try {
+    dirInfo = Deno.statSync(dir);
+  } catch (err) {
+    return `its directory ${dir}: ${err}`;
+  }
+  const dirNotMine = owner(`its directory ${dir}`, dirInfo.uid);
+  if (dirNotMine) return dirNotMine;
+  const dirOpen = writableBy((dirInfo.mode ?? 0) & 0o7777);
+  if (dirOpen) return `its directory ${dir} is ${dirOpen}`;
+  return null;
 }
 
 /**
@@ -135,6 +183,14 @@ export async function runWrapper(options: WrapperOptions): Promise<number> {
         `start one with \`termite master\` in the build tree, or set TERMITE_LOCAL_FALLBACK=1`,
     );
     return 255;
+  }
+  const why = distrustSocket(socket, Deno.uid() ?? 0);
+  if (why !== null) {
+    console.error(
+      `termite: refusing the master socket ${socket}: ${why}; ` +
+        `anyone who could put it there would get this command and its environment`,
+    );
+    return fallback ? runLocally(options) : 255;
   }
   let conn: Deno.UnixConn;
   try {
