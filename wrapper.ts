@@ -4,6 +4,7 @@
  *
  *   wrapper.ts --as NAME [ARGS...]     run tool NAME through the master
  *   wrapper.ts --as sh -c SCRIPT       shell-wrapper mode
+ *   wrapper.ts --as termite CMD ...    a compiler launcher (CMake, like ccache)
  *
  * The `bin/termite-wrap` shim (symlinked as the tool) imports this module and
  * calls {@linkcode main} with the name and directory of the link; a binary made
@@ -17,7 +18,9 @@ const HELP = `usage: wrapper.ts --as TOOL [ARGS...]     run TOOL through the mas
 Normally not run by hand: symlink bin/termite-wrap under each tool's name
 (gcc, g++, cc, c++, ar, ranlib, and termite-sh for make's SHELL) in a folder
 put first in PATH; each link then behaves exactly like the tool, its command
-running on a worker (or here, when .termite-localrc says so).
+running on a worker (or here, when .termite-localrc says so). Linked as
+\`termite\`, it is a compiler launcher: \`termite gcc -c x.c\`, as CMake's
+-DCMAKE_C_COMPILER_LAUNCHER=/path/to/links/termite uses it.
 
 flags:
   --as TOOL  the tool to run (default: the name the wrapper was started as)
@@ -26,9 +29,13 @@ flags:
 environment:
   TERMITE_SOCKET          the master's socket (default: .termite-socket in the
                           current folder or the nearest one above it)
-  TERMITE_LOCAL_FALLBACK  1: run the command here when no master listens
+  TERMITE_LOCAL_FALLBACK  0: fail (exit 255) when no master can take the command;
+                          default: run it here, with one warning line
   TERMITE_WRAPPER_DIR     the folder of the links, left out of the job's PATH
                           (default: the folder of the link that was run)`;
+
+/** Names under which the wrapper is a launcher: the command is its first argument. */
+const LAUNCHER_NAMES = new Set(["termite", "termite-wrap"]);
 
 /**
  * Runs the wrapper; resolves with the exit status. `wrapperDir` (the
@@ -54,6 +61,16 @@ export async function main(args: string[], wrapperDir?: string): Promise<number>
     }
     console.error("termite wrapper: usage: wrapper.ts --as TOOL [ARGS...] (see --help)");
     return 2;
+  }
+  if (LAUNCHER_NAMES.has(tool)) {
+    // A compiler launcher (CMake's CMAKE_<LANG>_COMPILER_LAUNCHER, like ccache):
+    // the command follows.
+    tool = args[0];
+    args = args.slice(1);
+    if (!tool) {
+      console.error("termite: usage: termite COMMAND [ARGS...] (a compiler launcher)");
+      return 2;
+    }
   }
   const env = Deno.env.toObject();
   wrapperDir ??= env.TERMITE_WRAPPER_DIR;

@@ -173,7 +173,9 @@ export class Farm implements AsyncDisposable {
     const secret = crypto.getRandomValues(new Uint8Array(32));
     await Deno.writeFile(this.secretPath, secret, { mode: 0o600 });
     await Deno.chmod(this.secretPath, 0o600);
-    for (const tool of o.tools ?? ["gcc", "cc", "g++", "c++", "ar", "ranlib", "termite-sh"]) {
+    for (
+      const tool of o.tools ?? ["gcc", "cc", "g++", "c++", "ar", "ranlib", "termite-sh", "termite"]
+    ) {
       await Deno.remove(`${this.binDir}/${tool}`).catch(() => {});
       await Deno.symlink(`${ROOT}/bin/termite-wrap`, `${this.binDir}/${tool}`);
     }

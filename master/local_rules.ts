@@ -2,7 +2,8 @@
  * Which commands the master runs itself, from `.termite-localrc` in the
  * writable root: a JSON list of `{ "regexp": "...", "local": true }`, first
  * match wins, matched against the command line (argv joined by spaces, or the
- * shell script). Plus the master's own `mkdir -p` and `rm -f`/`rm -rf`.
+ * shell script), then the defaults ({@linkcode DEFAULT_RULES}). Plus the
+ * master's own `mkdir -p` and `rm -f`/`rm -rf`.
  *
  * The file is policy: a rule runs commands unsandboxed as the master's user.
  * It is used only when it is a regular file owned by that user (or root) and
@@ -25,11 +26,23 @@ export const LOCALRC_NAME = ".termite-localrc";
 /** A larger `.termite-localrc` is refused. */
 export const LOCALRC_BYTES_MAX = 1 << 20;
 
-/** What users of the original expect to stay local: recursive make, configure. */
+/**
+ * Where a command starts in a command line or shell script: its start, after
+ * `;`, `&&`, `||`, `|`, `(` or a keyword, past variable assignments.
+ */
+const COMMAND_START = String
+  .raw`(?:^|[;&|(]|\b(?:then|do|else|exec|time|nice|env)\b)\s*(?:\w+=\S*\s+)*`;
+
+/**
+ * What users of the original expect to stay local: recursive make in any
+ * spelling (`make`, `/usr/bin/make -C sub`, `cd src && make linux`,
+ * `(cd x; gmake)`), configure and config.status. They apply after the rules
+ * of `.termite-localrc`, which may override them with `"local": false`.
+ */
 export const DEFAULT_RULES: LocalRule[] = [
-  { regexp: "^(\\S*/)?(make|gmake)( |$)", local: true },
-  { regexp: "^(\\S*/)?configure( |$)", local: true },
-  { regexp: "^(\\S*/)?(\\./)?config\\.status( |$)", local: true },
+  { regexp: String.raw`${COMMAND_START}(?:\S*/)?g?make(?:[\s;&|)]|$)`, local: true },
+  { regexp: String.raw`${COMMAND_START}(?:\S*/)?configure(?:[\s;&|)]|$)`, local: true },
+  { regexp: String.raw`${COMMAND_START}(?:\S*/)?config\.status(?:[\s;&|)]|$)`, local: true },
 ];
 
 /** `.termite-localrc` cannot be used: unsafe, unreadable or malformed. */
@@ -101,7 +114,8 @@ export class LocalRules {
       }
       return { regexp: r.regexp, local: r.local !== false, skipRefresh: r.skipRefresh === true };
     });
-    return new LocalRules(rules, path);
+    // The defaults still apply, after the file's own rules.
+    return new LocalRules([...rules, ...DEFAULT_RULES], path);
   }
 
   match(commandLine: string): LocalRule | undefined {

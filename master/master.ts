@@ -21,7 +21,13 @@ import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
 import { outsideReason } from "./outside.ts";
-import { LOCALRC_NAME, LocalRules, parseBuiltin, runBuiltin } from "./local_rules.ts";
+import {
+  LOCALRC_NAME,
+  LocalRules,
+  LocalRulesError,
+  parseBuiltin,
+  runBuiltin,
+} from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { TreeWatcher } from "./tree_watcher.ts";
@@ -107,6 +113,12 @@ export interface JobRequest {
   cwd: string;
   env: Record<string, string>;
   shell?: boolean;
+  /**
+   * The caller's PATH with the wrapper's directory still in it: commands the
+   * local rules run here (a recursive make) use it, so that their own
+   * compiles and `SHELL=termite-sh` go through the wrapper again.
+   */
+  localPath?: string;
 }
 
 export interface WorkerJobStats {
@@ -270,6 +282,7 @@ export class Master implements AsyncDisposable {
   #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
   #rulesStamp = "";
+  #rulesError: string | null = null;
   #localSlots: Semaphore;
   #closed = false;
   #jobSeq = 0;
@@ -502,8 +515,21 @@ export class Master implements AsyncDisposable {
       return { code };
     }
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
-    const rule = (await this.#currentRules()).match(commandLine);
-    if (rule?.local) return await this.#runLocal(request, io, !rule.skipRefresh, false);
+    let rules: LocalRules;
+    try {
+      rules = await this.#currentRules();
+    } catch (err) {
+      this.stats.jobsFailed++;
+      return { code: 255, error: (err as Error).message };
+    }
+    const rule = rules.match(commandLine);
+    if (rule?.local) {
+      // With the wrapper on its PATH: a recursive make's compiles come back here.
+      const env = request.localPath === undefined
+        ? request.env
+        : { ...request.env, PATH: request.localPath };
+      return await this.#runLocal({ ...request, env }, io, !rule.skipRefresh, false);
+    }
     const hidden = this.#treeHiddenReason();
     if (hidden !== null) {
       this.#noteFallback("unservable", hidden);
@@ -604,7 +630,8 @@ export class Master implements AsyncDisposable {
 
   /**
    * The local rules, read again when `.termite-localrc` changed (its owner or
-   * mode too: a file made writable by others is refused, the previous rules kept).
+   * mode too); while it cannot be used (untrusted, malformed), every job
+   * fails with the reason, at the wrapper.
    */
   async #currentRules(): Promise<LocalRules> {
     const info = await Deno.lstat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
@@ -615,11 +642,16 @@ export class Master implements AsyncDisposable {
     if (stamp !== this.#rulesStamp) {
       try {
         this.#rules = await LocalRules.load(this.root);
+        this.#rulesError = null;
       } catch (err) {
-        this.#log(`keeping the previous local rules: ${(err as Error).message}`);
+        // Said to every wrapper until the file is fixed: a build that quietly
+        // ran its rules' commands elsewhere would go wrong in subtle ways.
+        this.#rulesError = (err as Error).message;
+        this.#log(this.#rulesError);
       }
       this.#rulesStamp = stamp;
     }
+    if (this.#rulesError !== null) throw new LocalRulesError(this.#rulesError);
     return this.#rules;
   }
 

@@ -38,7 +38,8 @@ function validRequest(raw: unknown): JobRequest | string {
   if (typeof r.cwd !== "string" || !r.cwd.startsWith("/")) return "bad cwd";
   if (typeof r.env !== "object" || r.env === null) return "bad env";
   for (const v of Object.values(r.env)) if (typeof v !== "string") return "bad env";
-  return { argv: r.argv, cwd: r.cwd, env: r.env, shell: r.shell === true };
+  if (r.localPath !== undefined && typeof r.localPath !== "string") return "bad localPath";
+  return { argv: r.argv, cwd: r.cwd, env: r.env, shell: r.shell === true, localPath: r.localPath };
 }
 
 /** Removes a stale socket file, or fails if a master is listening on it. */

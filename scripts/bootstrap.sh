@@ -20,6 +20,7 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v dpkg-source >/dev/null 2>&1 || need_apt+=(dpkg-dev)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]}" >&2
   apt-get update -qq

@@ -513,3 +513,53 @@ Deno.test("e2e: an output or include outside the tree is never lost: such a comp
     }
   });
 });
+
+Deno.test("e2e: lua builds with make SHELL=termite-sh: the recursive make stays here, its compiles go to the workers", async () => {
+  const src = await fetchSource("lua5.4");
+  await withFarm("shell", { source: src }, async (farm, tree) => {
+    const local = `${tree}-local`;
+    assert.equal((await runIn(ROOT, ["cp", "-a", src, local])).code, 0);
+    assert.equal((await runIn(local, ["make", "-j4", "linux"])).code, 0);
+    // A bare termite-sh, found on PATH, as a user would write it.
+    const build = await runIn(tree, ["make", "-j4", "SHELL=termite-sh", "linux"], farm.env);
+    assert.equal(build.code, 0, build.stdout + build.stderr);
+    assert.equal((await runIn(tree, [`${tree}/src/lua`, "-e", "print(6*7)"])).stdout, "42\n");
+    const objects = [...Deno.readDirSync(`${local}/src`)].filter((e) => e.name.endsWith(".o"));
+    for (const o of objects) {
+      assert.ok(await sameBytes(`${local}/src/${o.name}`, `${tree}/src/${o.name}`), o.name);
+    }
+    const { jobs } = await farm.status();
+    // `cd src && make linux` (and the sub-make's own `make` lines) ran here by the
+    // default rules; every compile ran on a worker.
+    assert.ok(jobs.jobsRemote >= objects.length, JSON.stringify(jobs));
+    assert.ok(jobs.jobsLocal >= 1 && jobs.jobsLocal <= 3, JSON.stringify(jobs));
+    assert.deepEqual(jobs.localByCause, {});
+    await Deno.remove(local, { recursive: true });
+  });
+});
+
+Deno.test("e2e: CMake with the wrapper as its compiler launcher builds on the workers", async () => {
+  await withFarm("cmake", { workers: 1 }, async (farm, tree) => {
+    await Deno.writeTextFile(
+      `${tree}/CMakeLists.txt`,
+      "cmake_minimum_required(VERSION 3.13)\nproject(hello C)\nadd_executable(hello a.c b.c)\n",
+    );
+    await Deno.writeTextFile(`${tree}/a.c`, "int b(void);\nint main(void) { return b() - 42; }\n");
+    await Deno.writeTextFile(`${tree}/b.c`, "int b(void) { return 42; }\n");
+    const configure = await runIn(tree, [
+      "cmake",
+      "-S",
+      ".",
+      "-B",
+      "build",
+      `-DCMAKE_C_COMPILER_LAUNCHER=${farm.binDir}/termite`,
+    ], { PATH: "/usr/bin:/bin" });
+    assert.equal(configure.code, 0, configure.stdout + configure.stderr);
+    const before = (await farm.status()).jobs.jobsRemote;
+    const build = await runIn(tree, ["cmake", "--build", "build"], { PATH: "/usr/bin:/bin" });
+    assert.equal(build.code, 0, build.stdout + build.stderr);
+    assert.doesNotMatch(build.stderr, /termite:/);
+    assert.equal((await runIn(tree, [`${tree}/build/hello`])).code, 0);
+    assert.ok((await farm.status()).jobs.jobsRemote - before >= 2, "both compiles ran remotely");
+  });
+});

@@ -232,10 +232,16 @@ for (const signal of ["SIGKILL", "SIGTERM"] as const) {
         const jobs = `${farm.workerCacheDir(i)}/jobs/`;
         assert.ok(await waitUntil(async () => (await pidsMentioning(jobs)).length === 0, 10_000));
       }
-      // A wrapper started while the master is down fails at once, clearly.
-      const down = await runIn(tree, [`${farm.binDir}/gcc`, "-c", "f0.c", "-o", "x.o"], farm.env);
+      // A wrapper started while the master is down fails at once, clearly, when told to;
+      // by default it compiles here, with one warning line.
+      const gcc = [`${farm.binDir}/gcc`, "-c", "f0.c", "-o", "x.o"];
+      const down = await runIn(tree, gcc, { ...farm.env, TERMITE_LOCAL_FALLBACK: "0" });
       assert.equal(down.code, 255);
       assert.match(down.stderr, /^termite: .*master/m);
+      const here = await runIn(tree, gcc, farm.env);
+      assert.equal(here.code, 0, here.stderr);
+      assert.match(here.stderr, /^termite: cannot reach the master .*; running gcc here$/m);
+      await Deno.remove(`${tree}/x.o`);
       // Restarted, the master clears staging dirs; the build completes.
       await farm.startMaster();
       assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);

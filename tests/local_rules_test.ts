@@ -153,7 +153,7 @@ Deno.test("LocalRules: a .termite-localrc that is a FIFO is refused at once, nev
   });
 });
 
-Deno.test("master: refuses to start on an untrusted .termite-localrc; a running one keeps its rules", async () => {
+Deno.test("master: refuses to start on an untrusted .termite-localrc; a running one fails each job with the reason until it is fixed", async () => {
   await withTree(async (root, rc) => {
     const cacheDir = await Deno.makeTempDir({ prefix: "termite-localrc-cache-" });
     const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
@@ -177,19 +177,51 @@ Deno.test("master: refuses to start on an untrusted .termite-localrc; a running 
           stdin: null,
           signal: new AbortController().signal,
         };
+        // Every job then fails at its wrapper, saying why, until the file is fixed.
+        const refused = await master.run({ argv: ["true"], cwd: root, env: {} }, io);
+        assert.equal(refused.code, 255);
+        assert.match(refused.error ?? "", new RegExp(`Refusing ${rc}: .*uid 65534`));
+        assert.ok(logs.some((m) => m.startsWith(`Refusing ${rc}`)), logs.join("\n"));
+        await Deno.chown(rc, 0, 0);
         const { code } = await master.run({ argv: ["true"], cwd: root, env: {} }, io);
         assert.equal(code, 0);
-        assert.ok(
-          logs.some((m) =>
-            m.startsWith("keeping the previous local rules: Refusing") && m.includes("uid 65534")
-          ),
-          logs.join("\n"),
-        );
       } finally {
         await master.close();
       }
     } finally {
       await Deno.remove(cacheDir, { recursive: true });
     }
+  });
+});
+
+Deno.test("default rules keep recursive make and configure local in their common spellings", () => {
+  const rules = new LocalRules(DEFAULT_RULES);
+  for (
+    const line of [
+      "make -j4",
+      "/usr/bin/make all",
+      "gmake",
+      "cd src && make linux",
+      "(cd src; make)",
+      "MAKEFLAGS= make -C x",
+      "if true; then make; fi",
+      "env CC=gcc make",
+      "cd build && ../configure --prefix=/x",
+      "./config.status",
+    ]
+  ) assert.ok(rules.match(line)?.local, line);
+  for (
+    const line of ["echo make", "automake", "cmake --build .", "/usr/bin/cmake x", "gcc -c make.c"]
+  ) assert.equal(rules.match(line), undefined, line);
+});
+
+Deno.test("a .termite-localrc adds to the default rules; a rule of its own may turn one off", async () => {
+  await withTree(async (root, rc) => {
+    await writeRules(rc, [{ regexp: "^gen-", local: true }]);
+    const rules = await LocalRules.load(root);
+    assert.ok(rules.match("gen-header x.h")?.local);
+    assert.ok(rules.match("cd src && make")?.local, "the defaults still apply");
+    await writeRules(rc, [{ regexp: "make", local: false }]);
+    assert.equal((await LocalRules.load(root)).match("make -C sub")?.local, false);
   });
 });

@@ -47,34 +47,74 @@ async function tempTree(): Promise<string> {
   return dir;
 }
 
-Deno.test("wrapper: no master gives a clear one-line error, never a hang", async () => {
+Deno.test("wrapper: with no master the tool runs here with one warning line, or fails when asked to", async () => {
   const dir = await tempTree();
   try {
     const r = await wrap(["--as", "gcc", "--version"], {
       cwd: dir,
       env: { PATH: "/usr/bin:/bin" },
     });
-    assert.equal(r.code, 255);
-    assert.match(r.stderr, /no master socket .* start one with `termite master`/);
-    assert.equal(r.stderr.trim().split("\n").length, 1);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^gcc /, "gcc's own output");
+    const lines = r.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(
+      lines[0],
+      /^termite: no master for .* start `deno run -A \/.*\/master\.ts` in the build tree\); running gcc here$/,
+    );
+    const strict = await wrap(["--as", "gcc", "--version"], {
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "0" },
+    });
+    assert.equal(strict.code, 255);
+    assert.equal(strict.stdout, "");
+    assert.match(strict.stderr, /no master for .*TERMITE_LOCAL_FALLBACK=0: not running it here/);
+    assert.equal(strict.stderr.trim().split("\n").length, 1);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
 
-Deno.test("wrapper: a stale socket file is reported, with a local fallback on request", async () => {
+Deno.test("wrapper: linked as `termite` it is a compiler launcher (CMake): the command follows", async () => {
+  const dir = await tempTree();
+  try {
+    const shim = new URL("../bin/termite-wrap", import.meta.url).pathname;
+    await Deno.symlink(shim, `${dir}/termite`);
+    const out = await new Deno.Command(`${dir}/termite`, {
+      args: ["/usr/bin/gcc", "-dumpmachine"],
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin" },
+      clearEnv: true,
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    assert.match(new TextDecoder().decode(out.stdout), /^x86_64-/);
+    assert.match(stderr, /running \/usr\/bin\/gcc here/);
+    const bare = await new Deno.Command(`${dir}/termite`, { cwd: dir }).output();
+    assert.equal(bare.code, 2);
+    assert.match(new TextDecoder().decode(bare.stderr), /usage: termite COMMAND/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("wrapper: a stale socket file is reported, and the tool runs here unless told not to", async () => {
   const dir = await tempTree();
   try {
     await staleSocket(`${dir}/.termite-socket`);
-    const r = await wrap(["--as", "echo", "hi"], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+    const r = await wrap(["--as", "echo", "hi"], {
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "0" },
+    });
     assert.equal(r.code, 255);
     assert.match(r.stderr, /stale socket/);
-    const f = await wrap(["--as", "echo", "hi"], {
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "1" },
-    });
+    const f = await wrap(["--as", "echo", "hi"], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
     assert.equal(f.code, 0);
     assert.equal(f.stdout, "hi\n");
+    assert.match(
+      f.stderr.trim(),
+      /^termite: cannot reach the master .*stale socket\); running echo here$/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -270,7 +310,10 @@ async function refused(
   env: Record<string, string>,
   master: { stop(): Promise<string> },
 ) {
-  const r = await wrap(["--as", "gcc", "-c", "x.c"], { cwd, env: { ...SECRET_ENV, ...env } });
+  const r = await wrap(["--as", "gcc", "-c", "x.c"], {
+    cwd,
+    env: { ...SECRET_ENV, TERMITE_LOCAL_FALLBACK: "0", ...env },
+  });
   const received = await master.stop();
   assert.equal(received, "", "the request reached the socket");
   assert.equal(r.stdout, "");
@@ -292,7 +335,8 @@ Deno.test("wrapper: a socket another user planted in a 1777 parent of the tree i
     assert.equal(
       stderr.split("\n")[0],
       `termite: refusing the master socket ${planted}: it belongs to uid 65534, not to you ` +
-        `(uid 0) or root; anyone who could put it there would get this command and its environment`,
+        `(uid 0) or root; anyone who could put it there would get this command and its environment ` +
+        `(TERMITE_LOCAL_FALLBACK=0: not running it here)`,
     );
     // With the local fallback the command runs here, still sending nothing.
     const again = await fakeMaster(`${shared}/.termite-socket-2`, { asNobody: true });

@@ -172,40 +172,51 @@ function runLocally(options: WrapperOptions): number {
   }
 }
 
+/** The master's entry point beside this checkout's wrapper, for messages. */
+const MASTER_TS = decodeURIComponent(new URL("../master.ts", import.meta.url).pathname);
+
+/**
+ * No master can take the command: like distcc without hosts, run it here with
+ * one warning line, unless `TERMITE_LOCAL_FALLBACK=0` asks for an error.
+ */
+function withoutMaster(options: WrapperOptions, why: string): number {
+  if (options.env.TERMITE_LOCAL_FALLBACK === "0") {
+    console.error(`termite: ${why} (TERMITE_LOCAL_FALLBACK=0: not running it here)`);
+    return 255;
+  }
+  console.error(`termite: ${why}; running ${options.argv[0]} here`);
+  return runLocally(options);
+}
+
 /** Runs the command through the master; returns the exit status to use. */
 export async function runWrapper(options: WrapperOptions): Promise<number> {
-  const fallback = options.env.TERMITE_LOCAL_FALLBACK === "1";
   const socket = findSocket(options.cwd, options.env);
   if (socket === null) {
-    if (fallback) return runLocally(options);
-    console.error(
-      `termite: no master socket (${SOCKET_NAME}) in ${options.cwd} or above; ` +
-        `start one with \`termite master\` in the build tree, or set TERMITE_LOCAL_FALLBACK=1`,
+    return withoutMaster(
+      options,
+      `no master for ${options.cwd} (no ${SOCKET_NAME} there or above; start ` +
+        `\`deno run -A ${MASTER_TS}\` in the build tree)`,
     );
-    return 255;
   }
   const why = distrustSocket(socket, Deno.uid() ?? 0);
   if (why !== null) {
-    console.error(
-      `termite: refusing the master socket ${socket}: ${why}; ` +
+    return withoutMaster(
+      options,
+      `refusing the master socket ${socket}: ${why}; ` +
         `anyone who could put it there would get this command and its environment`,
     );
-    return fallback ? runLocally(options) : 255;
   }
   let conn: Deno.UnixConn;
   try {
     conn = await Deno.connect({ transport: "unix", path: socket });
   } catch (err) {
-    if (fallback) return runLocally(options);
     const why = err instanceof Deno.errors.ConnectionRefused
       ? "no master is listening (stale socket)"
       : (err instanceof Error ? err.message : String(err));
-    console.error(
-      `termite: cannot reach the master at ${socket}: ${why}; start one with \`termite master\``,
-    );
-    return 255;
+    return withoutMaster(options, `cannot reach the master at ${socket}: ${why}`);
   }
   const env = { ...options.env };
+  const localPath = env.PATH;
   if (env.PATH !== undefined) env.PATH = cleanPath(env.PATH, options.wrapperDir, options.cwd);
   const withStdin = stdinIsData();
   const request: WrapperRequest = {
@@ -215,6 +226,7 @@ export async function runWrapper(options: WrapperOptions): Promise<number> {
     env,
     stdin: withStdin,
     shell: options.shell,
+    localPath: localPath !== env.PATH ? localPath : undefined,
   };
   const cancel = () => {
     writeAll(conn, encodeWrapperFrame(FrameType.cancel, new Uint8Array())).catch(() => {});

@@ -35,6 +35,11 @@ export interface WrapperRequest {
   stdin: boolean;
   /** Set by the shell wrapper: argv is `[shell, "-c", script]`. */
   shell?: boolean;
+  /**
+   * PATH as the wrapper was given it (`env.PATH` has the wrapper's directory
+   * taken out): for commands the master's local rules run (a recursive make).
+   */
+  localPath?: string;
 }
 
 export interface WrapperExit {
