@@ -3,7 +3,7 @@
  * secret file, ports in use, running the worker without root.
  */
 import assert from "node:assert/strict";
-import { Flags, FlagSpecs, helpText, resolvePath } from "../common/cli.ts";
+import { Flags, type FlagSpecs, helpText, resolvePath } from "../common/cli.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const ROLES = ["coordinator", "worker", "master"] as const;
