@@ -10,6 +10,7 @@ export {
   type Coordinator,
   type CoordinatorOptions,
   MASTERS_MAX_DEFAULT,
+  type MasterView,
   startCoordinator,
   WORKER_TIMEOUT_MS_DEFAULT,
   WORKERS_MAX_DEFAULT,
@@ -22,6 +23,12 @@ export {
 } from "./registration.ts";
 export { watchWorkers, type WorkerWatch, type WorkerWatchOptions } from "./watch.ts";
 export {
+  type MasterReporter,
+  type MasterReporterOptions,
+  REPORT_INTERVAL_MS_DEFAULT,
+  reportToCoordinator,
+} from "./report.ts";
+export {
   ADMIN_ACTIONS,
   ADMIN_TOKEN_SKEW_S,
   type AdminAction,
@@ -30,8 +37,16 @@ export {
 } from "./admin_token.ts";
 export {
   InvalidWorkerInfoError,
+  type MasterAnnouncement,
+  type MasterBuild,
+  type MasterJobReport,
+  type MasterReport,
+  type MasterWorkerReport,
   type RegisterParams,
   type RegisterReply,
+  type ReportReply,
+  validateMasterAnnouncement,
+  validateMasterReport,
   validateRegisterParams,
   type WorkerInfo,
   type WorkerList,

@@ -4,7 +4,9 @@
  *
  * Workers connect with role "worker" and call "register" every few seconds;
  * masters connect with role "master", call "subscribe" once and then receive
- * "workers" notifications. A worker is dropped when its connection closes or
+ * "workers" notifications; a master may say who it is with "subscribe"
+ * (`{master}`) and "report" its build about once a second, which the status
+ * page shows. A worker is dropped when its connection closes or
  * when it has not re-registered within `workerTimeoutMs`. A worker that
  * announces a wildcard host ("0.0.0.0:1232") is listed at the host its
  * connection came from.
@@ -23,13 +25,19 @@ import { errorMessage } from "./_net.ts";
 import { isLoopbackHost, ListenError, parseHostPort, reachableAddress } from "../common/address.ts";
 import { renderStatusPage } from "./status_page.ts";
 import {
+  type MasterAnnouncement,
+  type MasterBuild,
   type RegisterReply,
+  type ReportReply,
+  validateMasterAnnouncement,
+  validateMasterReport,
   validateRegisterParams,
   WORKER_ID_CHARS_MAX,
   type WorkerInfo,
   type WorkerList,
   WORKERS_MAX_DEFAULT,
 } from "./types.ts";
+import { RateWindow } from "../common/rate.ts";
 
 /** Options for {@linkcode startCoordinator}. */
 export interface CoordinatorOptions {
@@ -64,6 +72,8 @@ export interface Coordinator extends AsyncDisposable {
   readonly httpPort: number | undefined;
   /** The live workers, sorted by address. */
   workers(): WorkerInfo[];
+  /** The masters: those that said who they are, then anonymous subscribers. */
+  masters(): MasterView[];
   close(): Promise<void>;
 }
 
@@ -81,6 +91,33 @@ interface WorkerEntry {
 interface Subscriber {
   sending: boolean;
   dirty: boolean;
+  /** The master's id, when its "subscribe" said. */
+  masterId?: string;
+}
+
+/** A master that said who it is, over one or more connections. */
+interface MasterEntry {
+  info: MasterAnnouncement;
+  /** Where its latest connection came from. */
+  remoteAddr: string;
+  peers: Set<RpcPeer>;
+  firstSeenMs: number;
+  /** Its last "report", epoch ms; 0 before any. */
+  lastReportMs: number;
+  build?: MasterBuild;
+  rate: RateWindow;
+}
+
+/** A master as the status page lists it. */
+export interface MasterView extends Partial<MasterAnnouncement> {
+  /** Where its connection comes from. */
+  remoteAddr: string;
+  /** Watches the worker list. */
+  subscribed: boolean;
+  firstSeenMs?: number;
+  lastReportMs?: number;
+  jobsPerSecond?: number;
+  build?: MasterBuild;
 }
 
 function sameExceptContact(a: WorkerInfo, b: WorkerInfo): boolean {
@@ -122,9 +159,11 @@ class CoordinatorImpl implements Coordinator {
   readonly #relayTimeoutMs: number;
   readonly #workers = new Map<string, WorkerEntry>();
   readonly #subscribers = new Map<RpcPeer, Subscriber>();
+  readonly #masters = new Map<string, MasterEntry>();
   readonly #trackedPeers = new WeakSet<RpcPeer>();
   readonly #usedTokens = new Map<string, number>();
   #seq = 0;
+  #reports = 0;
   #pushTimer: ReturnType<typeof setTimeout> | undefined;
   #pushPending = false;
   #sweepTimer: ReturnType<typeof setInterval> | undefined;
@@ -197,6 +236,25 @@ class CoordinatorImpl implements Coordinator {
       .sort((a, b) => a.address < b.address ? -1 : a.address > b.address ? 1 : 0);
   }
 
+  masters(): MasterView[] {
+    const nowMs = this.#now();
+    const named: MasterView[] = [...this.#masters.values()].map((e) => ({
+      ...e.info,
+      remoteAddr: e.remoteAddr,
+      subscribed: [...e.peers].some((p) => this.#subscribers.has(p)),
+      firstSeenMs: e.firstSeenMs,
+      ...(e.lastReportMs === 0 ? {} : {
+        lastReportMs: e.lastReportMs,
+        jobsPerSecond: e.rate.perSecond(nowMs),
+        build: e.build,
+      }),
+    })).sort((a, b) => (a.root ?? "").localeCompare(b.root ?? "") || a.id!.localeCompare(b.id!));
+    const anonymous: MasterView[] = [...this.#subscribers]
+      .filter(([, sub]) => sub.masterId === undefined)
+      .map(([peer]) => ({ remoteAddr: peer.remoteAddr, subscribed: true }));
+    return [...named, ...anonymous];
+  }
+
   #list(): WorkerList {
     return { seq: this.#seq, workers: this.workers() };
   }
@@ -207,8 +265,9 @@ class CoordinatorImpl implements Coordinator {
         return { register: (params: unknown) => this.#register(peer, params) };
       case "master":
         return {
-          subscribe: () => this.#subscribe(peer),
+          subscribe: (params: unknown) => this.#subscribe(peer, params),
           workers: () => this.#list(),
+          report: (params: unknown) => this.#report(peer, params),
         };
       default:
         return {};
@@ -273,7 +332,7 @@ class CoordinatorImpl implements Coordinator {
     return { version: this.#version, draining: info.draining };
   }
 
-  #subscribe(peer: RpcPeer): WorkerList {
+  #subscribe(peer: RpcPeer, params: unknown): WorkerList {
     if (!this.#subscribers.has(peer)) {
       if (this.#subscribers.size >= this.#mastersMax) {
         this.#log(`Refusing subscription from ${peer.remoteAddr}: ${this.#mastersMax} masters`);
@@ -283,14 +342,86 @@ class CoordinatorImpl implements Coordinator {
         );
       }
       this.#track(peer);
-      this.#subscribers.set(peer, { sending: false, dirty: false });
-      this.#log(`Master ${peer.remoteAddr} subscribed`);
+      const sub: Subscriber = { sending: false, dirty: false };
+      this.#subscribers.set(peer, sub);
+      // Older masters send no params: they are listed by address.
+      const said = (params as { master?: unknown } | undefined)?.master;
+      let info: MasterAnnouncement | undefined;
+      if (said !== undefined) {
+        try {
+          info = validateMasterAnnouncement(said);
+        } catch (error) {
+          // The worker list matters more than the page: subscribe anyway.
+          this.#log(`Listing master ${peer.remoteAddr} by address: ${errorMessage(error)}`);
+        }
+      }
+      if (info !== undefined && this.#noteMaster(peer, info) !== undefined) sub.masterId = info.id;
+      this.#log(
+        `Master ${peer.remoteAddr} subscribed` + (info ? ` (${info.id}, ${info.root})` : ""),
+      );
     }
     return this.#list();
   }
 
+  /** Records who a master is; undefined when `mastersMax` masters are listed. */
+  #noteMaster(peer: RpcPeer, info: MasterAnnouncement): MasterEntry | undefined {
+    let entry = this.#masters.get(info.id);
+    if (entry === undefined) {
+      if (this.#masters.size >= this.#mastersMax) return undefined;
+      entry = {
+        info,
+        remoteAddr: peer.remoteAddr,
+        peers: new Set(),
+        firstSeenMs: this.#now(),
+        lastReportMs: 0,
+        rate: new RateWindow(),
+      };
+      this.#masters.set(info.id, entry);
+    }
+    entry.info = info;
+    entry.remoteAddr = peer.remoteAddr;
+    entry.peers.add(peer);
+    this.#track(peer);
+    return entry;
+  }
+
+  #report(peer: RpcPeer, params: unknown): ReportReply {
+    let report;
+    try {
+      report = validateMasterReport(params, this.#workersMax);
+    } catch (error) {
+      const message = errorMessage(error);
+      this.#log(`Refusing report from ${peer.remoteAddr}: ${message}`);
+      throw new RpcError("BAD_REQUEST", message, { cause: error });
+    }
+    const entry = this.#noteMaster(peer, report.master);
+    if (entry === undefined) {
+      throw new RpcError("LIMIT", `Cannot list master: ${this.#mastersMax} masters listed`);
+    }
+    const nowMs = this.#now();
+    if (entry.lastReportMs === 0) {
+      this.#log(
+        `Master ${report.master.id} reports from ${peer.remoteAddr}: ${report.master.root}`,
+      );
+    }
+    entry.lastReportMs = nowMs;
+    entry.build = report.build;
+    entry.rate.add(nowMs, report.build.jobsFinished);
+    this.#reports++;
+    const reply: ReportReply = { version: this.#version };
+    const http = this.#http?.addr;
+    if (http !== undefined) {
+      const wildcard = http.hostname === "0.0.0.0" || http.hostname === "::";
+      reply.statusPage = { hostname: wildcard ? null : http.hostname, port: http.port };
+    }
+    return reply;
+  }
+
   #peerClosed(peer: RpcPeer): void {
     if (this.#subscribers.delete(peer)) this.#log(`Master ${peer.remoteAddr} left`);
+    for (const [id, entry] of this.#masters) {
+      if (entry.peers.delete(peer) && entry.peers.size === 0) this.#masters.delete(id);
+    }
     let dropped = false;
     for (const [id, entry] of this.#workers) {
       if (entry.peer !== peer) continue;
