@@ -25,13 +25,17 @@ export class RateWindow {
     }
   }
 
-  /** Per second over the window up to `nowMs`; 0 with fewer than two samples. */
-  perSecond(nowMs: number): number {
+  /**
+   * Per second over the window, up to the last sample, or up to `nowMs`
+   * once the last sample is older than `staleMs` (samples stopped: the rate
+   * decays); 0 with fewer than two samples.
+   */
+  perSecond(nowMs: number, staleMs = 2500): number {
     const first = this.#samples[0];
     const last = this.#samples.at(-1);
     if (first === undefined || last === undefined || last === first) return 0;
-    // A count that stopped moving decays: the span runs to now.
-    const spanMs = Math.max(nowMs, last.atMs) - first.atMs;
+    const endMs = nowMs - last.atMs > staleMs ? nowMs : last.atMs;
+    const spanMs = endMs - first.atMs;
     return spanMs <= 0 ? 0 : ((last.total - first.total) * 1000) / spanMs;
   }
 }

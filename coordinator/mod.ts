@@ -52,4 +52,11 @@ export {
   type WorkerList,
 } from "./types.ts";
 export { escapeHtml, renderStatusPage } from "./status_page.ts";
+export {
+  type FarmStatus,
+  farmStatus,
+  type FarmTotals,
+  type FarmWorker,
+  type WorkerMasterJobs,
+} from "./farm_status.ts";
 export { AddressError, formatHostPort, parseHostPort } from "../common/address.ts";

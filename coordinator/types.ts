@@ -67,22 +67,28 @@ export class InvalidWorkerInfoError extends Error {
   }
 }
 
-function fail(field: string, detail: string): never {
-  throw new InvalidWorkerInfoError(`Cannot accept worker info: ${field} ${detail}`);
+function fail(field: string, detail: string, what = "worker info"): never {
+  throw new InvalidWorkerInfoError(`Cannot accept ${what}: ${field} ${detail}`);
 }
 
-function checkString(value: unknown, field: string, charsMax: number, pattern: RegExp): string {
-  if (typeof value !== "string") fail(field, "is not a string");
+function checkString(
+  value: unknown,
+  field: string,
+  charsMax: number,
+  pattern: RegExp,
+  what?: string,
+): string {
+  if (typeof value !== "string") fail(field, "is not a string", what);
   if (value.length === 0 || value.length > charsMax) {
-    fail(field, `has length ${value.length}, want 1..${charsMax}`);
+    fail(field, `has length ${value.length}, want 1..${charsMax}`, what);
   }
-  if (!pattern.test(value)) fail(field, "has characters outside the allowed set");
+  if (!pattern.test(value)) fail(field, "has characters outside the allowed set", what);
   return value;
 }
 
-function checkInteger(value: unknown, field: string, max: number): number {
+function checkInteger(value: unknown, field: string, max: number, what?: string): number {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0 || value > max) {
-    fail(field, `is not an integer in 0..${max}`);
+    fail(field, `is not an integer in 0..${max}`, what);
   }
   return value;
 }
@@ -229,9 +235,11 @@ export interface ReportReply {
   statusPage?: { hostname: string | null; port: number };
 }
 
+const MASTER = "master report";
+
 function object(value: unknown, field: string): Record<string, unknown> {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    fail(field, "is not an object");
+    fail(field, "is not an object", MASTER);
   }
   return value as Record<string, unknown>;
 }
@@ -244,13 +252,25 @@ function object(value: unknown, field: string): Record<string, unknown> {
 export function validateMasterAnnouncement(value: unknown): MasterAnnouncement {
   const v = object(value, "master");
   const clean: MasterAnnouncement = {
-    id: checkString(v.id, "master.id", WORKER_ID_CHARS_MAX, WORKER_ID_PATTERN),
-    root: checkString(v.root, "master.root", ROOT_CHARS_MAX, TEXT_PATTERN),
-    hostname: checkString(v.hostname, "master.hostname", HOSTNAME_CHARS_MAX, PRINTABLE_PATTERN),
-    version: checkString(v.version, "master.version", VERSION_CHARS_MAX, PRINTABLE_PATTERN),
+    id: checkString(v.id, "master.id", WORKER_ID_CHARS_MAX, WORKER_ID_PATTERN, MASTER),
+    root: checkString(v.root, "master.root", ROOT_CHARS_MAX, TEXT_PATTERN, MASTER),
+    hostname: checkString(
+      v.hostname,
+      "master.hostname",
+      HOSTNAME_CHARS_MAX,
+      PRINTABLE_PATTERN,
+      MASTER,
+    ),
+    version: checkString(v.version, "master.version", VERSION_CHARS_MAX, PRINTABLE_PATTERN, MASTER),
   };
   if (v.statusUrl !== undefined) {
-    clean.statusUrl = checkString(v.statusUrl, "master.statusUrl", URL_CHARS_MAX, URL_PATTERN);
+    clean.statusUrl = checkString(
+      v.statusUrl,
+      "master.statusUrl",
+      URL_CHARS_MAX,
+      URL_PATTERN,
+      MASTER,
+    );
   }
   return clean;
 }
@@ -265,29 +285,35 @@ export function validateMasterReport(value: unknown, workersMax: number): Master
   const v = object(value, "report");
   const master = validateMasterAnnouncement(v.master);
   const b = object(v.build, "build");
-  const count = (field: string) => checkInteger(b[field], `build.${field}`, COUNT_MAX);
+  const count = (field: string) => checkInteger(b[field], `build.${field}`, COUNT_MAX, MASTER);
   if (!Array.isArray(b.workers) || b.workers.length > workersMax) {
-    fail("build.workers", `is not an array of at most ${workersMax}`);
+    fail("build.workers", `is not an array of at most ${workersMax}`, MASTER);
   }
   const workers = b.workers.map((entry: unknown): MasterWorkerReport => {
     const w = object(entry, "build.workers[]");
-    const address = checkString(w.address, "worker address", ADDRESS_CHARS_MAX, PRINTABLE_PATTERN);
+    const address = checkString(
+      w.address,
+      "worker address",
+      ADDRESS_CHARS_MAX,
+      PRINTABLE_PATTERN,
+      MASTER,
+    );
     return {
       address,
-      running: checkInteger(w.running, "worker running", JOBS_RUNNING_MAX),
-      done: checkInteger(w.done, "worker done", COUNT_MAX),
-      failed: checkInteger(w.failed, "worker failed", COUNT_MAX),
-      busyMs: checkInteger(w.busyMs, "worker busyMs", COUNT_MAX),
+      running: checkInteger(w.running, "worker running", JOBS_RUNNING_MAX, MASTER),
+      done: checkInteger(w.done, "worker done", COUNT_MAX, MASTER),
+      failed: checkInteger(w.failed, "worker failed", COUNT_MAX, MASTER),
+      busyMs: checkInteger(w.busyMs, "worker busyMs", COUNT_MAX, MASTER),
     };
   });
   if (!Array.isArray(b.running) || b.running.length > REPORT_JOBS_MAX) {
-    fail("build.running", `is not an array of at most ${REPORT_JOBS_MAX}`);
+    fail("build.running", `is not an array of at most ${REPORT_JOBS_MAX}`, MASTER);
   }
   const running = b.running.map((entry: unknown): MasterJobReport => {
     const j = object(entry, "build.running[]");
     return {
-      command: checkString(j.command, "job command", COMMAND_CHARS_MAX, TEXT_PATTERN),
-      elapsedMs: checkInteger(j.elapsedMs, "job elapsedMs", COUNT_MAX),
+      command: checkString(j.command, "job command", COMMAND_CHARS_MAX, TEXT_PATTERN, MASTER),
+      elapsedMs: checkInteger(j.elapsedMs, "job elapsedMs", COUNT_MAX, MASTER),
     };
   });
   return {
