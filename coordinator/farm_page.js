@@ -36,7 +36,7 @@ document.addEventListener("click", (event) => {
   const worker = button.getAttribute("data-worker") ?? "";
   pending = { action, worker };
   title.textContent = `${WHAT[action] ?? action} (worker ${worker})`;
-  command.textContent = `${dialog.dataset.tokenCommand} ${action} ${worker}`;
+  command.textContent = `${dialog.dataset.tokenCommand} --action ${action} --worker ${worker}`;
   token.value = "";
   result.textContent = "";
   dialog.showModal();

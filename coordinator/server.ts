@@ -69,7 +69,7 @@ export interface CoordinatorOptions {
   relayTimeoutMs?: number;
   /**
    * The command the status page shows for making an action token, without
-   * its action and worker id; default "deno run -A token.ts --secret FILE".
+   * its --action and --worker; default "deno run -A token.ts --secret FILE".
    */
   tokenCommand?: string;
 }
