@@ -57,6 +57,19 @@ export interface FarmStatus {
 /** A report older than this is not counted in the workers' jobs. */
 export const REPORT_STALE_MS = 10_000;
 
+/**
+ * Masters: those that said who they are, plus connections watching the
+ * worker list without saying so from hosts where no named master is (a
+ * named master's own watch may not say who it is).
+ */
+function countMasters(masters: readonly MasterView[]): number {
+  const host = (addr: string) => addr.replace(/:\d+$/, "");
+  const named = masters.filter((m) => m.id !== undefined);
+  const hosts = new Set(named.map((m) => host(m.remoteAddr)));
+  return named.length + masters.filter((m) => m.id === undefined && !hosts.has(host(m.remoteAddr)))
+    .length;
+}
+
 /** Joins the workers' registrations with the masters' reports. */
 export function farmStatus(
   workers: readonly WorkerInfo[],
@@ -102,7 +115,7 @@ export function farmStatus(
       drained: farmWorkers.length - active.length,
       slots: active.reduce((s, w) => s + w.slots, 0),
       slotsBusy: farmWorkers.reduce((s, w) => s + w.busy, 0),
-      masters: masters.length,
+      masters: countMasters(masters),
       jobsInFlight: sum((m) => m.build!.jobsInFlight),
       jobsPerSecond: sum((m) => m.jobsPerSecond ?? 0),
       jobsFinished: sum((m) => m.build!.jobsFinished),

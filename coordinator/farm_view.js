@@ -62,24 +62,6 @@ function workerRow(w, actions, nowMs) {
  * @param {number} nowMs
  */
 function masterRow(m, nowMs) {
-  if (m.id === undefined) {
-    return {
-      attrs: "",
-      cells: [
-        '<span class="note">(an older master: it does not say who it is)</span>',
-        "–",
-        escapeHtml(m.remoteAddr),
-        "–",
-        "–",
-        "–",
-        "–",
-        "–",
-        "–",
-        "yes",
-        "–",
-      ],
-    };
-  }
   const root = escapeHtml(m.root);
   const name = m.statusUrl ? `<a href="${escapeHtml(m.statusUrl)}">${root}</a>` : root;
   const b = m.build;
@@ -115,6 +97,8 @@ export function renderFarm(status, options = {}) {
   const nowMs = status.nowMs;
   const actions = options.actions !== false;
   const workers = status.workers.map((w) => workerRow(w, actions, nowMs));
+  const named = status.masters.filter((m) => m.id !== undefined);
+  const anonymous = status.masters.filter((m) => m.id === undefined);
   const summary = [
     `<span><b id="sum-workers">${formatCount(f.workers)}</b> workers` +
     (f.drained > 0 ? ` (${formatCount(f.drained)} draining)` : "") + "</span>",
@@ -172,8 +156,14 @@ ${
         "Watching",
         "Last report",
       ],
-      rows: status.masters.map((m) => masterRow(m, nowMs)),
-      empty: "No masters connected.",
+      rows: named.map((m) => masterRow(m, nowMs)),
+      empty: "No master has reported.",
     })
+  }${
+    anonymous.length === 0 ? "" : `
+<p class="note" id="anonymous">Also watching the worker list without saying who they are (older
+masters, or a master's own watch: its report comes over another connection): ${
+      anonymous.map((m) => escapeHtml(m.remoteAddr)).join(", ")
+    }.</p>`
   }`;
 }

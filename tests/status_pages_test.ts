@@ -102,6 +102,11 @@ Deno.test("status view: renderFarm shows whose jobs run where, escaped", () => {
   assert.equal(status.workers[0].busy, 2, "the master's fresher count wins");
   assert.equal(status.farm.slots, 4, "a draining worker's slots do not count");
   assert.equal(status.farm.drained, 1);
+  assert.equal(
+    status.farm.masters,
+    1,
+    "the unnamed watch from the named master's host is not another",
+  );
   assert.equal(status.farm.jobsPerSecond, 12.5);
   const html = renderFarm(status);
   assert.ok(!html.includes(HOSTILE), "nothing raw");
@@ -111,7 +116,7 @@ Deno.test("status view: renderFarm shows whose jobs run where, escaped", () => {
   assert.match(html, /12\.5 jobs\/s/);
   assert.match(html, /3\.00 MiB/);
   assert.match(html, /2\.00 s ago/);
-  assert.match(html, /an older master/);
+  assert.match(html, /without saying who they are .*\n.*127\.0\.0\.1:6000/);
   assert.match(html, /data-action="drain" data-worker="w2" disabled/);
   assert.match(html, /<b id="sum-busy">3<\/b> of 4 slots busy/);
   // A stale report does not count.
