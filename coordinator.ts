@@ -65,7 +65,10 @@ try {
     ports.push({ flag: "--http-port", hostname: httpHostname, port: httpPort });
   }
   const workerTimeoutMs = flags.durationMs("worker-timeout");
-  const secret = await loadSecretFile(flags.path("secret")!);
+  const secretPath = flags.path("secret")!;
+  const secret = await loadSecretFile(secretPath);
+  const here = new URL(".", import.meta.url).pathname;
+  const quote = (s: string) => /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
   const coordinator = await startCoordinator({
     hostname,
     port,
@@ -74,6 +77,7 @@ try {
     secret,
     workerTimeoutMs,
     version: VERSION,
+    tokenCommand: `deno run -A ${quote(`${here}token.ts`)} --secret ${quote(secretPath)}`,
     log: (m) => console.error(`termite coordinator: ${m}`),
   });
   console.error(

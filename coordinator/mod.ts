@@ -10,6 +10,7 @@ export {
   type Coordinator,
   type CoordinatorOptions,
   MASTERS_MAX_DEFAULT,
+  type MasterView,
   startCoordinator,
   WORKER_TIMEOUT_MS_DEFAULT,
   WORKERS_MAX_DEFAULT,
@@ -22,6 +23,12 @@ export {
 } from "./registration.ts";
 export { watchWorkers, type WorkerWatch, type WorkerWatchOptions } from "./watch.ts";
 export {
+  type MasterReporter,
+  type MasterReporterOptions,
+  REPORT_INTERVAL_MS_DEFAULT,
+  reportToCoordinator,
+} from "./report.ts";
+export {
   ADMIN_ACTIONS,
   ADMIN_TOKEN_SKEW_S,
   type AdminAction,
@@ -30,11 +37,26 @@ export {
 } from "./admin_token.ts";
 export {
   InvalidWorkerInfoError,
+  type MasterAnnouncement,
+  type MasterBuild,
+  type MasterJobReport,
+  type MasterReport,
+  type MasterWorkerReport,
   type RegisterParams,
   type RegisterReply,
+  type ReportReply,
+  validateMasterAnnouncement,
+  validateMasterReport,
   validateRegisterParams,
   type WorkerInfo,
   type WorkerList,
 } from "./types.ts";
 export { escapeHtml, renderStatusPage } from "./status_page.ts";
+export {
+  type FarmStatus,
+  farmStatus,
+  type FarmTotals,
+  type FarmWorker,
+  type WorkerMasterJobs,
+} from "./farm_status.ts";
 export { AddressError, formatHostPort, parseHostPort } from "../common/address.ts";

@@ -4,7 +4,9 @@
  *
  * Workers connect with role "worker" and call "register" every few seconds;
  * masters connect with role "master", call "subscribe" once and then receive
- * "workers" notifications. A worker is dropped when its connection closes or
+ * "workers" notifications; a master may say who it is with "subscribe"
+ * (`{master}`) and "report" its build about once a second, which the status
+ * page shows. A worker is dropped when its connection closes or
  * when it has not re-registered within `workerTimeoutMs`. A worker that
  * announces a wildcard host ("0.0.0.0:1232") is listed at the host its
  * connection came from.
@@ -21,15 +23,24 @@ import {
 } from "./admin_token.ts";
 import { errorMessage } from "./_net.ts";
 import { isLoopbackHost, ListenError, parseHostPort, reachableAddress } from "../common/address.ts";
-import { renderStatusPage } from "./status_page.ts";
+import { FARM_PAGE_SCRIPTS, renderStatusPage } from "./status_page.ts";
+import { type FarmStatus, farmStatus } from "./farm_status.ts";
+import { type Counter, metricsResponse, Registry } from "../common/metrics.ts";
+import { htmlResponse, StaticFiles } from "../common/page.ts";
 import {
+  type MasterAnnouncement,
+  type MasterBuild,
   type RegisterReply,
+  type ReportReply,
+  validateMasterAnnouncement,
+  validateMasterReport,
   validateRegisterParams,
   WORKER_ID_CHARS_MAX,
   type WorkerInfo,
   type WorkerList,
   WORKERS_MAX_DEFAULT,
 } from "./types.ts";
+import { RateWindow } from "../common/rate.ts";
 
 /** Options for {@linkcode startCoordinator}. */
 export interface CoordinatorOptions {
@@ -56,6 +67,11 @@ export interface CoordinatorOptions {
   pushDelayMs?: number;
   /** Time allowed for a worker to answer a relayed action; default 10 000. */
   relayTimeoutMs?: number;
+  /**
+   * The command the status page shows for making an action token, without
+   * its --action and --worker; default "deno run -A token.ts --secret FILE".
+   */
+  tokenCommand?: string;
 }
 
 /** A running coordinator. */
@@ -64,6 +80,12 @@ export interface Coordinator extends AsyncDisposable {
   readonly httpPort: number | undefined;
   /** The live workers, sorted by address. */
   workers(): WorkerInfo[];
+  /** The masters: those that said who they are, then anonymous subscribers. */
+  masters(): MasterView[];
+  /** What the status page shows (`/status.json`). */
+  status(): FarmStatus;
+  /** The Prometheus metrics (`/metrics`). */
+  readonly metrics: Registry;
   close(): Promise<void>;
 }
 
@@ -81,6 +103,33 @@ interface WorkerEntry {
 interface Subscriber {
   sending: boolean;
   dirty: boolean;
+  /** The master's id, when its "subscribe" said. */
+  masterId?: string;
+}
+
+/** A master that said who it is, over one or more connections. */
+interface MasterEntry {
+  info: MasterAnnouncement;
+  /** Where its latest connection came from. */
+  remoteAddr: string;
+  peers: Set<RpcPeer>;
+  firstSeenMs: number;
+  /** Its last "report", epoch ms; 0 before any. */
+  lastReportMs: number;
+  build?: MasterBuild;
+  rate: RateWindow;
+}
+
+/** A master as the status page lists it. */
+export interface MasterView extends Partial<MasterAnnouncement> {
+  /** Where its connection comes from. */
+  remoteAddr: string;
+  /** Watches the worker list. */
+  subscribed: boolean;
+  firstSeenMs?: number;
+  lastReportMs?: number;
+  jobsPerSecond?: number;
+  build?: MasterBuild;
 }
 
 function sameExceptContact(a: WorkerInfo, b: WorkerInfo): boolean {
@@ -122,9 +171,20 @@ class CoordinatorImpl implements Coordinator {
   readonly #relayTimeoutMs: number;
   readonly #workers = new Map<string, WorkerEntry>();
   readonly #subscribers = new Map<RpcPeer, Subscriber>();
+  readonly #masters = new Map<string, MasterEntry>();
   readonly #trackedPeers = new WeakSet<RpcPeer>();
   readonly #usedTokens = new Map<string, number>();
   #seq = 0;
+  readonly metrics = new Registry();
+  readonly #counters: {
+    registrations: Counter;
+    dropped: Counter;
+    reports: Counter;
+    pushes: Counter;
+    actions: Counter;
+  };
+  #pages: StaticFiles | undefined;
+  readonly #tokenCommand: string;
   #pushTimer: ReturnType<typeof setTimeout> | undefined;
   #pushPending = false;
   #sweepTimer: ReturnType<typeof setInterval> | undefined;
@@ -142,6 +202,87 @@ class CoordinatorImpl implements Coordinator {
     this.#version = options.version ?? "dev";
     this.#pushDelayMs = options.pushDelayMs ?? 20;
     this.#relayTimeoutMs = options.relayTimeoutMs ?? RELAY_TIMEOUT_MS_DEFAULT;
+    this.#tokenCommand = options.tokenCommand ?? "deno run -A token.ts --secret FILE";
+    this.#counters = this.#registerMetrics();
+  }
+
+  #registerMetrics() {
+    const m = this.metrics;
+    const workers = () => [...this.#workers.values()].map((e) => e.info);
+    m.collect("termite_coordinator_workers", "Workers listed.", "gauge", () => this.#workers.size);
+    m.collect(
+      "termite_coordinator_workers_draining",
+      "Workers listed that take no new jobs.",
+      "gauge",
+      () => workers().filter((w) => w.draining).length,
+    );
+    m.collect(
+      "termite_coordinator_slots",
+      "Job slots of the workers that take jobs.",
+      "gauge",
+      () => workers().filter((w) => !w.draining).reduce((s, w) => s + w.slots, 0),
+    );
+    m.collect(
+      "termite_coordinator_slots_busy",
+      "Job slots busy, as the workers register them (every 5 s) or the masters report them.",
+      "gauge",
+      () => this.status().farm.slotsBusy,
+    );
+    m.collect(
+      "termite_coordinator_worker_slots_busy",
+      "Job slots busy on each worker.",
+      "gauge",
+      () => this.status().workers.map((w) => [{ worker: w.address }, w.busy] as const),
+      { labelNames: ["worker"] },
+    );
+    m.collect(
+      "termite_coordinator_masters",
+      "Masters connected (watching the worker list or reporting).",
+      "gauge",
+      () => this.masters().length,
+    );
+    m.collect(
+      "termite_coordinator_jobs_in_flight",
+      "Jobs the reporting masters hold: on workers, waiting for a slot or running locally.",
+      "gauge",
+      () => this.status().farm.jobsInFlight,
+    );
+    return {
+      registrations: m.counter(
+        "termite_coordinator_registrations_total",
+        "Worker registrations accepted (each worker registers every 5 s).",
+      ),
+      dropped: m.counter("termite_coordinator_workers_dropped_total", "Workers dropped.", {
+        labelNames: ["reason"],
+      }),
+      reports: m.counter("termite_coordinator_reports_total", "Master reports accepted."),
+      pushes: m.counter(
+        "termite_coordinator_list_pushes_total",
+        "Worker lists pushed to watching masters.",
+      ),
+      actions: m.counter(
+        "termite_coordinator_admin_actions_total",
+        "Drain and stop requests from the status page, by result.",
+        { labelNames: ["action", "result"] },
+      ),
+    };
+  }
+
+  /** Loads the status page's scripts; call before start(). */
+  async loadPages(): Promise<void> {
+    this.#pages = await StaticFiles.load(FARM_PAGE_SCRIPTS);
+    if (this.#pages.missing.length > 0) {
+      this.#log(
+        `The status page will not update itself: cannot read ${this.#pages.missing.join(", ")}`,
+      );
+    }
+  }
+
+  status(): FarmStatus {
+    return farmStatus(this.workers(), this.masters(), {
+      version: this.#version,
+      nowMs: this.#now(),
+    });
   }
 
   get port(): number {
@@ -197,6 +338,25 @@ class CoordinatorImpl implements Coordinator {
       .sort((a, b) => a.address < b.address ? -1 : a.address > b.address ? 1 : 0);
   }
 
+  masters(): MasterView[] {
+    const nowMs = this.#now();
+    const named: MasterView[] = [...this.#masters.values()].map((e) => ({
+      ...e.info,
+      remoteAddr: e.remoteAddr,
+      subscribed: [...e.peers].some((p) => this.#subscribers.has(p)),
+      firstSeenMs: e.firstSeenMs,
+      ...(e.lastReportMs === 0 ? {} : {
+        lastReportMs: e.lastReportMs,
+        jobsPerSecond: e.rate.perSecond(nowMs),
+        build: e.build,
+      }),
+    })).sort((a, b) => (a.root ?? "").localeCompare(b.root ?? "") || a.id!.localeCompare(b.id!));
+    const anonymous: MasterView[] = [...this.#subscribers]
+      .filter(([, sub]) => sub.masterId === undefined)
+      .map(([peer]) => ({ remoteAddr: peer.remoteAddr, subscribed: true }));
+    return [...named, ...anonymous];
+  }
+
   #list(): WorkerList {
     return { seq: this.#seq, workers: this.workers() };
   }
@@ -207,8 +367,9 @@ class CoordinatorImpl implements Coordinator {
         return { register: (params: unknown) => this.#register(peer, params) };
       case "master":
         return {
-          subscribe: () => this.#subscribe(peer),
+          subscribe: (params: unknown) => this.#subscribe(peer, params),
           workers: () => this.#list(),
+          report: (params: unknown) => this.#report(peer, params),
         };
       default:
         return {};
@@ -269,11 +430,12 @@ class CoordinatorImpl implements Coordinator {
       this.#log(`Worker ${info.id} re-registered over a new connection from ${peer.remoteAddr}`);
     }
     this.#workers.set(info.id, { info, peer });
+    this.#counters.registrations.inc();
     if (existing === undefined || !sameExceptContact(existing.info, info)) this.#changed();
     return { version: this.#version, draining: info.draining };
   }
 
-  #subscribe(peer: RpcPeer): WorkerList {
+  #subscribe(peer: RpcPeer, params: unknown): WorkerList {
     if (!this.#subscribers.has(peer)) {
       if (this.#subscribers.size >= this.#mastersMax) {
         this.#log(`Refusing subscription from ${peer.remoteAddr}: ${this.#mastersMax} masters`);
@@ -283,19 +445,92 @@ class CoordinatorImpl implements Coordinator {
         );
       }
       this.#track(peer);
-      this.#subscribers.set(peer, { sending: false, dirty: false });
-      this.#log(`Master ${peer.remoteAddr} subscribed`);
+      const sub: Subscriber = { sending: false, dirty: false };
+      this.#subscribers.set(peer, sub);
+      // Older masters send no params: they are listed by address.
+      const said = (params as { master?: unknown } | undefined)?.master;
+      let info: MasterAnnouncement | undefined;
+      if (said !== undefined) {
+        try {
+          info = validateMasterAnnouncement(said);
+        } catch (error) {
+          // The worker list matters more than the page: subscribe anyway.
+          this.#log(`Listing master ${peer.remoteAddr} by address: ${errorMessage(error)}`);
+        }
+      }
+      if (info !== undefined && this.#noteMaster(peer, info) !== undefined) sub.masterId = info.id;
+      this.#log(
+        `Master ${peer.remoteAddr} subscribed` + (info ? ` (${info.id}, ${info.root})` : ""),
+      );
     }
     return this.#list();
   }
 
+  /** Records who a master is; undefined when `mastersMax` masters are listed. */
+  #noteMaster(peer: RpcPeer, info: MasterAnnouncement): MasterEntry | undefined {
+    let entry = this.#masters.get(info.id);
+    if (entry === undefined) {
+      if (this.#masters.size >= this.#mastersMax) return undefined;
+      entry = {
+        info,
+        remoteAddr: peer.remoteAddr,
+        peers: new Set(),
+        firstSeenMs: this.#now(),
+        lastReportMs: 0,
+        rate: new RateWindow(),
+      };
+      this.#masters.set(info.id, entry);
+    }
+    entry.info = info;
+    entry.remoteAddr = peer.remoteAddr;
+    entry.peers.add(peer);
+    this.#track(peer);
+    return entry;
+  }
+
+  #report(peer: RpcPeer, params: unknown): ReportReply {
+    let report;
+    try {
+      report = validateMasterReport(params, this.#workersMax);
+    } catch (error) {
+      const message = errorMessage(error);
+      this.#log(`Refusing report from ${peer.remoteAddr}: ${message}`);
+      throw new RpcError("BAD_REQUEST", message, { cause: error });
+    }
+    const entry = this.#noteMaster(peer, report.master);
+    if (entry === undefined) {
+      throw new RpcError("LIMIT", `Cannot list master: ${this.#mastersMax} masters listed`);
+    }
+    const nowMs = this.#now();
+    if (entry.lastReportMs === 0) {
+      this.#log(
+        `Master ${report.master.id} reports from ${peer.remoteAddr}: ${report.master.root}`,
+      );
+    }
+    entry.lastReportMs = nowMs;
+    entry.build = report.build;
+    entry.rate.add(nowMs, report.build.jobsFinished);
+    this.#counters.reports.inc();
+    const reply: ReportReply = { version: this.#version };
+    const http = this.#http?.addr;
+    if (http !== undefined) {
+      const wildcard = http.hostname === "0.0.0.0" || http.hostname === "::";
+      reply.statusPage = { hostname: wildcard ? null : http.hostname, port: http.port };
+    }
+    return reply;
+  }
+
   #peerClosed(peer: RpcPeer): void {
     if (this.#subscribers.delete(peer)) this.#log(`Master ${peer.remoteAddr} left`);
+    for (const [id, entry] of this.#masters) {
+      if (entry.peers.delete(peer) && entry.peers.size === 0) this.#masters.delete(id);
+    }
     let dropped = false;
     for (const [id, entry] of this.#workers) {
       if (entry.peer !== peer) continue;
       this.#workers.delete(id);
       this.#log(`Worker ${id} dropped: connection closed`);
+      this.#counters.dropped.inc({ reason: "closed" });
       dropped = true;
     }
     if (dropped) this.#changed();
@@ -308,6 +543,7 @@ class CoordinatorImpl implements Coordinator {
       if (nowMs - entry.info.lastContactMs <= this.#workerTimeoutMs) continue;
       this.#workers.delete(id);
       this.#log(`Worker ${id} dropped: not heard from in ${this.#workerTimeoutMs} ms`);
+      this.#counters.dropped.inc({ reason: "silent" });
       dropped = true;
       // A worker that stopped registering but keeps its connection is stuck;
       // closing makes a healthy one reconnect and register afresh.
@@ -340,6 +576,7 @@ class CoordinatorImpl implements Coordinator {
     }
     sub.sending = true;
     sub.dirty = false;
+    this.#counters.pushes.inc();
     peer.notify("workers", this.#list()).then(
       () => {
         sub.sending = false;
@@ -356,15 +593,18 @@ class CoordinatorImpl implements Coordinator {
   async #serveHttp(request: Request): Promise<Response> {
     const url = new URL(request.url);
     const method = request.method;
-    if (url.pathname === "/" || url.pathname === "/status.json") {
-      if (method !== "GET" && method !== "HEAD") return textResponse(405, "Method not allowed");
-      if (url.pathname === "/status.json") {
-        return jsonResponse(200, { workers: this.workers(), version: this.#version });
+    const page = url.pathname === "/" || url.pathname === "/status.json" ||
+      url.pathname === "/metrics";
+    const script = this.#pages?.serve(url.pathname);
+    if (page || script !== undefined) {
+      if (method !== "GET" && method !== "HEAD") {
+        await script?.body?.cancel();
+        return textResponse(405, "Method not allowed");
       }
-      const html = renderStatusPage(this.workers(), { version: this.#version, nowMs: this.#now() });
-      return new Response(html, {
-        headers: { ...SECURITY_HEADERS, "content-type": "text/html; charset=utf-8" },
-      });
+      if (script !== undefined) return script;
+      if (url.pathname === "/status.json") return jsonResponse(200, this.status());
+      if (url.pathname === "/metrics") return metricsResponse(this.metrics, SECURITY_HEADERS);
+      return htmlResponse(renderStatusPage(this.status(), { tokenCommand: this.#tokenCommand }));
     }
     const match = /^\/workers\/([^/]{1,200})\/([a-z]{1,16})$/.exec(url.pathname);
     if (match === null) return textResponse(404, "Not found");
@@ -388,6 +628,7 @@ class CoordinatorImpl implements Coordinator {
     const ts = await verifyAdminToken(header, { secret: this.#secret, action, id, nowS });
     if (ts === undefined) {
       this.#log(`Refusing ${action} of worker ${JSON.stringify(id)}: bad or stale token`);
+      this.#counters.actions.inc({ action, result: "refused" });
       return textResponse(403, "Forbidden");
     }
     for (const [token, expiresS] of this.#usedTokens) {
@@ -395,18 +636,23 @@ class CoordinatorImpl implements Coordinator {
     }
     if (this.#usedTokens.has(header!)) {
       this.#log(`Refusing ${action} of worker ${id}: token replayed`);
+      this.#counters.actions.inc({ action, result: "refused" });
       return textResponse(403, "Forbidden");
     }
     if (this.#usedTokens.size >= USED_TOKENS_MAX) return textResponse(429, "Too many requests");
     this.#usedTokens.set(header!, ts + ADMIN_TOKEN_SKEW_S + 1);
     const entry = this.#workers.get(id);
-    if (entry === undefined) return textResponse(404, "No such worker");
+    if (entry === undefined) {
+      this.#counters.actions.inc({ action, result: "unknown_worker" });
+      return textResponse(404, "No such worker");
+    }
     this.#log(`Relaying ${action} to worker ${id} (${entry.info.address})`);
     try {
       await entry.peer.call(action, {}, { timeoutMs: this.#relayTimeoutMs });
     } catch (error) {
       const message = errorMessage(error);
       this.#log(`Cannot relay ${action} to worker ${id}: ${message}`);
+      this.#counters.actions.inc({ action, result: "failed" });
       return jsonResponse(502, { ok: false, error: `Cannot relay ${action}: ${message}` });
     }
     if (action === "drain") {
@@ -416,6 +662,7 @@ class CoordinatorImpl implements Coordinator {
         this.#changed();
       }
     }
+    this.#counters.actions.inc({ action, result: "relayed" });
     return jsonResponse(200, { ok: true });
   }
 
@@ -450,8 +697,9 @@ export { WORKERS_MAX_DEFAULT };
  *
  * @throws {ListenError} when a port cannot be bound, naming it.
  */
-export function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
+export async function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
   const coordinator = new CoordinatorImpl(options);
+  if (options.httpPort !== undefined) await coordinator.loadPages();
   coordinator.start(options);
-  return Promise.resolve(coordinator);
+  return coordinator;
 }

@@ -1,79 +1,52 @@
 /**
- * The coordinator's HTML status page.
+ * The coordinator's HTML status page: the farm, live (coordinator/farm_page.js
+ * updates it from `/status.json` every second), with drain and stop buttons.
  *
  * @module
  */
 
-import type { WorkerInfo } from "./types.ts";
+import { pageDocument } from "../common/page.ts";
+import { escapeHtml } from "../common/status_view.js";
+import type { FarmStatus } from "./farm_status.ts";
+import { renderFarm } from "./farm_view.js";
 
-const HTML_ESCAPES: Record<string, string> = {
-  "&": "&amp;",
-  "<": "&lt;",
-  ">": "&gt;",
-  '"': "&quot;",
-  "'": "&#39;",
-};
+export { escapeHtml };
 
-/** Escapes text for HTML element content and quoted attribute values. */
-export function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]);
-}
+/** The scripts the page loads, relative to the checkout. */
+export const FARM_PAGE_SCRIPTS: readonly string[] = [
+  "common/status_view.js",
+  "common/live_page.js",
+  "coordinator/farm_view.js",
+  "coordinator/farm_page.js",
+];
 
-/** Formats how long ago an event was, in whole seconds: "3s ago". */
-export function formatAgo(thenMs: number, nowMs: number): string {
-  return `${Math.max(0, Math.round((nowMs - thenMs) / 1000))}s ago`;
-}
-
-/** What the page shows besides the workers. */
+/** What the page shows besides the status. */
 export interface StatusPageOptions {
-  version: string;
-  nowMs: number;
+  /** The command that prints an action token, without its action and worker id. */
+  tokenCommand: string;
 }
 
-/** Renders the worker table as a complete HTML document. */
-export function renderStatusPage(
-  workers: readonly WorkerInfo[],
-  options: StatusPageOptions,
-): string {
-  const rows = workers.map((w) =>
-    "<tr>" +
-    [
-      w.address,
-      w.hostname,
-      String(w.slots),
-      String(w.jobsRunning),
-      w.load.toFixed(2),
-      w.version,
-      formatAgo(w.lastContactMs, options.nowMs),
-      w.draining ? "yes" : "no",
-    ].map((cell) => `<td>${escapeHtml(cell)}</td>`).join("") +
-    "</tr>"
-  );
-  const slots = workers.reduce((sum, w) => sum + w.slots, 0);
-  const running = workers.reduce((sum, w) => sum + w.jobsRunning, 0);
-  return `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Termite coordinator</title>
-<style>
-body { font-family: sans-serif; margin: 1em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
-</style>
-</head>
-<body>
-<h1>Termite coordinator</h1>
-<p>Version ${
-    escapeHtml(options.version)
-  }. ${workers.length} workers, ${running} of ${slots} slots busy.</p>
-<table>
-<thead><tr><th>Address</th><th>Host</th><th>Slots</th><th>Jobs running</th><th>Load</th><th>Version</th><th>Last contact</th><th>Draining</th></tr></thead>
-<tbody>
-${rows.join("\n")}
-</tbody>
-</table>
-</body>
-</html>
-`;
+/** The page as a complete HTML document, its body rendered from `status`. */
+export function renderStatusPage(status: FarmStatus, options: StatusPageOptions): string {
+  return pageDocument({
+    title: "Termite farm",
+    nav: [
+      { text: "status.json", href: "/status.json" },
+      { text: "metrics", href: "/metrics" },
+    ],
+    main: renderFarm(status),
+    script: "/coordinator/farm_page.js",
+    after: `<p class="note">Coordinator version ${escapeHtml(status.version)}. Each build tree links
+to its master's page (served on the master's host).</p>
+<dialog id="action" data-token-command="${escapeHtml(options.tokenCommand)}">
+<p id="action-title"></p>
+<p>Make a token on a host that holds the farm's secret (it is valid for a minute, once):</p>
+<code id="action-command"></code>
+<p><label>Token: <input id="action-token" size="60" autocomplete="off"
+placeholder="Termite 1700000000:…"></label></p>
+<p><button type="button" id="action-send">Send</button>
+<button type="button" id="action-cancel">Close</button></p>
+<p id="action-result"></p>
+</dialog>`,
+  });
 }

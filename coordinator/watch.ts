@@ -9,6 +9,7 @@ import { isSecretMismatch } from "../rpc/mod.ts";
 import { errorMessage, sleep } from "./_net.ts";
 import { keepConnected } from "./_reconnect.ts";
 import {
+  type MasterAnnouncement,
   validateWorkerList,
   type WorkerInfo,
   type WorkerList,
@@ -38,6 +39,11 @@ export interface WorkerWatchOptions {
   timeoutMs?: number;
   /** Longest list accepted; default 1024. */
   workersMax?: number;
+  /**
+   * Who this master is, sent with "subscribe" so that the coordinator's page
+   * lists it (a coordinator that predates this ignores it).
+   */
+  master?: MasterAnnouncement;
 }
 
 /** A running watch. */
@@ -116,7 +122,8 @@ class WorkerWatchImpl implements WorkerWatch {
       },
       session: async (peer, session, healthy) => {
         this.#seq = -1;
-        this.#apply(await peer.call("subscribe", {}, { timeoutMs, signal: session }));
+        const params = options.master === undefined ? {} : { master: options.master };
+        this.#apply(await peer.call("subscribe", params, { timeoutMs, signal: session }));
         this.#log(`Watching workers at coordinator ${options.coordinator}`);
         healthy();
         while (!session.aborted) {

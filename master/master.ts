@@ -4,6 +4,7 @@
  * results to its tree atomically and pushes the changes to every mirror.
  */
 import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
+import { hostname } from "node:os";
 import type { FileAttr } from "../common/types.ts";
 import {
   JOB_HEARTBEAT_MS,
@@ -12,6 +13,7 @@ import {
   type JobParams,
   type JobReply,
   MasterMethods,
+  VERSION,
   WorkerMethods,
 } from "../common/protocol.ts";
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
@@ -404,6 +406,8 @@ export class Master implements AsyncDisposable {
       onChange: (workers) => pool.update(workers),
       onSecretMismatch: this.#options.onSecretMismatch,
       log: this.#log,
+      // Who watches: the coordinator lists this master once, beside its reports.
+      master: { id: this.masterId, root: this.root, hostname: hostname(), version: VERSION },
     });
     // Commands arriving before the first list must not fail with "no workers".
     const wait = this.#options.startWaitMs ?? 3_000;

@@ -1,123 +1,145 @@
 /**
  * The master role: `startMaster(options)` starts the file server, the worker
- * pool, the wrapper socket and (optionally) a status page.
+ * pool, the wrapper socket, the reports to the coordinator and (optionally)
+ * a live status page with `/status.json` and `/metrics`.
  *
  * @module
  */
 import { distrustSocket, SOCKET_NAME } from "../wrapper/client.ts";
 import { Master, type MasterOptions } from "./master.ts";
 import { WrapperServer } from "./wrapper_server.ts";
+import { MasterMonitor } from "./status.ts";
+import { BUILD_PAGE_SCRIPTS, renderMasterPage } from "./status_page.ts";
+import { type MasterReporter, reportToCoordinator } from "../coordinator/mod.ts";
+import { formatHostPort, parseHostPort } from "../common/address.ts";
+import { metricsResponse } from "../common/metrics.ts";
+import { htmlResponse, PAGE_HEADERS, StaticFiles } from "../common/page.ts";
 
 export { Master, type MasterOptions } from "./master.ts";
 export { applyResultSet, ResultSetError, validateResultSet } from "./apply.ts";
+export { MasterMonitor, type MasterStatus, type MasterWorkerStatus } from "./status.ts";
 
 export interface StartMasterOptions extends MasterOptions {
   /** The wrapper socket; default `<root>/.termite-socket`. */
   socketPath?: string;
   /** Status page port on 127.0.0.1 (0 = any); none when undefined. */
   statusPort?: number;
+  /** Time between reports to the coordinator; default 1000. */
+  reportIntervalMs?: number;
 }
 
 export interface RunningMaster extends AsyncDisposable {
   readonly master: Master;
+  readonly monitor: MasterMonitor;
   readonly socketPath: string;
   readonly statusPort: number | undefined;
   close(): Promise<void>;
 }
 
-function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+function jsonResponse(value: unknown): Response {
+  return new Response(JSON.stringify(value), {
+    headers: { ...PAGE_HEADERS, "content-type": "application/json; charset=utf-8" },
+  });
 }
 
-/** What the status page shows, as JSON. */
-export type MasterStatus = ReturnType<typeof masterStatus>;
-
-// deno-lint-ignore explicit-module-boundary-types
-export function masterStatus(master: Master) {
-  const hashes = master.fileServer.hashCache.stats;
-  return {
-    root: master.root,
-    jobs: master.stats,
-    workers: master.workers.map((w) => ({
-      address: w.address,
-      slots: w.slots,
-      running: w.running,
-      done: w.jobsDone,
-      failed: w.jobsFailed,
-    })),
-    files: master.fileServer.stats,
-    hashCache: {
-      entries: master.fileServer.hashCache.size,
-      hits: hashes.hits,
-      misses: hashes.misses,
-      hitRate: hashes.hits + hashes.misses === 0 ? 0 : hashes.hits / (hashes.hits + hashes.misses),
-      bytesHashed: hashes.bytesHashed,
-    },
-    changeLogSeq: master.changeLog.seq,
-  };
-}
-
-function statusHtml(status: ReturnType<typeof masterStatus>): string {
-  const rows = status.workers.map((w) =>
-    `<tr><td>${
-      escapeHtml(w.address)
-    }</td><td>${w.slots}</td><td>${w.running}</td><td>${w.done}</td><td>${w.failed}</td></tr>`
-  ).join("");
-  return `<!doctype html><meta charset="utf-8"><title>termite master</title>
-<h1>termite master: ${escapeHtml(status.root)}</h1>
-<pre>${
-    escapeHtml(
-      JSON.stringify(
-        { jobs: status.jobs, hashCache: status.hashCache, files: status.files },
-        null,
-        2,
-      ),
-    )
-  }</pre>
-<table border="1"><tr><th>worker</th><th>slots</th><th>running</th><th>done</th><th>failed</th></tr>${rows}</table>`;
+function textResponse(status: number, text: string): Response {
+  return new Response(text + "\n", {
+    status,
+    headers: { ...PAGE_HEADERS, "content-type": "text/plain; charset=utf-8" },
+  });
 }
 
 export async function startMaster(options: StartMasterOptions): Promise<RunningMaster> {
   const log = options.log ?? ((m: string) => console.error(`termite master: ${m}`));
+  const pages = options.statusPort === undefined
+    ? undefined
+    : await StaticFiles.load(BUILD_PAGE_SCRIPTS);
+  if (pages !== undefined && pages.missing.length > 0) {
+    log(`the status page will not update itself: cannot read ${pages.missing.join(", ")}`);
+  }
   const master = await Master.start({ ...options, log });
+  const monitor = new MasterMonitor(master);
+  if (options.coordinator) monitor.coordinator = { address: options.coordinator };
   const socketPath = options.socketPath ?? `${master.root}/${SOCKET_NAME}`;
   let wrappers: WrapperServer;
   try {
-    wrappers = await WrapperServer.listen({ path: socketPath, master, log });
+    wrappers = await WrapperServer.listen({
+      path: socketPath,
+      master: monitor.wrapperFacing(),
+      log,
+    });
   } catch (err) {
+    monitor[Symbol.dispose]();
     await master.close();
     throw err;
   }
   const why = distrustSocket(socketPath, Deno.uid() ?? 0);
   if (why !== null) log(`wrappers will refuse the socket ${socketPath}: ${why}`);
-  let http: Deno.HttpServer | undefined;
+  let http: Deno.HttpServer<Deno.NetAddr> | undefined;
   if (options.statusPort !== undefined) {
-    http = Deno.serve({
-      hostname: "127.0.0.1",
-      port: options.statusPort,
-      onListen: () => {},
-    }, (req) => {
-      const url = new URL(req.url);
-      const status = masterStatus(master);
-      if (url.pathname === "/status.json") return Response.json(status);
-      if (url.pathname === "/") {
-        return new Response(statusHtml(status), { headers: { "content-type": "text/html" } });
-      }
-      return new Response("not found", { status: 404 });
+    try {
+      http = Deno.serve({
+        hostname: "127.0.0.1",
+        port: options.statusPort,
+        onListen: () => {},
+      }, async (req) => {
+        const url = new URL(req.url);
+        const script = pages?.serve(url.pathname);
+        const known = script !== undefined ||
+          ["/", "/status.json", "/metrics"].includes(url.pathname);
+        if (!known) return textResponse(404, "Not found");
+        if (req.method !== "GET" && req.method !== "HEAD") {
+          await script?.body?.cancel();
+          return textResponse(405, "Method not allowed");
+        }
+        if (script !== undefined) return script;
+        if (url.pathname === "/status.json") return jsonResponse(monitor.status());
+        if (url.pathname === "/metrics") return metricsResponse(monitor.metrics, PAGE_HEADERS);
+        return htmlResponse(renderMasterPage(monitor.status()));
+      });
+    } catch (err) {
+      await wrappers.close();
+      monitor[Symbol.dispose]();
+      await master.close();
+      throw err;
+    }
+    monitor.statusUrl = `http://127.0.0.1:${http.addr.port}/`;
+  }
+  let reporter: MasterReporter | undefined;
+  if (options.coordinator) {
+    const coordinator = options.coordinator;
+    reporter = reportToCoordinator({
+      coordinator,
+      secret: options.secret,
+      intervalMs: options.reportIntervalMs,
+      report: () => monitor.report(),
+      onReply: (reply) => {
+        if (reply.statusPage === undefined) return;
+        // A page on every address is reached at the host this master dials.
+        const host = reply.statusPage.hostname ?? parseHostPort(coordinator).hostname;
+        monitor.coordinator = {
+          address: coordinator,
+          statusUrl: `http://${formatHostPort(host, reply.statusPage.port)}/`,
+        };
+      },
+      log,
     });
   }
   let closed = false;
   const close = async () => {
     if (closed) return;
     closed = true;
+    await reporter?.close();
     await wrappers.close();
     await http?.shutdown();
+    monitor[Symbol.dispose]();
     await master.close();
   };
   return {
     master,
+    monitor,
     socketPath,
-    statusPort: http ? (http.addr as Deno.NetAddr).port : undefined,
+    statusPort: http?.addr.port,
     close,
     [Symbol.asyncDispose]: close,
   };

@@ -4,9 +4,21 @@
 # into node_modules/ beside deno.json ("nodeModulesDir": "manual"), readable by
 # every user: the roles then start with no network, whoever runs them.
 # Fast when all are present.
+#
+# --test also installs what only the tests use: Debian's chromium (the
+# dashboard's browser test) and promtool (checks /metrics), the latter
+# unpacked from Debian's prometheus package into .cache/tools/ so that no
+# Prometheus server gets installed and started.
 set -euo pipefail
 DENO_VERSION=2.9.6
 cd "$(dirname "$0")/.."
+test_tools=false
+for arg in "$@"; do
+  case "$arg" in
+    --test) test_tools=true ;;
+    *) echo "bootstrap: unknown argument $arg (want --test or nothing)" >&2; exit 2 ;;
+  esac
+done
 
 have_deno() {
   command -v deno >/dev/null 2>&1 && [ "$(deno --version 2>/dev/null | head -n1 | cut -d' ' -f2)" = "$DENO_VERSION" ]
@@ -25,6 +37,24 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if $test_tools && ! command -v chromium >/dev/null 2>&1; then
+  echo "bootstrap: apt-get install chromium (for the tests)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
+if $test_tools && ! command -v promtool >/dev/null 2>&1 && [ ! -x .cache/tools/bin/promtool ]; then
+  echo "bootstrap: promtool from Debian's prometheus package into .cache/tools/" >&2
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || {
+    apt-get update -qq && (cd "$tmp" && apt-get download prometheus >/dev/null)
+  }
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p .cache/tools/bin
+  install -m 0755 "$tmp/x/usr/bin/promtool" .cache/tools/bin/promtool
+  rm -rf "$tmp"
 fi
 
 if ! have_deno; then

@@ -425,7 +425,7 @@ Deno.test("status page lists workers as JSON and escapes a hostile hostname in H
   assert.ok(!html.includes("<script>"), html);
   assert.ok(html.includes("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"), html);
   assert.ok(html.includes("127.0.0.1:4102"));
-  assert.match(html, /<td>[0-9]+s ago<\/td>/);
+  assert.match(html, /<td>[0-9.]+ m?s ago<\/td>/);
   assert.ok(!html.includes(hex) && !JSON.stringify(status).includes(hex));
 
   const missing = await fetch(`${base}/nothing`);
