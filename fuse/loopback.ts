@@ -12,6 +12,7 @@
  * @module
  */
 
+import { joinPath } from "../common/paths.ts";
 import { EBADF, ENAMETOOLONG, ENOENT, EROFS, ESTALE } from "./errno.ts";
 import { type Libc, openLibc } from "./libc.ts";
 import {
@@ -28,6 +29,7 @@ import {
   O_DIRECTORY,
   O_NOFOLLOW,
   O_RDONLY,
+  S_IFMT,
   STAT_SIZE,
   type StatResult,
   STATVFS_SIZE,
@@ -95,7 +97,6 @@ const DIRENT_BYTES_MIN = 32;
 const DIRENTPLUS_BYTES_MIN = 160;
 const OPEN_DIRS_MAX_DEFAULT = 4096;
 
-const S_IFMT = 0o170000;
 const DT_TO_MODE = [
   0,
   0o010000,
@@ -228,7 +229,7 @@ export class LoopbackFs implements FileSystem, Disposable {
 
   #childPath(parent: Node, name: string): string | undefined {
     if (name === "" || name === "." || name === ".." || name.includes("/")) return undefined;
-    const path = parent.path === "/" ? `/${name}` : `${parent.path}/${name}`;
+    const path = joinPath(parent.path, name);
     return path === this.#hidden ? undefined : path;
   }
 

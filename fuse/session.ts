@@ -62,6 +62,7 @@
  * @module
  */
 
+import { cString } from "../common/c_string.ts";
 import { Bridge, type HandlerFailure, type ReplySink } from "./bridge.ts";
 import { EAGAIN, EINTR, ENOSYS, ENOTCONN, errnoFromError } from "./errno.ts";
 import { type Libfuse, openLibfuse } from "./ffi.ts";
@@ -179,17 +180,6 @@ const REQUESTS_PER_TURN_DEFAULT = 32;
 const SYNC_WAIT_MS_DEFAULT = 1;
 
 const encoder = new TextEncoder();
-
-/**
- * A NUL-terminated string. At least 128 bytes, so V8 keeps it off its heap and
- * a pointer taken with `Deno.UnsafePointer.of` stays valid while referenced.
- */
-function cString(text: string): Uint8Array<ArrayBuffer> {
-  const bytes = encoder.encode(text);
-  const out = new Uint8Array(Math.max(bytes.length + 1, 128));
-  out.set(bytes);
-  return out;
-}
 
 /** Lazily read `fuse_req_ctx`; valid only while the request is unanswered. */
 class NativeRequestContext implements RequestContext {

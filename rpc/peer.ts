@@ -5,7 +5,8 @@
  * @module
  */
 
-import { errorMessage, FrameError, RpcError } from "./errors.ts";
+import { errorMessage } from "../common/errors.ts";
+import { FrameError, RpcError } from "./errors.ts";
 import {
   allocBytesChunkFrame,
   BYTES_CHUNK_HEADER_BYTES,

@@ -26,6 +26,8 @@
  */
 
 import type { Fetcher, Store } from "../cas/mod.ts";
+import { cString } from "../common/c_string.ts";
+import { baseName, isInside, joinPath, normalizePath, parentOf } from "../common/paths.ts";
 import type { FileAttr, FileKind } from "../common/types.ts";
 import {
   EACCES,
@@ -41,6 +43,22 @@ import {
   ESTALE,
 } from "../fuse/errno.ts";
 import { type Libc, openLibc } from "../fuse/libc.ts";
+import {
+  FUSE_CAP_CACHE_SYMLINKS,
+  FUSE_CAP_NO_OPEN_SUPPORT,
+  FUSE_CAP_NO_OPENDIR_SUPPORT,
+  FUSE_CAP_READDIRPLUS,
+  FUSE_CAP_READDIRPLUS_AUTO,
+  O_ACCMODE,
+  O_CLOEXEC,
+  O_RDONLY,
+  R_OK,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFREG,
+  W_OK,
+  X_OK,
+} from "../fuse/structs.ts";
 import type {
   Attr,
   AttrReply,
@@ -185,20 +203,6 @@ const FETCH_ATTEMPTS_MAX = 3;
 const RECENT_UPDATES_MAX = 10_000;
 const NAME_BYTES_MAX = 255;
 
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
-const O_ACCMODE = 3;
-const O_RDONLY = 0;
-const O_CLOEXEC = 0o2000000;
-const R_OK = 4;
-const W_OK = 2;
-const X_OK = 1;
-const FUSE_CAP_CACHE_SYMLINKS = 1 << 23;
-const FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17;
-const FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24;
-const FUSE_CAP_READDIRPLUS = 1 << 13;
-const FUSE_CAP_READDIRPLUS_AUTO = 1 << 14;
 /** sizeof(struct fuse_entry_out) + sizeof(struct fuse_dirent) without the name. */
 const DIRENTPLUS_FIXED_BYTES = 128 + 24;
 
@@ -352,8 +356,8 @@ export class MirrorFs implements FileSystem {
       const path = normalizePath(raw);
       if (path === "/") continue;
       mountPointSet.add(path);
-      const parent = dirname(path);
-      mountPoints.set(parent, [...(mountPoints.get(parent) ?? []), basename(path)]);
+      const parent = parentOf(path);
+      mountPoints.set(parent, [...(mountPoints.get(parent) ?? []), baseName(path)]);
     }
     this.#mountPoints = mountPoints;
     this.#mountPointSet = mountPointSet;
@@ -447,9 +451,9 @@ export class MirrorFs implements FileSystem {
         this.#updateNode(this.#root, update, entries, inodes);
         continue;
       }
-      const parent = this.#find(dirname(path));
+      const parent = this.#find(parentOf(path));
       if (parent === undefined || parent.synthetic) continue; // the kernel cannot know it
-      const name = basename(path);
+      const name = baseName(path);
       const node = parent.kids.get(name);
       if (update.kind === null) {
         const known = parent.listing?.delete(name) === true;
@@ -554,7 +558,7 @@ export class MirrorFs implements FileSystem {
 
   init(conn: ConnInfo): void {
     this.#mountpoint = conn.mountpoint;
-    if (isUnder(this.#store.dir, conn.mountpoint)) {
+    if (isInside(this.#store.dir, conn.mountpoint)) {
       this.#onError(
         new Error(`Store ${this.#store.dir} lies under mount point ${conn.mountpoint}`),
         "init",
@@ -978,9 +982,9 @@ export class MirrorFs implements FileSystem {
   #absorb(attr: FileAttr): Node | undefined {
     const path = normalizePath(attr.path);
     if (this.#isUnderMountPoint(path) || path === "/") return undefined;
-    const parent = this.#find(dirname(path));
+    const parent = this.#find(parentOf(path));
     if (parent === undefined || parent.synthetic) return undefined;
-    const name = basename(path);
+    const name = baseName(path);
     if (attr.kind === null) {
       if (parent.listing?.delete(name)) parent.rows = undefined;
       const node = parent.kids.get(name);
@@ -1432,7 +1436,7 @@ export class MirrorFs implements FileSystem {
 
   #toAttr(node: Node): Attr {
     const attr = node.attr!;
-    const owner = isUnder(node.path, this.#writableRoot) ? JOB_UID : 0;
+    const owner = isInside(node.path, this.#writableRoot) ? JOB_UID : 0;
     const size = attr.kind === "symlink" && attr.target !== undefined
       ? byteLength(attr.target)
       : attr.size;
@@ -1496,38 +1500,11 @@ export class MirrorClosedError extends Error {
   }
 }
 
-function normalizePath(path: string): string {
-  const parts: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") parts.pop();
-    else parts.push(part);
-  }
-  return "/" + parts.join("/");
-}
-
-function dirname(path: string): string {
-  const index = path.lastIndexOf("/");
-  return index <= 0 ? "/" : path.slice(0, index);
-}
-
-function basename(path: string): string {
-  return path.slice(path.lastIndexOf("/") + 1);
-}
-
-function joinPath(dir: string, name: string): string {
-  return dir === "/" ? `/${name}` : `${dir}/${name}`;
-}
-
-function isUnder(path: string, root: string): boolean {
-  return root === "/" || path === root || path.startsWith(root + "/");
-}
-
 /** The name of `path` in `dir` if it is a direct child, else undefined. */
 function childName(dir: string, path: string): string | undefined {
   const normalized = normalizePath(path);
-  if (normalized === "/" || dirname(normalized) !== dir) return undefined;
-  const name = basename(normalized);
+  if (normalized === "/" || parentOf(normalized) !== dir) return undefined;
+  const name = baseName(normalized);
   return validName(name) ? name : undefined;
 }
 
@@ -1571,8 +1548,4 @@ function byteLength(text: string): number {
 
 function align8(n: number): number {
   return (n + 7) & ~7;
-}
-
-function cString(text: string): Uint8Array<ArrayBuffer> {
-  return encoder.encode(text + "\0") as Uint8Array<ArrayBuffer>;
 }

@@ -18,7 +18,8 @@ import {
   WorkerMethods,
 } from "../common/protocol.ts";
 import type { FileAttr, ResultSet } from "../common/types.ts";
-import { hashBytes, isHash, Store } from "../cas/mod.ts";
+import { hashBytes, Store } from "../cas/mod.ts";
+import { isHash } from "../common/hash.ts";
 import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
 import { FuseSession } from "../fuse/mod.ts";
 import { cleanStaleMount } from "../fuse/mod.ts";
