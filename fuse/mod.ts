@@ -1,7 +1,8 @@
 /**
  * FUSE through libfuse3's low-level API from Deno: a node API
  * ({@link FileSystem}), a session that mounts and serves it
- * ({@link FuseSession}), and a read-only mirror of a local directory
+ * ({@link FuseSession}), the node table file systems keep their inodes in
+ * ({@link NodeTable}), and a read-only mirror of a local directory
  * ({@link LoopbackFs}).
  *
  * @module
@@ -17,6 +18,7 @@ export {
   FuseSessionError,
 } from "./session.ts";
 export { Bridge, type BridgeStats, type HandlerFailure, type ReplySink } from "./bridge.ts";
+export { LookupCounts, NodeTable, type NodeTableOptions, type TableNode } from "./node_table.ts";
 export {
   FUSE_CAP_ASYNC_READ,
   FUSE_CAP_AUTO_INVAL_DATA,

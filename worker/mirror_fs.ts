@@ -43,12 +43,14 @@ import {
   ESTALE,
 } from "../fuse/errno.ts";
 import { type Libc, openLibc } from "../fuse/libc.ts";
+import { NodeTable, type TableNode } from "../fuse/node_table.ts";
 import {
   FUSE_CAP_CACHE_SYMLINKS,
   FUSE_CAP_NO_OPEN_SUPPORT,
   FUSE_CAP_NO_OPENDIR_SUPPORT,
   FUSE_CAP_READDIRPLUS,
   FUSE_CAP_READDIRPLUS_AUTO,
+  FUSE_ROOT_ID,
   O_ACCMODE,
   O_CLOEXEC,
   O_RDONLY,
@@ -192,7 +194,6 @@ const NEGATIVES_MAX = 1_000_000;
 const READDIR_BATCH_MAX = 4096;
 /** Evict down to this fraction of entriesMax, so eviction runs rarely. */
 const EVICT_TARGET_FRACTION = 0.9;
-const ROOT_ID = 1n;
 /** Fetches repeated at most this often when a reset() overtakes them. */
 const FETCH_ATTEMPTS_MAX = 3;
 /**
@@ -207,8 +208,7 @@ const NAME_BYTES_MAX = 255;
 const DIRENTPLUS_FIXED_BYTES = 128 + 24;
 
 /** A path the mirror knows about; its id is the kernel's node id. */
-interface Node {
-  readonly id: bigint;
+interface Node extends TableNode {
   readonly path: string;
   readonly name: string;
   readonly parent: Node | undefined;
@@ -220,8 +220,6 @@ interface Node {
   complete: boolean;
   /** Cached child nodes (a subset of the listing). */
   readonly kids: Map<string, Node>;
-  /** The kernel holds references (from a lookup until forget). */
-  known: boolean;
   /** Open handles. */
   opens: number;
   /** No longer reachable by path (deleted or replaced); kept while the kernel or a handle holds it. */
@@ -287,10 +285,12 @@ export class MirrorFs implements FileSystem {
   readonly #onError: (error: unknown, context: string) => void;
   readonly #limiter: Limiter;
   readonly #root: Node;
-  /** Every node the kernel may name: attached ones in LRU order (first = least recent). */
-  readonly #nodes = new Map<bigint, Node>();
+  /**
+   * Every node the kernel may name: attached ones in LRU order (first = least
+   * recent); a detached one only while the kernel or a handle holds it.
+   */
+  readonly #nodes = new NodeTable<Node>({ keep: (node) => !node.detached || node.opens > 0 });
   #attached = 0;
-  #nextId = ROOT_ID + 1n;
   readonly #dirFetches = new Map<Node, Promise<void>>();
   readonly #attrFetches = new Map<string, AttrFetch>();
   readonly #prefetching = new Set<string>();
@@ -588,15 +588,12 @@ export class MirrorFs implements FileSystem {
   }
 
   forget(ino: bigint): void {
-    const node = this.#nodes.get(ino);
-    if (node === undefined) return;
-    node.known = false;
+    if (this.#nodes.forget(ino) === undefined) return;
     const cached = this.#blobs.get(ino);
     if (cached !== undefined) {
       this.#blobs.delete(ino);
       this.#closeLater(cached);
     }
-    this.#dropIfUnused(node);
   }
 
   getattr(ino: bigint, _ctx: RequestContext): AttrReply | Errno | Promise<AttrReply | Errno> {
@@ -706,7 +703,7 @@ export class MirrorFs implements FileSystem {
           });
           continue;
         }
-        node.known = true;
+        this.#nodes.remember(node);
         result.push({ name, entry: this.#entryOf(node) });
       }
       return result;
@@ -830,8 +827,8 @@ export class MirrorFs implements FileSystem {
     }
     const child = parent.kids.get(name);
     if (child?.attr === undefined) return undefined;
-    child.known = true;
-    this.#touch(child);
+    this.#nodes.remember(child);
+    this.#nodes.touch(child);
     this.#maybePrefetch(child);
     return this.#entryOf(child);
   }
@@ -1238,7 +1235,7 @@ export class MirrorFs implements FileSystem {
       this.#onError(error, "release");
     }
     handle.node.opens--;
-    this.#dropIfUnused(handle.node);
+    this.#nodes.dropIfUnused(handle.node);
   }
 
   #fetcher(background: boolean): Fetcher {
@@ -1347,7 +1344,7 @@ export class MirrorFs implements FileSystem {
   // ---- nodes ----
 
   #newNode(parent: Node | undefined, name: string, path: string, synthetic: boolean): Node {
-    const id = parent === undefined ? ROOT_ID : this.#nextId++;
+    const id = parent === undefined ? FUSE_ROOT_ID : this.#nodes.nextId();
     const node: Node = {
       id,
       path,
@@ -1365,7 +1362,7 @@ export class MirrorFs implements FileSystem {
       rows: undefined,
     };
     parent?.kids.set(name, node);
-    this.#nodes.set(id, node);
+    this.#nodes.add(node);
     this.#attached++;
     return node;
   }
@@ -1394,16 +1391,7 @@ export class MirrorFs implements FileSystem {
       node.negatives = undefined;
     }
     this.#attached--;
-    this.#dropIfUnused(node);
-  }
-
-  #dropIfUnused(node: Node): void {
-    if (node.detached && !node.known && node.opens === 0) this.#nodes.delete(node.id);
-  }
-
-  #touch(node: Node): void {
-    this.#nodes.delete(node.id);
-    this.#nodes.set(node.id, node);
+    this.#nodes.dropIfUnused(node);
   }
 
   /** Drops least recently used nodes nobody holds, when above the cap. */
