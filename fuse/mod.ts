@@ -10,13 +10,8 @@
 
 export type * from "./types.ts";
 export * from "./errno.ts";
-export {
-  abortConnection,
-  cleanStaleMount,
-  FuseMountError,
-  FuseSession,
-  FuseSessionError,
-} from "./session.ts";
+export { FuseMountError, FuseSession, FuseSessionError } from "./session.ts";
+export { abortConnection, cleanStaleMount } from "./mounts.ts";
 export { Bridge, type BridgeStats, type HandlerFailure, type ReplySink } from "./bridge.ts";
 export { LookupCounts, NodeTable, type NodeTableOptions, type TableNode } from "./node_table.ts";
 export {
