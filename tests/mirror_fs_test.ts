@@ -16,7 +16,8 @@ import type {
   RequestContext,
 } from "../fuse/types.ts";
 import { DirLink } from "../worker/_mirror_dir_link.ts";
-import { JOB_UID, MirrorFs, type MirrorOptions } from "../worker/mirror_fs.ts";
+import { JOB_UID } from "../worker/mirror_cache.ts";
+import { MirrorFs, type MirrorOptions } from "../worker/mirror_fs.ts";
 
 const CTX: RequestContext = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
 const ROOT = 1n;

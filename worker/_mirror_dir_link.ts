@@ -8,7 +8,7 @@
 import { hashFile } from "../cas/mod.ts";
 import { isInside, joinPath } from "../common/paths.ts";
 import type { FileAttr, FileKind } from "../common/types.ts";
-import type { MasterLink } from "./mirror_fs.ts";
+import type { MasterLink } from "./master_link.ts";
 
 /** Options of {@linkcode DirLink}. */
 export interface DirLinkOptions {

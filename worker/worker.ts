@@ -31,7 +31,8 @@ import {
   removeStaleCgroups,
   runJob,
 } from "../sandbox/mod.ts";
-import { type MasterLink, MirrorFs, MOUNT_POINTS_DEFAULT } from "./mirror_fs.ts";
+import type { MasterLink } from "./master_link.ts";
+import { MirrorFs, MOUNT_POINTS_DEFAULT } from "./mirror_fs.ts";
 import { sendResultParts } from "./result_parts.ts";
 
 export interface WorkerOptions {
