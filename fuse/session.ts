@@ -290,6 +290,36 @@ export class FuseSession implements MountedSession {
   #start(fs: FileSystem, options: MountOptions): void {
     const f = this.#fuse.symbols;
     const c = this.#libc.symbols;
+    const args = this.#args(options);
+    const ops = buildOps({
+      fs,
+      bridge: this.#bridge,
+      lib: this.#fuse,
+      onInit: (conn) => this.#onInit(fs, conn),
+      zeroMessageOpen: () => this.#zeroMessageOpen,
+      callbacks: this.#callbacks,
+    });
+    this.#se = f.fuse_session_new(args.struct, ops, BigInt(LOWLEVEL_OPS_SIZE), null);
+    if (this.#se === null) {
+      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_new failed`);
+    }
+    if (f.fuse_session_mount(this.#se, cString(this.mountpoint)) !== 0) {
+      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_mount failed`);
+    }
+    this.#fd = f.fuse_session_fd(this.#se);
+    const flags = c.fcntl(this.#fd, F_GETFL, 0);
+    if (flags < 0 || c.fcntl(this.#fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fcntl failed`);
+    }
+    this.#setUpWaits();
+    this.#serving = this.#serve();
+  }
+
+  /**
+   * The `struct fuse_args` of `fuse_session_new` (`-o` mount options), and
+   * the buffers its pointers point into (keep them referenced until then).
+   */
+  #args(options: MountOptions): { struct: Uint8Array<ArrayBuffer>; buffers: unknown[] } {
     const mountOptions: string[] = ["default_permissions", "allow_other", "ro"].filter((_, i) =>
       [options.defaultPermissions, options.allowOther, options.readOnly][i]
     );
@@ -318,27 +348,12 @@ export class FuseSession implements MountedSession {
       true,
     );
     argsView.setInt32(ARGS_ALLOCATED, 0, true);
+    return { struct: args, buffers: [argv, argvBuffers] };
+  }
 
-    const ops = buildOps({
-      fs,
-      bridge: this.#bridge,
-      lib: this.#fuse,
-      onInit: (conn) => this.#onInit(fs, conn),
-      zeroMessageOpen: () => this.#zeroMessageOpen,
-      callbacks: this.#callbacks,
-    });
-    this.#se = f.fuse_session_new(args, ops, BigInt(LOWLEVEL_OPS_SIZE), null);
-    if (this.#se === null) {
-      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_new failed`);
-    }
-    if (f.fuse_session_mount(this.#se, cString(this.mountpoint)) !== 0) {
-      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_mount failed`);
-    }
-    this.#fd = f.fuse_session_fd(this.#se);
-    const flags = c.fcntl(this.#fd, F_GETFL, 0);
-    if (flags < 0 || c.fcntl(this.#fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fcntl failed`);
-    }
+  /** The descriptors the loop waits on: the device and the wake-up eventfd, the tick timer. */
+  #setUpWaits(): void {
+    const c = this.#libc.symbols;
     this.#wakeFd = c.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (this.#wakeFd < 0) {
       throw new FuseMountError(`Cannot mount at ${this.mountpoint}: eventfd failed`);
@@ -365,7 +380,6 @@ export class FuseSession implements MountedSession {
       syncView.setInt32(POLLFD_SIZE + POLLFD_FD, this.#tickFd, true);
       syncView.setInt16(POLLFD_SIZE + POLLFD_EVENTS, POLLIN, true);
     }
-    this.#serving = this.#serve();
   }
 
   async #serve(): Promise<void> {
