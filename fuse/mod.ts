@@ -5,6 +5,13 @@
  * ({@link NodeTable}), and a read-only mirror of a local directory
  * ({@link LoopbackFs}).
  *
+ * Inside: `types.ts` (the node API), `bridge.ts` (requests to node calls,
+ * one reply each, lookup counts), `node_table.ts`, `session.ts` (mount and
+ * the request loop), `lowlevel_ops.ts` (the callbacks), `native_sink.ts`
+ * (replies through libfuse), `mounts.ts` (mountinfo, fusectl, stale
+ * mounts), `ffi.ts`/`libc.ts` (symbol tables), `structs.ts` (layouts and
+ * constants, checked against the C headers), `errno.ts`, `loopback.ts`.
+ *
  * @module
  */
 

@@ -314,15 +314,10 @@ export class MirrorFs implements FileSystem {
       return { attr: this.#cache.toAttr(node), attrTimeoutS: this.#cache.attrTimeoutS };
     }
     if (node.detached) return ESTALE;
-    return (async () => {
-      try {
-        await this.#fetches.refresh(node, false);
-      } catch (error) {
-        return this.#failed(error, `getattr ${node.path}`);
-      }
+    return this.#refreshed(node, "getattr", () => {
       if (node.attr === undefined) return node.detached ? ESTALE : ENOENT;
       return { attr: this.#cache.toAttr(node), attrTimeoutS: this.#cache.attrTimeoutS };
-    })();
+    });
   }
 
   readlink(ino: bigint, _ctx: RequestContext): string | Errno | Promise<string | Errno> {
@@ -332,14 +327,11 @@ export class MirrorFs implements FileSystem {
     const local = targetOf(node);
     if (local !== undefined) return local;
     if (node.detached || node.attr !== undefined) return EINVAL;
-    return (async () => {
-      try {
-        await this.#fetches.refresh(node, false);
-      } catch (error) {
-        return this.#failed(error, `readlink ${node.path}`);
-      }
-      return targetOf(node) ?? (node.attr === undefined ? ENOENT : EINVAL);
-    })();
+    return this.#refreshed(
+      node,
+      "readlink",
+      () => targetOf(node) ?? (node.attr === undefined ? ENOENT : EINVAL),
+    );
   }
 
   opendir(
@@ -511,6 +503,16 @@ export class MirrorFs implements FileSystem {
     } catch (error) {
       return this.#failed(error, `lookup ${joinPath(parent.path, name)}`);
     }
+  }
+
+  /** Fetches a node's attrs again, then answers `op` with `answer` (EIO if the fetch failed). */
+  async #refreshed<T>(node: MirrorNode, op: string, answer: () => T | Errno): Promise<T | Errno> {
+    try {
+      await this.#fetches.refresh(node, false);
+    } catch (error) {
+      return this.#failed(error, `${op} ${node.path}`);
+    }
+    return answer();
   }
 
   // ---- files ----
