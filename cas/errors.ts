@@ -1,3 +1,5 @@
+import { errorMessage } from "../common/errors.ts";
+
 /** Error codes of {@linkcode CasError}. */
 export type CasErrorCode = "CORRUPT" | "MISSING" | "IO" | "LIMIT";
 
@@ -17,4 +19,15 @@ export class CasError extends Error {
     this.name = "CasError";
     this.code = code;
   }
+}
+
+/** Wraps a file system error as `CasError("IO")`, naming a full disk plainly. */
+export function ioError(action: string, error: unknown): CasError {
+  if (error instanceof CasError) return error;
+  const code = (error as { code?: unknown } | null)?.code;
+  let detail: string;
+  if (code === "ENOSPC") detail = "no space left on device (ENOSPC)";
+  else if (code === "EDQUOT") detail = "disk quota exceeded (EDQUOT)";
+  else detail = errorMessage(error);
+  return new CasError("IO", `${action}: ${detail}`, { cause: error });
 }

@@ -3,12 +3,7 @@ import { createHash } from "node:crypto";
 /** Size of the buffer used to stream files through SHA-256. */
 export const HASH_CHUNK_BYTES = 1024 * 1024;
 
-const HASH_PATTERN = /^[0-9a-f]{64}$/;
-
-/** Returns whether `s` is a SHA-256 hash: exactly 64 lowercase hex characters. */
-export function isHash(s: string): boolean {
-  return HASH_PATTERN.test(s);
-}
+export { isHash } from "../common/hash.ts";
 
 /** Returns the lowercase hex SHA-256 of `bytes`. */
 export function hashBytes(bytes: Uint8Array): string {

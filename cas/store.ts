@@ -1,6 +1,6 @@
-import { createHash, type Hash } from "node:crypto";
-import { CasError } from "./errors.ts";
+import { CasError, ioError } from "./errors.ts";
 import { HASH_CHUNK_BYTES, hashBytes, hashFile, isHash } from "./hash.ts";
+import { TempBlob } from "./temp_blob.ts";
 
 /** Where a {@linkcode Fetcher} writes a blob's bytes, in order. Await each write. */
 export type BlobSink = { write(chunk: Uint8Array): Promise<void> };
@@ -36,9 +36,6 @@ export const READ_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
 /** Blob files touched longer ago than this get their times updated on disk when used,
  * so that LRU order survives a restart (approximately) without a syscall per use. */
 const DISK_TOUCH_INTERVAL_MS = 10 * 60 * 1000;
-
-/** Buffer that coalesces small fetcher chunks into fewer writes. */
-const WRITE_BUFFER_BYTES = 256 * 1024;
 
 /** Files stat'ed at once while scanning the store at open. */
 const SCAN_CONCURRENCY = 64;
@@ -566,122 +563,6 @@ export class Store {
   #assertOpen(): void {
     if (this.#closed) throw new CasError("IO", `Cannot use store ${this.dir}: closed`);
   }
-}
-
-interface TempOptions {
-  storeDir: string;
-  tmpDir: string;
-  blobBytesMax: number;
-}
-
-/** A temp file in the store's tmp dir being filled and hashed. */
-class TempBlob {
-  readonly path: string;
-  committed = false;
-  readonly #storeDir: string;
-  readonly #blobBytesMax: number;
-  #file: Deno.FsFile | undefined;
-  readonly #hasher: Hash = createHash("sha256");
-  #buffer: Uint8Array | undefined;
-  #fill = 0;
-  #size = 0;
-  #busy = false;
-
-  private constructor(options: TempOptions, path: string, file: Deno.FsFile) {
-    this.#storeDir = options.storeDir;
-    this.#blobBytesMax = options.blobBytesMax;
-    this.path = path;
-    this.#file = file;
-  }
-
-  static async create(options: TempOptions): Promise<TempBlob> {
-    const path = `${options.tmpDir}/${crypto.randomUUID()}`;
-    try {
-      const file = await Deno.open(path, { write: true, createNew: true });
-      return new TempBlob(options, path, file);
-    } catch (error) {
-      throw ioError(`Cannot create temp file in store ${options.storeDir}`, error);
-    }
-  }
-
-  async write(chunk: Uint8Array): Promise<void> {
-    if (this.#file === undefined) {
-      throw new CasError("IO", `Cannot write blob to store ${this.#storeDir}: sink is closed`);
-    }
-    if (this.#busy) throw new Error("BlobSink.write() called before the previous write settled");
-    if (this.#size + chunk.length > this.#blobBytesMax) {
-      throw new CasError(
-        "LIMIT",
-        `Cannot write blob to store ${this.#storeDir}: more than blobBytesMax ${this.#blobBytesMax} bytes`,
-      );
-    }
-    this.#hasher.update(chunk);
-    this.#size += chunk.length;
-    this.#busy = true;
-    try {
-      if (this.#fill + chunk.length < WRITE_BUFFER_BYTES) {
-        this.#buffer ??= new Uint8Array(WRITE_BUFFER_BYTES);
-        this.#buffer.set(chunk, this.#fill);
-        this.#fill += chunk.length;
-        return;
-      }
-      await this.#flush();
-      await this.#writeAll(chunk);
-    } finally {
-      this.#busy = false;
-    }
-  }
-
-  /** Flushes and closes the file; returns the content's hash and size. */
-  async finish(): Promise<{ hash: string; size: number }> {
-    if (this.#busy) throw new Error("BlobSink.write() still pending when the fetch finished");
-    await this.#flush();
-    this.#file?.close();
-    this.#file = undefined;
-    return { hash: this.#hasher.digest("hex"), size: this.#size };
-  }
-
-  /** Closes the file and removes it unless committed; never throws or rejects. */
-  discard(): Promise<void> {
-    try {
-      this.#file?.close();
-    } catch {
-      // already closed
-    }
-    this.#file = undefined;
-    if (this.committed) return Promise.resolve();
-    // Asynchronous (see Store.#exclusive); a leftover is removed at the next open.
-    return Deno.remove(this.path).catch(() => {});
-  }
-
-  async #flush(): Promise<void> {
-    if (this.#fill === 0 || this.#buffer === undefined) return;
-    const fill = this.#fill;
-    this.#fill = 0;
-    await this.#writeAll(this.#buffer.subarray(0, fill));
-  }
-
-  async #writeAll(bytes: Uint8Array): Promise<void> {
-    const file = this.#file;
-    if (file === undefined) throw new CasError("IO", "Cannot write blob: temp file closed");
-    try {
-      let offset = 0;
-      while (offset < bytes.length) offset += await file.write(bytes.subarray(offset));
-    } catch (error) {
-      throw ioError(`Cannot write blob to store ${this.#storeDir}`, error);
-    }
-  }
-}
-
-/** Wraps a file system error as `CasError("IO")`, naming a full disk plainly. */
-function ioError(action: string, error: unknown): CasError {
-  if (error instanceof CasError) return error;
-  const code = (error as { code?: unknown } | null)?.code;
-  let detail: string;
-  if (code === "ENOSPC") detail = "no space left on device (ENOSPC)";
-  else if (code === "EDQUOT") detail = "disk quota exceeded (EDQUOT)";
-  else detail = error instanceof Error ? error.message : String(error);
-  return new CasError("IO", `${action}: ${detail}`, { cause: error });
 }
 
 /** Resolves like `promise`, or rejects with `signal.reason` when it aborts first. */

@@ -5,8 +5,8 @@
  * per request: whether the handler answers at once, throws, returns a promise
  * that resolves or rejects, or the session closes first (then EIO).
  *
- * It also counts lookups per inode, so that a file system sees a single
- * `forget(ino)` when the kernel drops its last reference.
+ * It also counts lookups per inode ({@link LookupCounts}), so that a file
+ * system sees a single `forget(ino)` when the kernel drops its last reference.
  *
  * The bridge does not know about libfuse: replies go to a {@link ReplySink}
  * (native in `session.ts`, recording in the tests).
@@ -15,6 +15,7 @@
  */
 
 import { EIO, ENODATA, ENOSYS, ERANGE } from "./errno.ts";
+import { LookupCounts } from "./node_table.ts";
 import type {
   AttrReply,
   DirEntry,
@@ -86,7 +87,7 @@ export class Bridge<R> {
   readonly #fs: FileSystem;
   readonly #sink: ReplySink<R>;
   readonly #onError: (failure: HandlerFailure) => void;
-  readonly #lookups = new Map<bigint, number>();
+  readonly #lookups = new LookupCounts();
   readonly #pending = new Set<Pending<R>>();
   #asyncReplies = 0;
   #failures = 0;
@@ -122,7 +123,7 @@ export class Bridge<R> {
 
   /** The kernel's lookup count of `ino` as seen by the bridge (0 if unknown). */
   lookupCount(ino: bigint): number {
-    return this.#lookups.get(ino) ?? 0;
+    return this.#lookups.get(ino);
   }
 
   /**
@@ -213,31 +214,20 @@ export class Bridge<R> {
     }
   }
 
-  #counted(ino: bigint | number): void {
-    const key = BigInt(ino);
-    this.#lookups.set(key, (this.#lookups.get(key) ?? 0) + 1);
-  }
-
   // ---- requests ----
 
   lookup(req: R, parent: bigint, name: string): void {
     this.#answer("lookup", req, (ctx) => this.#fs.lookup(parent, name, ctx), (req, entry) => {
       const res = this.#sink.entry(req, entry);
       if (res === 0 && entry.ino !== 0 && entry.ino !== 0n && !this.#closed) {
-        this.#afterReply("lookup", () => this.#counted(entry.ino));
+        this.#afterReply("lookup", () => this.#lookups.add(entry.ino));
       }
     });
   }
 
   /** forget and batch_forget: no reply is sent by the bridge (the session replies none). */
   forget(ino: bigint, nlookup: number): void {
-    const count = this.#lookups.get(ino);
-    if (count === undefined) return;
-    if (count > nlookup) {
-      this.#lookups.set(ino, count - nlookup);
-      return;
-    }
-    this.#lookups.delete(ino);
+    if (!this.#lookups.forget(ino, nlookup)) return;
     try {
       this.#fs.forget?.(ino);
     } catch (error) {
@@ -313,7 +303,7 @@ export class Bridge<R> {
           for (let i = 0; i < packed; i++) {
             const { name, entry } = entries[i];
             if (entry.ino !== 0 && entry.ino !== 0n && !isDotOrDotDot(name)) {
-              this.#counted(entry.ino);
+              this.#lookups.add(entry.ino);
             }
           }
         });

@@ -3,7 +3,8 @@
  * API, and the reference the C mirror in `bench/fuse_c/mirror.c` copies.
  *
  * Node ids are assigned per (st_dev, st_ino) of the source and mapped to a
- * path; `stat` shows the source's own inode numbers. File contents are sent by
+ * path ({@link NodeTable}: dropped when the kernel forgets them); `stat`
+ * shows the source's own inode numbers. File contents are sent by
  * libfuse straight from the source file's descriptor (`FdSlice`), never
  * through JavaScript. The mirror never touches its own mount point: an entry
  * that leads to it is hidden, and a source directory inside the mount is
@@ -12,8 +13,10 @@
  * @module
  */
 
+import { joinPath } from "../common/paths.ts";
 import { EBADF, ENAMETOOLONG, ENOENT, EROFS, ESTALE } from "./errno.ts";
 import { type Libc, openLibc } from "./libc.ts";
+import { NodeTable, type TableNode } from "./node_table.ts";
 import {
   AT_FDCWD,
   AT_SYMLINK_NOFOLLOW,
@@ -23,11 +26,13 @@ import {
   DIRENT64_NAME,
   DIRENT64_RECLEN,
   DIRENT64_TYPE,
+  FUSE_ROOT_ID,
   O_ACCMODE,
   O_CLOEXEC,
   O_DIRECTORY,
   O_NOFOLLOW,
   O_RDONLY,
+  S_IFMT,
   STAT_SIZE,
   type StatResult,
   STATVFS_SIZE,
@@ -79,7 +84,7 @@ export class LoopbackError extends Error {
   }
 }
 
-interface Node {
+interface Node extends TableNode {
   /** Absolute path in the source. */
   path: string;
   key: string;
@@ -95,7 +100,6 @@ const DIRENT_BYTES_MIN = 32;
 const DIRENTPLUS_BYTES_MIN = 160;
 const OPEN_DIRS_MAX_DEFAULT = 4096;
 
-const S_IFMT = 0o170000;
 const DT_TO_MODE = [
   0,
   0o010000,
@@ -121,8 +125,14 @@ export class LoopbackFs implements FileSystem, Disposable {
   readonly #openDirsMax: number;
   readonly #libc: Libc;
   readonly #errno: Int32Array;
-  readonly #nodes = new Map<bigint, Node>();
-  readonly #idsByKey = new Map<string, bigint>();
+  readonly #nodes = new NodeTable<Node>({
+    onDrop: (node) => {
+      this.#byKey.delete(node.key);
+      this.#closeNodeFd(node);
+    },
+  });
+  /** Nodes by source file, `${st_dev}:${st_ino}`. */
+  readonly #byKey = new Map<string, Node>();
   readonly #dirs = new Map<number, DirEntry[]>();
   readonly #files = new Set<number>();
   readonly #path = new Uint8Array(PATH_BYTES_MAX + 1);
@@ -133,7 +143,6 @@ export class LoopbackFs implements FileSystem, Disposable {
   readonly #link = new Uint8Array(PATH_BYTES_MAX);
   readonly #encoder = new TextEncoder();
   readonly #decoder = new TextDecoder();
-  #nextId = 2n;
   #nextDirFh = 1;
   #hidden = "";
   #closed = false;
@@ -160,7 +169,7 @@ export class LoopbackFs implements FileSystem, Disposable {
     this.#libc = openLibc();
     const errnoPtr = this.#libc.symbols.__errno_location();
     this.#errno = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(errnoPtr!, 4));
-    this.#nodes.set(1n, { path: this.rootDir, key: "", fd: -1 });
+    this.#nodes.add({ id: FUSE_ROOT_ID, path: this.rootDir, key: "", fd: -1, known: true });
     if (options.readdirplus) this.readdirplus = this.#readdirplus;
     this.#fdsMax = options.fdsMax ?? 512;
     if (options.noOpen) {
@@ -228,19 +237,18 @@ export class LoopbackFs implements FileSystem, Disposable {
 
   #childPath(parent: Node, name: string): string | undefined {
     if (name === "" || name === "." || name === ".." || name.includes("/")) return undefined;
-    const path = parent.path === "/" ? `/${name}` : `${parent.path}/${name}`;
+    const path = joinPath(parent.path, name);
     return path === this.#hidden ? undefined : path;
   }
 
   #nodeFor(path: string, st: StatResult): bigint {
     const key = `${st.dev}:${st.ino}`;
-    let id = this.#idsByKey.get(key);
-    if (id === undefined) {
-      id = this.#nextId++;
-      this.#idsByKey.set(key, id);
-      this.#nodes.set(id, { path, key, fd: -1 });
+    let node = this.#byKey.get(key);
+    if (node === undefined) {
+      node = this.#nodes.add({ id: this.#nodes.nextId(), path, key, fd: -1, known: true });
+      this.#byKey.set(key, node);
     }
-    return id;
+    return node.id;
   }
 
   #negative(): Entry | Errno {
@@ -264,12 +272,7 @@ export class LoopbackFs implements FileSystem, Disposable {
   }
 
   forget(ino: bigint): void {
-    if (ino === 1n) return;
-    const node = this.#nodes.get(ino);
-    if (node === undefined) return;
-    this.#nodes.delete(ino);
-    this.#idsByKey.delete(node.key);
-    this.#closeNodeFd(node);
+    this.#nodes.forget(ino);
   }
 
   getattr(ino: bigint): AttrReply | Errno {

@@ -1,22 +1,26 @@
 /**
  * FUSE through libfuse3's low-level API from Deno: a node API
  * ({@link FileSystem}), a session that mounts and serves it
- * ({@link FuseSession}), and a read-only mirror of a local directory
+ * ({@link FuseSession}), the node table file systems keep their inodes in
+ * ({@link NodeTable}), and a read-only mirror of a local directory
  * ({@link LoopbackFs}).
+ *
+ * Inside: `types.ts` (the node API), `bridge.ts` (requests to node calls,
+ * one reply each, lookup counts), `node_table.ts`, `session.ts` (mount and
+ * the request loop), `lowlevel_ops.ts` (the callbacks), `native_sink.ts`
+ * (replies through libfuse), `mounts.ts` (mountinfo, fusectl, stale
+ * mounts), `ffi.ts`/`libc.ts` (symbol tables), `structs.ts` (layouts and
+ * constants, checked against the C headers), `errno.ts`, `loopback.ts`.
  *
  * @module
  */
 
 export type * from "./types.ts";
 export * from "./errno.ts";
-export {
-  abortConnection,
-  cleanStaleMount,
-  FuseMountError,
-  FuseSession,
-  FuseSessionError,
-} from "./session.ts";
+export { FuseMountError, FuseSession, FuseSessionError } from "./session.ts";
+export { abortConnection, cleanStaleMount } from "./mounts.ts";
 export { Bridge, type BridgeStats, type HandlerFailure, type ReplySink } from "./bridge.ts";
+export { LookupCounts, NodeTable, type NodeTableOptions, type TableNode } from "./node_table.ts";
 export {
   FUSE_CAP_ASYNC_READ,
   FUSE_CAP_AUTO_INVAL_DATA,

@@ -62,26 +62,21 @@
  * @module
  */
 
-import { Bridge, type HandlerFailure, type ReplySink } from "./bridge.ts";
-import { EAGAIN, EINTR, ENOSYS, ENOTCONN, errnoFromError } from "./errno.ts";
+import { cString } from "../common/c_string.ts";
+import { Bridge, type HandlerFailure } from "./bridge.ts";
+import { EAGAIN, EINTR, ENOTCONN } from "./errno.ts";
 import { type Libfuse, openLibfuse } from "./ffi.ts";
 import { type Libc, openLibc } from "./libc.ts";
+import { buildOps } from "./lowlevel_ops.ts";
+import { abortConnection, cleanStaleMount, connectionIdOf } from "./mounts.ts";
+import { NativeSink } from "./native_sink.ts";
 import {
   ARGS_ALLOCATED,
   ARGS_ARGC,
   ARGS_ARGV,
   ARGS_SIZE,
-  BUF_FD,
-  BUF_FLAGS,
   BUF_MEM,
-  BUF_POS,
   BUF_SIZE,
-  BUF_SIZE_FIELD,
-  BUFVEC_BUF,
-  BUFVEC_COUNT,
-  BUFVEC_IDX,
-  BUFVEC_OFF,
-  BUFVEC_SIZE,
   CLOCK_MONOTONIC,
   CONN_CAPABLE,
   CONN_CONGESTION_THRESHOLD,
@@ -94,34 +89,16 @@ import {
   CONN_PROTO_MINOR,
   CONN_TIME_GRAN,
   CONN_WANT,
-  CTX_GID,
-  CTX_PID,
-  CTX_SIZE,
-  CTX_UID,
-  CTX_UMASK,
   EFD_CLOEXEC,
   EFD_NONBLOCK,
-  encodeEntryParam,
-  encodeFileInfoReply,
-  encodeStat,
-  encodeStatvfs,
-  ENTRY_PARAM_SIZE,
   F_GETFL,
   F_SETFL,
-  FILE_INFO_FH,
-  FILE_INFO_FLAGS,
-  FILE_INFO_SIZE,
-  FORGET_DATA_SIZE,
-  FUSE_BUF_FD_SEEK,
-  FUSE_BUF_IS_FD,
   FUSE_CAP_NO_OPEN_SUPPORT,
   FUSE_CAP_NO_OPENDIR_SUPPORT,
   ITIMERSPEC_INTERVAL,
   ITIMERSPEC_SIZE,
   ITIMERSPEC_VALUE,
   LOWLEVEL_OPS_SIZE,
-  type LowlevelOp,
-  lowlevelOpOffset,
   MNT_DETACH,
   O_NONBLOCK,
   POLLFD_EVENTS,
@@ -129,31 +106,11 @@ import {
   POLLFD_REVENTS,
   POLLFD_SIZE,
   POLLIN,
-  S_IFMT,
-  STAT_INO,
-  STAT_MODE,
-  STAT_SIZE,
-  STATVFS_SIZE,
   TFD_CLOEXEC,
   TFD_NONBLOCK,
   TIMESPEC_NSEC,
 } from "./structs.ts";
-import type {
-  AttrReply,
-  ConnInfo,
-  DirEntry,
-  DirEntryPlus,
-  Entry,
-  FdSlice,
-  FileSystem,
-  FuseStats,
-  MountedSession,
-  MountOptions,
-  OpenDirReply,
-  OpenReply,
-  RequestContext,
-  StatFs,
-} from "./types.ts";
+import type { ConnInfo, FileSystem, FuseStats, MountedSession, MountOptions } from "./types.ts";
 
 /** Mounting failed. */
 export class FuseMountError extends Error {
@@ -173,258 +130,13 @@ export class FuseSessionError extends Error {
 
 const INIT_TIMEOUT_MS = 10_000;
 const NOTIFY_DRAIN_TIMEOUT_MS = 2_000;
-const DIR_BUF_BYTES_MAX = 1 << 20;
-const NAME_BYTES_MAX = 4096;
 const REQUESTS_PER_TURN_DEFAULT = 32;
 const SYNC_WAIT_MS_DEFAULT = 1;
 
 const encoder = new TextEncoder();
 
-/**
- * A NUL-terminated string. At least 128 bytes, so V8 keeps it off its heap and
- * a pointer taken with `Deno.UnsafePointer.of` stays valid while referenced.
- */
-function cString(text: string): Uint8Array<ArrayBuffer> {
-  const bytes = encoder.encode(text);
-  const out = new Uint8Array(Math.max(bytes.length + 1, 128));
-  out.set(bytes);
-  return out;
-}
-
-/** Lazily read `fuse_req_ctx`; valid only while the request is unanswered. */
-class NativeRequestContext implements RequestContext {
-  readonly #lib: Libfuse;
-  readonly #req: Deno.PointerValue;
-  readonly #isValid: () => boolean;
-  #fields: Uint32Array | undefined;
-
-  constructor(lib: Libfuse, req: Deno.PointerValue, isValid: () => boolean) {
-    this.#lib = lib;
-    this.#req = req;
-    this.#isValid = isValid;
-  }
-
-  #load(index: number): number {
-    if (this.#fields === undefined) {
-      if (!this.#isValid()) throw new Error("Request context used after the reply was sent");
-      const ptr = this.#lib.symbols.fuse_req_ctx(this.#req);
-      const fields = new Uint32Array(CTX_SIZE / 4);
-      if (ptr !== null) Deno.UnsafePointerView.copyInto(ptr, fields);
-      this.#fields = fields;
-    }
-    return this.#fields[index];
-  }
-  get uid(): number {
-    return this.#load(CTX_UID / 4);
-  }
-  get gid(): number {
-    return this.#load(CTX_GID / 4);
-  }
-  get pid(): number {
-    return this.#load(CTX_PID / 4);
-  }
-  get umask(): number {
-    return this.#load(CTX_UMASK / 4);
-  }
-}
-
-/** Replies through libfuse, with scratch buffers reused (replies are synchronous). */
-class NativeSink implements ReplySink<Deno.PointerValue> {
-  readonly #lib: Libfuse;
-  readonly #f: Libfuse["symbols"];
-  readonly #entry = new Uint8Array(ENTRY_PARAM_SIZE);
-  readonly #entryView = new DataView(this.#entry.buffer);
-  readonly #stat = new Uint8Array(STAT_SIZE);
-  readonly #statView = new DataView(this.#stat.buffer);
-  readonly #statvfs = new Uint8Array(STATVFS_SIZE);
-  readonly #bufvec = new Uint8Array(BUFVEC_SIZE);
-  readonly #bufvecView = new DataView(this.#bufvec.buffer);
-  readonly #name = new Uint8Array(NAME_BYTES_MAX + 1);
-  #dir = new Uint8Array(8192);
-
-  constructor(lib: Libfuse) {
-    this.#lib = lib;
-    this.#f = lib.symbols;
-  }
-
-  context(req: Deno.PointerValue, isValid: () => boolean): RequestContext {
-    return new NativeRequestContext(this.#lib, req, isValid);
-  }
-  err(req: Deno.PointerValue, errno: number): void {
-    this.#f.fuse_reply_err(req, errno);
-  }
-  none(req: Deno.PointerValue): void {
-    this.#f.fuse_reply_none(req);
-  }
-  entry(req: Deno.PointerValue, entry: Entry): number {
-    encodeEntryParam(this.#entryView, 0, entry);
-    return this.#f.fuse_reply_entry(req, this.#entry);
-  }
-  attr(req: Deno.PointerValue, reply: AttrReply): void {
-    encodeStat(this.#statView, 0, reply.attr);
-    this.#f.fuse_reply_attr(req, this.#stat, reply.attrTimeoutS);
-  }
-  readlink(req: Deno.PointerValue, target: string | Uint8Array): void {
-    const bytes = typeof target === "string" ? encoder.encode(target) : target;
-    const text = new Uint8Array(bytes.length + 1);
-    text.set(bytes);
-    this.#f.fuse_reply_readlink(req, text);
-  }
-  open(req: Deno.PointerValue, fileInfo: Uint8Array, reply: OpenReply & OpenDirReply): void {
-    encodeFileInfoReply(new DataView(fileInfo.buffer, fileInfo.byteOffset), 0, reply);
-    this.#f.fuse_reply_open(req, fileInfo as Uint8Array<ArrayBuffer>);
-  }
-  buf(req: Deno.PointerValue, data: Uint8Array): void {
-    this.#f.fuse_reply_buf(req, data as Uint8Array<ArrayBuffer>, BigInt(data.length));
-  }
-  data(req: Deno.PointerValue, slice: FdSlice): void {
-    const view = this.#bufvecView;
-    view.setBigUint64(BUFVEC_COUNT, 1n, true);
-    view.setBigUint64(BUFVEC_IDX, 0n, true);
-    view.setBigUint64(BUFVEC_OFF, 0n, true);
-    view.setBigUint64(BUFVEC_BUF + BUF_SIZE_FIELD, BigInt(slice.size), true);
-    view.setUint32(BUFVEC_BUF + BUF_FLAGS, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, true);
-    view.setBigUint64(BUFVEC_BUF + BUF_MEM, 0n, true);
-    view.setInt32(BUFVEC_BUF + BUF_FD, slice.fd, true);
-    view.setBigInt64(BUFVEC_BUF + BUF_POS, BigInt(slice.offset), true);
-    // Replies an error itself when reading the fd fails; never reply twice.
-    this.#f.fuse_reply_data(req, this.#bufvec, 0);
-  }
-  statfs(req: Deno.PointerValue, st: StatFs): void {
-    encodeStatvfs(new DataView(this.#statvfs.buffer), 0, st);
-    this.#f.fuse_reply_statfs(req, this.#statvfs);
-  }
-  xattrSize(req: Deno.PointerValue, size: number): void {
-    this.#f.fuse_reply_xattr(req, BigInt(size));
-  }
-
-  #dirBuffer(sizeMax: number): Uint8Array<ArrayBuffer> {
-    const size = Math.min(sizeMax, DIR_BUF_BYTES_MAX);
-    if (this.#dir.length < size) this.#dir = new Uint8Array(size);
-    return this.#dir;
-  }
-
-  /** Encode `name` NUL-terminated into the name scratch; false if too long. */
-  #cName(name: string): boolean {
-    const { read, written } = encoder.encodeInto(name, this.#name.subarray(0, NAME_BYTES_MAX));
-    if (read !== name.length) return false;
-    this.#name[written] = 0;
-    return true;
-  }
-
-  readdir(
-    req: Deno.PointerValue,
-    entries: readonly DirEntry[],
-    offset: number,
-    sizeMax: number,
-  ): void {
-    const dir = this.#dirBuffer(sizeMax);
-    const size = Math.min(sizeMax, dir.length);
-    const view = this.#statView;
-    let used = 0;
-    for (let i = 0; i < entries.length; i++) {
-      const entry = entries[i];
-      if (!this.#cName(entry.name)) continue;
-      view.setBigUint64(STAT_INO, BigInt(entry.ino), true);
-      view.setUint32(STAT_MODE, entry.mode & S_IFMT, true);
-      const need = Number(
-        this.#f.fuse_add_direntry(
-          req,
-          dir.subarray(used),
-          BigInt(size - used),
-          this.#name,
-          this.#stat,
-          BigInt(offset + i + 1),
-        ),
-      );
-      if (need > size - used) break;
-      used += need;
-    }
-    this.#f.fuse_reply_buf(req, dir, BigInt(used));
-  }
-
-  readdirplus(
-    req: Deno.PointerValue,
-    entries: readonly DirEntryPlus[],
-    offset: number,
-    sizeMax: number,
-  ): number {
-    const dir = this.#dirBuffer(sizeMax);
-    const size = Math.min(sizeMax, dir.length);
-    let used = 0;
-    let packed = 0;
-    for (let i = 0; i < entries.length; i++) {
-      const { name, entry } = entries[i];
-      if (!this.#cName(name)) break;
-      encodeEntryParam(this.#entryView, 0, entry);
-      const need = Number(
-        this.#f.fuse_add_direntry_plus(
-          req,
-          dir.subarray(used),
-          BigInt(size - used),
-          this.#name,
-          this.#entry,
-          BigInt(offset + i + 1),
-        ),
-      );
-      if (need > size - used) break;
-      used += need;
-      packed++;
-    }
-    this.#f.fuse_reply_buf(req, dir, BigInt(used));
-    return packed;
-  }
-}
-
-const CALLBACK_DEFINITIONS = {
-  init: { parameters: ["pointer", "pointer"], result: "void" },
-  destroy: { parameters: ["pointer"], result: "void" },
-  lookup: { parameters: ["pointer", "u64", "pointer"], result: "void" },
-  forget: { parameters: ["pointer", "u64", "u64"], result: "void" },
-  forget_multi: { parameters: ["pointer", "usize", "pointer"], result: "void" },
-  getattr: { parameters: ["pointer", "u64", "pointer"], result: "void" },
-  readlink: { parameters: ["pointer", "u64"], result: "void" },
-  open: { parameters: ["pointer", "u64", "pointer"], result: "void" },
-  read: { parameters: ["pointer", "u64", "usize", "i64", "pointer"], result: "void" },
-  release: { parameters: ["pointer", "u64", "pointer"], result: "void" },
-  opendir: { parameters: ["pointer", "u64", "pointer"], result: "void" },
-  readdir: { parameters: ["pointer", "u64", "usize", "i64", "pointer"], result: "void" },
-  readdirplus: { parameters: ["pointer", "u64", "usize", "i64", "pointer"], result: "void" },
-  releasedir: { parameters: ["pointer", "u64", "pointer"], result: "void" },
-  statfs: { parameters: ["pointer", "u64"], result: "void" },
-  access: { parameters: ["pointer", "u64", "i32"], result: "void" },
-  getxattr: { parameters: ["pointer", "u64", "pointer", "usize"], result: "void" },
-  listxattr: { parameters: ["pointer", "u64", "usize"], result: "void" },
-} as const satisfies Record<string, Deno.UnsafeCallbackDefinition>;
-
-type CallbackName = keyof typeof CALLBACK_DEFINITIONS;
-
 /** Signals a session closes on by default. */
 const CLOSE_SIGNALS_DEFAULT: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
-
-/** Find the fuse connection id ("minor" of st_dev) of a mount point in mountinfo. */
-async function connectionIdOf(mountpoint: string): Promise<number | undefined> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile("/proc/self/mountinfo");
-  } catch {
-    return undefined;
-  }
-  let found: number | undefined;
-  for (const line of text.split("\n")) {
-    const fields = line.split(" ");
-    if (fields.length < 10) continue;
-    const mountedAt = fields[4].replace(
-      /\\(\d{3})/g,
-      (_, o) => String.fromCharCode(parseInt(o, 8)),
-    );
-    const dash = fields.indexOf("-");
-    if (mountedAt !== mountpoint || dash < 0 || !fields[dash + 1]?.startsWith("fuse")) continue;
-    const [, minor] = fields[2].split(":");
-    found = Number(minor);
-  }
-  return found;
-}
 
 /** A mounted, served file system. */
 export class FuseSession implements MountedSession {
@@ -437,8 +149,6 @@ export class FuseSession implements MountedSession {
   readonly #callbacks: Deno.UnsafeCallback[] = [];
   readonly #bufStruct = new Uint8Array(BUF_SIZE);
   readonly #pollfds = new Uint8Array(POLLFD_SIZE * 2);
-  readonly #fileInfoScratch = new Uint8Array(FILE_INFO_SIZE);
-  readonly #fileInfoView = new DataView(this.#fileInfoScratch.buffer);
   readonly #syncWaitMs: number;
   readonly #requestsPerTurn: number;
   readonly #notifies = new Set<Promise<number>>();
@@ -540,229 +250,6 @@ export class FuseSession implements MountedSession {
     };
   }
 
-  #callback<N extends CallbackName>(
-    name: N,
-    handler: Deno.UnsafeCallbackFunction<
-      typeof CALLBACK_DEFINITIONS[N]["parameters"],
-      typeof CALLBACK_DEFINITIONS[N]["result"]
-    >,
-  ): Deno.PointerValue {
-    const callback = new Deno.UnsafeCallback(CALLBACK_DEFINITIONS[name], handler);
-    this.#callbacks.push(callback as unknown as Deno.UnsafeCallback);
-    return callback.pointer;
-  }
-
-  #fileInfoCopy(fi: Deno.PointerValue): Uint8Array {
-    const copy = new Uint8Array(FILE_INFO_SIZE);
-    if (fi !== null) Deno.UnsafePointerView.copyInto(fi, copy);
-    return copy;
-  }
-
-  /** fh of a fuse_file_info (numbers below 2^53 by contract). */
-  #fh(fi: Deno.PointerValue): number {
-    if (fi === null) return 0;
-    Deno.UnsafePointerView.copyInto(fi, this.#fileInfoScratch);
-    return Number(this.#fileInfoView.getBigUint64(FILE_INFO_FH, true));
-  }
-
-  #buildOps(fs: FileSystem): Uint8Array<ArrayBuffer> {
-    const bridge = this.#bridge;
-    const f = this.#fuse.symbols;
-    const ops = new Uint8Array(LOWLEVEL_OPS_SIZE);
-    const opsView = new DataView(ops.buffer);
-    const set = (op: LowlevelOp, pointer: Deno.PointerValue) => {
-      opsView.setBigUint64(lowlevelOpOffset(op), Deno.UnsafePointer.value(pointer) as bigint, true);
-    };
-    // Decoding failures (never expected) must still answer the request.
-    const guard = (req: Deno.PointerValue, op: string, run: () => void) => {
-      try {
-        run();
-      } catch (error) {
-        console.error(`fuse: ${op} request failed:`, error);
-        if (req !== null) f.fuse_reply_err(req, 5);
-      }
-    };
-    const name = (ptr: Deno.PointerValue) =>
-      ptr === null ? "" : Deno.UnsafePointerView.getCString(ptr);
-
-    set("init", this.#callback("init", (_userdata, conn) => this.#onInit(fs, conn)));
-    set(
-      "destroy",
-      this.#callback("destroy", () => {
-        try {
-          fs.destroy?.();
-        } catch (error) {
-          console.error("fuse: destroy handler failed:", error);
-        }
-      }),
-    );
-    set(
-      "lookup",
-      this.#callback("lookup", (req, parent, namePtr) => {
-        guard(req, "lookup", () => bridge.lookup(req, parent, name(namePtr)));
-      }),
-    );
-    set(
-      "forget",
-      this.#callback("forget", (req, ino, nlookup) => {
-        try {
-          bridge.forget(ino, Number(nlookup));
-        } finally {
-          f.fuse_reply_none(req);
-        }
-      }),
-    );
-    set(
-      "forget_multi",
-      this.#callback("forget_multi", (req, count, forgets) => {
-        try {
-          const n = Number(count);
-          if (n > 0 && forgets !== null) {
-            const data = new BigUint64Array(
-              Deno.UnsafePointerView.getArrayBuffer(forgets, n * FORGET_DATA_SIZE),
-            );
-            for (let i = 0; i < n; i++) bridge.forget(data[2 * i], Number(data[2 * i + 1]));
-          }
-        } finally {
-          f.fuse_reply_none(req);
-        }
-      }),
-    );
-    set(
-      "getattr",
-      this.#callback("getattr", (req, ino) => {
-        guard(req, "getattr", () => bridge.getattr(req, ino));
-      }),
-    );
-    if (fs.readlink) {
-      set(
-        "readlink",
-        this.#callback("readlink", (req, ino) => {
-          guard(req, "readlink", () => bridge.readlink(req, ino));
-        }),
-      );
-    }
-    if (fs.open) {
-      set(
-        "open",
-        this.#callback("open", (req, ino, fi) => {
-          guard(req, "open", () => {
-            const copy = this.#fileInfoCopy(fi);
-            const flags = new DataView(copy.buffer).getInt32(FILE_INFO_FLAGS, true);
-            bridge.open(req, ino, flags, copy);
-          });
-        }),
-      );
-    } else {
-      // ENOSYS tells the kernel to stop sending this request (zero-message
-      // opens, caches kept); libfuse 3.14 would answer success instead.
-      set(
-        "open",
-        this.#callback("open", (req, _ino, fi) => {
-          if (this.#zeroMessageOpen) f.fuse_reply_err(req, ENOSYS);
-          else f.fuse_reply_open(req, this.#fileInfoCopy(fi) as Uint8Array<ArrayBuffer>);
-        }),
-      );
-    }
-    if (fs.release) {
-      set(
-        "release",
-        this.#callback("release", (req, ino, fi) => {
-          guard(req, "release", () => bridge.release(req, ino, this.#fh(fi), false));
-        }),
-      );
-    }
-    if (fs.read) {
-      set(
-        "read",
-        this.#callback("read", (req, ino, size, offset, fi) => {
-          guard(
-            req,
-            "read",
-            () => bridge.read(req, ino, this.#fh(fi), Number(size), Number(offset)),
-          );
-        }),
-      );
-    }
-    if (fs.opendir) {
-      set(
-        "opendir",
-        this.#callback("opendir", (req, ino, fi) => {
-          guard(req, "opendir", () => {
-            const copy = this.#fileInfoCopy(fi);
-            const flags = new DataView(copy.buffer).getInt32(FILE_INFO_FLAGS, true);
-            bridge.opendir(req, ino, flags, copy);
-          });
-        }),
-      );
-    } else {
-      // ENOSYS tells the kernel to stop sending this request (zero-message
-      // opens, caches kept); libfuse 3.14 would answer success instead.
-      set(
-        "opendir",
-        this.#callback("opendir", (req, _ino, fi) => {
-          if (this.#zeroMessageOpen) f.fuse_reply_err(req, ENOSYS);
-          else f.fuse_reply_open(req, this.#fileInfoCopy(fi) as Uint8Array<ArrayBuffer>);
-        }),
-      );
-    }
-    if (fs.readdir) {
-      set(
-        "readdir",
-        this.#callback("readdir", (req, ino, size, offset, fi) => {
-          guard(req, "readdir", () => {
-            bridge.readdir(req, ino, this.#fh(fi), Number(offset), Number(size));
-          });
-        }),
-      );
-    }
-    if (fs.readdirplus) {
-      set(
-        "readdirplus",
-        this.#callback("readdirplus", (req, ino, size, offset, fi) => {
-          guard(req, "readdirplus", () => {
-            bridge.readdirplus(req, ino, this.#fh(fi), Number(offset), Number(size));
-          });
-        }),
-      );
-    }
-    if (fs.releasedir) {
-      set(
-        "releasedir",
-        this.#callback("releasedir", (req, ino, fi) => {
-          guard(req, "releasedir", () => bridge.release(req, ino, this.#fh(fi), true));
-        }),
-      );
-    }
-    set(
-      "statfs",
-      this.#callback("statfs", (req, ino) => {
-        guard(req, "statfs", () => bridge.statfs(req, ino));
-      }),
-    );
-    if (fs.access) {
-      set(
-        "access",
-        this.#callback("access", (req, ino, mask) => {
-          guard(req, "access", () => bridge.access(req, ino, mask));
-        }),
-      );
-    }
-    set(
-      "getxattr",
-      this.#callback("getxattr", (req, ino, namePtr, size) => {
-        guard(req, "getxattr", () => bridge.getxattr(req, ino, name(namePtr), Number(size)));
-      }),
-    );
-    set(
-      "listxattr",
-      this.#callback("listxattr", (req, ino, size) => {
-        guard(req, "listxattr", () => bridge.listxattr(req, ino, Number(size)));
-      }),
-    );
-    return ops;
-  }
-
   #onInit(fs: FileSystem, connPtr: Deno.PointerValue): void {
     if (connPtr === null) return;
     const view = new DataView(Deno.UnsafePointerView.getArrayBuffer(connPtr, CONN_INFO_SIZE));
@@ -803,6 +290,36 @@ export class FuseSession implements MountedSession {
   #start(fs: FileSystem, options: MountOptions): void {
     const f = this.#fuse.symbols;
     const c = this.#libc.symbols;
+    const args = this.#args(options);
+    const ops = buildOps({
+      fs,
+      bridge: this.#bridge,
+      lib: this.#fuse,
+      onInit: (conn) => this.#onInit(fs, conn),
+      zeroMessageOpen: () => this.#zeroMessageOpen,
+      callbacks: this.#callbacks,
+    });
+    this.#se = f.fuse_session_new(args.struct, ops, BigInt(LOWLEVEL_OPS_SIZE), null);
+    if (this.#se === null) {
+      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_new failed`);
+    }
+    if (f.fuse_session_mount(this.#se, cString(this.mountpoint)) !== 0) {
+      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_mount failed`);
+    }
+    this.#fd = f.fuse_session_fd(this.#se);
+    const flags = c.fcntl(this.#fd, F_GETFL, 0);
+    if (flags < 0 || c.fcntl(this.#fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fcntl failed`);
+    }
+    this.#setUpWaits();
+    this.#serving = this.#serve();
+  }
+
+  /**
+   * The `struct fuse_args` of `fuse_session_new` (`-o` mount options), and
+   * the buffers its pointers point into (keep them referenced until then).
+   */
+  #args(options: MountOptions): { struct: Uint8Array<ArrayBuffer>; buffers: unknown[] } {
     const mountOptions: string[] = ["default_permissions", "allow_other", "ro"].filter((_, i) =>
       [options.defaultPermissions, options.allowOther, options.readOnly][i]
     );
@@ -831,20 +348,12 @@ export class FuseSession implements MountedSession {
       true,
     );
     argsView.setInt32(ARGS_ALLOCATED, 0, true);
+    return { struct: args, buffers: [argv, argvBuffers] };
+  }
 
-    const ops = this.#buildOps(fs);
-    this.#se = f.fuse_session_new(args, ops, BigInt(LOWLEVEL_OPS_SIZE), null);
-    if (this.#se === null) {
-      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_new failed`);
-    }
-    if (f.fuse_session_mount(this.#se, cString(this.mountpoint)) !== 0) {
-      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fuse_session_mount failed`);
-    }
-    this.#fd = f.fuse_session_fd(this.#se);
-    const flags = c.fcntl(this.#fd, F_GETFL, 0);
-    if (flags < 0 || c.fcntl(this.#fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-      throw new FuseMountError(`Cannot mount at ${this.mountpoint}: fcntl failed`);
-    }
+  /** The descriptors the loop waits on: the device and the wake-up eventfd, the tick timer. */
+  #setUpWaits(): void {
+    const c = this.#libc.symbols;
     this.#wakeFd = c.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (this.#wakeFd < 0) {
       throw new FuseMountError(`Cannot mount at ${this.mountpoint}: eventfd failed`);
@@ -871,7 +380,6 @@ export class FuseSession implements MountedSession {
       syncView.setInt32(POLLFD_SIZE + POLLFD_FD, this.#tickFd, true);
       syncView.setInt16(POLLFD_SIZE + POLLFD_EVENTS, POLLIN, true);
     }
-    this.#serving = this.#serve();
   }
 
   async #serve(): Promise<void> {
@@ -1079,74 +587,5 @@ export class FuseSession implements MountedSession {
     } finally {
       clearTimeout(timer);
     }
-  }
-}
-
-/** Abort a FUSE connection through fusectl (mounting fusectl if needed). */
-export async function abortConnection(connectionId: number): Promise<boolean> {
-  const dir = "/sys/fs/fuse/connections";
-  const path = `${dir}/${connectionId}/abort`;
-  try {
-    await Deno.writeTextFile(path, "1");
-    return true;
-  } catch {
-    // fusectl may not be mounted.
-  }
-  try {
-    const { success } = await new Deno.Command("mount", {
-      args: ["-t", "fusectl", "none", dir],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    if (!success) return false;
-    await Deno.writeTextFile(path, "1");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether `path` is listed as a FUSE mount point in this mount namespace. */
-async function isFuseMountPoint(path: string): Promise<boolean> {
-  let absolute: string;
-  try {
-    absolute = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
-    absolute = absolute.replace(/\/+$/, "") || "/";
-  } catch {
-    return false;
-  }
-  return await connectionIdOf(absolute) !== undefined;
-}
-
-/**
- * If `path` is a dead FUSE mount ("Transport endpoint is not connected":
- * its server died), detach it (`umount2(MNT_DETACH)`) and return true;
- * otherwise return false. A plain `stat` may still succeed from cached
- * attributes for a while, so a listed FUSE mount is also asked for `statfs`
- * (in a subprocess: a hung server must not block this thread).
- */
-export async function cleanStaleMount(path: string): Promise<boolean> {
-  let dead = false;
-  try {
-    await Deno.stat(path);
-  } catch (error) {
-    dead = errnoFromError(error) === ENOTCONN;
-    if (!dead) return false;
-  }
-  if (!dead) {
-    if (!(await isFuseMountPoint(path))) return false;
-    const probe = await new Deno.Command("stat", {
-      args: ["-f", "-c", "%t", path],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    dead = !probe.success && /not connected/i.test(new TextDecoder().decode(probe.stderr));
-    if (!dead) return false;
-  }
-  const libc = openLibc();
-  try {
-    return libc.symbols.umount2(cString(path), MNT_DETACH) === 0;
-  } finally {
-    libc.close();
   }
 }

@@ -68,8 +68,3 @@ export class SecretError extends Error {
     this.name = "SecretError";
   }
 }
-
-/** The message of any thrown value. */
-export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}

@@ -7,7 +7,8 @@
  */
 
 import { Decoder, Encoder } from "@msgpack/msgpack";
-import { errorMessage, FrameError } from "./errors.ts";
+import { errorMessage } from "../common/errors.ts";
+import { FrameError } from "./errors.ts";
 
 /** Version spoken in the handshake; peers with another version are refused. */
 export const PROTOCOL_VERSION = 1;

@@ -23,7 +23,8 @@
  * @module
  */
 
-import { AuthError, errorMessage, FrameError, SecretMismatchError } from "./errors.ts";
+import { errorMessage } from "../common/errors.ts";
+import { AuthError, FrameError, SecretMismatchError } from "./errors.ts";
 import {
   closeQuietly,
   decodeBody,

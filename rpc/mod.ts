@@ -64,9 +64,9 @@ export {
   type Side,
   timingSafeEqual,
 } from "./handshake.ts";
+export type { CallContext } from "./call_context.ts";
 export {
   CALL_TIMEOUT_MS,
-  type CallContext,
   type CallOptions,
   CALLS_PENDING_MAX,
   type Handler,

@@ -4,7 +4,8 @@
  * @module
  */
 
-import { errorMessage, SecretError } from "./errors.ts";
+import { errorMessage } from "../common/errors.ts";
+import { SecretError } from "./errors.ts";
 
 /** Largest secret file accepted. */
 export const SECRET_BYTES_MAX = 64 * 1024;

@@ -4,7 +4,9 @@
  * @module
  */
 
-import { AuthError, errorMessage, RpcError } from "./errors.ts";
+import { errorMessage } from "../common/errors.ts";
+import { formatHostPort } from "../common/address.ts";
+import { AuthError, RpcError } from "./errors.ts";
 import { closeQuietly, type FrameReader } from "./frame.ts";
 import { clientHandshake, HANDSHAKE_TIMEOUT_MS, type Role, serverHandshake } from "./handshake.ts";
 import { type Handlers, RpcPeer } from "./peer.ts";
@@ -295,9 +297,7 @@ function noDelay(conn: Deno.Conn): void {
 /** "host:port", "[v6]:port" or "unix". */
 export function formatAddr(addr: Deno.Addr): string {
   if (addr.transport === "tcp" || addr.transport === "udp") {
-    return addr.hostname.includes(":")
-      ? `[${addr.hostname}]:${addr.port}`
-      : `${addr.hostname}:${addr.port}`;
+    return formatHostPort(addr.hostname, addr.port);
   }
   return "unix";
 }

@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { cleanStaleMount, FuseSession } from "../fuse/session.ts";
+import { FuseSession } from "../fuse/session.ts";
+import { cleanStaleMount } from "../fuse/mounts.ts";
 import { LoopbackFs, type LoopbackOptions } from "../fuse/loopback.ts";
 import { EIO, ELOOP, ENOENT, EROFS } from "../fuse/errno.ts";
 import type { FileSystem, MountOptions } from "../fuse/types.ts";

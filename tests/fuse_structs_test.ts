@@ -15,6 +15,7 @@ const PROBE_C = String.raw`
 #include <string.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <poll.h>
 #include <dirent.h>
 #include <sys/stat.h>
@@ -121,6 +122,7 @@ int main(void) {
   P("O_RDONLY", O_RDONLY); P("O_NONBLOCK", O_NONBLOCK); P("O_DIRECTORY", O_DIRECTORY);
   P("O_NOFOLLOW", O_NOFOLLOW); P("O_CLOEXEC", O_CLOEXEC); P("O_PATH", O_PATH);
   P("O_ACCMODE", O_ACCMODE); P("F_GETFL", F_GETFL); P("F_SETFL", F_SETFL);
+  P("R_OK", R_OK); P("W_OK", W_OK); P("X_OK", X_OK);
   P("AT_FDCWD", AT_FDCWD); P("AT_SYMLINK_NOFOLLOW", AT_SYMLINK_NOFOLLOW);
   P("AT_EMPTY_PATH", AT_EMPTY_PATH); P("MNT_FORCE", MNT_FORCE); P("MNT_DETACH", MNT_DETACH);
   P("EFD_CLOEXEC", EFD_CLOEXEC); P("EFD_NONBLOCK", EFD_NONBLOCK);

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { hashBytes, Store } from "../cas/mod.ts";
 import { EIO, ENOENT, ENOSYS, EROFS } from "../fuse/errno.ts";
 import { openLibc } from "../fuse/libc.ts";
-import { FuseSession } from "../fuse/mod.ts";
+import { FuseSession, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from "../fuse/mod.ts";
 import type {
   DirEntry,
   Entry,
@@ -16,14 +16,11 @@ import type {
   RequestContext,
 } from "../fuse/types.ts";
 import { DirLink } from "../worker/_mirror_dir_link.ts";
-import { JOB_UID, MirrorFs, type MirrorOptions } from "../worker/mirror_fs.ts";
+import { JOB_UID } from "../worker/mirror_cache.ts";
+import { MirrorFs, type MirrorOptions } from "../worker/mirror_fs.ts";
 
 const CTX: RequestContext = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
 const ROOT = 1n;
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

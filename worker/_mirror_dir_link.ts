@@ -6,8 +6,9 @@
  */
 
 import { hashFile } from "../cas/mod.ts";
+import { isInside, joinPath } from "../common/paths.ts";
 import type { FileAttr, FileKind } from "../common/types.ts";
-import type { MasterLink } from "./mirror_fs.ts";
+import type { MasterLink } from "./master_link.ts";
 
 /** Options of {@linkcode DirLink}. */
 export interface DirLinkOptions {
@@ -87,10 +88,10 @@ export class DirLink implements MasterLink {
     if (this.#excluded(path)) return [];
     const names: string[] = [];
     for await (const entry of Deno.readDir(this.#host(path))) {
-      if (!this.#excluded(join(path, entry.name))) names.push(entry.name);
+      if (!this.#excluded(joinPath(path, entry.name))) names.push(entry.name);
     }
     const attrs = await Promise.all(names.map(async (name) => {
-      const child = join(path, name);
+      const child = joinPath(path, name);
       try {
         return await this.#attrOf(child, await Deno.lstat(this.#host(child)), false);
       } catch (error) {
@@ -136,7 +137,7 @@ export class DirLink implements MasterLink {
   }
 
   #excluded(path: string): boolean {
-    return this.#excludes.some((prefix) => path === prefix || path.startsWith(prefix + "/"));
+    return this.#excludes.some((prefix) => isInside(path, prefix));
   }
 
   async #attrOf(path: string, info: Deno.FileInfo, withHash: boolean): Promise<FileAttr> {
@@ -161,7 +162,7 @@ export class DirLink implements MasterLink {
       const children: Record<string, FileKind> = {};
       for await (const entry of Deno.readDir(host)) {
         const childKind = kindOfEntry(entry);
-        if (childKind !== null && !this.#excluded(join(path, entry.name))) {
+        if (childKind !== null && !this.#excluded(joinPath(path, entry.name))) {
           children[entry.name] = childKind;
         }
       }
@@ -189,10 +190,6 @@ function absent(path: string): FileAttr {
 
 function kindOfEntry(entry: Deno.DirEntry): FileKind | null {
   return entry.isSymlink ? "symlink" : entry.isDirectory ? "dir" : entry.isFile ? "file" : null;
-}
-
-function join(dir: string, name: string): string {
-  return dir === "/" ? `/${name}` : `${dir}/${name}`;
 }
 
 function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {

@@ -22,11 +22,18 @@
  * Handlers never touch paths under the mount point (that would deadlock the
  * single thread serving it): they only use the link and the store.
  *
+ * This file turns kernel requests into calls of the mirror's parts, one file
+ * each: the attribute cache (`mirror_cache.ts`), attribute and directory
+ * fetches (`mirror_fetch.ts`), update replay (`mirror_updates.ts`), blob
+ * fetches and descriptors (`mirror_blobs.ts`), prefetch
+ * (`mirror_prefetch.ts`), listings (`mirror_readdir.ts`).
+ *
  * @module
  */
 
-import type { Fetcher, Store } from "../cas/mod.ts";
-import type { FileAttr, FileKind } from "../common/types.ts";
+import type { Store } from "../cas/mod.ts";
+import { isInside, joinPath } from "../common/paths.ts";
+import type { FileAttr } from "../common/types.ts";
 import {
   EACCES,
   EBADF,
@@ -40,9 +47,19 @@ import {
   EROFS,
   ESTALE,
 } from "../fuse/errno.ts";
-import { type Libc, openLibc } from "../fuse/libc.ts";
+import {
+  FUSE_CAP_CACHE_SYMLINKS,
+  FUSE_CAP_NO_OPEN_SUPPORT,
+  FUSE_CAP_NO_OPENDIR_SUPPORT,
+  FUSE_CAP_READDIRPLUS,
+  FUSE_CAP_READDIRPLUS_AUTO,
+  O_ACCMODE,
+  O_RDONLY,
+  R_OK,
+  W_OK,
+  X_OK,
+} from "../fuse/structs.ts";
 import type {
-  Attr,
   AttrReply,
   ConnInfo,
   DirEntry,
@@ -59,201 +76,28 @@ import type {
   StatFs,
 } from "../fuse/types.ts";
 import { Limiter } from "./_mirror_limiter.ts";
+import { BlobFiles, type BlobHandle } from "./mirror_blobs.ts";
+import { AttrCache, type MirrorNode, NAME_BYTES_MAX } from "./mirror_cache.ts";
+import { AttrFetches } from "./mirror_fetch.ts";
+import { Prefetcher } from "./mirror_prefetch.ts";
+import { Listings } from "./mirror_readdir.ts";
+import {
+  BLOB_FDS_MAX_DEFAULT,
+  ENTRIES_MAX_DEFAULT,
+  HANDLES_MAX_DEFAULT,
+  LINK_CALLS_MAX_DEFAULT,
+  type MirrorOptions,
+  type MirrorStats,
+  MOUNT_POINTS_DEFAULT,
+  newStats,
+  PREFETCH_BYTES_MAX_DEFAULT,
+  PREFETCHES_MAX_DEFAULT,
+  TIMEOUT_S_DEFAULT,
+} from "./mirror_options.ts";
+import { Invalidations, MirrorUpdates } from "./mirror_updates.ts";
 
-/** The master's file service, as the mirror needs it (implemented over RPC by the worker). */
-export interface MasterLink {
-  /** The master's `fs.attr`: one path's attributes (`kind: null` when absent). */
-  attr(path: string, options: { withHash: boolean; signal?: AbortSignal }): Promise<FileAttr>;
-  /**
-   * The master's `fs.dir`: attributes of all children of a directory at once
-   * (hashes only where the master has them cached).
-   */
-  dir(path: string, options: { signal?: AbortSignal }): Promise<FileAttr[]>;
-  /** The master's `blob.get`: writes the blob's bytes to `sink`, in order. */
-  fetchBlob(
-    hash: string,
-    sink: { write(chunk: Uint8Array): Promise<void> },
-    signal: AbortSignal,
-  ): Promise<void>;
-}
-
-/** Options of {@linkcode MirrorFs}. */
-export interface MirrorOptions {
-  link: MasterLink;
-  /** The worker's content store (shared by every mirror, kept between jobs). */
-  store: Store;
-  /**
-   * The master's writable root: paths at or under it are owned by uid/gid
-   * 65534 (the job user, so jobs can write through an overlay); the rest by root.
-   */
-  writableRoot: string;
-  /** Kernel cache lifetimes in seconds (default 3600 each). */
-  entryTimeoutS?: number;
-  attrTimeoutS?: number;
-  negativeTimeoutS?: number;
-  /**
-   * Always shown as empty directories, whatever the master says (a sandbox
-   * mounts over them). Only shown when their parent exists on the master.
-   * Default {@linkcode MOUNT_POINTS_DEFAULT}.
-   */
-  mountPoints?: readonly string[];
-  /** Cached paths kept at most (default 1,000,000); unreferenced ones are dropped, LRU. */
-  entriesMax?: number;
-  /** Link calls running at once (default 64). */
-  linkCallsMax?: number;
-  /** Open files and directories at once (default 8192); beyond, `open` answers ENFILE. */
-  handlesMax?: number;
-  /**
-   * Without open requests: blob descriptors kept open, one per recently read
-   * file (default 1024; the kernel's page cache answers most reads anyway).
-   */
-  blobFdsMax?: number;
-  /** Files up to this size get their content fetched when looked up (default 16 MiB). */
-  prefetchBytesMax?: number;
-  /** Content prefetches running or queued at once (default 256); beyond, none start. */
-  prefetchesMax?: number;
-  /**
-   * Answer open and opendir with ENOSYS, so that the kernel sends none (nor
-   * releases) and caches pages and listings by itself; reads then come with
-   * fh 0 and use a descriptor cached per inode. Default true (if the kernel
-   * supports it, else it is turned off at init).
-   */
-  zeroOpen?: boolean;
-  /**
-   * Offer READDIRPLUS (listings with lookup answers, so `ls -l`, `find` and
-   * the like need no lookup per name). Default true: a store-warm `find` +
-   * `cat` of /usr/include took about 30% less time with it (bench/mirror_bench.ts).
-   */
-  readdirPlus?: boolean;
-  /** Told about failures that cost a request or a prefetch (default: ignored). */
-  onError?: (error: unknown, context: string) => void;
-}
-
-/** Counters of a {@linkcode MirrorFs}. */
-export interface MirrorStats {
-  lookups: number;
-  /** Lookups that had to wait for the network. */
-  lookupsWaited: number;
-  /** Lookups answered "no such file" from a cached listing. */
-  negativeLocal: number;
-  dirFetches: number;
-  attrFetches: number;
-  /** Blob fetches started over the link (a blob already stored costs none). */
-  blobFetches: number;
-  blobBytes: number;
-  prefetches: number;
-  /** Updates applied again over fetched answers they overtook. */
-  replayed: number;
-  /** Failures answered EIO (link failures, corrupt blobs) and failed prefetches. */
-  errors: number;
-  /** Paths cached now. */
-  entries: number;
-  /** Open file and directory handles now. */
-  handles: number;
-  /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
-  corruptBlobs: number;
-}
-
-export const MOUNT_POINTS_DEFAULT: readonly string[] = ["/proc", "/dev", "/tmp", "/sys"];
-export const JOB_UID = 65534;
-export const JOB_GID = 65534;
-const TIMEOUT_S_DEFAULT = 3600;
-const ENTRIES_MAX_DEFAULT = 1_000_000;
-const LINK_CALLS_MAX_DEFAULT = 64;
-const HANDLES_MAX_DEFAULT = 8192;
-const BLOB_FDS_MAX_DEFAULT = 1024;
-const PREFETCH_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
-const PREFETCHES_MAX_DEFAULT = 256;
-/** Hashes remembered as checked by this mirror (the set is cleared beyond it). */
-const VERIFIED_MAX = 1_000_000;
-/** Names answered negatively and remembered (to invalidate them later), per directory. */
-const NEGATIVES_PER_DIR_MAX = 4096;
-/** The same, in all. Beyond either, a missing name is answered ENOENT (not cached). */
-const NEGATIVES_MAX = 1_000_000;
-/** Entries returned by one readdir call (the bridge packs what fits). */
-const READDIR_BATCH_MAX = 4096;
-/** Evict down to this fraction of entriesMax, so eviction runs rarely. */
-const EVICT_TARGET_FRACTION = 0.9;
-const ROOT_ID = 1n;
-/** Fetches repeated at most this often when a reset() overtakes them. */
-const FETCH_ATTEMPTS_MAX = 3;
-/**
- * Updates remembered to replay over fetches they overtook (halved beyond it; a
- * fetch that began before the oldest one kept is made again). Fetches last
- * milliseconds; a job brings tens of updates.
- */
-const RECENT_UPDATES_MAX = 10_000;
-const NAME_BYTES_MAX = 255;
-
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
-const O_ACCMODE = 3;
-const O_RDONLY = 0;
-const O_CLOEXEC = 0o2000000;
-const R_OK = 4;
-const W_OK = 2;
-const X_OK = 1;
-const FUSE_CAP_CACHE_SYMLINKS = 1 << 23;
-const FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17;
-const FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24;
-const FUSE_CAP_READDIRPLUS = 1 << 13;
-const FUSE_CAP_READDIRPLUS_AUTO = 1 << 14;
-/** sizeof(struct fuse_entry_out) + sizeof(struct fuse_dirent) without the name. */
-const DIRENTPLUS_FIXED_BYTES = 128 + 24;
-
-/** A path the mirror knows about; its id is the kernel's node id. */
-interface Node {
-  readonly id: bigint;
-  readonly path: string;
-  readonly name: string;
-  readonly parent: Node | undefined;
-  /** The master's attributes, or undefined when not known (yet, or since reset). */
-  attr: FileAttr | undefined;
-  /** For directories: names and kinds of the children, when known. */
-  listing: Map<string, FileKind> | undefined;
-  /** Whether every child in the listing had its attrs fetched (by a `dir` call). */
-  complete: boolean;
-  /** Cached child nodes (a subset of the listing). */
-  readonly kids: Map<string, Node>;
-  /** The kernel holds references (from a lookup until forget). */
-  known: boolean;
-  /** Open handles. */
-  opens: number;
-  /** No longer reachable by path (deleted or replaced); kept while the kernel or a handle holds it. */
-  detached: boolean;
-  /** A sandbox mount point: an empty directory, whatever the master says. */
-  readonly synthetic: boolean;
-  /** Names answered "no such file" (negative entries the kernel may cache). */
-  negatives: Set<string> | undefined;
-  /** The listing as readdir rows, built when first listed; dropped when the listing changes. */
-  rows: DirRow[] | undefined;
-}
-
-interface FileHandle {
-  fd: number;
-  hash: string;
-  node: Node;
-}
-
-/** One row of a directory listing; `node` gives d_ino when cached. */
-interface DirRow {
-  name: string;
-  kind: FileKind;
-  node: Node | undefined;
-}
-
-interface DirHandle {
-  node: Node;
-  rows: readonly DirRow[];
-}
-
-interface AttrFetch {
-  promise: Promise<FileAttr>;
-  withHash: boolean;
-  /** The number of the first update that may have overtaken the answer. */
-  since: number;
-}
+export { MOUNT_POINTS_DEFAULT };
+export type { MirrorOptions, MirrorStats };
 
 /** A read-only mirror of a master's `/`, see the module documentation. */
 export class MirrorFs implements FileSystem {
@@ -266,115 +110,94 @@ export class MirrorFs implements FileSystem {
     sizeMax: number,
     ctx: RequestContext,
   ) => Reply<readonly DirEntryPlus[]>;
-  readonly #link: MasterLink;
   readonly #store: Store;
-  readonly #writableRoot: string;
-  readonly #entryTimeoutS: number;
-  readonly #attrTimeoutS: number;
-  readonly #negativeTimeoutS: number;
-  readonly #mountPoints: ReadonlyMap<string, readonly string[]>;
-  readonly #mountPointSet: ReadonlySet<string>;
-  readonly #entriesMax: number;
   readonly #handlesMax: number;
-  readonly #blobFdsMax: number;
-  readonly #prefetchBytesMax: number;
-  readonly #prefetchesMax: number;
   readonly #readdirPlus: boolean;
   readonly #onError: (error: unknown, context: string) => void;
-  readonly #limiter: Limiter;
-  readonly #root: Node;
-  /** Every node the kernel may name: attached ones in LRU order (first = least recent). */
-  readonly #nodes = new Map<bigint, Node>();
-  #attached = 0;
-  #nextId = ROOT_ID + 1n;
-  readonly #dirFetches = new Map<Node, Promise<void>>();
-  readonly #attrFetches = new Map<string, AttrFetch>();
-  readonly #prefetching = new Set<string>();
+  readonly #cache: AttrCache;
+  readonly #updates: MirrorUpdates;
+  readonly #fetches: AttrFetches;
+  readonly #blobs: BlobFiles;
+  readonly #prefetcher: Prefetcher;
   readonly #background = new Set<Promise<unknown>>();
-  readonly #files = new Map<number, FileHandle>();
-  readonly #dirs = new Map<number, DirHandle>();
-  /** Without open requests: a blob descriptor per node id, LRU order. */
-  readonly #blobs = new Map<bigint, FileHandle>();
-  readonly #blobOpening = new Map<bigint, Promise<FileHandle | Errno>>();
-  /** Stored blobs rehashed once by this mirror (or fetched, hence verified, by it). */
-  readonly #verified = new Set<string>();
-  readonly #closing: FileHandle[] = [];
-  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #files = new Map<number, BlobHandle>();
+  readonly #listings: Listings;
   #zeroOpen: boolean;
   #zeroOpenDir: boolean;
   #nextFh = 1;
-  #negativeCount = 0;
-  /** Bumped by reset(): fetches started before are not trusted. */
-  #epoch = 0;
-  /**
-   * The latest updates, in arrival order; update number n is
-   * `#recent[n - #recentBase]`. A fetch answered by the master before an
-   * update but received after it would put back what the update changed
-   * (found as a lost file in a rebuilt tree: `ar: lvm.o: No such file`), so
-   * the updates that arrived while a fetch was in flight are applied again
-   * over its answer.
-   */
-  #recent: FileAttr[] = [];
-  #recentBase = 0;
-  #evictAbove: number;
   readonly #closer = new AbortController();
   #session: MountedSession | undefined;
-  #libc: Libc | undefined;
   #mountpoint: string | undefined;
   #closed = false;
 
   constructor(options: MirrorOptions) {
-    this.#link = options.link;
     this.#store = options.store;
-    this.#writableRoot = normalizePath(options.writableRoot);
-    this.#entryTimeoutS = options.entryTimeoutS ?? TIMEOUT_S_DEFAULT;
-    this.#attrTimeoutS = options.attrTimeoutS ?? TIMEOUT_S_DEFAULT;
-    this.#negativeTimeoutS = options.negativeTimeoutS ?? TIMEOUT_S_DEFAULT;
-    this.#entriesMax = options.entriesMax ?? ENTRIES_MAX_DEFAULT;
-    this.#evictAbove = this.#entriesMax;
     this.#handlesMax = options.handlesMax ?? HANDLES_MAX_DEFAULT;
-    this.#blobFdsMax = options.blobFdsMax ?? BLOB_FDS_MAX_DEFAULT;
-    this.#prefetchBytesMax = options.prefetchBytesMax ?? PREFETCH_BYTES_MAX_DEFAULT;
-    this.#prefetchesMax = options.prefetchesMax ?? PREFETCHES_MAX_DEFAULT;
     this.#readdirPlus = options.readdirPlus ?? true;
     if (this.#readdirPlus) this.readdirplus = this.#readdirplus.bind(this);
     this.#zeroOpen = options.zeroOpen ?? true;
     this.#zeroOpenDir = options.zeroOpen ?? true;
     this.#onError = options.onError ?? (() => {});
+    this.stats = newStats();
+    const { link, store } = options;
     const linkCallsMax = options.linkCallsMax ?? LINK_CALLS_MAX_DEFAULT;
-    this.#limiter = new Limiter({
+    const limiter = new Limiter({
       max: linkCallsMax,
       backgroundMax: Math.max(1, Math.floor(linkCallsMax * 3 / 4)),
     });
-    const mountPoints = new Map<string, string[]>();
-    const mountPointSet = new Set<string>();
-    for (const raw of options.mountPoints ?? MOUNT_POINTS_DEFAULT) {
-      const path = normalizePath(raw);
-      if (path === "/") continue;
-      mountPointSet.add(path);
-      const parent = dirname(path);
-      mountPoints.set(parent, [...(mountPoints.get(parent) ?? []), basename(path)]);
-    }
-    this.#mountPoints = mountPoints;
-    this.#mountPointSet = mountPointSet;
-    this.#root = this.#newNode(undefined, "", "/", false);
-    this.stats = {
-      lookups: 0,
-      lookupsWaited: 0,
-      negativeLocal: 0,
-      dirFetches: 0,
-      attrFetches: 0,
-      blobFetches: 0,
-      blobBytes: 0,
-      prefetches: 0,
-      replayed: 0,
-      errors: 0,
-      entries: 0,
-      handles: 0,
-      corruptBlobs: 0,
-    };
+    const signal = this.#closer.signal;
+    const failed = (error: unknown, context: string) => this.#failed(error, context);
+    this.#cache = new AttrCache({
+      writableRoot: options.writableRoot,
+      mountPoints: options.mountPoints ?? MOUNT_POINTS_DEFAULT,
+      entriesMax: options.entriesMax ?? ENTRIES_MAX_DEFAULT,
+      entryTimeoutS: options.entryTimeoutS ?? TIMEOUT_S_DEFAULT,
+      attrTimeoutS: options.attrTimeoutS ?? TIMEOUT_S_DEFAULT,
+      negativeTimeoutS: options.negativeTimeoutS ?? TIMEOUT_S_DEFAULT,
+      busy: (node) => this.#fetches.isFetching(node),
+    });
+    const cache = this.#cache;
+    const updates = this.#updates = new MirrorUpdates(cache, this.stats);
+    const fetches = this.#fetches = new AttrFetches({
+      link,
+      limiter,
+      cache,
+      updates,
+      stats: this.stats,
+      signal,
+    });
+    this.#blobs = new BlobFiles({
+      link,
+      limiter,
+      store,
+      nodes: cache.nodes,
+      stats: this.stats,
+      signal,
+      fdsMax: options.blobFdsMax ?? BLOB_FDS_MAX_DEFAULT,
+      refresh: (node, withHash) => fetches.refresh(node, withHash),
+      failed,
+      onError: this.#onError,
+    });
+    this.#prefetcher = new Prefetcher({
+      store,
+      blobs: this.#blobs,
+      bytesMax: options.prefetchBytesMax ?? PREFETCH_BYTES_MAX_DEFAULT,
+      max: options.prefetchesMax ?? PREFETCHES_MAX_DEFAULT,
+      stats: this.stats,
+      signal,
+      refresh: (node, withHash, background) => fetches.refresh(node, withHash, background),
+      failed,
+      track: (task) => this.#track(task),
+    });
+    this.#listings = new Listings({
+      cache,
+      fetches,
+      signal,
+      nextFh: () => this.#nextFh++,
+      failed,
+    });
     Object.defineProperties(this.stats, {
-      entries: { get: () => this.#attached, enumerable: true },
+      entries: { get: () => cache.attached, enumerable: true },
       handles: { get: () => this.#handleCount(), enumerable: true },
     });
   }
@@ -396,89 +219,9 @@ export class MirrorFs implements FileSystem {
    */
   applyUpdates(updates: readonly FileAttr[]): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    for (const update of updates) this.#recent.push(update);
-    if (this.#recent.length > RECENT_UPDATES_MAX) {
-      const drop = this.#recent.length - RECENT_UPDATES_MAX / 2;
-      this.#recent.splice(0, drop);
-      this.#recentBase += drop;
-    }
-    const entries: [bigint, string][] = [];
-    const inodes: [bigint, number][] = [];
-    this.#applyToCache(updates, entries, inodes);
-    this.#evictIfNeeded();
-    return this.#notify(entries, inodes);
-  }
-
-  /** Number of the next update to arrive. */
-  #updateCount(): number {
-    return this.#recentBase + this.#recent.length;
-  }
-
-  /**
-   * Applies again, to the cache only, the updates since number `since` of
-   * `path` and everything under it: what a fetch of `path` that started
-   * before them may have undone. The kernel heard nothing from the fetch's
-   * answer yet (this runs before it is used), so nothing is invalidated.
-   * The fetch was made again if they were forgotten (`since` < the base).
-   */
-  #replaySince(since: number, path: string): void {
-    if (since < this.#recentBase) return;
-    const prefix = path === "/" ? "/" : `${path}/`;
-    const overtaking = this.#recent.slice(since - this.#recentBase).filter((u) => {
-      const p = normalizePath(u.path);
-      return p === path || p.startsWith(prefix);
-    });
-    if (overtaking.length > 0) {
-      this.stats.replayed += overtaking.length;
-      this.#applyToCache(overtaking, [], []);
-    }
-  }
-
-  /** Applies pushed attrs to the cache; collects the kernel invalidations they need. */
-  #applyToCache(
-    updates: readonly FileAttr[],
-    entries: [bigint, string][],
-    inodes: [bigint, number][],
-  ): void {
-    for (const update of updates) {
-      const path = normalizePath(update.path);
-      if (this.#isUnderMountPoint(path)) continue;
-      if (path === "/") {
-        this.#updateNode(this.#root, update, entries, inodes);
-        continue;
-      }
-      const parent = this.#find(dirname(path));
-      if (parent === undefined || parent.synthetic) continue; // the kernel cannot know it
-      const name = basename(path);
-      const node = parent.kids.get(name);
-      if (update.kind === null) {
-        const known = parent.listing?.delete(name) === true;
-        if (known) parent.rows = undefined;
-        if (node) this.#detach(node);
-        if (known || node) entries.push([parent.id, name]);
-        continue;
-      }
-      if (parent.negatives?.has(name)) {
-        this.#forgetNegative(parent, name);
-        entries.push([parent.id, name]);
-      }
-      if (parent.listing && parent.listing.get(name) !== update.kind) {
-        parent.listing.set(name, update.kind);
-        parent.rows = undefined;
-        entries.push([parent.id, name]);
-      }
-      if (node) {
-        if (node.attr !== undefined && node.attr.kind !== update.kind) {
-          this.#detach(node);
-          entries.push([parent.id, name]);
-          if (parent.listing) this.#learnChild(parent, name, update);
-        } else {
-          this.#updateNode(node, update, entries, inodes);
-        }
-      } else if (parent.listing) {
-        this.#learnChild(parent, name, update);
-      }
-    }
+    const invalidations = this.#updates.apply(updates);
+    this.#cache.evictIfNeeded();
+    return this.#notify(invalidations);
   }
 
   /**
@@ -489,34 +232,10 @@ export class MirrorFs implements FileSystem {
    */
   reset(): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    this.#epoch++;
-    this.#dirFetches.clear();
-    this.#attrFetches.clear();
-    const entries: [bigint, string][] = [];
-    const inodes: [bigint, number][] = [];
-    const visit = (node: Node): void => {
-      for (const kid of [...node.kids.values()]) visit(kid);
-      if (node.negatives) {
-        for (const name of node.negatives) entries.push([node.id, name]);
-        this.#negativeCount -= node.negatives.size;
-        node.negatives = undefined;
-      }
-      if (node.synthetic) return;
-      if (node.known) {
-        inodes.push([node.id, 0]);
-        // Not a directory's entry: that would detach the sandboxes' mounts on it.
-        if (node.parent && node.attr?.kind !== "dir") entries.push([node.parent.id, node.name]);
-      }
-      node.attr = undefined;
-      node.listing = undefined;
-      node.rows = undefined;
-      node.complete = false;
-      if (node !== this.#root && !node.known && node.opens === 0 && node.kids.size === 0) {
-        this.#detach(node);
-      }
-    };
-    visit(this.#root);
-    return this.#notify(entries, inodes);
+    this.#fetches.reset();
+    const invalidations = new Invalidations();
+    this.#cache.forgetAll(invalidations);
+    return this.#notify(invalidations);
   }
 
   /**
@@ -532,29 +251,26 @@ export class MirrorFs implements FileSystem {
     }
     for (const [fh, handle] of this.#files) {
       this.#files.delete(fh);
-      this.#closeHandle(handle);
+      this.#blobs.close(handle);
     }
-    for (const [id, handle] of this.#blobs) {
-      this.#blobs.delete(id);
-      this.#closeHandle(handle);
-    }
-    clearTimeout(this.#closeTimer);
-    this.#closeTimer = undefined;
-    for (const handle of this.#closing.splice(0)) this.#closeHandle(handle);
-    this.#dirs.clear();
-    this.#libc?.close();
-    this.#libc = undefined;
+    this.#blobs.closeAll();
+    this.#listings.clear();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
 
+  /** Where the mirror is mounted (from init), if known. */
+  get mountpoint(): string | undefined {
+    return this.#mountpoint;
+  }
+
   // ---- FileSystem ----
 
   init(conn: ConnInfo): void {
     this.#mountpoint = conn.mountpoint;
-    if (isUnder(this.#store.dir, conn.mountpoint)) {
+    if (isInside(this.#store.dir, conn.mountpoint)) {
       this.#onError(
         new Error(`Store ${this.#store.dir} lies under mount point ${conn.mountpoint}`),
         "init",
@@ -565,7 +281,9 @@ export class MirrorFs implements FileSystem {
     if (!(conn.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)) this.#zeroOpenDir = false;
     if (!this.#readdirPlus) conn.want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
     // Warm up: the root's listing is needed by the first path lookup anyway.
-    this.#track(this.#fetchDir(this.#root).catch((error) => this.#failed(error, "prefetch /")));
+    this.#track(
+      this.#fetches.fetchDir(this.#cache.root).catch((error) => this.#failed(error, "prefetch /")),
+    );
   }
 
   lookup(
@@ -575,7 +293,7 @@ export class MirrorFs implements FileSystem {
   ): Entry | Errno | Promise<Entry | Errno> {
     this.stats.lookups++;
     if (this.#closed) return EIO;
-    const parent = this.#nodes.get(parentId);
+    const parent = this.#cache.nodes.get(parentId);
     if (parent === undefined) return ESTALE;
     const answer = this.#lookupLocal(parent, name, true);
     if (answer !== undefined) return answer;
@@ -584,51 +302,36 @@ export class MirrorFs implements FileSystem {
   }
 
   forget(ino: bigint): void {
-    const node = this.#nodes.get(ino);
-    if (node === undefined) return;
-    node.known = false;
-    const cached = this.#blobs.get(ino);
-    if (cached !== undefined) {
-      this.#blobs.delete(ino);
-      this.#closeLater(cached);
-    }
-    this.#dropIfUnused(node);
+    if (this.#cache.nodes.forget(ino) === undefined) return;
+    this.#blobs.forget(ino);
   }
 
   getattr(ino: bigint, _ctx: RequestContext): AttrReply | Errno | Promise<AttrReply | Errno> {
     if (this.#closed) return EIO;
-    const node = this.#nodes.get(ino);
+    const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
     if (node.attr !== undefined) {
-      return { attr: this.#toAttr(node), attrTimeoutS: this.#attrTimeoutS };
+      return { attr: this.#cache.toAttr(node), attrTimeoutS: this.#cache.attrTimeoutS };
     }
     if (node.detached) return ESTALE;
-    return (async () => {
-      try {
-        await this.#refresh(node, false);
-      } catch (error) {
-        return this.#failed(error, `getattr ${node.path}`);
-      }
+    return this.#refreshed(node, "getattr", () => {
       if (node.attr === undefined) return node.detached ? ESTALE : ENOENT;
-      return { attr: this.#toAttr(node), attrTimeoutS: this.#attrTimeoutS };
-    })();
+      return { attr: this.#cache.toAttr(node), attrTimeoutS: this.#cache.attrTimeoutS };
+    });
   }
 
   readlink(ino: bigint, _ctx: RequestContext): string | Errno | Promise<string | Errno> {
     if (this.#closed) return EIO;
-    const node = this.#nodes.get(ino);
+    const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
     const local = targetOf(node);
     if (local !== undefined) return local;
     if (node.detached || node.attr !== undefined) return EINVAL;
-    return (async () => {
-      try {
-        await this.#refresh(node, false);
-      } catch (error) {
-        return this.#failed(error, `readlink ${node.path}`);
-      }
-      return targetOf(node) ?? (node.attr === undefined ? ENOENT : EINVAL);
-    })();
+    return this.#refreshed(
+      node,
+      "readlink",
+      () => targetOf(node) ?? (node.attr === undefined ? ENOENT : EINVAL),
+    );
   }
 
   opendir(
@@ -637,17 +340,13 @@ export class MirrorFs implements FileSystem {
     _ctx: RequestContext,
   ): OpenDirReply | Errno | Promise<OpenDirReply | Errno> {
     if (this.#closed) return EIO;
-    const node = this.#nodes.get(ino);
+    const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
     if (node.attr !== undefined && node.attr.kind !== "dir") return ENOTDIR;
     // The kernel then stops sending opendir and releasedir, and caches listings itself.
     if (this.#zeroOpenDir) return ENOSYS;
-    if (this.#files.size + this.#dirs.size >= this.#handlesMax) return ENFILE;
-    const rows = this.#rowsOf(node);
-    if (rows instanceof Promise) {
-      return rows.then((rows) => typeof rows === "number" ? rows : this.#openDir(node, rows));
-    }
-    return typeof rows === "number" ? rows : this.#openDir(node, rows);
+    if (this.#files.size + this.#listings.openCount >= this.#handlesMax) return ENFILE;
+    return this.#listings.open(node);
   }
 
   readdir(
@@ -657,15 +356,7 @@ export class MirrorFs implements FileSystem {
     _sizeMax: number,
     _ctx: RequestContext,
   ): readonly DirEntry[] | Errno | Promise<readonly DirEntry[] | Errno> {
-    return this.#withRows(ino, fh, "readdir", (node, rows) => {
-      const result: DirEntry[] = [];
-      const end = Math.min(rows.length, offset + READDIR_BATCH_MAX);
-      for (let i = offset; i < end; i++) {
-        const { name, kind, node: kid } = rows[i];
-        result.push({ name, ino: kid?.id ?? fallbackIno(node, name), mode: typeBits(kind) });
-      }
-      return result;
-    });
+    return this.#listings.readdir(ino, fh, offset);
   }
 
   #readdirplus(
@@ -675,42 +366,11 @@ export class MirrorFs implements FileSystem {
     sizeMax: number,
     _ctx: RequestContext,
   ): readonly DirEntryPlus[] | Errno | Promise<readonly DirEntryPlus[] | Errno> {
-    return this.#withRows(ino, fh, "readdirplus", (dir, rows) => {
-      const result: DirEntryPlus[] = [];
-      let bytes = 0;
-      for (let i = offset; i < rows.length; i++) {
-        const { name, kind } = rows[i];
-        const size = DIRENTPLUS_FIXED_BYTES + align8(byteLength(name));
-        if (bytes + size > sizeMax) break; // the rest would not be counted as lookups
-        bytes += size;
-        const dots = name === "." || name === "..";
-        let node = rows[i].node;
-        if (!dots) {
-          const current = dir.kids.get(name);
-          if (current !== undefined) node = current;
-        }
-        if (node?.attr === undefined || node.detached || dots) {
-          const id = node?.id ?? fallbackIno(dir, name);
-          result.push({
-            name,
-            entry: {
-              ino: 0,
-              attr: node?.attr ? this.#toAttr(node) : minimalAttr(id, kind),
-              entryTimeoutS: 0,
-              attrTimeoutS: 0,
-            },
-          });
-          continue;
-        }
-        node.known = true;
-        result.push({ name, entry: this.#entryOf(node) });
-      }
-      return result;
-    });
+    return this.#listings.readdirplus(ino, fh, offset, sizeMax);
   }
 
   releasedir(_ino: bigint, fh: number): void {
-    this.#dirs.delete(fh);
+    this.#listings.release(fh);
   }
 
   open(
@@ -719,13 +379,13 @@ export class MirrorFs implements FileSystem {
     _ctx: RequestContext,
   ): OpenReply | Errno | Promise<OpenReply | Errno> {
     if (this.#closed) return EIO;
-    const node = this.#nodes.get(ino);
+    const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
     if ((flags & O_ACCMODE) !== O_RDONLY) return EROFS;
     if (node.attr?.kind === "dir") return EISDIR;
     // The kernel then stops sending open and release and keeps page caches (keep_cache).
     if (this.#zeroOpen) return ENOSYS;
-    if (this.#files.size + this.#dirs.size >= this.#handlesMax) return ENFILE;
+    if (this.#files.size + this.#listings.openCount >= this.#handlesMax) return ENFILE;
     return this.#open(node);
   }
 
@@ -743,15 +403,11 @@ export class MirrorFs implements FileSystem {
     }
     // No open round trips: one cached descriptor per inode.
     if (this.#closed) return EIO;
-    const node = this.#nodes.get(ino);
+    const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
-    const cached = this.#blobs.get(ino);
-    if (cached !== undefined && cached.hash === node.attr?.hash) {
-      this.#blobs.delete(ino);
-      this.#blobs.set(ino, cached);
-      return { fd: cached.fd, offset, size };
-    }
-    return this.#openCached(node).then((handle) =>
+    const fd = this.#blobs.cachedFd(node);
+    if (fd !== undefined) return { fd, offset, size };
+    return this.#blobs.openCached(node).then((handle) =>
       typeof handle === "number" ? handle : { fd: handle.fd, offset, size }
     );
   }
@@ -760,7 +416,7 @@ export class MirrorFs implements FileSystem {
     const handle = this.#files.get(fh);
     if (handle === undefined) return;
     this.#files.delete(fh);
-    this.#closeHandle(handle);
+    this.#blobs.close(handle);
   }
 
   statfs(_ino: bigint, _ctx: RequestContext): StatFs {
@@ -771,18 +427,18 @@ export class MirrorFs implements FileSystem {
       blocks,
       bfree: 0,
       bavail: 0,
-      files: this.#attached,
+      files: this.#cache.attached,
       ffree: 0,
       namemax: NAME_BYTES_MAX,
     };
   }
 
   access(ino: bigint, mask: number, ctx: RequestContext): 0 | Errno {
-    const node = this.#nodes.get(ino);
+    const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
     if (mask & W_OK) return EROFS;
     if (node.attr === undefined) return 0; // the kernel asks getattr first; be lenient
-    const attr = this.#toAttr(node);
+    const attr = this.#cache.toAttr(node);
     if (ctx.uid === 0) {
       // root may read anything, and execute what anyone may execute.
       if ((mask & X_OK) && node.attr.kind === "file" && (attr.mode & 0o111) === 0) return EACCES;
@@ -815,297 +471,57 @@ export class MirrorFs implements FileSystem {
   // ---- lookups ----
 
   /** Answers from memory, or undefined when the network is needed. */
-  #lookupLocal(parent: Node, name: string, countNegative: boolean): Entry | Errno | undefined {
+  #lookupLocal(
+    parent: MirrorNode,
+    name: string,
+    countNegative: boolean,
+  ): Entry | Errno | undefined {
     if (parent.attr !== undefined && parent.attr.kind !== "dir") return ENOTDIR;
     if (parent.detached) return parent.attr === undefined ? ESTALE : ENOENT;
     const listing = parent.listing;
     if (listing === undefined) return undefined;
     if (!listing.has(name)) {
       if (countNegative) this.stats.negativeLocal++;
-      return this.#negative(parent, name);
+      return this.#cache.negative(parent, name);
     }
     const child = parent.kids.get(name);
     if (child?.attr === undefined) return undefined;
-    child.known = true;
-    this.#touch(child);
-    this.#maybePrefetch(child);
-    return this.#entryOf(child);
+    this.#cache.nodes.remember(child);
+    this.#cache.nodes.touch(child);
+    this.#prefetcher.maybePrefetch(child);
+    return this.#cache.entryOf(child);
   }
 
-  async #lookupSlow(parent: Node, name: string): Promise<Entry | Errno> {
+  async #lookupSlow(parent: MirrorNode, name: string): Promise<Entry | Errno> {
     try {
-      if (parent.listing === undefined || !parent.complete) await this.#fetchDir(parent);
+      if (parent.listing === undefined || !parent.complete) await this.#fetches.fetchDir(parent);
       const answer = this.#lookupLocal(parent, name, false);
       if (answer !== undefined) return answer;
       // A listed child without attrs (evicted, or added by an update): ask for it alone.
-      this.#absorbFetched(await this.#fetchFresh(joinPath(parent.path, name), false, false));
+      await this.#fetches.fetchPath(joinPath(parent.path, name));
       return this.#lookupLocal(parent, name, false) ?? EIO;
     } catch (error) {
       return this.#failed(error, `lookup ${joinPath(parent.path, name)}`);
     }
   }
 
-  #negative(parent: Node, name: string): Entry | Errno {
-    if (parent.negatives?.has(name)) {
-      return { ino: 0, entryTimeoutS: this.#negativeTimeoutS, attrTimeoutS: 0 };
+  /** Fetches a node's attrs again, then answers `op` with `answer` (EIO if the fetch failed). */
+  async #refreshed<T>(node: MirrorNode, op: string, answer: () => T | Errno): Promise<T | Errno> {
+    try {
+      await this.#fetches.refresh(node, false);
+    } catch (error) {
+      return this.#failed(error, `${op} ${node.path}`);
     }
-    if (
-      this.#negativeCount >= NEGATIVES_MAX || (parent.negatives?.size ?? 0) >= NEGATIVES_PER_DIR_MAX
-    ) {
-      return ENOENT; // not cached by the kernel, so nothing to invalidate later
-    }
-    parent.negatives ??= new Set();
-    parent.negatives.add(name);
-    this.#negativeCount++;
-    return { ino: 0, entryTimeoutS: this.#negativeTimeoutS, attrTimeoutS: 0 };
-  }
-
-  #forgetNegative(parent: Node, name: string): void {
-    if (parent.negatives?.delete(name)) this.#negativeCount--;
-  }
-
-  #entryOf(node: Node): Entry & { attr: Attr } {
-    return {
-      ino: node.id,
-      attr: this.#toAttr(node),
-      entryTimeoutS: this.#entryTimeoutS,
-      attrTimeoutS: this.#attrTimeoutS,
-    };
-  }
-
-  // ---- fetching ----
-
-  /** Fetches a directory's children (once for concurrent callers) and caches them all. */
-  #fetchDir(node: Node): Promise<void> {
-    if (node.synthetic) return Promise.resolve();
-    let promise = this.#dirFetches.get(node);
-    if (promise === undefined) {
-      const fetching: Promise<void> = this.#doFetchDir(node).finally(() => {
-        if (this.#dirFetches.get(node) === fetching) this.#dirFetches.delete(node);
-      });
-      promise = fetching;
-      this.#dirFetches.set(node, promise);
-    }
-    return promise;
-  }
-
-  async #doFetchDir(node: Node): Promise<void> {
-    const signal = this.#closer.signal;
-    let attrs: FileAttr[];
-    let since: number;
-    for (let attempt = 1;; attempt++) {
-      this.stats.dirFetches++;
-      const epoch = this.#epoch;
-      since = this.#updateCount();
-      attrs = await this.#limiter.run(() => this.#link.dir(node.path, { signal }), { signal });
-      // An answer from before a reset may miss changes the master could not push.
-      if (
-        (epoch === this.#epoch && since >= this.#recentBase) || attempt === FETCH_ATTEMPTS_MAX
-      ) break;
-    }
-    if (node.detached || this.#closed) return;
-    const listing = new Map<string, FileKind>();
-    for (const attr of attrs) {
-      if (attr.kind === null) continue;
-      const name = childName(node.path, attr.path);
-      if (name === undefined) continue;
-      listing.set(name, attr.kind);
-      this.#learnChild(node, name, attr);
-    }
-    this.#setListing(node, listing);
-    node.complete = true;
-    this.#replaySince(since, node.path);
-    this.#evictIfNeeded();
-  }
-
-  /** Fetches one path's attrs (once for concurrent callers wanting no more). */
-  #fetchAttr(path: string, withHash: boolean, background: boolean): AttrFetch {
-    const inflight = this.#attrFetches.get(path);
-    if (inflight !== undefined && (inflight.withHash || !withHash)) return inflight;
-    this.stats.attrFetches++;
-    const signal = this.#closer.signal;
-    const since = this.#updateCount();
-    const promise = this.#limiter.run(
-      () => this.#link.attr(path, { withHash, signal }),
-      { signal, background },
-    ).finally(() => {
-      if (this.#attrFetches.get(path)?.promise === promise) this.#attrFetches.delete(path);
-    });
-    const fetch = { promise, withHash, since };
-    this.#attrFetches.set(path, fetch);
-    return fetch;
-  }
-
-  /**
-   * Like #fetchAttr, but asks again when a reset happened meanwhile; gives the
-   * number of the first update that may have overtaken the answer.
-   */
-  async #fetchFresh(
-    path: string,
-    withHash: boolean,
-    background: boolean,
-  ): Promise<{ attr: FileAttr; since: number }> {
-    for (let attempt = 1;; attempt++) {
-      const epoch = this.#epoch;
-      const fetch = this.#fetchAttr(path, withHash, background);
-      const attr = await fetch.promise;
-      if (
-        (epoch === this.#epoch && fetch.since >= this.#recentBase) ||
-        attempt === FETCH_ATTEMPTS_MAX
-      ) return { attr, since: fetch.since };
-    }
-  }
-
-  /** Stores a fetched attr, then the updates that overtook it. */
-  #absorbFetched(fetched: { attr: FileAttr; since: number }): void {
-    this.#absorb(fetched.attr);
-    this.#replaySince(fetched.since, normalizePath(fetched.attr.path));
-  }
-
-  /** Refetches a node's own attrs and stores them (the node may get detached). */
-  async #refresh(node: Node, withHash: boolean, background = false): Promise<void> {
-    const fetched = await this.#fetchFresh(node.path, withHash, background);
-    if (node.detached || this.#closed) return;
-    if (node === this.#root) {
-      if (fetched.attr.kind === "dir") this.#setAttr(node, fetched.attr);
-      this.#replaySince(fetched.since, "/");
-      return;
-    }
-    this.#absorbFetched(fetched);
-  }
-
-  /** Stores fetched attrs of one path into the tree (no kernel invalidation). */
-  #absorb(attr: FileAttr): Node | undefined {
-    const path = normalizePath(attr.path);
-    if (this.#isUnderMountPoint(path) || path === "/") return undefined;
-    const parent = this.#find(dirname(path));
-    if (parent === undefined || parent.synthetic) return undefined;
-    const name = basename(path);
-    if (attr.kind === null) {
-      if (parent.listing?.delete(name)) parent.rows = undefined;
-      const node = parent.kids.get(name);
-      if (node) this.#detach(node);
-      return undefined;
-    }
-    if (parent.listing !== undefined && parent.listing.get(name) !== attr.kind) {
-      parent.listing.set(name, attr.kind);
-      parent.rows = undefined;
-      this.#forgetNegative(parent, name);
-    }
-    return this.#learnChild(parent, name, attr);
-  }
-
-  /** Creates or updates the child node `name` of `parent` with `attr`. */
-  #learnChild(parent: Node, name: string, attr: FileAttr): Node | undefined {
-    if (parent.synthetic || !validName(name)) return undefined;
-    let child = parent.kids.get(name);
-    if (child?.synthetic) return child;
-    if (child?.attr !== undefined && child.attr.kind !== attr.kind) {
-      this.#detach(child);
-      child = undefined;
-    }
-    child ??= this.#newNode(parent, name, joinPath(parent.path, name), false);
-    this.#setAttr(child, attr);
-    return child;
-  }
-
-  #setAttr(node: Node, attr: FileAttr): void {
-    const old = node.attr;
-    const next: FileAttr = { ...attr, path: node.path };
-    if (
-      next.hash === undefined && old?.hash !== undefined && old.kind === "file" &&
-      next.kind === "file" && old.size === next.size && old.mtimeMs === next.mtimeMs
-    ) {
-      next.hash = old.hash;
-    }
-    const children = next.children;
-    delete next.children;
-    node.attr = next;
-    if (next.kind === "dir" && children !== undefined) {
-      // Names only: a listing new from here lacks its children's attrs.
-      if (node.listing === undefined) node.complete = false;
-      this.#setListing(node, mapOf(children));
-    }
-  }
-
-  /** Replaces a directory's listing; drops cached children no longer in it. */
-  #setListing(node: Node, listing: Map<string, FileKind>): void {
-    for (const name of this.#mountPoints.get(node.path) ?? []) {
-      listing.set(name, "dir");
-      if (!node.kids.get(name)?.synthetic) {
-        const old = node.kids.get(name);
-        if (old) this.#detach(old);
-        const child = this.#newNode(node, name, joinPath(node.path, name), true);
-        child.attr = {
-          path: child.path,
-          kind: "dir",
-          mode: child.path === "/tmp" ? 0o1777 : 0o755,
-          size: 0,
-          mtimeMs: Date.now(),
-        };
-        child.listing = new Map();
-        child.complete = true;
-      }
-    }
-    for (const [name, kid] of [...node.kids]) {
-      const kind = listing.get(name);
-      if (kind === undefined || (kid.attr !== undefined && kid.attr.kind !== kind)) {
-        this.#detach(kid);
-      }
-    }
-    if (node.negatives) {
-      for (const name of listing.keys()) this.#forgetNegative(node, name);
-    }
-    node.listing = listing;
-    node.rows = undefined;
-  }
-
-  /** Updates a cached node from a pushed attr and collects kernel invalidations. */
-  #updateNode(
-    node: Node,
-    update: FileAttr,
-    entries: [bigint, string][],
-    inodes: [bigint, number][],
-  ): void {
-    if (node.synthetic || update.kind === null) return;
-    const old = node.attr;
-    if (update.kind === "dir" && update.children !== undefined && node.listing !== undefined) {
-      const next = mapOf(update.children);
-      for (const [name, kind] of node.listing) {
-        if (next.get(name) !== kind) entries.push([node.id, name]);
-      }
-      for (const name of next.keys()) {
-        if (!node.listing.has(name) || node.negatives?.has(name)) entries.push([node.id, name]);
-      }
-    }
-    this.#setAttr(node, update);
-    if (old === undefined) {
-      if (node.known) inodes.push([node.id, 0]);
-      return;
-    }
-    const contentChanged = old.size !== update.size || old.mtimeMs !== update.mtimeMs ||
-      (update.hash !== undefined && old.hash !== undefined && old.hash !== update.hash) ||
-      old.target !== update.target;
-    const metaChanged = old.mode !== update.mode;
-    if (contentChanged) {
-      // Attrs and data; for a file the entry too, so the kernel looks the path up
-      // again. Never a directory's entry: invalidating a dentry detaches every
-      // mount on it, in every namespace, and the jobs' sandboxes mount their
-      // overlay (and /proc, /dev, /tmp) on directories of this mirror.
-      inodes.push([node.id, 0]);
-      if (node.parent && update.kind !== "dir") entries.push([node.parent.id, node.name]);
-    } else if (metaChanged) {
-      inodes.push([node.id, -1]);
-    }
+    return answer();
   }
 
   // ---- files ----
 
-  async #open(node: Node): Promise<OpenReply | Errno> {
-    const handle = await this.#openBlob(node);
+  async #open(node: MirrorNode): Promise<OpenReply | Errno> {
+    const handle = await this.#blobs.open(node);
     if (typeof handle === "number") return handle;
     if (this.#closed) {
-      this.#closeHandle(handle);
+      this.#blobs.close(handle);
       return EIO;
     }
     const fh = this.#nextFh++;
@@ -1113,360 +529,21 @@ export class MirrorFs implements FileSystem {
     return { fh, keepCache: true };
   }
 
-  /** Opens (once for concurrent reads) and caches the blob descriptor of a node. */
-  #openCached(node: Node): Promise<FileHandle | Errno> {
-    let opening = this.#blobOpening.get(node.id);
-    if (opening === undefined) {
-      const promise: Promise<FileHandle | Errno> = this.#openBlob(node).then((handle) => {
-        if (typeof handle === "number") return handle;
-        if (this.#closed) {
-          this.#closeHandle(handle);
-          return EIO;
-        }
-        const old = this.#blobs.get(node.id);
-        if (old !== undefined) this.#closeLater(old);
-        this.#blobs.delete(node.id);
-        this.#blobs.set(node.id, handle);
-        for (const [id, oldest] of this.#blobs) {
-          if (this.#blobs.size <= this.#blobFdsMax) break;
-          this.#blobs.delete(id);
-          this.#closeLater(oldest);
-        }
-        return handle;
-      }).finally(() => {
-        if (this.#blobOpening.get(node.id) === promise) this.#blobOpening.delete(node.id);
-      });
-      opening = promise;
-      this.#blobOpening.set(node.id, opening);
-    }
-    return opening;
-  }
-
-  /** Fetches a node's blob if needed, pins it and opens it: a handle to close later. */
-  async #openBlob(node: Node): Promise<FileHandle | Errno> {
-    let hash: string;
-    let path: string;
-    try {
-      if (node.attr?.kind !== "file" || node.attr.hash === undefined) {
-        if (node.detached) return ESTALE;
-        await this.#refresh(node, true);
-      }
-      const attr = node.attr;
-      if (attr === undefined) return node.detached ? ESTALE : ENOENT;
-      if (attr.kind === "dir") return EISDIR;
-      if (attr.kind !== "file" || attr.hash === undefined) {
-        return this.#failed(new Error(`No hash for ${node.path}`), `open ${node.path}`);
-      }
-      hash = attr.hash;
-      try {
-        const stored = this.#store.sizeOf(hash) !== undefined;
-        path = await this.#store.ensure(hash, this.#fetcher(false), {
-          pin: true,
-          signal: this.#closer.signal,
-        });
-        if (stored && !this.#verified.has(hash)) {
-          // Stored before this mirror used it: rehash it once, so that a blob
-          // corrupted on disk is discarded and fetched again, never served.
-          let whole = false;
-          try {
-            whole = await this.#store.verify(hash);
-          } finally {
-            if (!whole) this.#store.unpin(hash);
-          }
-          if (!whole) {
-            this.stats.corruptBlobs++;
-            try {
-              this.#onError(new Error(`Blob ${hash} was corrupt on disk`), `open ${node.path}`);
-            } catch {
-              // A failing logger must not cost the reply.
-            }
-            path = await this.#store.ensure(hash, this.#fetcher(false), {
-              pin: true,
-              signal: this.#closer.signal,
-            });
-          }
-        }
-        if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
-        this.#verified.add(hash);
-      } catch (error) {
-        // The hash may be stale (changed on the master): ask for it again next time.
-        if (node.attr?.hash === hash) node.attr = { ...node.attr, hash: undefined };
-        throw error;
-      }
-    } catch (error) {
-      return this.#failed(error, `open ${node.path}`);
-    }
-    if (this.#closed) {
-      this.#store.unpin(hash);
-      return EIO;
-    }
-    const libc = this.#libc ??= openLibc();
-    const fd = libc.symbols.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0) {
-      this.#store.unpin(hash);
-      return this.#failed(new Error(`Cannot open blob ${path}`), `open ${node.path}`);
-    }
-    node.opens++;
-    return { fd, hash, node };
-  }
-
-  /**
-   * Closes a cached descriptor after the current requests are answered (a
-   * reply may still read from it in this turn of the event loop).
-   */
-  #closeLater(handle: FileHandle): void {
-    this.#closing.push(handle);
-    this.#closeTimer ??= setTimeout(() => {
-      this.#closeTimer = undefined;
-      for (const each of this.#closing.splice(0)) this.#closeHandle(each);
-    }, 0);
-  }
-
   #handleCount(): number {
-    return this.#files.size + this.#dirs.size + this.#blobs.size;
+    return this.#files.size + this.#listings.openCount + this.#blobs.cachedCount;
   }
 
-  #closeHandle(handle: FileHandle): void {
-    this.#libc?.symbols.close(handle.fd);
-    try {
-      this.#store.unpin(handle.hash);
-    } catch (error) {
-      this.#onError(error, "release");
-    }
-    handle.node.opens--;
-    this.#dropIfUnused(handle.node);
-  }
-
-  #fetcher(background: boolean): Fetcher {
-    return (hash, sink, signal) =>
-      this.#limiter.run(async () => {
-        this.stats.blobFetches++;
-        await this.#link.fetchBlob(hash, {
-          write: (chunk) => {
-            this.stats.blobBytes += chunk.length;
-            return sink.write(chunk);
-          },
-        }, signal);
-      }, { signal, background });
-  }
-
-  /** Starts fetching a looked-up file's content in the background. */
-  #maybePrefetch(node: Node): void {
-    const attr = node.attr;
-    if (attr?.kind !== "file" || attr.size > this.#prefetchBytesMax || this.#closed) return;
-    if (attr.hash !== undefined && this.#store.sizeOf(attr.hash) !== undefined) return;
-    if (this.#prefetching.size >= this.#prefetchesMax || this.#prefetching.has(node.path)) return;
-    const path = node.path;
-    this.#prefetching.add(path);
-    this.stats.prefetches++;
-    const task = (async () => {
-      try {
-        if (node.attr?.hash === undefined) await this.#refresh(node, true, true);
-        const hash = node.attr?.hash;
-        if (hash === undefined || this.#closed) return;
-        await this.#store.ensure(hash, this.#fetcher(true), { signal: this.#closer.signal });
-      } catch (error) {
-        if (!this.#closed) this.#failed(error, `prefetch ${path}`);
-      } finally {
-        this.#prefetching.delete(path);
-      }
-    })();
-    this.#track(task);
-  }
+  // ---- background work and failures ----
 
   #track(promise: Promise<unknown>): void {
     this.#background.add(promise);
     promise.finally(() => this.#background.delete(promise));
   }
 
-  // ---- directories ----
-
-  #openDir(node: Node, rows: readonly DirRow[]): OpenDirReply {
-    const fh = this.#nextFh++;
-    this.#dirs.set(fh, { node, rows });
-    return { fh, cacheReaddir: true, keepCache: true };
-  }
-
-  /** The rows of a directory listing ("." and ".." first), fetching it if needed. */
-  #rowsOf(node: Node): readonly DirRow[] | Errno | Promise<readonly DirRow[] | Errno> {
-    if (node.detached) return node.rows ?? this.#buildRows(node);
-    if (node.listing !== undefined && (node.complete || node.synthetic)) {
-      return node.rows ??= this.#buildRows(node);
-    }
-    return (async () => {
-      try {
-        await this.#fetchDir(node);
-      } catch (error) {
-        return this.#failed(error, `readdir ${node.path}`);
-      }
-      if (node.listing === undefined && !node.detached) return ENOENT;
-      return node.rows ??= this.#buildRows(node);
-    })();
-  }
-
-  #buildRows(node: Node): DirRow[] {
-    const rows: DirRow[] = [
-      { name: ".", kind: "dir", node },
-      { name: "..", kind: "dir", node: node.parent ?? node },
-    ];
-    for (const [name, kind] of node.listing ?? []) {
-      rows.push({ name, kind, node: node.kids.get(name) });
-    }
-    return rows;
-  }
-
-  /** Runs `list` on the rows of an open directory (`fh`) or of `ino` (fh 0: no opendir). */
-  #withRows<T>(
-    ino: bigint,
-    fh: number,
-    op: string,
-    list: (node: Node, rows: readonly DirRow[]) => T,
-  ): T | Errno | Promise<T | Errno> {
-    if (fh !== 0) {
-      const handle = this.#dirs.get(fh);
-      if (handle === undefined || handle.node.id !== ino) return EBADF;
-      return list(handle.node, handle.rows);
-    }
-    if (this.#closed) return EIO;
-    const node = this.#nodes.get(ino);
-    if (node === undefined) return ESTALE;
-    if (node.attr !== undefined && node.attr.kind !== "dir") return ENOTDIR;
-    const rows = this.#rowsOf(node);
-    if (rows instanceof Promise) {
-      return rows.then((rows) => typeof rows === "number" ? rows : list(node, rows)).catch(
-        (error) => this.#failed(error, op),
-      );
-    }
-    return typeof rows === "number" ? rows : list(node, rows);
-  }
-
-  // ---- nodes ----
-
-  #newNode(parent: Node | undefined, name: string, path: string, synthetic: boolean): Node {
-    const id = parent === undefined ? ROOT_ID : this.#nextId++;
-    const node: Node = {
-      id,
-      path,
-      name,
-      parent,
-      attr: undefined,
-      listing: undefined,
-      complete: false,
-      kids: new Map(),
-      known: parent === undefined,
-      opens: 0,
-      detached: false,
-      synthetic,
-      negatives: undefined,
-      rows: undefined,
-    };
-    parent?.kids.set(name, node);
-    this.#nodes.set(id, node);
-    this.#attached++;
-    return node;
-  }
-
-  /** The attached node of `path`, if cached. */
-  #find(path: string): Node | undefined {
-    if (path === "/") return this.#root;
-    let node: Node | undefined = this.#root;
-    for (const part of path.slice(1).split("/")) {
-      node = node.kids.get(part);
-      if (node === undefined) return undefined;
-    }
-    return node;
-  }
-
-  /** Removes a node and its subtree from the tree; kept by id while still in use. */
-  #detach(node: Node): void {
-    if (node.detached || node === this.#root) return;
-    for (const kid of [...node.kids.values()]) this.#detach(kid);
-    if (node.parent?.kids.get(node.name) === node) node.parent.kids.delete(node.name);
-    node.detached = true;
-    node.listing = undefined;
-    node.rows = undefined;
-    if (node.negatives) {
-      this.#negativeCount -= node.negatives.size;
-      node.negatives = undefined;
-    }
-    this.#attached--;
-    this.#dropIfUnused(node);
-  }
-
-  #dropIfUnused(node: Node): void {
-    if (node.detached && !node.known && node.opens === 0) this.#nodes.delete(node.id);
-  }
-
-  #touch(node: Node): void {
-    this.#nodes.delete(node.id);
-    this.#nodes.set(node.id, node);
-  }
-
-  /** Drops least recently used nodes nobody holds, when above the cap. */
-  #evictIfNeeded(): void {
-    if (this.#attached <= this.#evictAbove) return;
-    const target = Math.floor(this.#entriesMax * EVICT_TARGET_FRACTION);
-    for (const node of this.#nodes.values()) {
-      if (this.#attached <= target) break;
-      if (
-        node === this.#root || node.detached || node.known || node.opens > 0 ||
-        node.kids.size > 0 || node.synthetic || this.#dirFetches.has(node)
-      ) {
-        continue;
-      }
-      this.#detach(node);
-    }
-    // When most nodes are held, scan again only after some growth.
-    this.#evictAbove = Math.max(
-      this.#entriesMax,
-      this.#attached + Math.ceil(this.#entriesMax * (1 - EVICT_TARGET_FRACTION)),
-    );
-  }
-
-  #isUnderMountPoint(path: string): boolean {
-    for (const mountPoint of this.#mountPointSet) {
-      if (path === mountPoint || path.startsWith(mountPoint + "/")) return true;
-    }
-    return false;
-  }
-
-  #toAttr(node: Node): Attr {
-    const attr = node.attr!;
-    const owner = isUnder(node.path, this.#writableRoot) ? JOB_UID : 0;
-    const size = attr.kind === "symlink" && attr.target !== undefined
-      ? byteLength(attr.target)
-      : attr.size;
-    return {
-      ino: node.id,
-      mode: typeBits(attr.kind ?? "file") | (attr.mode & 0o7777),
-      nlink: 1,
-      uid: owner,
-      gid: owner === 0 ? 0 : JOB_GID,
-      size,
-      mtimeMs: attr.mtimeMs,
-      ctimeMs: attr.mtimeMs,
-      atimeMs: attr.mtimeMs,
-      blksize: 4096,
-    };
-  }
-
-  #notify(entries: [bigint, string][], inodes: [bigint, number][]): Promise<void> {
+  #notify(invalidations: Invalidations): Promise<void> {
     const session = this.#session;
-    if (session === undefined || (entries.length === 0 && inodes.length === 0)) {
-      return Promise.resolve();
-    }
-    const calls: Promise<number>[] = [];
-    const seen = new Set<string>();
-    for (const [ino, offset] of inodes) {
-      calls.push(session.notifyInvalInode(ino, offset, 0));
-    }
-    for (const [parent, name] of entries) {
-      const key = `${parent}/${name}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      calls.push(session.notifyInvalEntry(parent, name));
-    }
-    const done = Promise.allSettled(calls).then(() => {});
+    if (session === undefined || invalidations.empty) return Promise.resolve();
+    const done = invalidations.send(session);
     this.#track(done);
     return done;
   }
@@ -1481,11 +558,6 @@ export class MirrorFs implements FileSystem {
     }
     return EIO;
   }
-
-  /** Where the mirror is mounted (from init), if known. */
-  get mountpoint(): string | undefined {
-    return this.#mountpoint;
-  }
 }
 
 /** The mirror was closed while a request was waiting. */
@@ -1496,83 +568,6 @@ export class MirrorClosedError extends Error {
   }
 }
 
-function normalizePath(path: string): string {
-  const parts: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") parts.pop();
-    else parts.push(part);
-  }
-  return "/" + parts.join("/");
-}
-
-function dirname(path: string): string {
-  const index = path.lastIndexOf("/");
-  return index <= 0 ? "/" : path.slice(0, index);
-}
-
-function basename(path: string): string {
-  return path.slice(path.lastIndexOf("/") + 1);
-}
-
-function joinPath(dir: string, name: string): string {
-  return dir === "/" ? `/${name}` : `${dir}/${name}`;
-}
-
-function isUnder(path: string, root: string): boolean {
-  return root === "/" || path === root || path.startsWith(root + "/");
-}
-
-/** The name of `path` in `dir` if it is a direct child, else undefined. */
-function childName(dir: string, path: string): string | undefined {
-  const normalized = normalizePath(path);
-  if (normalized === "/" || dirname(normalized) !== dir) return undefined;
-  const name = basename(normalized);
-  return validName(name) ? name : undefined;
-}
-
-function validName(name: string): boolean {
-  return name !== "" && name !== "." && name !== ".." && !name.includes("/") &&
-    !name.includes("\0") && byteLength(name) <= NAME_BYTES_MAX;
-}
-
-function mapOf(children: Record<string, FileKind>): Map<string, FileKind> {
-  const map = new Map<string, FileKind>();
-  for (const [name, kind] of Object.entries(children)) {
-    if (validName(name)) map.set(name, kind);
-  }
-  return map;
-}
-
-function typeBits(kind: FileKind): number {
-  return kind === "dir" ? S_IFDIR : kind === "symlink" ? S_IFLNK : S_IFREG;
-}
-
-function targetOf(node: Node): string | undefined {
+function targetOf(node: MirrorNode): string | undefined {
   return node.attr?.kind === "symlink" ? node.attr.target : undefined;
-}
-
-function minimalAttr(ino: bigint, kind: FileKind): Attr {
-  return { ino, mode: typeBits(kind), nlink: 1, uid: 0, gid: 0, size: 0, mtimeMs: 0 };
-}
-
-/** A d_ino for a listed name without a node: stable, and never a node id. */
-function fallbackIno(dir: Node, name: string): bigint {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193);
-  return (1n << 62n) | ((dir.id & 0x3fffffffn) << 32n) | BigInt(hash >>> 0);
-}
-
-const encoder = new TextEncoder();
-
-function byteLength(text: string): number {
-  return encoder.encode(text).length;
-}
-
-function align8(n: number): number {
-  return (n + 7) & ~7;
-}
-
-function cString(text: string): Uint8Array<ArrayBuffer> {
-  return encoder.encode(text + "\0") as Uint8Array<ArrayBuffer>;
 }

@@ -1,0 +1,262 @@
+/**
+ * One job on a worker: run in a sandbox over its master's mirror, then what
+ * it changed collected as a result set. Small result files travel inline in
+ * the reply, the rest go to the store for the master to fetch; a result set
+ * too large for the reply's frame goes ahead of it in parts. Failures that
+ * are the worker's (a full disk, a stale file handle in the mirror) are
+ * reported as such, so that the master runs the job again elsewhere.
+ *
+ * @module
+ */
+
+import type { Store } from "../cas/mod.ts";
+import { hashBytes } from "../cas/mod.ts";
+import { JOB_HEARTBEAT_MS, type JobParams, type JobReply } from "../common/protocol.ts";
+import type { ResultSet } from "../common/types.ts";
+import { type CallContext, RpcError } from "../rpc/mod.ts";
+import { collectResultSet, type JobOutcome, runJob } from "../sandbox/mod.ts";
+import { type Mirror, safeName } from "./mirrors.ts";
+import { sendResultParts } from "./result_parts.ts";
+
+/** Result files up to this size travel inline in the job's reply... */
+const INLINE_FILE_BYTES_MAX = 128 * 1024;
+/** ...up to this much in all (a reply is one RPC frame, at most FRAME_BYTES_MAX). */
+const INLINE_BYTES_MAX = 512 * 1024;
+/** Free space below which a failed job is blamed on the worker's disk. */
+const DISK_FREE_BYTES_MIN = 16 * 2 ** 20;
+
+const STALE_TEXT = new TextEncoder().encode("Stale file handle");
+
+/** Options of {@linkcode JobRunner}: the worker's per-job caps and where jobs work. */
+export interface JobRunnerOptions {
+  /** Job directories go under `${cacheDir}/jobs`; the launcher under `${cacheDir}/launcher`. */
+  cacheDir: string;
+  store: Store;
+  jobTimeoutMsMax?: number;
+  memoryBytesMax?: number;
+  processesMax?: number;
+  /** Bytes a job may write (files in its writable layer and /tmp); default no limit. */
+  jobDiskBytesMax?: number;
+  log(message: string): void;
+  /** Keeps background work (a job's clean-up) to wait for at close. */
+  track(work: Promise<void>): void;
+}
+
+/** Result files kept for the reply, by hash. */
+interface Inline {
+  blobs: Record<string, Uint8Array>;
+  bytes: number;
+}
+
+/** What a job left when its sandbox ended. */
+interface SandboxRun {
+  outcome: JobOutcome;
+  resultSet: ResultSet | undefined;
+  inline: Inline;
+  /** Whether the job's stderr reported a stale file handle. */
+  staleSeen: boolean;
+  collectMs: number;
+}
+
+/** Throws BAD_REQUEST unless `params` is a job (`JobParams`). */
+export function checkJobParams(params: JobParams): void {
+  if (
+    !Array.isArray(params?.argv) || params.argv.length === 0 ||
+    params.argv.some((a) => typeof a !== "string") || typeof params.cwd !== "string" ||
+    typeof params.env !== "object" || typeof params.jobId !== "string"
+  ) {
+    throw new RpcError("BAD_REQUEST", "Bad job parameters");
+  }
+}
+
+/** Sends heartbeat chunks while a job runs, as often as the master asked (clamped). */
+export function startHeartbeat(
+  ctx: CallContext,
+  requestedMs: unknown,
+): ReturnType<typeof setInterval> {
+  const heartbeatMs = Math.min(
+    JOB_HEARTBEAT_MS,
+    Math.max(250, Number(requestedMs) || JOB_HEARTBEAT_MS),
+  );
+  return setInterval(() => {
+    ctx.sendChunk({ hb: 1 }).catch(() => {});
+  }, heartbeatMs);
+}
+
+export class JobRunner {
+  readonly #options: JobRunnerOptions;
+
+  constructor(options: JobRunnerOptions) {
+    this.#options = options;
+  }
+
+  /** Runs a job over `mirror` (updates applied); its reply, results ahead of it when large. */
+  async run(
+    mirror: Mirror,
+    params: JobParams,
+    ctx: CallContext,
+    stdin: AsyncIterable<Uint8Array> | undefined,
+  ): Promise<JobReply> {
+    const started = performance.now();
+    const ran = await this.#sandbox(mirror, params, ctx, stdin);
+    const { outcome, collectMs } = ran;
+    const sandboxEnded = performance.now();
+    if (Deno.env.get("TERMITE_DEBUG_TIMINGS")) {
+      this.#options.log(
+        `job ${params.argv[0]}: ${(sandboxEnded - started).toFixed(1)} ms, collect ${
+          collectMs.toFixed(1)
+        } ms, launcher set-up ${(outcome.launcherMs ?? 0).toFixed(1)} ms`,
+      );
+    }
+    if (ctx.signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
+    if (outcome.exitCode !== 0 && ran.staleSeen) {
+      // The job failed on ESTALE from the overlay over the mirror (a lower
+      // dentry invalidated under it): this worker's fault, not the job's.
+      this.#options.log(`job ${params.argv[0]} failed on a stale file handle; asking for a retry`);
+      throw new RpcError("ESTALE", "The job hit a stale file handle in the mirror");
+    }
+    let resultSet = ran.resultSet;
+    // Killed by the sandbox (time, processes, disk): its changes are dropped and
+    // the kill reported as the job's own outcome. Not an error of this worker,
+    // or the master would run the job again elsewhere, and at last unconfined.
+    if (!resultSet && outcome.killedBy !== undefined) {
+      resultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
+    }
+    if (!resultSet) throw new RpcError("INTERNAL", "The job's changes could not be collected");
+    // A reply must fit one frame: large results go ahead of it in parts.
+    const results = await sendResultParts(resultSet, ran.inline.blobs, (c) => ctx.sendChunk(c));
+    return {
+      exitCode: outcome.exitCode,
+      killedBy: outcome.killedBy,
+      reason: outcome.reason,
+      resultSet: results.resultSet,
+      inline: results.inline,
+      timings: {
+        totalMs: performance.now() - started,
+        collectMs,
+        launcherMs: outcome.launcherMs ?? 0,
+        sandboxMs: sandboxEnded - started - collectMs,
+      },
+      mirror: { ...mirror.fs.stats },
+    };
+  }
+
+  /** Throws NOSPACE when the file system of the cache dir (jobs, store) is (nearly) full. */
+  async throwIfDiskFull(): Promise<void> {
+    const cacheDir = this.#options.cacheDir;
+    const out = await new Deno.Command("stat", {
+      args: ["-f", "-c", "%a %S", `${cacheDir}/jobs`],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const [blocks, size] = new TextDecoder().decode(out.stdout).trim().split(" ").map(Number);
+    const free = blocks * size;
+    if (out.success && Number.isFinite(free) && free < DISK_FREE_BYTES_MIN) {
+      throw new RpcError(
+        "NOSPACE",
+        `No space left on this worker: ${free} bytes free in ${cacheDir}`,
+      );
+    }
+  }
+
+  /** Runs the job in its sandbox and collects what it changed. */
+  async #sandbox(
+    mirror: Mirror,
+    params: JobParams,
+    ctx: CallContext,
+    stdin: AsyncIterable<Uint8Array> | undefined,
+  ): Promise<SandboxRun> {
+    const options = this.#options;
+    const timeoutMs = Math.min(
+      Math.max(1, Number(params.timeoutMs) || 600_000),
+      options.jobTimeoutMsMax ?? 3_600_000,
+    );
+    let resultSet: ResultSet | undefined;
+    let staleSeen = false;
+    // Small results travel in the reply itself: no store write, no fetch.
+    const inline: Inline = { blobs: {}, bytes: 0 };
+    let collectMs = 0;
+    const outcome = await runJob({
+      argv: params.argv,
+      cwd: params.cwd,
+      env: params.env,
+      stdin,
+      timeoutMs,
+      memoryBytesMax: options.memoryBytesMax,
+      processesMax: options.processesMax,
+      diskBytesMax: options.jobDiskBytesMax,
+    }, {
+      lowerRoot: mirror.mountpoint,
+      writableRoot: mirror.writableRoot,
+      jobDir: `${options.cacheDir}/jobs/${safeName(params.jobId)}`,
+      launcherCacheDir: `${options.cacheDir}/launcher`,
+      signal: ctx.signal,
+      deferCleanup: (cleanup) => options.track(cleanup),
+      onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
+      onStderr: (data) => {
+        if (!staleSeen) staleSeen = staleText(data);
+        return ctx.sendChunk({ fd: 2, data });
+      },
+      onUpper: async (upper, lowerDir, ended) => {
+        // A job that failed on a full disk failed because of this worker.
+        if (ended.exitCode !== 0) await this.throwIfDiskFull();
+        const t = performance.now();
+        try {
+          resultSet = await collectResultSet(
+            upper,
+            mirror.writableRoot,
+            (path) => this.#putResult(path, inline),
+            { lowerDir },
+          );
+        } catch (err) {
+          if (isNoSpace(err)) {
+            throw new RpcError("NOSPACE", `No space left on this worker to store the results`);
+          }
+          throw err;
+        }
+        collectMs = performance.now() - t;
+      },
+    });
+    return { outcome, resultSet, inline, staleSeen, collectMs };
+  }
+
+  /**
+   * Takes one result file: small ones are kept for the reply (up to
+   * INLINE_BYTES_MAX in all), the rest go to the store for the master to fetch.
+   */
+  async #putResult(path: string, inline: Inline): Promise<{ hash: string; size: number }> {
+    const info = await Deno.stat(path);
+    if (info.size <= INLINE_FILE_BYTES_MAX && inline.bytes + info.size <= INLINE_BYTES_MAX) {
+      const bytes = await Deno.readFile(path);
+      if (bytes.length === info.size) {
+        const hash = hashBytes(bytes);
+        if (!(hash in inline.blobs)) {
+          inline.blobs[hash] = bytes;
+          inline.bytes += bytes.length;
+        }
+        return { hash, size: bytes.length };
+      }
+    }
+    return await this.#options.store.putFile(path);
+  }
+}
+
+/** Whether a chunk of a job's stderr reports ESTALE (strerror text). */
+function staleText(data: Uint8Array): boolean {
+  outer: for (let i = 0; i + STALE_TEXT.length <= data.length; i++) {
+    for (let j = 0; j < STALE_TEXT.length; j++) if (data[i + j] !== STALE_TEXT[j]) continue outer;
+    return true;
+  }
+  return false;
+}
+
+/** Whether an error (or one of its causes) is ENOSPC. */
+function isNoSpace(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if ((e as { code?: unknown }).code === "ENOSPC" || /os error 28\b/.test(e.message)) {
+      return true;
+    }
+  }
+  return false;
+}

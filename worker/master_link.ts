@@ -1,0 +1,68 @@
+/**
+ * The master's file service as a mirror needs it: attributes of a path or of
+ * a whole directory, and blobs by hash; and its implementation over RPC.
+ *
+ * @module
+ */
+
+import { MasterMethods } from "../common/protocol.ts";
+import type { FileAttr } from "../common/types.ts";
+import { RpcError, type RpcPeer } from "../rpc/mod.ts";
+
+/** The master's file service, as the mirror needs it (implemented over RPC by the worker). */
+export interface MasterLink {
+  /** The master's `fs.attr`: one path's attributes (`kind: null` when absent). */
+  attr(path: string, options: { withHash: boolean; signal?: AbortSignal }): Promise<FileAttr>;
+  /**
+   * The master's `fs.dir`: attributes of all children of a directory at once
+   * (hashes only where the master has them cached).
+   */
+  dir(path: string, options: { signal?: AbortSignal }): Promise<FileAttr[]>;
+  /** The master's `blob.get`: writes the blob's bytes to `sink`, in order. */
+  fetchBlob(
+    hash: string,
+    sink: { write(chunk: Uint8Array): Promise<void> },
+    signal: AbortSignal,
+  ): Promise<void>;
+}
+
+/** Attributes one directory listing may bring at most. */
+const DIR_ATTRS_MAX = 1_000_000;
+
+/**
+ * The link over RPC to a master, through `peer()`: the connection serving
+ * that master's files now (a master reconnecting gets the same mirror).
+ */
+export function rpcMasterLink(peer: () => RpcPeer): MasterLink {
+  return {
+    attr: (path, options) =>
+      peer().call<FileAttr>(MasterMethods.fsAttr, { path, withHash: options.withHash }, {
+        timeoutMs: 60_000,
+        signal: options.signal,
+      }),
+    dir: async (path, options) => {
+      const out: FileAttr[] = [];
+      await peer().call(MasterMethods.fsDir, { path }, {
+        timeoutMs: 60_000,
+        signal: options.signal,
+        onChunk: (chunk) => {
+          if (!Array.isArray(chunk) || out.length + chunk.length > DIR_ATTRS_MAX) {
+            throw new RpcError("BAD_REQUEST", "Bad directory chunk");
+          }
+          out.push(...(chunk as FileAttr[]));
+        },
+      });
+      return out;
+    },
+    fetchBlob: async (hash, sink, signal) => {
+      await peer().call(MasterMethods.blobGet, { hash }, {
+        timeoutMs: 300_000,
+        signal,
+        onChunk: (chunk) => {
+          if (!(chunk instanceof Uint8Array)) throw new RpcError("BAD_REQUEST", "Bad blob chunk");
+          return sink.write(chunk);
+        },
+      });
+    },
+  };
+}

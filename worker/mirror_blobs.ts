@@ -1,0 +1,282 @@
+/**
+ * File contents of a mirror: blobs fetched from the master into the worker's
+ * content store (by SHA-256, once for every mirror sharing the store), and
+ * the descriptors reads are answered from. A blob stored before this mirror
+ * first used it is rehashed once, so that one corrupted on disk is fetched
+ * again rather than served.
+ *
+ * Without open requests (zero-message opens) reads come with fh 0: one
+ * descriptor is kept per inode, least recently read closed first.
+ *
+ * Every blob fetch goes through {@link BlobFiles.fetcher}: the place to
+ * batch them.
+ *
+ * @module
+ */
+
+import type { Fetcher, Store } from "../cas/mod.ts";
+import { cString } from "../common/c_string.ts";
+import { EIO, EISDIR, ENOENT, ESTALE } from "../fuse/errno.ts";
+import { type Libc, openLibc } from "../fuse/libc.ts";
+import type { NodeTable } from "../fuse/node_table.ts";
+import { O_CLOEXEC, O_RDONLY } from "../fuse/structs.ts";
+import type { Errno } from "../fuse/types.ts";
+import type { Limiter } from "./_mirror_limiter.ts";
+import type { MasterLink } from "./master_link.ts";
+import type { MirrorNode } from "./mirror_cache.ts";
+
+/** Hashes remembered as checked by this mirror (the set is cleared beyond it). */
+const VERIFIED_MAX = 1_000_000;
+
+/** An open descriptor of a node's blob; the blob stays pinned in the store until closed. */
+export interface BlobHandle {
+  fd: number;
+  hash: string;
+  node: MirrorNode;
+}
+
+/** The counters {@linkcode BlobFiles} keeps. */
+export interface BlobCounters {
+  /** Blob fetches started over the link (a blob already stored costs none). */
+  blobFetches: number;
+  blobBytes: number;
+  /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
+  corruptBlobs: number;
+}
+
+/** Options of {@linkcode BlobFiles}. */
+export interface BlobFilesOptions {
+  link: MasterLink;
+  limiter: Limiter;
+  store: Store;
+  /** The mirror's nodes: one is dropped when its last handle closes, if unused. */
+  nodes: NodeTable<MirrorNode>;
+  stats: BlobCounters;
+  /** Aborted when the mirror closes. */
+  signal: AbortSignal;
+  /** Descriptors kept for reads without open requests. */
+  fdsMax: number;
+  /** Fetches a node's attributes again (with the hash). */
+  refresh(node: MirrorNode, withHash: boolean): Promise<void>;
+  /** Counts and reports a failure that costs a request; gives EIO. */
+  failed(error: unknown, context: string): Errno;
+  onError(error: unknown, context: string): void;
+}
+
+export class BlobFiles {
+  readonly #link: MasterLink;
+  readonly #limiter: Limiter;
+  readonly #store: Store;
+  readonly #nodes: NodeTable<MirrorNode>;
+  readonly #stats: BlobCounters;
+  readonly #signal: AbortSignal;
+  readonly #fdsMax: number;
+  readonly #refresh: (node: MirrorNode, withHash: boolean) => Promise<void>;
+  readonly #failed: (error: unknown, context: string) => Errno;
+  readonly #onError: (error: unknown, context: string) => void;
+  /** Without open requests: a blob descriptor per node id, LRU order. */
+  readonly #cached = new Map<bigint, BlobHandle>();
+  readonly #opening = new Map<bigint, Promise<BlobHandle | Errno>>();
+  /** Stored blobs rehashed once by this mirror (or fetched, hence verified, by it). */
+  readonly #verified = new Set<string>();
+  readonly #closing: BlobHandle[] = [];
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  #libc: Libc | undefined;
+
+  constructor(options: BlobFilesOptions) {
+    this.#link = options.link;
+    this.#limiter = options.limiter;
+    this.#store = options.store;
+    this.#nodes = options.nodes;
+    this.#stats = options.stats;
+    this.#signal = options.signal;
+    this.#fdsMax = options.fdsMax;
+    this.#refresh = options.refresh;
+    this.#failed = options.failed;
+    this.#onError = options.onError;
+  }
+
+  /** Descriptors kept per inode now. */
+  get cachedCount(): number {
+    return this.#cached.size;
+  }
+
+  /** How the store fetches a blob it lacks: over the link, foreground or background. */
+  fetcher(background: boolean): Fetcher {
+    return (hash, sink, signal) =>
+      this.#limiter.run(async () => {
+        this.#stats.blobFetches++;
+        await this.#link.fetchBlob(hash, {
+          write: (chunk) => {
+            this.#stats.blobBytes += chunk.length;
+            return sink.write(chunk);
+          },
+        }, signal);
+      }, { signal, background });
+  }
+
+  /** Fetches a node's blob if needed, pins it and opens it: a handle to close later. */
+  async open(node: MirrorNode): Promise<BlobHandle | Errno> {
+    let hash: string;
+    let path: string;
+    try {
+      const known = await this.#hashOf(node);
+      if (typeof known === "number") return known;
+      hash = known;
+      path = await this.#ensureStored(node, hash);
+    } catch (error) {
+      return this.#failed(error, `open ${node.path}`);
+    }
+    if (this.#signal.aborted) {
+      this.#store.unpin(hash);
+      return EIO;
+    }
+    const libc = this.#libc ??= openLibc();
+    const fd = libc.symbols.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) {
+      this.#store.unpin(hash);
+      return this.#failed(new Error(`Cannot open blob ${path}`), `open ${node.path}`);
+    }
+    node.opens++;
+    return { fd, hash, node };
+  }
+
+  /** The cached descriptor of `node`'s current content, made the most recently used. */
+  cachedFd(node: MirrorNode): number | undefined {
+    const cached = this.#cached.get(node.id);
+    if (cached === undefined || cached.hash !== node.attr?.hash) return undefined;
+    this.#cached.delete(node.id);
+    this.#cached.set(node.id, cached);
+    return cached.fd;
+  }
+
+  /** Opens (once for concurrent reads) and caches the blob descriptor of a node. */
+  openCached(node: MirrorNode): Promise<BlobHandle | Errno> {
+    let opening = this.#opening.get(node.id);
+    if (opening === undefined) {
+      const promise: Promise<BlobHandle | Errno> = this.open(node).then((handle) => {
+        if (typeof handle === "number") return handle;
+        if (this.#signal.aborted) {
+          this.close(handle);
+          return EIO;
+        }
+        const old = this.#cached.get(node.id);
+        if (old !== undefined) this.#closeLater(old);
+        this.#cached.delete(node.id);
+        this.#cached.set(node.id, handle);
+        for (const [id, oldest] of this.#cached) {
+          if (this.#cached.size <= this.#fdsMax) break;
+          this.#cached.delete(id);
+          this.#closeLater(oldest);
+        }
+        return handle;
+      }).finally(() => {
+        if (this.#opening.get(node.id) === promise) this.#opening.delete(node.id);
+      });
+      opening = promise;
+      this.#opening.set(node.id, opening);
+    }
+    return opening;
+  }
+
+  /** The kernel forgot inode `ino`: its cached descriptor goes. */
+  forget(ino: bigint): void {
+    const cached = this.#cached.get(ino);
+    if (cached !== undefined) {
+      this.#cached.delete(ino);
+      this.#closeLater(cached);
+    }
+  }
+
+  /** Closes a handle: the descriptor, the pin, and the node's hold. */
+  close(handle: BlobHandle): void {
+    this.#libc?.symbols.close(handle.fd);
+    try {
+      this.#store.unpin(handle.hash);
+    } catch (error) {
+      this.#onError(error, "release");
+    }
+    handle.node.opens--;
+    this.#nodes.dropIfUnused(handle.node);
+  }
+
+  /** Closes every cached descriptor, at once (the mirror is closing). */
+  closeAll(): void {
+    for (const [id, handle] of this.#cached) {
+      this.#cached.delete(id);
+      this.close(handle);
+    }
+    clearTimeout(this.#closeTimer);
+    this.#closeTimer = undefined;
+    for (const handle of this.#closing.splice(0)) this.close(handle);
+    this.#libc?.close();
+    this.#libc = undefined;
+  }
+
+  /** The hash of a file node's content, fetching its attributes if needed. */
+  async #hashOf(node: MirrorNode): Promise<string | Errno> {
+    if (node.attr?.kind !== "file" || node.attr.hash === undefined) {
+      if (node.detached) return ESTALE;
+      await this.#refresh(node, true);
+    }
+    const attr = node.attr;
+    if (attr === undefined) return node.detached ? ESTALE : ENOENT;
+    if (attr.kind === "dir") return EISDIR;
+    if (attr.kind !== "file" || attr.hash === undefined) {
+      return this.#failed(new Error(`No hash for ${node.path}`), `open ${node.path}`);
+    }
+    return attr.hash;
+  }
+
+  /** The stored (fetched if need be) and pinned blob's path. */
+  async #ensureStored(node: MirrorNode, hash: string): Promise<string> {
+    try {
+      const stored = this.#store.sizeOf(hash) !== undefined;
+      let path = await this.#store.ensure(hash, this.fetcher(false), {
+        pin: true,
+        signal: this.#signal,
+      });
+      if (stored && !this.#verified.has(hash)) {
+        // Stored before this mirror used it: rehash it once, so that a blob
+        // corrupted on disk is discarded and fetched again, never served.
+        let whole = false;
+        try {
+          whole = await this.#store.verify(hash);
+        } finally {
+          if (!whole) this.#store.unpin(hash);
+        }
+        if (!whole) {
+          this.#stats.corruptBlobs++;
+          try {
+            this.#onError(new Error(`Blob ${hash} was corrupt on disk`), `open ${node.path}`);
+          } catch {
+            // A failing logger must not cost the reply.
+          }
+          path = await this.#store.ensure(hash, this.fetcher(false), {
+            pin: true,
+            signal: this.#signal,
+          });
+        }
+      }
+      if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+      this.#verified.add(hash);
+      return path;
+    } catch (error) {
+      // The hash may be stale (changed on the master): ask for it again next time.
+      if (node.attr?.hash === hash) node.attr = { ...node.attr, hash: undefined };
+      throw error;
+    }
+  }
+
+  /**
+   * Closes a cached descriptor after the current requests are answered (a
+   * reply may still read from it in this turn of the event loop).
+   */
+  #closeLater(handle: BlobHandle): void {
+    this.#closing.push(handle);
+    this.#closeTimer ??= setTimeout(() => {
+      this.#closeTimer = undefined;
+      for (const each of this.#closing.splice(0)) this.close(each);
+    }, 0);
+  }
+}
