@@ -5,11 +5,22 @@
  * directory inside the tree, and only then is the tree touched, by renames.
  */
 import { createHash } from "node:crypto";
-import { RESULT_SET_KEYS, type ResultSet } from "../common/types.ts";
+import { RESULT_ENTRIES_MAX, RESULT_SET_KEYS, type ResultSet } from "../common/types.ts";
 import type { HashCache } from "./hash_cache.ts";
-import { baseName, checkResultPath, isInside, joinPath, parentOf } from "./paths.ts";
+import {
+  baseName,
+  checkResultPath,
+  isInside,
+  joinPath,
+  parentOf,
+  PATH_BYTES_MAX,
+  utf8Bytes,
+} from "./paths.ts";
 
 export const STAGING_DIR = ".termite-staging";
+
+/** Bytes of file contents one result set may bring, by default. */
+export const RESULT_BYTES_MAX = 16 * 2 ** 30;
 
 export class ResultSetError extends Error {
   override name = "ResultSetError";
@@ -29,7 +40,9 @@ export interface ApplyOptions {
    */
   inline?: (hash: string) => Uint8Array | undefined;
   hashCache: HashCache;
+  /** Default {@linkcode RESULT_ENTRIES_MAX}. */
   entriesMax?: number;
+  /** Default {@linkcode RESULT_BYTES_MAX}. */
   bytesMax?: number;
 }
 
@@ -52,7 +65,20 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-/** Checks the shape and every path of an untrusted result set. */
+/** Names an untrusted value without stringifying it (its toString may be anything). */
+function describe(value: unknown): string {
+  if (typeof value === "number") return String(value);
+  return typeof value === "string" ? JSON.stringify(value.slice(0, 100)) : typeof value;
+}
+
+function checkMode(mode: unknown, path: string): number {
+  if (typeof mode !== "number" || !Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
+    fail(`mode ${describe(mode)} of ${path} is not an integer in 0..0o7777`);
+  }
+  return mode;
+}
+
+/** Checks the shape, the limits and every path of an untrusted result set. */
 export function validateResultSet(
   raw: unknown,
   root: string,
@@ -65,10 +91,12 @@ export function validateResultSet(
     !Array.isArray(symlinks)
   ) fail("missing lists");
   const count = deletions.length + dirs.length + files.length + symlinks.length;
-  if (count > limits.entriesMax) fail(`${count} entries, more than ${limits.entriesMax}`);
+  if (count > limits.entriesMax) {
+    fail(`${count} entries, more than RESULT_ENTRIES_MAX (${limits.entriesMax})`);
+  }
   const checkPath = (p: unknown): string => {
     const why = checkResultPath(p, root);
-    if (why !== null) fail(`path ${JSON.stringify(p)}: ${why}`);
+    if (why !== null) fail(`path ${describe(p)}: ${why}`);
     return p as string;
   };
   const out: ResultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
@@ -79,10 +107,10 @@ export function validateResultSet(
     created.add(p);
   };
   for (const d of dirs) {
-    if (!isObject(d) || typeof d.mode !== "number") fail("bad directory entry");
+    if (!isObject(d)) fail("bad directory entry");
     const path = checkPath(d.path);
     claim(path);
-    out.dirs.push({ path, mode: (d.mode as number) & 0o1777 });
+    out.dirs.push({ path, mode: checkMode(d.mode, path) & 0o1777 });
   }
   let bytes = 0;
   const sizes = new Map<string, number>();
@@ -94,27 +122,34 @@ export function validateResultSet(
     if (typeof f.size !== "number" || !Number.isSafeInteger(f.size) || f.size < 0) {
       fail(`bad size for ${path}`);
     }
-    if (typeof f.mode !== "number") fail(`bad mode for ${path}`);
+    const mode = checkMode(f.mode, path);
     if ((sizes.get(f.hash as string) ?? f.size) !== f.size) fail(`two sizes for blob ${f.hash}`);
     sizes.set(f.hash as string, f.size as number);
     bytes += f.size as number;
-    if (bytes > limits.bytesMax) fail(`more than ${limits.bytesMax} bytes of files`);
+    if (bytes > limits.bytesMax) {
+      fail(`more than ${limits.bytesMax} bytes of files (RESULT_BYTES_MAX)`);
+    }
     out.files.push({
       path,
       hash: f.hash as string,
       size: f.size as number,
-      mode: (f.mode as number) & 0o777,
+      mode: mode & 0o777,
       mtimeMs: typeof f.mtimeMs === "number" ? f.mtimeMs : 0,
     });
   }
   for (const s of symlinks) {
-    if (!isObject(s) || typeof s.target !== "string" || s.target === "" || s.target.length > 4096) {
-      fail("bad symlink entry");
-    }
+    if (!isObject(s)) fail("bad symlink entry");
     const path = checkPath(s.path);
     claim(path);
-    if ((s.target as string).includes("\0")) fail(`bad symlink target for ${path}`);
-    out.symlinks.push({ path, target: s.target as string });
+    const target = s.target;
+    if (
+      typeof target !== "string" || target === "" || target.includes("\0") ||
+      !target.isWellFormed() || target.length > PATH_BYTES_MAX ||
+      utf8Bytes(target) > PATH_BYTES_MAX
+    ) {
+      fail(`bad symlink target for ${path} (empty, NUL, not Unicode or past PATH_BYTES_MAX)`);
+    }
+    out.symlinks.push({ path, target });
   }
   return out;
 }
@@ -190,7 +225,7 @@ export class ResultParts {
   #entries = 0;
   #blobBytes = 0;
 
-  constructor(entriesMax = 100_000) {
+  constructor(entriesMax = RESULT_ENTRIES_MAX) {
     this.#entriesMax = entriesMax;
   }
 
@@ -202,7 +237,7 @@ export class ResultParts {
       if (!Array.isArray(list)) fail(`a result part's ${key} is not a list`);
       this.#entries += list.length;
       if (this.#entries > this.#entriesMax) {
-        fail(`more than ${this.#entriesMax} result entries`);
+        fail(`more than ${this.#entriesMax} result entries (RESULT_ENTRIES_MAX)`);
       }
       const into = this.#set[key] as unknown[];
       for (const entry of list) into.push(entry); // no spread: a part may be long
@@ -285,8 +320,8 @@ async function fetchInto(
 export async function applyResultSet(raw: unknown, options: ApplyOptions): Promise<ApplyOutcome> {
   const root = options.writableRoot;
   const set = validateResultSet(raw, root, {
-    entriesMax: options.entriesMax ?? 100_000,
-    bytesMax: options.bytesMax ?? 16 * 2 ** 30,
+    entriesMax: options.entriesMax ?? RESULT_ENTRIES_MAX,
+    bytesMax: options.bytesMax ?? RESULT_BYTES_MAX,
   });
   checkAgainstTree(set, root);
 

@@ -71,7 +71,7 @@ export function treeHiddenReason(root: string): string | null {
 export interface MasterOptions {
   /** The writable root: the build tree. */
   root: string;
-  /** Entries (files, directories, links, deletions) one job may change; default 100,000. */
+  /** Entries (files, dirs, links, deletions) one job may change; default RESULT_ENTRIES_MAX. */
   resultEntriesMax?: number;
   secret: CryptoKey;
   /** Coordinator "host:port"; none = every job runs locally. */

@@ -282,3 +282,107 @@ Deno.test("applyResultSet() writes inline contents without a fetch, and refuses 
     assert.equal(fetches, 0);
   });
 });
+
+// ---- Limits count what they claim ----
+
+function fileEntry(path: string, bytes: Uint8Array, mode = 0o644) {
+  return { path, hash: sha(bytes), size: bytes.length, mode, mtimeMs: 0 };
+}
+
+function emptySet(): ResultSet {
+  return { deletions: [], dirs: [], files: [], symlinks: [] };
+}
+
+/** Applies `set` with contents from `contents` (fetched); the error, if any. */
+async function tryApply(
+  root: string,
+  set: unknown,
+  contents: Uint8Array[] = [],
+  extra: Partial<Parameters<typeof applyResultSet>[1]> = {},
+): Promise<Error | null> {
+  const blobs = new Map(contents.map((c) => [sha(c), c]));
+  const cache = extra.hashCache ?? await HashCache.open();
+  try {
+    await applyResultSet(set, {
+      writableRoot: root,
+      fetchBlob: fetcherFor(blobs),
+      hashCache: cache,
+      ...extra,
+    });
+    return null;
+  } catch (err) {
+    return err as Error;
+  } finally {
+    if (!extra.hashCache) await cache.close();
+  }
+}
+
+Deno.test("applyResultSet() counts name lengths in UTF-8 bytes (NAME_BYTES_MAX) and refuses lone surrogates", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("x");
+    const before = await snapshot(root);
+    for (
+      const [name, why] of [
+        ["é".repeat(200), /NAME_BYTES_MAX/],
+        ["a".repeat(256), /NAME_BYTES_MAX/],
+        ["😀".repeat(64), /NAME_BYTES_MAX/],
+        ["bad\ud800name", /Unicode/],
+      ] as const
+    ) {
+      const err = await tryApply(root, {
+        ...emptySet(),
+        files: [fileEntry(`${root}/${name}`, obj)],
+      }, [
+        obj,
+      ]);
+      assert.ok(err instanceof ResultSetError, String(err));
+      assert.match(err.message, why);
+    }
+    // At the limit: 127 × "é" + "a" is 255 bytes.
+    assert.equal(
+      await tryApply(root, {
+        ...emptySet(),
+        files: [fileEntry(`${root}/${"é".repeat(127)}a`, obj)],
+      }, [obj]),
+      null,
+    );
+    assert.equal(before.length + 1, (await snapshot(root)).length);
+  });
+});
+
+Deno.test("applyResultSet() refuses modes that are not integers in 0..0o7777", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("x");
+    const before = await snapshot(root);
+    for (const mode of [-1, 1.5, 0o10000, NaN, Infinity, "644", null]) {
+      for (const kind of ["file", "dir"]) {
+        const set = kind === "file"
+          ? { ...emptySet(), files: [{ ...fileEntry(`${root}/m.o`, obj), mode }] }
+          : { ...emptySet(), dirs: [{ path: `${root}/m`, mode }] };
+        const err = await tryApply(root, set, [obj]);
+        assert.ok(err instanceof ResultSetError, `${kind} mode ${mode}: ${err}`);
+        assert.match(err.message, /mode|bad/);
+      }
+    }
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
+Deno.test("applyResultSet() takes RESULT_ENTRIES_MAX entries, the worker's limit too, and refuses one more by name", async () => {
+  const { RESULT_ENTRIES_MAX } = await import("../common/types.ts");
+  const sandbox = await import("../sandbox/result_set.ts");
+  assert.equal(sandbox.RESULT_ENTRIES_MAX, RESULT_ENTRIES_MAX);
+  await withTree(async (root) => {
+    // The last entry is refused for itself (a bad hash), after the count passed.
+    const set = (entries: number) => ({
+      ...emptySet(),
+      deletions: Array.from({ length: entries - 1 }, (_, i) => `${root}/gone${i}`),
+      files: [{ path: `${root}/last.o`, hash: "bad", size: 1, mode: 0o644, mtimeMs: 0 }],
+    });
+    const atLimit = await tryApply(root, set(RESULT_ENTRIES_MAX));
+    assert.match(String(atLimit), /bad hash/);
+    const past = await tryApply(root, set(RESULT_ENTRIES_MAX + 1));
+    assert.ok(past instanceof ResultSetError);
+    assert.match(past.message, /200001 entries, more than RESULT_ENTRIES_MAX \(200000\)/);
+  });
+});
