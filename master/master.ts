@@ -19,6 +19,7 @@ import {
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
 import { applyResultSet, ResultParts, ResultSetError, STAGING_DIR } from "./apply.ts";
+import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
@@ -286,6 +287,7 @@ export class Master implements AsyncDisposable {
   #rulesStamp = "";
   #rulesError: string | null = null;
   #localSlots: Semaphore;
+  #tree: Beneath;
   #closed = false;
   #jobSeq = 0;
 
@@ -293,9 +295,11 @@ export class Master implements AsyncDisposable {
     options: MasterOptions,
     hashCache: HashCache,
     rules: LocalRules,
+    tree: Beneath,
   ) {
     this.#options = options;
     this.root = options.root;
+    this.#tree = tree;
     this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
     this.#hashCache = hashCache;
     this.#rules = rules;
@@ -326,12 +330,20 @@ export class Master implements AsyncDisposable {
     ).join("").slice(0, 16);
     const hashCache = await HashCache.open({ file: `${options.cacheDir}/hashes-${rootKey}.json` });
     const rules = await LocalRules.load(root);
-    const master = new Master({ ...options, root }, hashCache, rules);
+    // Leftovers of a master that was killed (a link there: the link goes).
     for await (const entry of Deno.readDir(root)) {
       if (entry.name.startsWith(STAGING_DIR)) {
         await Deno.remove(`${root}/${entry.name}`, { recursive: true }).catch(() => {});
       }
     }
+    let tree: Beneath;
+    try {
+      tree = Beneath.open(root);
+    } catch (err) {
+      await hashCache.close();
+      throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
+    }
+    const master = new Master({ ...options, root }, hashCache, rules, tree);
     master.#startWatchingTree();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
@@ -747,6 +759,7 @@ export class Master implements AsyncDisposable {
     const applyStarted = performance.now();
     const outcome = await applyResultSet(parts.merge(reply.resultSet), {
       writableRoot: this.root,
+      tree: this.#tree,
       hashCache: this.#hashCache,
       entriesMax: this.#options.resultEntriesMax,
       inline: (hash) => {
@@ -903,6 +916,7 @@ export class Master implements AsyncDisposable {
     await this.#watch?.close();
     await this.#pool?.close();
     await this.#hashCache.close();
+    this.#tree.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

