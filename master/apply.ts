@@ -3,7 +3,7 @@
  *
  * 1. The set is validated whole: its shape, its limits, every path (inside
  *    the writable root, normalised, names in bytes), nothing below a file or
- *    symlink of the same set.
+ *    symlink of the same set, none of the master's own files.
  * 2. Every content is fetched and verified, every symlink made, in a staging
  *    area of the master's private directory; the tree is not touched.
  * 3. The tree is changed in one synchronous run (no other apply, builtin or
@@ -26,6 +26,7 @@ import {
 import { RENAME_EXCHANGE, RENAME_NOREPLACE } from "./fs_structs.ts";
 import type { HashCache } from "./hash_cache.ts";
 import {
+  baseName,
   checkResultPath,
   isInside,
   joinPath,
@@ -49,10 +50,20 @@ export type BlobFetcher = (
   sink: { write(chunk: Uint8Array): Promise<void> },
 ) => Promise<void>;
 
+/** What a result set may not create, change or delete: the master's own files. */
+export interface ControlPaths {
+  /** Absolute paths, with everything below them (and no deletion of an ancestor). */
+  paths: string[];
+  /** Names refused anywhere in the tree (`.termite-socket`: wrappers look for it upwards). */
+  names?: string[];
+}
+
 export interface ApplyOptions {
   writableRoot: string;
   /** The tree by descriptor (the master's own); without it, one is opened for this call. */
   tree?: Beneath;
+  /** Besides `<root>/.termite-staging*`, which is always refused. */
+  control?: ControlPaths;
   fetchBlob: BlobFetcher;
   /**
    * Contents that came with the reply (small files), by hash: written and
@@ -187,6 +198,33 @@ export function validateResultSet(
     }
   }
   return out;
+}
+
+/** Refuses any entry of `set` on the master's own files (and a deletion of an ancestor). */
+export function checkControlPaths(set: ResultSet, root: string, control?: ControlPaths): void {
+  const paths = control?.paths ?? [];
+  const names = control?.names ?? [];
+  const prefix = joinPath(root, PRIVATE_DIR_PREFIX);
+  const owned = (p: string): string | undefined => {
+    if (p.startsWith(prefix)) {
+      const slash = p.indexOf("/", root.length + 1);
+      return slash < 0 ? p : p.slice(0, slash);
+    }
+    if (names.length > 0 && names.includes(baseName(p))) return p;
+    return paths.find((c) => isInside(p, c));
+  };
+  const refuse = (p: string, what: string, c: string): never =>
+    fail(`${what} ${p}: ${c} is the master's own; no result set may create, change or delete it`);
+  for (const p of set.deletions) {
+    const c = owned(p) ?? paths.find((c) => isInside(c, p));
+    if (c !== undefined) refuse(p, "deletion of", c);
+  }
+  for (const list of [set.dirs, set.files, set.symlinks]) {
+    for (const { path } of list) {
+      const c = owned(path);
+      if (c !== undefined) refuse(path, "entry", c);
+    }
+  }
 }
 
 /** Inline contents a job's parts may bring in all (the worker sends at most 512 KiB). */
@@ -563,6 +601,7 @@ export async function applyResultSet(raw: unknown, options: ApplyOptions): Promi
     entriesMax: options.entriesMax ?? RESULT_ENTRIES_MAX,
     bytesMax: options.bytesMax ?? RESULT_BYTES_MAX,
   });
+  checkControlPaths(set, root, options.control);
   if (options.tree && options.tree.root !== root) {
     throw new Error(`The tree handle is of ${options.tree.root}, not of ${root}`);
   }

@@ -18,7 +18,13 @@ import {
 } from "../common/protocol.ts";
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
-import { applyResultSet, ResultParts, ResultSetError, STAGING_DIR } from "./apply.ts";
+import {
+  applyResultSet,
+  type ControlPaths,
+  ResultParts,
+  ResultSetError,
+  STAGING_DIR,
+} from "./apply.ts";
 import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
@@ -31,7 +37,8 @@ import {
   parseBuiltin,
   runBuiltin,
 } from "./local_rules.ts";
-import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
+import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf } from "./paths.ts";
+import { SOCKET_NAME } from "../wrapper/client.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { TreeWatcher } from "./tree_watcher.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
@@ -74,6 +81,12 @@ export interface MasterOptions {
   root: string;
   /** Entries (files, dirs, links, deletions) one job may change; default RESULT_ENTRIES_MAX. */
   resultEntriesMax?: number;
+  /**
+   * Files of the master in the tree that no result set may touch, besides
+   * `.termite-socket`, `.termite-localrc`, the private directory and the cache
+   * directory (its socket, when elsewhere).
+   */
+  controlPaths?: string[];
   secret: CryptoKey;
   /** Coordinator "host:port"; none = every job runs locally. */
   coordinator?: string;
@@ -281,13 +294,13 @@ export class Master implements AsyncDisposable {
   #fsWatcher: TreeWatcher | null = null;
   #watching: Promise<void> | null = null;
   #dirty = new Set<string>();
-  #syncSeq = 0;
   #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
   #rulesStamp = "";
   #rulesError: string | null = null;
   #localSlots: Semaphore;
   #tree: Beneath;
+  #control: ControlPaths;
   #closed = false;
   #jobSeq = 0;
 
@@ -300,6 +313,15 @@ export class Master implements AsyncDisposable {
     this.#options = options;
     this.root = options.root;
     this.#tree = tree;
+    this.#control = {
+      paths: [
+        joinPath(this.root, SOCKET_NAME),
+        joinPath(this.root, LOCALRC_NAME),
+        options.cacheDir,
+        ...options.controlPaths ?? [],
+      ],
+      names: [SOCKET_NAME],
+    };
     this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
     this.#hashCache = hashCache;
     this.#rules = rules;
@@ -324,6 +346,8 @@ export class Master implements AsyncDisposable {
       throw new Error(`Cannot use root ${root}: it resolves to ${real}; start in ${real} instead`);
     }
     await Deno.mkdir(options.cacheDir, { recursive: true, mode: 0o700 });
+    // The real path: the one result sets would name, if it lies in the tree.
+    const cacheDir = await Deno.realPath(options.cacheDir);
     const rootKey = Array.from(
       new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(root))),
       (b) => b.toString(16).padStart(2, "0"),
@@ -343,7 +367,7 @@ export class Master implements AsyncDisposable {
       await hashCache.close();
       throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
     }
-    const master = new Master({ ...options, root }, hashCache, rules, tree);
+    const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
     master.#startWatchingTree();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
@@ -437,7 +461,8 @@ export class Master implements AsyncDisposable {
       // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
       this.#fsWatcher = TreeWatcher.start({
         root: this.root,
-        skip: (dir) => dir.startsWith(staging),
+        // The private directory is watched for the markers, not its staging areas.
+        skip: (dir) => dir.startsWith(staging) && dir !== this.#tree.privatePath,
         log: this.#log,
       });
     } catch (err) {
@@ -476,23 +501,26 @@ export class Master implements AsyncDisposable {
    * served path of the tree is read again instead.
    */
   async #syncTree(): Promise<void> {
-    const marker = `${this.root}/${STAGING_DIR}-sync-${++this.#syncSeq}`;
+    let marker = "";
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const seen = this.#fsWatcher === null ? Promise.resolve(false) : new Promise<boolean>(
-      (resolve) => {
-        this.#syncWaiters.set(marker, () => resolve(true));
-        timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
-      },
-    );
     try {
-      if (this.#fsWatcher !== null) await Deno.writeFile(marker, new Uint8Array(), { mode: 0o600 });
-      if (await seen) return;
+      if (this.#fsWatcher !== null) {
+        // In the private directory, made exclusively, never through a link.
+        marker = this.#tree.createMarker();
+        const seen = new Promise<boolean>((resolve) => {
+          this.#syncWaiters.set(marker, () => resolve(true));
+          timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
+        });
+        if (await seen) return;
+      }
     } catch {
-      // Could not write the marker (a full disk, say): read everything again.
+      // Could not make the marker (a full disk, say): read everything again.
     } finally {
       clearTimeout(timer);
-      this.#syncWaiters.delete(marker);
-      Deno.remove(marker).catch(() => {});
+      if (marker !== "") {
+        this.#syncWaiters.delete(marker);
+        this.#tree.removeMarker(marker);
+      }
     }
     for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
   }
@@ -760,6 +788,7 @@ export class Master implements AsyncDisposable {
     const outcome = await applyResultSet(parts.merge(reply.resultSet), {
       writableRoot: this.root,
       tree: this.#tree,
+      control: this.#control,
       hashCache: this.#hashCache,
       entriesMax: this.#options.resultEntriesMax,
       inline: (hash) => {

@@ -609,6 +609,63 @@ Deno.test("applyResultSet() never opens a FIFO where the hash cache knew a file 
   });
 });
 
+Deno.test("applyResultSet() refuses to create, change or delete the master's own files", async () => {
+  await withTree(async (root) => {
+    await Deno.mkdir(`${root}/build/.cache`, { recursive: true });
+    await Deno.writeTextFile(`${root}/build/.cache/hashes.json`, "{}");
+    await Deno.writeTextFile(`${root}/.termite-socket`, "");
+    await Deno.writeTextFile(`${root}/.termite-localrc`, "[]");
+    const control = {
+      paths: [`${root}/.termite-socket`, `${root}/.termite-localrc`, `${root}/build/.cache`],
+      names: [".termite-socket"],
+    };
+    const rc = enc.encode(`[{"regexp": ".", "local": true}]`);
+    const cases: [string, Partial<ResultSet>, RegExp][] = [
+      [
+        "writing .termite-localrc",
+        { files: [fileEntry(`${root}/.termite-localrc`, rc)] },
+        /localrc/,
+      ],
+      ["deleting .termite-socket", { deletions: [`${root}/.termite-socket`] }, /termite-socket/],
+      [
+        "a symlink as .termite-socket",
+        { symlinks: [{ path: `${root}/.termite-socket`, target: "/tmp/x" }] },
+        /termite-socket/,
+      ],
+      [
+        "a .termite-socket in a subdirectory (wrappers look upwards)",
+        { files: [fileEntry(`${root}/src/.termite-socket`, rc)] },
+        /src\/\.termite-socket/,
+      ],
+      [
+        "a staging name",
+        { symlinks: [{ path: `${root}/.termite-staging-sync-1`, target: "/etc/passwd" }] },
+        /\.termite-staging-sync-1/,
+      ],
+      [
+        "a file in a staging directory",
+        { files: [fileEntry(`${root}/.termite-staging-x/f0`, rc)] },
+        /\.termite-staging-x/,
+      ],
+      [
+        "writing into the cache directory",
+        { files: [fileEntry(`${root}/build/.cache/hashes.json`, rc)] },
+        /build\/\.cache/,
+      ],
+      ["deleting the cache directory", { deletions: [`${root}/build/.cache`] }, /build\/\.cache/],
+      ["deleting its parent", { deletions: [`${root}/build`] }, /build\/\.cache/],
+    ];
+    const before = await snapshot(root);
+    for (const [name, part, why] of cases) {
+      const err = await tryApply(root, { ...emptySet(), ...part }, [rc], { control });
+      assert.ok(err instanceof ResultSetError, `${name}: ${err}`);
+      assert.match(err.message, /the master's own/, name);
+      assert.match(err.message, why, name);
+    }
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
 Deno.test("applyResultSet() counts name lengths in UTF-8 bytes (NAME_BYTES_MAX) and refuses lone surrogates", async () => {
   await withTree(async (root) => {
     const obj = enc.encode("x");

@@ -76,6 +76,8 @@ for (const which of [0, 1, 2]) {
 
 // ---- Issue 11: hostile result sets against the tree, through the real master ----
 
+const EMPTY_SET = { deletions: [], dirs: [], files: [], symlinks: [] };
+
 function sha(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
@@ -194,5 +196,92 @@ Deno.test("master, two jobs at once: one writes d/x slowly while the other repla
   } finally {
     await Deno.remove(root, { recursive: true });
     await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("master: 400 marker-named symlinks to an outside 0600 file, from a result set or planted in the tree, never empty it", async () => {
+  const root = await tempRoot("termite-markers-");
+  const outside = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-markers-out-" }));
+  const victim = `${outside}/victim`;
+  await Deno.writeTextFile(victim, "precious\n");
+  await Deno.chmod(victim, 0o600);
+  const links = Array.from({ length: 400 }, (_, i) => ({
+    path: `${root}/.termite-staging-sync-${i + 1}`,
+    target: victim,
+  }));
+  const double = (sets: unknown[]) => ({
+    [WorkerMethods.mirrorOpen]: () => ({ slots: 4, workerId: "double" }),
+    [WorkerMethods.jobRun]: () => ({ exitCode: 0, resultSet: sets.shift() ?? EMPTY_SET }),
+  });
+  try {
+    // A result set makes them: refused.
+    await withWorkerDouble(
+      { root, handlers: double([{ ...EMPTY_SET, symlinks: links }]) },
+      async (master, logs) => {
+        for (let i = 0; i < 3; i++) await runScript(master, "true", root);
+        assert.ok(
+          logs.some((m) =>
+            /Refusing result set: .*\.termite-staging-sync-\d+.* the master's own/.test(m)
+          ),
+          logs.join("\n"),
+        );
+      },
+    );
+    assert.equal(await Deno.readTextFile(victim), "precious\n");
+    // A local job plants them while the master runs: its markers never go through them.
+    await withWorkerDouble({ root, handlers: double([]) }, async (master) => {
+      for (const l of links) await Deno.symlink(l.target, l.path);
+      for (let i = 0; i < 5; i++) await runScript(master, "true", root);
+      assert.equal(master.stats.jobsRemote, 5);
+    });
+    assert.equal(await Deno.readTextFile(victim), "precious\n");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("master refuses result sets that change its own files: .termite-localrc, .termite-socket, its cache dir in the tree", async () => {
+  const root = await tempRoot("termite-control-");
+  await Deno.writeTextFile(`${root}/.termite-socket`, "");
+  const rc = enc.encode(`[{"regexp": ".", "local": true}]`);
+  const file = (path: string) => ({
+    path,
+    hash: sha(rc),
+    size: rc.length,
+    mode: 0o644,
+    mtimeMs: 0,
+  });
+  const sets: [string, unknown][] = [
+    ["localrc", { ...EMPTY_SET, files: [file(`${root}/.termite-localrc`)] }],
+    ["socket", { ...EMPTY_SET, deletions: [`${root}/.termite-socket`] }],
+    ["cache", { ...EMPTY_SET, files: [file(`${root}/cache/hashes.json`)] }],
+    ["cache parent", { ...EMPTY_SET, deletions: [`${root}/cache`] }],
+  ];
+  try {
+    for (const [name, set] of sets) {
+      await withWorkerDouble({
+        root,
+        handlers: {
+          [WorkerMethods.mirrorOpen]: () => ({ slots: 4, workerId: "double" }),
+          [WorkerMethods.jobRun]: () => ({
+            exitCode: 0,
+            resultSet: set,
+            inline: { [sha(rc)]: rc },
+          }),
+        },
+        master: { cacheDir: `${root}/cache` },
+      }, async (master, logs) => {
+        const result = await runScript(master, "echo local", root);
+        assert.equal(result.out, "local\n");
+        const refusal = logs.find((m) => /Refusing result set/.test(m)) ?? "";
+        assert.match(refusal, /the master's own/, `${name}: ${logs.join("\n")}`);
+      });
+      await assert.rejects(Deno.lstat(`${root}/.termite-localrc`), Deno.errors.NotFound);
+      assert.equal((await Deno.lstat(`${root}/.termite-socket`)).isFile, true);
+      assert.equal((await Deno.lstat(`${root}/cache`)).isDirectory, true);
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
   }
 });
