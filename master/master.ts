@@ -551,13 +551,15 @@ export class Master implements AsyncDisposable {
 
   async #run(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
     const builtin = parseBuiltin(request.argv, request.cwd, this.root);
-    if (builtin) {
+    // Done by descriptor, or left to the real tool when a path crosses a symlink.
+    const done = builtin ? await runBuiltin(builtin, this.#tree) : null;
+    if (builtin && done) {
       this.stats.jobsBuiltin++;
-      const { code, stderr } = await runBuiltin(builtin);
-      if (stderr) await io.stderr(new TextEncoder().encode(stderr));
+      if (done.stderr) await io.stderr(new TextEncoder().encode(done.stderr));
       await this.#flushChanges(builtin.paths.flatMap((p) => [p, parentOf(p)]));
-      return { code };
+      return { code: done.code };
     }
+    if (builtin) return await this.#runLocal(request, io, true, false);
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
     let rules: LocalRules;
     try {

@@ -1,11 +1,14 @@
 /**
  * The tree by descriptor (master/beneath.ts): its constants against the C
  * headers, resolution that never leaves the tree nor follows a symlink, the
- * private directory and its markers.
+ * private directory and its markers, and the master's builtins on top.
  */
 import assert from "node:assert/strict";
 import { Beneath, BeneathError, DirHandles } from "../master/beneath.ts";
 import * as c from "../master/fs_structs.ts";
+import { parseBuiltin, runBuiltin } from "../master/local_rules.ts";
+import { Master } from "../master/master.ts";
+import { secretFromBytes } from "../rpc/mod.ts";
 
 const PROBE_C = String.raw`
 #define _GNU_SOURCE
@@ -149,5 +152,68 @@ Deno.test("Beneath's private directory is 0700, holds markers with unpredictable
     tree.close();
     tree.close();
     await assert.rejects(Deno.lstat(tree.privatePath), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("runBuiltin() works by descriptor: leaves paths through a symlink to the real tool, removes links not targets", async () => {
+  await withTree(async (root, outside) => {
+    await Deno.writeTextFile(`${outside}/precious`, "precious\n");
+    using tree = Beneath.open(root);
+    const run = (script: string) =>
+      runBuiltin(parseBuiltin(["sh", "-c", script], root, root)!, tree);
+    assert.deepEqual(await run("mkdir -p new/deep a/b"), { code: 0, stderr: "" });
+    assert.equal((await Deno.lstat(`${root}/new/deep`)).isDirectory, true);
+    // Through a symlink: the real tool's business (null), nothing made outside.
+    assert.equal(await run("mkdir -p out/sub"), null);
+    assert.equal(await run("mkdir -p inner/sub"), null);
+    assert.equal(await run("rm -f out/precious"), null);
+    assert.deepEqual([...Deno.readDirSync(outside)].map((e) => e.name), ["precious"]);
+    // A link is removed itself.
+    assert.deepEqual(await run("rm -f out"), { code: 0, stderr: "" });
+    assert.deepEqual(await run("rm -rf inner missing"), { code: 0, stderr: "" });
+    await assert.rejects(Deno.lstat(`${root}/out`), Deno.errors.NotFound);
+    assert.equal(await Deno.readTextFile(`${outside}/precious`), "precious\n");
+    assert.equal((await Deno.lstat(`${root}/a/f`)).isFile, true);
+    // A directory: refused without -r, gone with it (moved aside, then removed).
+    assert.equal((await run("rm -f a"))?.code, 1);
+    assert.deepEqual(await run("rm -rf a"), { code: 0, stderr: "" });
+    await assert.rejects(Deno.lstat(`${root}/a`), Deno.errors.NotFound);
+    assert.deepEqual([...Deno.readDirSync(tree.privatePath)], []);
+  });
+});
+
+Deno.test("the master runs a builtin mkdir through a symlink as a local job, not by itself", async () => {
+  await withTree(async (root) => {
+    const cache = await Deno.makeTempDir({ prefix: "termite-beneath-cache-" });
+    const master = await Master.start({
+      root,
+      secret: await secretFromBytes(crypto.getRandomValues(new Uint8Array(32))),
+      cacheDir: cache,
+      log: () => {},
+    });
+    try {
+      const io = {
+        stdout: () => Promise.resolve(),
+        stderr: () => Promise.resolve(),
+        stdin: null,
+        signal: new AbortController().signal,
+      };
+      const env = { PATH: "/usr/bin:/bin" };
+      assert.equal(
+        (await master.run({ argv: ["mkdir", "-p", "x/y"], cwd: root, env }, io)).code,
+        0,
+      );
+      assert.equal(master.stats.jobsBuiltin, 1);
+      assert.equal(
+        (await master.run({ argv: ["mkdir", "-p", "inner/z"], cwd: root, env }, io)).code,
+        0,
+      );
+      assert.equal(master.stats.jobsBuiltin, 1);
+      assert.equal(master.stats.jobsLocal, 1);
+      assert.equal((await Deno.lstat(`${root}/a/z`)).isDirectory, true, "as mkdir does it");
+    } finally {
+      await master.close();
+      await Deno.remove(cache, { recursive: true });
+    }
   });
 });
