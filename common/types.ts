@@ -35,10 +35,16 @@ export interface ResultFile {
   mtimeMs: number;
 }
 
-/** What a job changed under the writable root, in the order it is applied. */
 /** The lists of a {@linkcode ResultSet}, in the order they are applied. */
 export const RESULT_SET_KEYS = ["deletions", "dirs", "files", "symlinks"] as const;
 
+/**
+ * Entries of one result set at most: upper-layer entries a worker walks (and
+ * its disk watchdog counts), entries the master accepts (all four lists).
+ */
+export const RESULT_ENTRIES_MAX = 200_000;
+
+/** What a job changed under the writable root, in the order it is applied. */
 export interface ResultSet {
   /** Paths removed (recursively), deepest first. */
   deletions: string[];

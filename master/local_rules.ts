@@ -12,6 +12,9 @@
  */
 import { RE2JS } from "re2js";
 import { kindName, NotRegularFileError, openRegular } from "../common/regular_file.ts";
+import { ENOENT } from "../fuse/errno.ts";
+import { type Beneath, BeneathError, DirHandles, type StagingDir } from "./beneath.ts";
+import { RENAME_NOREPLACE } from "./fs_structs.ts";
 import { isInside, normalizeAbsolute } from "./paths.ts";
 
 export interface LocalRule {
@@ -172,27 +175,54 @@ export function parseBuiltin(argv: string[], cwd: string, root: string): Builtin
   return null;
 }
 
-/** Performs a builtin; returns the exit status and a message like the tool's. */
-export async function runBuiltin(b: Builtin): Promise<{ code: number; stderr: string }> {
-  let stderr = "";
-  let code = 0;
-  for (const path of b.paths) {
-    try {
-      if (b.op === "mkdir") await Deno.mkdir(path, { recursive: true });
-      else {
-        const info = await Deno.lstat(path).catch(() => null);
-        if (info === null) continue;
-        if (info.isDirectory && !b.recursive) {
-          stderr += `rm: cannot remove '${path}': Is a directory\n`;
-          code = 1;
-          continue;
-        }
-        await Deno.remove(path, { recursive: b.recursive });
+/**
+ * Performs a builtin by descriptor (`beneath.ts`), synchronously, so that it
+ * never interleaves with an apply; returns the exit status and a message like
+ * the tool's, or null when the real tool must run instead (a path crosses a
+ * symlink, or something unusual: the tool says it as it would).
+ */
+export async function runBuiltin(
+  b: Builtin,
+  tree: Beneath,
+): Promise<{ code: number; stderr: string } | null> {
+  const moved: StagingDir[] = [];
+  let result: { code: number; stderr: string } | null = { code: 0, stderr: "" };
+  using dirs = new DirHandles(tree);
+  try {
+    for (const path of b.paths) {
+      const rel = tree.relative(path);
+      const slash = rel.lastIndexOf("/");
+      const parentRel = slash < 0 ? "" : rel.slice(0, slash);
+      const name = rel.slice(slash + 1);
+      if (b.op === "mkdir") {
+        dirs.ensure(rel, 0o777, () => {});
+        continue;
       }
-    } catch (err) {
-      stderr += `${b.op}: ${path}: ${(err as Error).message}\n`;
-      code = 1;
+      let parent: number;
+      try {
+        parent = dirs.get(parentRel);
+      } catch (err) {
+        if (err instanceof BeneathError && err.errno === ENOENT) continue; // rm -f: nothing there
+        throw err;
+      }
+      const found = tree.stat(parent, name);
+      if (found === null) continue;
+      if (found.kind !== "dir") tree.unlink(parent, name);
+      else if (!b.recursive) {
+        result.stderr += `rm: cannot remove '${path}': Is a directory\n`;
+        result.code = 1;
+      } else {
+        // Out of the tree at once; removed below, in the private directory.
+        const staging = tree.makeStaging();
+        moved.push(staging);
+        tree.rename(parent, name, staging.fd, "d", RENAME_NOREPLACE);
+        dirs.forget(rel);
+      }
     }
+  } catch (err) {
+    if (!(err instanceof BeneathError)) throw err;
+    result = null;
   }
-  return { code, stderr };
+  for (const staging of moved) await tree.discardStaging(staging);
+  return result;
 }

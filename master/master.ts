@@ -18,7 +18,14 @@ import {
 } from "../common/protocol.ts";
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
-import { applyResultSet, ResultParts, ResultSetError, STAGING_DIR } from "./apply.ts";
+import {
+  applyResultSet,
+  type ControlPaths,
+  ResultParts,
+  ResultSetError,
+  STAGING_DIR,
+} from "./apply.ts";
+import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
@@ -30,7 +37,8 @@ import {
   parseBuiltin,
   runBuiltin,
 } from "./local_rules.ts";
-import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute, parentOf } from "./paths.ts";
+import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf } from "./paths.ts";
+import { SOCKET_NAME } from "../wrapper/client.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { TreeWatcher } from "./tree_watcher.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
@@ -71,8 +79,14 @@ export function treeHiddenReason(root: string): string | null {
 export interface MasterOptions {
   /** The writable root: the build tree. */
   root: string;
-  /** Entries (files, directories, links, deletions) one job may change; default 100,000. */
+  /** Entries (files, dirs, links, deletions) one job may change; default RESULT_ENTRIES_MAX. */
   resultEntriesMax?: number;
+  /**
+   * Files of the master in the tree that no result set may touch, besides
+   * `.termite-socket`, `.termite-localrc`, the private directory and the cache
+   * directory (its socket, when elsewhere).
+   */
+  controlPaths?: string[];
   secret: CryptoKey;
   /** Coordinator "host:port"; none = every job runs locally. */
   coordinator?: string;
@@ -280,12 +294,13 @@ export class Master implements AsyncDisposable {
   #fsWatcher: TreeWatcher | null = null;
   #watching: Promise<void> | null = null;
   #dirty = new Set<string>();
-  #syncSeq = 0;
   #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
   #rulesStamp = "";
   #rulesError: string | null = null;
   #localSlots: Semaphore;
+  #tree: Beneath;
+  #control: ControlPaths;
   #closed = false;
   #jobSeq = 0;
 
@@ -293,9 +308,20 @@ export class Master implements AsyncDisposable {
     options: MasterOptions,
     hashCache: HashCache,
     rules: LocalRules,
+    tree: Beneath,
   ) {
     this.#options = options;
     this.root = options.root;
+    this.#tree = tree;
+    this.#control = {
+      paths: [
+        joinPath(this.root, SOCKET_NAME),
+        joinPath(this.root, LOCALRC_NAME),
+        options.cacheDir,
+        ...options.controlPaths ?? [],
+      ],
+      names: [SOCKET_NAME],
+    };
     this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
     this.#hashCache = hashCache;
     this.#rules = rules;
@@ -320,18 +346,28 @@ export class Master implements AsyncDisposable {
       throw new Error(`Cannot use root ${root}: it resolves to ${real}; start in ${real} instead`);
     }
     await Deno.mkdir(options.cacheDir, { recursive: true, mode: 0o700 });
+    // The real path: the one result sets would name, if it lies in the tree.
+    const cacheDir = await Deno.realPath(options.cacheDir);
     const rootKey = Array.from(
       new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(root))),
       (b) => b.toString(16).padStart(2, "0"),
     ).join("").slice(0, 16);
     const hashCache = await HashCache.open({ file: `${options.cacheDir}/hashes-${rootKey}.json` });
     const rules = await LocalRules.load(root);
-    const master = new Master({ ...options, root }, hashCache, rules);
+    // Leftovers of a master that was killed (a link there: the link goes).
     for await (const entry of Deno.readDir(root)) {
       if (entry.name.startsWith(STAGING_DIR)) {
         await Deno.remove(`${root}/${entry.name}`, { recursive: true }).catch(() => {});
       }
     }
+    let tree: Beneath;
+    try {
+      tree = Beneath.open(root);
+    } catch (err) {
+      await hashCache.close();
+      throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
+    }
+    const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
     master.#startWatchingTree();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
@@ -425,7 +461,8 @@ export class Master implements AsyncDisposable {
       // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
       this.#fsWatcher = TreeWatcher.start({
         root: this.root,
-        skip: (dir) => dir.startsWith(staging),
+        // The private directory is watched for the markers, not its staging areas.
+        skip: (dir) => dir.startsWith(staging) && dir !== this.#tree.privatePath,
         log: this.#log,
       });
     } catch (err) {
@@ -464,23 +501,26 @@ export class Master implements AsyncDisposable {
    * served path of the tree is read again instead.
    */
   async #syncTree(): Promise<void> {
-    const marker = `${this.root}/${STAGING_DIR}-sync-${++this.#syncSeq}`;
+    let marker = "";
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const seen = this.#fsWatcher === null ? Promise.resolve(false) : new Promise<boolean>(
-      (resolve) => {
-        this.#syncWaiters.set(marker, () => resolve(true));
-        timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
-      },
-    );
     try {
-      if (this.#fsWatcher !== null) await Deno.writeFile(marker, new Uint8Array(), { mode: 0o600 });
-      if (await seen) return;
+      if (this.#fsWatcher !== null) {
+        // In the private directory, made exclusively, never through a link.
+        marker = this.#tree.createMarker();
+        const seen = new Promise<boolean>((resolve) => {
+          this.#syncWaiters.set(marker, () => resolve(true));
+          timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
+        });
+        if (await seen) return;
+      }
     } catch {
-      // Could not write the marker (a full disk, say): read everything again.
+      // Could not make the marker (a full disk, say): read everything again.
     } finally {
       clearTimeout(timer);
-      this.#syncWaiters.delete(marker);
-      Deno.remove(marker).catch(() => {});
+      if (marker !== "") {
+        this.#syncWaiters.delete(marker);
+        this.#tree.removeMarker(marker);
+      }
     }
     for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
   }
@@ -511,13 +551,15 @@ export class Master implements AsyncDisposable {
 
   async #run(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
     const builtin = parseBuiltin(request.argv, request.cwd, this.root);
-    if (builtin) {
+    // Done by descriptor, or left to the real tool when a path crosses a symlink.
+    const done = builtin ? await runBuiltin(builtin, this.#tree) : null;
+    if (builtin && done) {
       this.stats.jobsBuiltin++;
-      const { code, stderr } = await runBuiltin(builtin);
-      if (stderr) await io.stderr(new TextEncoder().encode(stderr));
+      if (done.stderr) await io.stderr(new TextEncoder().encode(done.stderr));
       await this.#flushChanges(builtin.paths.flatMap((p) => [p, parentOf(p)]));
-      return { code };
+      return { code: done.code };
     }
+    if (builtin) return await this.#runLocal(request, io, true, false);
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
     let rules: LocalRules;
     try {
@@ -747,6 +789,8 @@ export class Master implements AsyncDisposable {
     const applyStarted = performance.now();
     const outcome = await applyResultSet(parts.merge(reply.resultSet), {
       writableRoot: this.root,
+      tree: this.#tree,
+      control: this.#control,
       hashCache: this.#hashCache,
       entriesMax: this.#options.resultEntriesMax,
       inline: (hash) => {
@@ -903,6 +947,7 @@ export class Master implements AsyncDisposable {
     await this.#watch?.close();
     await this.#pool?.close();
     await this.#hashCache.close();
+    this.#tree.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -57,7 +57,9 @@ export async function startMaster(options: StartMasterOptions): Promise<RunningM
   if (pages !== undefined && pages.missing.length > 0) {
     log(`the status page will not update itself: cannot read ${pages.missing.join(", ")}`);
   }
-  const master = await Master.start({ ...options, log });
+  const controlPaths = [...options.controlPaths ?? []];
+  if (options.socketPath) controlPaths.push(options.socketPath);
+  const master = await Master.start({ ...options, controlPaths, log });
   const monitor = new MasterMonitor(master);
   if (options.coordinator) monitor.coordinator = { address: options.coordinator };
   const socketPath = options.socketPath ?? `${master.root}/${SOCKET_NAME}`;

@@ -36,18 +36,53 @@ export function isInside(path: string, root: string): boolean {
   return path === root || path.startsWith(root + "/");
 }
 
+/** A name the kernel takes, in UTF-8 bytes (NAME_MAX). */
+export const NAME_BYTES_MAX = 255;
+/** A path (or symlink target) the kernel takes, in UTF-8 bytes (PATH_MAX, less its NUL). */
+export const PATH_BYTES_MAX = 4095;
+
+/** Bytes of `s` in UTF-8 (a well-formed string: a surrogate pair counts 4). */
+export function utf8Bytes(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      n += 4;
+      i++;
+    } else n += 3;
+  }
+  return n;
+}
+
 /**
  * Validates a path a worker sent in a result set: absolute, normalised as sent
- * (no `.`/`..` components, no doubled slashes), strictly inside `root`.
+ * (no `.`/`..` components, no doubled slashes), strictly inside `root`, well
+ * formed Unicode, and within the kernel's limits counted in UTF-8 bytes.
  */
 export function checkResultPath(path: unknown, root: string): string | null {
-  if (typeof path !== "string" || path.length > 4096) return "not a string path";
-  const normal = normalizeAbsolute(path);
-  if (normal === null) return "not an absolute path";
-  if (normal !== path) return "not a normalised path (has '.', '..' or '//')";
-  if (path === root || !isInside(path, root)) return "outside the writable root";
-  for (const part of path.split("/")) {
-    if (part.length > 255) return "a name longer than 255 bytes";
+  if (typeof path !== "string") return "not a string path";
+  // A UTF-16 unit is at most 3 bytes in UTF-8: count only long paths.
+  if (path.length > PATH_BYTES_MAX / 3 && utf8Bytes(path) > PATH_BYTES_MAX) {
+    return `longer than PATH_BYTES_MAX (${PATH_BYTES_MAX} bytes)`;
+  }
+  if (!path.startsWith("/")) return "not an absolute path";
+  if (path.includes("\0")) return "a NUL in the path";
+  if (!path.isWellFormed()) return "not valid Unicode (a lone surrogate)";
+  const prefix = root === "/" ? "/" : root + "/";
+  if (!path.startsWith(prefix) || path.length === prefix.length) {
+    return normalizeAbsolute(path) === path
+      ? "outside the writable root"
+      : "not a normalised path (has '.', '..' or '//')";
+  }
+  for (const part of path.slice(prefix.length).split("/")) {
+    if (part === "" || part === "." || part === "..") {
+      return "not a normalised path (has '.', '..' or '//')";
+    }
+    if (part.length > NAME_BYTES_MAX / 3 && utf8Bytes(part) > NAME_BYTES_MAX) {
+      return `a name of ${utf8Bytes(part)} bytes, longer than NAME_BYTES_MAX (${NAME_BYTES_MAX})`;
+    }
   }
   return null;
 }

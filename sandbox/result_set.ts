@@ -12,12 +12,12 @@
  *
  * @module
  */
-import type { ResultFile, ResultSet } from "../common/types.ts";
+import { RESULT_ENTRIES_MAX, type ResultFile, type ResultSet } from "../common/types.ts";
 import { SandboxError } from "./errors.ts";
 import { XattrReader } from "./_xattr.ts";
 
-/** Default bound on the number of upper-directory entries walked. */
-export const RESULT_ENTRIES_MAX = 200_000;
+/** Default bound on the number of upper-directory entries walked (the master's too). */
+export { RESULT_ENTRIES_MAX };
 
 const OPAQUE_XATTR = "trusted.overlay.opaque";
 

@@ -130,6 +130,28 @@ export async function namesStartingWith(dir: string, prefix: string): Promise<st
   return out;
 }
 
+/**
+ * What is staged in the tree `dir`: every entry below its `.termite-staging*`
+ * directories (a running master's private directory is there, empty between
+ * jobs), with sizes.
+ */
+export async function stagedEntries(dir: string): Promise<{ path: string; size: number }[]> {
+  const out: { path: string; size: number }[] = [];
+  const walk = async (d: string) => {
+    for await (const e of Deno.readDir(d)) {
+      const path = `${d}/${e.name}`;
+      const info = await Deno.lstat(path).catch(() => null); // gone meanwhile
+      if (info === null) continue;
+      out.push({ path: path.slice(dir.length + 1), size: info.size });
+      if (info.isDirectory) await walk(path).catch(() => {});
+    }
+  };
+  for (const name of await namesStartingWith(dir, ".termite-staging")) {
+    await walk(`${dir}/${name}`).catch(() => {});
+  }
+  return out;
+}
+
 /** Polls `check` until it holds or `timeoutMs` passes; returns whether it held. */
 export async function waitUntil(
   check: () => boolean | Promise<boolean>,

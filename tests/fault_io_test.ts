@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { type Host, setLink } from "../farm/netns.ts";
-import { type Farm, namesStartingWith, runIn, sleep, waitUntil, withFarm } from "./_reliability.ts";
+import { type Farm, runIn, sleep, stagedEntries, waitUntil, withFarm } from "./_reliability.ts";
 
 /** Runs a command through the farm's shell wrapper; output captured. */
 function viaShell(
@@ -71,14 +71,7 @@ Deno.test("fault: the link to a worker cut mid-transfer and mid-job; deadlines f
     // The master is fetching it: its staging file grows.
     assert.ok(
       await waitUntil(
-        async () => {
-          for (const name of await namesStartingWith(tree, ".termite-staging")) {
-            for (const e of Deno.readDirSync(`${tree}/${name}`)) {
-              if (Deno.statSync(`${tree}/${name}/${e.name}`).size > 100_000) return true;
-            }
-          }
-          return false;
-        },
+        async () => (await stagedEntries(tree)).some((e) => e.size > 100_000),
         10_000,
         50,
       ),
@@ -92,7 +85,7 @@ Deno.test("fault: the link to a worker cut mid-transfer and mid-job; deadlines f
     assert.equal(r.stdout, "made\n");
     assert.equal((await Deno.stat(`${tree}/big.bin`)).size, 6_000_000);
     assert.equal((await blocker).code, 0);
-    assert.deepEqual(await namesStartingWith(tree, ".termite-staging"), []);
+    assert.deepEqual(await stagedEntries(tree), []);
     const masterLog = await Deno.readTextFile(farm.master.log);
     assert.match(masterLog, /stalled for 3000 ms sending blob/);
     assert.match(masterLog, /setting worker \S+ aside/);

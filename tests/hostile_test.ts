@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { MasterMethods, WorkerMethods } from "../common/protocol.ts";
+import { RESULT_ENTRIES_MAX } from "../common/types.ts";
 import {
   type CallContext,
   clientHandshake,
@@ -322,7 +323,7 @@ const hostileWorkers: [string, DoubleBehaviour, RegExp][] = [
       reply: (r) => ({
         exitCode: 0,
         resultSet: {
-          deletions: Array.from({ length: 100_001 }, (_, i) => `${r}/d${i}`),
+          deletions: Array.from({ length: RESULT_ENTRIES_MAX + 1 }, (_, i) => `${r}/d${i}`),
           dirs: [],
           files: [],
           symlinks: [],
@@ -330,19 +331,19 @@ const hostileWorkers: [string, DoubleBehaviour, RegExp][] = [
       }),
     },
     // Capped by the frame size first (1 MiB), else by the entry count.
-    /Frame too large|100001 entries/,
+    /Frame too large|entries, more than RESULT_ENTRIES_MAX/,
   ],
   [
     "too many entries in parts",
     {
       parts: async (r, ctx) => {
-        for (let part = 0; part < 11; part++) {
+        for (let part = 0; part <= RESULT_ENTRIES_MAX / 10_000; part++) {
           const deletions = Array.from({ length: 10_000 }, (_, i) => `${r}/p${part}-${i}`);
           await ctx.sendChunk({ rs: { deletions } });
         }
       },
     },
-    /more than 100000 result entries/,
+    /more than \d+ result entries \(RESULT_ENTRIES_MAX\)/,
   ],
   [
     "result parts that are not lists",

