@@ -67,6 +67,13 @@ export interface SandboxOptions {
   pidsCgroupRoot?: string | null;
   /** Bytes forwarded per output stream before it is truncated; default {@linkcode OUTPUT_BYTES_MAX}. */
   outputBytesMax?: number;
+  /**
+   * `none` (the default): the job runs in a network namespace of its own
+   * holding only a loopback interface, so it reaches no host, no port of the
+   * worker's and none of its sockets (nor sees them in `/proc/net`). `host`:
+   * the job shares the worker's network.
+   */
+  network?: "none" | "host";
 }
 
 /** How a job ended. */
@@ -190,6 +197,7 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
     if (spec.diskBytesMax !== undefined) args.push("--file-bytes", String(spec.diskBytesMax));
     if (cgroup !== null) args.push("--cgroup", cgroup);
     else args.push("--nproc", String(processesMax));
+    args.push("--network", options.network ?? "none");
     // The launcher dies with this process: a worker killed hard leaves no job running.
     args.push("--parent-pid", String(Deno.pid));
     args.push("--", ...spec.argv);
@@ -632,6 +640,9 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
     if (w === dir || w.startsWith(`${dir}/`)) fail(`writable root lies in ${dir}: ${w}`);
   }
   if (!isAbsolute(options.lowerRoot)) fail(`lower root is not absolute: ${options.lowerRoot}`);
+  if (options.network !== undefined && options.network !== "none" && options.network !== "host") {
+    fail(`bad network: ${options.network}`);
+  }
   if (!isAbsolute(options.jobDir) || normalize(options.jobDir) === "/") {
     fail(`bad job dir: ${options.jobDir}`);
   }

@@ -1,14 +1,16 @@
 /*
  * Termite job launcher: runs one command chrooted into a read-only view of
  * the master's file system, with the master's writable root writable through
- * a per-job overlay, as an unprivileged user, in fresh mount, PID, IPC and UTS
- * namespaces.
+ * a per-job overlay, as an unprivileged user, in fresh mount, PID, IPC, UTS
+ * and network namespaces (the network one holds only a loopback interface,
+ * unless --network host keeps the worker's network).
  *
  * Compiled on first use by sandbox/launcher.ts; run by sandbox/job.ts as root:
  *
  *   launcher --job-dir D --lower-root L --writable-root W --cwd C
  *            [--uid N] [--gid N] [--umask OCTAL] [--memory-bytes N]
- *            [--nproc N] [--cgroup DIR] [--parent-pid N] [--file-bytes N] -- ARGV...
+ *            [--nproc N] [--cgroup DIR] [--parent-pid N] [--file-bytes N]
+ *            [--network none|host] -- ARGV...
  *
  * The launcher's own environment is the job's environment, passed on as is.
  *
@@ -40,6 +42,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -48,10 +51,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -80,6 +85,7 @@ struct config {
   unsigned long nproc;
   unsigned long long file_bytes;
   pid_t parent_pid;
+  int host_network;
   char **argv;
 };
 
@@ -188,7 +194,11 @@ static void parse_args(int argc, char **argv) {
     else if (strcmp(a, "--file-bytes") == 0) cfg.file_bytes = parse_number(v, 10, "file bytes");
     else if (strcmp(a, "--parent-pid") == 0)
       cfg.parent_pid = (pid_t)parse_number(v, 10, "parent pid");
-    else usage("Unknown option");
+    else if (strcmp(a, "--network") == 0) {
+      if (strcmp(v, "host") == 0) cfg.host_network = 1;
+      else if (strcmp(v, "none") == 0) cfg.host_network = 0;
+      else usage("Invalid network: none or host");
+    } else usage("Unknown option");
   }
   if (i >= argc) usage("Missing command after --");
   if (!cfg.job_dir || !cfg.lower_root || !cfg.writable_root || !cfg.cwd)
@@ -459,6 +469,24 @@ static void prepare_job_dir(void) {
     fail_outer("Cannot prepare %s: %s", path, strerror(errno));
 }
 
+/* Brings up the loopback interface of the current network namespace. */
+static int loopback_up(void) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct ifreq req;
+  memset(&req, 0, sizeof req);
+  strcpy(req.ifr_name, "lo");
+  int r = ioctl(fd, SIOCGIFFLAGS, &req);
+  if (r == 0) {
+    req.ifr_flags |= IFF_UP | IFF_RUNNING;
+    r = ioctl(fd, SIOCSIFFLAGS, &req);
+  }
+  int err = errno;
+  close(fd);
+  errno = err;
+  return r;
+}
+
 /* Returns the "max" count of a pids.events file, or 0. */
 static unsigned long long read_pids_events(int fd) {
   char buf[128];
@@ -515,8 +543,13 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGQUIT);
   sigprocmask(SIG_BLOCK, &set, NULL);
 
-  if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS))
-    fail_outer("Cannot create namespaces: %s", strerror(errno));
+  /* A new network namespace holds only a loopback interface (down until
+     brought up): the job reaches no host, port or socket of the worker's. */
+  int ns_flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
+  if (!cfg.host_network) ns_flags |= CLONE_NEWNET;
+  if (unshare(ns_flags)) fail_outer("Cannot create namespaces: %s", strerror(errno));
+  if (!cfg.host_network && loopback_up())
+    fail_outer("Cannot bring up the job's loopback interface: %s", strerror(errno));
   pid_t init = fork();
   if (init < 0) fail_outer("Cannot fork: %s", strerror(errno));
   if (init == 0) {

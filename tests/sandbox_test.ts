@@ -213,6 +213,80 @@ Deno.test("runJob() hides the host: private /tmp, own /proc, no escape through /
   }
 });
 
+/** Compiles tests/testdata/net_probe.c into `dir` (as `net_probe`). */
+async function buildNetProbe(dir: string): Promise<string> {
+  const source = new URL("./testdata/net_probe.c", import.meta.url).pathname;
+  await run("gcc", "-O1", "-o", `${dir}/net_probe`, source);
+  return `${dir}/net_probe`;
+}
+
+/** A non-loopback IPv4 address of this host, if it has one. */
+function hostAddress(): string | undefined {
+  return Deno.networkInterfaces().find((i) => i.family === "IPv4" && !i.address.startsWith("127."))
+    ?.address;
+}
+
+/** A TCP port free on the host now. */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+Deno.test("runJob() gives a job no network: no host port reachable, its listener unseen, no host socket in /proc/net", async () => {
+  await using fx = await new Fixture().init();
+  const probe = await buildNetProbe(fx.writableRoot);
+  // The host listens on every address: what a worker's RPC port or a coordinator does.
+  using host = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+  const hostPort = (host.addr as Deno.NetAddr).port;
+  const address = hostAddress();
+  const jobPort = freePort();
+  const steps = ["connect", "127.0.0.1", String(hostPort)];
+  if (address) steps.push("connect", address, String(hostPort));
+  steps.push("listen", String(jobPort), "1500", "sockets");
+
+  let out = "";
+  let listening!: () => void;
+  const listened = new Promise<void>((resolve) => listening = resolve);
+  const job = runJob({ argv: [probe, ...steps], cwd: "/", env: { PATH }, timeoutMs: 30_000 }, {
+    ...fx.options(),
+    onStdout: (b) => {
+      out += decoder.decode(b);
+      if (out.includes(`listen ${jobPort}`)) listening();
+    },
+  });
+  await Promise.race([listened, job]);
+  // The job's listener is not reachable from the host.
+  await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: jobPort }), /refused/i);
+  const outcome = await job;
+  assert.equal(outcome.exitCode, 0, out);
+  assert.match(out, new RegExp(`^connect 127\\.0\\.0\\.1:${hostPort} Connection refused$`, "m"));
+  if (address) {
+    assert.match(out, new RegExp(`^connect ${address}:${hostPort} Network is unreachable$`, "m"));
+  }
+  assert.match(
+    out,
+    new RegExp(`^listen ${jobPort} ok$`, "m"),
+    "it may listen, on its own loopback",
+  );
+  const sockets = out.match(/^sockets(.*)$/m)![1].trim().split(" ").filter(Boolean).map(Number);
+  assert.ok(!sockets.includes(hostPort), `host sockets visible: ${out}`);
+  assert.deepEqual(sockets, [jobPort], "only its own listener");
+
+  // With the host's network (SandboxOptions.network "host"), the same probe reaches the port.
+  const shared = await capture(
+    {
+      argv: [probe, "connect", "127.0.0.1", String(hostPort)],
+      cwd: "/",
+      env: { PATH },
+      timeoutMs: 30_000,
+    },
+    fx.options({ network: "host" }),
+  );
+  assert.equal(shared.out, `connect 127.0.0.1:${hostPort} ok\n`);
+});
+
 Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {
   await using fx = await new Fixture().init();
   // Run the launcher from a shell holding /dev/fuse and a file open without close-on-exec.
