@@ -92,6 +92,10 @@ const FLAGS: FlagSpecs = {
     help: "do not mount a favordynmods cgroup hierarchy (each job then waits for an RCU " +
       "grace period when it moves into its cgroup)",
   },
+  "job-network": {
+    type: "boolean",
+    help: "jobs share this host's network (by default each has only a loopback of its own)",
+  },
 };
 
 const flags = parseRoleFlags("worker", Deno.args, {
@@ -155,6 +159,7 @@ try {
     processesMax: flags.integer("processes-max", { min: 1, max: 1 << 22 }),
     jobDiskBytesMax: flags.bytes("job-disk-max"),
     favorCgroupMigrations: !flags.boolean("no-favor-dynmods"),
+    jobNetwork: flags.boolean("job-network"),
   };
   const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({

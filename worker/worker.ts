@@ -57,6 +57,8 @@ export interface WorkerOptions {
   processesMax?: number;
   /** Bytes a job may write (files in its writable layer and /tmp); default no limit. */
   jobDiskBytesMax?: number;
+  /** Jobs share the worker's network; by default each has only a loopback of its own. */
+  jobNetwork?: boolean;
   /**
    * Mount a `favordynmods` cgroup hierarchy while running, so that moving each
    * job into its pids cgroup does not wait for an RCU grace period (14–28 ms
