@@ -748,10 +748,12 @@ Deno.test("hostile: jobs trying to escape the sandbox, trace or read other jobs,
     assert.equal(v.stdout, "hidden\nsurvived\n", "the other job was neither traced nor killed");
 
     // 3. Filling the disk: one big file, many files, /tmp.
-    // One file stops at the cap (SIGXFSZ: exit 128+25); what was written up to it is a result.
+    // One file stops a byte past the cap (RLIMIT_FSIZE; SIGXFSZ: exit 128+25): a
+    // truncated output, refused whole.
     const big = await sh("dd if=/dev/zero of=big.bin bs=1M count=300");
     assert.equal(big.code, 153, big.stderr);
-    assert.ok((await Deno.stat(`${tree}/big.bin`)).size <= 64 * 2 ** 20);
+    assert.match(big.stderr, /termite: .*67108864 bytes.*\(limit (disk|result)-bytes/);
+    await assert.rejects(Deno.stat(`${tree}/big.bin`), Deno.errors.NotFound);
     const many = await sh(
       "for i in 1 2 3 4 5 6 7 8; do head -c 30000000 /dev/zero > m$i.bin; done; sleep 3",
     );
