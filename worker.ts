@@ -85,7 +85,8 @@ const FLAGS: FlagSpecs = {
     type: "string",
     value: "SIZE",
     default: "8G",
-    help: "bytes a job may write (files in its writable layer and /tmp)",
+    help: "disk a job's files may take; their apparent size is capped at the same or 4G, " +
+      "its /tmp at the same or 1G",
   },
   "no-favor-dynmods": {
     type: "boolean",

@@ -35,7 +35,11 @@ export interface JobRunnerOptions {
   jobTimeoutMsMax?: number;
   memoryBytesMax?: number;
   processesMax?: number;
-  /** Bytes a job may write (files in its writable layer and /tmp); default no limit. */
+  /**
+   * Bytes of disk a job's writable layer may take (allocated; its results, by
+   * apparent size, up to the same or 4 GiB; its /tmp up to the same or 1 GiB);
+   * default no limit. See sandbox/job.ts's JobSpec.
+   */
   jobDiskBytesMax?: number;
   /** Jobs share the worker's network; by default each has only a loopback of its own. */
   jobNetwork?: boolean;
