@@ -671,6 +671,37 @@ for i in range(1000):
   await assertHealthy(fx);
 });
 
+Deno.test("runJob() refuses fallocate that allocates (10 GB in one call, past every limit) and io_uring; writes still work", async () => {
+  await using fx = await new Fixture().init();
+  const r = await limited(
+    fx,
+    `: > f; fallocate --keep-size -l 10G f; echo keep-size $?
+fallocate -l 1M g; echo allocate $?
+head -c 8192 /dev/zero > h; fallocate --punch-hole -o 0 -l 4096 h; echo punch-hole $?
+python3 -c '
+import ctypes, os
+fd = os.open("p", os.O_RDWR | os.O_CREAT)
+os.posix_fallocate(fd, 0, 1 << 20)
+print("posix_fallocate", os.fstat(fd).st_size)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall(425, 8, None)
+print("io_uring_setup:", os.strerror(ctypes.get_errno()))
+'`,
+    { diskBytesMax: 64 * 2 ** 20 },
+  );
+  assert.equal(r.outcome.killedBy, undefined, JSON.stringify(r.outcome));
+  assert.equal(
+    r.out,
+    "keep-size 1\nallocate 1\npunch-hole 0\nposix_fallocate 1048576\n" +
+      "io_uring_setup: Function not implemented\n",
+    r.err,
+  );
+  assert.match(r.err, /fallocate failed: Operation not supported/);
+  // posix_fallocate fell back to writing: the file is whole.
+  assert.equal(r.resultSet!.files.find((f) => f.path.endsWith("/p"))?.size, 2 ** 20);
+  await assertHealthy(fx);
+});
+
 Deno.test("runJob() isolates concurrent jobs from each other", async () => {
   await using fx = await new Fixture("/var/tmp").init();
   const go = `${fx.base}/go`;
