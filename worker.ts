@@ -85,12 +85,17 @@ const FLAGS: FlagSpecs = {
     type: "string",
     value: "SIZE",
     default: "8G",
-    help: "bytes a job may write (files in its writable layer and /tmp)",
+    help: "disk a job's files may take; their apparent size is capped at the same or 4G, " +
+      "its /tmp at the same or 1G",
   },
   "no-favor-dynmods": {
     type: "boolean",
     help: "do not mount a favordynmods cgroup hierarchy (each job then waits for an RCU " +
       "grace period when it moves into its cgroup)",
+  },
+  "job-network": {
+    type: "boolean",
+    help: "jobs share this host's network (by default each has only a loopback of its own)",
   },
 };
 
@@ -155,6 +160,7 @@ try {
     processesMax: flags.integer("processes-max", { min: 1, max: 1 << 22 }),
     jobDiskBytesMax: flags.bytes("job-disk-max"),
     favorCgroupMigrations: !flags.boolean("no-favor-dynmods"),
+    jobNetwork: flags.boolean("job-network"),
   };
   const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({

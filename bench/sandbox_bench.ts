@@ -74,7 +74,12 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
     });
 
     let job = 0;
-    const sandboxed = async (spec: JobSpec, collect: boolean, pidsCgroupRoot?: null) => {
+    const sandboxed = async (
+      spec: JobSpec,
+      collect: boolean,
+      pidsCgroupRoot?: null,
+      network: "none" | "host" = "none",
+    ) => {
       let launcherMs = 0;
       const t = performance.now();
       const outcome = await runJob(spec, {
@@ -83,6 +88,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         jobDir: `${base}/jobs/${job++}`,
         launcherCacheDir: cacheDir,
         pidsCgroupRoot,
+        network,
         onUpper: collect
           ? (upper, lowerDir) => collectResultSet(upper, w, putFile, { lowerDir }).then(() => {})
           : undefined,
@@ -118,6 +124,39 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         value: round(median(setup)),
         unit: "ms",
         note: "start of the launcher to the job's exec: namespaces, mounts, chroot, privileges",
+      },
+    );
+
+    // The job's own network namespace against the worker's: a stream of jobs,
+    // interleaved, so that the kernel's asynchronous clean-up of dead network
+    // namespaces is paid inside the measure.
+    const streamRuns = options.quick ? 30 : 100;
+    const byNetwork = { none: [] as number[], host: [] as number[] };
+    const setupByNetwork = { none: [] as number[], host: [] as number[] };
+    for (let i = 0; i < streamRuns; i++) {
+      for (const network of ["none", "host"] as const) {
+        const r = await sandboxed(trueSpec, false, undefined, network);
+        byNetwork[network].push(r.ms);
+        setupByNetwork[network].push(r.launcherMs);
+      }
+    }
+    const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+    results.push(
+      {
+        name: `/bin/true, ${streamRuns} jobs: own network namespace (median / mean)`,
+        value: round(median(byNetwork.none)),
+        unit: "ms",
+        note: `mean ${round(mean(byNetwork.none))} ms; launcher set-up median ${
+          round(median(setupByNetwork.none))
+        } ms`,
+      },
+      {
+        name: `/bin/true, ${streamRuns} jobs: the worker's network (median / mean)`,
+        value: round(median(byNetwork.host)),
+        unit: "ms",
+        note: `mean ${round(mean(byNetwork.host))} ms; launcher set-up median ${
+          round(median(setupByNetwork.host))
+        } ms`,
       },
     );
 

@@ -95,7 +95,7 @@ const RUNNING_SHOWN = 20;
 /** Watches one master: its jobs, its workers' busy spells, its rate. */
 export class MasterMonitor implements Disposable {
   readonly jobs: JobLog;
-  readonly metrics = new Registry();
+  readonly metrics: Registry = new Registry();
   readonly #master: Master;
   readonly #now: () => number;
   readonly #busySince = new Map<string, number>();

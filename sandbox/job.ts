@@ -29,14 +29,39 @@ export interface JobSpec {
   /** Processes (and threads) of the whole job; default {@linkcode PROCESSES_MAX_DEFAULT}. */
   processesMax?: number;
   /**
-   * Bytes the job may write to the worker's disk (files in its writable layer
-   * and its /tmp, by size). No single file grows past it (RLIMIT_FSIZE: the
-   * writer gets SIGXFSZ); the total is measured every
-   * {@linkcode DISK_CHECK_MS_MIN} ms or so and the job killed past it
-   * (`killedBy: "disk"`), as it is past {@linkcode RESULT_ENTRIES_MAX} files.
+   * Limit `disk-bytes`: bytes of the worker's disk the job's writable layer
+   * may take, as allocated (file data, directories, symlinks, extended
+   * attribute blocks; a hard-linked file once; a sparse file's holes not).
    * Default: no limit.
+   *
+   * The writable layer's limits (this one, `resultBytesMax`, `filesMax` and
+   * paths under 4096 bytes) are measured by the launcher while the job runs
+   * (every 0.5 s or more, and at once when the disk's used blocks or inodes
+   * grew by more than the job has left) and exactly once it ended; past one,
+   * the job is killed or its results refused (`killedBy: "disk"`, the reason
+   * naming the limit).
    */
   diskBytesMax?: number;
+  /**
+   * Limit `result-bytes`: bytes of the files (and symlinks) in the writable
+   * layer by apparent size (holes count in full, every hard link as a file of
+   * its own): what the worker's store holds and the master receives. No
+   * single file grows past it (RLIMIT_FSIZE is one byte more: the writer gets
+   * SIGXFSZ). Default: {@linkcode RESULT_BYTES_MAX_DEFAULT} or `diskBytesMax`
+   * if lower.
+   */
+  resultBytesMax?: number;
+  /**
+   * Limit `files`: entries (files, directories, links, deletions) the job may
+   * make in its writable layer, and inodes in its /tmp (each).
+   * Default {@linkcode FILES_MAX_DEFAULT}.
+   */
+  filesMax?: number;
+  /**
+   * Limit `tmp-bytes`: the size of the job's /tmp, a tmpfs (in memory).
+   * Default: {@linkcode TMP_BYTES_MAX_DEFAULT} or `diskBytesMax` if lower.
+   */
+  tmpBytesMax?: number;
   /** Default 0o022. */
   umask?: number;
 }
@@ -67,6 +92,13 @@ export interface SandboxOptions {
   pidsCgroupRoot?: string | null;
   /** Bytes forwarded per output stream before it is truncated; default {@linkcode OUTPUT_BYTES_MAX}. */
   outputBytesMax?: number;
+  /**
+   * `none` (the default): the job runs in a network namespace of its own
+   * holding only a loopback interface, so it reaches no host, no port of the
+   * worker's and none of its sockets (nor sees them in `/proc/net`). `host`:
+   * the job shares the worker's network.
+   */
+  network?: "none" | "host";
 }
 
 /** How a job ended. */
@@ -76,8 +108,9 @@ export interface JobOutcome {
   /**
    * Set when the sandbox ended the job: `timeout` (wall clock), `processes`
    * (the process cap was hit: the job is killed at the first refused fork),
-   * `signal` (cancelled through the AbortSignal), `disk` (it wrote more than
-   * `diskBytesMax`). `memory` is reserved: with
+   * `signal` (cancelled through the AbortSignal), `disk` (its writable layer
+   * passed a limit: `diskBytesMax`, `resultBytesMax`, `filesMax` or the path
+   * length; its results are dropped). `memory` is reserved: with
    * RLIMIT_AS a refused allocation is not attributable from outside.
    */
   killedBy?: "timeout" | "memory" | "processes" | "signal" | "disk";
@@ -117,8 +150,12 @@ export const PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids/termite";
 export const KILL_GRACE_MS = 5_000;
 /** After the launcher exited, how long output pipes may stay open. */
 export const DRAIN_GRACE_MS = 5_000;
-/** Least time between two measures of what a job wrote (more when a measure is slow). */
-export const DISK_CHECK_MS_MIN = 500;
+/** Default of {@linkcode JobSpec.resultBytesMax}. */
+export const RESULT_BYTES_MAX_DEFAULT = 4 * 2 ** 30;
+/** Default of {@linkcode JobSpec.tmpBytesMax}. */
+export const TMP_BYTES_MAX_DEFAULT = 2 ** 30;
+/** Default of {@linkcode JobSpec.filesMax}: as many as a result set may hold. */
+export const FILES_MAX_DEFAULT = RESULT_ENTRIES_MAX;
 /** How long a job's cgroup may stay busy after the job before removal is given up. */
 const CGROUP_REMOVE_MS = 2_000;
 
@@ -167,6 +204,9 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   let cgroup: string | null = null;
   let failure: unknown = undefined;
   let outcome: JobOutcome | undefined;
+  // Whether the launcher measured the whole writable layer after the job,
+  // within every limit (paths included): then it is safe to walk from here.
+  let measured = false;
   try {
     const processesMax = spec.processesMax ?? PROCESSES_MAX_DEFAULT;
     cgroup = await createPidsCgroup(options.pidsCgroupRoot, processesMax);
@@ -187,14 +227,20 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
       (spec.umask ?? 0o022).toString(8),
     ];
     if (spec.memoryBytesMax !== undefined) args.push("--memory-bytes", String(spec.memoryBytesMax));
-    if (spec.diskBytesMax !== undefined) args.push("--file-bytes", String(spec.diskBytesMax));
+    const limits = limitsOf(spec);
+    args.push("--file-bytes", String(limits.resultBytesMax + 1));
+    args.push("--result-bytes", String(limits.resultBytesMax));
+    args.push("--files", String(limits.filesMax));
+    args.push("--tmp-bytes", String(limits.tmpBytesMax), "--tmp-files", String(limits.filesMax));
+    if (spec.diskBytesMax !== undefined) args.push("--disk-bytes", String(spec.diskBytesMax));
     if (cgroup !== null) args.push("--cgroup", cgroup);
     else args.push("--nproc", String(processesMax));
+    args.push("--network", options.network ?? "none");
     // The launcher dies with this process: a worker killed hard leaves no job running.
     args.push("--parent-pid", String(Deno.pid));
     args.push("--", ...spec.argv);
 
-    outcome = await supervise(launcher, args, spec, options);
+    ({ outcome, measured } = await supervise(launcher, args, spec, options));
     if (outcome.killedBy === undefined && options.onUpper) {
       await options.onUpper(`${jobDir}/upper`, lowerDir, outcome);
     }
@@ -208,7 +254,7 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
     if (cgroup !== null) {
       await removeCgroup(cgroup).catch((err) => cleanupErrors.push(err));
     }
-    await Deno.remove(jobDir, { recursive: true }).catch((err) => cleanupErrors.push(err));
+    await removeTree(jobDir, measured).catch((err) => cleanupErrors.push(err));
     if (cleanupErrors.length > 0) {
       throw new SandboxError(`Cannot clean up after the job in ${jobDir}`, {
         cause: cleanupErrors[0],
@@ -226,12 +272,50 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   return outcome!;
 }
 
+/**
+ * Removes a job's directory. A tree the launcher did not measure may be
+ * deeper than any recursive removal in this process survives (Deno's
+ * `remove` overflowed its stack on 20,000 levels and aborted the worker):
+ * `rm` removes it, at any depth.
+ */
+export async function removeTree(dir: string, measured = false): Promise<void> {
+  if (measured) {
+    await Deno.remove(dir, { recursive: true });
+    return;
+  }
+  const rm = await new Deno.Command("rm", {
+    args: ["-rf", "--one-file-system", "--", dir],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!rm.success) {
+    throw new SandboxError(
+      `Cannot remove ${dir}: rm exited with ${rm.code}: ${
+        new TextDecoder().decode(rm.stderr).slice(0, 500)
+      }`,
+    );
+  }
+}
+
+/** The limits of a job, defaults applied. */
+function limitsOf(
+  spec: JobSpec,
+): { resultBytesMax: number; filesMax: number; tmpBytesMax: number } {
+  const disk = spec.diskBytesMax ?? Infinity;
+  return {
+    resultBytesMax: spec.resultBytesMax ?? Math.min(disk, RESULT_BYTES_MAX_DEFAULT),
+    filesMax: spec.filesMax ?? FILES_MAX_DEFAULT,
+    tmpBytesMax: spec.tmpBytesMax ?? Math.min(disk, TMP_BYTES_MAX_DEFAULT),
+  };
+}
+
 async function supervise(
   launcher: string,
   args: string[],
   spec: JobSpec,
   options: RunJobOptions,
-): Promise<JobOutcome> {
+): Promise<{ outcome: JobOutcome; measured: boolean }> {
   const child = new Deno.Command(launcher, {
     args,
     env: spec.env,
@@ -254,9 +338,6 @@ async function supervise(
     graceTimer = setTimeout(() => trySignal(child, "SIGKILL"), KILL_GRACE_MS);
   };
   const timeoutTimer = setTimeout(() => terminate("timeout"), spec.timeoutMs);
-  const diskWatch = spec.diskBytesMax === undefined
-    ? undefined
-    : watchDisk(options.jobDir, spec.diskBytesMax, () => terminate("disk"));
   const onAbort = () => terminate("signal");
   options.signal?.addEventListener("abort", onAbort, { once: true });
   const onSinkError = (err: unknown) => {
@@ -278,7 +359,6 @@ async function supervise(
   } finally {
     stdinStop.abort();
     clearTimeout(timeoutTimer);
-    await diskWatch?.stop();
     clearTimeout(graceTimer);
     options.signal?.removeEventListener("abort", onAbort);
   }
@@ -300,67 +380,36 @@ async function supervise(
   const report = await readStatus(options.jobDir);
   const outcome = interpret(report, status, killedBy);
   const notes = [stdoutPump.note, stderrPump.note].filter((n) => n !== undefined);
+  // A job that failed on a limit of its own (a full /tmp, a file at its size
+  // limit) sees only ENOSPC or SIGXFSZ: say which limit it was.
+  const limitNote = outcome.exitCode !== 0 && outcome.killedBy === undefined
+    ? ownLimitNote(report, outcome, spec)
+    : undefined;
+  if (limitNote !== undefined) {
+    notes.push(limitNote);
+    await options.onStderr?.(encoder.encode(`termite: ${limitNote}\n`));
+  }
   if (notes.length > 0) outcome.reason = [outcome.reason, ...notes].filter(Boolean).join("; ");
-  return outcome;
+  return { outcome, measured: report?.walked === true };
 }
 
-/**
- * Measures what the job wrote (its upper layer and /tmp) until stopped, and
- * calls `onOver` once past `bytesMax` bytes or {@linkcode RESULT_ENTRIES_MAX}
- * entries. Measures are spaced by at least {@linkcode DISK_CHECK_MS_MIN} ms
- * and twenty times the last one's duration.
- */
-function watchDisk(
-  jobDir: string,
-  bytesMax: number,
-  onOver: () => void,
-): { stop(): Promise<void> } {
-  let stopped = false;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let running: Promise<void> | undefined;
-  const measure = async () => {
-    const started = performance.now();
-    let bytes = 0, entries = 0;
-    const walk = async (dir: string): Promise<boolean> => {
-      let list: Deno.DirEntry[];
-      try {
-        list = await Array.fromAsync(Deno.readDir(dir));
-      } catch {
-        return false; // Not there (yet) or gone.
-      }
-      for (const e of list) {
-        if (stopped) return false;
-        if (++entries > RESULT_ENTRIES_MAX) return true;
-        const path = `${dir}/${e.name}`;
-        if (e.isDirectory) {
-          if (await walk(path)) return true;
-        } else if (e.isFile) {
-          bytes += await Deno.lstat(path).then((i) => i.size, () => 0);
-          if (bytes > bytesMax) return true;
-        }
-      }
-      return false;
-    };
-    const over = await walk(`${jobDir}/upper`) || await walk(`${jobDir}/tmp`);
-    if (stopped) return;
-    if (over) {
-      onOver();
-      return;
-    }
-    const ms = Math.max(DISK_CHECK_MS_MIN, 20 * (performance.now() - started));
-    timer = setTimeout(tick, ms);
-  };
-  const tick = () => {
-    running = measure();
-  };
-  timer = setTimeout(tick, DISK_CHECK_MS_MIN);
-  return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await running;
-    },
-  };
+function ownLimitNote(
+  report: StatusReport | null,
+  outcome: JobOutcome,
+  spec: JobSpec,
+): string | undefined {
+  const limits = limitsOf(spec);
+  if (report?.tmpFull === "bytes") {
+    return `the job's /tmp is full: ${limits.tmpBytesMax} bytes at most (limit tmp-bytes)`;
+  }
+  if (report?.tmpFull === "files") {
+    return `the job's /tmp is full: ${limits.filesMax} files at most (limit files)`;
+  }
+  if (outcome.exitCode === 128 + 25) {
+    return `a file reached the job's size limit: ${limits.resultBytesMax} bytes ` +
+      `(limit result-bytes; sparse files count by apparent size)`;
+  }
+  return undefined;
 }
 
 function trySignal(child: Deno.ChildProcess, signal: Deno.Signal): void {
@@ -467,6 +516,12 @@ interface StatusReport {
   result: string;
   setupNs?: number;
   processes: boolean;
+  /** The writable layer's limit passed, and its value. */
+  limit?: { name: string; max: number };
+  /** The whole writable layer was measured after the job, within its limits. */
+  walked: boolean;
+  /** The job ended with its /tmp full: of bytes or of inodes. */
+  tmpFull?: string;
 }
 
 async function readStatus(jobDir: string): Promise<StatusReport | null> {
@@ -478,14 +533,30 @@ async function readStatus(jobDir: string): Promise<StatusReport | null> {
     throw new SandboxError(`Cannot read the launcher status in ${jobDir}`, { cause: err });
   }
   const lines = text.split("\n").filter((l) => l !== "");
-  const report: StatusReport = { result: lines[0] ?? "", processes: false };
+  const report: StatusReport = { result: lines[0] ?? "", processes: false, walked: false };
   for (const line of lines.slice(1)) {
     const [key, value] = splitFirst(line);
     if (key === "setup_ns") report.setupNs = Number(value);
     else if (key === "processes") report.processes = true;
+    else if (key === "walked") report.walked = true;
+    else if (key === "tmpfull") report.tmpFull = value;
+    else if (key === "limit") {
+      const [name, max] = splitFirst(value);
+      report.limit = { name, max: Number(max) };
+    }
   }
   return report;
 }
+
+/** What each limit of the writable layer counts, for the reason of a job that passed it. */
+const LIMIT_TEXTS: Record<string, (max: number) => string> = {
+  files: (max) => `more than ${max} files, directories and links written (limit files)`,
+  "disk-bytes": (max) => `more than ${max} bytes of disk taken by its files (limit disk-bytes)`,
+  "result-bytes": (max) =>
+    `files of more than ${max} bytes in all (limit result-bytes: apparent sizes, holes and ` +
+    `every hard link included)`,
+  "path-bytes": (max) => `a path longer than ${max} bytes (limit path-bytes)`,
+};
 
 function interpret(
   report: StatusReport | null,
@@ -525,10 +596,18 @@ function interpret(
   }
   if (killedBy !== undefined) outcome.killedBy = killedBy;
   else if (report.processes) outcome.killedBy = "processes";
+  else if (report.limit !== undefined) {
+    outcome.killedBy = "disk";
+    // Past a limit once it had ended: its results are refused, so it failed.
+    if (outcome.exitCode === 0) outcome.exitCode = 1;
+    const text = LIMIT_TEXTS[report.limit.name]?.(report.limit.max) ??
+      `limit ${report.limit.name} passed`;
+    outcome.reason = `Disk limit reached: ${text}`;
+    return outcome;
+  }
   if (outcome.killedBy === "timeout") outcome.reason = "Wall-clock timeout";
   else if (outcome.killedBy === "processes") outcome.reason = "Process limit reached";
   else if (outcome.killedBy === "signal") outcome.reason = "Cancelled";
-  else if (outcome.killedBy === "disk") outcome.reason = "Disk limit reached";
   return outcome;
 }
 
@@ -609,6 +688,9 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
       ["memoryBytesMax", spec.memoryBytesMax],
       ["processesMax", spec.processesMax],
       ["diskBytesMax", spec.diskBytesMax],
+      ["resultBytesMax", spec.resultBytesMax],
+      ["filesMax", spec.filesMax],
+      ["tmpBytesMax", spec.tmpBytesMax],
     ] as const
   ) {
     if (value !== undefined && !(Number.isSafeInteger(value) && value > 0)) {
@@ -632,6 +714,9 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
     if (w === dir || w.startsWith(`${dir}/`)) fail(`writable root lies in ${dir}: ${w}`);
   }
   if (!isAbsolute(options.lowerRoot)) fail(`lower root is not absolute: ${options.lowerRoot}`);
+  if (options.network !== undefined && options.network !== "none" && options.network !== "host") {
+    fail(`bad network: ${options.network}`);
+  }
   if (!isAbsolute(options.jobDir) || normalize(options.jobDir) === "/") {
     fail(`bad job dir: ${options.jobDir}`);
   }

@@ -1,25 +1,45 @@
 /*
  * Termite job launcher: runs one command chrooted into a read-only view of
  * the master's file system, with the master's writable root writable through
- * a per-job overlay, as an unprivileged user, in fresh mount, PID, IPC and UTS
- * namespaces.
+ * a per-job overlay, as an unprivileged user, in fresh mount, PID, IPC, UTS
+ * and network namespaces (the network one holds only a loopback interface,
+ * unless --network host keeps the worker's network).
  *
  * Compiled on first use by sandbox/launcher.ts; run by sandbox/job.ts as root:
  *
  *   launcher --job-dir D --lower-root L --writable-root W --cwd C
  *            [--uid N] [--gid N] [--umask OCTAL] [--memory-bytes N]
- *            [--nproc N] [--cgroup DIR] [--parent-pid N] [--file-bytes N] -- ARGV...
+ *            [--nproc N] [--cgroup DIR] [--parent-pid N] [--file-bytes N]
+ *            [--network none|host] [--tmp-bytes N] [--tmp-files N]
+ *            [--files N] [--disk-bytes N] [--result-bytes N] -- ARGV...
  *
  * The launcher's own environment is the job's environment, passed on as is.
  *
+ * What the job writes is bounded:
+ *   /tmp is a tmpfs of --tmp-bytes bytes and --tmp-files inodes (the kernel
+ *     refuses more: ENOSPC); /dev/shm one of 64 MiB and 4096 inodes.
+ *   The writable layer (the overlay's upper directory D/upper, on the
+ *     worker's disk) is measured by the outer launcher: every entry counts
+ *     towards --files, its allocated blocks towards --disk-bytes (a hard-linked
+ *     file once), the apparent size of files and links towards --result-bytes
+ *     (holes and every hard link counted: that is what the result set holds),
+ *     and no path may reach PATH_BYTES_MAX. See watch_*() below.
+ *   Disk space is taken at the speed of writes: fallocate(2) that would
+ *     allocate (it took 10 GB in one call, past any watch, with
+ *     FALLOC_FL_KEEP_SIZE past RLIMIT_FSIZE too) fails with EOPNOTSUPP, as
+ *     io_uring_setup(2) does with ENOSYS (its requests skip seccomp), by a
+ *     seccomp filter (x86_64 and its i386 and x32 ABIs). Programs fall back
+ *     to writing (glibc's posix_fallocate does).
+ *
  * Processes:
  *   outer (this process, in the worker's namespaces): prepares D/{root,upper,
- *     work,tmp}, joins the pids cgroup DIR, unshares, forks the init, waits for
+ *     work}, joins the pids cgroup DIR, unshares, forks the init, waits for
  *     it and writes D/status. SIGTERM kills the whole job (SIGKILL to the
  *     init; the kernel then kills the namespace and the init is reaped only
  *     once every process in it is gone); SIGINT, SIGHUP and SIGQUIT are
  *     forwarded to the job. It reads DIR/pids.events every 100 ms (cgroup v1
- *     sends no notification) and kills the job at the first refused fork.
+ *     sends no notification) and kills the job at the first refused fork, and
+ *     kills it when the writable layer passes a limit.
  *   init (PID 1 of the new PID namespace): builds the job root at D/root,
  *     chroots into it, forks the job, forwards signals to the job's process
  *     group, reaps orphans, and exits when the job exits, which kills every
@@ -33,13 +53,24 @@
  * D/status holds lines "key value": exactly one of
  *   exit N | signal N | nocmd CODE MESSAGE | error MESSAGE | killed
  * then optionally "setup_ns N" (launcher start to exec), "processes 1" (the
- * process cap was hit and the job killed), "terminated 1" (SIGTERM received).
+ * process cap was hit and the job killed), "terminated 1" (SIGTERM received),
+ * "limit NAME MAX" (the writable layer passed a limit: files, disk-bytes,
+ * result-bytes or path-bytes; the job was killed, or had ended), "walked 1"
+ * (after the job, the whole writable layer was measured within every limit),
+ * "tmpfull bytes|files" (the job ended with its /tmp full).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/audit.h>
+#include <linux/falloc.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <limits.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -48,11 +79,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -65,7 +100,15 @@
 
 #define PATH_BYTES_MAX 4096
 #define REPORT_BYTES_MAX 4096
-#define SHM_SIZE "size=64m"
+#define SHM_OPTIONS "size=64m,nr_inodes=4096"
+/* Least time between two measures of the writable layer, and the factor of
+   the last measure's duration they are spaced by (so at most 1/20 of a core). */
+#define WATCH_PERIOD_NS_MIN 500000000ULL
+#define WATCH_SPACING 20
+/* How often the file system's own counters are read (one statfs): when they
+   grew by more than what the job has left, it is measured at once. */
+#define WATCH_POLL_MS 100
+#define WATCH_TRIGGERED_NS_MIN 100000000ULL
 
 struct config {
   const char *job_dir;
@@ -80,6 +123,10 @@ struct config {
   unsigned long nproc;
   unsigned long long file_bytes;
   pid_t parent_pid;
+  int host_network;
+  unsigned long long tmp_bytes, tmp_files;
+  /* Limits of the writable layer; 0: none. */
+  unsigned long long files, disk_bytes, result_bytes;
   char **argv;
 };
 
@@ -188,7 +235,17 @@ static void parse_args(int argc, char **argv) {
     else if (strcmp(a, "--file-bytes") == 0) cfg.file_bytes = parse_number(v, 10, "file bytes");
     else if (strcmp(a, "--parent-pid") == 0)
       cfg.parent_pid = (pid_t)parse_number(v, 10, "parent pid");
-    else usage("Unknown option");
+    else if (strcmp(a, "--tmp-bytes") == 0) cfg.tmp_bytes = parse_number(v, 10, "tmp bytes");
+    else if (strcmp(a, "--tmp-files") == 0) cfg.tmp_files = parse_number(v, 10, "tmp files");
+    else if (strcmp(a, "--files") == 0) cfg.files = parse_number(v, 10, "files");
+    else if (strcmp(a, "--disk-bytes") == 0) cfg.disk_bytes = parse_number(v, 10, "disk bytes");
+    else if (strcmp(a, "--result-bytes") == 0)
+      cfg.result_bytes = parse_number(v, 10, "result bytes");
+    else if (strcmp(a, "--network") == 0) {
+      if (strcmp(v, "host") == 0) cfg.host_network = 1;
+      else if (strcmp(v, "none") == 0) cfg.host_network = 0;
+      else usage("Invalid network: none or host");
+    } else usage("Unknown option");
   }
   if (i >= argc) usage("Missing command after --");
   if (!cfg.job_dir || !cfg.lower_root || !cfg.writable_root || !cfg.cwd)
@@ -200,6 +257,43 @@ static void parse_args(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------- job */
+
+#if defined(__x86_64__)
+#define SECCOMP_FILTERED 1
+#define X32_SYSCALL_BIT 0x40000000U
+/* i386 numbers (int 0x80 from a 64-bit process, or a 32-bit program). */
+#define I386_FALLOCATE 324
+#define I386_IO_URING_SETUP 425
+
+/* Refuses fallocate unless it frees space (punching a hole or collapsing a
+   range), and io_uring_setup. Everything else is allowed. */
+static int refuse_fast_allocation(void) {
+  const unsigned frees = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_COLLAPSE_RANGE;
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 7, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 13),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, ~X32_SYSCALL_BIT),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 8, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_fallocate, 4, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      /* i386 */
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, I386_IO_URING_SETUP, 4, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, I386_FALLOCATE, 0, 4),
+      /* fallocate(fd, mode, ...): the mode is the second argument on both ABIs. */
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, frees, 2, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+#endif
 
 static void run_job(int report_fd) {
   sigset_t none;
@@ -241,6 +335,12 @@ static void run_job(int report_fd) {
     report(report_fd, "error Cannot set no_new_privs: %s", strerror(errno));
     _exit(1);
   }
+#ifdef SECCOMP_FILTERED
+  if (refuse_fast_allocation()) {
+    report(report_fd, "error Cannot install the seccomp filter: %s", strerror(errno));
+    _exit(1);
+  }
+#endif
   if (chdir(cfg.cwd)) {
     report(report_fd, "error Cannot change directory to %s: %s", cfg.cwd, strerror(errno));
     _exit(1);
@@ -328,13 +428,12 @@ static void setup_dev(int report_fd, const char *root) {
   }
   join_path(path, dev, "shm");
   if (mkdir(path, 01777) ||
-      mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777," SHM_SIZE))
+      mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777," SHM_OPTIONS))
     SETUP_FAIL("Cannot mount /dev/shm: %s", strerror(errno));
 }
 
 static void setup_root(int report_fd, const char *root) {
-  char path[PATH_BYTES_MAX], lower[PATH_BYTES_MAX], upper[PATH_BYTES_MAX],
-      work[PATH_BYTES_MAX];
+  char path[PATH_BYTES_MAX], upper[PATH_BYTES_MAX], work[PATH_BYTES_MAX];
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
     SETUP_FAIL("Cannot make / private: %s", strerror(errno));
 
@@ -358,9 +457,18 @@ static void setup_root(int report_fd, const char *root) {
   if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
     SETUP_FAIL("Cannot mount /proc: %s", strerror(errno));
   setup_dev(report_fd, root);
+  /* /tmp: bounded in bytes and inodes by the kernel. A writable root inside
+     /tmp takes a few inodes for its mount point's directories. */
   join_path(path, root, "tmp");
-  join_path(lower, cfg.job_dir, "tmp");
-  if (mount(lower, path, NULL, MS_BIND, NULL))
+  char tmp_opts[128] = "mode=1777";
+  if (cfg.tmp_bytes || cfg.tmp_files) {
+    unsigned long long parents = 1;
+    for (const char *p = cfg.writable_root; *p; p++) parents += *p == '/';
+    snprintf(tmp_opts, sizeof tmp_opts, "mode=1777,size=%llu,nr_inodes=%llu",
+             cfg.tmp_bytes ? cfg.tmp_bytes : 1ULL << 40,
+             cfg.tmp_files ? cfg.tmp_files + parents : 1ULL << 32);
+  }
+  if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts))
     SETUP_FAIL("Cannot mount /tmp: %s", strerror(errno));
 
   /* The writable root: an overlay whose upper layer collects the changes. A
@@ -426,6 +534,9 @@ static void run_init(int report_fd, int life_fd) {
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
       if (pid != job) continue;
+      struct statfs tmp;
+      if (statfs("/tmp", &tmp) == 0 && (tmp.f_bavail == 0 || tmp.f_ffree == 0))
+        report(report_fd, "tmpfull %s", tmp.f_bavail == 0 ? "bytes" : "files");
       if (WIFEXITED(status)) report(report_fd, "exit %d", WEXITSTATUS(status));
       else report(report_fd, "signal %d", WTERMSIG(status));
       /* Leaving kills every process left in the namespace. */
@@ -448,7 +559,7 @@ static void prepare_job_dir(void) {
   static const struct {
     const char *name;
     mode_t mode;
-  } dirs[] = {{"root", 0700}, {"upper", 0700}, {"work", 0700}, {"tmp", 01777}};
+  } dirs[] = {{"root", 0700}, {"upper", 0700}, {"work", 0700}};
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     if (join_path(path, cfg.job_dir, dirs[i].name)) fail_outer("Path too long: job dir");
     if (mkdir(path, dirs[i].mode)) fail_outer("Cannot create %s: %s", path, strerror(errno));
@@ -457,6 +568,172 @@ static void prepare_job_dir(void) {
   join_path(path, cfg.job_dir, "upper");
   if (chown(path, cfg.uid, cfg.gid) || chmod(path, st.st_mode & 07777))
     fail_outer("Cannot prepare %s: %s", path, strerror(errno));
+}
+
+/* ---------------------------------------------------------------- watch */
+
+/* What the writable layer holds, and the first limit it passed. */
+struct usage {
+  unsigned long long entries, alloc_bytes, apparent_bytes;
+};
+
+enum limit { LIMIT_NONE, LIMIT_FILES, LIMIT_DISK, LIMIT_RESULT, LIMIT_PATH };
+static const char *const LIMIT_NAMES[] = {"", "files", "disk-bytes", "result-bytes",
+                                          "path-bytes"};
+
+/* The longer of the two prefixes a path of the upper layer gets: on the
+   worker (the upper dir) and on the master (the writable root). */
+static size_t path_prefix_bytes;
+
+static enum limit over_limits(const struct usage *u) {
+  if (cfg.files && u->entries > cfg.files) return LIMIT_FILES;
+  if (cfg.disk_bytes && u->alloc_bytes > cfg.disk_bytes) return LIMIT_DISK;
+  if (cfg.result_bytes && u->apparent_bytes > cfg.result_bytes) return LIMIT_RESULT;
+  return LIMIT_NONE;
+}
+
+/* Adds the entries below the directory `fd` (closed here), whose path below
+   the upper dir is rel_bytes long, to u; stops at the first limit passed.
+   Descriptors only (no path is ever resolved), so any depth can be walked up
+   to the path limit; entries that vanish meanwhile are skipped. */
+static enum limit walk_dir(int fd, size_t rel_bytes, struct usage *u) {
+  int list_fd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = list_fd >= 0 ? fdopendir(list_fd) : NULL;
+  if (!d) {
+    if (list_fd >= 0) close(list_fd);
+    close(fd);
+    return LIMIT_NONE;
+  }
+  /* Subdirectories are walked once the listing is closed: one descriptor
+     per level, whatever the width. */
+  char *subdirs = NULL;
+  size_t subdirs_len = 0, subdirs_cap = 0;
+  enum limit hit = LIMIT_NONE;
+  struct dirent *e;
+  while (hit == LIMIT_NONE && (e = readdir(d)) != NULL) {
+    const char *name = e->d_name;
+    if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
+    size_t name_bytes = strlen(name);
+    u->entries++;
+    if (path_prefix_bytes + rel_bytes + 1 + name_bytes >= PATH_BYTES_MAX) {
+      hit = LIMIT_PATH;
+      break;
+    }
+    struct stat st;
+    if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      unsigned long long alloc = (unsigned long long)st.st_blocks * 512;
+      if (S_ISDIR(st.st_mode)) {
+        u->alloc_bytes += alloc;
+        if (subdirs_len + name_bytes + 1 > subdirs_cap) {
+          size_t cap = subdirs_cap ? 2 * subdirs_cap : 4096;
+          while (cap < subdirs_len + name_bytes + 1) cap *= 2;
+          char *grown = realloc(subdirs, cap);
+          if (!grown) {
+            hit = LIMIT_FILES; /* Out of memory: too many entries by any measure. */
+            break;
+          }
+          subdirs = grown;
+          subdirs_cap = cap;
+        }
+        memcpy(subdirs + subdirs_len, name, name_bytes + 1);
+        subdirs_len += name_bytes + 1;
+      } else {
+        /* Every link of an upper file is in the upper dir: its blocks, shared
+           among its names, add up to one copy. Each name is a whole file of
+           the result set. */
+        u->alloc_bytes += alloc / (st.st_nlink > 0 ? st.st_nlink : 1);
+        if (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode))
+          u->apparent_bytes += (unsigned long long)st.st_size;
+      }
+    }
+    hit = over_limits(u);
+  }
+  closedir(d);
+  for (size_t at = 0; hit == LIMIT_NONE && at < subdirs_len;) {
+    const char *name = subdirs + at;
+    size_t name_bytes = strlen(name);
+    at += name_bytes + 1;
+    int sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub >= 0) hit = walk_dir(sub, rel_bytes + 1 + name_bytes, u);
+    else if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) hit = LIMIT_PATH;
+  }
+  free(subdirs);
+  close(fd);
+  return hit;
+}
+
+/* The watch of the writable layer: a full measure (a walk) every
+   WATCH_PERIOD_NS_MIN or WATCH_SPACING times the last walk's duration, and
+   at once when the file system's used blocks or inodes grew by more than the
+   job has left (whoever wrote them), at most every WATCH_TRIGGERED_NS_MIN or
+   twice the last walk's duration. A job can thus pass a limit by what it
+   writes in about WATCH_POLL_MS plus one walk. */
+struct watch {
+  int upper_fd;
+  struct usage last;
+  long long base_bytes, base_inodes; /* The file system's use when the last walk began. */
+  unsigned long long next_ns, next_triggered_ns;
+};
+
+static int watching(void) { return cfg.files || cfg.disk_bytes || cfg.result_bytes; }
+
+static void fs_used(int fd, long long *bytes, long long *inodes) {
+  struct statfs s;
+  if (fstatfs(fd, &s)) {
+    *bytes = *inodes = -1;
+    return;
+  }
+  long long unit = s.f_frsize ? (long long)s.f_frsize : (long long)s.f_bsize;
+  *bytes = (long long)(s.f_blocks - s.f_bfree) * unit;
+  *inodes = (long long)(s.f_files - s.f_ffree);
+}
+
+static enum limit watch_walk(struct watch *w) {
+  unsigned long long start = monotonic_ns();
+  fs_used(w->upper_fd, &w->base_bytes, &w->base_inodes);
+  struct usage u = {0};
+  int fd = openat(w->upper_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  enum limit hit = fd >= 0 ? walk_dir(fd, 0, &u) : LIMIT_NONE;
+  unsigned long long end = monotonic_ns(), took = end - start;
+  w->last = u;
+  w->next_ns = end + (WATCH_SPACING * took > WATCH_PERIOD_NS_MIN ? WATCH_SPACING * took
+                                                                  : WATCH_PERIOD_NS_MIN);
+  w->next_triggered_ns = end + (2 * took > WATCH_TRIGGERED_NS_MIN ? 2 * took
+                                                                  : WATCH_TRIGGERED_NS_MIN);
+  return hit;
+}
+
+static int watch_due(struct watch *w) {
+  unsigned long long now = monotonic_ns();
+  if (now >= w->next_ns) return 1;
+  if (now < w->next_triggered_ns || w->base_bytes < 0) return 0;
+  long long bytes, inodes;
+  fs_used(w->upper_fd, &bytes, &inodes);
+  if (bytes < 0) return 0;
+  if (cfg.disk_bytes &&
+      bytes - w->base_bytes > (long long)cfg.disk_bytes - (long long)w->last.alloc_bytes)
+    return 1;
+  if (cfg.files && inodes - w->base_inodes > (long long)cfg.files - (long long)w->last.entries)
+    return 1;
+  return 0;
+}
+
+/* Brings up the loopback interface of the current network namespace. */
+static int loopback_up(void) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct ifreq req;
+  memset(&req, 0, sizeof req);
+  strcpy(req.ifr_name, "lo");
+  int r = ioctl(fd, SIOCGIFFLAGS, &req);
+  if (r == 0) {
+    req.ifr_flags |= IFF_UP | IFF_RUNNING;
+    r = ioctl(fd, SIOCSIFFLAGS, &req);
+  }
+  int err = errno;
+  close(fd);
+  errno = err;
+  return r;
 }
 
 /* Returns the "max" count of a pids.events file, or 0. */
@@ -489,6 +766,18 @@ int main(int argc, char **argv) {
 
   prepare_job_dir();
 
+  struct watch watch = {.upper_fd = -1};
+  if (watching()) {
+    char upper[PATH_BYTES_MAX];
+    join_path(upper, cfg.job_dir, "upper");
+    size_t a = strlen(upper), b = strlen(cfg.writable_root);
+    path_prefix_bytes = a > b ? a : b;
+    watch.upper_fd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (watch.upper_fd < 0) fail_outer("Cannot open %s: %s", upper, strerror(errno));
+    fs_used(watch.upper_fd, &watch.base_bytes, &watch.base_inodes);
+    watch.next_ns = monotonic_ns() + WATCH_PERIOD_NS_MIN;
+  }
+
   int events_fd = -1;
   if (cfg.cgroup) {
     char path[PATH_BYTES_MAX];
@@ -515,8 +804,13 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGQUIT);
   sigprocmask(SIG_BLOCK, &set, NULL);
 
-  if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS))
-    fail_outer("Cannot create namespaces: %s", strerror(errno));
+  /* A new network namespace holds only a loopback interface (down until
+     brought up): the job reaches no host, port or socket of the worker's. */
+  int ns_flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
+  if (!cfg.host_network) ns_flags |= CLONE_NEWNET;
+  if (unshare(ns_flags)) fail_outer("Cannot create namespaces: %s", strerror(errno));
+  if (!cfg.host_network && loopback_up())
+    fail_outer("Cannot bring up the job's loopback interface: %s", strerror(errno));
   pid_t init = fork();
   if (init < 0) fail_outer("Cannot fork: %s", strerror(errno));
   if (init == 0) {
@@ -528,6 +822,14 @@ int main(int argc, char **argv) {
   }
   close(report_pipe[1]);
   close(life_pipe[0]);
+  /* One descriptor per level of the writable layer while it is measured. */
+  struct rlimit files_limit = {PATH_BYTES_MAX, PATH_BYTES_MAX};
+  struct rlimit current;
+  if (watching() && getrlimit(RLIMIT_NOFILE, &current) == 0 &&
+      current.rlim_cur < files_limit.rlim_cur) {
+    if (current.rlim_max > files_limit.rlim_max) files_limit.rlim_max = current.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files_limit);
+  }
 
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sfd < 0) {
@@ -538,14 +840,16 @@ int main(int argc, char **argv) {
   char reports[REPORT_BYTES_MAX + 1];
   size_t reports_len = 0;
   int report_fd = report_pipe[0];
-  int init_done = 0, terminated = 0, processes_hit = 0;
+  int init_done = 0, terminated = 0, processes_hit = 0, walked = 0;
+  enum limit limit_hit = LIMIT_NONE;
+  int poll_ms = watching() ? WATCH_POLL_MS : events_fd >= 0 ? 100 : -1;
   while (!init_done || report_fd >= 0) {
     struct pollfd fds[3];
     int n = 0;
     fds[n++] = (struct pollfd){.fd = init_done ? -1 : sfd, .events = POLLIN};
     fds[n++] = (struct pollfd){.fd = report_fd, .events = POLLIN};
     fds[n++] = (struct pollfd){.fd = init_done ? -1 : events_fd, .events = POLLPRI};
-    if (poll(fds, (nfds_t)n, events_fd >= 0 && !init_done ? 100 : -1) < 0) {
+    if (poll(fds, (nfds_t)n, init_done ? -1 : poll_ms) < 0) {
       if (errno == EINTR) continue;
       break;
     }
@@ -566,6 +870,11 @@ int main(int argc, char **argv) {
       processes_hit = 1;
       kill(init, SIGKILL);
     }
+    if (!init_done && watching() && limit_hit == LIMIT_NONE && !processes_hit &&
+        !terminated && watch_due(&watch)) {
+      limit_hit = watch_walk(&watch);
+      if (limit_hit != LIMIT_NONE) kill(init, SIGKILL);
+    }
     struct signalfd_siginfo si;
     while (!init_done && read(sfd, &si, sizeof si) == sizeof si) {
       int sig = (int)si.ssi_signo;
@@ -583,12 +892,19 @@ int main(int argc, char **argv) {
   }
   reports[reports_len] = '\0';
 
+  /* Every process of the job is gone: the measure is exact. */
+  if (watching() && limit_hit == LIMIT_NONE && !processes_hit && !terminated) {
+    limit_hit = watch_walk(&watch);
+    walked = limit_hit == LIMIT_NONE;
+  }
+
   /* The job's status is the init's last report, unless setup or exec failed. */
-  const char *result = NULL, *ready = NULL;
+  const char *result = NULL, *ready = NULL, *tmpfull = NULL;
   for (char *line = reports; line && *line;) {
     char *next = strchr(line, '\n');
     if (next) *next++ = '\0';
     if (strncmp(line, "ready ", 6) == 0) ready = line + 6;
+    else if (strncmp(line, "tmpfull ", 8) == 0) tmpfull = line + 8;
     else if (!result || (strncmp(result, "error ", 6) != 0 && strncmp(result, "nocmd ", 6) != 0))
       result = line;
     line = next;
@@ -604,6 +920,15 @@ int main(int argc, char **argv) {
     if (t > start_ns) fprintf(f, "setup_ns %llu\n", t - start_ns);
   }
   if (processes_hit) fprintf(f, "processes 1\n");
+  if (limit_hit != LIMIT_NONE) {
+    unsigned long long max = limit_hit == LIMIT_FILES    ? cfg.files
+                             : limit_hit == LIMIT_DISK   ? cfg.disk_bytes
+                             : limit_hit == LIMIT_RESULT ? cfg.result_bytes
+                                                         : PATH_BYTES_MAX - 1;
+    fprintf(f, "limit %s %llu\n", LIMIT_NAMES[limit_hit], max);
+  }
+  if (walked) fprintf(f, "walked 1\n");
+  if (tmpfull) fprintf(f, "tmpfull %s\n", tmpfull);
   if (terminated) fprintf(f, "terminated 1\n");
   if (fclose(f) || rename(tmp_status, status_path)) {
     fprintf(stderr, "termite-launcher: Cannot write %s: %s\n", status_path, strerror(errno));

@@ -51,6 +51,9 @@ async function buildLauncher(cacheDir: string): Promise<string> {
   const sourceCopy = `${cacheDir}/launcher-${hash.slice(0, 16)}-${suffix}.c`;
   const binaryTmp = `${path}.${suffix}.tmp`;
   try {
+    // Only the cache dir itself is root-only: parents made here keep the
+    // usual mode (a 0700 .cache hid a test farm's tree from its master).
+    await Deno.mkdir(cacheDir.replace(/\/+[^/]*\/*$/, "") || "/", { recursive: true });
     await Deno.mkdir(cacheDir, { recursive: true, mode: 0o700 });
     // Compile exactly the bytes that were hashed.
     await Deno.writeFile(sourceCopy, source, { mode: 0o600 });

@@ -17,6 +17,7 @@ export {
 } from "./cgroup_tuning.ts";
 export {
   DRAIN_GRACE_MS,
+  FILES_MAX_DEFAULT,
   type JobOutcome,
   type JobSpec,
   KILL_GRACE_MS,
@@ -24,8 +25,11 @@ export {
   PIDS_CGROUP_ROOT,
   PROCESSES_MAX_DEFAULT,
   removeStaleCgroups,
+  removeTree,
+  RESULT_BYTES_MAX_DEFAULT,
   runJob,
   type RunJobOptions,
   type SandboxOptions,
+  TMP_BYTES_MAX_DEFAULT,
 } from "./job.ts";
 export { type CollectOptions, collectResultSet, RESULT_ENTRIES_MAX } from "./result_set.ts";

@@ -18,7 +18,16 @@ import {
   type RpcPeer,
 } from "../rpc/mod.ts";
 import { concat, Fuzz, FUZZ_SEED, sendAndDrain } from "./_fuzz.ts";
-import { mounts, ROOT, runIn, sampleFarm, scratchDir, withFarm } from "./_reliability.ts";
+import {
+  mounts,
+  ROOT,
+  runIn,
+  sampleFarm,
+  scratchDir,
+  sleep,
+  waitUntil,
+  withFarm,
+} from "./_reliability.ts";
 import { runScript, withWorkerDouble } from "./_worker_double.ts";
 
 const decoder = new TextDecoder();
@@ -749,10 +758,12 @@ Deno.test("hostile: jobs trying to escape the sandbox, trace or read other jobs,
     assert.equal(v.stdout, "hidden\nsurvived\n", "the other job was neither traced nor killed");
 
     // 3. Filling the disk: one big file, many files, /tmp.
-    // One file stops at the cap (SIGXFSZ: exit 128+25); what was written up to it is a result.
+    // One file stops a byte past the cap (RLIMIT_FSIZE; SIGXFSZ: exit 128+25): a
+    // truncated output, refused whole.
     const big = await sh("dd if=/dev/zero of=big.bin bs=1M count=300");
     assert.equal(big.code, 153, big.stderr);
-    assert.ok((await Deno.stat(`${tree}/big.bin`)).size <= 64 * 2 ** 20);
+    assert.match(big.stderr, /termite: .*67108864 bytes.*\(limit (disk|result)-bytes/);
+    await assert.rejects(Deno.stat(`${tree}/big.bin`), Deno.errors.NotFound);
     const many = await sh(
       "for i in 1 2 3 4 5 6 7 8; do head -c 30000000 /dev/zero > m$i.bin; done; sleep 3",
     );
@@ -773,6 +784,120 @@ Deno.test("hostile: jobs trying to escape the sandbox, trace or read other jobs,
     assert.equal(ok.stdout, "still\n", ok.stderr);
     const status = await farm.status();
     assert.equal(status.jobs.jobsLocal, 0, "every job ran on the worker");
+    assert.equal((await sampleFarm(farm)).sandboxProcesses, 0);
+  });
+});
+
+Deno.test("hostile: jobs reaching for the network, 250,000 files in /tmp, 240,000 in the tree, a 4 GiB sparse file, a tree too deep to remove, fallocate: refused by name; the worker keeps serving", async () => {
+  // The worker's default limits: --job-disk-max 8G, so 4 GiB of results, a 1 GiB /tmp, 200,000 files.
+  await withFarm("limits", { workers: 1, slotsPerWorker: 2 }, async (farm, tree) => {
+    const sh = (script: string) =>
+      runIn(tree, [`${farm.binDir}/termite-sh`, "-c", script], farm.env);
+    const cc = await runIn(tree, [
+      "gcc",
+      "-O1",
+      "-o",
+      "net_probe",
+      `${ROOT}/tests/testdata/net_probe.c`,
+    ]);
+    assert.equal(cc.code, 0, cc.stderr);
+    const warm = await sh("./net_probe");
+    assert.equal(warm.code, 0, warm.stderr);
+
+    // 1. The network: the coordinator, the worker's RPC port (on its loopback
+    // and its address), a listener of its own, the host's sockets.
+    const worker = farm.workers[0];
+    const [workerIp, workerPort] = worker.address.split(":");
+    const coordinator = `${worker.host!.hostAddress} ${farm.coordinatorPort}`;
+    const probe = sh(
+      `./net_probe connect ${coordinator} connect 127.0.0.1 ${workerPort} ` +
+        `connect ${workerIp} ${workerPort} listen 4444 4000 sockets`,
+    );
+    for (const ms of [1500, 1000]) {
+      await sleep(ms);
+      await assert.rejects(
+        Deno.connect({ hostname: workerIp, port: 4444 }),
+        /refused/i,
+        "the job's listener is not on the worker's network",
+      );
+    }
+    const net = await probe;
+    assert.equal(net.code, 0, net.stderr);
+    assert.match(
+      net.stdout,
+      new RegExp(
+        `^connect ${workerIp.replaceAll(".", "\\.")}:${workerPort} Network is unreachable$`,
+        "m",
+      ),
+    );
+    assert.match(
+      net.stdout,
+      new RegExp(`^connect 127\\.0\\.0\\.1:${workerPort} Connection refused$`, "m"),
+    );
+    assert.match(net.stdout, /^connect 10\.\S+ Network is unreachable$/m, "no coordinator");
+    assert.match(net.stdout, /^listen 4444 ok$/m);
+    assert.match(net.stdout, /^sockets 4444$/m, "no socket of the worker's in /proc/net/tcp");
+
+    // 2. 250,000 files in /tmp: stopped at 200,000 (ENOSPC), the limit named.
+    // (Through a variable: a command naming /tmp itself runs on the master.)
+    const tmp = await sh("d=/tmp; cd $d && seq 250000 | xargs touch");
+    assert.notEqual(tmp.code, 0);
+    assert.match(tmp.stderr, /No space left on device/);
+    assert.match(
+      tmp.stderr,
+      /termite: the job's \/tmp is full: 200000 files at most \(limit files\)/,
+    );
+
+    // 3. 240,000 names in the tree (hard links: a new inode costs ~0.5 ms on
+    // this disk, a link 26 µs): killed, nothing applied. (Empty files and
+    // directories: tests/sandbox_test.ts, with a lower limit.)
+    const files = await sh(
+      "mkdir many && cd many && touch a b c d && " +
+        `perl -e 'for my $f (qw(a b c d)) { link($f, "$f$_") or die "link: $!" for 1..60000 }'`,
+    );
+    assert.notEqual(files.code, 0);
+    assert.match(
+      files.stderr,
+      /termite: job killed on .*: Disk limit reached: more than 200000 files, directories and links written \(limit files\)/,
+    );
+    await assert.rejects(Deno.stat(`${tree}/many`), Deno.errors.NotFound);
+
+    // 4. A 4 GiB sparse file (1 MiB written) past the 4 GiB result limit:
+    // stopped at once (RLIMIT_FSIZE, SIGXFSZ), not stored nor sent.
+    const sparse = await sh("dd if=/dev/zero of=sparse.bin bs=1M count=1 seek=4096");
+    assert.equal(sparse.code, 128 + 25, sparse.stderr);
+    // (dd's write crosses the limit by a byte, then SIGXFSZ: the file is past
+    // it, and the launcher's measure refuses the results.)
+    assert.match(sparse.stderr, /termite: .*4294967296 bytes.* \(limit result-bytes/);
+    assert.ok((await Deno.stat(`${tree}/sparse.bin`).then((i) => i.size, () => 0)) === 0);
+    const stored = (await sampleFarm(farm)).storeBytes[0];
+    assert.ok(stored < 64 * 2 ** 20, `store holds ${stored} bytes`);
+
+    // 5. A tree 20,000 levels deep (Deno.remove overflowed its stack on it and
+    // aborted the worker).
+    const deep = await sh(
+      `perl -e 'for (1..20000) { mkdir "a" or die "mkdir: $!"; chdir "a" or die "chdir: $!" }'`,
+    );
+    assert.notEqual(deep.code, 0);
+    assert.match(
+      deep.stderr,
+      /Disk limit reached: a path longer than 4095 bytes \(limit path-bytes\)/,
+    );
+    await assert.rejects(Deno.stat(`${tree}/a`), Deno.errors.NotFound);
+
+    // 6. fallocate: 10 GB at once, past every limit, is refused.
+    const alloc = await sh(": > f && fallocate --keep-size -l 10G f");
+    assert.equal(alloc.code, 1);
+    assert.match(
+      alloc.stderr,
+      /fallocate failed: (Operation not supported|keep size mode is unsupported)/,
+    );
+
+    // The worker serves on; every job ran on it, none left anything behind.
+    const ok = await sh("echo still > still.txt; cat still.txt");
+    assert.equal(ok.stdout, "still\n", ok.stderr);
+    assert.equal((await farm.status()).jobs.jobsLocal, 0, "every job ran on the worker");
+    assert.ok(await waitUntil(async () => (await sampleFarm(farm)).jobDirs[0] === 0, 10_000));
     assert.equal((await sampleFarm(farm)).sandboxProcesses, 0);
   });
 });

@@ -213,6 +213,80 @@ Deno.test("runJob() hides the host: private /tmp, own /proc, no escape through /
   }
 });
 
+/** Compiles tests/testdata/net_probe.c into `dir` (as `net_probe`). */
+async function buildNetProbe(dir: string): Promise<string> {
+  const source = new URL("./testdata/net_probe.c", import.meta.url).pathname;
+  await run("gcc", "-O1", "-o", `${dir}/net_probe`, source);
+  return `${dir}/net_probe`;
+}
+
+/** A non-loopback IPv4 address of this host, if it has one. */
+function hostAddress(): string | undefined {
+  return Deno.networkInterfaces().find((i) => i.family === "IPv4" && !i.address.startsWith("127."))
+    ?.address;
+}
+
+/** A TCP port free on the host now. */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+Deno.test("runJob() gives a job no network: no host port reachable, its listener unseen, no host socket in /proc/net", async () => {
+  await using fx = await new Fixture().init();
+  const probe = await buildNetProbe(fx.writableRoot);
+  // The host listens on every address: what a worker's RPC port or a coordinator does.
+  using host = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+  const hostPort = (host.addr as Deno.NetAddr).port;
+  const address = hostAddress();
+  const jobPort = freePort();
+  const steps = ["connect", "127.0.0.1", String(hostPort)];
+  if (address) steps.push("connect", address, String(hostPort));
+  steps.push("listen", String(jobPort), "1500", "sockets");
+
+  let out = "";
+  let listening!: () => void;
+  const listened = new Promise<void>((resolve) => listening = resolve);
+  const job = runJob({ argv: [probe, ...steps], cwd: "/", env: { PATH }, timeoutMs: 30_000 }, {
+    ...fx.options(),
+    onStdout: (b) => {
+      out += decoder.decode(b);
+      if (out.includes(`listen ${jobPort}`)) listening();
+    },
+  });
+  await Promise.race([listened, job]);
+  // The job's listener is not reachable from the host.
+  await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: jobPort }), /refused/i);
+  const outcome = await job;
+  assert.equal(outcome.exitCode, 0, out);
+  assert.match(out, new RegExp(`^connect 127\\.0\\.0\\.1:${hostPort} Connection refused$`, "m"));
+  if (address) {
+    assert.match(out, new RegExp(`^connect ${address}:${hostPort} Network is unreachable$`, "m"));
+  }
+  assert.match(
+    out,
+    new RegExp(`^listen ${jobPort} ok$`, "m"),
+    "it may listen, on its own loopback",
+  );
+  const sockets = out.match(/^sockets(.*)$/m)![1].trim().split(" ").filter(Boolean).map(Number);
+  assert.ok(!sockets.includes(hostPort), `host sockets visible: ${out}`);
+  assert.deepEqual(sockets, [jobPort], "only its own listener");
+
+  // With the host's network (SandboxOptions.network "host"), the same probe reaches the port.
+  const shared = await capture(
+    {
+      argv: [probe, "connect", "127.0.0.1", String(hostPort)],
+      cwd: "/",
+      env: { PATH },
+      timeoutMs: 30_000,
+    },
+    fx.options({ network: "host" }),
+  );
+  assert.equal(shared.out, `connect 127.0.0.1:${hostPort} ok\n`);
+});
+
 Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {
   await using fx = await new Fixture().init();
   // Run the launcher from a shell holding /dev/fuse and a file open without close-on-exec.
@@ -427,6 +501,205 @@ Deno.test("runJob() caps memory: allocating beyond memoryBytesMax fails", async 
   const under = await fx.sh(alloc(50), { memoryBytesMax: 200 * 1024 * 1024 });
   assert.equal(under.outcome.exitCode, 0, under.err);
   assert.equal(under.out, `${50 * 1024 * 1024}\n`);
+});
+
+/** Runs `script` in the writable root with `limits`, collecting its result set if it ends well. */
+async function limited(fx: Fixture, script: string, limits: Partial<JobSpec>) {
+  let resultSet: Awaited<ReturnType<typeof collectResultSet>> | undefined;
+  const r = await fx.sh(script, {
+    ...limits,
+    run: {
+      onUpper: async (upper, lowerDir) => {
+        resultSet = await collectResultSet(upper, fx.writableRoot, fakePut, { lowerDir });
+      },
+    },
+  });
+  return { ...r, resultSet };
+}
+
+/** The sandbox still runs a job normally, and left nothing behind. */
+async function assertHealthy(fx: Fixture): Promise<void> {
+  const ok = await fx.sh("echo ok > ok.txt; cat ok.txt");
+  assert.equal(ok.out, "ok\n", ok.err);
+  assert.equal(ok.outcome.exitCode, 0);
+  const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+  assert.equal(mounts.includes(fx.base), false, "no mount left in the host namespace");
+  const left = [...Deno.readDirSync(`${fx.base}/jobs`)].map((e) => e.name);
+  assert.deepEqual(left, [], "every job dir removed");
+}
+
+Deno.test("runJob() bounds /tmp: 250,000 files stop at the files limit, bytes at tmp-bytes; the job is told which", async () => {
+  await using fx = await new Fixture().init();
+  // The attack as reported, at the default limits (200,000 files).
+  const files = await fx.sh(
+    "cd /tmp && seq 250000 | xargs touch; s=$?; echo $(ls -f | wc -l) entries; exit $s",
+    { timeoutMs: 120_000 },
+  );
+  assert.notEqual(files.outcome.exitCode, 0);
+  assert.match(files.err, /No space left on device/);
+  assert.match(files.err, /termite: the job's \/tmp is full: 200000 files at most \(limit files\)/);
+  // (ls -f counts . and .., and the writable root's mount point lies in /tmp here.)
+  const entries = Number(files.out.match(/(\d+) entries/)![1]);
+  assert.ok(entries > 190_000 && entries <= 200_008, files.out);
+
+  const bytes = await fx.sh("head -c 100000000 /dev/zero > /tmp/fill", {
+    tmpBytesMax: 8 * 2 ** 20,
+  });
+  assert.notEqual(bytes.outcome.exitCode, 0);
+  assert.match(bytes.err, /No space left on device/);
+  assert.match(bytes.err, /\/tmp is full: 8388608 bytes at most \(limit tmp-bytes\)/);
+  // By default /tmp gets the disk limit when it is below 1 GiB.
+  const small = await fx.sh("head -c 3000000 /dev/zero > /tmp/fill", { diskBytesMax: 2 ** 20 });
+  assert.match(small.err, /\/tmp is full: 1048576 bytes at most \(limit tmp-bytes\)/);
+
+  // A job that copes with a full /tmp is not told anything.
+  const coped = await fx.sh("head -c 100000 /dev/zero > /tmp/fill 2>/dev/null; rm /tmp/fill", {
+    tmpBytesMax: 65536,
+  });
+  assert.equal(coped.outcome.exitCode, 0);
+  assert.equal(coped.err, "");
+
+  // /dev/shm, the other place a job can write, has an inode cap too.
+  const shm = await fx.sh("cd /dev/shm && seq 10000 | xargs touch; echo $(ls | wc -l)");
+  assert.match(shm.err, /No space left on device/);
+  assert.ok(Number(shm.out) <= 4096, shm.out);
+  await assertHealthy(fx);
+});
+
+Deno.test("runJob() refuses a writable layer past the files limit: many empty files, many directories, hard links", async () => {
+  await using fx = await new Fixture().init();
+  const limits = { filesMax: 2000 };
+  const cases = {
+    "empty files": "seq 5000 | xargs touch",
+    "directories": "seq 5000 | sed s/^/d/ | xargs mkdir",
+    "hard links": "touch f && for i in $(seq 3000); do ln f l$i || exit; done",
+    "nested directories": "seq 3000 | sed 's|^|n/|' | xargs mkdir -p",
+  };
+  for (const [name, script] of Object.entries(cases)) {
+    const r = await limited(fx, script, limits);
+    assert.equal(r.outcome.killedBy, "disk", `${name}: ${JSON.stringify(r.outcome)}`);
+    assert.notEqual(r.outcome.exitCode, 0, name);
+    assert.match(
+      r.outcome.reason!,
+      /^Disk limit reached: more than 2000 files, directories and links written \(limit files\)$/,
+      name,
+    );
+    assert.equal(r.resultSet, undefined, `${name}: nothing collected`);
+  }
+  // Under the limit, the same job is collected whole.
+  const under = await limited(fx, "seq 1500 | xargs touch", limits);
+  assert.equal(under.outcome.exitCode, 0, under.err);
+  assert.equal(under.resultSet!.files.length, 1500);
+  await assertHealthy(fx);
+});
+
+Deno.test("runJob() judges sparse files by apparent size, hard links each in full, allocation by disk-bytes", async () => {
+  await using fx = await new Fixture().init();
+  const mib = 2 ** 20;
+  // A 4 GiB sparse file (1 MiB written) past a 64 MiB result limit: stopped at once.
+  const sparse = await limited(
+    fx,
+    "dd if=/dev/zero of=sparse.bin bs=1M count=1 seek=4095 2>&1",
+    { resultBytesMax: 64 * mib, diskBytesMax: 2 ** 30 },
+  );
+  assert.equal(sparse.outcome.exitCode, 128 + 25, JSON.stringify(sparse.outcome));
+  assert.match(
+    sparse.err,
+    /termite: a file reached the job's size limit: 67108864 bytes \(limit result-bytes; sparse files count by apparent size\)/,
+  );
+  // Sparse files each under that limit, together past it: refused after the job.
+  const many = await limited(fx, "for i in 1 2 3 4 5 6 7 8; do truncate -s 60M s$i; done", {
+    resultBytesMax: 64 * mib,
+    diskBytesMax: 2 ** 30,
+  });
+  assert.equal(many.outcome.killedBy, "disk");
+  assert.match(many.outcome.reason!, /more than 67108864 bytes in all \(limit result-bytes/);
+  assert.equal(many.resultSet, undefined);
+  // Hard links: one copy on the disk, but each name is a file of the result set.
+  const links = await limited(
+    fx,
+    "head -c 1048576 /dev/urandom > f && for i in $(seq 40); do ln f l$i; done",
+    { resultBytesMax: 16 * mib, diskBytesMax: 4 * mib },
+  );
+  assert.equal(links.outcome.killedBy, "disk");
+  assert.match(links.outcome.reason!, /\(limit result-bytes/);
+  // Allocated bytes: dense files past disk-bytes.
+  const dense = await limited(
+    fx,
+    "for i in 1 2 3; do head -c 4000000 /dev/urandom > d$i; done",
+    { diskBytesMax: 8 * mib, resultBytesMax: 2 ** 30 },
+  );
+  assert.equal(dense.outcome.killedBy, "disk");
+  assert.match(dense.outcome.reason!, /more than 8388608 bytes of disk .*\(limit disk-bytes\)/);
+  // A sparse file under the limits stays as it is: its apparent size, no disk taken.
+  const ok = await limited(fx, "truncate -s 32M ok.bin", {
+    resultBytesMax: 64 * mib,
+    diskBytesMax: 4 * mib,
+  });
+  assert.equal(ok.outcome.exitCode, 0, ok.err);
+  assert.deepEqual(ok.resultSet!.files.map((f) => [f.path, f.size]), [
+    [`${fx.writableRoot}/ok.bin`, 32 * mib],
+  ]);
+  await assertHealthy(fx);
+});
+
+Deno.test("runJob() counts extended attributes as disk; a tree deeper than any path is refused and removed", async () => {
+  await using fx = await new Fixture().init();
+  // Extended attributes take a block each on ext4: disk-bytes, not result bytes.
+  const xattrs = await limited(
+    fx,
+    `python3 -c '
+import os
+for i in range(1000):
+    open(f"x{i}", "w").close()
+    os.setxattr(f"x{i}", "user.pad", b"x" * 3000)
+'`,
+    { diskBytesMax: 2 * 2 ** 20 },
+  );
+  assert.equal(xattrs.outcome.killedBy, "disk", xattrs.err);
+  assert.match(xattrs.outcome.reason!, /\(limit disk-bytes\)/);
+
+  // 20,000 levels: a recursive removal in the worker's process overflowed its
+  // stack on it and aborted the worker.
+  const deep = await limited(
+    fx,
+    `perl -e 'for (1..20000) { mkdir "a" or die "mkdir: $!"; chdir "a" or die "chdir: $!" }'`,
+    {},
+  );
+  assert.equal(deep.outcome.killedBy, "disk", deep.err);
+  assert.match(deep.outcome.reason!, /a path longer than 4095 bytes \(limit path-bytes\)/);
+  await assertHealthy(fx);
+});
+
+Deno.test("runJob() refuses fallocate that allocates (10 GB in one call, past every limit) and io_uring; writes still work", async () => {
+  await using fx = await new Fixture().init();
+  const r = await limited(
+    fx,
+    `: > f; fallocate --keep-size -l 10G f; echo keep-size $?
+fallocate -l 1M g; echo allocate $?
+head -c 8192 /dev/zero > h; fallocate --punch-hole -o 0 -l 4096 h; echo punch-hole $?
+python3 -c '
+import ctypes, os
+fd = os.open("p", os.O_RDWR | os.O_CREAT)
+os.posix_fallocate(fd, 0, 1 << 20)
+print("posix_fallocate", os.fstat(fd).st_size)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall(425, 8, None)
+print("io_uring_setup:", os.strerror(ctypes.get_errno()))
+'`,
+    { diskBytesMax: 64 * 2 ** 20 },
+  );
+  assert.equal(r.outcome.killedBy, undefined, JSON.stringify(r.outcome));
+  assert.equal(
+    r.out,
+    "keep-size 1\nallocate 1\npunch-hole 0\nposix_fallocate 1048576\n" +
+      "io_uring_setup: Function not implemented\n",
+    r.err,
+  );
+  assert.match(r.err, /fallocate failed: Operation not supported/);
+  // posix_fallocate fell back to writing: the file is whole.
+  assert.equal(r.resultSet!.files.find((f) => f.path.endsWith("/p"))?.size, 2 ** 20);
+  await assertHealthy(fx);
 });
 
 Deno.test("runJob() isolates concurrent jobs from each other", async () => {

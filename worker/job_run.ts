@@ -35,8 +35,14 @@ export interface JobRunnerOptions {
   jobTimeoutMsMax?: number;
   memoryBytesMax?: number;
   processesMax?: number;
-  /** Bytes a job may write (files in its writable layer and /tmp); default no limit. */
+  /**
+   * Bytes of disk a job's writable layer may take (allocated; its results, by
+   * apparent size, up to the same or 4 GiB; its /tmp up to the same or 1 GiB);
+   * default no limit. See sandbox/job.ts's JobSpec.
+   */
   jobDiskBytesMax?: number;
+  /** Jobs share the worker's network; by default each has only a loopback of its own. */
+  jobNetwork?: boolean;
   log(message: string): void;
   /** Keeps background work (a job's clean-up) to wait for at close. */
   track(work: Promise<void>): void;
@@ -191,6 +197,7 @@ export class JobRunner {
       writableRoot: mirror.writableRoot,
       jobDir: `${options.cacheDir}/jobs/${safeName(params.jobId)}`,
       launcherCacheDir: `${options.cacheDir}/launcher`,
+      network: options.jobNetwork ? "host" : "none",
       signal: ctx.signal,
       deferCleanup: (cleanup) => options.track(cleanup),
       onStdout: (data) => ctx.sendChunk({ fd: 1, data }),

@@ -26,6 +26,7 @@ import {
   ensureLauncher,
   favorCgroupMigrations,
   removeStaleCgroups,
+  removeTree,
 } from "../sandbox/mod.ts";
 import { checkJobParams, JobRunner, startHeartbeat } from "./job_run.ts";
 import { JobStdin } from "./job_stdin.ts";
@@ -55,8 +56,14 @@ export interface WorkerOptions {
   jobTimeoutMsMax?: number;
   memoryBytesMax?: number;
   processesMax?: number;
-  /** Bytes a job may write (files in its writable layer and /tmp); default no limit. */
+  /**
+   * Bytes of disk a job's writable layer may take (allocated; its results, by
+   * apparent size, up to the same or 4 GiB; its /tmp up to the same or 1 GiB);
+   * default no limit. See sandbox/job.ts's JobSpec.
+   */
   jobDiskBytesMax?: number;
+  /** Jobs share the worker's network; by default each has only a loopback of its own. */
+  jobNetwork?: boolean;
   /**
    * Mount a `favordynmods` cgroup hierarchy while running, so that moving each
    * job into its pids cgroup does not wait for an RCU grace period (14–28 ms
@@ -110,7 +117,8 @@ export class Worker implements AsyncDisposable {
     await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
     // Leftovers of a crashed worker: dead mounts and job directories.
     await removeStaleMirrors(options.cacheDir);
-    await Deno.remove(`${options.cacheDir}/jobs`, { recursive: true }).catch(() => {});
+    // (At any depth: a crashed job may have left a tree too deep for Deno.remove.)
+    await removeTree(`${options.cacheDir}/jobs`).catch(() => {});
     await Deno.mkdir(`${options.cacheDir}/jobs`, { recursive: true, mode: 0o700 });
     await removeStaleCgroups().catch(() => {});
     let dynmods: DynmodsMount | null = null;
