@@ -34,7 +34,8 @@ const FLAGS: FlagSpecs = {
     type: "string",
     value: "N",
     default: "4",
-    help: "slots to reserve on each worker (make -j should be about workers × this)",
+    help:
+      "jobs to run at once on each worker, at most its slots; a worker holds nothing for an idle master and shares its slots in turn between the masters whose jobs wait (make -j should be about workers × this)",
   },
   socket: {
     type: "string",

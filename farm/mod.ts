@@ -137,6 +137,7 @@ export class Farm implements AsyncDisposable {
   workers: FarmWorker[] = [];
   #options: FarmOptions;
   #hosts: { name: string; n: number }[] = [];
+  #otherMasters: FarmProcess[] = [];
 
   private constructor(options: FarmOptions) {
     this.#options = options;
@@ -306,10 +307,33 @@ export class Farm implements AsyncDisposable {
 
   /** Starts the master (again, with the same cache dir; a new status port). */
   async startMaster(): Promise<void> {
-    const o = this.#options;
     const restart = this.statusPort !== 0;
+    const { process, statusPort } = await this.#spawnMaster("master", this.tree, restart);
+    this.master = process;
+    this.statusPort = statusPort;
+  }
+
+  /**
+   * Starts another master on the same farm, in another build tree (its cache
+   * dir and log named `name`); stopped with the farm.
+   */
+  async startOtherMaster(
+    name: string,
+    tree: string,
+  ): Promise<{ process: FarmProcess; statusPort: number }> {
+    const started = await this.#spawnMaster(name, tree, false);
+    this.#otherMasters.push(started.process);
+    return started;
+  }
+
+  async #spawnMaster(
+    name: string,
+    tree: string,
+    append: boolean,
+  ): Promise<{ process: FarmProcess; statusPort: number }> {
+    const o = this.#options;
     const master = await spawn({
-      name: "master",
+      name,
       cmd: [
         Deno.execPath(),
         "run",
@@ -322,18 +346,17 @@ export class Farm implements AsyncDisposable {
         "--jobs",
         String(o.slotsPerWorker ?? 2),
         "--cache-dir",
-        `${this.dir}/master-cache`,
+        `${this.dir}/${name}-cache`,
         "--status-port",
         "0",
         ...(o.masterArgs ?? []),
       ],
-      cwd: this.tree,
+      cwd: tree,
       logDir: this.#logDir,
       ready: /status on http:\/\/127\.0\.0\.1:(\d+)\//,
-      append: restart,
+      append,
     });
-    this.master = master;
-    this.statusPort = Number(master.match[1]);
+    return { process: master, statusPort: Number(master.match[1]) };
   }
 
   /** The master's status (its status page as JSON). */
@@ -422,7 +445,8 @@ export class Farm implements AsyncDisposable {
         await p.done;
       }
     };
-    await stopOne(this.master);
+    await Promise.all([this.master, ...this.#otherMasters].map((m) => stopOne(m)));
+    this.#otherMasters = [];
     await Promise.all(this.workers.map((w) => stopOne(w)));
     await stopOne(this.coordinator);
     for (const h of this.#hosts) await removeHost(h.name, h.n);

@@ -1,6 +1,7 @@
 /**
  * The master's workers: connections to the workers the coordinator lists,
- * each with the slots it reserved for this master. Which job runs where is
+ * each with the jobs this master may run there at once (the worker takes a
+ * slot per job and shares its slots in turn between masters). Which job runs where is
  * the {@linkcode Dispatch} state machine's choice; the pool feeds it the
  * connections' events and the clock, and carries out what it decides.
  */
@@ -142,9 +143,9 @@ export class WorkerPool {
         return;
       }
       if (reply.slots <= 0) {
-        this.#options.log(`worker ${info.address} has no free slots`);
+        this.#options.log(`worker ${info.address} takes no jobs (draining)`);
         peer.close();
-        this.#apply(this.#dispatch.down(info.id, `${info.address} has no free slots`));
+        this.#apply(this.#dispatch.down(info.id, `${info.address} takes no jobs (draining)`));
         return;
       }
       const worker: PooledWorker = {
@@ -158,7 +159,7 @@ export class WorkerPool {
         jobsFailed: 0,
       };
       this.#workers.set(info.id, worker);
-      this.#options.log(`worker ${info.address}: ${reply.slots} slots reserved`);
+      this.#options.log(`worker ${info.address}: up to ${reply.slots} jobs at once`);
       peer.closed.then(() => {
         if (this.#workers.get(info.id) === worker) {
           this.#options.log(`lost worker ${info.address}`);

@@ -59,7 +59,10 @@ async function scratch(): Promise<string> {
 }
 
 async function writeSecret(path: string, bytes: number): Promise<void> {
-  await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(bytes)), { mode: 0o600 });
+  const secret = crypto.getRandomValues(new Uint8Array(bytes));
+  // Trailing whitespace does not count: end on a byte that is not.
+  if (bytes > 0) secret[bytes - 1] = 0x78;
+  await Deno.writeFile(path, secret, { mode: 0o600 });
   await Deno.chmod(path, 0o600);
 }
 
@@ -160,7 +163,7 @@ Deno.test("every role's --help exits 0 and shows each flag's default (or that it
   assert.match(coordinator.get("http-port")!, /\(default: 1231\)/);
   assert.match(worker.get("port")!, /\(default: 1232\)/);
   assert.match(worker.get("jobs")!, /\(default: the number of CPUs/);
-  assert.match(master.get("jobs")!, /slots to reserve on each worker.*\(default: 4\)/);
+  assert.match(master.get("jobs")!, /jobs to run at once on each worker.*\(default: 4\)/);
 });
 
 Deno.test("wrapper.ts --help exits 0; with no tool at all it exits 2", async () => {

@@ -158,6 +158,55 @@ Deno.test("e2e: 200 small jobs through make -j16 against 2 workers × 2 slots", 
   });
 });
 
+Deno.test("e2e: two masters building at once on one worker both run every job there", async () => {
+  // One worker with 2 slots, two builds of -j4 each: slots are taken per job
+  // and shared in turn, so neither build is shut out (before, the first master
+  // reserved both slots and the second ran all its jobs locally).
+  await withFarm("share", { workers: 1, slots: 2 }, async (farm, tree) => {
+    const other = `${farm.dir}/../other`;
+    await Deno.mkdir(other);
+    await Deno.chmod(other, 0o755);
+    const n = 12;
+    const body = Array.from(
+      { length: 60 },
+      (_, k) =>
+        `int g${k}(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * ${k}; return s; }`,
+    ).join("\n");
+    for (const dir of [tree, other]) {
+      for (let i = 0; i < n; i++) {
+        await Deno.writeTextFile(`${dir}/f${i}.c`, `${body}\nint f${i};\n`);
+      }
+      await Deno.writeTextFile(
+        `${dir}/Makefile`,
+        `all: ${Array.from({ length: n }, (_, i) => `f${i}.o`).join(" ")}\n` +
+          `%.o: %.c\n\tgcc -O2 -c $< -o $@\n`,
+      );
+    }
+    const second = await farm.startOtherMaster("master-2", other);
+    const statusOf = async (port: number) =>
+      await (await fetch(`http://127.0.0.1:${port}/status.json`)).json();
+    const deadline = Date.now() + 30_000;
+    while ((await statusOf(second.statusPort)).workers.length < 1) {
+      if (Date.now() > deadline) throw new Error("The second master never reached the worker");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const [a, b] = await Promise.all([
+      runIn(tree, ["make", "-j4"], farm.env),
+      runIn(other, ["make", "-j4"], farm.env),
+    ]);
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(b.code, 0, b.stderr);
+    for (
+      const [name, port] of [["first", farm.statusPort], ["second", second.statusPort]] as const
+    ) {
+      const { jobs } = await statusOf(port);
+      assert.equal(jobs.jobsRemote, n, `${name} master: ${JSON.stringify(jobs)}`);
+      assert.equal(jobs.jobsLocal, 0, `${name} master ran jobs locally: ${JSON.stringify(jobs)}`);
+    }
+    for (let i = 0; i < n; i++) assert.ok(await sameBytes(`${tree}/f${i}.o`, `${other}/f${i}.o`));
+  });
+});
+
 Deno.test("e2e: a worker killed during a job: the job is retried and the build completes", async () => {
   await withFarm("kill", { slots: 2 }, async (farm, tree) => {
     const n = 12;

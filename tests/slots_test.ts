@@ -81,3 +81,23 @@ Deno.test("FairSlots refuses past its queue bound and follows a resize", async (
   slots.resize(1);
   (await late)();
 });
+
+Deno.test("FairSlots: a drained worker rejects the waiting jobs and lets running ones finish", async () => {
+  const slots = new FairSlots({ slots: 1, waitingMax: 10 });
+  const release = await slots.acquire("a");
+  const waiting = [slots.acquire("a"), slots.acquire("b")];
+  slots.resize(0);
+  slots.rejectWaiting(() => new Error("draining"));
+  for (const w of waiting) await assert.rejects(w, /draining/);
+  assert.equal(slots.waiting, 0);
+  assert.equal(slots.busy, 1);
+  release();
+  assert.equal(slots.busy, 0);
+  const late = slots.acquire("c");
+  let granted = false;
+  late.then(() => granted = true, () => {});
+  await tick();
+  assert.equal(granted, false, "no slot is granted while drained");
+  slots.rejectWaiting(() => new Error("gone"));
+  await assert.rejects(late, /gone/);
+});

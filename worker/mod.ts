@@ -5,7 +5,7 @@
  * `mirror_blobs.ts`, `mirror_prefetch.ts`, `mirror_readdir.ts`), mounted and
  * dropped by `mirrors.ts`; per job a sandbox over it (`job_run.ts`), whose
  * results go back in parts when large (`result_parts.ts`); job slots shared
- * fairly between masters (`slots.ts`, not wired in yet).
+ * fairly between masters, taken per job (`slots.ts`).
  *
  * @module
  */

@@ -18,6 +18,7 @@ export interface FairSlotsOptions {
 
 interface Waiter {
   grant: () => void;
+  reject: (err: Error) => void;
 }
 
 export class FairSlots {
@@ -75,6 +76,10 @@ export class FairSlots {
           signal?.removeEventListener("abort", onAbort);
           resolve(this.#take(master));
         },
+        reject: (err) => {
+          signal?.removeEventListener("abort", onAbort);
+          reject(err);
+        },
       };
       const onAbort = () => {
         const queue = this.#queues.get(master);
@@ -91,6 +96,17 @@ export class FairSlots {
       else this.#queues.set(master, [waiter]);
       this.#waiting++;
     });
+  }
+
+  /**
+   * Rejects every waiting job with the error `reason` makes (a draining
+   * worker); running ones keep their slots.
+   */
+  rejectWaiting(reason: () => Error): void {
+    const queues = [...this.#queues.values()];
+    this.#queues.clear();
+    this.#waiting = 0;
+    for (const queue of queues) for (const waiter of queue) waiter.reject(reason());
   }
 
   #take(master: string): () => void {

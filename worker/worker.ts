@@ -31,6 +31,10 @@ import {
 import { checkJobParams, JobRunner, startHeartbeat } from "./job_run.ts";
 import { JobStdin } from "./job_stdin.ts";
 import { type Mirror, Mirrors, MIRRORS_MAX_DEFAULT, removeStaleMirrors } from "./mirrors.ts";
+import { FairSlots, SlotsFullError } from "./slots.ts";
+
+/** Jobs waiting for a slot, over all masters, at most this many per slot. */
+const WAITING_PER_SLOT_MAX = 16;
 
 export { MIRRORS_MAX_DEFAULT };
 
@@ -75,6 +79,7 @@ export interface WorkerOptions {
   onSecretMismatch?: (error: Error) => void;
 }
 
+/** A master's connection: its mirror's parameters and the slots it may use at once. */
 interface Reservation {
   params: MirrorOpenParams;
   slots: number;
@@ -91,7 +96,8 @@ export class Worker implements AsyncDisposable {
   #jobs: JobRunner;
   #reservations = new Map<RpcPeer, Reservation>();
   #stdin = new JobStdin();
-  #running = 0;
+  /** Slots are taken per job, shared in turn between the masters whose jobs wait. */
+  #slots: FairSlots;
   #background = new Set<Promise<void>>();
   #draining = false;
   #idleTimer?: ReturnType<typeof setInterval>;
@@ -103,6 +109,10 @@ export class Worker implements AsyncDisposable {
     this.#options = options;
     const log = this.#log = options.log ?? ((m) => console.error(`termite worker: ${m}`));
     this.#store = store;
+    this.#slots = new FairSlots({
+      slots: options.jobs,
+      waitingMax: options.jobs * WAITING_PER_SLOT_MAX,
+    });
     this.#mirrors = new Mirrors({
       cacheDir: options.cacheDir,
       store,
@@ -181,6 +191,11 @@ export class Worker implements AsyncDisposable {
       onSecretMismatch: this.#options.onSecretMismatch,
       onDrain: () => {
         this.#draining = true;
+        // Running jobs finish; jobs still waiting for a slot go elsewhere.
+        this.#slots.resize(0);
+        this.#slots.rejectWaiting(
+          () => new RpcError("DRAINING", "The worker is draining: it takes no new jobs"),
+        );
       },
       onStop: () => {
         this.close().catch(() => {});
@@ -195,16 +210,10 @@ export class Worker implements AsyncDisposable {
       address: this.address,
       hostname: hostname(),
       slots: this.#draining ? 0 : this.#options.jobs,
-      jobsRunning: this.#running,
+      jobsRunning: this.#slots.busy,
       load: Deno.loadavg()[0],
       version: VERSION,
     };
-  }
-
-  #reservedSlots(): number {
-    let n = 0;
-    for (const r of this.#reservations.values()) n += r.slots;
-    return n;
   }
 
   #handlers(peer: RpcPeer) {
@@ -260,8 +269,11 @@ export class Worker implements AsyncDisposable {
     }
     if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
     await this.#mirrors.mirrorFor(peer, params);
-    const free = this.#draining ? 0 : this.#options.jobs - this.#reservedSlots();
-    const slots = Math.max(0, Math.min(Math.floor(params.slots), free));
+    // Nothing is held for the master while it is idle: slots are taken per job
+    // (#jobRun), so every master may use them all and those who wait share.
+    const slots = this.#draining
+      ? 0
+      : Math.max(0, Math.min(Math.floor(params.slots), this.#options.jobs));
     this.#reservations.set(peer, { params, slots });
     return { slots, workerId: this.id };
   }
@@ -271,11 +283,30 @@ export class Worker implements AsyncDisposable {
     if (!reservation) throw new RpcError("BAD_REQUEST", "No mirror open on this connection");
     checkJobParams(params);
     if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
-    const mirror = await this.#mirrors.mirrorFor(peer, reservation.params);
-    mirror.jobs++;
-    this.#running++;
-    this.stats.jobs++;
+    if (this.#draining) {
+      throw new RpcError("DRAINING", "The worker is draining: it takes no new jobs");
+    }
+    // The master hears from the job while it waits for its turn.
     const heartbeat = startHeartbeat(ctx, params.heartbeatMs);
+    let release: () => void;
+    try {
+      release = await this.#slots.acquire(reservation.params.masterId, ctx.signal);
+    } catch (err) {
+      clearInterval(heartbeat);
+      if (err instanceof SlotsFullError) throw new RpcError("LIMIT", err.message);
+      if (err instanceof RpcError) throw err;
+      throw new RpcError("CANCELLED", "Job cancelled while waiting for a slot");
+    }
+    let mirror: Mirror;
+    try {
+      mirror = await this.#mirrors.mirrorFor(peer, reservation.params);
+    } catch (err) {
+      clearInterval(heartbeat);
+      release();
+      throw err;
+    }
+    mirror.jobs++;
+    this.stats.jobs++;
     const stdinEnd = new AbortController();
     try {
       await this.#mirrors.applyUpdates(mirror, params.updates, params.reset);
@@ -295,7 +326,7 @@ export class Worker implements AsyncDisposable {
       this.#stdin.delete(params.jobId);
       mirror.jobs--;
       mirror.lastUsedMs = Date.now();
-      this.#running--;
+      release();
     }
   }
 
