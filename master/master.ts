@@ -616,6 +616,14 @@ export class Master implements AsyncDisposable {
           await this.#pool.end(job, worker, { kind: "cancelled" });
           return { code: 130, error: "cancelled" };
         }
+        if (err instanceof RpcError && err.code === "OUTSIDE" && !hold.committed) {
+          // It wrote where the worker ships nothing back (its private /tmp,
+          // say through a variable no argv check sees): it runs here, once.
+          await this.#pool.end(job, worker, { kind: "cancelled" });
+          this.stats.jobsOutside++;
+          this.#log(`running ${request.argv[0]} here: ${err.message}`);
+          return await this.#runLocal(request, io, true, false);
+        }
         worker.jobsFailed++;
         this.#workerStats(worker).failed++;
         const why = (err as Error).message;

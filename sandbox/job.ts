@@ -118,6 +118,11 @@ export interface JobOutcome {
   reason?: string;
   /** Launcher start to the job's exec, measured inside the launcher. */
   launcherMs?: number;
+  /**
+   * The first entry the job left in its private /tmp (thrown away with the
+   * sandbox): an output there would be lost.
+   */
+  leftInTmp?: string;
 }
 
 /** Callbacks and cancellation of {@linkcode runJob}. */
@@ -522,6 +527,8 @@ interface StatusReport {
   walked: boolean;
   /** The job ended with its /tmp full: of bytes or of inodes. */
   tmpFull?: string;
+  /** The first entry the job left in its /tmp. */
+  tmpLeft?: string;
 }
 
 async function readStatus(jobDir: string): Promise<StatusReport | null> {
@@ -540,6 +547,7 @@ async function readStatus(jobDir: string): Promise<StatusReport | null> {
     else if (key === "processes") report.processes = true;
     else if (key === "walked") report.walked = true;
     else if (key === "tmpfull") report.tmpFull = value;
+    else if (key === "tmpleft") report.tmpLeft = value;
     else if (key === "limit") {
       const [name, max] = splitFirst(value);
       report.limit = { name, max: Number(max) };
@@ -577,6 +585,7 @@ function interpret(
   if (report.setupNs !== undefined && Number.isFinite(report.setupNs)) {
     outcome.launcherMs = report.setupNs / 1e6;
   }
+  if (report.tmpLeft !== undefined) outcome.leftInTmp = report.tmpLeft;
   if (kind === "error") {
     throw new SandboxError(`Cannot start the job: ${rest}`);
   } else if (kind === "exit") {

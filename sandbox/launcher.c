@@ -499,6 +499,30 @@ static void setup_root(int report_fd, const char *root) {
   if (chroot(root) || chdir("/")) SETUP_FAIL("Cannot chroot to %s: %s", root, strerror(errno));
 }
 
+/* Names the first entry the job left in its private /tmp ("tmpleft /tmp/NAME"):
+   it is thrown away with the sandbox, so an output written there would be
+   lost, and the worker has the job run again on the master. A writable root
+   inside /tmp has its mount point's first directory there: not counted. */
+static void report_tmp_left(int fd) {
+  DIR *d = opendir("/tmp");
+  if (!d) return;
+  const char *skip = NULL;
+  size_t skip_len = 0;
+  if (strncmp(cfg.writable_root, "/tmp/", 5) == 0) {
+    skip = cfg.writable_root + 5;
+    const char *slash = strchr(skip, '/');
+    skip_len = slash ? (size_t)(slash - skip) : strlen(skip);
+  }
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    if (skip && strlen(e->d_name) == skip_len && strncmp(e->d_name, skip, skip_len) == 0) continue;
+    report(fd, "tmpleft /tmp/%s", e->d_name);
+    break;
+  }
+  closedir(d);
+}
+
 static void run_init(int report_fd, int life_fd) {
   /* Die with the outer launcher; it may already be gone (then the pipe
      reports a hang-up). */
@@ -534,6 +558,7 @@ static void run_init(int report_fd, int life_fd) {
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
       if (pid != job) continue;
+      report_tmp_left(report_fd);
       struct statfs tmp;
       if (statfs("/tmp", &tmp) == 0 && (tmp.f_bavail == 0 || tmp.f_ffree == 0))
         report(report_fd, "tmpfull %s", tmp.f_bavail == 0 ? "bytes" : "files");
@@ -899,12 +924,13 @@ int main(int argc, char **argv) {
   }
 
   /* The job's status is the init's last report, unless setup or exec failed. */
-  const char *result = NULL, *ready = NULL, *tmpfull = NULL;
+  const char *result = NULL, *ready = NULL, *tmpfull = NULL, *tmpleft = NULL;
   for (char *line = reports; line && *line;) {
     char *next = strchr(line, '\n');
     if (next) *next++ = '\0';
     if (strncmp(line, "ready ", 6) == 0) ready = line + 6;
     else if (strncmp(line, "tmpfull ", 8) == 0) tmpfull = line + 8;
+    else if (strncmp(line, "tmpleft ", 8) == 0) tmpleft = line + 8;
     else if (!result || (strncmp(result, "error ", 6) != 0 && strncmp(result, "nocmd ", 6) != 0))
       result = line;
     line = next;
@@ -929,6 +955,7 @@ int main(int argc, char **argv) {
   }
   if (walked) fprintf(f, "walked 1\n");
   if (tmpfull) fprintf(f, "tmpfull %s\n", tmpfull);
+  if (tmpleft) fprintf(f, "tmpleft %s\n", tmpleft);
   if (terminated) fprintf(f, "terminated 1\n");
   if (fclose(f) || rename(tmp_status, status_path)) {
     fprintf(stderr, "termite-launcher: Cannot write %s: %s\n", status_path, strerror(errno));

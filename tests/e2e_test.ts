@@ -553,6 +553,30 @@ Deno.test("e2e: an output or include outside the tree is never lost: such a comp
       assert.ok((await Deno.stat(`${varTmp}/x.o`)).size > 0, "-o under /var/tmp");
       const after = (await farm.status()).jobs;
       assert.equal(after.jobsOutside - before.jobsOutside, 2);
+      // Through a variable no argv check sees (base64 of "/tmp"): the worker
+      // finds the object left in the job's private /tmp, and the master runs
+      // the job itself.
+      await Deno.writeTextFile(`${tree}/y.c`, "int y(void) { return 3; }\n");
+      const name = `termite-via-variable-${crypto.randomUUID()}.o`;
+      try {
+        const viaVariable = await runIn(
+          tree,
+          [
+            `${farm.binDir}/termite-sh`,
+            "-c",
+            `d=$(echo L3RtcA== | base64 -d); gcc -c y.c -o $d/${name}`,
+          ],
+          farm.env,
+        );
+        assert.equal(viaVariable.code, 0, viaVariable.stderr);
+        assert.equal(viaVariable.stderr, "");
+        assert.ok((await Deno.stat(`/tmp/${name}`)).size > 0, "-o /tmp/... through a variable");
+        const jobs = (await farm.status()).jobs;
+        const logs = await Deno.readTextFile(`${farm.dir}/logs/master.log`);
+        assert.equal(jobs.jobsOutside - before.jobsOutside, 3, `${JSON.stringify(jobs)}\n${logs}`);
+      } finally {
+        await Deno.remove(`/tmp/${name}`).catch(() => {});
+      }
       // An ordinary compile still runs remotely.
       const inside = await runIn(tree, ["gcc", `-I${tree}`, "-c", "x.c", "-DFAR=1"], farm.env);
       assert.notEqual(inside.code, 0, "far.h is not in the tree: the remote compile fails");

@@ -976,3 +976,15 @@ Deno.test("favorCgroupMigrations() reports why it could not mount, without throw
     await Deno.remove(base, { recursive: true });
   }
 });
+
+Deno.test("runJob() names what a job left in its private /tmp (an output there would be lost)", async () => {
+  await using fx = await new Fixture().init();
+  const clean = await fx.sh("t=$(mktemp) && echo x > $t && rm $t && echo done > out.txt");
+  assert.equal(clean.outcome.exitCode, 0, clean.err);
+  assert.equal(clean.outcome.leftInTmp, undefined, "a temporary file removed is not counted");
+  const left = await fx.sh("d=$(echo L3RtcA== | base64 -d); echo x > $d/result.o");
+  assert.equal(left.outcome.exitCode, 0, left.err);
+  assert.equal(left.outcome.leftInTmp, "/tmp/result.o");
+  const dir = await fx.sh("mkdir -p /tmp/a/b");
+  assert.equal(dir.outcome.leftInTmp, "/tmp/a");
+});

@@ -121,6 +121,14 @@ export class JobRunner {
       this.#options.log(`job ${params.argv[0]} failed on a stale file handle; asking for a retry`);
       throw new RpcError("ESTALE", "The job hit a stale file handle in the mirror");
     }
+    if (outcome.leftInTmp !== undefined && outcome.killedBy === undefined) {
+      // Its private /tmp goes with the sandbox: what it wrote there (say
+      // `gcc -o /tmp/x.o`, or a path behind a variable) would be lost here.
+      throw new RpcError(
+        "OUTSIDE",
+        `The job left ${outcome.leftInTmp} in its /tmp, which is not shipped back`,
+      );
+    }
     let resultSet = ran.resultSet;
     // Killed by the sandbox (time, processes, disk): its changes are dropped and
     // the kill reported as the job's own outcome. Not an error of this worker,
