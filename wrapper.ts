@@ -20,7 +20,9 @@ Normally not run by hand: symlink bin/termite-wrap under each tool's name
 put first in PATH; each link then behaves exactly like the tool, its command
 running on a worker (or here, when .termite-localrc says so). Linked as
 \`termite\`, it is a compiler launcher: \`termite gcc -c x.c\`, as CMake's
--DCMAKE_C_COMPILER_LAUNCHER=/path/to/links/termite uses it.
+-DCMAKE_C_COMPILER_LAUNCHER=/path/to/links/termite uses it. Linked as
+\`termite-make\`, it runs make with as many jobs at once as the farm has
+slots, following workers as they join and leave (a GNU make jobserver).
 
 flags:
   --as TOOL  the tool to run (default: the name the wrapper was started as)
@@ -61,6 +63,11 @@ export async function main(args: string[], wrapperDir?: string): Promise<number>
     }
     console.error("termite wrapper: usage: wrapper.ts --as TOOL [ARGS...] (see --help)");
     return 2;
+  }
+  if (tool === "termite-make") {
+    // make with a jobserver that follows the farm's slots (loaded only here).
+    const { runElasticMake } = await import("./wrapper/elastic_make.ts");
+    return await runElasticMake({ args, cwd: Deno.cwd(), env: Deno.env.toObject() });
   }
   if (LAUNCHER_NAMES.has(tool)) {
     // A compiler launcher (CMake's CMAKE_<LANG>_COMPILER_LAUNCHER, like ccache):

@@ -175,7 +175,8 @@ export class Farm implements AsyncDisposable {
     await Deno.writeFile(this.secretPath, secret, { mode: 0o600 });
     await Deno.chmod(this.secretPath, 0o600);
     for (
-      const tool of o.tools ?? ["gcc", "cc", "g++", "c++", "ar", "ranlib", "termite-sh", "termite"]
+      const tool of o.tools ??
+        ["gcc", "cc", "g++", "c++", "ar", "ranlib", "termite-sh", "termite", "termite-make"]
     ) {
       await Deno.remove(`${this.binDir}/${tool}`).catch(() => {});
       await Deno.symlink(`${ROOT}/bin/termite-wrap`, `${this.binDir}/${tool}`);

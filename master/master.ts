@@ -39,6 +39,7 @@ import {
 } from "./local_rules.ts";
 import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf } from "./paths.ts";
 import { SOCKET_NAME } from "../wrapper/client.ts";
+import type { FarmSlots } from "../wrapper/protocol.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { TreeWatcher } from "./tree_watcher.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
@@ -299,6 +300,7 @@ export class Master implements AsyncDisposable {
   #rulesStamp = "";
   #rulesError: string | null = null;
   #localSlots: Semaphore;
+  readonly #localJobsMax: number;
   #tree: Beneath;
   #control: ControlPaths;
   #closed = false;
@@ -325,7 +327,8 @@ export class Master implements AsyncDisposable {
     this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
     this.#hashCache = hashCache;
     this.#rules = rules;
-    this.#localSlots = new Semaphore(options.localJobsMax ?? navigator.hardwareConcurrency);
+    this.#localJobsMax = options.localJobsMax ?? navigator.hardwareConcurrency;
+    this.#localSlots = new Semaphore(this.#localJobsMax);
     const hidden = [options.cacheDir];
     this.#exclusions = new Exclusions(options.exclusions ?? DEFAULT_EXCLUSIONS, this.root);
     this.#files = new FileServer({
@@ -383,6 +386,13 @@ export class Master implements AsyncDisposable {
 
   get workers(): PooledWorker[] {
     return this.#pool?.workers ?? [];
+  }
+
+  /** Jobs this master can run at once now: on its connected workers, and here. */
+  farmSlots(): FarmSlots {
+    let remote = 0;
+    for (const w of this.workers) remote += Math.max(0, w.slots);
+    return { remote, local: this.#localJobsMax };
   }
 
   get fileServer(): FileServer {

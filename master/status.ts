@@ -145,6 +145,8 @@ export class MasterMonitor implements Disposable {
           }
         },
       },
+      // Called on the master itself: its private fields are not the facade's.
+      farmSlots: { value: () => master.farmSlots() },
     });
     return facing;
   }

@@ -121,6 +121,10 @@ export class WrapperServer implements AsyncDisposable {
       }
     };
     const exit = (e: WrapperExit) => send(FrameType.exit, JSON.stringify(e));
+    if (first.type === FrameType.slots) {
+      await send(FrameType.slots, JSON.stringify(this.#options.master.farmSlots()));
+      return;
+    }
     if (first.type !== FrameType.request) {
       await exit({ code: 255, error: "protocol error: expected a request" });
       return;

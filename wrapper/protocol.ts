@@ -24,7 +24,18 @@ export const FrameType = {
   stderr: 0x45, // E
   /** Master → wrapper: the job ended (JSON `WrapperExit`). */
   exit: 0x58, // X
+  /**
+   * Client → master, instead of a request: how many jobs the farm can run at
+   * once now; the master answers with one such frame (JSON `FarmSlots`).
+   */
+  slots: 0x53, // S
 } as const;
+
+/** The jobs a master can run at once: on its workers, and here. */
+export interface FarmSlots {
+  remote: number;
+  local: number;
+}
 
 export interface WrapperRequest {
   version: number;
