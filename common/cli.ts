@@ -3,6 +3,7 @@
 import { parseArgs } from "node:util";
 import { loadSecret, SecretError } from "../rpc/mod.ts";
 import { formatHostPort, ListenError, parseHostPort } from "./address.ts";
+import { errorMessage } from "./errors.ts";
 
 /** Parses "30s", "5m", "250ms", "1h" or a plain number of seconds into ms. */
 export function parseDurationMs(text: string): number {
@@ -337,5 +338,5 @@ export function startErrorMessage(
     return `Cannot listen on ${formatHostPort(p.hostname, p.port)}: port ${p.port} is in use ` +
       `(choose another with ${p.flag})`;
   }
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }

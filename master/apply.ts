@@ -14,6 +14,8 @@
  *    was moved aside is removed once the whole set is in.
  */
 import { createHash } from "node:crypto";
+import { isHash } from "../common/hash.ts";
+import { baseName, isInside, joinPath, parentOf } from "../common/paths.ts";
 import { RESULT_ENTRIES_MAX, RESULT_SET_KEYS, type ResultSet } from "../common/types.ts";
 import { ENOENT, ENOTDIR } from "../fuse/errno.ts";
 import {
@@ -25,15 +27,7 @@ import {
 } from "./beneath.ts";
 import { RENAME_EXCHANGE, RENAME_NOREPLACE } from "./fs_structs.ts";
 import type { HashCache } from "./hash_cache.ts";
-import {
-  baseName,
-  checkResultPath,
-  isInside,
-  joinPath,
-  parentOf,
-  PATH_BYTES_MAX,
-  utf8Bytes,
-} from "./paths.ts";
+import { checkResultPath, PATH_BYTES_MAX, utf8Bytes } from "./paths.ts";
 
 /** Names in the root starting with this are the master's (its private directory). */
 export const STAGING_DIR = PRIVATE_DIR_PREFIX;
@@ -86,7 +80,6 @@ export interface ApplyOutcome {
   bytesCopied: number;
 }
 
-const HASH_RE = /^[0-9a-f]{64}$/;
 /** Bytes copied in one synchronous call before yielding to the event loop. */
 const COPY_CHUNK_BYTES = 8 * 2 ** 20;
 
@@ -154,7 +147,7 @@ export function validateResultSet(
     const path = checkPath(f.path);
     claim(path);
     leaves.add(path);
-    if (typeof f.hash !== "string" || !HASH_RE.test(f.hash)) fail(`bad hash for ${path}`);
+    if (typeof f.hash !== "string" || !isHash(f.hash)) fail(`bad hash for ${path}`);
     if (typeof f.size !== "number" || !Number.isSafeInteger(f.size) || f.size < 0) {
       fail(`bad size for ${path}`);
     }

@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { cString } from "../common/c_string.ts";
 import { EEXIST, EISDIR, ELOOP, ENOENT, ENOTDIR, ENOTEMPTY, EXDEV } from "../fuse/errno.ts";
 import {
   STAT_BLKSIZE,
@@ -107,12 +108,6 @@ export interface StagingDir {
   readonly name: string;
   /** Its absolute path (for the bulk removal at the end only). */
   readonly path: string;
-}
-
-const encoder = new TextEncoder();
-
-function cString(s: string): Uint8Array<ArrayBuffer> {
-  return encoder.encode(s + "\0");
 }
 
 /**

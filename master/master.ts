@@ -37,7 +37,8 @@ import {
   parseBuiltin,
   runBuiltin,
 } from "./local_rules.ts";
-import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf } from "./paths.ts";
+import { joinPath, parentOf } from "../common/paths.ts";
+import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute } from "./paths.ts";
 import { SOCKET_NAME } from "../wrapper/client.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { TreeWatcher } from "./tree_watcher.ts";

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { cString } from "../common/c_string.ts";
 import {
   EAGAIN,
   EFD_CLOEXEC,
@@ -39,7 +40,7 @@ import {
   POLLFD_BYTES,
   POLLIN,
 } from "./inotify_ffi.ts";
-import { isInside, joinPath } from "./paths.ts";
+import { isInside, joinPath } from "../common/paths.ts";
 
 /**
  * What changed: `paths` (files, directories, links or special files created,
@@ -69,14 +70,7 @@ const WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_M
   IN_EXCL_UNLINK;
 const READ_BYTES = 64 * 1024;
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function cString(s: string): Uint8Array<ArrayBuffer> {
-  const bytes = new Uint8Array(encoder.encode(s).length + 1);
-  encoder.encodeInto(s, bytes);
-  return bytes;
-}
 
 export class TreeWatcher implements AsyncIterable<TreeEvent> {
   readonly root: string;

@@ -1,17 +1,10 @@
 /** Reads extended attributes through libc (Deno has no xattr API). */
+import { cString } from "../common/c_string.ts";
 
 const SYMBOLS = {
   /** ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size) */
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
 } as const satisfies Deno.ForeignLibraryInterface;
-
-const encoder = new TextEncoder();
-
-function cString(s: string): Uint8Array<ArrayBuffer> {
-  const bytes = new Uint8Array(encoder.encode(s).length + 1);
-  encoder.encodeInto(s, bytes);
-  return bytes;
-}
 
 /** A handle on libc's `lgetxattr`; close it when done. */
 export class XattrReader {

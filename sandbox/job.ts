@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { normalizePath, parentOf } from "../common/paths.ts";
 import { SandboxError } from "./errors.ts";
 import { ensureLauncher } from "./launcher.ts";
 import { RESULT_ENTRIES_MAX } from "./result_set.ts";
@@ -193,9 +194,9 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   }
   const launcher = await ensureLauncher(options.launcherCacheDir);
   const jobDir = options.jobDir;
-  const lowerDir = joinPath(options.lowerRoot, options.writableRoot);
+  const lowerDir = joinAbsolute(options.lowerRoot, options.writableRoot);
   try {
-    await Deno.mkdir(parentOf(jobDir), { recursive: true });
+    await Deno.mkdir(parentOf(normalizePath(jobDir)), { recursive: true });
     await Deno.mkdir(jobDir, { mode: 0o700 });
   } catch (err) {
     throw new SandboxError(`Cannot create the job dir: ${jobDir}`, { cause: err });
@@ -707,7 +708,7 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
     if (key === "" || key.includes("=")) fail(`bad environment variable name: ${key}`);
   }
   const w = options.writableRoot;
-  if (!isAbsolute(w) || w === "/" || w !== normalize(w)) {
+  if (!isAbsolute(w) || w === "/" || w !== normalizePath(w)) {
     fail(`writable root must be a normalised absolute path other than /: ${w}`);
   }
   for (const dir of ["/proc", "/dev", "/sys"]) {
@@ -717,11 +718,11 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
   if (options.network !== undefined && options.network !== "none" && options.network !== "host") {
     fail(`bad network: ${options.network}`);
   }
-  if (!isAbsolute(options.jobDir) || normalize(options.jobDir) === "/") {
+  if (!isAbsolute(options.jobDir) || normalizePath(options.jobDir) === "/") {
     fail(`bad job dir: ${options.jobDir}`);
   }
-  const lowerDir = normalize(joinPath(options.lowerRoot, w));
-  const jobDir = normalize(options.jobDir);
+  const lowerDir = normalizePath(joinAbsolute(options.lowerRoot, w));
+  const jobDir = normalizePath(options.jobDir);
   if (jobDir === lowerDir || jobDir.startsWith(`${lowerDir}/`)) {
     fail(`job dir ${jobDir} lies inside the writable root's lower layer ${lowerDir}`);
   }
@@ -732,27 +733,13 @@ function validate(spec: JobSpec, options: SandboxOptions): void {
   }
 }
 
+/** `path` (absolute) below `root`, with one slash between them. */
+function joinAbsolute(root: string, path: string): string {
+  return `${root.replace(/\/+$/, "")}/${path.replace(/^\/+/, "")}`;
+}
+
 function isAbsolute(p: string): boolean {
   return p.startsWith("/") && !p.includes("\0");
-}
-
-function normalize(p: string): string {
-  const out: string[] = [];
-  for (const part of p.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") out.pop();
-    else out.push(part);
-  }
-  return `/${out.join("/")}`;
-}
-
-function joinPath(a: string, b: string): string {
-  return `${a.replace(/\/+$/, "")}/${b.replace(/^\/+/, "")}`;
-}
-
-function parentOf(p: string): string {
-  const n = normalize(p);
-  return n.slice(0, n.lastIndexOf("/")) || "/";
 }
 
 function splitFirst(s: string): [string, string] {
