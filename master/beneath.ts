@@ -16,6 +16,7 @@
  * @module
  */
 import { cString } from "../common/c_string.ts";
+import { errnoView } from "../common/libc.ts";
 import { EEXIST, EISDIR, ELOOP, ENOENT, ENOTDIR, ENOTEMPTY, EXDEV } from "../fuse/errno.ts";
 import {
   STAT_BLKSIZE,
@@ -196,9 +197,7 @@ export class Beneath implements Disposable {
   private constructor(root: string) {
     this.root = root;
     this.#lib = openLibcFs();
-    this.#errno = new Int32Array(
-      Deno.UnsafePointerView.getArrayBuffer(this.#lib.symbols.__errno_location()!, 4),
-    );
+    this.#errno = errnoView(this.#lib);
     let rootFd = -1;
     let privateFd = -1;
     try {
