@@ -3,6 +3,16 @@
  * pool, the wrapper socket, the reports to the coordinator and (optionally)
  * a live status page with `/status.json` and `/metrics`.
  *
+ * The rooms: `master.ts` (the worker-facing service and one job's path)
+ * over `dispatch.ts` (the policy, a state machine) and `worker_pool.ts` (the
+ * connections); `remote_run.ts` (one attempt on a worker, `output_hold.ts`)
+ * and `local_run.ts` (jobs run here); `local_rules.ts`, `outside.ts`;
+ * `tree_sync.ts` over `tree_watcher.ts`; `file_server.ts`, `hash_cache.ts`,
+ * `change_log.ts`; results through `result_check.ts`, `apply_stage.ts` and
+ * `apply_commit.ts` (`apply.ts`), by descriptor through `beneath.ts`;
+ * `wrapper_server.ts`, `stdin_buffer.ts`, `job_log.ts`; `status.ts` and
+ * `status_page.ts`; `master_types.ts` the options and counters.
+ *
  * @module
  */
 import { distrustSocket, SOCKET_NAME } from "../wrapper/client.ts";
