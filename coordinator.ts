@@ -5,23 +5,18 @@
  */
 import { startCoordinator } from "./coordinator/mod.ts";
 import {
-  die,
   type FlagSpecs,
   loadSecretFile,
   parseRoleFlags,
-  startErrorMessage,
+  type PortFlag,
+  runRole,
+  secretFlag,
   untilSignal,
 } from "./common/cli.ts";
 import { VERSION } from "./common/protocol.ts";
 
 const FLAGS: FlagSpecs = {
-  secret: {
-    type: "string",
-    value: "FILE",
-    default: "secret.txt",
-    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
-      "host; a relative path is taken from the directory the coordinator starts in",
-  },
+  secret: secretFlag("coordinator"),
   host: { type: "string", value: "ADDR", default: "0.0.0.0", help: "address to listen on" },
   port: {
     type: "string",
@@ -54,8 +49,8 @@ const flags = parseRoleFlags("coordinator", Deno.args, {
   about: "Keeps the list of live workers of one farm and pushes it to masters.",
   flags: FLAGS,
 });
-const ports: { flag: string; hostname: string; port: number }[] = [];
-try {
+const ports: PortFlag[] = [];
+await runRole("coordinator", ports, async () => {
   const hostname = flags.string("host")!;
   const port = flags.port("port")!;
   const httpHostname = flags.string("http-host")!;
@@ -88,6 +83,4 @@ try {
   );
   await untilSignal();
   await coordinator.close();
-} catch (err) {
-  die(`termite coordinator: ${startErrorMessage(err, ports)}`);
-}
+});

@@ -8,22 +8,18 @@ import { startMaster } from "./master/mod.ts";
 import { DEFAULT_EXCLUSIONS } from "./master/paths.ts";
 import {
   defaultCacheDir,
-  die,
+  dieOnSecretMismatch,
   type FlagSpecs,
   loadSecretFile,
   parseRoleFlags,
-  startErrorMessage,
+  type PortFlag,
+  runRole,
+  secretFlag,
   untilSignal,
 } from "./common/cli.ts";
 
 const FLAGS: FlagSpecs = {
-  secret: {
-    type: "string",
-    value: "FILE",
-    default: "secret.txt",
-    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
-      "host; a relative path is taken from the directory the master starts in",
-  },
+  secret: secretFlag("master"),
   coordinator: {
     type: "string",
     value: "HOST:PORT",
@@ -98,8 +94,8 @@ const flags = parseRoleFlags("master", Deno.args, {
     "in the root of the build tree.",
   flags: FLAGS,
 });
-const ports: { flag: string; hostname: string; port: number }[] = [];
-try {
+const ports: PortFlag[] = [];
+await runRole("master", ports, async () => {
   const coordinator = flags.hostPort("coordinator");
   const secretPath = flags.path("secret")!;
   const socketPath = flags.path("socket") ?? `${Deno.cwd()}/.termite-socket`;
@@ -124,11 +120,7 @@ try {
   const running = await startMaster({
     root,
     secret,
-    onSecretMismatch: () =>
-      die(
-        `termite master: the coordinator at ${coordinator} holds another secret than ` +
-          `${secretPath}: use the same secret file on every host`,
-      ),
+    onSecretMismatch: dieOnSecretMismatch("master", coordinator, secretPath),
     coordinator,
     jobs: options.jobs,
     socketPath: `${root}/${socketPath.slice(socketPath.lastIndexOf("/") + 1)}`,
@@ -162,6 +154,4 @@ try {
   await Promise.race([untilSignal(), idle]);
   await running.close();
   Deno.exit(0);
-} catch (err) {
-  die(`termite master: ${startErrorMessage(err, ports)}`);
-}
+});

@@ -8,7 +8,7 @@
  */
 import { ADMIN_ACTIONS, type AdminAction, adminToken } from "./coordinator/admin_token.ts";
 import { WORKER_ID_CHARS_MAX } from "./coordinator/types.ts";
-import { die, type FlagSpecs, loadSecretFile, parseRoleFlags } from "./common/cli.ts";
+import { type FlagSpecs, loadSecretFile, parseRoleFlags, runRole } from "./common/cli.ts";
 
 const FLAGS: FlagSpecs = {
   secret: {
@@ -43,7 +43,7 @@ const flags = parseRoleFlags("token", Deno.args, {
     "minute, once), or sends the action with it.",
   flags: FLAGS,
 });
-try {
+await runRole("token", [], async () => {
   const action = flags.required("action") as AdminAction;
   if (!ADMIN_ACTIONS.includes(action)) {
     throw new Error(`Flag --action is ${action}, want ${ADMIN_ACTIONS.join(" or ")}`);
@@ -67,6 +67,4 @@ try {
     if (!response.ok) throw new Error(`${url} answered ${response.status}: ${text}`);
     console.log(`termite token: ${action} sent to worker ${worker}`);
   }
-} catch (error) {
-  die(`termite token: ${(error as Error).message}`);
-}
+});

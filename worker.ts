@@ -11,22 +11,19 @@ import { isUnspecifiedHost } from "./common/address.ts";
 import {
   defaultCacheDir,
   die,
+  dieOnSecretMismatch,
   effectiveUid,
   type FlagSpecs,
   loadSecretFile,
   parseRoleFlags,
-  startErrorMessage,
+  type PortFlag,
+  runRole,
+  secretFlag,
   untilSignal,
 } from "./common/cli.ts";
 
 const FLAGS: FlagSpecs = {
-  secret: {
-    type: "string",
-    value: "FILE",
-    default: "secret.txt",
-    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
-      "host; a relative path is taken from the directory the worker starts in",
-  },
+  secret: secretFlag("worker"),
   coordinator: {
     type: "string",
     value: "HOST:PORT",
@@ -140,8 +137,8 @@ if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
   Deno.exit((await child.status).code);
 }
 
-const ports: { flag: string; hostname: string; port: number }[] = [];
-try {
+const ports: PortFlag[] = [];
+await runRole("worker", ports, async () => {
   flags.required("coordinator");
   const coordinator = flags.hostPort("coordinator")!;
   const hostname = flags.string("host")!;
@@ -166,11 +163,7 @@ try {
   const worker = await startWorker({
     ...options,
     secret,
-    onSecretMismatch: () =>
-      die(
-        `termite worker: the coordinator at ${coordinator} holds another secret than ` +
-          `${secretPath}: use the same secret file on every host`,
-      ),
+    onSecretMismatch: dieOnSecretMismatch("worker", coordinator, secretPath),
     hostname,
     port,
     advertise,
@@ -184,6 +177,4 @@ try {
   await untilSignal();
   await worker.close();
   Deno.exit(0);
-} catch (err) {
-  die(`termite worker: ${startErrorMessage(err, ports)}`);
-}
+});

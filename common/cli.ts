@@ -3,6 +3,8 @@
 import { parseArgs } from "node:util";
 import { loadSecret, SecretError } from "../rpc/mod.ts";
 import { formatHostPort, ListenError, parseHostPort } from "./address.ts";
+import { errorMessage } from "./errors.ts";
+import { normalizePath } from "./paths.ts";
 
 /** Parses "30s", "5m", "250ms", "1h" or a plain number of seconds into ms. */
 export function parseDurationMs(text: string): number {
@@ -253,13 +255,7 @@ export class Flags {
 
 /** `path` made absolute against `cwd` ("." and ".." segments removed). */
 export function resolvePath(cwd: string, path: string): string {
-  const parts: string[] = [];
-  for (const part of (path.startsWith("/") ? path : `${cwd}/${path}`).split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") parts.pop();
-    else parts.push(part);
-  }
-  return `/${parts.join("/")}`;
+  return normalizePath(path.startsWith("/") ? path : `${cwd}/${path}`);
 }
 
 /**
@@ -286,6 +282,54 @@ export function parseRoleFlags(
     Deno.exit(0);
   }
   return flags;
+}
+
+/** The `--secret` flag of the farm's roles (`role` names who starts in the directory). */
+export function secretFlag(role: string): FlagSpec {
+  return {
+    type: "string",
+    value: "FILE",
+    default: "secret.txt",
+    help: "the farm's shared secret: at least 16 bytes, mode 0600, the same file on every " +
+      `host; a relative path is taken from the directory the ${role} starts in`,
+  };
+}
+
+/** A port a role listens on and the flag that chose it, for {@linkcode startErrorMessage}. */
+export interface PortFlag {
+  flag: string;
+  hostname: string;
+  port: number;
+}
+
+/**
+ * Runs a role's start-up and life (entry points only): an error ends the
+ * process with `termite ROLE: message`, naming the flag of a port in
+ * `ports` (filled in as they are read) that could not be listened on.
+ */
+export async function runRole(
+  role: string,
+  ports: PortFlag[],
+  body: () => Promise<void>,
+): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    die(`termite ${role}: ${startErrorMessage(error, ports)}`);
+  }
+}
+
+/** The `onSecretMismatch` of a worker or master: exits naming both ends (entry points only). */
+export function dieOnSecretMismatch(
+  role: string,
+  coordinator: string | undefined,
+  secretPath: string,
+): () => never {
+  return () =>
+    die(
+      `termite ${role}: the coordinator at ${coordinator} holds another secret than ` +
+        `${secretPath}: use the same secret file on every host`,
+    );
 }
 
 /** Fewest bytes a secret file may hold: shorter ones are guessable. */
@@ -324,10 +368,7 @@ export function effectiveUid(): number {
  * A start-up failure as one line for the user: a port in use names the
  * address and the flag that chose it.
  */
-export function startErrorMessage(
-  error: unknown,
-  ports: { flag: string; hostname: string; port: number }[] = [],
-): string {
+export function startErrorMessage(error: unknown, ports: PortFlag[] = []): string {
   if (error instanceof ListenError) {
     const flag = ports.find((p) => p.port === error.port && p.hostname === error.hostname)?.flag;
     return `${error.message}${flag ? ` (choose another with ${flag})` : ""}`;
@@ -337,5 +378,5 @@ export function startErrorMessage(
     return `Cannot listen on ${formatHostPort(p.hostname, p.port)}: port ${p.port} is in use ` +
       `(choose another with ${p.flag})`;
   }
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }

@@ -1,18 +1,8 @@
 /**
- * HTML output of the status pages.
+ * HTML output of the status pages. `escapeHtml` is defined once, in
+ * `status_view.js`, because the browser runs that file too.
  *
  * @module
  */
 
-const HTML_ESCAPES: Record<string, string> = {
-  "&": "&amp;",
-  "<": "&lt;",
-  ">": "&gt;",
-  '"': "&quot;",
-  "'": "&#39;",
-};
-
-/** Escapes text for HTML element content and quoted attribute values. */
-export function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]);
-}
+export { escapeHtml } from "./status_view.js";

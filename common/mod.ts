@@ -4,6 +4,7 @@
  *
  * - `paths.ts`: normalizePath, parentOf, baseName, joinPath, isInside;
  * - `c_string.ts`: cString, NUL-terminated text for FFI calls;
+ * - `libc.ts`: loadLibc (dlopen with a symbol table, LibcLoadError) and errnoView;
  * - `errors.ts`: errorMessage of any thrown value;
  * - `html.ts`: escapeHtml;
  * - `address.ts`: "host:port" parsing and formatting, wildcard and loopback hosts;
@@ -21,6 +22,7 @@ export * from "./c_string.ts";
 export * from "./errors.ts";
 export * from "./hash.ts";
 export * from "./html.ts";
+export * from "./libc.ts";
 export * from "./paths.ts";
 export * from "./protocol.ts";
 export * from "./regular_file.ts";

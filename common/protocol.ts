@@ -58,6 +58,14 @@ export interface JobParams {
   heartbeatMs?: number;
 }
 
+/** Whether `params` has the shape of {@linkcode JobParams}' command (the one check of it). */
+export function isJobParams(params: unknown): params is JobParams {
+  const p = params as JobParams;
+  return Array.isArray(p?.argv) && p.argv.length !== 0 &&
+    !p.argv.some((a) => typeof a !== "string") && typeof p.cwd === "string" &&
+    typeof p.env === "object" && typeof p.jobId === "string";
+}
+
 /**
  * Streamed during a job: output, or a heartbeat (`{ hb: 1 }`). After the job,
  * a result set too large for the reply's frame comes as parts (`rs`, entries

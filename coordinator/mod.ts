@@ -3,6 +3,14 @@
  * the client sides used by workers ({@linkcode registerWorker}) and masters
  * ({@linkcode watchWorkers}).
  *
+ * The rooms: `server.ts` the registry (RPC handlers, sweeping, pushing the
+ * list, relaying actions); `farm_pages.ts` its HTTP side (status page,
+ * actions checked against `admin_token.ts`); `metrics.ts` its metrics;
+ * `farm_status.ts` what the page shows, rendered by `status_page.ts` and the
+ * browser's `farm_view.js`; `types.ts` the messages and their validation;
+ * `registration.ts`, `watch.ts` and `report.ts` the workers' and masters'
+ * client sides over `_reconnect.ts`.
+ *
  * @module
  */
 

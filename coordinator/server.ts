@@ -1,6 +1,7 @@
 /**
- * The coordinator: holds the list of live workers, pushes it to subscribed
- * masters, and serves a status page whose actions are relayed to workers.
+ * The coordinator's registry: holds the list of live workers, pushes it to
+ * subscribed masters, and relays to workers the actions of its status page
+ * (served by farm_pages.ts).
  *
  * Workers connect with role "worker" and call "register" every few seconds;
  * masters connect with role "master", call "subscribe" once and then receive
@@ -15,18 +16,13 @@
  */
 
 import { type Handlers, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
-import {
-  ADMIN_ACTIONS,
-  ADMIN_TOKEN_SKEW_S,
-  type AdminAction,
-  verifyAdminToken,
-} from "./admin_token.ts";
+import type { AdminAction } from "./admin_token.ts";
+import { FarmPages, textResponse } from "./farm_pages.ts";
 import { errorMessage } from "./_net.ts";
 import { isLoopbackHost, ListenError, parseHostPort, reachableAddress } from "../common/address.ts";
-import { FARM_PAGE_SCRIPTS, renderStatusPage } from "./status_page.ts";
 import { type FarmStatus, farmStatus } from "./farm_status.ts";
-import { type Counter, metricsResponse, Registry } from "../common/metrics.ts";
-import { htmlResponse, StaticFiles } from "../common/page.ts";
+import { Registry } from "../common/metrics.ts";
+import { type CoordinatorCounters, registerCoordinatorMetrics } from "./metrics.ts";
 import {
   type MasterAnnouncement,
   type MasterBuild,
@@ -35,7 +31,6 @@ import {
   validateMasterAnnouncement,
   validateMasterReport,
   validateRegisterParams,
-  WORKER_ID_CHARS_MAX,
   type WorkerInfo,
   type WorkerList,
   WORKERS_MAX_DEFAULT,
@@ -91,8 +86,6 @@ export interface Coordinator extends AsyncDisposable {
 
 export const MASTERS_MAX_DEFAULT = 256;
 export const WORKER_TIMEOUT_MS_DEFAULT = 30_000;
-/** Admin tokens remembered to refuse replays. */
-const USED_TOKENS_MAX = 1024;
 const RELAY_TIMEOUT_MS_DEFAULT = 10_000;
 
 interface WorkerEntry {
@@ -138,27 +131,6 @@ function sameExceptContact(a: WorkerInfo, b: WorkerInfo): boolean {
     a.draining === b.draining;
 }
 
-const SECURITY_HEADERS = {
-  "x-content-type-options": "nosniff",
-  "cache-control": "no-store",
-  "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'",
-  "referrer-policy": "no-referrer",
-};
-
-function textResponse(status: number, text: string): Response {
-  return new Response(text + "\n", {
-    status,
-    headers: { ...SECURITY_HEADERS, "content-type": "text/plain; charset=utf-8" },
-  });
-}
-
-function jsonResponse(status: number, value: unknown): Response {
-  return new Response(JSON.stringify(value, null, 2) + "\n", {
-    status,
-    headers: { ...SECURITY_HEADERS, "content-type": "application/json; charset=utf-8" },
-  });
-}
-
 class CoordinatorImpl implements Coordinator {
   readonly #secret: CryptoKey;
   readonly #log: (message: string) => void;
@@ -173,18 +145,10 @@ class CoordinatorImpl implements Coordinator {
   readonly #subscribers = new Map<RpcPeer, Subscriber>();
   readonly #masters = new Map<string, MasterEntry>();
   readonly #trackedPeers = new WeakSet<RpcPeer>();
-  readonly #usedTokens = new Map<string, number>();
   #seq = 0;
   readonly metrics = new Registry();
-  readonly #counters: {
-    registrations: Counter;
-    dropped: Counter;
-    reports: Counter;
-    pushes: Counter;
-    actions: Counter;
-  };
-  #pages: StaticFiles | undefined;
-  readonly #tokenCommand: string;
+  readonly #counters: CoordinatorCounters;
+  readonly pages: FarmPages;
   #pushTimer: ReturnType<typeof setTimeout> | undefined;
   #pushPending = false;
   #sweepTimer: ReturnType<typeof setInterval> | undefined;
@@ -202,80 +166,18 @@ class CoordinatorImpl implements Coordinator {
     this.#version = options.version ?? "dev";
     this.#pushDelayMs = options.pushDelayMs ?? 20;
     this.#relayTimeoutMs = options.relayTimeoutMs ?? RELAY_TIMEOUT_MS_DEFAULT;
-    this.#tokenCommand = options.tokenCommand ?? "deno run -A token.ts --secret FILE";
-    this.#counters = this.#registerMetrics();
-  }
-
-  #registerMetrics() {
-    const m = this.metrics;
-    const workers = () => [...this.#workers.values()].map((e) => e.info);
-    m.collect("termite_coordinator_workers", "Workers listed.", "gauge", () => this.#workers.size);
-    m.collect(
-      "termite_coordinator_workers_draining",
-      "Workers listed that take no new jobs.",
-      "gauge",
-      () => workers().filter((w) => w.draining).length,
-    );
-    m.collect(
-      "termite_coordinator_slots",
-      "Job slots of the workers that take jobs.",
-      "gauge",
-      () => workers().filter((w) => !w.draining).reduce((s, w) => s + w.slots, 0),
-    );
-    m.collect(
-      "termite_coordinator_slots_busy",
-      "Job slots busy, as the workers register them (every 5 s) or the masters report them.",
-      "gauge",
-      () => this.status().farm.slotsBusy,
-    );
-    m.collect(
-      "termite_coordinator_worker_slots_busy",
-      "Job slots busy on each worker.",
-      "gauge",
-      () => this.status().workers.map((w) => [{ worker: w.address }, w.busy] as const),
-      { labelNames: ["worker"] },
-    );
-    m.collect(
-      "termite_coordinator_masters",
-      "Masters connected (watching the worker list or reporting).",
-      "gauge",
-      () => this.masters().length,
-    );
-    m.collect(
-      "termite_coordinator_jobs_in_flight",
-      "Jobs the reporting masters hold: on workers, waiting for a slot or running locally.",
-      "gauge",
-      () => this.status().farm.jobsInFlight,
-    );
-    return {
-      registrations: m.counter(
-        "termite_coordinator_registrations_total",
-        "Worker registrations accepted (each worker registers every 5 s).",
-      ),
-      dropped: m.counter("termite_coordinator_workers_dropped_total", "Workers dropped.", {
-        labelNames: ["reason"],
-      }),
-      reports: m.counter("termite_coordinator_reports_total", "Master reports accepted."),
-      pushes: m.counter(
-        "termite_coordinator_list_pushes_total",
-        "Worker lists pushed to watching masters.",
-      ),
-      actions: m.counter(
-        "termite_coordinator_admin_actions_total",
-        "Drain and stop requests from the status page, by result.",
-        { labelNames: ["action", "result"] },
-      ),
-    };
-  }
-
-  /** Loads the status page's scripts; call before start(). */
-  async loadPages(): Promise<void> {
-    this.#pages = await StaticFiles.load(FARM_PAGE_SCRIPTS);
-    if (this.#pages.missing.length > 0) {
-      this.#log(
-        `The status page will not update itself: cannot read ${this.#pages.missing.join(", ")}`,
-      );
-    }
+    this.#counters = registerCoordinatorMetrics(this.metrics, {
+      workers: () => [...this.#workers.values()].map((e) => e.info),
+      status: () => this.status(),
+      masters: () => this.masters(),
+    });
+    this.pages = new FarmPages(this, {
+      secret: this.#secret,
+      now: this.#now,
+      log: this.#log,
+      tokenCommand: options.tokenCommand ?? "deno run -A token.ts --secret FILE",
+      actions: this.#counters.actions,
+    });
   }
 
   status(): FarmStatus {
@@ -323,7 +225,7 @@ class CoordinatorImpl implements Coordinator {
             this.#log(`Status page failed: ${errorMessage(error)}`);
             return textResponse(500, "Internal error");
           },
-        }, (request) => this.#serveHttp(request));
+        }, (request) => this.pages.serve(request));
       } catch (error) {
         clearInterval(this.#sweepTimer);
         void this.#rpc.close();
@@ -590,71 +492,15 @@ class CoordinatorImpl implements Coordinator {
     );
   }
 
-  async #serveHttp(request: Request): Promise<Response> {
-    const url = new URL(request.url);
-    const method = request.method;
-    const page = url.pathname === "/" || url.pathname === "/status.json" ||
-      url.pathname === "/metrics";
-    const script = this.#pages?.serve(url.pathname);
-    if (page || script !== undefined) {
-      if (method !== "GET" && method !== "HEAD") {
-        await script?.body?.cancel();
-        return textResponse(405, "Method not allowed");
-      }
-      if (script !== undefined) return script;
-      if (url.pathname === "/status.json") return jsonResponse(200, this.status());
-      if (url.pathname === "/metrics") return metricsResponse(this.metrics, SECURITY_HEADERS);
-      return htmlResponse(renderStatusPage(this.status(), { tokenCommand: this.#tokenCommand }));
-    }
-    const match = /^\/workers\/([^/]{1,200})\/([a-z]{1,16})$/.exec(url.pathname);
-    if (match === null) return textResponse(404, "Not found");
-    if (method !== "POST") return textResponse(405, "Method not allowed");
-    let id: string;
-    try {
-      id = decodeURIComponent(match[1]);
-    } catch {
-      return textResponse(404, "Not found");
-    }
-    const action = match[2] as AdminAction;
-    if (!ADMIN_ACTIONS.includes(action) || id.length > WORKER_ID_CHARS_MAX) {
-      return textResponse(404, "Not found");
-    }
-    return await this.#serveAction(request, id, action);
-  }
-
-  async #serveAction(request: Request, id: string, action: AdminAction): Promise<Response> {
-    const header = request.headers.get("authorization");
-    const nowS = Math.floor(this.#now() / 1000);
-    const ts = await verifyAdminToken(header, { secret: this.#secret, action, id, nowS });
-    if (ts === undefined) {
-      this.#log(`Refusing ${action} of worker ${JSON.stringify(id)}: bad or stale token`);
-      this.#counters.actions.inc({ action, result: "refused" });
-      return textResponse(403, "Forbidden");
-    }
-    for (const [token, expiresS] of this.#usedTokens) {
-      if (expiresS < nowS) this.#usedTokens.delete(token);
-    }
-    if (this.#usedTokens.has(header!)) {
-      this.#log(`Refusing ${action} of worker ${id}: token replayed`);
-      this.#counters.actions.inc({ action, result: "refused" });
-      return textResponse(403, "Forbidden");
-    }
-    if (this.#usedTokens.size >= USED_TOKENS_MAX) return textResponse(429, "Too many requests");
-    this.#usedTokens.set(header!, ts + ADMIN_TOKEN_SKEW_S + 1);
+  /**
+   * Relays a status page's `action` to worker `id`: false when no such
+   * worker is listed; throws when the worker does not answer it.
+   */
+  async relay(id: string, action: AdminAction): Promise<boolean> {
     const entry = this.#workers.get(id);
-    if (entry === undefined) {
-      this.#counters.actions.inc({ action, result: "unknown_worker" });
-      return textResponse(404, "No such worker");
-    }
+    if (entry === undefined) return false;
     this.#log(`Relaying ${action} to worker ${id} (${entry.info.address})`);
-    try {
-      await entry.peer.call(action, {}, { timeoutMs: this.#relayTimeoutMs });
-    } catch (error) {
-      const message = errorMessage(error);
-      this.#log(`Cannot relay ${action} to worker ${id}: ${message}`);
-      this.#counters.actions.inc({ action, result: "failed" });
-      return jsonResponse(502, { ok: false, error: `Cannot relay ${action}: ${message}` });
-    }
+    await entry.peer.call(action, {}, { timeoutMs: this.#relayTimeoutMs });
     if (action === "drain") {
       const current = this.#workers.get(id);
       if (current !== undefined && !current.info.draining) {
@@ -662,8 +508,7 @@ class CoordinatorImpl implements Coordinator {
         this.#changed();
       }
     }
-    this.#counters.actions.inc({ action, result: "relayed" });
-    return jsonResponse(200, { ok: true });
+    return true;
   }
 
   close(): Promise<void> {
@@ -699,7 +544,7 @@ export { WORKERS_MAX_DEFAULT };
  */
 export async function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
   const coordinator = new CoordinatorImpl(options);
-  if (options.httpPort !== undefined) await coordinator.loadPages();
+  if (options.httpPort !== undefined) await coordinator.pages.load();
   coordinator.start(options);
   return coordinator;
 }

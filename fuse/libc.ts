@@ -7,7 +7,7 @@
  * @module
  */
 
-export const LIBC_PATH = "libc.so.6";
+import { LIBC_PATH, loadLibc } from "../common/libc.ts";
 
 export const LIBC_SYMBOLS = {
   poll: {
@@ -172,19 +172,7 @@ export const LIBC_SYMBOLS = {
 
 export type Libc = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>;
 
-/** libc could not be loaded. */
-export class LibcLoadError extends Error {
-  constructor(path: string, options?: ErrorOptions) {
-    super(`Cannot load libc: ${path}`, options);
-    this.name = "LibcLoadError";
-  }
-}
-
-/** Open libc. The caller owns the library and closes it. */
+/** Opens libc. The caller owns the library and closes it. */
 export function openLibc(path: string = LIBC_PATH): Libc {
-  try {
-    return Deno.dlopen(path, LIBC_SYMBOLS);
-  } catch (error) {
-    throw new LibcLoadError(path, { cause: error });
-  }
+  return loadLibc(LIBC_SYMBOLS, path);
 }

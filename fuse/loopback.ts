@@ -13,6 +13,7 @@
  * @module
  */
 
+import { errnoView } from "../common/libc.ts";
 import { joinPath } from "../common/paths.ts";
 import { EBADF, ENAMETOOLONG, ENOENT, EROFS, ESTALE } from "./errno.ts";
 import { type Libc, openLibc } from "./libc.ts";
@@ -167,8 +168,7 @@ export class LoopbackFs implements FileSystem, Disposable {
     this.#keepCache = options.keepCache ?? true;
     this.#openDirsMax = options.openDirsMax ?? OPEN_DIRS_MAX_DEFAULT;
     this.#libc = openLibc();
-    const errnoPtr = this.#libc.symbols.__errno_location();
-    this.#errno = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(errnoPtr!, 4));
+    this.#errno = errnoView(this.#libc);
     this.#nodes.add({ id: FUSE_ROOT_ID, path: this.rootDir, key: "", fd: -1, known: true });
     if (options.readdirplus) this.readdirplus = this.#readdirplus;
     this.#fdsMax = options.fdsMax ?? 512;

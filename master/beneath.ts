@@ -15,6 +15,8 @@
  *
  * @module
  */
+import { cString } from "../common/c_string.ts";
+import { errnoView } from "../common/libc.ts";
 import { EEXIST, EISDIR, ELOOP, ENOENT, ENOTDIR, ENOTEMPTY, EXDEV } from "../fuse/errno.ts";
 import {
   STAT_BLKSIZE,
@@ -109,12 +111,6 @@ export interface StagingDir {
   readonly path: string;
 }
 
-const encoder = new TextEncoder();
-
-function cString(s: string): Uint8Array<ArrayBuffer> {
-  return encoder.encode(s + "\0");
-}
-
 /**
  * A name of one directory entry as a C string. The `*at` calls below resolve
  * a name with a slash as a path, through symlinks: a programmer error.
@@ -201,9 +197,7 @@ export class Beneath implements Disposable {
   private constructor(root: string) {
     this.root = root;
     this.#lib = openLibcFs();
-    this.#errno = new Int32Array(
-      Deno.UnsafePointerView.getArrayBuffer(this.#lib.symbols.__errno_location()!, 4),
-    );
+    this.#errno = errnoView(this.#lib);
     let rootFd = -1;
     let privateFd = -1;
     try {

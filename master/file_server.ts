@@ -7,7 +7,8 @@
 import type { FileAttr, FileKind } from "../common/types.ts";
 import { openRegular, type RegularFile } from "../common/regular_file.ts";
 import type { HashCache } from "./hash_cache.ts";
-import { baseName, type Exclusions, isInside, joinPath, parentOf } from "./paths.ts";
+import { baseName, isInside, joinPath, parentOf } from "../common/paths.ts";
+import type { Exclusions } from "./paths.ts";
 
 export interface FileServerOptions {
   exclusions: Exclusions;

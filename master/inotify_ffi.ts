@@ -5,8 +5,6 @@
  * @module
  */
 
-export const LIBC_PATH = "libc.so.6";
-
 export const INOTIFY_SYMBOLS = {
   inotify_init1: {
     parameters: [

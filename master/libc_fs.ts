@@ -8,7 +8,7 @@
  * @module
  */
 
-export const LIBC_FS_PATH = "libc.so.6";
+import { LIBC_PATH, loadLibc } from "../common/libc.ts";
 
 export const LIBC_FS_SYMBOLS = {
   openat2: {
@@ -119,19 +119,7 @@ export const LIBC_FS_SYMBOLS = {
 
 export type LibcFs = Deno.DynamicLibrary<typeof LIBC_FS_SYMBOLS>;
 
-/** libc could not be loaded. */
-export class LibcFsLoadError extends Error {
-  constructor(path: string, options?: ErrorOptions) {
-    super(`Cannot load libc: ${path}`, options);
-    this.name = "LibcFsLoadError";
-  }
-}
-
-/** Opens libc. The caller owns the library and closes it. */
-export function openLibcFs(path: string = LIBC_FS_PATH): LibcFs {
-  try {
-    return Deno.dlopen(path, LIBC_FS_SYMBOLS);
-  } catch (error) {
-    throw new LibcFsLoadError(path, { cause: error });
-  }
+/** Opens libc (a LibcLoadError if it cannot). The caller owns the library and closes it. */
+export function openLibcFs(path: string = LIBC_PATH): LibcFs {
+  return loadLibc(LIBC_FS_SYMBOLS, path);
 }

@@ -15,7 +15,8 @@ import { kindName, NotRegularFileError, openRegular } from "../common/regular_fi
 import { ENOENT } from "../fuse/errno.ts";
 import { type Beneath, BeneathError, DirHandles, type StagingDir } from "./beneath.ts";
 import { RENAME_NOREPLACE } from "./fs_structs.ts";
-import { isInside, normalizeAbsolute } from "./paths.ts";
+import { isInside } from "../common/paths.ts";
+import { normalizeAbsolute } from "./paths.ts";
 
 export interface LocalRule {
   regexp: string;

@@ -6,25 +6,10 @@
 import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
 import { hostname } from "node:os";
 import type { FileAttr } from "../common/types.ts";
-import {
-  JOB_HEARTBEAT_MS,
-  JOB_SILENCE_MS_MAX,
-  type JobChunk,
-  type JobParams,
-  type JobReply,
-  MasterMethods,
-  VERSION,
-  WorkerMethods,
-} from "../common/protocol.ts";
+import { MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
-import {
-  applyResultSet,
-  type ControlPaths,
-  ResultParts,
-  ResultSetError,
-  STAGING_DIR,
-} from "./apply.ts";
+import { type ControlPaths, ResultSetError, STAGING_DIR } from "./apply.ts";
 import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
@@ -37,13 +22,32 @@ import {
   parseBuiltin,
   runBuiltin,
 } from "./local_rules.ts";
-import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf } from "./paths.ts";
+import { joinPath, parentOf } from "../common/paths.ts";
+import { DEFAULT_EXCLUSIONS, Exclusions, normalizeAbsolute } from "./paths.ts";
 import { SOCKET_NAME } from "../wrapper/client.ts";
 import type { FarmSlots } from "../wrapper/protocol.ts";
-import type { StdinBuffer } from "./stdin_buffer.ts";
-import { TreeWatcher } from "./tree_watcher.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
 import type { FallbackCause } from "./dispatch.ts";
+import { LocalRunner, Semaphore } from "./local_run.ts";
+import type {
+  JobIo,
+  JobRequest,
+  MasterOptions,
+  MasterStats,
+  WorkerJobStats,
+} from "./master_types.ts";
+import { OutputHold } from "./output_hold.ts";
+import { describe, RemoteRunner } from "./remote_run.ts";
+import { TreeSync } from "./tree_sync.ts";
+
+export type {
+  JobIo,
+  JobRequest,
+  MasterOptions,
+  MasterStats,
+  WorkerJobStats,
+} from "./master_types.ts";
+export { OUTPUT_HOLD_BYTES_MAX, OUTPUT_HOLD_MS } from "./output_hold.ts";
 
 /** What to change when jobs run locally, by cause. */
 const FALLBACK_HINTS: Record<FallbackCause, string> = {
@@ -77,193 +81,7 @@ export function treeHiddenReason(root: string): string | null {
   }
 }
 
-export interface MasterOptions {
-  /** The writable root: the build tree. */
-  root: string;
-  /** Entries (files, dirs, links, deletions) one job may change; default RESULT_ENTRIES_MAX. */
-  resultEntriesMax?: number;
-  /**
-   * Files of the master in the tree that no result set may touch, besides
-   * `.termite-socket`, `.termite-localrc`, the private directory and the cache
-   * directory (its socket, when elsewhere).
-   */
-  controlPaths?: string[];
-  secret: CryptoKey;
-  /** Coordinator "host:port"; none = every job runs locally. */
-  coordinator?: string;
-  /** Slots wanted per worker. */
-  jobs?: number;
-  /** Path prefixes never served (defaults: /proc, /sys, /dev, /run, /tmp, ...). */
-  exclusions?: string[];
-  /** Where the hash cache lives. */
-  cacheDir: string;
-  /** Other workers tried after a failure before running locally. */
-  retries?: number;
-  jobTimeoutMs?: number;
-  /**
-   * Give up on a worker silent this long during a job (no output, no
-   * heartbeat) or while it sends a result; default {@linkcode JOB_SILENCE_MS_MAX}.
-   */
-  jobSilenceMs?: number;
-  /** Run a job locally when no worker can. */
-  localFallback?: boolean;
-  /** Local jobs (fallback) at once. */
-  localJobsMax?: number;
-  /** Wait this long for a busy worker's slot before running locally. */
-  slotWaitMs?: number;
-  /** Wait this long for the first worker list at start. */
-  startWaitMs?: number;
-  log?: (message: string) => void;
-  /** The coordinator holds another secret (before any worker list arrived). */
-  onSecretMismatch?: (error: Error) => void;
-}
-
-export interface JobIo {
-  stdout(bytes: Uint8Array): Promise<void>;
-  stderr(bytes: Uint8Array): Promise<void>;
-  stdin: StdinBuffer | null;
-  signal: AbortSignal;
-}
-
-export interface JobRequest {
-  argv: string[];
-  cwd: string;
-  env: Record<string, string>;
-  shell?: boolean;
-  /**
-   * The caller's PATH with the wrapper's directory still in it: commands the
-   * local rules run here (a recursive make) use it, so that their own
-   * compiles and `SHELL=termite-sh` go through the wrapper again.
-   */
-  localPath?: string;
-}
-
-export interface WorkerJobStats {
-  done: number;
-  failed: number;
-  /** Sums over the jobs done: time on the worker, collecting results, applying them here. */
-  workerMs: number;
-  collectMs: number;
-  applyMs: number;
-  /** The worker's mirror counters after its last job. */
-  mirror?: Record<string, number>;
-}
-
-export interface MasterStats {
-  jobs: number;
-  jobsRemote: number;
-  jobsLocal: number;
-  jobsBuiltin: number;
-  jobsFailed: number;
-  jobsRunning: number;
-  retries: number;
-  /** Jobs run locally because they name paths outside what the workers see or ship. */
-  jobsOutside: number;
-  /** Jobs run locally as a last resort, by why they got no worker. */
-  localByCause: Partial<Record<FallbackCause, number>>;
-  bytesServed: number;
-  bytesReceived: number;
-  perWorker: Record<string, WorkerJobStats>;
-}
-
-class Semaphore {
-  #free: number;
-  #queue: (() => void)[] = [];
-  constructor(n: number) {
-    this.#free = n;
-  }
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--;
-      return;
-    }
-    await new Promise<void>((resolve) => this.#queue.push(resolve));
-  }
-  release(): void {
-    const next = this.#queue.shift();
-    if (next) next();
-    else this.#free++;
-  }
-}
-
 const CHUNK_ATTRS = 512;
-
-/** Names an untrusted decoded value without stringifying it (its toString may be anything). */
-function describe(value: unknown): string {
-  return typeof value === "string" ? JSON.stringify(value.slice(0, 200)) : typeof value;
-}
-/** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
-const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
-
-/** How long the tree watcher may take to report a marker file. */
-const TREE_SYNC_MS = 2_000;
-/** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
-export const OUTPUT_HOLD_BYTES_MAX = 1 << 20;
-/** While the job runs, output is held this long after its first byte at most. */
-export const OUTPUT_HOLD_MS = 2_000;
-
-/**
- * A remote attempt's output, held until the attempt succeeds so that a retry
- * elsewhere does not repeat it, unless it grows past a size or age: then it
- * is forwarded and the attempt is committed (a failure is no longer retried).
- */
-class OutputHold {
-  #io: JobIo;
-  #held: { fd: 1 | 2; data: Uint8Array }[] = [];
-  #bytes = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #timed = true;
-  #chain: Promise<void> = Promise.resolve();
-  committed = false;
-
-  constructor(io: JobIo) {
-    this.#io = io;
-  }
-
-  write(fd: 1 | 2, data: Uint8Array): Promise<void> {
-    if (this.committed) return this.#then(() => this.#forward(fd, data));
-    this.#held.push({ fd, data });
-    this.#bytes += data.length;
-    if (this.#bytes > OUTPUT_HOLD_BYTES_MAX) return this.flush();
-    if (this.#timed && this.#timer === undefined) {
-      this.#timer = setTimeout(() => this.flush().catch(() => {}), OUTPUT_HOLD_MS);
-    }
-    return Promise.resolve();
-  }
-
-  /** The job ended: hold what it printed until the result is applied. */
-  stopTimer(): void {
-    this.#timed = false;
-    clearTimeout(this.#timer);
-  }
-
-  /** Forwards what is held; from now on the attempt's output goes straight through. */
-  flush(): Promise<void> {
-    clearTimeout(this.#timer);
-    this.committed = true;
-    const held = this.#held.splice(0);
-    this.#bytes = 0;
-    return this.#then(async () => {
-      for (const { fd, data } of held) await this.#forward(fd, data);
-    });
-  }
-
-  /** The attempt failed before anything was forwarded. */
-  discard(): void {
-    clearTimeout(this.#timer);
-    this.#held = [];
-    this.#bytes = 0;
-  }
-
-  #forward(fd: 1 | 2, data: Uint8Array): Promise<void> {
-    return fd === 1 ? this.#io.stdout(data) : this.#io.stderr(data);
-  }
-
-  #then(fn: () => Promise<void>): Promise<void> {
-    this.#chain = this.#chain.then(fn);
-    return this.#chain;
-  }
-}
 
 export class Master implements AsyncDisposable {
   readonly root: string;
@@ -292,19 +110,16 @@ export class Master implements AsyncDisposable {
   #changes = new ChangeLog();
   #pool: WorkerPool | null = null;
   #watch: WorkerWatch | null = null;
-  #fsWatcher: TreeWatcher | null = null;
-  #watching: Promise<void> | null = null;
-  #dirty = new Set<string>();
-  #syncWaiters = new Map<string, () => void>();
+  #sync: TreeSync;
+  #remote: RemoteRunner;
+  #local: LocalRunner;
   #rules: LocalRules;
   #rulesStamp = "";
   #rulesError: string | null = null;
-  #localSlots: Semaphore;
   readonly #localJobsMax: number;
   #tree: Beneath;
   #control: ControlPaths;
   #closed = false;
-  #jobSeq = 0;
 
   private constructor(
     options: MasterOptions,
@@ -328,7 +143,6 @@ export class Master implements AsyncDisposable {
     this.#hashCache = hashCache;
     this.#rules = rules;
     this.#localJobsMax = options.localJobsMax ?? navigator.hardwareConcurrency;
-    this.#localSlots = new Semaphore(this.#localJobsMax);
     const hidden = [options.cacheDir];
     this.#exclusions = new Exclusions(options.exclusions ?? DEFAULT_EXCLUSIONS, this.root);
     this.#files = new FileServer({
@@ -338,6 +152,27 @@ export class Master implements AsyncDisposable {
       hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
       // A worker's read found a change before the tree watcher did: all hear of it.
       onChange: (attrs) => this.#changes.push(attrs),
+    });
+    this.#sync = new TreeSync(this.root, tree, this.#files, this.#log);
+    this.#remote = new RemoteRunner({
+      root: this.root,
+      masterId: this.masterId,
+      stats: this.stats,
+      options,
+      changes: this.#changes,
+      tree,
+      control: this.#control,
+      hashCache,
+      sync: this.#sync,
+      log: this.#log,
+    });
+    this.#local = new LocalRunner({
+      root: this.root,
+      stats: this.stats,
+      files: this.#files,
+      sync: this.#sync,
+      localSlots: new Semaphore(this.#localJobsMax),
+      log: this.#log,
     });
   }
 
@@ -466,86 +301,15 @@ export class Master implements AsyncDisposable {
   }
 
   #startWatchingTree(): void {
-    const staging = `${this.root}/${STAGING_DIR}`;
-    try {
-      // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
-      this.#fsWatcher = TreeWatcher.start({
-        root: this.root,
-        // The private directory is watched for the markers, not its staging areas.
-        skip: (dir) => dir.startsWith(staging) && dir !== this.#tree.privatePath,
-        log: this.#log,
-      });
-    } catch (err) {
-      this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
-      return;
-    }
-    const watcher = this.#fsWatcher;
-    this.#watching = (async () => {
-      try {
-        for await (const event of watcher) {
-          if (event.kind === "rescan") {
-            // Events were lost: whatever the mirrors hold may have changed.
-            for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
-            continue;
-          }
-          for (const p of event.paths) {
-            if (p.startsWith(staging)) {
-              this.#syncWaiters.get(p)?.();
-              continue;
-            }
-            if (this.#dirty.size > 100_000) continue;
-            this.#dirty.add(p);
-          }
-        }
-      } catch {
-        // Closed.
-      }
-    })();
+    this.#sync.start();
   }
 
-  /**
-   * Waits until the tree watcher has seen every change made before this call
-   * (`mkdir` or `rm` by make's own shell just before a compile arrives): it
-   * creates a marker file and waits for its event, which the kernel queues
-   * after the earlier ones. If the watcher does not answer in time, every
-   * served path of the tree is read again instead.
-   */
-  async #syncTree(): Promise<void> {
-    let marker = "";
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      if (this.#fsWatcher !== null) {
-        // In the private directory, made exclusively, never through a link.
-        marker = this.#tree.createMarker();
-        const seen = new Promise<boolean>((resolve) => {
-          this.#syncWaiters.set(marker, () => resolve(true));
-          timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
-        });
-        if (await seen) return;
-      }
-    } catch {
-      // Could not make the marker (a full disk, say): read everything again.
-    } finally {
-      clearTimeout(timer);
-      if (marker !== "") {
-        this.#syncWaiters.delete(marker);
-        this.#tree.removeMarker(marker);
-      }
-    }
-    for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
+  #syncTree(): Promise<void> {
+    return this.#sync.sync();
   }
 
-  /** Re-reads paths that changed since they were served and logs the changes. */
-  async #flushChanges(extra: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
-    const paths = new Set<string>(extra);
-    for (const p of this.#dirty) {
-      paths.add(p);
-      paths.add(parentOf(p));
-    }
-    this.#dirty.clear();
-    for (const p of this.#files.youngPaths()) paths.add(p);
-    if (paths.size === 0) return;
-    await this.#files.refresh(paths, known); // changes go to the log as they are found
+  #flushChanges(extra?: Iterable<string>, known?: Map<string, string>): Promise<void> {
+    return this.#sync.flush(extra, known);
   }
 
   /** Runs one wrapper request; resolves with the exit status. */
@@ -672,14 +436,8 @@ export class Master implements AsyncDisposable {
     return this.#treeHidden;
   }
 
-  /** A local run as the last resort, bounded by the local slots. */
-  async #runLocalSlot(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
-    await this.#localSlots.acquire();
-    try {
-      return await this.#runLocal(request, io, true, true);
-    } finally {
-      this.#localSlots.release();
-    }
+  #runLocalSlot(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
+    return this.#local.runInSlot(request, io);
   }
 
   /**
@@ -719,226 +477,21 @@ export class Master implements AsyncDisposable {
     return this.#rules;
   }
 
-  #workerStats(worker: PooledWorker) {
-    return this.stats.perWorker[worker.address] ??= {
-      done: 0,
-      failed: 0,
-      workerMs: 0,
-      collectMs: 0,
-      applyMs: 0,
-    };
+  #workerStats(worker: PooledWorker): WorkerJobStats {
+    return this.#remote.workerStats(worker);
   }
 
-  async #runOn(
-    worker: PooledWorker,
-    request: JobRequest,
-    io: JobIo,
-    hold: OutputHold,
-  ): Promise<number> {
-    const t0 = performance.now();
-    await this.#syncTree();
-    const tSynced = performance.now();
-    await this.#flushChanges();
-    const tFlushed = performance.now();
-    const { updates, reset, cursor } = this.#changes.since(worker.cursor);
-    const jobId = `${this.masterId}-${++this.#jobSeq}`;
-    const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
-    const silenceMs = this.#options.jobSilenceMs ?? JOB_SILENCE_MS_MAX;
-    const params: JobParams = {
-      jobId,
-      argv: request.argv,
-      cwd: request.cwd,
-      env: request.env,
-      stdin: io.stdin !== null,
-      timeoutMs,
-      updates,
-      reset,
-      heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
-    };
-    // A worker that falls silent (no output, no heartbeat) is given up on.
-    const silence = new AbortController();
-    let silenceTimer = setTimeout(() => silence.abort(), silenceMs);
-    const heard = () => {
-      clearTimeout(silenceTimer);
-      silenceTimer = setTimeout(() => silence.abort(), silenceMs);
-    };
-    const unfollow = io.stdin?.follow((data) => {
-      worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
-    });
-    // A large result set arrives in parts ahead of the reply.
-    const parts = new ResultParts(this.#options.resultEntriesMax);
-    let reply: JobReply;
-    try {
-      reply = await worker.peer.call<JobReply>(WorkerMethods.jobRun, params, {
-        timeoutMs: timeoutMs + 60_000,
-        signal: AbortSignal.any([io.signal, silence.signal]),
-        onChunk: async (chunk) => {
-          heard();
-          const c = chunk as JobChunk;
-          if (typeof c !== "object" || c === null) return;
-          if ("fd" in c && c.data instanceof Uint8Array) {
-            await hold.write(c.fd === 1 ? 1 : 2, c.data);
-          } else if ("rs" in c) parts.addEntries(c.rs);
-          else if ("blobs" in c) parts.addBlobs(c.blobs);
-        },
-      });
-    } catch (err) {
-      if (silence.signal.aborted && !io.signal.aborted) {
-        throw new RpcError(
-          "TIMEOUT",
-          `worker ${worker.address} silent for ${silenceMs} ms`,
-        );
-      }
-      throw err;
-    } finally {
-      clearTimeout(silenceTimer);
-      unfollow?.();
-      hold.stopTimer();
-    }
-    // A reply from a worker is untrusted: its exit status reaches make.
-    if (typeof reply !== "object" || reply === null) {
-      throw new ResultSetError("Refusing the reply: not an object");
-    }
-    const exitCode = reply.exitCode;
-    if (!Number.isInteger(exitCode) || exitCode < 0 || exitCode > 255) {
-      throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
-    }
-    worker.cursor = cursor;
-    const applyStarted = performance.now();
-    const outcome = await applyResultSet(parts.merge(reply.resultSet), {
-      writableRoot: this.root,
-      tree: this.#tree,
-      control: this.#control,
-      hashCache: this.#hashCache,
-      entriesMax: this.#options.resultEntriesMax,
-      inline: (hash) => {
-        const bytes = parts.blob(hash) ?? reply.inline?.[hash];
-        return bytes instanceof Uint8Array ? bytes : undefined; // verified before use
-      },
-      fetchBlob: async (hash, sink) => {
-        // A transfer that stalls (a cut link) is given up on like a silent job.
-        const stalled = new AbortController();
-        let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
-        try {
-          await worker.peer.call(WorkerMethods.blobGet, { hash }, {
-            timeoutMs: 120_000,
-            signal: AbortSignal.any([io.signal, stalled.signal]),
-            onChunk: (chunk) => {
-              clearTimeout(stallTimer);
-              stallTimer = setTimeout(() => stalled.abort(), silenceMs);
-              if (!(chunk instanceof Uint8Array)) {
-                throw new ResultSetError("Blob chunk is not bytes");
-              }
-              return sink.write(chunk);
-            },
-          });
-        } catch (err) {
-          if (stalled.signal.aborted && !io.signal.aborted) {
-            throw new RpcError(
-              "TIMEOUT",
-              `worker ${worker.address} stalled for ${silenceMs} ms sending blob ${hash}`,
-            );
-          }
-          throw err;
-        } finally {
-          clearTimeout(stallTimer);
-        }
-      },
-    });
-    this.stats.bytesReceived += outcome.bytesFetched;
-    const ws = this.#workerStats(worker);
-    ws.applyMs += performance.now() - applyStarted;
-    ws.workerMs += Number(reply.timings?.totalMs) || 0;
-    ws.collectMs += Number(reply.timings?.collectMs) || 0;
-    if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
-    await this.#flushChanges(outcome.touched, outcome.hashes);
-    if (DEBUG_TIMINGS) {
-      const t = reply.timings ?? {};
-      const ms = (a: number, b: number) => (b - a).toFixed(1);
-      this.#log(
-        `job ${request.argv[0]}: sync ${ms(t0, tSynced)} flush ${ms(tSynced, tFlushed)} ` +
-          `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
-          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${
-            ms(applyStarted, performance.now())
-          } ms`,
-      );
-    }
-    if (reply.killedBy) {
-      const why = [reply.reason, reply.killedBy].find((w) =>
-        typeof w === "string"
-      )?.slice(0, 500) ??
-        "killed";
-      await hold.write(
-        2,
-        new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
-      );
-    }
-    return exitCode;
+  #runOn(worker: PooledWorker, request: JobRequest, io: JobIo, hold: OutputHold): Promise<number> {
+    return this.#remote.runOn(worker, request, io, hold);
   }
 
-  async #runLocal(
+  #runLocal(
     request: JobRequest,
     io: JobIo,
     refresh: boolean,
     fallback: boolean,
   ): Promise<{ code: number; error?: string }> {
-    this.stats.jobsLocal++;
-    if (fallback) this.#log(`running locally: ${request.argv.join(" ").slice(0, 200)}`);
-    const [cmd, ...args] = request.argv;
-    let child: Deno.ChildProcess;
-    try {
-      child = new Deno.Command(cmd, {
-        args,
-        cwd: request.cwd,
-        env: request.env,
-        clearEnv: true,
-        stdin: io.stdin ? "piped" : "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (err) {
-      const message = err instanceof Deno.errors.NotFound
-        ? `${cmd}: command not found\n`
-        : `${cmd}: ${(err as Error).message}\n`;
-      await io.stderr(new TextEncoder().encode(message));
-      return { code: err instanceof Deno.errors.NotFound ? 127 : 126 };
-    }
-    const kill = () => {
-      try {
-        child.kill("SIGTERM");
-      } catch {
-        // Already gone.
-      }
-    };
-    io.signal.addEventListener("abort", kill);
-    let unfollow: (() => void) | undefined;
-    if (io.stdin) {
-      const writer = child.stdin.getWriter();
-      let chain = Promise.resolve();
-      unfollow = io.stdin.follow((chunk) => {
-        chain = chain.then(() => chunk.length === 0 ? writer.close() : writer.write(chunk))
-          .catch(() => {});
-      });
-    }
-    const pump = async (
-      stream: ReadableStream<Uint8Array>,
-      out: (b: Uint8Array) => Promise<void>,
-    ) => {
-      for await (const chunk of stream) await out(chunk);
-    };
-    try {
-      const [status] = await Promise.all([
-        child.status,
-        pump(child.stdout, io.stdout),
-        pump(child.stderr, io.stderr),
-      ]);
-      // Cancelled by ^C on the wrapper: report it as the interrupt it was.
-      return { code: io.signal.aborted ? 130 : status.code };
-    } finally {
-      unfollow?.();
-      io.signal.removeEventListener("abort", kill);
-      if (refresh) await this.#flushChanges(this.#files.servedUnder(this.root));
-    }
+    return this.#local.run(request, io, refresh, fallback);
   }
 
   /** Pushes every pending change to the workers now (normally sent with the next job). */
@@ -960,8 +513,7 @@ export class Master implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#fsWatcher?.close();
-    await this.#watching;
+    await this.#sync.close();
     await this.#watch?.close();
     await this.#pool?.close();
     await this.#hashCache.close();

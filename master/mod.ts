@@ -3,6 +3,16 @@
  * pool, the wrapper socket, the reports to the coordinator and (optionally)
  * a live status page with `/status.json` and `/metrics`.
  *
+ * The rooms: `master.ts` (the worker-facing service and one job's path)
+ * over `dispatch.ts` (the policy, a state machine) and `worker_pool.ts` (the
+ * connections); `remote_run.ts` (one attempt on a worker, `output_hold.ts`)
+ * and `local_run.ts` (jobs run here); `local_rules.ts`, `outside.ts`;
+ * `tree_sync.ts` over `tree_watcher.ts`; `file_server.ts`, `hash_cache.ts`,
+ * `change_log.ts`; results through `result_check.ts`, `apply_stage.ts` and
+ * `apply_commit.ts` (`apply.ts`), by descriptor through `beneath.ts`;
+ * `wrapper_server.ts`, `stdin_buffer.ts`, `job_log.ts`; `status.ts` and
+ * `status_page.ts`; `master_types.ts` the options and counters.
+ *
  * @module
  */
 import { distrustSocket, SOCKET_NAME } from "../wrapper/client.ts";
@@ -49,6 +59,56 @@ function textResponse(status: number, text: string): Response {
   });
 }
 
+/** Answers a request to the build's status page (HTML, `/status.json`, `/metrics`, scripts). */
+async function serveStatusPage(
+  req: Request,
+  monitor: MasterMonitor,
+  pages: StaticFiles | undefined,
+): Promise<Response> {
+  const url = new URL(req.url);
+  const script = pages?.serve(url.pathname);
+  const known = script !== undefined ||
+    ["/", "/status.json", "/metrics"].includes(url.pathname);
+  if (!known) return textResponse(404, "Not found");
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    await script?.body?.cancel();
+    return textResponse(405, "Method not allowed");
+  }
+  if (script !== undefined) return script;
+  if (url.pathname === "/status.json") return jsonResponse(monitor.status());
+  if (url.pathname === "/metrics") return metricsResponse(monitor.metrics, PAGE_HEADERS);
+  return htmlResponse(renderMasterPage(monitor.status()));
+}
+
+/** Reports the build to `coordinator`; its replies say where the farm's page is. */
+function startReports(
+  coordinator: string,
+  options: StartMasterOptions,
+  monitor: MasterMonitor,
+  log: (message: string) => void,
+): MasterReporter {
+  return reportToCoordinator({
+    coordinator,
+    secret: options.secret,
+    intervalMs: options.reportIntervalMs,
+    report: () => monitor.report(),
+    onReply: (reply) => {
+      if (reply.statusPage === undefined) return;
+      // A page on every address is reached at the host this master dials.
+      const host = reply.statusPage.hostname ?? parseHostPort(coordinator).hostname;
+      monitor.coordinator = {
+        address: coordinator,
+        statusUrl: `http://${formatHostPort(host, reply.statusPage.port)}/`,
+      };
+    },
+    log,
+  });
+}
+
+/**
+ * Starts a master: the tree's file server and worker pool ({@linkcode Master}),
+ * the wrapper socket, the reports to the coordinator, the status page.
+ */
 export async function startMaster(options: StartMasterOptions): Promise<RunningMaster> {
   const log = options.log ?? ((m: string) => console.error(`termite master: ${m}`));
   const pages = options.statusPort === undefined
@@ -84,21 +144,7 @@ export async function startMaster(options: StartMasterOptions): Promise<RunningM
         hostname: "127.0.0.1",
         port: options.statusPort,
         onListen: () => {},
-      }, async (req) => {
-        const url = new URL(req.url);
-        const script = pages?.serve(url.pathname);
-        const known = script !== undefined ||
-          ["/", "/status.json", "/metrics"].includes(url.pathname);
-        if (!known) return textResponse(404, "Not found");
-        if (req.method !== "GET" && req.method !== "HEAD") {
-          await script?.body?.cancel();
-          return textResponse(405, "Method not allowed");
-        }
-        if (script !== undefined) return script;
-        if (url.pathname === "/status.json") return jsonResponse(monitor.status());
-        if (url.pathname === "/metrics") return metricsResponse(monitor.metrics, PAGE_HEADERS);
-        return htmlResponse(renderMasterPage(monitor.status()));
-      });
+      }, (req) => serveStatusPage(req, monitor, pages));
     } catch (err) {
       await wrappers.close();
       monitor[Symbol.dispose]();
@@ -107,26 +153,9 @@ export async function startMaster(options: StartMasterOptions): Promise<RunningM
     }
     monitor.statusUrl = `http://127.0.0.1:${http.addr.port}/`;
   }
-  let reporter: MasterReporter | undefined;
-  if (options.coordinator) {
-    const coordinator = options.coordinator;
-    reporter = reportToCoordinator({
-      coordinator,
-      secret: options.secret,
-      intervalMs: options.reportIntervalMs,
-      report: () => monitor.report(),
-      onReply: (reply) => {
-        if (reply.statusPage === undefined) return;
-        // A page on every address is reached at the host this master dials.
-        const host = reply.statusPage.hostname ?? parseHostPort(coordinator).hostname;
-        monitor.coordinator = {
-          address: coordinator,
-          statusUrl: `http://${formatHostPort(host, reply.statusPage.port)}/`,
-        };
-      },
-      log,
-    });
-  }
+  const reporter = options.coordinator
+    ? startReports(options.coordinator, options, monitor, log)
+    : undefined;
   let closed = false;
   const close = async () => {
     if (closed) return;

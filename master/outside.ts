@@ -7,7 +7,8 @@
  * compilers, linkers and shells spell paths; a path the arguments do not
  * spell out (`$d/x`) is not seen.
  */
-import { isInside, normalizeAbsolute } from "./paths.ts";
+import { isInside } from "../common/paths.ts";
+import { normalizeAbsolute } from "./paths.ts";
 
 /** Options whose value (joined or the next argument) is a file the command writes. */
 const OUTPUT_FLAGS = ["-o", "-MF", "--output"];

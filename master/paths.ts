@@ -1,4 +1,8 @@
-/** Path rules of the master: normalisation, containment, exclusions. */
+/**
+ * Path rules of the master: strict normalisation, result paths, exclusions.
+ * The plain helpers (joinPath, parentOf, baseName, isInside) are common/paths.ts's.
+ */
+import { isInside } from "../common/paths.ts";
 
 /** Normalises an absolute POSIX path; null if it is not absolute or climbs above `/`. */
 export function normalizeAbsolute(path: string): string | null {
@@ -14,26 +18,6 @@ export function normalizeAbsolute(path: string): string | null {
     parts.push(part);
   }
   return "/" + parts.join("/");
-}
-
-/** Joins `name` onto `dir` (both already normalised). */
-export function joinPath(dir: string, name: string): string {
-  return dir === "/" ? `/${name}` : `${dir}/${name}`;
-}
-
-export function parentOf(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i <= 0 ? "/" : path.slice(0, i);
-}
-
-export function baseName(path: string): string {
-  return path.slice(path.lastIndexOf("/") + 1);
-}
-
-/** Whether `path` is `root` or lies below it. */
-export function isInside(path: string, root: string): boolean {
-  if (root === "/") return true;
-  return path === root || path.startsWith(root + "/");
 }
 
 /** A name the kernel takes, in UTF-8 bytes (NAME_MAX). */

@@ -273,13 +273,20 @@ export class MasterMonitor implements Disposable {
     };
   }
 
+  /** The Prometheus metrics, read from the master when scraped (in this order). */
   #registerMetrics(): void {
+    this.#registerJobMetrics();
+    this.#registerWorkerMetrics();
+    this.#registerFallbackMetrics();
+    this.#registerServingMetrics();
+    this.#registerMirrorMetrics();
+  }
+
+  /** Jobs: how they ended, where they ran, in flight. */
+  #registerJobMetrics(): void {
     const m = this.metrics;
     const master = this.#master;
-    const stats = () => master.stats;
-    const perWorker = <T>(f: (w: MasterWorkerStatus) => T) =>
-      this.#workers(this.#now()).map((w) => [{ worker: w.address }, f(w)] as const);
-    const byWorker = { labelNames: ["worker"] };
+    const stats = () => this.#master.stats;
     m.collect(
       "termite_master_jobs_total",
       "Jobs finished, by how they ended: ok, exit_nonzero (the command failed), error (ran " +
@@ -311,6 +318,14 @@ export class MasterMonitor implements Disposable {
       "gauge",
       () => Math.max(0, stats().jobsRunning - master.workers.reduce((s, w) => s + w.running, 0)),
     );
+  }
+
+  /** Each worker: slots held and busy, jobs done and failed, time. */
+  #registerWorkerMetrics(): void {
+    const m = this.metrics;
+    const perWorker = <T>(f: (w: MasterWorkerStatus) => T) =>
+      this.#workers(this.#now()).map((w) => [{ worker: w.address }, f(w)] as const);
+    const byWorker = { labelNames: ["worker"] };
     m.collect(
       "termite_master_worker_slots",
       "Slots this master holds on each worker.",
@@ -346,6 +361,12 @@ export class MasterMonitor implements Disposable {
       () => perWorker((w) => w.workerMs / 1000),
       byWorker,
     );
+  }
+
+  /** Retries, and jobs that ran nowhere or here. */
+  #registerFallbackMetrics(): void {
+    const m = this.metrics;
+    const stats = () => this.#master.stats;
     m.collect(
       "termite_master_retries_total",
       "Attempts on another worker after a failed one.",
@@ -371,6 +392,13 @@ export class MasterMonitor implements Disposable {
       "counter",
       () => stats().jobsOutside,
     );
+  }
+
+  /** Contents fetched from and served to the workers, the hash cache. */
+  #registerServingMetrics(): void {
+    const m = this.metrics;
+    const master = this.#master;
+    const stats = () => this.#master.stats;
     m.collect(
       "termite_master_fetched_bytes_total",
       "Result contents fetched from workers.",
@@ -413,6 +441,13 @@ export class MasterMonitor implements Disposable {
       "counter",
       () => master.fileServer.hashCache.stats.bytesHashed,
     );
+  }
+
+  /** Each worker's mirror of this master, as of its last job. */
+  #registerMirrorMetrics(): void {
+    const m = this.metrics;
+    const stats = () => this.#master.stats;
+    const byWorker = { labelNames: ["worker"] };
     m.collect(
       "termite_master_worker_mirror_lookups_total",
       "Lookups in each worker's mirror of this master, as of its last job.",

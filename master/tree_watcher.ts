@@ -9,6 +9,8 @@
  *
  * @module
  */
+import { cString } from "../common/c_string.ts";
+import { errnoView, LIBC_PATH, loadLibc } from "../common/libc.ts";
 import {
   EAGAIN,
   EFD_CLOEXEC,
@@ -35,11 +37,10 @@ import {
   INOTIFY_EVENT_HEADER_BYTES,
   INOTIFY_SYMBOLS,
   type InotifyLibc,
-  LIBC_PATH,
   POLLFD_BYTES,
   POLLIN,
 } from "./inotify_ffi.ts";
-import { isInside, joinPath } from "./paths.ts";
+import { isInside, joinPath } from "../common/paths.ts";
 
 /**
  * What changed: `paths` (files, directories, links or special files created,
@@ -69,14 +70,7 @@ const WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_M
   IN_EXCL_UNLINK;
 const READ_BYTES = 64 * 1024;
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function cString(s: string): Uint8Array<ArrayBuffer> {
-  const bytes = new Uint8Array(encoder.encode(s).length + 1);
-  encoder.encodeInto(s, bytes);
-  return bytes;
-}
 
 export class TreeWatcher implements AsyncIterable<TreeEvent> {
   readonly root: string;
@@ -122,14 +116,14 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   static start(options: TreeWatcherOptions): TreeWatcher {
     let lib: InotifyLibc;
     try {
-      lib = Deno.dlopen(LIBC_PATH, INOTIFY_SYMBOLS);
+      lib = loadLibc(INOTIFY_SYMBOLS);
     } catch (err) {
       throw new TreeWatcherError(`Cannot load ${LIBC_PATH}`, { cause: err });
     }
     const fd = lib.symbols.inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     const wakeFd = fd < 0 ? -1 : lib.symbols.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (fd < 0 || wakeFd < 0) {
-      const errno = errnoOf(lib);
+      const errno = errnoView(lib)[0];
       if (fd >= 0) lib.symbols.close(fd);
       lib.close();
       throw new TreeWatcherError(`Cannot start inotify: errno ${errno}`);
@@ -154,7 +148,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
       }
       const wd = this.#lib.symbols.inotify_add_watch(this.#fd, cString(d), WATCH_MASK);
       if (wd < 0) {
-        const errno = errnoOf(this.#lib);
+        const errno = errnoView(this.#lib)[0];
         if (errno === ENOSPC) {
           this.#tooMany("the inotify watch limit (fs.inotify.max_user_watches) reached");
           return;
@@ -215,7 +209,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
             rescan = this.#parse(buf, n, paths) || rescan;
             continue;
           }
-          const errno = n < 0 ? errnoOf(this.#lib) : 0;
+          const errno = n < 0 ? errnoView(this.#lib)[0] : 0;
           if (errno === EINTR) continue;
           if (errno !== EAGAIN) throw new TreeWatcherError(`Cannot read inotify events: ${errno}`);
           break;
@@ -323,9 +317,4 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     this.#lib.symbols.close(this.#wakeFd);
     this.#lib.close();
   }
-}
-
-function errnoOf(lib: InotifyLibc): number {
-  const p = lib.symbols.__errno_location();
-  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
 }

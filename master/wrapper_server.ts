@@ -2,10 +2,10 @@
  * The master's unix socket (mode 0700) where wrappers hand in commands.
  */
 import {
+  checkWrapperRequest,
   decodeJson,
   encodeWrapperFrame,
   FrameType,
-  WRAPPER_PROTOCOL_VERSION,
   type WrapperExit,
   WrapperFrameReader,
   type WrapperRequest,
@@ -26,20 +26,17 @@ export class WrapperServerError extends Error {
   override name = "WrapperServerError";
 }
 
-function validRequest(raw: unknown): JobRequest | string {
-  const r = raw as WrapperRequest;
-  if (typeof r !== "object" || r === null) return "request is not an object";
-  if (r.version !== WRAPPER_PROTOCOL_VERSION) {
-    return `wrapper protocol version mismatch: master speaks ${WRAPPER_PROTOCOL_VERSION}, wrapper speaks ${r.version}`;
+/** The job a wrapper's request frame asks for, and whether stdin frames follow; or why not. */
+function jobOf(payload: Uint8Array): { request: JobRequest; stdin: boolean } | string {
+  let r: WrapperRequest | string;
+  try {
+    r = checkWrapperRequest(decodeJson(payload));
+  } catch {
+    return "request is not JSON";
   }
-  if (!Array.isArray(r.argv) || r.argv.length === 0 || r.argv.some((a) => typeof a !== "string")) {
-    return "bad argv";
-  }
-  if (typeof r.cwd !== "string" || !r.cwd.startsWith("/")) return "bad cwd";
-  if (typeof r.env !== "object" || r.env === null) return "bad env";
-  for (const v of Object.values(r.env)) if (typeof v !== "string") return "bad env";
-  if (r.localPath !== undefined && typeof r.localPath !== "string") return "bad localPath";
-  return { argv: r.argv, cwd: r.cwd, env: r.env, shell: r.shell === true, localPath: r.localPath };
+  if (typeof r === "string") return r;
+  const request = { argv: r.argv, cwd: r.cwd, env: r.env, shell: r.shell, localPath: r.localPath };
+  return { request, stdin: r.stdin };
 }
 
 /** Removes a stale socket file, or fails if a master is listening on it. */
@@ -129,18 +126,13 @@ export class WrapperServer implements AsyncDisposable {
       await exit({ code: 255, error: "protocol error: expected a request" });
       return;
     }
-    let request: JobRequest | string;
-    try {
-      request = validRequest(decodeJson(first.payload));
-    } catch {
-      request = "request is not JSON";
-    }
-    if (typeof request === "string") {
-      await exit({ code: 255, error: `bad request: ${request}` });
+    const job = jobOf(first.payload);
+    if (typeof job === "string") {
+      await exit({ code: 255, error: `bad request: ${job}` });
       return;
     }
-    const wantsStdin = (decodeJson<WrapperRequest>(first.payload)).stdin === true;
-    const stdin = wantsStdin ? new StdinBuffer() : null;
+    const request = job.request;
+    const stdin = job.stdin ? new StdinBuffer() : null;
     const cancel = new AbortController();
     // Read stdin and cancel frames while the job runs; a vanished wrapper cancels.
     const reading = (async () => {

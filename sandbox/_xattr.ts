@@ -1,17 +1,11 @@
 /** Reads extended attributes through libc (Deno has no xattr API). */
+import { cString } from "../common/c_string.ts";
+import { loadLibc } from "../common/libc.ts";
 
 const SYMBOLS = {
   /** ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size) */
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
 } as const satisfies Deno.ForeignLibraryInterface;
-
-const encoder = new TextEncoder();
-
-function cString(s: string): Uint8Array<ArrayBuffer> {
-  const bytes = new Uint8Array(encoder.encode(s).length + 1);
-  encoder.encodeInto(s, bytes);
-  return bytes;
-}
 
 /** A handle on libc's `lgetxattr`; close it when done. */
 export class XattrReader {
@@ -19,7 +13,7 @@ export class XattrReader {
   #value = new Uint8Array(256);
 
   constructor() {
-    this.#lib = Deno.dlopen("libc.so.6", SYMBOLS);
+    this.#lib = loadLibc(SYMBOLS);
   }
 
   /** Returns the attribute's bytes (up to 256), or `null` when absent or unreadable. */

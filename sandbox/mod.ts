@@ -4,6 +4,14 @@
  * through a per-job overlay, and turns what the job changed into a
  * {@linkcode ResultSet}.
  *
+ * The rooms: `job.ts` runs a job (runJob: the launcher's argv, supervising
+ * it, clean-up); `job_spec.ts` what a job is (spec, options, outcome,
+ * limits, the one validation); `job_status.ts` the launcher's status turned
+ * into the outcome; `job_io.ts` the job's pipes; `job_cgroup.ts` its pids
+ * cgroup; `launcher.ts`/`launcher.c` the C launcher (namespaces, overlay,
+ * chroot, limits, seccomp); `result_set.ts` the upper layer walked into a
+ * result set; `cgroup_tuning.ts` the favordynmods hierarchy.
+ *
  * @module
  */
 export type { ResultFile, ResultSet } from "../common/types.ts";
@@ -15,6 +23,7 @@ export {
   favorCgroupMigrations,
   isDynmodsMount,
 } from "./cgroup_tuning.ts";
+export { removeTree, runJob } from "./job.ts";
 export {
   DRAIN_GRACE_MS,
   FILES_MAX_DEFAULT,
@@ -22,14 +31,11 @@ export {
   type JobSpec,
   KILL_GRACE_MS,
   OUTPUT_BYTES_MAX,
-  PIDS_CGROUP_ROOT,
   PROCESSES_MAX_DEFAULT,
-  removeStaleCgroups,
-  removeTree,
   RESULT_BYTES_MAX_DEFAULT,
-  runJob,
   type RunJobOptions,
   type SandboxOptions,
   TMP_BYTES_MAX_DEFAULT,
-} from "./job.ts";
+} from "./job_spec.ts";
+export { PIDS_CGROUP_ROOT, removeStaleCgroups } from "./job_cgroup.ts";
 export { type CollectOptions, collectResultSet, RESULT_ENTRIES_MAX } from "./result_set.ts";

@@ -53,83 +53,14 @@ export async function collectResultSet(
       `Cannot collect results: writable root is not absolute: ${writableRoot}`,
     );
   }
-  const entriesMax = options.entriesMax ?? RESULT_ENTRIES_MAX;
-  const base = writableRoot === "/" ? "" : writableRoot.replace(/\/+$/, "");
-  const lowerDir = options.lowerDir;
-  const deletions: string[] = [];
-  const dirs: { path: string; mode: number }[] = [];
-  const files: { upper: string; path: string; mode: number; mtimeMs: number }[] = [];
-  const symlinks: { path: string; target: string }[] = [];
-  let entries = 0;
-
-  using xattrs = new XattrReader();
-
-  /** Lower entry at `rel`, or null; only looked at outside new directories. */
-  async function lowerInfo(rel: string): Promise<Deno.FileInfo | null> {
-    if (lowerDir === undefined) return null;
-    try {
-      return await Deno.lstat(`${lowerDir}/${rel}`);
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
-        return null;
-      }
-      throw new SandboxError(`Cannot read the lower layer: ${lowerDir}/${rel}`, { cause: err });
-    }
-  }
-
-  // `fresh`: inside a directory with no lower counterpart (opaque or new), so
-  // nothing below it can shadow a lower entry.
-  async function walk(rel: string, fresh: boolean): Promise<void> {
-    const dir = rel === "" ? upperDir : `${upperDir}/${rel}`;
-    const names: string[] = [];
-    for await (const entry of Deno.readDir(dir)) {
-      if (++entries > entriesMax) {
-        throw new SandboxError(
-          `Cannot collect results: more than ${entriesMax} entries in ${upperDir}`,
-        );
-      }
-      names.push(entry.name);
-    }
-    names.sort();
-    for (const name of names) {
-      const childRel = rel === "" ? name : `${rel}/${name}`;
-      const upper = `${upperDir}/${childRel}`;
-      const path = `${base}/${childRel}`;
-      const info = await Deno.lstat(upper);
-      const mode = (info.mode ?? 0) & 0o7777;
-      if (info.isCharDevice && info.rdev === 0) {
-        deletions.push(path);
-      } else if (info.isDirectory) {
-        const opaque = new TextDecoder().decode(xattrs.get(upper, OPAQUE_XATTR) ?? undefined);
-        if (opaque === "y") {
-          deletions.push(path);
-          dirs.push({ path, mode });
-          await walk(childRel, true);
-        } else {
-          const lower = fresh ? null : await lowerInfo(childRel);
-          const unchanged = lower !== null && lower.isDirectory &&
-            ((lower.mode ?? 0) & 0o7777) === mode;
-          if (!unchanged) dirs.push({ path, mode });
-          await walk(childRel, fresh || (lowerDir !== undefined && lower === null));
-        }
-      } else if (info.isFile || info.isSymlink) {
-        const lower = fresh ? null : await lowerInfo(childRel);
-        if (lower?.isDirectory) deletions.push(path);
-        if (info.isFile) {
-          files.push({ upper, path, mode, mtimeMs: info.mtime?.getTime() ?? 0 });
-        } else {
-          symlinks.push({ path, target: await Deno.readLink(upper) });
-        }
-      }
-    }
-  }
-
+  using walk = new UpperWalk(upperDir, writableRoot, options);
   try {
-    await walk("", false);
+    await walk.dir("", false);
   } catch (err) {
     if (err instanceof SandboxError) throw err;
     throw new SandboxError(`Cannot collect results from ${upperDir}`, { cause: err });
   }
+  const { deletions, dirs, files, symlinks } = walk;
 
   const depth = (p: string) => p.split("/").length;
   const byPath = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
@@ -144,4 +75,95 @@ export async function collectResultSet(
     stored.push({ path: f.path, hash, size, mode: f.mode, mtimeMs: f.mtimeMs });
   }
   return { deletions, dirs, files: stored, symlinks };
+}
+
+/** One walk of an upper directory: what it found, unsorted. */
+class UpperWalk {
+  readonly deletions: string[] = [];
+  readonly dirs: { path: string; mode: number }[] = [];
+  readonly files: { upper: string; path: string; mode: number; mtimeMs: number }[] = [];
+  readonly symlinks: { path: string; target: string }[] = [];
+  #upperDir: string;
+  #base: string;
+  #lowerDir: string | undefined;
+  #entriesMax: number;
+  #entries = 0;
+  #xattrs = new XattrReader();
+
+  constructor(upperDir: string, writableRoot: string, options: CollectOptions) {
+    this.#upperDir = upperDir;
+    this.#base = writableRoot === "/" ? "" : writableRoot.replace(/\/+$/, "");
+    this.#lowerDir = options.lowerDir;
+    this.#entriesMax = options.entriesMax ?? RESULT_ENTRIES_MAX;
+  }
+
+  [Symbol.dispose](): void {
+    this.#xattrs.close();
+  }
+
+  /** Lower entry at `rel`, or null; only looked at outside new directories. */
+  async #lowerInfo(rel: string): Promise<Deno.FileInfo | null> {
+    if (this.#lowerDir === undefined) return null;
+    try {
+      return await Deno.lstat(`${this.#lowerDir}/${rel}`);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
+        return null;
+      }
+      throw new SandboxError(`Cannot read the lower layer: ${this.#lowerDir}/${rel}`, {
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * Walks the directory `rel` of the upper layer. `fresh`: inside a directory
+   * with no lower counterpart (opaque or new), so nothing below it can shadow
+   * a lower entry.
+   */
+  async dir(rel: string, fresh: boolean): Promise<void> {
+    const dir = rel === "" ? this.#upperDir : `${this.#upperDir}/${rel}`;
+    const names: string[] = [];
+    for await (const entry of Deno.readDir(dir)) {
+      if (++this.#entries > this.#entriesMax) {
+        throw new SandboxError(
+          `Cannot collect results: more than ${this.#entriesMax} entries in ${this.#upperDir}`,
+        );
+      }
+      names.push(entry.name);
+    }
+    names.sort();
+    for (const name of names) await this.#entry(rel === "" ? name : `${rel}/${name}`, fresh);
+  }
+
+  async #entry(rel: string, fresh: boolean): Promise<void> {
+    const upper = `${this.#upperDir}/${rel}`;
+    const path = `${this.#base}/${rel}`;
+    const info = await Deno.lstat(upper);
+    const mode = (info.mode ?? 0) & 0o7777;
+    if (info.isCharDevice && info.rdev === 0) {
+      this.deletions.push(path);
+    } else if (info.isDirectory) {
+      const opaque = new TextDecoder().decode(this.#xattrs.get(upper, OPAQUE_XATTR) ?? undefined);
+      if (opaque === "y") {
+        this.deletions.push(path);
+        this.dirs.push({ path, mode });
+        await this.dir(rel, true);
+      } else {
+        const lower = fresh ? null : await this.#lowerInfo(rel);
+        const unchanged = lower !== null && lower.isDirectory &&
+          ((lower.mode ?? 0) & 0o7777) === mode;
+        if (!unchanged) this.dirs.push({ path, mode });
+        await this.dir(rel, fresh || (this.#lowerDir !== undefined && lower === null));
+      }
+    } else if (info.isFile || info.isSymlink) {
+      const lower = fresh ? null : await this.#lowerInfo(rel);
+      if (lower?.isDirectory) this.deletions.push(path);
+      if (info.isFile) {
+        this.files.push({ upper, path, mode, mtimeMs: info.mtime?.getTime() ?? 0 });
+      } else {
+        this.symlinks.push({ path, target: await Deno.readLink(upper) });
+      }
+    }
+  }
 }

@@ -11,7 +11,12 @@
 
 import type { Store } from "../cas/mod.ts";
 import { hashBytes } from "../cas/mod.ts";
-import { JOB_HEARTBEAT_MS, type JobParams, type JobReply } from "../common/protocol.ts";
+import {
+  isJobParams,
+  JOB_HEARTBEAT_MS,
+  type JobParams,
+  type JobReply,
+} from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
 import { type CallContext, RpcError } from "../rpc/mod.ts";
 import { collectResultSet, type JobOutcome, runJob } from "../sandbox/mod.ts";
@@ -66,13 +71,7 @@ interface SandboxRun {
 
 /** Throws BAD_REQUEST unless `params` is a job (`JobParams`). */
 export function checkJobParams(params: JobParams): void {
-  if (
-    !Array.isArray(params?.argv) || params.argv.length === 0 ||
-    params.argv.some((a) => typeof a !== "string") || typeof params.cwd !== "string" ||
-    typeof params.env !== "object" || typeof params.jobId !== "string"
-  ) {
-    throw new RpcError("BAD_REQUEST", "Bad job parameters");
-  }
+  if (!isJobParams(params)) throw new RpcError("BAD_REQUEST", "Bad job parameters");
 }
 
 /** Sends heartbeat chunks while a job runs, as often as the master asked (clamped). */

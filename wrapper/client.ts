@@ -2,8 +2,10 @@
  * The wrapper: hands one command to the master over its unix socket and behaves
  * like the command would have (same output, same exit status).
  *
- * Started once per compile: keep imports to this file and `protocol.ts`.
+ * Started once per compile: keep imports to this file, `protocol.ts` and
+ * leaves of common/ with no imports of their own.
  */
+import { errorMessage } from "../common/errors.ts";
 import {
   decodeJson,
   encodeWrapperFrame,
@@ -167,7 +169,7 @@ function runLocally(options: WrapperOptions): number {
     }).outputSync();
     return code;
   } catch (err) {
-    console.error(`termite: ${cmd}: ${err instanceof Error ? err.message : err}`);
+    console.error(`termite: ${cmd}: ${errorMessage(err)}`);
     return 127;
   }
 }
@@ -212,7 +214,7 @@ export async function runWrapper(options: WrapperOptions): Promise<number> {
   } catch (err) {
     const why = err instanceof Deno.errors.ConnectionRefused
       ? "no master is listening (stale socket)"
-      : (err instanceof Error ? err.message : String(err));
+      : errorMessage(err);
     return withoutMaster(options, `cannot reach the master at ${socket}: ${why}`);
   }
   const env = { ...options.env };
@@ -261,7 +263,7 @@ export async function runWrapper(options: WrapperOptions): Promise<number> {
       }
     }
   } catch (err) {
-    console.error(`termite: lost the master: ${err instanceof Error ? err.message : err}`);
+    console.error(`termite: lost the master: ${errorMessage(err)}`);
     return 255;
   } finally {
     Deno.removeSignalListener("SIGINT", cancel);

@@ -53,6 +53,35 @@ export interface WrapperRequest {
   localPath?: string;
 }
 
+/**
+ * Checks a decoded request frame: the request, normalised (`stdin` and
+ * `shell` true or false), or why it is refused. The one validation of the
+ * message, made by the master.
+ */
+export function checkWrapperRequest(raw: unknown): WrapperRequest | string {
+  const r = raw as WrapperRequest;
+  if (typeof r !== "object" || r === null) return "request is not an object";
+  if (r.version !== WRAPPER_PROTOCOL_VERSION) {
+    return `wrapper protocol version mismatch: master speaks ${WRAPPER_PROTOCOL_VERSION}, wrapper speaks ${r.version}`;
+  }
+  if (!Array.isArray(r.argv) || r.argv.length === 0 || r.argv.some((a) => typeof a !== "string")) {
+    return "bad argv";
+  }
+  if (typeof r.cwd !== "string" || !r.cwd.startsWith("/")) return "bad cwd";
+  if (typeof r.env !== "object" || r.env === null) return "bad env";
+  for (const v of Object.values(r.env)) if (typeof v !== "string") return "bad env";
+  if (r.localPath !== undefined && typeof r.localPath !== "string") return "bad localPath";
+  return {
+    version: r.version,
+    argv: r.argv,
+    cwd: r.cwd,
+    env: r.env,
+    stdin: r.stdin === true,
+    shell: r.shell === true,
+    localPath: r.localPath,
+  };
+}
+
 export interface WrapperExit {
   code: number;
   /** A message for the user when the master could not run the job. */

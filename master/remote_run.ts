@@ -1,0 +1,254 @@
+/**
+ * One attempt of a job on a worker: the tree synced, the mirror's updates
+ * sent with the job, its output held, its reply checked and its result set
+ * applied.
+ *
+ * @module
+ */
+import {
+  JOB_HEARTBEAT_MS,
+  JOB_SILENCE_MS_MAX,
+  type JobChunk,
+  type JobParams,
+  type JobReply,
+  WorkerMethods,
+} from "../common/protocol.ts";
+import { RpcError } from "../rpc/mod.ts";
+import { applyResultSet, type ControlPaths, ResultParts, ResultSetError } from "./apply.ts";
+import type { Beneath } from "./beneath.ts";
+import type { ChangeLog } from "./change_log.ts";
+import type { HashCache } from "./hash_cache.ts";
+import type {
+  JobIo,
+  JobRequest,
+  MasterOptions,
+  MasterStats,
+  WorkerJobStats,
+} from "./master_types.ts";
+import type { OutputHold } from "./output_hold.ts";
+import type { TreeSync } from "./tree_sync.ts";
+import type { PooledWorker } from "./worker_pool.ts";
+
+/** Names an untrusted decoded value without stringifying it (its toString may be anything). */
+export function describe(value: unknown): string {
+  return typeof value === "string" ? JSON.stringify(value.slice(0, 200)) : typeof value;
+}
+/** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
+const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
+
+/** What a remote run needs of its master. */
+export interface RemoteRunnerOptions {
+  root: string;
+  masterId: string;
+  stats: MasterStats;
+  options: MasterOptions;
+  changes: ChangeLog;
+  tree: Beneath;
+  control: ControlPaths;
+  hashCache: HashCache;
+  sync: TreeSync;
+  log: (message: string) => void;
+}
+
+/** Runs jobs on workers for one master. */
+export class RemoteRunner {
+  readonly root: string;
+  readonly masterId: string;
+  readonly stats: MasterStats;
+  #options: MasterOptions;
+  #changes: ChangeLog;
+  #tree: Beneath;
+  #control: ControlPaths;
+  #hashCache: HashCache;
+  #sync: TreeSync;
+  #log: (message: string) => void;
+  #jobSeq = 0;
+
+  constructor(o: RemoteRunnerOptions) {
+    this.root = o.root;
+    this.masterId = o.masterId;
+    this.stats = o.stats;
+    this.#options = o.options;
+    this.#changes = o.changes;
+    this.#tree = o.tree;
+    this.#control = o.control;
+    this.#hashCache = o.hashCache;
+    this.#sync = o.sync;
+    this.#log = o.log;
+  }
+
+  /** One attempt of `request` on `worker`: its exit code; throws when the attempt failed. */
+  runOn(worker: PooledWorker, request: JobRequest, io: JobIo, hold: OutputHold): Promise<number> {
+    return this.#runOn(worker, request, io, hold);
+  }
+
+  /** The master's counters of `worker`. */
+  workerStats(worker: PooledWorker): WorkerJobStats {
+    return this.#workerStats(worker);
+  }
+
+  #syncTree(): Promise<void> {
+    return this.#sync.sync();
+  }
+
+  #flushChanges(extra?: Iterable<string>, known?: Map<string, string>): Promise<void> {
+    return this.#sync.flush(extra, known);
+  }
+
+  #workerStats(worker: PooledWorker) {
+    return this.stats.perWorker[worker.address] ??= {
+      done: 0,
+      failed: 0,
+      workerMs: 0,
+      collectMs: 0,
+      applyMs: 0,
+    };
+  }
+
+  async #runOn(
+    worker: PooledWorker,
+    request: JobRequest,
+    io: JobIo,
+    hold: OutputHold,
+  ): Promise<number> {
+    const t0 = performance.now();
+    await this.#syncTree();
+    const tSynced = performance.now();
+    await this.#flushChanges();
+    const tFlushed = performance.now();
+    const { updates, reset, cursor } = this.#changes.since(worker.cursor);
+    const jobId = `${this.masterId}-${++this.#jobSeq}`;
+    const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
+    const silenceMs = this.#options.jobSilenceMs ?? JOB_SILENCE_MS_MAX;
+    const params: JobParams = {
+      jobId,
+      argv: request.argv,
+      cwd: request.cwd,
+      env: request.env,
+      stdin: io.stdin !== null,
+      timeoutMs,
+      updates,
+      reset,
+      heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
+    };
+    // A worker that falls silent (no output, no heartbeat) is given up on.
+    const silence = new AbortController();
+    let silenceTimer = setTimeout(() => silence.abort(), silenceMs);
+    const heard = () => {
+      clearTimeout(silenceTimer);
+      silenceTimer = setTimeout(() => silence.abort(), silenceMs);
+    };
+    const unfollow = io.stdin?.follow((data) => {
+      worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
+    });
+    // A large result set arrives in parts ahead of the reply.
+    const parts = new ResultParts(this.#options.resultEntriesMax);
+    let reply: JobReply;
+    try {
+      reply = await worker.peer.call<JobReply>(WorkerMethods.jobRun, params, {
+        timeoutMs: timeoutMs + 60_000,
+        signal: AbortSignal.any([io.signal, silence.signal]),
+        onChunk: async (chunk) => {
+          heard();
+          const c = chunk as JobChunk;
+          if (typeof c !== "object" || c === null) return;
+          if ("fd" in c && c.data instanceof Uint8Array) {
+            await hold.write(c.fd === 1 ? 1 : 2, c.data);
+          } else if ("rs" in c) parts.addEntries(c.rs);
+          else if ("blobs" in c) parts.addBlobs(c.blobs);
+        },
+      });
+    } catch (err) {
+      if (silence.signal.aborted && !io.signal.aborted) {
+        throw new RpcError(
+          "TIMEOUT",
+          `worker ${worker.address} silent for ${silenceMs} ms`,
+        );
+      }
+      throw err;
+    } finally {
+      clearTimeout(silenceTimer);
+      unfollow?.();
+      hold.stopTimer();
+    }
+    // A reply from a worker is untrusted: its exit status reaches make.
+    if (typeof reply !== "object" || reply === null) {
+      throw new ResultSetError("Refusing the reply: not an object");
+    }
+    const exitCode = reply.exitCode;
+    if (!Number.isInteger(exitCode) || exitCode < 0 || exitCode > 255) {
+      throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
+    }
+    worker.cursor = cursor;
+    const applyStarted = performance.now();
+    const outcome = await applyResultSet(parts.merge(reply.resultSet), {
+      writableRoot: this.root,
+      tree: this.#tree,
+      control: this.#control,
+      hashCache: this.#hashCache,
+      entriesMax: this.#options.resultEntriesMax,
+      inline: (hash) => {
+        const bytes = parts.blob(hash) ?? reply.inline?.[hash];
+        return bytes instanceof Uint8Array ? bytes : undefined; // verified before use
+      },
+      fetchBlob: async (hash, sink) => {
+        // A transfer that stalls (a cut link) is given up on like a silent job.
+        const stalled = new AbortController();
+        let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
+        try {
+          await worker.peer.call(WorkerMethods.blobGet, { hash }, {
+            timeoutMs: 120_000,
+            signal: AbortSignal.any([io.signal, stalled.signal]),
+            onChunk: (chunk) => {
+              clearTimeout(stallTimer);
+              stallTimer = setTimeout(() => stalled.abort(), silenceMs);
+              if (!(chunk instanceof Uint8Array)) {
+                throw new ResultSetError("Blob chunk is not bytes");
+              }
+              return sink.write(chunk);
+            },
+          });
+        } catch (err) {
+          if (stalled.signal.aborted && !io.signal.aborted) {
+            throw new RpcError(
+              "TIMEOUT",
+              `worker ${worker.address} stalled for ${silenceMs} ms sending blob ${hash}`,
+            );
+          }
+          throw err;
+        } finally {
+          clearTimeout(stallTimer);
+        }
+      },
+    });
+    this.stats.bytesReceived += outcome.bytesFetched;
+    const ws = this.#workerStats(worker);
+    ws.applyMs += performance.now() - applyStarted;
+    ws.workerMs += Number(reply.timings?.totalMs) || 0;
+    ws.collectMs += Number(reply.timings?.collectMs) || 0;
+    if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
+    await this.#flushChanges(outcome.touched, outcome.hashes);
+    if (DEBUG_TIMINGS) {
+      const t = reply.timings ?? {};
+      const ms = (a: number, b: number) => (b - a).toFixed(1);
+      this.#log(
+        `job ${request.argv[0]}: sync ${ms(t0, tSynced)} flush ${ms(tSynced, tFlushed)} ` +
+          `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
+          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${
+            ms(applyStarted, performance.now())
+          } ms`,
+      );
+    }
+    if (reply.killedBy) {
+      const why = [reply.reason, reply.killedBy].find((w) =>
+        typeof w === "string"
+      )?.slice(0, 500) ??
+        "killed";
+      await hold.write(
+        2,
+        new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
+      );
+    }
+    return exitCode;
+  }
+}

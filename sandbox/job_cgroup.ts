@@ -1,0 +1,76 @@
+/**
+ * The per-job pids cgroup (cgroup v1): made with the job's process cap,
+ * removed after it, and the ones a crashed worker left removed at start.
+ *
+ * @module
+ */
+import { SandboxError } from "./errors.ts";
+
+/** Where per-job pids cgroups are created. */
+export const PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids/termite";
+/** How long a job's cgroup may stay busy after the job before removal is given up. */
+const CGROUP_REMOVE_MS = 2_000;
+
+/** Creates the job's pids cgroup; `null` when cgroups are unavailable. */
+export async function createPidsCgroup(
+  root: string | null | undefined,
+  processesMax: number,
+): Promise<string | null> {
+  if (root === null) return null;
+  root ??= PIDS_CGROUP_ROOT;
+  const dir = `${root}/job-${crypto.randomUUID()}`;
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch {
+    return null;
+  }
+  try {
+    await Deno.writeTextFile(`${dir}/pids.max`, String(processesMax));
+    return dir;
+  } catch {
+    await Deno.remove(dir).catch(() => {});
+    return null;
+  }
+}
+
+/** Removes a job's cgroup once its processes are gone (waiting a little for the kernel). */
+export async function removeCgroup(dir: string): Promise<void> {
+  const deadline = Date.now() + CGROUP_REMOVE_MS;
+  for (;;) {
+    try {
+      await Deno.remove(dir);
+      return;
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return;
+      if (!(err instanceof Deno.errors.Busy) || Date.now() > deadline) {
+        throw new SandboxError(`Cannot remove the job's cgroup: ${dir}`, { cause: err });
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+}
+
+/**
+ * Removes the job cgroups a previous run of the worker left under `root`
+ * (after a crash); call it at start-up, before any job runs. Returns how
+ * many were removed. Cgroups still holding processes are left alone.
+ */
+export async function removeStaleCgroups(root: string = PIDS_CGROUP_ROOT): Promise<number> {
+  let removed = 0;
+  try {
+    for await (const entry of Deno.readDir(root)) {
+      if (!entry.isDirectory || !entry.name.startsWith("job-")) continue;
+      try {
+        await Deno.remove(`${root}/${entry.name}`);
+        removed++;
+      } catch {
+        // Busy: still running (another worker?) — not ours to touch.
+      }
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new SandboxError(`Cannot list stale cgroups in ${root}`, { cause: err });
+    }
+  }
+  return removed;
+}
