@@ -30,7 +30,15 @@ import { removeHost } from "../farm/netns.ts";
 import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
-import { childrenCpuS, cpuS, processTree, tail, timedCommand, withDeadline } from "./_proc.ts";
+import {
+  childrenCpuMs,
+  processTree,
+  procStat,
+  tail,
+  threadsCpuMs,
+  timedCommand,
+  withDeadline,
+} from "./_proc.ts";
 import {
   LUA,
   type Project,
@@ -49,6 +57,12 @@ export const CONTENDERS: readonly ContenderName[] = ["local", "termite", "distcc
 /** Goals from the issue. */
 export const GOAL_BUILD_OVERHEAD = 1.10;
 export const GOAL_SCALING_PER_WORKER = 0.7;
+/** Issue 14 (build-host cost per job): the master's own CPU per compile job, ms. */
+export const GOAL_MASTER_CPU_PER_JOB_MS = 2;
+/** Issue 14: the wrapper's start (`termite-sh -c true`) / a bare `deno run` of an empty script. */
+export const GOAL_WRAPPER_START_VS_DENO = 1.05;
+/** Issue 14: a warm build through the farm / local make. */
+export const GOAL_WARM_BUILD_ISSUE14 = 1.15;
 
 export interface HarnessOptions {
   /** One run per contender, lua only, fewer round trips, scaling to 2 workers. */
@@ -108,8 +122,10 @@ export interface BuildRun {
   wallMs?: number;
   /** CPU of make and everything it ran on the master host, seconds. */
   clientCpuS?: number;
-  /** CPU of the Termite master process over the build, seconds. */
+  /** CPU of the Termite master process over the build (with local jobs it ran), seconds. */
   masterCpuS?: number;
+  /** Of which the master's own (its process, not its children), seconds. */
+  masterOwnCpuS?: number;
   /** Object files the build left: the compile jobs. */
   objects?: number;
   /** Termite master job counters over the build. */
@@ -136,6 +152,8 @@ export interface BuildSummary {
   clientCpuPerJobMs?: number;
   /** Of which the Termite master process, ms. */
   masterCpuPerJobMs?: number;
+  /** Of that, the master's own CPU (not the local jobs it ran), ms. */
+  masterOwnCpuPerJobMs?: number;
   /** Median time / median local make time. */
   vsLocal?: number;
   /** Builds (cold included) that failed and were tried again or given up. */
@@ -155,8 +173,13 @@ export interface RoundTripKind {
   medianMs?: number;
   meanMs?: number;
   p90Ms?: number;
-  /** CPU of the command's processes (and of the master, for termite) per command, ms. */
+  /**
+   * CPU of the command's processes per command (getrusage of the reaped
+   * children, to the µs), and of the master's threads for termite, ms.
+   */
   clientCpuPerCmdMs?: number;
+  /** Median CPU of one command's processes, ms. */
+  clientCpuMedianMs?: number;
   masterCpuPerCmdMs?: number;
   /** Termite jobs the master ran on workers over this kind's timed commands. */
   remoteJobs?: number;
@@ -168,6 +191,11 @@ export interface RoundTripKind {
 }
 
 export interface RoundTripDerived {
+  /** `termite-sh -c true` / `deno run empty.js`: medians of wall time, and of CPU per command. */
+  wrapperStartVsDeno?: number;
+  wrapperStartVsDenoCpu?: number;
+  /** termite gcc -c tiny.c / distcc gcc -c tiny.c, median round trips. */
+  remoteCompileVsDistcc?: number;
   /** `termite-sh -c true` (a builtin: the wrapper alone) minus `/bin/true`, ms. */
   wrapperStartMs?: number;
   /** termite gcc -c minus gcc -c, minus the wrapper start, ms. */
@@ -198,6 +226,8 @@ export interface ScalingPoint {
 export interface Goal {
   name: string;
   measured: number | null;
+  /** Unit of `measured` for bench/main.ts (default: × for ratios, ms for overheads). */
+  unit?: string;
   target: string;
   met: boolean | null;
   detail: string;
@@ -484,7 +514,7 @@ async function buildOnce(
       : Deno.env.toObject();
     const farm = contender === "termite" ? ctx.farm!.farm : null;
     const before = farm ? await termiteCounters(farm) : null;
-    const masterBefore = farm ? await cpuS(farm.master.child.pid) : 0;
+    const masterBefore = farm ? await procStat(farm.master.child.pid) : null;
     run.loadBefore = await loadAverage();
     const timed = await timedCommand({
       argv: ctx.project.command(ctx.jobs),
@@ -494,7 +524,14 @@ async function buildOnce(
       timeoutS: ctx.project.timeoutS,
     });
     if (farm) {
-      run.masterCpuS = round(await cpuS(farm.master.child.pid) - masterBefore, 4);
+      const after = await procStat(farm.master.child.pid);
+      if (after && masterBefore) {
+        run.masterCpuS = round(
+          after.selfS + after.childrenS - masterBefore.selfS - masterBefore.childrenS,
+          4,
+        );
+        run.masterOwnCpuS = round(after.selfS - masterBefore.selfS, 4);
+      }
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
     }
     run.loadAfter = await loadAverage();
@@ -578,6 +615,7 @@ async function measureRoundTrips(options: {
     await freshDir(d);
     await Deno.writeTextFile(`${d}/tiny.c`, TINY_C);
   }
+  await Deno.writeTextFile(`${localDir}/empty.js`, "");
   let farmDir = "";
   if (farm) {
     farmDir = `${farm.farm.tree}/rt`;
@@ -601,6 +639,15 @@ async function measureRoundTrips(options: {
       name: "sh -c '/bin/true x'",
       via: "direct",
       argv: ["sh", "-c", "/bin/true x"],
+      env: plainEnv,
+      cwd: localDir,
+      remote: false,
+    },
+    {
+      // What the wrapper's start is measured against: Deno's own start.
+      name: "deno run empty.js (bare Deno start)",
+      via: "direct",
+      argv: [Deno.execPath(), "run", `${localDir}/empty.js`],
       env: plainEnv,
       cwd: localDir,
       remote: false,
@@ -657,7 +704,10 @@ async function measureRoundTrips(options: {
     wallMs: [],
     ...(s.unavailable === undefined ? {} : { error: s.unavailable }),
   }));
-  const clientCpu = specs.map(() => 0), masterCpu = specs.map(() => 0), remote = specs.map(() => 0);
+  const clientCpu = specs.map(() => [] as number[]), masterCpu = specs.map(() => 0);
+  const remote = specs.map(() => 0);
+  /** Commands whose master CPU could not be told (a master thread ended meanwhile). */
+  const masterUnknown = specs.map(() => 0);
   const masterPid = farm?.farm.master.child.pid ?? 0;
   const decoder = new TextDecoder();
   // Interleaved (one of each kind per iteration) so that load from elsewhere
@@ -666,8 +716,8 @@ async function measureRoundTrips(options: {
     for (const [k, spec] of specs.entries()) {
       if (!kinds[k].ok) continue;
       const counters = spec.via === "termite" ? await termiteCounters(farm!.farm) : null;
-      const selfBefore = await childrenCpuS("self");
-      const masterBefore = spec.via === "termite" ? await cpuS(masterPid) : 0;
+      const masterBefore = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
+      const selfBefore = childrenCpuMs();
       const start = performance.now();
       let out: Deno.CommandOutput;
       const abort = new AbortController();
@@ -694,8 +744,8 @@ async function measureRoundTrips(options: {
         continue;
       }
       const wall = performance.now() - start;
-      const selfAfter = await childrenCpuS("self");
-      const masterAfter = spec.via === "termite" ? await cpuS(masterPid) : 0;
+      const selfAfter = childrenCpuMs();
+      const masterAfter = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
       if (out.code !== 0) {
         kinds[k] = {
           ...kinds[k],
@@ -724,8 +774,9 @@ async function measureRoundTrips(options: {
       }
       if (i === 0) continue;
       kinds[k].wallMs.push(round(wall, 4));
-      clientCpu[k] += selfAfter - selfBefore;
-      masterCpu[k] += masterAfter - masterBefore;
+      clientCpu[k].push(selfAfter - selfBefore);
+      if (masterAfter >= masterBefore) masterCpu[k] += masterAfter - masterBefore;
+      else masterUnknown[k]++;
     }
     if (i % 20 === 0) options.log(`round trips: ${i}/${options.n}`);
   }
@@ -737,16 +788,21 @@ async function measureRoundTrips(options: {
       medianMs: round(median(kind.wallMs)),
       meanMs: round(kind.wallMs.reduce((a, b) => a + b, 0) / n),
       p90Ms: round(percentile(kind.wallMs, 0.9)),
-      clientCpuPerCmdMs: round((clientCpu[k] * 1000) / n),
+      clientCpuPerCmdMs: round(clientCpu[k].reduce((a, b) => a + b, 0) / n),
+      clientCpuMedianMs: round(median(clientCpu[k])),
       ...(kind.via === "termite"
-        ? { masterCpuPerCmdMs: round((masterCpu[k] * 1000) / n), remoteJobs: remote[k] }
+        ? {
+          masterCpuPerCmdMs: round(masterCpu[k] / Math.max(1, n - masterUnknown[k])),
+          remoteJobs: remote[k],
+        }
         : {}),
     };
   });
 }
 
 function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
-  const m = (name: string) => kinds.find((k) => k.name === name && k.ok)?.medianMs;
+  const found = (name: string) => kinds.find((k) => k.name === name && k.ok);
+  const m = (name: string) => found(name)?.medianMs;
   const trueMs = m("/bin/true x"), shTrue = m("sh -c '/bin/true x'");
   const wrapper = m("termite-sh -c true (builtin: wrapper start)");
   const remoteTrue = m("termite-sh -c '/bin/true x' (remote)");
@@ -761,6 +817,15 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
     out.termiteTrueBeyondWrapperMs = round(remoteTrue - shTrue - out.wrapperStartMs);
   }
   if (dgcc !== undefined && gcc !== undefined) out.distccCompileOverheadMs = round(dgcc - gcc);
+  const deno = found("deno run empty.js (bare Deno start)");
+  const start = found("termite-sh -c true (builtin: wrapper start)");
+  if (deno?.medianMs && start?.medianMs) {
+    out.wrapperStartVsDeno = round(start.medianMs / deno.medianMs);
+    if (deno.clientCpuMedianMs && start.clientCpuMedianMs) {
+      out.wrapperStartVsDenoCpu = round(start.clientCpuMedianMs / deno.clientCpuMedianMs);
+    }
+  }
+  if (tgcc !== undefined && dgcc) out.remoteCompileVsDistcc = round(tgcc / dgcc);
   return out;
 }
 
@@ -935,6 +1000,9 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
+          s.masterOwnCpuPerJobMs = round(
+            median(ok.map((b) => (b.masterOwnCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
+          );
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
         }
@@ -984,6 +1052,7 @@ function goals(
       ? `met: ${round(d - t)} ms less than distcc`
       : `not met: ${round(t - d)} ms more than distcc (${round(t / Math.max(d, 0.001))}×)`,
   });
+  out.push(...issue14Goals(summaries, derived));
   for (const p of scaling.filter((p) => p.workers > 0)) {
     const target = GOAL_SCALING_PER_WORKER * p.workers;
     const v = p.speedup ?? null;
@@ -999,6 +1068,94 @@ function goals(
         : `not met: ${round(v / p.workers)} per worker, ${round((1 - v / target) * 100, 2)}% short`,
     });
   }
+  return out;
+}
+
+/** A goal "measured ≤ target", with the verdict said the same way for each. */
+function atMost(name: string, measured: number | undefined, target: number | undefined, options: {
+  unit: string;
+  targetText?: string;
+  missing?: string;
+}): Goal {
+  const u = options.unit;
+  const targetText = options.targetText ?? (target === undefined ? "—" : `≤ ${target}${u}`);
+  const unit = u.trim() === "ms" ? "ms" : "×";
+  if (measured === undefined || target === undefined) {
+    return {
+      name,
+      unit,
+      measured: measured ?? null,
+      target: targetText,
+      met: null,
+      detail: `no figure: ${options.missing ?? "a contender failed or was skipped"}`,
+    };
+  }
+  const met = measured <= target;
+  return {
+    name,
+    unit,
+    measured,
+    target: targetText,
+    met,
+    detail: met
+      ? `met: ${round(target - measured)}${u} to spare`
+      : `not met: ${round(measured - target)}${u} over (${round(measured / target)}× the target)`,
+  };
+}
+
+/** The goals of issue 14: what the build host pays per job, side by side in this run. */
+function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goal[] {
+  const out: Goal[] = [];
+  for (const s of summaries.filter((s) => s.contender === "termite")) {
+    const distcc = summaries.find((d) => d.project === s.project && d.contender === "distcc");
+    out.push(
+      atMost(
+        `${s.project}: the master's own CPU per compile job (warm)`,
+        s.masterOwnCpuPerJobMs,
+        GOAL_MASTER_CPU_PER_JOB_MS,
+        {
+          unit: " ms",
+          missing: s.error ?? "the farm did not build",
+        },
+      ),
+      atMost(
+        `${s.project}: build-host CPU per compile job (make, wrappers, master), farm vs distcc`,
+        s.clientCpuPerJobMs,
+        distcc?.clientCpuPerJobMs,
+        {
+          unit: " ms",
+          targetText: distcc?.clientCpuPerJobMs === undefined
+            ? "≤ distcc's (not measured)"
+            : `≤ ${distcc.clientCpuPerJobMs} ms (distcc)`,
+        },
+      ),
+      atMost(
+        `${s.project}: warm build farm / local make (issue 14)`,
+        s.vsLocal,
+        GOAL_WARM_BUILD_ISSUE14,
+        {
+          unit: "",
+        },
+      ),
+    );
+  }
+  out.push(
+    atMost(
+      "wrapper start (termite-sh -c true) / bare `deno run empty.js`, median wall" +
+        (derived.wrapperStartVsDenoCpu === undefined
+          ? ""
+          : ` (CPU: ${derived.wrapperStartVsDenoCpu}×)`),
+      derived.wrapperStartVsDeno,
+      GOAL_WRAPPER_START_VS_DENO,
+      { unit: "×", missing: "the farm or the bare Deno run failed" },
+    ),
+    atMost(
+      "remote gcc -c tiny.c round trip, termite / distcc",
+      derived.remoteCompileVsDistcc,
+      1,
+      { unit: "×" },
+    ),
+  );
   return out;
 }
 
@@ -1037,7 +1194,9 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `| ${s.project} | ${s.contender} | ${s.objects ?? "—"} | ${s1(s.medianMs)} | ` +
         `${s1(s.minMs)}–${s1(s.maxMs)} | ${s1(s.coldMs)} | ${fx(s.vsLocal)} | ` +
         `${fx(s.clientCpuPerJobMs, 1)}${
-          s.masterCpuPerJobMs !== undefined ? ` (master ${fx(s.masterCpuPerJobMs, 1)})` : ""
+          s.masterCpuPerJobMs !== undefined
+            ? ` (master ${fx(s.masterCpuPerJobMs, 1)}, own ${fx(s.masterOwnCpuPerJobMs, 2)})`
+            : ""
         } | ${s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"} | ` +
         `${s.failedAttempts ?? 0} |`,
     );
@@ -1057,8 +1216,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       "",
       `Round trips (${r.settings.roundTrips} sequential commands of each kind, interleaved)`,
       "",
-      "| command | via | median ms | mean ms | p90 ms | client CPU ms/cmd | master CPU ms/cmd | " +
-        "remote |",
+      "| command | via | median ms | mean ms | p90 ms | client CPU ms/cmd (median) | " +
+        "master CPU ms/cmd | remote |",
       "|---|---|---|---|---|---|---|---|",
     );
     for (const k of r.roundTrips) {
@@ -1072,7 +1231,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `| ${k.name} | ${k.via} | ${fx(k.medianMs, 1)} | ${fx(k.meanMs, 1)} | ${
           fx(k.p90Ms, 1)
         } | ` +
-          `${fx(k.clientCpuPerCmdMs, 1)} | ${fx(k.masterCpuPerCmdMs, 1)} | ` +
+          `${fx(k.clientCpuPerCmdMs, 1)} (${fx(k.clientCpuMedianMs, 1)}) | ` +
+          `${fx(k.masterCpuPerCmdMs, 2)} | ` +
           `${k.remoteJobs ?? "—"}${k.notRemote ? ` (+${k.notRemote} not remote)` : ""} |`,
       );
     }
@@ -1082,7 +1242,9 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `Wrapper start ${fx(d.wrapperStartMs, 1)} ms; beyond it, a remote compile costs ` +
         `${fx(d.termiteCompileBeyondWrapperMs, 1)} ms and a remote /bin/true ` +
         `${fx(d.termiteTrueBeyondWrapperMs, 1)} ms; distcc adds ` +
-        `${fx(d.distccCompileOverheadMs, 1)} ms to a compile.`,
+        `${fx(d.distccCompileOverheadMs, 1)} ms to a compile. Wrapper start / bare Deno start: ` +
+        `${fx(d.wrapperStartVsDeno)}× wall, ${fx(d.wrapperStartVsDenoCpu)}× CPU; remote tiny ` +
+        `compile / distcc's: ${fx(d.remoteCompileVsDistcc)}×.`,
     );
   }
   if (r.scaling.length > 0) {
@@ -1168,7 +1330,7 @@ function benchResults(r: Omit<HarnessReport, "table" | "results" | "files">): Be
     out.push({
       name: `goal: ${g.name}`,
       value: g.measured ?? NaN,
-      unit: g.name.includes("overhead beyond") ? "ms" : "×",
+      unit: g.unit ?? (g.name.includes("overhead beyond") ? "ms" : "×"),
       note: `${g.target}; ${g.detail}`,
     });
   }
