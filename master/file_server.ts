@@ -25,12 +25,23 @@ export interface FileServerOptions {
    * (every mirror must hear of them, not only the one that asked).
    */
   onChange?: (attrs: FileAttr[]) => void;
+  /**
+   * Whether every later change of `path` is reported to the master (the tree
+   * watcher watches its directory, and the path itself if it is one): such a
+   * path is not read again while young (see `youngPaths`). Default: none.
+   */
+  watched?: (path: string, kind: FileKind) => boolean;
 }
 
 const OTHERS_READ = 0o004;
-/** A path served within this long of its last change is read again meanwhile. */
+/**
+ * A path served within this long of its last change, that no watcher
+ * reports changes of, is read again meanwhile.
+ */
 const YOUNG_MS = 3_000;
 const YOUNG_MAX = 10_000;
+/** Children of a listing read per turn of the event loop. */
+const DIR_READS_PER_TURN = 1024;
 const OTHERS_SEARCH = 0o001;
 
 function kindOf(info: Deno.FileInfo): FileKind | null {
@@ -62,6 +73,15 @@ export function sameAttr(a: FileAttr, b: FileAttr): boolean {
 
 /** Symlinks followed while resolving one path, at most (the kernel's limit). */
 const LINKS_MAX = 40;
+
+/** Attempts at a consistent read of a file being hashed while it changes. */
+const HASH_READS_MAX = 3;
+
+/** Whether two `lstat`s of one path saw the same file, unchanged. */
+function sameFile(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.mode === b.mode &&
+    a.mtime?.getTime() === b.mtime?.getTime() && a.ctime?.getTime() === b.ctime?.getTime();
+}
 
 /**
  * The real path of directory `dir` if every directory a walk to it passes
@@ -121,6 +141,7 @@ export class FileServer {
   #served = new Map<string, { attr: FileAttr; read: number }>();
   #reads = 0;
   #onChange: (attrs: FileAttr[]) => void;
+  #watched: (path: string, kind: FileKind) => boolean;
   #young = new Map<string, number>();
   stats = { attrs: 0, dirs: 0, blobs: 0, blobBytes: 0 };
 
@@ -132,6 +153,7 @@ export class FileServer {
     this.#childrenMax = options.childrenMax ?? 100_000;
     this.#servedMax = options.servedMax ?? 2_000_000;
     this.#onChange = options.onChange ?? (() => {});
+    this.#watched = options.watched ?? (() => false);
   }
 
   get hashCache(): HashCache {
@@ -148,11 +170,17 @@ export class FileServer {
    * the kernel would for another user, every directory passed through (a
    * symlink's target, not the link) searchable by others, and the real path
    * visible. Checked at every serve, never remembered: a `chmod 700`
-   * anywhere, in the tree or not, counts at once (a listing checks once for
-   * all its children).
+   * anywhere, in the tree or not, counts at once. A listing checks once for
+   * all its children, and a refresh once per directory: `memo` holds the
+   * answers of one synchronous stretch of reads, where nothing else runs.
    */
-  #reach(path: string): string | null {
-    const parent = reachableDir(parentOf(path));
+  #reach(path: string, memo?: Map<string, string | null>): string | null {
+    const dir = parentOf(path);
+    let parent = memo?.get(dir);
+    if (parent === undefined) {
+      parent = reachableDir(dir);
+      memo?.set(dir, parent);
+    }
     if (parent === null) return null;
     const real = joinPath(parent, baseName(path));
     return real === path || this.#visible(real) ? real : null;
@@ -178,9 +206,10 @@ export class FileServer {
     // watcher watches it (inotify misses events in a directory it has not
     // added a watch for yet, as in `mkdir -p a/b/c`), so it is read again.
     const now = Date.now();
-    if (attr.kind !== null && now - attr.mtimeMs < YOUNG_MS) {
-      if (this.#young.size < YOUNG_MAX) this.#young.set(attr.path, now);
-    }
+    if (
+      attr.kind !== null && now - attr.mtimeMs < YOUNG_MS && this.#young.size < YOUNG_MAX &&
+      !this.#watched(attr.path, attr.kind)
+    ) this.#young.set(attr.path, now);
     if (this.#served.size > this.#servedMax) {
       this.#served.delete(this.#served.keys().next().value!);
     }
@@ -194,23 +223,65 @@ export class FileServer {
   }
 
   /**
-   * Attributes of `path` as others may see them. `real`: its real path, when
-   * the caller already checked that others may reach it (a listing's children).
+   * Attributes of `path` as others may see them, read at once (see
+   * {@linkcode FileServer.#read}); a regular file is hashed if `withHash` and
+   * its hash is not cached, and read again until it held still meanwhile.
    */
-  async #attr(path: string, withHash: boolean, real?: string): Promise<FileAttr> {
-    if (!this.#visible(path)) return absent(path);
+  async #attr(path: string, withHash: boolean): Promise<FileAttr> {
+    for (let attempt = 1;; attempt++) {
+      const { attr, info } = this.#read(path);
+      if (!withHash || attr.kind !== "file" || attr.hash !== undefined) return attr;
+      let hash: string | undefined;
+      try {
+        hash = await this.#hashCache.hash(path, info!);
+      } catch {
+        // Not the file `info` described any more (replaced, gone), or unreadable.
+      }
+      // Served only as it still is after the hash: a change meanwhile (or
+      // before the hash opened it) would pair the old size with other content.
+      let now: Deno.FileInfo | null = null;
+      try {
+        now = Deno.lstatSync(path);
+      } catch {
+        // Gone: read again.
+      }
+      const held = now !== null && sameFile(info!, now);
+      if (held || attempt >= HASH_READS_MAX) {
+        if (hash === undefined) return absent(path);
+        // Still changing: read it again meanwhile.
+        if (!held && this.#young.size < YOUNG_MAX) this.#young.set(path, Date.now());
+        attr.hash = hash;
+        return attr;
+      }
+    }
+  }
+
+  /**
+   * Attributes of `path` as others may see them, read synchronously: a read
+   * is one step of the event loop, so nothing the master learns (a tree
+   * watcher's event, a refresh) falls between the read and its serving.
+   * `real`: its real path, when the caller already checked that others may
+   * reach it (a listing's children). `info`: the `lstat` of a regular file,
+   * for hashing it.
+   */
+  #read(
+    path: string,
+    real?: string,
+    memo?: Map<string, string | null>,
+  ): { attr: FileAttr; info?: Deno.FileInfo } {
+    if (!this.#visible(path)) return { attr: absent(path) };
     if (real === undefined) {
-      const reached = path === "/" ? "/" : this.#reach(path);
-      if (reached === null) return absent(path);
-    } else if (real !== path && !this.#visible(real)) return absent(path);
+      const reached = path === "/" ? "/" : this.#reach(path, memo);
+      if (reached === null) return { attr: absent(path) };
+    } else if (real !== path && !this.#visible(real)) return { attr: absent(path) };
     let info: Deno.FileInfo;
     try {
-      info = await Deno.lstat(path);
+      info = Deno.lstatSync(path);
     } catch {
-      return absent(path);
+      return { attr: absent(path) };
     }
     const kind = kindOf(info);
-    if (kind === null) return absent(path);
+    if (kind === null) return { attr: absent(path) };
     const mode = (info.mode ?? 0) & 0o7777;
     const attr: FileAttr = {
       path,
@@ -220,49 +291,45 @@ export class FileServer {
       mtimeMs: info.mtime?.getTime() ?? 0,
     };
     if (kind === "file") {
-      if ((mode & OTHERS_READ) === 0) return absent(path);
+      if ((mode & OTHERS_READ) === 0) return { attr: absent(path) };
       const cached = this.#hashCache.lookup(path, info);
       if (cached) attr.hash = cached;
-      else if (withHash) {
-        try {
-          attr.hash = await this.#hashCache.hash(path, info);
-        } catch {
-          return absent(path);
-        }
-      }
-    } else if (kind === "symlink") {
-      try {
-        attr.target = await Deno.readLink(path);
-      } catch {
-        return absent(path);
-      }
-    } else {
-      if ((mode & (OTHERS_READ | OTHERS_SEARCH)) !== (OTHERS_READ | OTHERS_SEARCH)) {
-        return { ...attr, children: {} };
-      }
-      const children: Record<string, FileKind> = {};
-      let count = 0;
-      try {
-        for await (const entry of Deno.readDir(path)) {
-          const child = joinPath(path, entry.name);
-          if (!this.#visible(child)) continue;
-          const childKind: FileKind | null = entry.isSymlink
-            ? "symlink"
-            : entry.isDirectory
-            ? "dir"
-            : entry.isFile
-            ? "file"
-            : null;
-          if (childKind === null) continue;
-          children[entry.name] = childKind;
-          if (++count >= this.#childrenMax) break;
-        }
-      } catch {
-        return absent(path);
-      }
-      attr.children = children;
+      return { attr, info };
     }
-    return attr;
+    if (kind === "symlink") {
+      try {
+        attr.target = Deno.readLinkSync(path);
+      } catch {
+        return { attr: absent(path) };
+      }
+      return { attr };
+    }
+    if ((mode & (OTHERS_READ | OTHERS_SEARCH)) !== (OTHERS_READ | OTHERS_SEARCH)) {
+      attr.children = {};
+      return { attr };
+    }
+    const children: Record<string, FileKind> = {};
+    let count = 0;
+    try {
+      for (const entry of Deno.readDirSync(path)) {
+        const child = joinPath(path, entry.name);
+        if (!this.#visible(child)) continue;
+        const childKind: FileKind | null = entry.isSymlink
+          ? "symlink"
+          : entry.isDirectory
+          ? "dir"
+          : entry.isFile
+          ? "file"
+          : null;
+        if (childKind === null) continue;
+        children[entry.name] = childKind;
+        if (++count >= this.#childrenMax) break;
+      }
+    } catch {
+      return { attr: absent(path) };
+    }
+    attr.children = children;
+    return { attr };
   }
 
   /** Attributes of every child of a directory (hashes only where cached). */
@@ -272,24 +339,17 @@ export class FileServer {
     const first = ++this.#reads;
     // Others may reach the children if they may reach and search this directory.
     const real = path === "/" ? "/" : this.#reach(path);
-    const self = this.#serve(
-      real === null ? absent(path) : await this.#attr(path, false, real),
-      first,
-    );
+    const self = this.#serve(real === null ? absent(path) : this.#read(path, real).attr, first);
     if (real === null || self.kind !== "dir") return [];
     const names = Object.keys(self.children ?? {});
     const out: FileAttr[] = new Array(names.length);
-    const parallel = 16;
-    let next = 0;
-    const work = async () => {
-      while (next < names.length) {
-        const i = next++;
-        const read = ++this.#reads;
-        const child = await this.#attr(joinPath(path, names[i]), false, joinPath(real, names[i]));
-        out[i] = this.#serve(child, read);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(parallel, names.length) }, work));
+    for (let i = 0; i < names.length; i++) {
+      // A huge directory does not hold up the other requests for long.
+      if (i > 0 && i % DIR_READS_PER_TURN === 0) await new Promise((r) => setTimeout(r, 0));
+      const read = ++this.#reads;
+      const child = this.#read(joinPath(path, names[i]), joinPath(real, names[i])).attr;
+      out[i] = this.#serve(child, read);
+    }
     return out;
   }
 
@@ -303,7 +363,7 @@ export class FileServer {
     if (!path || !this.#visible(path)) return null;
     let file: RegularFile | undefined;
     try {
-      const info = await Deno.lstat(path);
+      const info = Deno.lstatSync(path);
       if (!info.isFile || ((info.mode ?? 0) & OTHERS_READ) === 0) return null;
       if (this.#reach(path) === null) return null;
       file = await openRegular(path, info);
@@ -320,8 +380,9 @@ export class FileServer {
   }
 
   /**
-   * Served paths that had just changed when served (see `#remember`), to read
-   * again for a few seconds; older ones are dropped.
+   * Served paths that had just changed when served and that no watcher
+   * reports changes of (see `#store`), to read again for a few seconds;
+   * older ones are dropped.
    */
   youngPaths(): string[] {
     const now = Date.now();
@@ -354,10 +415,12 @@ export class FileServer {
    */
   async refresh(paths: Iterable<string>, known?: Map<string, string>): Promise<FileAttr[]> {
     const changed: FileAttr[] = [];
+    // Which directories others may reach, for the reads until the next await.
+    let memo = new Map<string, string | null>();
     for (const path of new Set(paths)) {
       if (!this.#served.has(path)) continue;
       const read = ++this.#reads;
-      let after = await this.#attr(path, false);
+      let after = this.#read(path, undefined, memo).attr;
       const served = this.#served.get(path);
       if (served === undefined || read < served.read) continue; // forgotten, or newer news
       const before = served.attr;
@@ -368,6 +431,7 @@ export class FileServer {
         // Same size and mtime, but the hash cache no longer vouches for it (its
         // ctime or inode changed): new content is possible, so hash it again.
         after = await this.#attr(path, true);
+        memo = new Map();
         const now = this.#served.get(path);
         if (now === undefined || now.read > read) continue;
       }

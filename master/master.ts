@@ -338,6 +338,8 @@ export class Master implements AsyncDisposable {
       hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
       // A worker's read found a change before the tree watcher did: all hear of it.
       onChange: (attrs) => this.#changes.push(attrs),
+      // What the tree watcher will report need not be read again while young.
+      watched: (path, kind) => this.#fsWatcher?.covers(path, kind === "dir") ?? false,
     });
   }
 

@@ -39,7 +39,7 @@ import {
   POLLFD_BYTES,
   POLLIN,
 } from "./inotify_ffi.ts";
-import { isInside, joinPath } from "./paths.ts";
+import { isInside, joinPath, parentOf } from "./paths.ts";
 
 /**
  * What changed: `paths` (files, directories, links or special files created,
@@ -94,6 +94,8 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   #closing = false;
   #closed = false;
   #full = false;
+  /** Reading events failed: nothing more is reported. */
+  #failed = false;
   #loop: Promise<void>;
   #closeDone: Promise<void> | null = null;
 
@@ -140,6 +142,18 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   /** Directories watched now. */
   get watches(): number {
     return this.#byWd.size;
+  }
+
+  /**
+   * Whether every change of `path` from now on will be reported: its
+   * directory is watched (and, for a directory, the path itself, which
+   * reports changes of its listing). False once events were lost for good
+   * (watch limits reached, or reading them failed).
+   */
+  covers(path: string, isDir: boolean): boolean {
+    if (this.#full || this.#failed || this.#closing) return false;
+    if (isDir && !this.#byPath.has(path)) return false;
+    return path === this.root || this.#byPath.has(parentOf(path));
   }
 
   /** Watches `dir` and the directories below it; adds every path found to `found`. */
@@ -224,6 +238,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
         if (paths.size > 0) this.#push({ kind: "paths", paths: [...paths] });
       }
     } catch (err) {
+      this.#failed = true;
       this.#log(`stopped watching ${this.root} for changes: ${(err as Error).message}`);
       this.#push({ kind: "rescan", paths: [] });
     }

@@ -151,3 +151,56 @@ Deno.test("FileServer: an excluded path reached through a symlink (tree/p -> /pr
     assert.equal((await files.attr(`${root}/p/task`)).kind, null);
   }, { exclusions: ["/proc"] });
 });
+
+Deno.test("FileServer: only young paths no watcher covers are read again", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  const files = new FileServer({
+    exclusions: new Exclusions([], root),
+    hashCache: await HashCache.open(),
+    watched: (path) => path.startsWith(`${root}/watched`),
+  });
+  try {
+    await make(`${root}/watched`, 0o755);
+    await make(`${root}/watched/a.o`, 0o644, "a");
+    await make(`${root}/b.o`, 0o644, "b");
+    for (const p of [`${root}/watched`, `${root}/watched/a.o`, `${root}/b.o`]) await files.attr(p);
+    assert.deepEqual(files.youngPaths(), [`${root}/b.o`], "changed moments ago, and unwatched");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("FileServer: a file replaced while it is hashed is served as it is after the hash", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  const hashCache = await HashCache.open();
+  const path = `${root}/gen.h`;
+  const hash = hashCache.hash.bind(hashCache);
+  let replaced = false;
+  // The file is replaced (a new inode, other size and content) just as the
+  // first hash starts: that hash describes neither what was read nor what is there.
+  hashCache.hash = async (p, info) => {
+    if (!replaced) {
+      replaced = true;
+      await Deno.writeTextFile(`${root}/gen.h.tmp`, "int generated_again;\n");
+      await Deno.chmod(`${root}/gen.h.tmp`, 0o644);
+      await Deno.rename(`${root}/gen.h.tmp`, path);
+    }
+    return await hash(p, info);
+  };
+  const files = new FileServer({ exclusions: new Exclusions([], root), hashCache });
+  try {
+    await make(path, 0o644, "int generated;\n");
+    const served = await files.attr(path, { withHash: true });
+    const info = await Deno.lstat(path);
+    assert.equal(served.size, info.size);
+    assert.equal(served.mtimeMs, info.mtime?.getTime());
+    const hex = (bytes: ArrayBuffer) =>
+      Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+    const content = new TextEncoder().encode("int generated_again;\n");
+    assert.equal(served.hash, hex(await crypto.subtle.digest("SHA-256", content)));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

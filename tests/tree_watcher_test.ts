@@ -1,0 +1,40 @@
+/**
+ * The tree watcher says which paths it covers: those whose every later
+ * change it will report (the master reads the others again while young).
+ */
+import assert from "node:assert/strict";
+import { TreeWatcher } from "../master/tree_watcher.ts";
+
+Deno.test("TreeWatcher.covers(): paths in watched directories, a directory once it is watched itself, nothing once closed", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-tw-" }));
+  await Deno.mkdir(`${root}/src`);
+  const watcher = TreeWatcher.start({ root, skip: (dir) => dir.startsWith(`${root}/.skip`) });
+  const seen = new Set<string>();
+  const reading = (async () => {
+    for await (const event of watcher) for (const p of event.paths) seen.add(p);
+  })();
+  try {
+    assert.ok(watcher.covers(root, true), "the root");
+    assert.ok(watcher.covers(`${root}/src`, true));
+    assert.ok(watcher.covers(`${root}/src/a.o`, false), "a file, existing or not");
+    assert.ok(watcher.covers(`${root}/link`, false), "a symlink is a name in its directory");
+    assert.ok(!watcher.covers(`${root}/src/sub/a.o`, false), "no such directory watched");
+    assert.ok(!watcher.covers(`${root}/src/sub`, true), "a directory not watched itself");
+    assert.ok(!watcher.covers(`/usr/include/stdio.h`, false), "outside the tree");
+    assert.ok(!watcher.covers(root.slice(0, root.lastIndexOf("/")), true), "the root's parent");
+    await Deno.mkdir(`${root}/.skip`);
+    await Deno.mkdir(`${root}/src/sub`);
+    for (let i = 0; i < 200 && !seen.has(`${root}/src/sub`); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(watcher.covers(`${root}/src/sub`, true), "watched once its creation is read");
+    assert.ok(watcher.covers(`${root}/src/sub/a.o`, false));
+    assert.ok(!watcher.covers(`${root}/.skip/x`, false), "a skipped directory is not watched");
+    await watcher.close();
+    await reading;
+    assert.ok(!watcher.covers(`${root}/src/a.o`, false), "closed: nothing is reported");
+  } finally {
+    await watcher.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
