@@ -700,7 +700,12 @@ export class Master implements AsyncDisposable {
    * fails with the reason, at the wrapper.
    */
   async #currentRules(): Promise<LocalRules> {
-    const info = await Deno.lstat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
+    let info: Deno.FileInfo | null = null;
+    try {
+      info = Deno.lstatSync(`${this.root}/${LOCALRC_NAME}`); // a few µs; async: a thread hop
+    } catch {
+      // None, or unreadable: the default rules (LocalRules.load says why).
+    }
     const stamp = info
       ? [info.mtime?.getTime(), info.ctime?.getTime(), info.size, info.ino, info.mode, info.uid]
         .join(":")

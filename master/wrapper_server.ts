@@ -26,7 +26,7 @@ export class WrapperServerError extends Error {
   override name = "WrapperServerError";
 }
 
-function validRequest(raw: unknown): JobRequest | string {
+function validRequest(raw: unknown): (JobRequest & { stdin: boolean }) | string {
   const r = raw as WrapperRequest;
   if (typeof r !== "object" || r === null) return "request is not an object";
   if (r.version !== WRAPPER_PROTOCOL_VERSION) {
@@ -39,7 +39,14 @@ function validRequest(raw: unknown): JobRequest | string {
   if (typeof r.env !== "object" || r.env === null) return "bad env";
   for (const v of Object.values(r.env)) if (typeof v !== "string") return "bad env";
   if (r.localPath !== undefined && typeof r.localPath !== "string") return "bad localPath";
-  return { argv: r.argv, cwd: r.cwd, env: r.env, shell: r.shell === true, localPath: r.localPath };
+  return {
+    argv: r.argv,
+    cwd: r.cwd,
+    env: r.env,
+    shell: r.shell === true,
+    localPath: r.localPath,
+    stdin: r.stdin === true,
+  };
 }
 
 /** Removes a stale socket file, or fails if a master is listening on it. */
@@ -129,7 +136,7 @@ export class WrapperServer implements AsyncDisposable {
       await exit({ code: 255, error: "protocol error: expected a request" });
       return;
     }
-    let request: JobRequest | string;
+    let request: (JobRequest & { stdin: boolean }) | string;
     try {
       request = validRequest(decodeJson(first.payload));
     } catch {
@@ -139,7 +146,7 @@ export class WrapperServer implements AsyncDisposable {
       await exit({ code: 255, error: `bad request: ${request}` });
       return;
     }
-    const wantsStdin = (decodeJson<WrapperRequest>(first.payload)).stdin === true;
+    const { stdin: wantsStdin, ...job } = request;
     const stdin = wantsStdin ? new StdinBuffer() : null;
     const cancel = new AbortController();
     // Read stdin and cancel frames while the job runs; a vanished wrapper cancels.
@@ -164,7 +171,7 @@ export class WrapperServer implements AsyncDisposable {
     })();
     let result: { code: number; error?: string };
     try {
-      result = await this.#options.master.run(request, {
+      result = await this.#options.master.run(job, {
         stdout: (b) => send(FrameType.stdout, b),
         stderr: (b) => send(FrameType.stderr, b),
         stdin,
