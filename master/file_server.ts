@@ -25,12 +25,40 @@ export interface FileServerOptions {
    * (every mirror must hear of them, not only the one that asked).
    */
   onChange?: (attrs: FileAttr[]) => void;
+  /** What a tree watcher reports (see {@linkcode ChangeWatch}); default: nothing. */
+  watch?: ChangeWatch;
+}
+
+/**
+ * What the master learns of changes (its tree watcher): which paths it will
+ * hear of, and of which directories every change of the listing.
+ */
+export interface ChangeWatch {
   /**
-   * Whether every later change of `path` is reported to the master (the tree
-   * watcher watches its directory, and the path itself if it is one): such a
-   * path is not read again while young (see `youngPaths`). Default: none.
+   * Whether every later change of `path` is reported to the master: such a
+   * path is not read again while young (see `youngPaths`).
    */
-  watched?: (path: string, kind: FileKind) => boolean;
+  covers(path: string, isDir: boolean): boolean;
+  /**
+   * An id of the watch on directory `dir` that stays the same only while
+   * every change of its listing is reported child by child; null if none.
+   * While it holds, a refresh told which children changed reads only them.
+   */
+  watchOf(dir: string): string | null;
+}
+
+/** A directory listing as read in full: under which watch, of which inode. */
+interface Listing {
+  watch: string;
+  dev: number;
+  ino: number;
+}
+
+/** A read: the attributes, the file's lstat (for hashing), the listing if one was read in full. */
+interface Read {
+  attr: FileAttr;
+  info?: Deno.FileInfo;
+  listing?: Listing;
 }
 
 const OTHERS_READ = 0o004;
@@ -40,6 +68,8 @@ const OTHERS_READ = 0o004;
  */
 const YOUNG_MS = 3_000;
 const YOUNG_MAX = 10_000;
+/** Directories whose hiding rules are remembered, at most. */
+const HIDES_CHILDREN_MAX = 10_000;
 /** Children of a listing read per turn of the event loop. */
 const DIR_READS_PER_TURN = 1024;
 const OTHERS_SEARCH = 0o001;
@@ -138,11 +168,13 @@ export class FileServer {
    * is older news and never replaces them (reads overlap: a directory listed
    * while a job's result lands in it).
    */
-  #served = new Map<string, { attr: FileAttr; read: number }>();
+  #served = new Map<string, { attr: FileAttr; read: number; listing?: Listing }>();
   #reads = 0;
   #onChange: (attrs: FileAttr[]) => void;
-  #watched: (path: string, kind: FileKind) => boolean;
+  #watch: ChangeWatch | undefined;
   #young = new Map<string, number>();
+  /** Directory → whether a name in it may be hidden or excluded (the rules are fixed). */
+  #hidesChildren = new Map<string, boolean>();
   stats = { attrs: 0, dirs: 0, blobs: 0, blobBytes: 0 };
 
   constructor(options: FileServerOptions) {
@@ -153,7 +185,7 @@ export class FileServer {
     this.#childrenMax = options.childrenMax ?? 100_000;
     this.#servedMax = options.servedMax ?? 2_000_000;
     this.#onChange = options.onChange ?? (() => {});
-    this.#watched = options.watched ?? (() => false);
+    this.#watch = options.watch;
   }
 
   get hashCache(): HashCache {
@@ -163,6 +195,23 @@ export class FileServer {
   #visible(path: string): boolean {
     return !this.#hidden.some((h) => isInside(path, h)) &&
       !this.#hiddenPrefixes.some((p) => path.startsWith(p)) && !this.#exclusions.excluded(path);
+  }
+
+  /**
+   * Whether a child of `dir`, itself visible, may be hidden or excluded: a
+   * rule names a path right below it, or a prefix that its children may
+   * start with (else the children need no check of their own).
+   */
+  #mayHideChildren(dir: string): boolean {
+    let hides = this.#hidesChildren.get(dir);
+    if (hides !== undefined) return hides;
+    const slash = dir === "/" ? "/" : dir + "/";
+    hides = this.#hidden.some((h) => h.startsWith(slash) || isInside(dir, h)) ||
+      this.#hiddenPrefixes.some((p) => p.startsWith(slash) || slash.startsWith(p)) ||
+      this.#exclusions.prefixes.some((e) => e.startsWith(slash) || isInside(dir, e));
+    if (this.#hidesChildren.size >= HIDES_CHILDREN_MAX) this.#hidesChildren.clear();
+    this.#hidesChildren.set(dir, hides);
+    return hides;
   }
 
   /**
@@ -191,24 +240,24 @@ export class FileServer {
    * is; when it differs from what was served before, the other mirrors may
    * hold the old attributes, so it is a change for all of them.
    */
-  #serve(attr: FileAttr, read: number): FileAttr {
+  #serve({ attr, listing }: Read, read: number): FileAttr {
     const prev = this.#served.get(attr.path);
     if (prev !== undefined && read < prev.read) return attr;
-    this.#store(attr, read);
+    this.#store(attr, read, listing);
     if (prev !== undefined && !sameAttr(prev.attr, attr)) this.#onChange([attr]);
     return attr;
   }
 
-  #store(attr: FileAttr, read: number): void {
+  #store(attr: FileAttr, read: number, listing?: Listing): void {
     this.#served.delete(attr.path);
-    this.#served.set(attr.path, { attr, read });
-    // Served moments after it changed: it may change again before the tree
-    // watcher watches it (inotify misses events in a directory it has not
-    // added a watch for yet, as in `mkdir -p a/b/c`), so it is read again.
+    this.#served.set(attr.path, { attr, read, listing });
+    // Served moments after it changed and no watcher reports its changes
+    // (outside the tree, or in a directory not watched yet): it may change
+    // again unseen, so it is read again for a while.
     const now = Date.now();
     if (
       attr.kind !== null && now - attr.mtimeMs < YOUNG_MS && this.#young.size < YOUNG_MAX &&
-      !this.#watched(attr.path, attr.kind)
+      !this.#watch?.covers(attr.path, attr.kind === "dir")
     ) this.#young.set(attr.path, now);
     if (this.#served.size > this.#servedMax) {
       this.#served.delete(this.#served.keys().next().value!);
@@ -227,10 +276,11 @@ export class FileServer {
    * {@linkcode FileServer.#read}); a regular file is hashed if `withHash` and
    * its hash is not cached, and read again until it held still meanwhile.
    */
-  async #attr(path: string, withHash: boolean): Promise<FileAttr> {
+  async #attr(path: string, withHash: boolean): Promise<Read> {
     for (let attempt = 1;; attempt++) {
-      const { attr, info } = this.#read(path);
-      if (!withHash || attr.kind !== "file" || attr.hash !== undefined) return attr;
+      const got = this.#read(path);
+      const { attr, info } = got;
+      if (!withHash || attr.kind !== "file" || attr.hash !== undefined) return got;
       let hash: string | undefined;
       try {
         hash = await this.#hashCache.hash(path, info!);
@@ -247,11 +297,11 @@ export class FileServer {
       }
       const held = now !== null && sameFile(info!, now);
       if (held || attempt >= HASH_READS_MAX) {
-        if (hash === undefined) return absent(path);
+        if (hash === undefined) return { attr: absent(path) };
         // Still changing: read it again meanwhile.
         if (!held && this.#young.size < YOUNG_MAX) this.#young.set(path, Date.now());
         attr.hash = hash;
-        return attr;
+        return { attr, info };
       }
     }
   }
@@ -261,17 +311,17 @@ export class FileServer {
    * is one step of the event loop, so nothing the master learns (a tree
    * watcher's event, a refresh) falls between the read and its serving.
    * `real`: its real path, when the caller already checked that others may
-   * reach it (a listing's children). `info`: the `lstat` of a regular file,
-   * for hashing it.
+   * reach it (a listing's children). `list: false`: a directory's children
+   * are not read (the caller knows which changed).
    */
   #read(
     path: string,
-    real?: string,
-    memo?: Map<string, string | null>,
-  ): { attr: FileAttr; info?: Deno.FileInfo } {
+    options: { real?: string; memo?: Map<string, string | null>; list?: boolean } = {},
+  ): Read {
+    const real = options.real;
     if (!this.#visible(path)) return { attr: absent(path) };
     if (real === undefined) {
-      const reached = path === "/" ? "/" : this.#reach(path, memo);
+      const reached = path === "/" ? "/" : this.#reach(path, options.memo);
       if (reached === null) return { attr: absent(path) };
     } else if (real !== path && !this.#visible(real)) return { attr: absent(path) };
     let info: Deno.FileInfo;
@@ -304,16 +354,19 @@ export class FileServer {
       }
       return { attr };
     }
+    if (options.list === false) return { attr, info };
     if ((mode & (OTHERS_READ | OTHERS_SEARCH)) !== (OTHERS_READ | OTHERS_SEARCH)) {
       attr.children = {};
       return { attr };
     }
     const children: Record<string, FileKind> = {};
     let count = 0;
+    // Before the listing: a change made after it is then reported under this watch.
+    const watch = this.#watch?.watchOf(path) ?? null;
+    const hides = this.#mayHideChildren(path);
     try {
       for (const entry of Deno.readDirSync(path)) {
-        const child = joinPath(path, entry.name);
-        if (!this.#visible(child)) continue;
+        if (hides && !this.#visible(joinPath(path, entry.name))) continue;
         const childKind: FileKind | null = entry.isSymlink
           ? "symlink"
           : entry.isDirectory
@@ -329,7 +382,50 @@ export class FileServer {
       return { attr: absent(path) };
     }
     attr.children = children;
-    return { attr };
+    const listing = watch === null || count >= this.#childrenMax
+      ? undefined
+      : { watch, dev: info.dev, ino: info.ino ?? 0 };
+    return { attr, listing };
+  }
+
+  /**
+   * A served directory's attributes read again where only the children named
+   * in `names` may have changed: none other if its listing was read in full
+   * under the same watch (every change since was reported), of the same
+   * inode, with the same mode. Undefined where that does not hold: then the
+   * whole listing is read.
+   */
+  #relist(
+    path: string,
+    served: { attr: FileAttr; listing?: Listing },
+    names: Set<string>,
+    memo: Map<string, string | null>,
+  ): Read | undefined {
+    const { attr: before, listing } = served;
+    if (listing === undefined || before.children === undefined) return undefined;
+    if (this.#watch?.watchOf(path) !== listing.watch) return undefined;
+    const { attr, info } = this.#read(path, { memo, list: false });
+    if (
+      attr.kind !== "dir" || info === undefined || info.ino !== listing.ino ||
+      info.dev !== listing.dev || attr.mode !== before.mode
+    ) return undefined;
+    const children = { ...before.children };
+    const hides = this.#mayHideChildren(path);
+    for (const name of names) {
+      const child = joinPath(path, name);
+      if (hides && !this.#visible(child)) continue;
+      let kind: FileKind | null = null;
+      try {
+        kind = kindOf(Deno.lstatSync(child));
+      } catch {
+        // Gone.
+      }
+      if (kind === null) delete children[name];
+      else children[name] = kind;
+    }
+    attr.children = children;
+    if (Object.keys(children).length >= this.#childrenMax) return undefined;
+    return { attr, listing };
   }
 
   /** Attributes of every child of a directory (hashes only where cached). */
@@ -339,7 +435,10 @@ export class FileServer {
     const first = ++this.#reads;
     // Others may reach the children if they may reach and search this directory.
     const real = path === "/" ? "/" : this.#reach(path);
-    const self = this.#serve(real === null ? absent(path) : this.#read(path, real).attr, first);
+    const self = this.#serve(
+      real === null ? { attr: absent(path) } : this.#read(path, { real }),
+      first,
+    );
     if (real === null || self.kind !== "dir") return [];
     const names = Object.keys(self.children ?? {});
     const out: FileAttr[] = new Array(names.length);
@@ -347,7 +446,7 @@ export class FileServer {
       // A huge directory does not hold up the other requests for long.
       if (i > 0 && i % DIR_READS_PER_TURN === 0) await new Promise((r) => setTimeout(r, 0));
       const read = ++this.#reads;
-      const child = this.#read(joinPath(path, names[i]), joinPath(real, names[i])).attr;
+      const child = this.#read(joinPath(path, names[i]), { real: joinPath(real, names[i]) });
       out[i] = this.#serve(child, read);
     }
     return out;
@@ -412,38 +511,49 @@ export class FileServer {
   /**
    * Re-reads the given paths; the attributes that differ from what was served
    * (only for paths the mirrors may hold) go to `onChange` and are returned.
+   * `known`: hashes the caller knows (it wrote those files). `children`:
+   * directory → the names in it that changed; such a directory is read child
+   * by child where its listing allows (see `#relist`).
    */
-  async refresh(paths: Iterable<string>, known?: Map<string, string>): Promise<FileAttr[]> {
+  async refresh(
+    paths: Iterable<string>,
+    options: { known?: Map<string, string>; children?: Map<string, Set<string>> } = {},
+  ): Promise<FileAttr[]> {
+    const { known, children } = options;
     const changed: FileAttr[] = [];
     // Which directories others may reach, for the reads until the next await.
     let memo = new Map<string, string | null>();
     for (const path of new Set(paths)) {
-      if (!this.#served.has(path)) continue;
-      const read = ++this.#reads;
-      let after = this.#read(path, undefined, memo).attr;
       const served = this.#served.get(path);
-      if (served === undefined || read < served.read) continue; // forgotten, or newer news
+      if (served === undefined) continue;
+      const read = ++this.#reads;
+      const names = children?.get(path);
+      let got = (names && this.#relist(path, served, names, memo)) ||
+        this.#read(path, { memo });
       const before = served.attr;
       if (
-        before.hash && after.kind === "file" && after.hash === undefined && !known?.has(path) &&
-        sameAttr(before, after)
+        before.hash && got.attr.kind === "file" && got.attr.hash === undefined &&
+        !known?.has(path) && sameAttr(before, got.attr)
       ) {
         // Same size and mtime, but the hash cache no longer vouches for it (its
         // ctime or inode changed): new content is possible, so hash it again.
-        after = await this.#attr(path, true);
+        got = await this.#attr(path, true);
         memo = new Map();
         const now = this.#served.get(path);
-        if (now === undefined || now.read > read) continue;
+        if (now === undefined || now.read > read) continue; // forgotten, or newer news
       }
+      const after = got.attr;
       const hash = known?.get(path);
       if (hash && after.kind === "file") after.hash = hash;
       if (!sameAttr(before, after) || (after.hash && before.hash !== after.hash)) {
         // Told at once, in the order the reads started: a list told when the
         // whole refresh ends could come after a newer read's news, and a
         // mirror would take the older listing for the latest.
-        this.#store(after, read);
+        this.#store(after, read, got.listing);
         this.#onChange([after]);
         changed.push(after);
+      } else if (got.listing !== served.listing) {
+        this.#store(before, read, got.listing); // the same listing, read under a newer watch
       }
     }
     return changed;

@@ -37,7 +37,14 @@ import {
   parseBuiltin,
   runBuiltin,
 } from "./local_rules.ts";
-import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf } from "./paths.ts";
+import {
+  baseName,
+  DEFAULT_EXCLUSIONS,
+  Exclusions,
+  joinPath,
+  normalizeAbsolute,
+  parentOf,
+} from "./paths.ts";
 import { SOCKET_NAME } from "../wrapper/client.ts";
 import type { FarmSlots } from "../wrapper/protocol.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
@@ -294,7 +301,10 @@ export class Master implements AsyncDisposable {
   #watch: WorkerWatch | null = null;
   #fsWatcher: TreeWatcher | null = null;
   #watching: Promise<void> | null = null;
+  /** Paths the tree watcher said changed (or, when it failed, every served path). */
   #dirty = new Set<string>();
+  /** Changes were dropped (too many at once): every served path is read in full. */
+  #rereadAll = false;
   #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
   #rulesStamp = "";
@@ -338,8 +348,12 @@ export class Master implements AsyncDisposable {
       hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
       // A worker's read found a change before the tree watcher did: all hear of it.
       onChange: (attrs) => this.#changes.push(attrs),
-      // What the tree watcher will report need not be read again while young.
-      watched: (path, kind) => this.#fsWatcher?.covers(path, kind === "dir") ?? false,
+      // What the tree watcher reports: paths it covers are not read again while
+      // young, and the listings it watches are read child by child.
+      watch: {
+        covers: (path, isDir) => this.#fsWatcher?.covers(path, isDir) ?? false,
+        watchOf: (dir) => this.#fsWatcher?.watchOf(dir) ?? null,
+      },
     });
   }
 
@@ -495,7 +509,10 @@ export class Master implements AsyncDisposable {
               this.#syncWaiters.get(p)?.();
               continue;
             }
-            if (this.#dirty.size > 100_000) continue;
+            if (this.#dirty.size > 100_000) {
+              this.#rereadAll = true;
+              continue;
+            }
             this.#dirty.add(p);
           }
         }
@@ -537,17 +554,45 @@ export class Master implements AsyncDisposable {
     for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
   }
 
-  /** Re-reads paths that changed since they were served and logs the changes. */
-  async #flushChanges(extra: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
-    const paths = new Set<string>(extra);
+  /**
+   * Re-reads paths that changed since they were served and logs the changes:
+   * those the tree watcher reported and `changed` (what the caller changed
+   * itself, with `known` hashes), their directories, and young paths. A
+   * directory is read child by child, the changed ones, unless the tree
+   * watcher said it changed itself or every path is read again.
+   */
+  async #flushChanges(changed: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
+    const paths = new Set<string>();
+    const children = new Map<string, Set<string>>();
+    const inDir = (p: string) => {
+      if (p === "/") return;
+      const dir = parentOf(p);
+      paths.add(dir);
+      const names = children.get(dir);
+      if (names === undefined) children.set(dir, new Set([baseName(p)]));
+      else names.add(baseName(p));
+    };
+    for (const p of changed) {
+      paths.add(p);
+      inDir(p);
+    }
     for (const p of this.#dirty) {
       paths.add(p);
-      paths.add(parentOf(p));
+      inDir(p);
     }
+    // Changed itself (moved, made again, chmod) or read again whole after a
+    // failure: its listing is read in full.
+    for (const p of this.#dirty) children.delete(p);
     this.#dirty.clear();
+    if (this.#rereadAll) {
+      this.#rereadAll = false;
+      for (const p of this.#files.servedUnder(this.root)) paths.add(p);
+      children.clear();
+    }
     for (const p of this.#files.youngPaths()) paths.add(p);
     if (paths.size === 0) return;
-    await this.#files.refresh(paths, known); // changes go to the log as they are found
+    // Changes go to the log as they are found.
+    await this.#files.refresh(paths, { known, children });
   }
 
   /** Runs one wrapper request; resolves with the exit status. */
@@ -944,7 +989,11 @@ export class Master implements AsyncDisposable {
     } finally {
       unfollow?.();
       io.signal.removeEventListener("abort", kill);
-      if (refresh) await this.#flushChanges(this.#files.servedUnder(this.root));
+      if (refresh) {
+        // What it changed is not known: everything served is read again, whole.
+        this.#rereadAll = true;
+        await this.#flushChanges();
+      }
     }
   }
 

@@ -96,6 +96,8 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   #full = false;
   /** Reading events failed: nothing more is reported. */
   #failed = false;
+  /** Times events were lost (the kernel's queue or ours overflowed). */
+  #losses = 0;
   #loop: Promise<void>;
   #closeDone: Promise<void> | null = null;
 
@@ -154,6 +156,18 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     if (this.#full || this.#failed || this.#closing) return false;
     if (isDir && !this.#byPath.has(path)) return false;
     return path === this.root || this.#byPath.has(parentOf(path));
+  }
+
+  /**
+   * The watch on directory `dir` now, or null if none: an id that differs
+   * whenever the directory was watched anew (moved away and back, made again)
+   * or events were lost since. While it stays the same, every change of the
+   * directory's listing has been or will be reported, child by child.
+   */
+  watchOf(dir: string): string | null {
+    if (this.#full || this.#failed || this.#closing) return null;
+    const wd = this.#byPath.get(dir);
+    return wd === undefined ? null : `${this.#losses}:${wd}`;
   }
 
   /** Watches `dir` and the directories below it; adds every path found to `found`. */
@@ -259,6 +273,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
       off += INOTIFY_EVENT_HEADER_BYTES + len;
       if (mask & IN_Q_OVERFLOW) {
         lost = true;
+        this.#losses++;
         continue;
       }
       const dir = this.#byWd.get(wd);
@@ -290,6 +305,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     }
     if (this.#queue.length >= this.#queueMax) {
       // A reader this far behind re-reads everything instead.
+      this.#losses++;
       this.#queue = [{ kind: "rescan", paths: [] }];
       return;
     }

@@ -38,3 +38,63 @@ Deno.test("TreeWatcher.covers(): paths in watched directories, a directory once 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("TreeWatcher.watchOf(): a new id once a directory is made again or moved back, or events were lost", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-tw-" }));
+  await Deno.mkdir(`${root}/src`);
+  await Deno.mkdir(`${root}/obj`);
+  const watcher = TreeWatcher.start({ root, queueMax: 1_000 });
+  const seen: string[] = [];
+  const reading = (async () => {
+    for await (const event of watcher) {
+      seen.push(...event.paths, ...(event.kind === "rescan" ? ["rescan"] : []));
+    }
+  })();
+  const settle = async (what: string) => {
+    for (let i = 0; i < 200 && !seen.includes(what); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(seen.includes(what), `no event for ${what}`);
+  };
+  try {
+    const first = watcher.watchOf(`${root}/src`);
+    assert.ok(first !== null);
+    assert.equal(watcher.watchOf(`${root}/none`), null);
+    await Deno.writeTextFile(`${root}/src/a.c`, "");
+    await settle(`${root}/src/a.c`);
+    assert.equal(watcher.watchOf(`${root}/src`), first, "a change inside keeps the watch");
+    await Deno.remove(`${root}/src`, { recursive: true });
+    await Deno.mkdir(`${root}/src`);
+    await Deno.writeTextFile(`${root}/src/made-again`, "");
+    await settle(`${root}/src/made-again`);
+    const second = watcher.watchOf(`${root}/src`);
+    assert.ok(second !== null && second !== first, "made again: watched anew");
+    await Deno.rename(`${root}/src`, `${root}/away`);
+    await Deno.rename(`${root}/away`, `${root}/src`);
+    await Deno.writeTextFile(`${root}/src/back`, "");
+    await settle(`${root}/src/back`);
+    const third = watcher.watchOf(`${root}/src`);
+    assert.ok(third !== null && third !== second, "moved away and back: watched anew");
+  } finally {
+    await watcher.close();
+    await reading;
+  }
+  // A reader that falls behind loses events: every id changes.
+  const slow = TreeWatcher.start({ root, queueMax: 1 });
+  try {
+    const before = slow.watchOf(`${root}/obj`);
+    for (let i = 0; i < 20; i++) {
+      await Deno.writeTextFile(`${root}/obj/f${i}`, "");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    let after = slow.watchOf(`${root}/obj`);
+    for (let i = 0; i < 200 && after === before; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      after = slow.watchOf(`${root}/obj`);
+    }
+    assert.ok(after !== null && after !== before, "events lost: a new id");
+  } finally {
+    await slow.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
