@@ -301,9 +301,12 @@ export class Master implements AsyncDisposable {
   #watch: WorkerWatch | null = null;
   #fsWatcher: TreeWatcher | null = null;
   #watching: Promise<void> | null = null;
-  /** Paths the tree watcher said changed (or, when it failed, every served path). */
+  /** Paths the tree watcher said changed. */
   #dirty = new Set<string>();
-  /** Changes were dropped (too many at once): every served path is read in full. */
+  /**
+   * Changes may have gone unreported (events lost or dropped, the tree sync
+   * timed out or failed, a local job ran): every served path is read in full.
+   */
   #rereadAll = false;
   #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
@@ -501,7 +504,7 @@ export class Master implements AsyncDisposable {
         for await (const event of watcher) {
           if (event.kind === "rescan") {
             // Events were lost: whatever the mirrors hold may have changed.
-            for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
+            this.#rereadAll = true;
             continue;
           }
           for (const p of event.paths) {
@@ -551,7 +554,10 @@ export class Master implements AsyncDisposable {
         this.#tree.removeMarker(marker);
       }
     }
-    for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
+    // Changes made before this call may not have been reported yet: every
+    // served path is read again, each directory's listing whole (not child
+    // by child as the events and an applied result name them).
+    this.#rereadAll = true;
   }
 
   /**
