@@ -202,8 +202,6 @@ function describe(value: unknown): string {
 /** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
 const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
 
-/** How long the tree watcher may take to report a marker file. */
-const TREE_SYNC_MS = 2_000;
 /** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
 export const OUTPUT_HOLD_BYTES_MAX = 1 << 20;
 /** While the job runs, output is held this long after its first byte at most. */
@@ -300,7 +298,6 @@ export class Master implements AsyncDisposable {
   #pool: WorkerPool | null = null;
   #watch: WorkerWatch | null = null;
   #fsWatcher: TreeWatcher | null = null;
-  #watching: Promise<void> | null = null;
   /** Paths the tree watcher said changed. */
   #dirty = new Set<string>();
   /**
@@ -308,7 +305,6 @@ export class Master implements AsyncDisposable {
    * timed out or failed, a local job ran): every served path is read in full.
    */
   #rereadAll = false;
-  #syncWaiters = new Map<string, () => void>();
   #rules: LocalRules;
   #rulesStamp = "";
   #rulesError: string | null = null;
@@ -490,73 +486,42 @@ export class Master implements AsyncDisposable {
       // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
       this.#fsWatcher = TreeWatcher.start({
         root: this.root,
-        // The private directory is watched for the markers, not its staging areas.
-        skip: (dir) => dir.startsWith(staging) && dir !== this.#tree.privatePath,
+        // The private directory (staging areas) is the master's own.
+        skip: (dir) => dir.startsWith(staging),
         log: this.#log,
-      });
-    } catch (err) {
-      this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
-      return;
-    }
-    const watcher = this.#fsWatcher;
-    this.#watching = (async () => {
-      try {
-        for await (const event of watcher) {
+        // Taken as read, synchronously: once #syncTree's drain returns, every
+        // change it read is in #dirty.
+        onEvent: (event) => {
           if (event.kind === "rescan") {
             // Events were lost: whatever the mirrors hold may have changed.
             this.#rereadAll = true;
-            continue;
+            return;
           }
           for (const p of event.paths) {
-            if (p.startsWith(staging)) {
-              this.#syncWaiters.get(p)?.();
-              continue;
-            }
+            if (p.startsWith(staging)) continue;
             if (this.#dirty.size > 100_000) {
               this.#rereadAll = true;
-              continue;
+              return;
             }
             this.#dirty.add(p);
           }
-        }
-      } catch {
-        // Closed.
-      }
-    })();
+        },
+      });
+    } catch (err) {
+      this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
+    }
   }
 
   /**
-   * Waits until the tree watcher has seen every change made before this call
-   * (`mkdir` or `rm` by make's own shell just before a compile arrives): it
-   * creates a marker file and waits for its event, which the kernel queues
-   * after the earlier ones. If the watcher does not answer in time, every
-   * served path of the tree is read again instead.
+   * Makes sure every change made in the tree before this call (`mkdir` or
+   * `rm` by make's own shell just before a compile arrives) is in #dirty:
+   * the kernel queues an inotify event within the call that made the
+   * change, so reading the watcher's queue now, synchronously, finds them
+   * all. Without a watcher that reads (none, or it failed), every served
+   * path is read again instead, each directory's listing whole.
    */
-  async #syncTree(): Promise<void> {
-    let marker = "";
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      if (this.#fsWatcher !== null) {
-        // In the private directory, made exclusively, never through a link.
-        marker = this.#tree.createMarker();
-        const seen = new Promise<boolean>((resolve) => {
-          this.#syncWaiters.set(marker, () => resolve(true));
-          timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
-        });
-        if (await seen) return;
-      }
-    } catch {
-      // Could not make the marker (a full disk, say): read everything again.
-    } finally {
-      clearTimeout(timer);
-      if (marker !== "") {
-        this.#syncWaiters.delete(marker);
-        this.#tree.removeMarker(marker);
-      }
-    }
-    // Changes made before this call may not have been reported yet: every
-    // served path is read again, each directory's listing whole (not child
-    // by child as the events and an applied result name them).
+  #syncTree(): void {
+    if (this.#fsWatcher?.drain()) return;
     this.#rereadAll = true;
   }
 
@@ -795,7 +760,7 @@ export class Master implements AsyncDisposable {
   ): Promise<number> {
     const now = () => DEBUG_TIMINGS ? performance.now() : 0; // for the log only
     const t0 = now();
-    await this.#syncTree();
+    this.#syncTree();
     const tSynced = now();
     await this.#flushChanges();
     const tFlushed = now();
@@ -1023,8 +988,7 @@ export class Master implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#fsWatcher?.close();
-    await this.#watching;
+    await this.#fsWatcher?.close();
     await this.#watch?.close();
     await this.#pool?.close();
     await this.#hashCache.close();

@@ -57,6 +57,11 @@ export interface TreeWatcherOptions {
   watchesMax?: number;
   /** Events held for a slow reader at most; beyond, one `rescan` replaces them. */
   queueMax?: number;
+  /**
+   * Takes each event as it is read, synchronously (within the read, or within
+   * {@linkcode TreeWatcher.drain}), instead of an iterator: nothing is queued.
+   */
+  onEvent?: (event: TreeEvent) => void;
 }
 
 /** Cannot watch the tree: no inotify, or the root is not a directory. */
@@ -87,6 +92,8 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   #log: (message: string) => void;
   #watchesMax: number;
   #queueMax: number;
+  #onEvent: ((event: TreeEvent) => void) | undefined;
+  #buf = new Uint8Array(READ_BYTES);
   #byWd = new Map<number, string>();
   #byPath = new Map<string, number>();
   #queue: TreeEvent[] = [];
@@ -110,6 +117,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
     this.#watchesMax = options.watchesMax ?? 500_000;
     this.#queueMax = options.queueMax ?? 10_000;
+    this.#onEvent = options.onEvent;
     this.#watch(this.root);
     if (!this.#byPath.has(this.root)) {
       this.#release();
@@ -228,34 +236,48 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     view.setInt16(4, POLLIN, true);
     view.setInt32(POLLFD_BYTES, this.#wakeFd, true);
     view.setInt16(POLLFD_BYTES + 4, POLLIN, true);
-    const buf = new Uint8Array(READ_BYTES);
+    while (!this.#closing && !this.#failed) {
+      view.setInt16(6, 0, true);
+      view.setInt16(POLLFD_BYTES + 6, 0, true);
+      await this.#lib.symbols.poll_nonblocking(pollfds, 2n, -1);
+      if (this.#closing) break;
+      this.drain(); // nothing left, if a drain() came first
+    }
+  }
+
+  /**
+   * Reads and reports, synchronously, every event queued so far: the kernel
+   * queues an event within the call that made the change, so once this
+   * returns, every change made before the call is reported (with `onEvent`:
+   * handled). False if events can no longer be read (then changes are lost;
+   * a `rescan` said so) or the watcher is closing.
+   */
+  drain(): boolean {
+    if (this.#closing || this.#failed) return false;
+    const buf = this.#buf;
+    const paths = new Set<string>();
+    let rescan = false;
     try {
-      while (!this.#closing) {
-        view.setInt16(6, 0, true);
-        view.setInt16(POLLFD_BYTES + 6, 0, true);
-        await this.#lib.symbols.poll_nonblocking(pollfds, 2n, -1);
-        if (this.#closing) break;
-        const paths = new Set<string>();
-        let rescan = false;
-        for (;;) {
-          const n = Number(this.#lib.symbols.read(this.#fd, buf, BigInt(buf.length)));
-          if (n > 0) {
-            rescan = this.#parse(buf, n, paths) || rescan;
-            continue;
-          }
-          const errno = n < 0 ? errnoOf(this.#lib) : 0;
-          if (errno === EINTR) continue;
-          if (errno !== EAGAIN) throw new TreeWatcherError(`Cannot read inotify events: ${errno}`);
-          break;
+      for (;;) {
+        const n = Number(this.#lib.symbols.read(this.#fd, buf, BigInt(buf.length)));
+        if (n > 0) {
+          rescan = this.#parse(buf, n, paths) || rescan;
+          continue;
         }
-        if (rescan) this.#push({ kind: "rescan", paths: [] });
-        if (paths.size > 0) this.#push({ kind: "paths", paths: [...paths] });
+        const errno = n < 0 ? errnoOf(this.#lib) : 0;
+        if (errno === EINTR) continue;
+        if (errno !== EAGAIN) throw new TreeWatcherError(`Cannot read inotify events: ${errno}`);
+        break;
       }
     } catch (err) {
       this.#failed = true;
       this.#log(`stopped watching ${this.root} for changes: ${(err as Error).message}`);
       this.#push({ kind: "rescan", paths: [] });
+      return false;
     }
+    if (rescan) this.#push({ kind: "rescan", paths: [] });
+    if (paths.size > 0) this.#push({ kind: "paths", paths: [...paths] });
+    return true;
   }
 
   /** Reads the event records in `buf`; returns whether events were lost. */
@@ -297,6 +319,10 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
 
   #push(event: TreeEvent): void {
     if (this.#closed) return;
+    if (this.#onEvent) {
+      this.#onEvent(event);
+      return;
+    }
     if (this.#waiting) {
       const resolve = this.#waiting;
       this.#waiting = null;

@@ -98,3 +98,42 @@ Deno.test("TreeWatcher.watchOf(): a new id once a directory is made again or mov
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("TreeWatcher.drain(): every change made before it is reported within the call, to onEvent, a new directory's contents too; false once closed", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-tw-" }));
+  await Deno.mkdir(`${root}/src`);
+  const seen: string[] = [];
+  let rescans = 0;
+  const watcher = TreeWatcher.start({
+    root,
+    onEvent: (event) => {
+      if (event.kind === "rescan") rescans++;
+      seen.push(...event.paths);
+    },
+  });
+  try {
+    assert.ok(watcher.drain(), "nothing queued yet");
+    assert.equal(seen.length, 0);
+    // Made by another process, then drained without yielding to the event loop.
+    const sh = new Deno.Command("sh", {
+      args: ["-c", "echo x > src/a.c && mkdir -p obj/sub && echo y > obj/sub/b.o && rm src/a.c"],
+      cwd: root,
+    }).outputSync();
+    assert.ok(sh.success);
+    assert.ok(watcher.drain());
+    for (const p of ["src/a.c", "obj", "obj/sub", "obj/sub/b.o"]) {
+      assert.ok(seen.includes(`${root}/${p}`), `${p} reported: ${seen.join(", ")}`);
+    }
+    assert.ok(watcher.covers(`${root}/obj/sub/b.o`, false), "the new directories are watched");
+    seen.length = 0;
+    Deno.writeTextFileSync(`${root}/obj/sub/c.o`, "z");
+    assert.ok(watcher.drain());
+    assert.deepEqual([...new Set(seen)], [`${root}/obj/sub/c.o`]);
+    assert.equal(rescans, 0);
+    await watcher.close();
+    assert.ok(!watcher.drain(), "closed: nothing can be read");
+  } finally {
+    await watcher.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
