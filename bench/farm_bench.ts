@@ -13,7 +13,7 @@
  *   wrappers or distcc clients: bash `times` after the build, i.e. the rusage
  *   of every reaped descendant; plus the master process, /proc/<pid>/stat).
  * - Scaling: hosts of 0.4 core each (cgroup v1 CPU quotas): the master host
- *   alone (local make) against the master with 1..4 workers.
+ *   alone (local make) against the master with 1..4 and 6 workers.
  *
  * Every run starts from a clean tree (by default reset in place, like
  * `git clean -fdx`); a failed build is recorded and tried again (3 tries in
@@ -63,6 +63,8 @@ export const GOAL_MASTER_CPU_PER_JOB_MS = 2;
 export const GOAL_WRAPPER_START_VS_DENO = 1.05;
 /** Issue 14: a warm build through the farm / local make. */
 export const GOAL_WARM_BUILD_ISSUE14 = 1.15;
+/** Issue 14: the workers' CPU per job beyond the job itself (worker, FUSE, launcher), ms. */
+export const GOAL_WORKER_OVERHEAD_MS = 8;
 
 export interface HarnessOptions {
   /** One run per contender, lua only, fewer round trips, scaling to 2 workers. */
@@ -81,7 +83,7 @@ export interface HarnessOptions {
   slotsPerWorker?: number;
   /** Commands of each kind in the round-trip test (default 100, quick 20; 0 skips). */
   roundTrips?: number;
-  /** Worker counts for scaling, 0 = master alone (default 0..4, quick 0..2; [] skips). */
+  /** Worker counts for scaling, 0 = master alone (default 0..4 and 6, quick 0..2; [] skips). */
   scalingWorkers?: number[];
   /** Project for scaling (default the first). */
   scalingProject?: Project;
@@ -126,6 +128,11 @@ export interface BuildRun {
   masterCpuS?: number;
   /** Of which the master's own (its process, not its children), seconds. */
   masterOwnCpuS?: number;
+  /**
+   * CPU of the workers' processes over the build: the worker processes (FUSE
+   * serving included), their launchers and the jobs, seconds.
+   */
+  workerCpuS?: number;
   /** Object files the build left: the compile jobs. */
   objects?: number;
   /** Termite master job counters over the build. */
@@ -154,6 +161,14 @@ export interface BuildSummary {
   masterCpuPerJobMs?: number;
   /** Of that, the master's own CPU (not the local jobs it ran), ms. */
   masterOwnCpuPerJobMs?: number;
+  /** Termite: the workers' CPU per remote job (jobs included), ms. */
+  workerCpuPerJobMs?: number;
+  /**
+   * Termite: beyond the jobs themselves (worker process, FUSE serving,
+   * launcher): the workers' CPU per remote job minus local make's CPU per
+   * compile job (make and its shells included there: a slight underestimate), ms.
+   */
+  workerOverheadPerJobMs?: number;
   /** Median time / median local make time. */
   vsLocal?: number;
   /** Builds (cold included) that failed and were tried again or given up. */
@@ -181,6 +196,8 @@ export interface RoundTripKind {
   /** Median CPU of one command's processes, ms. */
   clientCpuMedianMs?: number;
   masterCpuPerCmdMs?: number;
+  /** CPU of the workers' processes per command (worker, FUSE, launcher, the job), ms. */
+  workerCpuPerCmdMs?: number;
   /** Termite jobs the master ran on workers over this kind's timed commands. */
   remoteJobs?: number;
   /** Commands meant for a worker that ran on the master instead (not timed). */
@@ -194,6 +211,11 @@ export interface RoundTripDerived {
   /** `termite-sh -c true` / `deno run empty.js`: medians of wall time, and of CPU per command. */
   wrapperStartVsDeno?: number;
   wrapperStartVsDenoCpu?: number;
+  /**
+   * Worker-side CPU of a remote `gcc -c tiny.c` beyond the compile: the
+   * workers' CPU per command minus the CPU of the same command run directly, ms.
+   */
+  workerOverheadTinyCompileMs?: number;
   /** termite gcc -c tiny.c / distcc gcc -c tiny.c, median round trips. */
   remoteCompileVsDistcc?: number;
   /** `termite-sh -c true` (a builtin: the wrapper alone) minus `/bin/true`, ms. */
@@ -371,6 +393,29 @@ async function startFarm(options: {
   return bf;
 }
 
+/** The workers' long-lived pids (outer, unshare, inner worker): taken while the farm is idle. */
+async function workerPids(bf: BenchFarm): Promise<number[]> {
+  const all: number[] = [];
+  for (const w of bf.farm.workers) all.push(...await processTree(w.child.pid));
+  return all;
+}
+
+/**
+ * CPU of the workers' process trees so far, ms: each long-lived process's
+ * threads (schedstat, to the ns) and its reaped children (launchers and jobs,
+ * in clock ticks); a launcher is reaped before its job's reply is sent.
+ */
+async function workersCpuMs(pids: number[]): Promise<number> {
+  let ms = 0;
+  for (const pid of pids) {
+    const threads = await threadsCpuMs(pid);
+    const stat = await procStat(pid);
+    if (Number.isNaN(threads) || stat === null) continue; // exited
+    ms += threads + stat.childrenS * 1000;
+  }
+  return ms;
+}
+
 /** Every pid of the farm's process trees (the workers re-exec themselves under unshare). */
 async function farmPids(bf: BenchFarm): Promise<number[]> {
   const roots = [bf.farm.master, bf.farm.coordinator, ...bf.farm.workers]
@@ -515,6 +560,8 @@ async function buildOnce(
     const farm = contender === "termite" ? ctx.farm!.farm : null;
     const before = farm ? await termiteCounters(farm) : null;
     const masterBefore = farm ? await procStat(farm.master.child.pid) : null;
+    const workers = farm ? await workerPids(ctx.farm!) : [];
+    const workersBefore = farm ? await workersCpuMs(workers) : 0;
     run.loadBefore = await loadAverage();
     const timed = await timedCommand({
       argv: ctx.project.command(ctx.jobs),
@@ -532,6 +579,7 @@ async function buildOnce(
         );
         run.masterOwnCpuS = round(after.selfS - masterBefore.selfS, 4);
       }
+      run.workerCpuS = round((await workersCpuMs(workers) - workersBefore) / 1000, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
     }
     run.loadAfter = await loadAverage();
@@ -709,6 +757,8 @@ async function measureRoundTrips(options: {
   /** Commands whose master CPU could not be told (a master thread ended meanwhile). */
   const masterUnknown = specs.map(() => 0);
   const masterPid = farm?.farm.master.child.pid ?? 0;
+  const workersOf = farm ? await workerPids(farm) : [];
+  const workerCpu = specs.map(() => 0);
   const decoder = new TextDecoder();
   // Interleaved (one of each kind per iteration) so that load from elsewhere
   // spreads over all kinds; iteration 0 warms up and is not counted.
@@ -717,6 +767,7 @@ async function measureRoundTrips(options: {
       if (!kinds[k].ok) continue;
       const counters = spec.via === "termite" ? await termiteCounters(farm!.farm) : null;
       const masterBefore = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
+      const workersBefore = spec.via === "termite" ? await workersCpuMs(workersOf) : 0;
       const selfBefore = childrenCpuMs();
       const start = performance.now();
       let out: Deno.CommandOutput;
@@ -746,6 +797,7 @@ async function measureRoundTrips(options: {
       const wall = performance.now() - start;
       const selfAfter = childrenCpuMs();
       const masterAfter = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
+      const workersAfter = spec.via === "termite" ? await workersCpuMs(workersOf) : 0;
       if (out.code !== 0) {
         kinds[k] = {
           ...kinds[k],
@@ -775,6 +827,7 @@ async function measureRoundTrips(options: {
       if (i === 0) continue;
       kinds[k].wallMs.push(round(wall, 4));
       clientCpu[k].push(selfAfter - selfBefore);
+      workerCpu[k] += workersAfter - workersBefore;
       if (masterAfter >= masterBefore) masterCpu[k] += masterAfter - masterBefore;
       else masterUnknown[k]++;
     }
@@ -793,6 +846,7 @@ async function measureRoundTrips(options: {
       ...(kind.via === "termite"
         ? {
           masterCpuPerCmdMs: round(masterCpu[k] / Math.max(1, n - masterUnknown[k])),
+          workerCpuPerCmdMs: round(workerCpu[k] / n),
           remoteJobs: remote[k],
         }
         : {}),
@@ -826,6 +880,11 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
     }
   }
   if (tgcc !== undefined && dgcc) out.remoteCompileVsDistcc = round(tgcc / dgcc);
+  const onWorker = found("gcc -c tiny.c (termite wrapper)")?.workerCpuPerCmdMs;
+  const direct = found("gcc -c tiny.c")?.clientCpuMedianMs;
+  if (onWorker !== undefined && direct !== undefined) {
+    out.workerOverheadTinyCompileMs = round(onWorker - direct);
+  }
   return out;
 }
 
@@ -1005,6 +1064,13 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           );
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
+          s.workerCpuPerJobMs = round(
+            median(
+              ok.map((b) =>
+                (b.workerCpuS ?? 0) * 1000 / Math.max(1, b.termiteJobs?.jobsRemote ?? 1)
+              ),
+            ),
+          );
         }
       }
       const failed = [...colds, ...runs].filter((b) => !b.ok);
@@ -1012,9 +1078,13 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
       if (failed.length > 0) s.error = failed[0].error;
       out.push(s);
     }
-    const local = out.find((s) => s.project === p.name && s.contender === "local")?.medianMs;
+    const localSummary = out.find((s) => s.project === p.name && s.contender === "local");
+    const local = localSummary?.medianMs;
     for (const s of out.filter((s) => s.project === p.name)) {
       if (local && s.medianMs) s.vsLocal = round(s.medianMs / local, 4);
+      if (s.workerCpuPerJobMs !== undefined && localSummary?.clientCpuPerJobMs !== undefined) {
+        s.workerOverheadPerJobMs = round(s.workerCpuPerJobMs - localSummary.clientCpuPerJobMs);
+      }
     }
   }
   return out;
@@ -1130,6 +1200,12 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goa
         },
       ),
       atMost(
+        `${s.project}: worker-side CPU per remote job beyond the job (worker, FUSE, launcher)`,
+        s.workerOverheadPerJobMs,
+        GOAL_WORKER_OVERHEAD_MS,
+        { unit: " ms", missing: "the farm or local make did not build" },
+      ),
+      atMost(
         `${s.project}: warm build farm / local make (issue 14)`,
         s.vsLocal,
         GOAL_WARM_BUILD_ISSUE14,
@@ -1148,6 +1224,12 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goa
       derived.wrapperStartVsDeno,
       GOAL_WRAPPER_START_VS_DENO,
       { unit: "×", missing: "the farm or the bare Deno run failed" },
+    ),
+    atMost(
+      "worker-side CPU of a remote gcc -c tiny.c beyond the compile run directly",
+      derived.workerOverheadTinyCompileMs,
+      GOAL_WORKER_OVERHEAD_MS,
+      { unit: " ms", missing: "the farm or the direct compile failed" },
     ),
     atMost(
       "remote gcc -c tiny.c round trip, termite / distcc",
@@ -1179,13 +1261,14 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `at the start, ${r.machine.loadAtEnd} at the end)`,
     "",
     "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
-      "master-host CPU ms/job | remote jobs | failed tries |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+      "master-host CPU ms/job | worker CPU ms/remote job (beyond the job) | remote jobs | " +
+      "failed tries |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   );
   for (const s of r.summaries) {
     if (!s.ok) {
       lines.push(
-        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | — | ` +
+        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | — | — | ` +
           `${s.failedAttempts ?? 0}: ${cell(s.error)} |`,
       );
       continue;
@@ -1197,6 +1280,10 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
           s.masterCpuPerJobMs !== undefined
             ? ` (master ${fx(s.masterCpuPerJobMs, 1)}, own ${fx(s.masterOwnCpuPerJobMs, 2)})`
             : ""
+        } | ${
+          s.workerCpuPerJobMs !== undefined
+            ? `${fx(s.workerCpuPerJobMs, 1)} (${fx(s.workerOverheadPerJobMs, 1)})`
+            : "—"
         } | ${s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"} | ` +
         `${s.failedAttempts ?? 0} |`,
     );
@@ -1217,13 +1304,13 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `Round trips (${r.settings.roundTrips} sequential commands of each kind, interleaved)`,
       "",
       "| command | via | median ms | mean ms | p90 ms | client CPU ms/cmd (median) | " +
-        "master CPU ms/cmd | remote |",
-      "|---|---|---|---|---|---|---|---|",
+        "master CPU ms/cmd | worker CPU ms/cmd | remote |",
+      "|---|---|---|---|---|---|---|---|---|",
     );
     for (const k of r.roundTrips) {
       if (!k.ok) {
         lines.push(
-          `| ${k.name} | ${k.via} | failed | — | — | — | — | ${cell(k.error)} |`,
+          `| ${k.name} | ${k.via} | failed | — | — | — | — | — | ${cell(k.error)} |`,
         );
         continue;
       }
@@ -1232,7 +1319,7 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
           fx(k.p90Ms, 1)
         } | ` +
           `${fx(k.clientCpuPerCmdMs, 1)} (${fx(k.clientCpuMedianMs, 1)}) | ` +
-          `${fx(k.masterCpuPerCmdMs, 2)} | ` +
+          `${fx(k.masterCpuPerCmdMs, 2)} | ${fx(k.workerCpuPerCmdMs, 2)} | ` +
           `${k.remoteJobs ?? "—"}${k.notRemote ? ` (+${k.notRemote} not remote)` : ""} |`,
       );
     }
@@ -1244,7 +1331,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `${fx(d.termiteTrueBeyondWrapperMs, 1)} ms; distcc adds ` +
         `${fx(d.distccCompileOverheadMs, 1)} ms to a compile. Wrapper start / bare Deno start: ` +
         `${fx(d.wrapperStartVsDeno)}× wall, ${fx(d.wrapperStartVsDenoCpu)}× CPU; remote tiny ` +
-        `compile / distcc's: ${fx(d.remoteCompileVsDistcc)}×.`,
+        `compile / distcc's: ${fx(d.remoteCompileVsDistcc)}×. On the workers, a remote tiny ` +
+        `compile costs ${fx(d.workerOverheadTinyCompileMs, 1)} ms of CPU beyond the compile.`,
     );
   }
   if (r.scaling.length > 0) {
@@ -1353,7 +1441,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const jobs = options.jobs ?? workers * slotsPerWorker;
   const runs = options.runs ?? (quick ? 1 : 3);
   const roundTrips = options.roundTrips ?? (quick ? 20 : 100);
-  const scalingWorkers = options.scalingWorkers ?? (quick ? [0, 1, 2] : [0, 1, 2, 3, 4]);
+  const scalingWorkers = options.scalingWorkers ?? (quick ? [0, 1, 2] : [0, 1, 2, 3, 4, 6]);
   const scalingProject = options.scalingProject ?? projects[0];
   const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
   const coresPerHost = options.coresPerHost ?? 0.4;
