@@ -202,6 +202,11 @@ function describe(value: unknown): string {
 /** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
 const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
 
+/**
+ * A silent worker is given up on once the master has been listening this
+ * long past the job's silence limit (its own event loop running on time).
+ */
+const SILENCE_GRACE_MS = 250;
 /** Output of a remote attempt held back (so that a retry does not print it twice), at most. */
 export const OUTPUT_HOLD_BYTES_MAX = 1 << 20;
 /** While the job runs, output is held this long after its first byte at most. */
@@ -779,13 +784,31 @@ export class Master implements AsyncDisposable {
       reset,
       heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
     };
-    // A worker that falls silent (no output, no heartbeat) is given up on.
+    // A worker that falls silent (no output, no heartbeat) is given up on,
+    // once the master itself has been listening for SILENCE_GRACE_MS past
+    // the limit: held up (a long synchronous apply of another job, GC, a
+    // loaded host), it may not have read yet what the worker sent meanwhile.
     const silence = new AbortController();
-    let silenceTimer = setTimeout(() => silence.abort(), silenceMs);
+    let due = 0;
+    let graced = false;
+    let silenceTimer: ReturnType<typeof setTimeout> | undefined;
+    const check = () => {
+      const now = performance.now();
+      if (graced && now - due <= SILENCE_GRACE_MS) {
+        silence.abort();
+        return;
+      }
+      graced = true; // again, if this grace too was held up
+      due = now + SILENCE_GRACE_MS;
+      silenceTimer = setTimeout(check, SILENCE_GRACE_MS);
+    };
     const heard = () => {
       clearTimeout(silenceTimer);
-      silenceTimer = setTimeout(() => silence.abort(), silenceMs);
+      graced = false;
+      due = performance.now() + silenceMs;
+      silenceTimer = setTimeout(check, silenceMs);
     };
+    heard();
     const unfollow = io.stdin?.follow((data) => {
       worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
     });
