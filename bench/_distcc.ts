@@ -108,6 +108,11 @@ export class DistccCluster implements AsyncDisposable {
         const name = `${options.prefix}-d${i}`;
         cluster.#hosts.push({ name, n });
         const host = await createHost(name, n);
+        // A scratch directory of its own: /tmp may be closed to the daemon's user
+        // (a test left it 0755 once, and every compile failed).
+        const tmp = `${options.dir}/tmp-${i}`;
+        await Deno.mkdir(tmp, { recursive: true });
+        await Deno.chmod(tmp, 0o1777);
         const log = await Deno.open(`${options.dir}/distccd-${i}.log`, {
           write: true,
           create: true,
@@ -132,6 +137,7 @@ export class DistccCluster implements AsyncDisposable {
             "--log-stderr",
             "--log-level=error",
           ],
+          env: { TMPDIR: tmp },
           stdin: "null",
           stdout: "piped",
           stderr: "piped",

@@ -58,6 +58,53 @@ export async function childrenCpuS(pid: number | "self"): Promise<number> {
   return (await procStat(pid))?.childrenS ?? 0;
 }
 
+/**
+ * User + system CPU of this process's reaped children (and theirs), in ms,
+ * to the microsecond: `getrusage(RUSAGE_CHILDREN)` through FFI, where
+ * /proc/self/stat counts in clock ticks (10 ms). Deno reaps a command's
+ * process when its status is awaited, so the difference across one command
+ * is that command's CPU.
+ */
+export function childrenCpuMs(): number {
+  // Opened per call: a library left open fails the tests' resource sanitizer.
+  const libc = Deno.dlopen("libc.so.6", {
+    // int getrusage(int who, struct rusage *usage)
+    getrusage: { parameters: ["i32", "buffer"], result: "i32" },
+  });
+  const usage = new Uint8Array(144); // sizeof(struct rusage) on x86_64 and aarch64
+  const RUSAGE_CHILDREN = -1;
+  try {
+    if (libc.symbols.getrusage(RUSAGE_CHILDREN, usage) !== 0) return NaN;
+  } finally {
+    libc.close();
+  }
+  const v = new DataView(usage.buffer);
+  // ru_utime then ru_stime, each a struct timeval { i64 tv_sec; i64 tv_usec; }.
+  const us = (off: number) =>
+    Number(v.getBigInt64(off, true)) * 1e6 + Number(v.getBigInt64(off + 8, true));
+  return (us(0) + us(16)) / 1000;
+}
+
+/**
+ * CPU of the live threads of a process, in ms, to the nanosecond (the sum of
+ * /proc/<pid>/task/<tid>/schedstat); NaN when it is gone. A thread that ends
+ * takes its CPU with it: compare across short windows only, and check the
+ * sum against {@linkcode cpuS} over long ones.
+ */
+export async function threadsCpuMs(pid: number): Promise<number> {
+  let ns = 0;
+  try {
+    for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
+      const text = await Deno.readTextFile(`/proc/${pid}/task/${task.name}/schedstat`)
+        .catch(() => "0");
+      ns += Number(text.split(" ")[0]) || 0;
+    }
+  } catch {
+    return NaN;
+  }
+  return ns / 1e6;
+}
+
 /** The pids of `root` and all its descendants (by /proc ppid links), root first. */
 export async function processTree(root: number): Promise<number[]> {
   const children = new Map<number, number[]>();

@@ -13,7 +13,7 @@
  *   wrappers or distcc clients: bash `times` after the build, i.e. the rusage
  *   of every reaped descendant; plus the master process, /proc/<pid>/stat).
  * - Scaling: hosts of 0.4 core each (cgroup v1 CPU quotas): the master host
- *   alone (local make) against the master with 1..4 workers.
+ *   alone (local make) against the master with 1..4 and 6 workers.
  *
  * Every run starts from a clean tree (by default reset in place, like
  * `git clean -fdx`); a failed build is recorded and tried again (3 tries in
@@ -30,7 +30,15 @@ import { removeHost } from "../farm/netns.ts";
 import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
-import { childrenCpuS, cpuS, processTree, tail, timedCommand, withDeadline } from "./_proc.ts";
+import {
+  childrenCpuMs,
+  processTree,
+  procStat,
+  tail,
+  threadsCpuMs,
+  timedCommand,
+  withDeadline,
+} from "./_proc.ts";
 import {
   LUA,
   type Project,
@@ -49,6 +57,14 @@ export const CONTENDERS: readonly ContenderName[] = ["local", "termite", "distcc
 /** Goals from the issue. */
 export const GOAL_BUILD_OVERHEAD = 1.10;
 export const GOAL_SCALING_PER_WORKER = 0.7;
+/** Issue 14 (build-host cost per job): the master's own CPU per compile job, ms. */
+export const GOAL_MASTER_CPU_PER_JOB_MS = 2;
+/** Issue 14: the wrapper's start (`termite-sh -c true`) / a bare `deno run` of an empty script. */
+export const GOAL_WRAPPER_START_VS_DENO = 1.05;
+/** Issue 14: a warm build through the farm / local make. */
+export const GOAL_WARM_BUILD_ISSUE14 = 1.15;
+/** Issue 14: the workers' CPU per job beyond the job itself (worker, FUSE, launcher), ms. */
+export const GOAL_WORKER_OVERHEAD_MS = 8;
 
 export interface HarnessOptions {
   /** One run per contender, lua only, fewer round trips, scaling to 2 workers. */
@@ -67,7 +83,7 @@ export interface HarnessOptions {
   slotsPerWorker?: number;
   /** Commands of each kind in the round-trip test (default 100, quick 20; 0 skips). */
   roundTrips?: number;
-  /** Worker counts for scaling, 0 = master alone (default 0..4, quick 0..2; [] skips). */
+  /** Worker counts for scaling, 0 = master alone (default 0..4 and 6, quick 0..2; [] skips). */
   scalingWorkers?: number[];
   /** Project for scaling (default the first). */
   scalingProject?: Project;
@@ -108,8 +124,15 @@ export interface BuildRun {
   wallMs?: number;
   /** CPU of make and everything it ran on the master host, seconds. */
   clientCpuS?: number;
-  /** CPU of the Termite master process over the build, seconds. */
+  /** CPU of the Termite master process over the build (with local jobs it ran), seconds. */
   masterCpuS?: number;
+  /** Of which the master's own (its process, not its children), seconds. */
+  masterOwnCpuS?: number;
+  /**
+   * CPU of the workers' processes over the build: the worker processes (FUSE
+   * serving included), their launchers and the jobs, seconds.
+   */
+  workerCpuS?: number;
   /** Object files the build left: the compile jobs. */
   objects?: number;
   /** Termite master job counters over the build. */
@@ -136,6 +159,16 @@ export interface BuildSummary {
   clientCpuPerJobMs?: number;
   /** Of which the Termite master process, ms. */
   masterCpuPerJobMs?: number;
+  /** Of that, the master's own CPU (not the local jobs it ran), ms. */
+  masterOwnCpuPerJobMs?: number;
+  /** Termite: the workers' CPU per remote job (jobs included), ms. */
+  workerCpuPerJobMs?: number;
+  /**
+   * Termite: beyond the jobs themselves (worker process, FUSE serving,
+   * launcher): the workers' CPU per remote job minus local make's CPU per
+   * compile job (make and its shells included there: a slight underestimate), ms.
+   */
+  workerOverheadPerJobMs?: number;
   /** Median time / median local make time. */
   vsLocal?: number;
   /** Builds (cold included) that failed and were tried again or given up. */
@@ -155,9 +188,16 @@ export interface RoundTripKind {
   medianMs?: number;
   meanMs?: number;
   p90Ms?: number;
-  /** CPU of the command's processes (and of the master, for termite) per command, ms. */
+  /**
+   * CPU of the command's processes per command (getrusage of the reaped
+   * children, to the µs), and of the master's threads for termite, ms.
+   */
   clientCpuPerCmdMs?: number;
+  /** Median CPU of one command's processes, ms. */
+  clientCpuMedianMs?: number;
   masterCpuPerCmdMs?: number;
+  /** CPU of the workers' processes per command (worker, FUSE, launcher, the job), ms. */
+  workerCpuPerCmdMs?: number;
   /** Termite jobs the master ran on workers over this kind's timed commands. */
   remoteJobs?: number;
   /** Commands meant for a worker that ran on the master instead (not timed). */
@@ -168,6 +208,16 @@ export interface RoundTripKind {
 }
 
 export interface RoundTripDerived {
+  /** `termite-sh -c true` / `deno run empty.js`: medians of wall time, and of CPU per command. */
+  wrapperStartVsDeno?: number;
+  wrapperStartVsDenoCpu?: number;
+  /**
+   * Worker-side CPU of a remote `gcc -c tiny.c` beyond the compile: the
+   * workers' CPU per command minus the CPU of the same command run directly, ms.
+   */
+  workerOverheadTinyCompileMs?: number;
+  /** termite gcc -c tiny.c / distcc gcc -c tiny.c, median round trips. */
+  remoteCompileVsDistcc?: number;
   /** `termite-sh -c true` (a builtin: the wrapper alone) minus `/bin/true`, ms. */
   wrapperStartMs?: number;
   /** termite gcc -c minus gcc -c, minus the wrapper start, ms. */
@@ -198,6 +248,8 @@ export interface ScalingPoint {
 export interface Goal {
   name: string;
   measured: number | null;
+  /** Unit of `measured` for bench/main.ts (default: × for ratios, ms for overheads). */
+  unit?: string;
   target: string;
   met: boolean | null;
   detail: string;
@@ -339,6 +391,29 @@ async function startFarm(options: {
   const bf: BenchFarm = { farm, ...options, pids: [] };
   bf.pids = await farmPids(bf);
   return bf;
+}
+
+/** The workers' long-lived pids (outer, unshare, inner worker): taken while the farm is idle. */
+async function workerPids(bf: BenchFarm): Promise<number[]> {
+  const all: number[] = [];
+  for (const w of bf.farm.workers) all.push(...await processTree(w.child.pid));
+  return all;
+}
+
+/**
+ * CPU of the workers' process trees so far, ms: each long-lived process's
+ * threads (schedstat, to the ns) and its reaped children (launchers and jobs,
+ * in clock ticks); a launcher is reaped before its job's reply is sent.
+ */
+async function workersCpuMs(pids: number[]): Promise<number> {
+  let ms = 0;
+  for (const pid of pids) {
+    const threads = await threadsCpuMs(pid);
+    const stat = await procStat(pid);
+    if (Number.isNaN(threads) || stat === null) continue; // exited
+    ms += threads + stat.childrenS * 1000;
+  }
+  return ms;
 }
 
 /** Every pid of the farm's process trees (the workers re-exec themselves under unshare). */
@@ -484,7 +559,9 @@ async function buildOnce(
       : Deno.env.toObject();
     const farm = contender === "termite" ? ctx.farm!.farm : null;
     const before = farm ? await termiteCounters(farm) : null;
-    const masterBefore = farm ? await cpuS(farm.master.child.pid) : 0;
+    const masterBefore = farm ? await procStat(farm.master.child.pid) : null;
+    const workers = farm ? await workerPids(ctx.farm!) : [];
+    const workersBefore = farm ? await workersCpuMs(workers) : 0;
     run.loadBefore = await loadAverage();
     const timed = await timedCommand({
       argv: ctx.project.command(ctx.jobs),
@@ -494,7 +571,15 @@ async function buildOnce(
       timeoutS: ctx.project.timeoutS,
     });
     if (farm) {
-      run.masterCpuS = round(await cpuS(farm.master.child.pid) - masterBefore, 4);
+      const after = await procStat(farm.master.child.pid);
+      if (after && masterBefore) {
+        run.masterCpuS = round(
+          after.selfS + after.childrenS - masterBefore.selfS - masterBefore.childrenS,
+          4,
+        );
+        run.masterOwnCpuS = round(after.selfS - masterBefore.selfS, 4);
+      }
+      run.workerCpuS = round((await workersCpuMs(workers) - workersBefore) / 1000, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
     }
     run.loadAfter = await loadAverage();
@@ -578,6 +663,7 @@ async function measureRoundTrips(options: {
     await freshDir(d);
     await Deno.writeTextFile(`${d}/tiny.c`, TINY_C);
   }
+  await Deno.writeTextFile(`${localDir}/empty.js`, "");
   let farmDir = "";
   if (farm) {
     farmDir = `${farm.farm.tree}/rt`;
@@ -601,6 +687,15 @@ async function measureRoundTrips(options: {
       name: "sh -c '/bin/true x'",
       via: "direct",
       argv: ["sh", "-c", "/bin/true x"],
+      env: plainEnv,
+      cwd: localDir,
+      remote: false,
+    },
+    {
+      // What the wrapper's start is measured against: Deno's own start.
+      name: "deno run empty.js (bare Deno start)",
+      via: "direct",
+      argv: [Deno.execPath(), "run", `${localDir}/empty.js`],
       env: plainEnv,
       cwd: localDir,
       remote: false,
@@ -657,8 +752,13 @@ async function measureRoundTrips(options: {
     wallMs: [],
     ...(s.unavailable === undefined ? {} : { error: s.unavailable }),
   }));
-  const clientCpu = specs.map(() => 0), masterCpu = specs.map(() => 0), remote = specs.map(() => 0);
+  const clientCpu = specs.map(() => [] as number[]), masterCpu = specs.map(() => 0);
+  const remote = specs.map(() => 0);
+  /** Commands whose master CPU could not be told (a master thread ended meanwhile). */
+  const masterUnknown = specs.map(() => 0);
   const masterPid = farm?.farm.master.child.pid ?? 0;
+  const workersOf = farm ? await workerPids(farm) : [];
+  const workerCpu = specs.map(() => 0);
   const decoder = new TextDecoder();
   // Interleaved (one of each kind per iteration) so that load from elsewhere
   // spreads over all kinds; iteration 0 warms up and is not counted.
@@ -666,8 +766,9 @@ async function measureRoundTrips(options: {
     for (const [k, spec] of specs.entries()) {
       if (!kinds[k].ok) continue;
       const counters = spec.via === "termite" ? await termiteCounters(farm!.farm) : null;
-      const selfBefore = await childrenCpuS("self");
-      const masterBefore = spec.via === "termite" ? await cpuS(masterPid) : 0;
+      const masterBefore = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
+      const workersBefore = spec.via === "termite" ? await workersCpuMs(workersOf) : 0;
+      const selfBefore = childrenCpuMs();
       const start = performance.now();
       let out: Deno.CommandOutput;
       const abort = new AbortController();
@@ -694,8 +795,9 @@ async function measureRoundTrips(options: {
         continue;
       }
       const wall = performance.now() - start;
-      const selfAfter = await childrenCpuS("self");
-      const masterAfter = spec.via === "termite" ? await cpuS(masterPid) : 0;
+      const selfAfter = childrenCpuMs();
+      const masterAfter = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
+      const workersAfter = spec.via === "termite" ? await workersCpuMs(workersOf) : 0;
       if (out.code !== 0) {
         kinds[k] = {
           ...kinds[k],
@@ -724,8 +826,10 @@ async function measureRoundTrips(options: {
       }
       if (i === 0) continue;
       kinds[k].wallMs.push(round(wall, 4));
-      clientCpu[k] += selfAfter - selfBefore;
-      masterCpu[k] += masterAfter - masterBefore;
+      clientCpu[k].push(selfAfter - selfBefore);
+      workerCpu[k] += workersAfter - workersBefore;
+      if (masterAfter >= masterBefore) masterCpu[k] += masterAfter - masterBefore;
+      else masterUnknown[k]++;
     }
     if (i % 20 === 0) options.log(`round trips: ${i}/${options.n}`);
   }
@@ -737,16 +841,22 @@ async function measureRoundTrips(options: {
       medianMs: round(median(kind.wallMs)),
       meanMs: round(kind.wallMs.reduce((a, b) => a + b, 0) / n),
       p90Ms: round(percentile(kind.wallMs, 0.9)),
-      clientCpuPerCmdMs: round((clientCpu[k] * 1000) / n),
+      clientCpuPerCmdMs: round(clientCpu[k].reduce((a, b) => a + b, 0) / n),
+      clientCpuMedianMs: round(median(clientCpu[k])),
       ...(kind.via === "termite"
-        ? { masterCpuPerCmdMs: round((masterCpu[k] * 1000) / n), remoteJobs: remote[k] }
+        ? {
+          masterCpuPerCmdMs: round(masterCpu[k] / Math.max(1, n - masterUnknown[k])),
+          workerCpuPerCmdMs: round(workerCpu[k] / n),
+          remoteJobs: remote[k],
+        }
         : {}),
     };
   });
 }
 
 function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
-  const m = (name: string) => kinds.find((k) => k.name === name && k.ok)?.medianMs;
+  const found = (name: string) => kinds.find((k) => k.name === name && k.ok);
+  const m = (name: string) => found(name)?.medianMs;
   const trueMs = m("/bin/true x"), shTrue = m("sh -c '/bin/true x'");
   const wrapper = m("termite-sh -c true (builtin: wrapper start)");
   const remoteTrue = m("termite-sh -c '/bin/true x' (remote)");
@@ -761,6 +871,20 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
     out.termiteTrueBeyondWrapperMs = round(remoteTrue - shTrue - out.wrapperStartMs);
   }
   if (dgcc !== undefined && gcc !== undefined) out.distccCompileOverheadMs = round(dgcc - gcc);
+  const deno = found("deno run empty.js (bare Deno start)");
+  const start = found("termite-sh -c true (builtin: wrapper start)");
+  if (deno?.medianMs && start?.medianMs) {
+    out.wrapperStartVsDeno = round(start.medianMs / deno.medianMs);
+    if (deno.clientCpuMedianMs && start.clientCpuMedianMs) {
+      out.wrapperStartVsDenoCpu = round(start.clientCpuMedianMs / deno.clientCpuMedianMs);
+    }
+  }
+  if (tgcc !== undefined && dgcc) out.remoteCompileVsDistcc = round(tgcc / dgcc);
+  const onWorker = found("gcc -c tiny.c (termite wrapper)")?.workerCpuPerCmdMs;
+  const direct = found("gcc -c tiny.c")?.clientCpuMedianMs;
+  if (onWorker !== undefined && direct !== undefined) {
+    out.workerOverheadTinyCompileMs = round(onWorker - direct);
+  }
   return out;
 }
 
@@ -935,8 +1059,18 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
+          s.masterOwnCpuPerJobMs = round(
+            median(ok.map((b) => (b.masterOwnCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
+          );
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
+          s.workerCpuPerJobMs = round(
+            median(
+              ok.map((b) =>
+                (b.workerCpuS ?? 0) * 1000 / Math.max(1, b.termiteJobs?.jobsRemote ?? 1)
+              ),
+            ),
+          );
         }
       }
       const failed = [...colds, ...runs].filter((b) => !b.ok);
@@ -944,9 +1078,13 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
       if (failed.length > 0) s.error = failed[0].error;
       out.push(s);
     }
-    const local = out.find((s) => s.project === p.name && s.contender === "local")?.medianMs;
+    const localSummary = out.find((s) => s.project === p.name && s.contender === "local");
+    const local = localSummary?.medianMs;
     for (const s of out.filter((s) => s.project === p.name)) {
       if (local && s.medianMs) s.vsLocal = round(s.medianMs / local, 4);
+      if (s.workerCpuPerJobMs !== undefined && localSummary?.clientCpuPerJobMs !== undefined) {
+        s.workerOverheadPerJobMs = round(s.workerCpuPerJobMs - localSummary.clientCpuPerJobMs);
+      }
     }
   }
   return out;
@@ -984,6 +1122,7 @@ function goals(
       ? `met: ${round(d - t)} ms less than distcc`
       : `not met: ${round(t - d)} ms more than distcc (${round(t / Math.max(d, 0.001))}×)`,
   });
+  out.push(...issue14Goals(summaries, derived));
   for (const p of scaling.filter((p) => p.workers > 0)) {
     const target = GOAL_SCALING_PER_WORKER * p.workers;
     const v = p.speedup ?? null;
@@ -999,6 +1138,106 @@ function goals(
         : `not met: ${round(v / p.workers)} per worker, ${round((1 - v / target) * 100, 2)}% short`,
     });
   }
+  return out;
+}
+
+/** A goal "measured ≤ target", with the verdict said the same way for each. */
+function atMost(name: string, measured: number | undefined, target: number | undefined, options: {
+  unit: string;
+  targetText?: string;
+  missing?: string;
+}): Goal {
+  const u = options.unit;
+  const targetText = options.targetText ?? (target === undefined ? "—" : `≤ ${target}${u}`);
+  const unit = u.trim() === "ms" ? "ms" : "×";
+  if (measured === undefined || target === undefined) {
+    return {
+      name,
+      unit,
+      measured: measured ?? null,
+      target: targetText,
+      met: null,
+      detail: `no figure: ${options.missing ?? "a contender failed or was skipped"}`,
+    };
+  }
+  const met = measured <= target;
+  return {
+    name,
+    unit,
+    measured,
+    target: targetText,
+    met,
+    detail: met
+      ? `met: ${round(target - measured)}${u} to spare`
+      : `not met: ${round(measured - target)}${u} over (${round(measured / target)}× the target)`,
+  };
+}
+
+/** The goals of issue 14: what the build host pays per job, side by side in this run. */
+function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goal[] {
+  const out: Goal[] = [];
+  for (const s of summaries.filter((s) => s.contender === "termite")) {
+    const distcc = summaries.find((d) => d.project === s.project && d.contender === "distcc");
+    out.push(
+      atMost(
+        `${s.project}: the master's own CPU per compile job (warm)`,
+        s.masterOwnCpuPerJobMs,
+        GOAL_MASTER_CPU_PER_JOB_MS,
+        {
+          unit: " ms",
+          missing: s.error ?? "the farm did not build",
+        },
+      ),
+      atMost(
+        `${s.project}: build-host CPU per compile job (make, wrappers, master), farm vs distcc`,
+        s.clientCpuPerJobMs,
+        distcc?.clientCpuPerJobMs,
+        {
+          unit: " ms",
+          targetText: distcc?.clientCpuPerJobMs === undefined
+            ? "≤ distcc's (not measured)"
+            : `≤ ${distcc.clientCpuPerJobMs} ms (distcc)`,
+        },
+      ),
+      atMost(
+        `${s.project}: worker-side CPU per remote job beyond the job (worker, FUSE, launcher)`,
+        s.workerOverheadPerJobMs,
+        GOAL_WORKER_OVERHEAD_MS,
+        { unit: " ms", missing: "the farm or local make did not build" },
+      ),
+      atMost(
+        `${s.project}: warm build farm / local make (issue 14)`,
+        s.vsLocal,
+        GOAL_WARM_BUILD_ISSUE14,
+        {
+          unit: "",
+        },
+      ),
+    );
+  }
+  out.push(
+    atMost(
+      "wrapper start (termite-sh -c true) / bare `deno run empty.js`, median wall" +
+        (derived.wrapperStartVsDenoCpu === undefined
+          ? ""
+          : ` (CPU: ${derived.wrapperStartVsDenoCpu}×)`),
+      derived.wrapperStartVsDeno,
+      GOAL_WRAPPER_START_VS_DENO,
+      { unit: "×", missing: "the farm or the bare Deno run failed" },
+    ),
+    atMost(
+      "worker-side CPU of a remote gcc -c tiny.c beyond the compile run directly",
+      derived.workerOverheadTinyCompileMs,
+      GOAL_WORKER_OVERHEAD_MS,
+      { unit: " ms", missing: "the farm or the direct compile failed" },
+    ),
+    atMost(
+      "remote gcc -c tiny.c round trip, termite / distcc",
+      derived.remoteCompileVsDistcc,
+      1,
+      { unit: "×" },
+    ),
+  );
   return out;
 }
 
@@ -1022,13 +1261,14 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `at the start, ${r.machine.loadAtEnd} at the end)`,
     "",
     "| project | contender | compile jobs | median s | min–max s | cold s | vs local | " +
-      "master-host CPU ms/job | remote jobs | failed tries |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+      "master-host CPU ms/job | worker CPU ms/remote job (beyond the job) | remote jobs | " +
+      "failed tries |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   );
   for (const s of r.summaries) {
     if (!s.ok) {
       lines.push(
-        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | — | ` +
+        `| ${s.project} | ${s.contender} | — | failed | — | — | — | — | — | — | ` +
           `${s.failedAttempts ?? 0}: ${cell(s.error)} |`,
       );
       continue;
@@ -1037,7 +1277,13 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `| ${s.project} | ${s.contender} | ${s.objects ?? "—"} | ${s1(s.medianMs)} | ` +
         `${s1(s.minMs)}–${s1(s.maxMs)} | ${s1(s.coldMs)} | ${fx(s.vsLocal)} | ` +
         `${fx(s.clientCpuPerJobMs, 1)}${
-          s.masterCpuPerJobMs !== undefined ? ` (master ${fx(s.masterCpuPerJobMs, 1)})` : ""
+          s.masterCpuPerJobMs !== undefined
+            ? ` (master ${fx(s.masterCpuPerJobMs, 1)}, own ${fx(s.masterOwnCpuPerJobMs, 2)})`
+            : ""
+        } | ${
+          s.workerCpuPerJobMs !== undefined
+            ? `${fx(s.workerCpuPerJobMs, 1)} (${fx(s.workerOverheadPerJobMs, 1)})`
+            : "—"
         } | ${s.allJobs !== undefined ? `${s.remoteJobs}/${s.allJobs}` : "—"} | ` +
         `${s.failedAttempts ?? 0} |`,
     );
@@ -1057,14 +1303,14 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       "",
       `Round trips (${r.settings.roundTrips} sequential commands of each kind, interleaved)`,
       "",
-      "| command | via | median ms | mean ms | p90 ms | client CPU ms/cmd | master CPU ms/cmd | " +
-        "remote |",
-      "|---|---|---|---|---|---|---|---|",
+      "| command | via | median ms | mean ms | p90 ms | client CPU ms/cmd (median) | " +
+        "master CPU ms/cmd | worker CPU ms/cmd | remote |",
+      "|---|---|---|---|---|---|---|---|---|",
     );
     for (const k of r.roundTrips) {
       if (!k.ok) {
         lines.push(
-          `| ${k.name} | ${k.via} | failed | — | — | — | — | ${cell(k.error)} |`,
+          `| ${k.name} | ${k.via} | failed | — | — | — | — | — | ${cell(k.error)} |`,
         );
         continue;
       }
@@ -1072,7 +1318,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `| ${k.name} | ${k.via} | ${fx(k.medianMs, 1)} | ${fx(k.meanMs, 1)} | ${
           fx(k.p90Ms, 1)
         } | ` +
-          `${fx(k.clientCpuPerCmdMs, 1)} | ${fx(k.masterCpuPerCmdMs, 1)} | ` +
+          `${fx(k.clientCpuPerCmdMs, 1)} (${fx(k.clientCpuMedianMs, 1)}) | ` +
+          `${fx(k.masterCpuPerCmdMs, 2)} | ${fx(k.workerCpuPerCmdMs, 2)} | ` +
           `${k.remoteJobs ?? "—"}${k.notRemote ? ` (+${k.notRemote} not remote)` : ""} |`,
       );
     }
@@ -1082,7 +1329,10 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       `Wrapper start ${fx(d.wrapperStartMs, 1)} ms; beyond it, a remote compile costs ` +
         `${fx(d.termiteCompileBeyondWrapperMs, 1)} ms and a remote /bin/true ` +
         `${fx(d.termiteTrueBeyondWrapperMs, 1)} ms; distcc adds ` +
-        `${fx(d.distccCompileOverheadMs, 1)} ms to a compile.`,
+        `${fx(d.distccCompileOverheadMs, 1)} ms to a compile. Wrapper start / bare Deno start: ` +
+        `${fx(d.wrapperStartVsDeno)}× wall, ${fx(d.wrapperStartVsDenoCpu)}× CPU; remote tiny ` +
+        `compile / distcc's: ${fx(d.remoteCompileVsDistcc)}×. On the workers, a remote tiny ` +
+        `compile costs ${fx(d.workerOverheadTinyCompileMs, 1)} ms of CPU beyond the compile.`,
     );
   }
   if (r.scaling.length > 0) {
@@ -1168,7 +1418,7 @@ function benchResults(r: Omit<HarnessReport, "table" | "results" | "files">): Be
     out.push({
       name: `goal: ${g.name}`,
       value: g.measured ?? NaN,
-      unit: g.name.includes("overhead beyond") ? "ms" : "×",
+      unit: g.unit ?? (g.name.includes("overhead beyond") ? "ms" : "×"),
       note: `${g.target}; ${g.detail}`,
     });
   }
@@ -1191,7 +1441,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const jobs = options.jobs ?? workers * slotsPerWorker;
   const runs = options.runs ?? (quick ? 1 : 3);
   const roundTrips = options.roundTrips ?? (quick ? 20 : 100);
-  const scalingWorkers = options.scalingWorkers ?? (quick ? [0, 1, 2] : [0, 1, 2, 3, 4]);
+  const scalingWorkers = options.scalingWorkers ?? (quick ? [0, 1, 2] : [0, 1, 2, 3, 4, 6]);
   const scalingProject = options.scalingProject ?? projects[0];
   const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
   const coresPerHost = options.coresPerHost ?? 0.4;

@@ -22,6 +22,10 @@ export interface FarmOptions {
   tools?: string[];
   masterArgs?: string[];
   workerArgs?: string[];
+  /** Flags for `deno run` of the master (`--cpu-prof`, `--v8-flags=...`), before the script. */
+  masterDenoFlags?: string[];
+  /** Flags for `deno run` of each worker, before the script. */
+  workerDenoFlags?: string[];
   coordinatorArgs?: string[];
   /**
    * Put each worker's cache dir on a tmpfs of this many bytes, mounted in the
@@ -246,6 +250,7 @@ export class Farm implements AsyncDisposable {
       deno,
       "run",
       "-A",
+      ...(o.workerDenoFlags ?? []),
       `${ROOT}/worker.ts`,
       "--secret",
       this.secretPath,
@@ -339,6 +344,7 @@ export class Farm implements AsyncDisposable {
         Deno.execPath(),
         "run",
         "-A",
+        ...(o.masterDenoFlags ?? []),
         `${ROOT}/master.ts`,
         "--secret",
         this.secretPath,

@@ -26,12 +26,53 @@ export interface FileServerOptions {
    * (every mirror must hear of them, not only the one that asked).
    */
   onChange?: (attrs: FileAttr[]) => void;
+  /** What a tree watcher reports (see {@linkcode ChangeWatch}); default: nothing. */
+  watch?: ChangeWatch;
+}
+
+/**
+ * What the master learns of changes (its tree watcher): which paths it will
+ * hear of, and of which directories every change of the listing.
+ */
+export interface ChangeWatch {
+  /**
+   * Whether every later change of `path` is reported to the master: such a
+   * path is not read again while young (see `youngPaths`).
+   */
+  covers(path: string, isDir: boolean): boolean;
+  /**
+   * An id of the watch on directory `dir` that stays the same only while
+   * every change of its listing is reported child by child; null if none.
+   * While it holds, a refresh told which children changed reads only them.
+   */
+  watchOf(dir: string): string | null;
+}
+
+/** A directory listing as read in full: under which watch, of which inode. */
+interface Listing {
+  watch: string;
+  dev: number;
+  ino: number;
+}
+
+/** A read: the attributes, the file's lstat (for hashing), the listing if one was read in full. */
+interface Read {
+  attr: FileAttr;
+  info?: Deno.FileInfo;
+  listing?: Listing;
 }
 
 const OTHERS_READ = 0o004;
-/** A path served within this long of its last change is read again meanwhile. */
+/**
+ * A path served within this long of its last change, that no watcher
+ * reports changes of, is read again meanwhile.
+ */
 const YOUNG_MS = 3_000;
 const YOUNG_MAX = 10_000;
+/** Directories whose hiding rules are remembered, at most. */
+const HIDES_CHILDREN_MAX = 10_000;
+/** Children of a listing read per turn of the event loop. */
+const DIR_READS_PER_TURN = 1024;
 const OTHERS_SEARCH = 0o001;
 
 function kindOf(info: Deno.FileInfo): FileKind | null {
@@ -64,39 +105,64 @@ export function sameAttr(a: FileAttr, b: FileAttr): boolean {
 /** Symlinks followed while resolving one path, at most (the kernel's limit). */
 const LINKS_MAX = 40;
 
+/** Attempts at a consistent read of a file being hashed while it changes. */
+const HASH_READS_MAX = 3;
+
+/** Whether two `lstat`s of one path saw the same file, unchanged. */
+function sameFile(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.mode === b.mode &&
+    a.mtime?.getTime() === b.mtime?.getTime() && a.ctime?.getTime() === b.ctime?.getTime();
+}
+
+/**
+ * What a walk found at a path: a directory others may search (true), a
+ * symlink (its target), or anything else, or nothing (false).
+ */
+export type WalkStep = boolean | string;
+
 /**
  * The real path of directory `dir` if every directory a walk to it passes
  * through (resolving symlinks as the kernel does) is searchable by others,
  * else null. Synchronous: one `lstat` per component, a few microseconds each,
  * where the asynchronous calls cost ~70 µs each (0.8 ms per served path).
+ * `seen`: the steps of walks made in the same synchronous stretch (nothing
+ * can change between them), shared so that directories on the way to
+ * several paths are looked at once.
  */
-export function reachableDir(dir: string): string | null {
+export function reachableDir(dir: string, seen?: Map<string, WalkStep>): string | null {
+  const look = (path: string): WalkStep => {
+    let step = seen?.get(path);
+    if (step !== undefined) return step;
+    try {
+      const info = Deno.lstatSync(path);
+      step = info.isSymlink ? Deno.readLinkSync(path) : searchable(info);
+    } catch {
+      step = false;
+    }
+    seen?.set(path, step);
+    return step;
+  };
   const rest = dir.split("/").reverse();
   let real = "/";
   let links = 0;
-  try {
-    if (!searchable(Deno.lstatSync("/"))) return null;
-    while (rest.length > 0) {
-      const name = rest.pop()!;
-      if (name === "" || name === ".") continue;
-      if (name === "..") {
-        real = parentOf(real);
-        continue;
-      }
-      const next = joinPath(real, name);
-      const info = Deno.lstatSync(next);
-      if (info.isSymlink) {
-        if (++links > LINKS_MAX) return null;
-        const target = Deno.readLinkSync(next);
-        rest.push(...target.split("/").reverse());
-        if (target.startsWith("/")) real = "/";
-        continue;
-      }
-      if (!searchable(info)) return null;
-      real = next;
+  if (look("/") !== true) return null;
+  while (rest.length > 0) {
+    const name = rest.pop()!;
+    if (name === "" || name === ".") continue;
+    if (name === "..") {
+      real = parentOf(real);
+      continue;
     }
-  } catch {
-    return null;
+    const next = joinPath(real, name);
+    const step = look(next);
+    if (typeof step === "string") {
+      if (++links > LINKS_MAX) return null;
+      rest.push(...step.split("/").reverse());
+      if (step.startsWith("/")) real = "/";
+      continue;
+    }
+    if (!step) return null;
+    real = next;
   }
   return real;
 }
@@ -119,10 +185,13 @@ export class FileServer {
    * is older news and never replaces them (reads overlap: a directory listed
    * while a job's result lands in it).
    */
-  #served = new Map<string, { attr: FileAttr; read: number }>();
+  #served = new Map<string, { attr: FileAttr; read: number; listing?: Listing }>();
   #reads = 0;
   #onChange: (attrs: FileAttr[]) => void;
+  #watch: ChangeWatch | undefined;
   #young = new Map<string, number>();
+  /** Directory → whether a name in it may be hidden or excluded (the rules are fixed). */
+  #hidesChildren = new Map<string, boolean>();
   stats = { attrs: 0, dirs: 0, blobs: 0, blobBytes: 0 };
 
   constructor(options: FileServerOptions) {
@@ -133,6 +202,7 @@ export class FileServer {
     this.#childrenMax = options.childrenMax ?? 100_000;
     this.#servedMax = options.servedMax ?? 2_000_000;
     this.#onChange = options.onChange ?? (() => {});
+    this.#watch = options.watch;
   }
 
   get hashCache(): HashCache {
@@ -145,15 +215,33 @@ export class FileServer {
   }
 
   /**
+   * Whether a child of `dir`, itself visible, may be hidden or excluded: a
+   * rule names a path right below it, or a prefix that its children may
+   * start with (else the children need no check of their own).
+   */
+  #mayHideChildren(dir: string): boolean {
+    let hides = this.#hidesChildren.get(dir);
+    if (hides !== undefined) return hides;
+    const slash = dir === "/" ? "/" : dir + "/";
+    hides = this.#hidden.some((h) => h.startsWith(slash) || isInside(dir, h)) ||
+      this.#hiddenPrefixes.some((p) => p.startsWith(slash) || slash.startsWith(p)) ||
+      this.#exclusions.prefixes.some((e) => e.startsWith(slash) || isInside(dir, e));
+    if (this.#hidesChildren.size >= HIDES_CHILDREN_MAX) this.#hidesChildren.clear();
+    this.#hidesChildren.set(dir, hides);
+    return hides;
+  }
+
+  /**
    * The real path of `path` if others may reach it: its parent resolved as
    * the kernel would for another user, every directory passed through (a
    * symlink's target, not the link) searchable by others, and the real path
    * visible. Checked at every serve, never remembered: a `chmod 700`
-   * anywhere, in the tree or not, counts at once (a listing checks once for
-   * all its children).
+   * anywhere, in the tree or not, counts at once. A listing checks once for
+   * all its children, and a refresh each directory on the way once: `seen`
+   * holds the walks of one synchronous stretch of reads, where nothing else runs.
    */
-  #reach(path: string): string | null {
-    const parent = reachableDir(parentOf(path));
+  #reach(path: string, seen?: Map<string, WalkStep>): string | null {
+    const parent = reachableDir(parentOf(path), seen);
     if (parent === null) return null;
     const real = joinPath(parent, baseName(path));
     return real === path || this.#visible(real) ? real : null;
@@ -164,24 +252,25 @@ export class FileServer {
    * is; when it differs from what was served before, the other mirrors may
    * hold the old attributes, so it is a change for all of them.
    */
-  #serve(attr: FileAttr, read: number): FileAttr {
+  #serve({ attr, listing }: Read, read: number): FileAttr {
     const prev = this.#served.get(attr.path);
     if (prev !== undefined && read < prev.read) return attr;
-    this.#store(attr, read);
+    this.#store(attr, read, listing);
     if (prev !== undefined && !sameAttr(prev.attr, attr)) this.#onChange([attr]);
     return attr;
   }
 
-  #store(attr: FileAttr, read: number): void {
+  #store(attr: FileAttr, read: number, listing?: Listing): void {
     this.#served.delete(attr.path);
-    this.#served.set(attr.path, { attr, read });
-    // Served moments after it changed: it may change again before the tree
-    // watcher watches it (inotify misses events in a directory it has not
-    // added a watch for yet, as in `mkdir -p a/b/c`), so it is read again.
+    this.#served.set(attr.path, { attr, read, listing });
+    // Served moments after it changed and no watcher reports its changes
+    // (outside the tree, or in a directory not watched yet): it may change
+    // again unseen, so it is read again for a while.
     const now = Date.now();
-    if (attr.kind !== null && now - attr.mtimeMs < YOUNG_MS) {
-      if (this.#young.size < YOUNG_MAX) this.#young.set(attr.path, now);
-    }
+    if (
+      attr.kind !== null && now - attr.mtimeMs < YOUNG_MS && this.#young.size < YOUNG_MAX &&
+      !this.#watch?.covers(attr.path, attr.kind === "dir")
+    ) this.#young.set(attr.path, now);
     if (this.#served.size > this.#servedMax) {
       this.#served.delete(this.#served.keys().next().value!);
     }
@@ -195,23 +284,66 @@ export class FileServer {
   }
 
   /**
-   * Attributes of `path` as others may see them. `real`: its real path, when
-   * the caller already checked that others may reach it (a listing's children).
+   * Attributes of `path` as others may see them, read at once (see
+   * {@linkcode FileServer.#read}); a regular file is hashed if `withHash` and
+   * its hash is not cached, and read again until it held still meanwhile.
    */
-  async #attr(path: string, withHash: boolean, real?: string): Promise<FileAttr> {
-    if (!this.#visible(path)) return absent(path);
+  async #attr(path: string, withHash: boolean): Promise<Read> {
+    for (let attempt = 1;; attempt++) {
+      const got = this.#read(path);
+      const { attr, info } = got;
+      if (!withHash || attr.kind !== "file" || attr.hash !== undefined) return got;
+      let hash: string | undefined;
+      try {
+        hash = await this.#hashCache.hash(path, info!);
+      } catch {
+        // Not the file `info` described any more (replaced, gone), or unreadable.
+      }
+      // Served only as it still is after the hash: a change meanwhile (or
+      // before the hash opened it) would pair the old size with other content.
+      let now: Deno.FileInfo | null = null;
+      try {
+        now = Deno.lstatSync(path);
+      } catch {
+        // Gone: read again.
+      }
+      const held = now !== null && sameFile(info!, now);
+      if (held || attempt >= HASH_READS_MAX) {
+        if (hash === undefined) return { attr: absent(path) };
+        // Still changing: read it again meanwhile.
+        if (!held && this.#young.size < YOUNG_MAX) this.#young.set(path, Date.now());
+        attr.hash = hash;
+        return { attr, info };
+      }
+    }
+  }
+
+  /**
+   * Attributes of `path` as others may see them, read synchronously: a read
+   * is one step of the event loop, so nothing the master learns (a tree
+   * watcher's event, a refresh) falls between the read and its serving.
+   * `real`: its real path, when the caller already checked that others may
+   * reach it (a listing's children). `list: false`: a directory's children
+   * are not read (the caller knows which changed).
+   */
+  #read(
+    path: string,
+    options: { real?: string; seen?: Map<string, WalkStep>; list?: boolean } = {},
+  ): Read {
+    const real = options.real;
+    if (!this.#visible(path)) return { attr: absent(path) };
     if (real === undefined) {
-      const reached = path === "/" ? "/" : this.#reach(path);
-      if (reached === null) return absent(path);
-    } else if (real !== path && !this.#visible(real)) return absent(path);
+      const reached = path === "/" ? "/" : this.#reach(path, options.seen);
+      if (reached === null) return { attr: absent(path) };
+    } else if (real !== path && !this.#visible(real)) return { attr: absent(path) };
     let info: Deno.FileInfo;
     try {
-      info = await Deno.lstat(path);
+      info = Deno.lstatSync(path);
     } catch {
-      return absent(path);
+      return { attr: absent(path) };
     }
     const kind = kindOf(info);
-    if (kind === null) return absent(path);
+    if (kind === null) return { attr: absent(path) };
     const mode = (info.mode ?? 0) & 0o7777;
     const attr: FileAttr = {
       path,
@@ -221,49 +353,91 @@ export class FileServer {
       mtimeMs: info.mtime?.getTime() ?? 0,
     };
     if (kind === "file") {
-      if ((mode & OTHERS_READ) === 0) return absent(path);
+      if ((mode & OTHERS_READ) === 0) return { attr: absent(path) };
       const cached = this.#hashCache.lookup(path, info);
       if (cached) attr.hash = cached;
-      else if (withHash) {
-        try {
-          attr.hash = await this.#hashCache.hash(path, info);
-        } catch {
-          return absent(path);
-        }
-      }
-    } else if (kind === "symlink") {
-      try {
-        attr.target = await Deno.readLink(path);
-      } catch {
-        return absent(path);
-      }
-    } else {
-      if ((mode & (OTHERS_READ | OTHERS_SEARCH)) !== (OTHERS_READ | OTHERS_SEARCH)) {
-        return { ...attr, children: {} };
-      }
-      const children: Record<string, FileKind> = {};
-      let count = 0;
-      try {
-        for await (const entry of Deno.readDir(path)) {
-          const child = joinPath(path, entry.name);
-          if (!this.#visible(child)) continue;
-          const childKind: FileKind | null = entry.isSymlink
-            ? "symlink"
-            : entry.isDirectory
-            ? "dir"
-            : entry.isFile
-            ? "file"
-            : null;
-          if (childKind === null) continue;
-          children[entry.name] = childKind;
-          if (++count >= this.#childrenMax) break;
-        }
-      } catch {
-        return absent(path);
-      }
-      attr.children = children;
+      return { attr, info };
     }
-    return attr;
+    if (kind === "symlink") {
+      try {
+        attr.target = Deno.readLinkSync(path);
+      } catch {
+        return { attr: absent(path) };
+      }
+      return { attr };
+    }
+    if (options.list === false) return { attr, info };
+    if ((mode & (OTHERS_READ | OTHERS_SEARCH)) !== (OTHERS_READ | OTHERS_SEARCH)) {
+      attr.children = {};
+      return { attr };
+    }
+    const children: Record<string, FileKind> = {};
+    let count = 0;
+    // Before the listing: a change made after it is then reported under this watch.
+    const watch = this.#watch?.watchOf(path) ?? null;
+    const hides = this.#mayHideChildren(path);
+    try {
+      for (const entry of Deno.readDirSync(path)) {
+        if (hides && !this.#visible(joinPath(path, entry.name))) continue;
+        const childKind: FileKind | null = entry.isSymlink
+          ? "symlink"
+          : entry.isDirectory
+          ? "dir"
+          : entry.isFile
+          ? "file"
+          : null;
+        if (childKind === null) continue;
+        children[entry.name] = childKind;
+        if (++count >= this.#childrenMax) break;
+      }
+    } catch {
+      return { attr: absent(path) };
+    }
+    attr.children = children;
+    const listing = watch === null || count >= this.#childrenMax
+      ? undefined
+      : { watch, dev: info.dev, ino: info.ino ?? 0 };
+    return { attr, listing };
+  }
+
+  /**
+   * A served directory's attributes read again where only the children named
+   * in `names` may have changed: none other if its listing was read in full
+   * under the same watch (every change since was reported), of the same
+   * inode, with the same mode. Undefined where that does not hold: then the
+   * whole listing is read.
+   */
+  #relist(
+    path: string,
+    served: { attr: FileAttr; listing?: Listing },
+    names: Set<string>,
+    seen: Map<string, WalkStep>,
+  ): Read | undefined {
+    const { attr: before, listing } = served;
+    if (listing === undefined || before.children === undefined) return undefined;
+    if (this.#watch?.watchOf(path) !== listing.watch) return undefined;
+    const { attr, info } = this.#read(path, { seen, list: false });
+    if (
+      attr.kind !== "dir" || info === undefined || info.ino !== listing.ino ||
+      info.dev !== listing.dev || attr.mode !== before.mode
+    ) return undefined;
+    const children = { ...before.children };
+    const hides = this.#mayHideChildren(path);
+    for (const name of names) {
+      const child = joinPath(path, name);
+      if (hides && !this.#visible(child)) continue;
+      let kind: FileKind | null = null;
+      try {
+        kind = kindOf(Deno.lstatSync(child));
+      } catch {
+        // Gone.
+      }
+      if (kind === null) delete children[name];
+      else children[name] = kind;
+    }
+    attr.children = children;
+    if (Object.keys(children).length >= this.#childrenMax) return undefined;
+    return { attr, listing };
   }
 
   /** Attributes of every child of a directory (hashes only where cached). */
@@ -274,23 +448,19 @@ export class FileServer {
     // Others may reach the children if they may reach and search this directory.
     const real = path === "/" ? "/" : this.#reach(path);
     const self = this.#serve(
-      real === null ? absent(path) : await this.#attr(path, false, real),
+      real === null ? { attr: absent(path) } : this.#read(path, { real }),
       first,
     );
     if (real === null || self.kind !== "dir") return [];
     const names = Object.keys(self.children ?? {});
     const out: FileAttr[] = new Array(names.length);
-    const parallel = 16;
-    let next = 0;
-    const work = async () => {
-      while (next < names.length) {
-        const i = next++;
-        const read = ++this.#reads;
-        const child = await this.#attr(joinPath(path, names[i]), false, joinPath(real, names[i]));
-        out[i] = this.#serve(child, read);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(parallel, names.length) }, work));
+    for (let i = 0; i < names.length; i++) {
+      // A huge directory does not hold up the other requests for long.
+      if (i > 0 && i % DIR_READS_PER_TURN === 0) await new Promise((r) => setTimeout(r, 0));
+      const read = ++this.#reads;
+      const child = this.#read(joinPath(path, names[i]), { real: joinPath(real, names[i]) });
+      out[i] = this.#serve(child, read);
+    }
     return out;
   }
 
@@ -304,7 +474,7 @@ export class FileServer {
     if (!path || !this.#visible(path)) return null;
     let file: RegularFile | undefined;
     try {
-      const info = await Deno.lstat(path);
+      const info = Deno.lstatSync(path);
       if (!info.isFile || ((info.mode ?? 0) & OTHERS_READ) === 0) return null;
       if (this.#reach(path) === null) return null;
       file = await openRegular(path, info);
@@ -321,8 +491,9 @@ export class FileServer {
   }
 
   /**
-   * Served paths that had just changed when served (see `#remember`), to read
-   * again for a few seconds; older ones are dropped.
+   * Served paths that had just changed when served and that no watcher
+   * reports changes of (see `#store`), to read again for a few seconds;
+   * older ones are dropped.
    */
   youngPaths(): string[] {
     const now = Date.now();
@@ -352,35 +523,49 @@ export class FileServer {
   /**
    * Re-reads the given paths; the attributes that differ from what was served
    * (only for paths the mirrors may hold) go to `onChange` and are returned.
+   * `known`: hashes the caller knows (it wrote those files). `children`:
+   * directory → the names in it that changed; such a directory is read child
+   * by child where its listing allows (see `#relist`).
    */
-  async refresh(paths: Iterable<string>, known?: Map<string, string>): Promise<FileAttr[]> {
+  async refresh(
+    paths: Iterable<string>,
+    options: { known?: Map<string, string>; children?: Map<string, Set<string>> } = {},
+  ): Promise<FileAttr[]> {
+    const { known, children } = options;
     const changed: FileAttr[] = [];
+    // What the walks to the paths found, for the reads until the next await.
+    let seen = new Map<string, WalkStep>();
     for (const path of new Set(paths)) {
-      if (!this.#served.has(path)) continue;
-      const read = ++this.#reads;
-      let after = await this.#attr(path, false);
       const served = this.#served.get(path);
-      if (served === undefined || read < served.read) continue; // forgotten, or newer news
+      if (served === undefined) continue;
+      const read = ++this.#reads;
+      const names = children?.get(path);
+      let got = (names && this.#relist(path, served, names, seen)) ||
+        this.#read(path, { seen });
       const before = served.attr;
       if (
-        before.hash && after.kind === "file" && after.hash === undefined && !known?.has(path) &&
-        sameAttr(before, after)
+        before.hash && got.attr.kind === "file" && got.attr.hash === undefined &&
+        !known?.has(path) && sameAttr(before, got.attr)
       ) {
         // Same size and mtime, but the hash cache no longer vouches for it (its
         // ctime or inode changed): new content is possible, so hash it again.
-        after = await this.#attr(path, true);
+        got = await this.#attr(path, true);
+        seen = new Map();
         const now = this.#served.get(path);
-        if (now === undefined || now.read > read) continue;
+        if (now === undefined || now.read > read) continue; // forgotten, or newer news
       }
+      const after = got.attr;
       const hash = known?.get(path);
       if (hash && after.kind === "file") after.hash = hash;
       if (!sameAttr(before, after) || (after.hash && before.hash !== after.hash)) {
         // Told at once, in the order the reads started: a list told when the
         // whole refresh ends could come after a newer read's news, and a
         // mirror would take the older listing for the latest.
-        this.#store(after, read);
+        this.#store(after, read, got.listing);
         this.#onChange([after]);
         changed.push(after);
+      } else if (got.listing !== served.listing) {
+        this.#store(before, read, got.listing); // the same listing, read under a newer watch
       }
     }
     return changed;

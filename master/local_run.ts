@@ -146,7 +146,11 @@ export class LocalRunner {
     } finally {
       unfollow?.();
       io.signal.removeEventListener("abort", kill);
-      if (refresh) await this.#flushChanges(this.#files.servedUnder(this.root));
+      if (refresh) {
+        // What it changed is not known: everything served is read again, whole.
+        this.#sync.rereadAll();
+        await this.#flushChanges();
+      }
     }
   }
 }

@@ -152,8 +152,14 @@ export class Master implements AsyncDisposable {
       hiddenPrefixes: [`${this.root}/${STAGING_DIR}`],
       // A worker's read found a change before the tree watcher did: all hear of it.
       onChange: (attrs) => this.#changes.push(attrs),
+      // What the tree watcher reports: paths it covers are not read again while
+      // young, and the listings it watches are read child by child.
+      watch: {
+        covers: (path, isDir) => this.#sync.covers(path, isDir),
+        watchOf: (dir) => this.#sync.watchOf(dir),
+      },
     });
-    this.#sync = new TreeSync(this.root, tree, this.#files, this.#log);
+    this.#sync = new TreeSync(this.root, this.#files, this.#log);
     this.#remote = new RemoteRunner({
       root: this.root,
       masterId: this.masterId,
@@ -304,8 +310,8 @@ export class Master implements AsyncDisposable {
     this.#sync.start();
   }
 
-  #syncTree(): Promise<void> {
-    return this.#sync.sync();
+  #syncTree(): void {
+    this.#sync.sync();
   }
 
   #flushChanges(extra?: Iterable<string>, known?: Map<string, string>): Promise<void> {
@@ -456,7 +462,12 @@ export class Master implements AsyncDisposable {
    * fails with the reason, at the wrapper.
    */
   async #currentRules(): Promise<LocalRules> {
-    const info = await Deno.lstat(`${this.root}/${LOCALRC_NAME}`).catch(() => null);
+    let info: Deno.FileInfo | null = null;
+    try {
+      info = Deno.lstatSync(`${this.root}/${LOCALRC_NAME}`); // a few µs; async: a thread hop
+    } catch {
+      // None, or unreadable: the default rules (LocalRules.load says why).
+    }
     const stamp = info
       ? [info.mtime?.getTime(), info.ctime?.getTime(), info.size, info.ino, info.mode, info.uid]
         .join(":")

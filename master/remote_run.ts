@@ -36,6 +36,12 @@ export function describe(value: unknown): string {
 /** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
 const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
 
+/**
+ * A silent worker is given up on once the master has been listening this
+ * long past the job's silence limit (its own event loop running on time).
+ */
+const SILENCE_GRACE_MS = 250;
+
 /** What a remote run needs of its master. */
 export interface RemoteRunnerOptions {
   root: string;
@@ -87,8 +93,8 @@ export class RemoteRunner {
     return this.#workerStats(worker);
   }
 
-  #syncTree(): Promise<void> {
-    return this.#sync.sync();
+  #syncTree(): void {
+    this.#sync.sync();
   }
 
   #flushChanges(extra?: Iterable<string>, known?: Map<string, string>): Promise<void> {
@@ -111,11 +117,12 @@ export class RemoteRunner {
     io: JobIo,
     hold: OutputHold,
   ): Promise<number> {
-    const t0 = performance.now();
-    await this.#syncTree();
-    const tSynced = performance.now();
+    const now = () => DEBUG_TIMINGS ? performance.now() : 0; // for the log only
+    const t0 = now();
+    this.#syncTree();
+    const tSynced = now();
     await this.#flushChanges();
-    const tFlushed = performance.now();
+    const tFlushed = now();
     const { updates, reset, cursor } = this.#changes.since(worker.cursor);
     const jobId = `${this.masterId}-${++this.#jobSeq}`;
     const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
@@ -131,13 +138,31 @@ export class RemoteRunner {
       reset,
       heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
     };
-    // A worker that falls silent (no output, no heartbeat) is given up on.
+    // A worker that falls silent (no output, no heartbeat) is given up on,
+    // once the master itself has been listening for SILENCE_GRACE_MS past
+    // the limit: held up (a long synchronous apply of another job, GC, a
+    // loaded host), it may not have read yet what the worker sent meanwhile.
     const silence = new AbortController();
-    let silenceTimer = setTimeout(() => silence.abort(), silenceMs);
+    let due = 0;
+    let graced = false;
+    let silenceTimer: ReturnType<typeof setTimeout> | undefined;
+    const check = () => {
+      const now = performance.now();
+      if (graced && now - due <= SILENCE_GRACE_MS) {
+        silence.abort();
+        return;
+      }
+      graced = true; // again, if this grace too was held up
+      due = now + SILENCE_GRACE_MS;
+      silenceTimer = setTimeout(check, SILENCE_GRACE_MS);
+    };
     const heard = () => {
       clearTimeout(silenceTimer);
-      silenceTimer = setTimeout(() => silence.abort(), silenceMs);
+      graced = false;
+      due = performance.now() + silenceMs;
+      silenceTimer = setTimeout(check, silenceMs);
     };
+    heard();
     const unfollow = io.stdin?.follow((data) => {
       worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
     });

@@ -1,34 +1,36 @@
 /**
  * The master's view of its tree kept in step: the tree watcher's events
- * mark paths dirty, a marker file makes sure every change made before a job
- * was seen, and dirty paths are read again (their changes logged for the
- * mirrors) before the job is sent.
+ * mark paths dirty; before a job is sent, the watcher's inotify queue is
+ * read synchronously (the kernel queues an event within the call that made
+ * the change, so every change made before the job is then known), and dirty
+ * paths are read again, their changes logged for the mirrors.
  *
  * @module
  */
-import { parentOf } from "../common/paths.ts";
+import { baseName, parentOf } from "../common/paths.ts";
 import { STAGING_DIR } from "./apply.ts";
-import type { Beneath } from "./beneath.ts";
 import type { FileServer } from "./file_server.ts";
 import { TreeWatcher } from "./tree_watcher.ts";
 
-/** How long the tree watcher may take to report a marker file. */
-const TREE_SYNC_MS = 2_000;
+/** Dirty paths past this many: every served path is read again instead. */
+const DIRTY_MAX = 100_000;
 
 /** Dirty paths of the tree, from its watcher, read again on demand. */
 export class TreeSync {
   readonly root: string;
-  #tree: Beneath;
   #files: FileServer;
   #log: (message: string) => void;
   #fsWatcher: TreeWatcher | null = null;
-  #watching: Promise<void> | null = null;
+  /** Paths the tree watcher said changed. */
   #dirty = new Set<string>();
-  #syncWaiters = new Map<string, () => void>();
+  /**
+   * Changes may have gone unreported (events lost or dropped, the tree sync
+   * failed, a local job ran): every served path is read in full.
+   */
+  #rereadAll = false;
 
-  constructor(root: string, tree: Beneath, files: FileServer, log: (message: string) => void) {
+  constructor(root: string, files: FileServer, log: (message: string) => void) {
     this.root = root;
-    this.#tree = tree;
     this.#files = files;
     this.#log = log;
   }
@@ -38,20 +40,34 @@ export class TreeSync {
     this.#startWatchingTree();
   }
 
-  /** Waits until every change made before this call was seen. */
-  sync(): Promise<void> {
-    return this.#syncTree();
+  /** Makes sure every change made before this call is known (see {@linkcode TreeSync}). */
+  sync(): void {
+    this.#syncTree();
   }
 
-  /** Re-reads the dirty paths (and `extra`), logging what changed. */
-  flush(extra: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
-    return this.#flushChanges(extra, known);
+  /** Re-reads the dirty paths (and `changed`), logging what changed. */
+  flush(changed: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
+    return this.#flushChanges(changed, known);
+  }
+
+  /** What changed is not known (a local job ran): every served path is read again, whole. */
+  rereadAll(): void {
+    this.#rereadAll = true;
+  }
+
+  /** Whether the watcher reports changes of `path` (see TreeWatcher.covers). */
+  covers(path: string, isDir: boolean): boolean {
+    return this.#fsWatcher?.covers(path, isDir) ?? false;
+  }
+
+  /** The watch of directory `dir`, or null (see TreeWatcher.watchOf). */
+  watchOf(dir: string): string | null {
+    return this.#fsWatcher?.watchOf(dir) ?? null;
   }
 
   /** Stops the watcher. */
   async close(): Promise<void> {
-    this.#fsWatcher?.close();
-    await this.#watching;
+    await this.#fsWatcher?.close();
   }
 
   #startWatchingTree(): void {
@@ -60,80 +76,83 @@ export class TreeSync {
       // Not Deno.watchFs: it opens what events name (a FIFO blocked it for good).
       this.#fsWatcher = TreeWatcher.start({
         root: this.root,
-        // The private directory is watched for the markers, not its staging areas.
-        skip: (dir) => dir.startsWith(staging) && dir !== this.#tree.privatePath,
+        // The private directory (staging areas) is the master's own.
+        skip: (dir) => dir.startsWith(staging),
         log: this.#log,
+        // Taken as read, synchronously: once #syncTree's drain returns, every
+        // change it read is in #dirty.
+        onEvent: (event) => {
+          if (event.kind === "rescan") {
+            // Events were lost: whatever the mirrors hold may have changed.
+            this.#rereadAll = true;
+            return;
+          }
+          for (const p of event.paths) {
+            if (p.startsWith(staging)) continue;
+            if (this.#dirty.size > DIRTY_MAX) {
+              this.#rereadAll = true;
+              return;
+            }
+            this.#dirty.add(p);
+          }
+        },
       });
     } catch (err) {
       this.#log(`cannot watch ${this.root} for changes: ${(err as Error).message}`);
-      return;
     }
-    const watcher = this.#fsWatcher;
-    this.#watching = (async () => {
-      try {
-        for await (const event of watcher) {
-          if (event.kind === "rescan") {
-            // Events were lost: whatever the mirrors hold may have changed.
-            for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
-            continue;
-          }
-          for (const p of event.paths) {
-            if (p.startsWith(staging)) {
-              this.#syncWaiters.get(p)?.();
-              continue;
-            }
-            if (this.#dirty.size > 100_000) continue;
-            this.#dirty.add(p);
-          }
-        }
-      } catch {
-        // Closed.
-      }
-    })();
   }
 
   /**
-   * Waits until the tree watcher has seen every change made before this call
-   * (`mkdir` or `rm` by make's own shell just before a compile arrives): it
-   * creates a marker file and waits for its event, which the kernel queues
-   * after the earlier ones. If the watcher does not answer in time, every
-   * served path of the tree is read again instead.
+   * Makes sure every change made in the tree before this call (`mkdir` or
+   * `rm` by make's own shell just before a compile arrives) is in #dirty:
+   * the kernel queues an inotify event within the call that made the
+   * change, so reading the watcher's queue now, synchronously, finds them
+   * all. Without a watcher that reads (none, or it failed), every served
+   * path is read again instead, each directory's listing whole.
    */
-  async #syncTree(): Promise<void> {
-    let marker = "";
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      if (this.#fsWatcher !== null) {
-        // In the private directory, made exclusively, never through a link.
-        marker = this.#tree.createMarker();
-        const seen = new Promise<boolean>((resolve) => {
-          this.#syncWaiters.set(marker, () => resolve(true));
-          timer = setTimeout(() => resolve(false), TREE_SYNC_MS);
-        });
-        if (await seen) return;
-      }
-    } catch {
-      // Could not make the marker (a full disk, say): read everything again.
-    } finally {
-      clearTimeout(timer);
-      if (marker !== "") {
-        this.#syncWaiters.delete(marker);
-        this.#tree.removeMarker(marker);
-      }
-    }
-    for (const p of this.#files.servedUnder(this.root)) this.#dirty.add(p);
+  #syncTree(): void {
+    if (this.#fsWatcher?.drain()) return;
+    this.#rereadAll = true;
   }
 
-  /** Re-reads paths that changed since they were served and logs the changes. */
-  async #flushChanges(extra: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
-    const paths = new Set<string>(extra);
+  /**
+   * Re-reads paths that changed since they were served and logs the changes:
+   * those the tree watcher reported and `changed` (what the caller changed
+   * itself, with `known` hashes), their directories, and young paths. A
+   * directory is read child by child, the changed ones, unless the tree
+   * watcher said it changed itself or every path is read again.
+   */
+  async #flushChanges(changed: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
+    const paths = new Set<string>();
+    const children = new Map<string, Set<string>>();
+    const inDir = (p: string) => {
+      if (p === "/") return;
+      const dir = parentOf(p);
+      paths.add(dir);
+      const names = children.get(dir);
+      if (names === undefined) children.set(dir, new Set([baseName(p)]));
+      else names.add(baseName(p));
+    };
+    for (const p of changed) {
+      paths.add(p);
+      inDir(p);
+    }
     for (const p of this.#dirty) {
       paths.add(p);
-      paths.add(parentOf(p));
+      inDir(p);
     }
+    // Changed itself (moved, made again, chmod) or read again whole after a
+    // failure: its listing is read in full.
+    for (const p of this.#dirty) children.delete(p);
     this.#dirty.clear();
+    if (this.#rereadAll) {
+      this.#rereadAll = false;
+      for (const p of this.#files.servedUnder(this.root)) paths.add(p);
+      children.clear();
+    }
     for (const p of this.#files.youngPaths()) paths.add(p);
     if (paths.size === 0) return;
-    await this.#files.refresh(paths, known); // changes go to the log as they are found
+    // Changes go to the log as they are found.
+    await this.#files.refresh(paths, { known, children });
   }
 }

@@ -40,7 +40,7 @@ import {
   POLLFD_BYTES,
   POLLIN,
 } from "./inotify_ffi.ts";
-import { isInside, joinPath } from "../common/paths.ts";
+import { isInside, joinPath, parentOf } from "../common/paths.ts";
 
 /**
  * What changed: `paths` (files, directories, links or special files created,
@@ -58,6 +58,11 @@ export interface TreeWatcherOptions {
   watchesMax?: number;
   /** Events held for a slow reader at most; beyond, one `rescan` replaces them. */
   queueMax?: number;
+  /**
+   * Takes each event as it is read, synchronously (within the read, or within
+   * {@linkcode TreeWatcher.drain}), instead of an iterator: nothing is queued.
+   */
+  onEvent?: (event: TreeEvent) => void;
 }
 
 /** Cannot watch the tree: no inotify, or the root is not a directory. */
@@ -81,6 +86,8 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   #log: (message: string) => void;
   #watchesMax: number;
   #queueMax: number;
+  #onEvent: ((event: TreeEvent) => void) | undefined;
+  #buf = new Uint8Array(READ_BYTES);
   #byWd = new Map<number, string>();
   #byPath = new Map<string, number>();
   #queue: TreeEvent[] = [];
@@ -88,6 +95,10 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   #closing = false;
   #closed = false;
   #full = false;
+  /** Reading events failed: nothing more is reported. */
+  #failed = false;
+  /** Times events were lost (the kernel's queue or ours overflowed). */
+  #losses = 0;
   #loop: Promise<void>;
   #closeDone: Promise<void> | null = null;
 
@@ -100,6 +111,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     this.#log = options.log ?? ((m) => console.error(`termite master: ${m}`));
     this.#watchesMax = options.watchesMax ?? 500_000;
     this.#queueMax = options.queueMax ?? 10_000;
+    this.#onEvent = options.onEvent;
     this.#watch(this.root);
     if (!this.#byPath.has(this.root)) {
       this.#release();
@@ -134,6 +146,30 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
   /** Directories watched now. */
   get watches(): number {
     return this.#byWd.size;
+  }
+
+  /**
+   * Whether every change of `path` from now on will be reported: its
+   * directory is watched (and, for a directory, the path itself, which
+   * reports changes of its listing). False once events were lost for good
+   * (watch limits reached, or reading them failed).
+   */
+  covers(path: string, isDir: boolean): boolean {
+    if (this.#full || this.#failed || this.#closing) return false;
+    if (isDir && !this.#byPath.has(path)) return false;
+    return path === this.root || this.#byPath.has(parentOf(path));
+  }
+
+  /**
+   * The watch on directory `dir` now, or null if none: an id that differs
+   * whenever the directory was watched anew (moved away and back, made again)
+   * or events were lost since. While it stays the same, every change of the
+   * directory's listing has been or will be reported, child by child.
+   */
+  watchOf(dir: string): string | null {
+    if (this.#full || this.#failed || this.#closing) return null;
+    const wd = this.#byPath.get(dir);
+    return wd === undefined ? null : `${this.#losses}:${wd}`;
   }
 
   /** Watches `dir` and the directories below it; adds every path found to `found`. */
@@ -194,33 +230,48 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     view.setInt16(4, POLLIN, true);
     view.setInt32(POLLFD_BYTES, this.#wakeFd, true);
     view.setInt16(POLLFD_BYTES + 4, POLLIN, true);
-    const buf = new Uint8Array(READ_BYTES);
+    while (!this.#closing && !this.#failed) {
+      view.setInt16(6, 0, true);
+      view.setInt16(POLLFD_BYTES + 6, 0, true);
+      await this.#lib.symbols.poll_nonblocking(pollfds, 2n, -1);
+      if (this.#closing) break;
+      this.drain(); // nothing left, if a drain() came first
+    }
+  }
+
+  /**
+   * Reads and reports, synchronously, every event queued so far: the kernel
+   * queues an event within the call that made the change, so once this
+   * returns, every change made before the call is reported (with `onEvent`:
+   * handled). False if events can no longer be read (then changes are lost;
+   * a `rescan` said so) or the watcher is closing.
+   */
+  drain(): boolean {
+    if (this.#closing || this.#failed) return false;
+    const buf = this.#buf;
+    const paths = new Set<string>();
+    let rescan = false;
     try {
-      while (!this.#closing) {
-        view.setInt16(6, 0, true);
-        view.setInt16(POLLFD_BYTES + 6, 0, true);
-        await this.#lib.symbols.poll_nonblocking(pollfds, 2n, -1);
-        if (this.#closing) break;
-        const paths = new Set<string>();
-        let rescan = false;
-        for (;;) {
-          const n = Number(this.#lib.symbols.read(this.#fd, buf, BigInt(buf.length)));
-          if (n > 0) {
-            rescan = this.#parse(buf, n, paths) || rescan;
-            continue;
-          }
-          const errno = n < 0 ? errnoView(this.#lib)[0] : 0;
-          if (errno === EINTR) continue;
-          if (errno !== EAGAIN) throw new TreeWatcherError(`Cannot read inotify events: ${errno}`);
-          break;
+      for (;;) {
+        const n = Number(this.#lib.symbols.read(this.#fd, buf, BigInt(buf.length)));
+        if (n > 0) {
+          rescan = this.#parse(buf, n, paths) || rescan;
+          continue;
         }
-        if (rescan) this.#push({ kind: "rescan", paths: [] });
-        if (paths.size > 0) this.#push({ kind: "paths", paths: [...paths] });
+        const errno = n < 0 ? errnoView(this.#lib)[0] : 0;
+        if (errno === EINTR) continue;
+        if (errno !== EAGAIN) throw new TreeWatcherError(`Cannot read inotify events: ${errno}`);
+        break;
       }
     } catch (err) {
+      this.#failed = true;
       this.#log(`stopped watching ${this.root} for changes: ${(err as Error).message}`);
       this.#push({ kind: "rescan", paths: [] });
+      return false;
     }
+    if (rescan) this.#push({ kind: "rescan", paths: [] });
+    if (paths.size > 0) this.#push({ kind: "paths", paths: [...paths] });
+    return true;
   }
 
   /** Reads the event records in `buf`; returns whether events were lost. */
@@ -238,6 +289,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
       off += INOTIFY_EVENT_HEADER_BYTES + len;
       if (mask & IN_Q_OVERFLOW) {
         lost = true;
+        this.#losses++;
         continue;
       }
       const dir = this.#byWd.get(wd);
@@ -261,6 +313,10 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
 
   #push(event: TreeEvent): void {
     if (this.#closed) return;
+    if (this.#onEvent) {
+      this.#onEvent(event);
+      return;
+    }
     if (this.#waiting) {
       const resolve = this.#waiting;
       this.#waiting = null;
@@ -269,6 +325,7 @@ export class TreeWatcher implements AsyncIterable<TreeEvent> {
     }
     if (this.#queue.length >= this.#queueMax) {
       // A reader this far behind re-reads everything instead.
+      this.#losses++;
       this.#queue = [{ kind: "rescan", paths: [] }];
       return;
     }

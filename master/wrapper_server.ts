@@ -26,6 +26,9 @@ export class WrapperServerError extends Error {
   override name = "WrapperServerError";
 }
 
+/** Why a job's signal aborts once its exit status was sent. */
+const JOB_ENDED = new WrapperServerError("The job ended");
+
 /** The job a wrapper's request frame asks for, and whether stdin frames follow; or why not. */
 function jobOf(payload: Uint8Array): { request: JobRequest; stdin: boolean } | string {
   let r: WrapperRequest | string;
@@ -168,7 +171,9 @@ export class WrapperServer implements AsyncDisposable {
     try {
       await exit(result);
     } finally {
-      cancel.abort();
+      // Whatever still follows the job stops; with a reason of its own, each
+      // signal derived from this one is not given a new DOMException (~50 µs).
+      cancel.abort(JOB_ENDED);
       try {
         // A promise: a connection closed meanwhile rejects it (no sync throw).
         await conn.closeWrite();

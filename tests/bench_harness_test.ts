@@ -57,7 +57,7 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     assert.ok(report.builds.some((b) => b.contender === "termite" && b.round === "cold"));
 
     // Round trips: every kind listed; the direct ones always work.
-    assert.equal(report.roundTrips.length, 7);
+    assert.equal(report.roundTrips.length, 8);
     for (const k of report.roundTrips) {
       if (k.ok) {
         // Commands that fell back to the master are not timed.

@@ -151,3 +151,106 @@ Deno.test("FileServer: an excluded path reached through a symlink (tree/p -> /pr
     assert.equal((await files.attr(`${root}/p/task`)).kind, null);
   }, { exclusions: ["/proc"] });
 });
+
+Deno.test("FileServer: only young paths no watcher covers are read again", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  const files = new FileServer({
+    exclusions: new Exclusions([], root),
+    hashCache: await HashCache.open(),
+    watch: { covers: (path) => path.startsWith(`${root}/watched`), watchOf: () => null },
+  });
+  try {
+    await make(`${root}/watched`, 0o755);
+    await make(`${root}/watched/a.o`, 0o644, "a");
+    await make(`${root}/b.o`, 0o644, "b");
+    for (const p of [`${root}/watched`, `${root}/watched/a.o`, `${root}/b.o`]) await files.attr(p);
+    assert.deepEqual(files.youngPaths(), [`${root}/b.o`], "changed moments ago, and unwatched");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("FileServer: a file replaced while it is hashed is served as it is after the hash", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  const hashCache = await HashCache.open();
+  const path = `${root}/gen.h`;
+  const hash = hashCache.hash.bind(hashCache);
+  let replaced = false;
+  // The file is replaced (a new inode, other size and content) just as the
+  // first hash starts: that hash describes neither what was read nor what is there.
+  hashCache.hash = async (p, info) => {
+    if (!replaced) {
+      replaced = true;
+      await Deno.writeTextFile(`${root}/gen.h.tmp`, "int generated_again;\n");
+      await Deno.chmod(`${root}/gen.h.tmp`, 0o644);
+      await Deno.rename(`${root}/gen.h.tmp`, path);
+    }
+    return await hash(p, info);
+  };
+  const files = new FileServer({ exclusions: new Exclusions([], root), hashCache });
+  try {
+    await make(path, 0o644, "int generated;\n");
+    const served = await files.attr(path, { withHash: true });
+    const info = await Deno.lstat(path);
+    assert.equal(served.size, info.size);
+    assert.equal(served.mtimeMs, info.mtime?.getTime());
+    const hex = (bytes: ArrayBuffer) =>
+      Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+    const content = new TextEncoder().encode("int generated_again;\n");
+    assert.equal(served.hash, hex(await crypto.subtle.digest("SHA-256", content)));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("FileServer: a watched directory is read child by child, whole under a new watch or mode", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  let watch = "w1";
+  const files = new FileServer({
+    exclusions: new Exclusions([], root),
+    hashCache: await HashCache.open(),
+    hiddenPrefixes: [`${root}/obj/.staging`],
+    watch: { covers: () => true, watchOf: () => watch },
+  });
+  const obj = `${root}/obj`;
+  const listed = async () => Object.keys((await files.attr(obj)).children ?? {}).sort();
+  const served = () => files.servedUnder(obj).length > 0;
+  try {
+    await make(obj, 0o755);
+    await make(`${obj}/a.o`, 0o644, "a");
+    assert.deepEqual(await listed(), ["a.o"]);
+    assert.ok(served());
+    await make(`${obj}/b.o`, 0o644, "b");
+    await make(`${obj}/c.o`, 0o644, "c");
+    await make(`${obj}/.staging-1`, 0o755);
+    await Deno.remove(`${obj}/a.o`);
+    // Told of b.o, a.o and the hidden staging directory only: the others are not read.
+    const names = new Set(["b.o", "a.o", ".staging-1"]);
+    const [told] = await files.refresh([obj], { children: new Map([[obj, names]]) });
+    assert.deepEqual(Object.keys(told.children ?? {}).sort(), ["b.o"]);
+    // Under a new watch (moved away and back, events lost): read whole.
+    watch = "w2";
+    const [whole] = await files.refresh([obj], { children: new Map([[obj, new Set(["b.o"])]]) });
+    assert.deepEqual(Object.keys(whole.children ?? {}).sort(), ["b.o", "c.o"]);
+    // A new mode: whole again; not told which children changed: whole.
+    await make(`${obj}/d.o`, 0o644, "d");
+    await Deno.chmod(obj, 0o775);
+    const [chmodded] = await files.refresh([obj], { children: new Map([[obj, new Set(["x"])]]) });
+    assert.deepEqual(Object.keys(chmodded.children ?? {}).sort(), ["b.o", "c.o", "d.o"]);
+    await make(`${obj}/e.o`, 0o644, "e");
+    const [untold] = await files.refresh([obj]);
+    assert.deepEqual(Object.keys(untold.children ?? {}).sort(), ["b.o", "c.o", "d.o", "e.o"]);
+    // Made again: the watcher watches it anew (its inode number may be the old one's).
+    await Deno.remove(obj, { recursive: true });
+    await make(obj, 0o775);
+    watch = "w3";
+    await make(`${obj}/f.o`, 0o644, "f");
+    const [again] = await files.refresh([obj], { children: new Map([[obj, new Set(["x"])]]) });
+    assert.deepEqual(Object.keys(again.children ?? {}).sort(), ["f.o"]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -2,6 +2,12 @@ import assert from "node:assert/strict";
 import { startMaster } from "../master/mod.ts";
 import { secretFromBytes } from "../rpc/mod.ts";
 import { runShellBuiltin } from "../wrapper/client.ts";
+import {
+  encodeWrapperFrame,
+  FrameType,
+  WRAPPER_FRAME_BYTES_MAX,
+  WrapperFrameReader,
+} from "../wrapper/protocol.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -437,4 +443,37 @@ Deno.test("master: in a tree others may write it says that wrappers will refuse 
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(cache, { recursive: true });
   }
+});
+
+Deno.test("WrapperFrameReader: frames larger than its first buffer, arriving in pieces, come whole and in order", async () => {
+  const sizes = [10, WRAPPER_FRAME_BYTES_MAX - 1, 3, 40_000, 0, 600_000, 7];
+  const frames = sizes.map((n, i) =>
+    encodeWrapperFrame(FrameType.stdout, new Uint8Array(n).map((_, j) => (i * 31 + j) & 0xff))
+  );
+  const stream = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+  let at = 0;
+  for (const f of frames) {
+    stream.set(f, at);
+    at += f.length;
+  }
+  // Reads of uneven sizes, as a socket gives them.
+  let pos = 0;
+  let turn = 0;
+  const reader = new WrapperFrameReader({
+    read(p: Uint8Array): Promise<number | null> {
+      if (pos >= stream.length) return Promise.resolve(null);
+      const n = Math.min(p.length, [1, 4093, 70_000, 5][turn++ % 4], stream.length - pos);
+      p.set(stream.subarray(pos, pos + n));
+      pos += n;
+      return Promise.resolve(n);
+    },
+  });
+  for (const [i, n] of sizes.entries()) {
+    const frame = await reader.read();
+    assert.ok(frame !== null);
+    assert.equal(frame.type, FrameType.stdout);
+    assert.equal(frame.payload.length, n);
+    assert.deepEqual(frame.payload, frames[i].subarray(5));
+  }
+  assert.equal(await reader.read(), null);
 });

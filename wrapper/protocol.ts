@@ -116,7 +116,8 @@ export interface WrapperFrame {
 /** Reads frames from a connection; `null` at a clean end of stream. */
 export class WrapperFrameReader {
   #conn: { read(p: Uint8Array): Promise<number | null> };
-  #buf = new Uint8Array(64 * 1024);
+  /** Grown to fit a larger frame; a request with its environment fits at first. */
+  #buf = new Uint8Array(16 * 1024);
   #start = 0;
   #end = 0;
 

@@ -1,0 +1,160 @@
+/**
+ * The master's CPU per job, two versions of this code side by side: a farm
+ * for each (two workers × two slots, each in network namespaces of its own),
+ * the same builds alternated between them (A, B, A, B, ...), then remote
+ * `gcc -c tiny.c` round trips alternated the same way. What each master
+ * spent is read from its threads (/proc/<pid>/task/<tid>/schedstat, to the
+ * nanosecond), so the load of the machine falls on both alike; the same code
+ * on both sides differs by a few µs per job at the median.
+ *
+ * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N]`:
+ * REV is a git revision of this repository (checked out with `git archive`
+ * into .cache/ab/) or `.` for the working tree. Builds are lua 5.4 with
+ * `make -j4` (the first of each farm, cold, is not counted).
+ */
+import { parseArgs } from "node:util";
+import { type Farm, ROOT } from "../farm/mod.ts";
+import { threadsCpuMs, timedCommand } from "./_proc.ts";
+import { LUA, resetTree } from "./_projects.ts";
+
+const TINY_C = "int tiny(int x) { return x * 3 + 1; }\n";
+
+/** A directory holding the code of `rev` (`.`: this checkout), with its dependencies. */
+async function checkout(rev: string): Promise<string> {
+  if (rev === ".") return ROOT;
+  const out = await new Deno.Command("git", {
+    args: ["rev-parse", "--short", `${rev}^{commit}`],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`Cannot resolve ${rev}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  const commit = new TextDecoder().decode(out.stdout).trim();
+  const dir = `${ROOT}/.cache/ab/${commit}`;
+  if (await Deno.stat(`${dir}/master.ts`).then(() => true, () => false)) return dir;
+  await Deno.mkdir(dir, { recursive: true });
+  const archive = await new Deno.Command("sh", {
+    args: ["-c", `git archive ${commit} | tar -x -C "$0"`, dir],
+    cwd: ROOT,
+  }).output();
+  if (!archive.success) throw new Error(`Cannot check out ${commit} into ${dir}`);
+  await Deno.symlink(`${ROOT}/node_modules`, `${dir}/node_modules`);
+  await Deno.mkdir(`${dir}/.cache`, { recursive: true });
+  // The unpacked sources (fetched once, by path).
+  await new Deno.Command("cp", { args: ["-a", `${ROOT}/.cache/src`, `${dir}/.cache/src`] })
+    .output();
+  return dir;
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[s.length >> 1];
+}
+
+function mean(values: number[]): number {
+  return values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+async function jobsDone(farm: Farm): Promise<number> {
+  return (await farm.status()).jobs.jobs;
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      a: { type: "string", default: "HEAD" },
+      b: { type: "string", default: "." },
+      builds: { type: "string", default: "4" },
+      "round-trips": { type: "string", default: "150" },
+    },
+  });
+  const revs = [values.a, values.b];
+  const dirs = await Promise.all(revs.map(checkout));
+  const work = `${ROOT}/.cache/bench-ab`;
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  const farms: Farm[] = [];
+  const builds = [[], []] as number[][], walls = [[], []] as number[][];
+  const trips = [[], []] as number[][];
+  try {
+    for (const [i, dir] of dirs.entries()) {
+      const { Farm: FarmOf } = await import(
+        `${dir}/farm/mod.ts`
+      ) as typeof import("../farm/mod.ts");
+      const tree = `${work}/${i}/tree`;
+      await Deno.mkdir(tree, { recursive: true });
+      for (const d of [work, `${work}/${i}`, tree]) await Deno.chmod(d, 0o755);
+      farms.push(
+        await FarmOf.start({
+          dir: `${work}/${i}/farm`,
+          tree,
+          workers: 2,
+          slotsPerWorker: 2,
+          prefix: `termite-ab${Deno.pid}-${i}`,
+        }),
+      );
+    }
+    const src = await LUA.source();
+    for (let round = 0; round <= Number(values.builds); round++) {
+      for (const [i, farm] of farms.entries()) {
+        const tree = `${farm.tree}/lua`;
+        await resetTree(src, tree, "in-place");
+        const pid = farm.master.child.pid;
+        const [jobs, cpu] = [await jobsDone(farm), await threadsCpuMs(pid)];
+        const run = await timedCommand({
+          argv: LUA.command(4),
+          cwd: tree,
+          env: farm.env,
+          logPath: `${farm.dir}/build-${round}.log`,
+          timeoutS: LUA.timeoutS,
+        });
+        if (run.code !== 0) throw new Error(`The build of ${revs[i]} failed: ${farm.dir}`);
+        const perJob = (await threadsCpuMs(pid) - cpu) / (await jobsDone(farm) - jobs);
+        if (round === 0) continue; // cold
+        builds[i].push(perJob);
+        walls[i].push(run.wallMs);
+        console.error(`build ${round} ${"AB"[i]}: master ${perJob.toFixed(2)} ms/job`);
+      }
+    }
+    for (const farm of farms) {
+      await Deno.mkdir(`${farm.tree}/rt`, { recursive: true });
+      await Deno.writeTextFile(`${farm.tree}/rt/tiny.c`, TINY_C);
+    }
+    for (let k = 0; k <= Number(values["round-trips"]); k++) {
+      for (const [i, farm] of farms.entries()) {
+        const pid = farm.master.child.pid;
+        const cpu = await threadsCpuMs(pid);
+        const out = await new Deno.Command(`${farm.binDir}/gcc`, {
+          args: ["-c", "tiny.c"],
+          cwd: `${farm.tree}/rt`,
+          env: farm.env,
+          clearEnv: true,
+          stdout: "null",
+          stderr: "piped",
+        }).output();
+        if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+        const spent = await threadsCpuMs(pid) - cpu;
+        if (k > 0 && spent >= 0) trips[i].push(spent); // < 0: a thread ended meanwhile
+      }
+    }
+  } finally {
+    for (const farm of farms) await farm.stop();
+  }
+  const lines = [
+    "| | code | master CPU ms/job, lua -j4 (median; each build) | build s (median) | " +
+    "master CPU ms per remote tiny compile (median; mean) |",
+    "|---|---|---|---|---|",
+  ];
+  for (const i of [0, 1]) {
+    lines.push(
+      `| ${"AB"[i]} | ${revs[i]} | ${median(builds[i]).toFixed(2)} (${
+        builds[i].map((v) => v.toFixed(2)).join(", ")
+      }) | ${(median(walls[i]) / 1000).toFixed(2)} | ${median(trips[i]).toFixed(3)}; ${
+        mean(trips[i]).toFixed(3)
+      } (${trips[i].length}) |`,
+    );
+  }
+  console.log(lines.join("\n"));
+}

@@ -1,0 +1,202 @@
+/**
+ * Where the master's CPU goes during warm builds: a farm (two workers × two
+ * slots) whose master runs with `--inspect` on loopback; V8's sampling
+ * profiler is started over the inspector after a cold lua build and stopped
+ * after `--builds` warm ones, so start-up and the cold build are not counted.
+ * Prints the self time by function and by file, and writes the profile
+ * (`.cpuprofile`, for Chrome's DevTools) next to the farm.
+ *
+ * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P]`
+ */
+import { parseArgs } from "node:util";
+import { Farm, ROOT } from "../farm/mod.ts";
+import { timedCommand } from "./_proc.ts";
+import { LUA, resetTree } from "./_projects.ts";
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+
+interface Profile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** One inspector session over a websocket: calls by id. */
+class Inspector {
+  #ws: WebSocket;
+  #seq = 0;
+  #pending = new Map<number, (result: unknown) => void>();
+
+  private constructor(ws: WebSocket) {
+    this.#ws = ws;
+    ws.onmessage = (e) => {
+      const msg = JSON.parse(String(e.data));
+      if (typeof msg.id === "number") this.#pending.get(msg.id)?.(msg.result ?? msg.error);
+      this.#pending.delete(msg.id);
+    };
+  }
+
+  static async connect(port: number): Promise<Inspector> {
+    let url = "";
+    for (let i = 0; i < 100 && url === ""; i++) {
+      try {
+        const list = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
+        url = list[0]?.webSocketDebuggerUrl ?? "";
+      } catch {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    if (url === "") throw new Error(`No inspector on port ${port}`);
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = reject;
+    });
+    return new Inspector(ws);
+  }
+
+  call<T>(method: string, params: object = {}): Promise<T> {
+    const id = ++this.#seq;
+    const reply = new Promise<T>((resolve) => this.#pending.set(id, resolve as never));
+    this.#ws.send(JSON.stringify({ id, method, params }));
+    return reply;
+  }
+
+  close(): void {
+    this.#ws.close();
+  }
+}
+
+/** Self time (ms) by key, from a profile's samples. */
+function selfTimes(profile: Profile, key: (n: ProfileNode) => string): Map<string, number> {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const out = new Map<string, number>();
+  for (let i = 0; i < profile.samples.length; i++) {
+    const node = byId.get(profile.samples[i]);
+    if (!node) continue;
+    const k = key(node);
+    out.set(k, (out.get(k) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
+  }
+  return out;
+}
+
+/** Time (ms) with each key somewhere on the stack, from a profile's samples. */
+function totalTimes(profile: Profile, key: (n: ProfileNode) => string): Map<string, number> {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const out = new Map<string, number>();
+  for (let i = 0; i < profile.samples.length; i++) {
+    const keys = new Set<string>();
+    for (let id: number | undefined = profile.samples[i]; id !== undefined; id = parent.get(id)) {
+      const node = byId.get(id);
+      if (node) keys.add(key(node));
+    }
+    for (const k of keys) out.set(k, (out.get(k) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
+  }
+  return out;
+}
+
+function shortUrl(url: string): string {
+  return url.startsWith(`file://${ROOT}/`) ? url.slice(`file://${ROOT}/`.length) : url;
+}
+
+function top(times: Map<string, number>, total: number, n: number): string[] {
+  return [...times].sort((a, b) => b[1] - a[1]).slice(0, n)
+    .map(([k, ms]) =>
+      `${(100 * ms / total).toFixed(1).padStart(5)}% ${ms.toFixed(0).padStart(6)} ms  ${k}`
+    );
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      builds: { type: "string", default: "3" },
+      top: { type: "string", default: "40" },
+      port: { type: "string", default: "9339" },
+    },
+  });
+  const port = Number(values.port);
+  const work = `${ROOT}/.cache/bench-profile`;
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  const tree = `${work}/tree`;
+  await Deno.mkdir(tree, { recursive: true });
+  for (const d of [work, tree]) await Deno.chmod(d, 0o755);
+  const farm = await Farm.start({
+    dir: `${work}/farm`,
+    tree,
+    workers: 2,
+    slotsPerWorker: 2,
+    prefix: `termite-prof${Deno.pid}`,
+    masterDenoFlags: [`--inspect=127.0.0.1:${port}`],
+  });
+  let profile: Profile;
+  let jobs = 0;
+  try {
+    const src = await LUA.source();
+    const build = async (round: number) => {
+      await resetTree(src, `${tree}/lua`, "in-place");
+      const run = await timedCommand({
+        argv: LUA.command(4),
+        cwd: `${tree}/lua`,
+        env: farm.env,
+        logPath: `${farm.dir}/build-${round}.log`,
+        timeoutS: LUA.timeoutS,
+      });
+      if (run.code !== 0) throw new Error(`The build failed: ${farm.dir}/build-${round}.log`);
+    };
+    await build(0); // cold
+    const inspector = await Inspector.connect(port);
+    await inspector.call("Profiler.enable");
+    await inspector.call("Profiler.setSamplingInterval", { interval: 100 });
+    const before = (await farm.status()).jobs.jobs;
+    await inspector.call("Profiler.start");
+    for (let round = 1; round <= Number(values.builds); round++) await build(round);
+    ({ profile } = await inspector.call<{ profile: Profile }>("Profiler.stop"));
+    jobs = (await farm.status()).jobs.jobs - before;
+    inspector.close();
+  } finally {
+    await farm.stop();
+  }
+  await Deno.writeTextFile(`${work}/master.cpuprofile`, JSON.stringify(profile));
+  const all = selfTimes(profile, () => "all");
+  const idle = selfTimes(profile, (n) => n.callFrame.functionName === "(idle)" ? "idle" : "busy");
+  const busy = idle.get("busy") ?? 0;
+  const n = Number(values.top);
+  console.log(
+    `${jobs} jobs, profiled ${((all.get("all") ?? 0) / 1000).toFixed(1)} s, busy ${
+      busy.toFixed(0)
+    } ms = ${
+      (busy / jobs).toFixed(2)
+    } ms/job (sampled; the thread pool and GC threads not counted)`,
+  );
+  const busyOnly = (f: (n: ProfileNode) => string) => (node: ProfileNode) =>
+    node.callFrame.functionName === "(idle)" ? "(idle)" : f(node);
+  const byFile = selfTimes(profile, busyOnly((node) => shortUrl(node.callFrame.url) || "(native)"));
+  byFile.delete("(idle)");
+  console.log("\nby file:\n" + top(byFile, busy, n).join("\n"));
+  const byFn = selfTimes(
+    profile,
+    busyOnly((node) =>
+      `${node.callFrame.functionName || "(anonymous)"} ${shortUrl(node.callFrame.url)}:${
+        node.callFrame.lineNumber + 1
+      }`
+    ),
+  );
+  byFn.delete("(idle)");
+  console.log("\nby function, self:\n" + top(byFn, busy, n).join("\n"));
+  const inFn = totalTimes(
+    profile,
+    (node) =>
+      `${node.callFrame.functionName || "(anonymous)"} ${shortUrl(node.callFrame.url)}:${
+        node.callFrame.lineNumber + 1
+      }`,
+  );
+  for (const k of [...inFn.keys()]) if (k.startsWith("(")) inFn.delete(k);
+  console.log("\nby function, with what it calls:\n" + top(inFn, busy, n).join("\n"));
+}
