@@ -5,7 +5,7 @@
  */
 import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
 import { hostname } from "node:os";
-import type { FileAttr } from "../common/types.ts";
+import type { FileAttr, ResultSet } from "../common/types.ts";
 import {
   JOB_HEARTBEAT_MS,
   JOB_SILENCE_MS_MAX,
@@ -25,6 +25,13 @@ import {
   ResultSetError,
   STAGING_DIR,
 } from "./apply.ts";
+import {
+  ActionCache,
+  type ActionCacheStats,
+  NotCacheable,
+  OUTPUT_BYTES_MAX,
+  settledStdin,
+} from "./action_cache.ts";
 import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
@@ -112,6 +119,10 @@ export interface MasterOptions {
   slotWaitMs?: number;
   /** Wait this long for the first worker list at start. */
   startWaitMs?: number;
+  /** Replay commands whose inputs are unchanged (master/action_cache.ts); default true. */
+  actionCache?: boolean;
+  /** Bytes the action cache may take in the cache dir; default 2 GiB. */
+  actionCacheBytesMax?: number;
   log?: (message: string) => void;
   /** The coordinator holds another secret (before any worker list arrived). */
   onSecretMismatch?: (error: Error) => void;
@@ -163,6 +174,9 @@ export interface MasterStats {
   bytesServed: number;
   bytesReceived: number;
   perWorker: Record<string, WorkerJobStats>;
+  /** Jobs replayed from the action cache (no worker, no local run). */
+  jobsCached: number;
+  actionCache?: ActionCacheStats;
 }
 
 class Semaphore {
@@ -277,6 +291,7 @@ export class Master implements AsyncDisposable {
     retries: 0,
     jobsOutside: 0,
     localByCause: {},
+    jobsCached: 0,
     bytesServed: 0,
     bytesReceived: 0,
     perWorker: {},
@@ -303,6 +318,7 @@ export class Master implements AsyncDisposable {
   #control: ControlPaths;
   #closed = false;
   #jobSeq = 0;
+  #actions: ActionCache | null = null;
 
   private constructor(
     options: MasterOptions,
@@ -368,6 +384,18 @@ export class Master implements AsyncDisposable {
       throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
     }
     const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
+    if (options.actionCache !== false) {
+      master.#actions = await ActionCache.open({
+        dir: `${cacheDir}/actions-${rootKey}`,
+        root,
+        hashCache,
+        bytesMax: options.actionCacheBytesMax,
+        // What the workers are shown is part of what a job sees.
+        salt: JSON.stringify(options.exclusions ?? DEFAULT_EXCLUSIONS),
+        log: (m) => master.#log(m),
+      });
+      master.stats.actionCache = master.#actions.stats;
+    }
     master.#startWatchingTree();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
@@ -591,6 +619,16 @@ export class Master implements AsyncDisposable {
       return await this.#runLocal(request, io, true, false);
     }
 
+    let action: string | null = null;
+    if (this.#actions !== null && rules.cacheable(request.argv, request.shell === true)) {
+      // Its stdin is an input too: only one that ends at once is cached.
+      const stdin = io.stdin === null ? "" : await settledStdin(io.stdin);
+      if (stdin !== null) action = this.#actions.key(request.argv, request.cwd, request.env, stdin);
+    }
+    if (action !== null) {
+      const code = await this.#replay(action, io);
+      if (code !== null) return { code };
+    }
     if (this.#pool === null) {
       if (this.#options.localFallback !== false) return await this.#runLocalSlot(request, io);
       this.stats.jobsFailed++;
@@ -603,7 +641,7 @@ export class Master implements AsyncDisposable {
       if (attempt > 0) this.stats.retries++;
       const hold = new OutputHold(io);
       try {
-        const code = await this.#runOn(worker, request, io, hold);
+        const code = await this.#runOn(worker, request, io, hold, action);
         await hold.flush();
         this.stats.jobsRemote++;
         worker.jobsDone++;
@@ -716,8 +754,11 @@ export class Master implements AsyncDisposable {
     request: JobRequest,
     io: JobIo,
     hold: OutputHold,
+    action: string | null = null,
   ): Promise<number> {
     const t0 = performance.now();
+    const startedMs = Date.now();
+    const output = { 1: [] as Uint8Array[], 2: [] as Uint8Array[], bytes: 0 };
     await this.#syncTree();
     const tSynced = performance.now();
     await this.#flushChanges();
@@ -736,6 +777,7 @@ export class Master implements AsyncDisposable {
       updates,
       reset,
       heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
+      record: action !== null,
     };
     // A worker that falls silent (no output, no heartbeat) is given up on.
     const silence = new AbortController();
@@ -759,6 +801,10 @@ export class Master implements AsyncDisposable {
           const c = chunk as JobChunk;
           if (typeof c !== "object" || c === null) return;
           if ("fd" in c && c.data instanceof Uint8Array) {
+            if (action !== null && output.bytes <= OUTPUT_BYTES_MAX) {
+              output[c.fd === 1 ? 1 : 2].push(c.data.slice());
+              output.bytes += c.data.length;
+            }
             await hold.write(c.fd === 1 ? 1 : 2, c.data);
           } else if ("rs" in c) parts.addEntries(c.rs);
           else if ("blobs" in c) parts.addBlobs(c.blobs);
@@ -786,8 +832,21 @@ export class Master implements AsyncDisposable {
       throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
     }
     worker.cursor = cursor;
+    // The inputs' states, taken before the results change the tree.
+    let reads: Awaited<ReturnType<ActionCache["states"]>> | null = null;
+    let notCached = "";
+    if (action !== null && this.#actions !== null) {
+      try {
+        if (reply.killedBy) throw new NotCacheable(`killed by the sandbox (${reply.killedBy})`);
+        if (output.bytes > OUTPUT_BYTES_MAX) throw new NotCacheable("too much output");
+        reads = await this.#actions.states(reply.reads!, startedMs);
+      } catch (err) {
+        notCached = (err as Error).message;
+      }
+    }
+    const merged = parts.merge(reply.resultSet);
     const applyStarted = performance.now();
-    const outcome = await applyResultSet(parts.merge(reply.resultSet), {
+    const outcome = await applyResultSet(merged, {
       writableRoot: this.root,
       tree: this.#tree,
       control: this.#control,
@@ -834,6 +893,18 @@ export class Master implements AsyncDisposable {
     ws.collectMs += Number(reply.timings?.collectMs) || 0;
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
     await this.#flushChanges(outcome.touched, outcome.hashes);
+    if (action !== null && this.#actions !== null) {
+      if (reads === null) this.#actions.notStored(notCached);
+      else {
+        await this.#actions.store(action, reads, {
+          resultSet: merged as ResultSet,
+          stdout: concat(output[1]),
+          stderr: concat(output[2]),
+          exitCode,
+          ranMs: performance.now() - t0,
+        }).catch((err) => this.#actions?.notStored((err as Error).message));
+      }
+    }
     if (DEBUG_TIMINGS) {
       const t = reply.timings ?? {};
       const ms = (a: number, b: number) => (b - a).toFixed(1);
@@ -856,6 +927,35 @@ export class Master implements AsyncDisposable {
       );
     }
     return exitCode;
+  }
+
+  /** Replays a cached run of the command when its inputs are unchanged; null: run it. */
+  async #replay(key: string, io: JobIo): Promise<number | null> {
+    const actions = this.#actions!;
+    const hit = await actions.lookup(key);
+    if (hit === null) return null;
+    try {
+      const outcome = await applyResultSet(hit.resultSet, {
+        writableRoot: this.root,
+        tree: this.#tree,
+        control: this.#control,
+        hashCache: this.#hashCache,
+        entriesMax: this.#options.resultEntriesMax,
+        fetchBlob: async (hash, sink) => {
+          using file = await Deno.open(actions.blobPath(hash));
+          for await (const chunk of file.readable) await sink.write(chunk);
+        },
+      });
+      await this.#flushChanges(outcome.touched, outcome.hashes);
+    } catch (err) {
+      // A missing or corrupt content fails the whole set: nothing was changed.
+      this.#log(`cannot replay a cached result: ${(err as Error).message}`);
+      return null;
+    }
+    if (hit.stdout.length > 0) await io.stdout(hit.stdout);
+    if (hit.stderr.length > 0) await io.stderr(hit.stderr);
+    this.stats.jobsCached++;
+    return hit.exitCode;
   }
 
   async #runLocal(
@@ -953,4 +1053,14 @@ export class Master implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }
