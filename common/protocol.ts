@@ -98,7 +98,14 @@ export type ReadKind = "r" | "s" | "l" | "d";
 
 /** A job's read set as its worker recorded it; untrusted (a worker may lie). */
 export type ReadSet =
-  | { complete: true; entries: [string, ReadKind[]][] }
+  | {
+    complete: true;
+    entries: [string, ReadKind[]][];
+    /** Whether the job read its stdin (fd 0, or a copy of it). */
+    stdin?: boolean;
+    /** Content hashes the worker's mirror held for files read (those it can name). */
+    hashes?: Record<string, string>;
+  }
   | { complete: false; why: string };
 
 export interface JobStdinParams {

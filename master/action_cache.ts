@@ -40,6 +40,8 @@ export const IGNORED_ENV_PREFIXES: readonly string[] = ["TERMITE_"];
 /** Private to each job on a worker (its own /proc, /dev, /sys, /tmp): not inputs. */
 const JOB_PRIVATE = ["/proc", "/dev", "/sys", "/tmp"];
 const ENTRY_FORMAT = "termite-action-v1";
+/** Logs why each entry missed. */
+const DEBUG = Deno.env.get("TERMITE_DEBUG_ACTIONS") !== undefined;
 
 /** What a job produced, as replayed. */
 export interface ActionOutput {
@@ -106,6 +108,14 @@ export class NotCacheable extends Error {
   override name = "NotCacheable";
 }
 
+/** The worker read an older version of a file than the master holds: its mirror is stale there. */
+export class StaleRead extends NotCacheable {
+  override name = "StaleRead";
+  constructor(readonly path: string) {
+    super(`the worker read another version of ${path}`);
+  }
+}
+
 export class ActionCache {
   readonly #o: ActionCacheOptions;
   readonly #bytesMax: number;
@@ -164,6 +174,7 @@ export class ActionCache {
   }
 
   /** The key of a command: argv, cwd, environment (minus the ignored variables), the salt. */
+  /** `stdin`: "" when the job has none (/dev/null), "stdin" when it has one. */
   key(argv: string[], cwd: string, env: Record<string, string>, stdin = ""): string {
     const ignored = new Set(this.#o.ignoredEnv ?? IGNORED_ENV_DEFAULT);
     const vars = Object.entries(env)
@@ -193,6 +204,7 @@ export class ActionCache {
           states.set(id, now);
         }
         if (now !== state) {
+          if (DEBUG) this.#o.log?.(`action cache miss on ${path} (${kind}): ${state} → ${now}`);
           same = false;
           break;
         }
@@ -228,7 +240,11 @@ export class ActionCache {
    * the recording is incomplete or an input changed since `startedMs` (the
    * job may have seen it either way).
    */
-  async states(reads: ReadSet, startedMs: number): Promise<[string, ReadKind, string][]> {
+  async states(
+    reads: ReadSet,
+    startedMs: number,
+    outputs: ReadonlySet<string> = new Set(),
+  ): Promise<[string, ReadKind, string][]> {
     if (reads?.complete !== true) {
       throw new NotCacheable(`recording incomplete: ${String(reads?.why).slice(0, 200)}`);
     }
@@ -252,6 +268,10 @@ export class ActionCache {
       if (this.#private(path)) continue;
       for (const kind of kinds) {
         if (!["r", "s", "l", "d"].includes(kind)) throw new NotCacheable("a bad read kind");
+        // Whether the job's own output was already there (gcc stats its -o
+        // file, to compare it with its inputs) is not an input: a hole, named
+        // in the docs, so that a rebuild over old objects can hit.
+        if (kind !== "r" && kind !== "d" && outputs.has(path)) continue;
         want(path, kind);
       }
       // The mirror hides what others may not read: every ancestor's attributes count.
@@ -267,10 +287,17 @@ export class ActionCache {
       const interpreter = await interpreterOf(path);
       if (interpreter !== null && !this.#private(interpreter)) want(interpreter, "r");
     }
+    const seen = typeof reads.hashes === "object" && reads.hashes !== null ? reads.hashes : {};
     const out: [string, ReadKind, string][] = [];
     for (const [path, kinds] of [...wanted].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       for (const kind of [...kinds].sort()) {
         const state = await this.#state(path, kind, startedMs);
+        // The worker's mirror may hold an older version (outside the tree, a
+        // change the master does not watch): the job's output is from that one.
+        const hash = Object.hasOwn(seen, path) ? seen[path] : undefined;
+        if (kind === "r" && hash !== undefined && !state.endsWith(` ${hash}`)) {
+          throw new StaleRead(path);
+        }
         out.push([path, kind, state]);
       }
     }
@@ -508,40 +535,6 @@ export class ActionCache {
       this.stats.evicted++;
     }
   }
-}
-
-/** How long a job's stdin may take to end for the job to be cached (make -j's closed pipes end at once). */
-const STDIN_SETTLE_MS = 100;
-/** Bytes of stdin a cached job may have had. */
-const STDIN_BYTES_MAX = 1 * 2 ** 20;
-
-/**
- * The hash of a job's whole stdin when it ends soon (GNU make gives all but
- * one parallel job a pipe that is already closed), for the key; null when it
- * does not end soon or is too long: such a job is not cached.
- */
-export async function settledStdin(
-  stdin: { follow(listener: (chunk: Uint8Array) => void): () => void },
-): Promise<string | null> {
-  const chunks: Uint8Array[] = [];
-  let bytes = 0;
-  const ended = Promise.withResolvers<boolean>();
-  const unfollow = stdin.follow((chunk) => {
-    if (chunk.length === 0) ended.resolve(true);
-    bytes += chunk.length;
-    if (bytes > STDIN_BYTES_MAX) ended.resolve(false);
-    else chunks.push(chunk);
-  });
-  const timer = setTimeout(() => ended.resolve(false), STDIN_SETTLE_MS);
-  try {
-    if (!(await ended.promise)) return null;
-  } finally {
-    clearTimeout(timer);
-    unfollow();
-  }
-  const hash = createHash("sha256");
-  for (const c of chunks) hash.update(c);
-  return `stdin:${hash.digest("hex")}`;
 }
 
 /** `#!` scripts' interpreter or an ELF executable's loader (PT_INTERP); null for anything else. */

@@ -30,7 +30,7 @@ import {
   type ActionCacheStats,
   NotCacheable,
   OUTPUT_BYTES_MAX,
-  settledStdin,
+  StaleRead,
 } from "./action_cache.ts";
 import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
@@ -619,12 +619,10 @@ export class Master implements AsyncDisposable {
       return await this.#runLocal(request, io, true, false);
     }
 
-    let action: string | null = null;
-    if (this.#actions !== null && rules.cacheable(request.argv, request.shell === true)) {
-      // Its stdin is an input too: only one that ends at once is cached.
-      const stdin = io.stdin === null ? "" : await settledStdin(io.stdin);
-      if (stdin !== null) action = this.#actions.key(request.argv, request.cwd, request.env, stdin);
-    }
+    // With stdin or without: a job that reads its stdin is cached only without.
+    const action = this.#actions !== null && rules.cacheable(request.argv, request.shell === true)
+      ? this.#actions.key(request.argv, request.cwd, request.env, io.stdin === null ? "" : "stdin")
+      : null;
     if (action !== null) {
       const code = await this.#replay(action, io);
       if (code !== null) return { code };
@@ -839,8 +837,20 @@ export class Master implements AsyncDisposable {
       try {
         if (reply.killedBy) throw new NotCacheable(`killed by the sandbox (${reply.killedBy})`);
         if (output.bytes > OUTPUT_BYTES_MAX) throw new NotCacheable("too much output");
-        reads = await this.#actions.states(reply.reads!, startedMs);
+        if (io.stdin !== null && reply.reads?.complete && reply.reads.stdin !== false) {
+          throw new NotCacheable("the job read its stdin");
+        }
+        const set = parts.merge(reply.resultSet) as Partial<ResultSet>;
+        const outputs = new Set(
+          [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),
+        );
+        reads = await this.#actions.states(reply.reads!, startedMs, outputs);
       } catch (err) {
+        if (err instanceof StaleRead) {
+          // Its output came from an old version: tell the mirrors, run it again.
+          await this.#flushChanges([err.path]);
+          throw new RpcError("ESTALE", `${worker.address}: ${err.message}`);
+        }
         notCached = (err as Error).message;
       }
     }

@@ -82,7 +82,7 @@ async function writeProject(tree: string, outside: string): Promise<void> {
 }
 
 /** Every object equal to one compiled here, locally, from the tree as it is now. */
-async function checkAgainstLocal(tree: string, ref: string): Promise<void> {
+async function checkAgainstLocal(tree: string, ref: string, what = ""): Promise<void> {
   await Deno.mkdir(ref, { recursive: true });
   for (const name of SOURCES) {
     const local = await runIn(tree, [
@@ -98,7 +98,10 @@ async function checkAgainstLocal(tree: string, ref: string): Promise<void> {
       `${ref}/${name}.o`,
     ]);
     assert.equal(local.code, 0, local.stderr);
-    assert.ok(await sameBytes(`${tree}/${name}.o`, `${ref}/${name}.o`), `${name}.o as built here`);
+    assert.ok(
+      await sameBytes(`${tree}/${name}.o`, `${ref}/${name}.o`),
+      `${what}: ${name}.o as built here`,
+    );
   }
 }
 
@@ -138,7 +141,7 @@ Deno.test("action cache: hits after make clean, misses on every changed input, b
         `${what}: hits and misses (${JSON.stringify(after)})`,
       );
       assert.equal(after.notStored, before.notStored, `${what}: ${after.lastNotStored}`);
-      await checkAgainstLocal(tree, `${dir}/ref`);
+      await checkAgainstLocal(tree, `${dir}/ref`, what);
     };
 
     await build("first build", { hits: 0, misses: 3 });
@@ -207,7 +210,8 @@ Deno.test("action cache: hits after make clean, misses on every changed input, b
     assert.ok(c.misses >= after.misses + 3, "a new environment: every compile misses");
   } finally {
     await farm.stop();
-    await Deno.remove(dir, { recursive: true });
+    if (Deno.env.get("KEEP")) console.log(dir);
+    else await Deno.remove(dir, { recursive: true });
   }
 });
 
@@ -236,7 +240,11 @@ Deno.test("action cache: a failing compile is replayed with its exit status and 
       const after = await counts(farm);
       assert.equal(r.code, 1);
       assert.equal(r.stderr, direct.stderr, "gcc's own message, byte for byte");
-      assert.equal(after.hits - before.hits, i, i === 0 ? "first: a miss" : "then: a hit");
+      assert.equal(
+        after.hits - before.hits,
+        i,
+        `${i === 0 ? "first: a miss" : "then: a hit"} (${after.lastNotStored})`,
+      );
     }
 
     const sh = `${farm.binDir}/termite-sh`;
@@ -257,6 +265,7 @@ Deno.test("action cache: a failing compile is replayed with its exit status and 
     assert.equal(after.hits - before.hits, 0, "a file added: a miss");
   } finally {
     await farm.stop();
-    await Deno.remove(dir, { recursive: true });
+    if (Deno.env.get("KEEP")) console.log(dir);
+    else await Deno.remove(dir, { recursive: true });
   }
 });

@@ -213,8 +213,17 @@ export class JobRunner {
       throw err;
     }
     let reads: ReadSet | undefined;
-    if (recording) reads = await tracer!.end(recording);
-    else if (params.record === true) {
+    if (recording) {
+      reads = await tracer!.end(recording);
+      // What the job saw: the master refuses to cache a run over a stale file.
+      if (reads.complete) {
+        reads.hashes = {};
+        for (const [path, kinds] of reads.entries) {
+          const hash = kinds.includes("r") ? mirror.fs.hashOf(path) : undefined;
+          if (hash !== undefined) reads.hashes[path] = hash;
+        }
+      }
+    } else if (params.record === true) {
       reads = { complete: false, why: tracer?.deadReason ?? "this worker records no reads" };
     }
     return { outcome, resultSet, inline, staleSeen, collectMs, reads };

@@ -31,8 +31,6 @@ export const TRACE_PATH_CHARS_MAX = 198;
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_EMPTY_PATH = 0x1000;
-const O_ACCMODE = 3;
-const O_WRONLY = 1;
 const O_CREAT = 0o100;
 const O_EXCL = 0o200;
 const O_TRUNC = 0o1000;
@@ -49,6 +47,7 @@ export class ReadSetBuilder {
   #procs = new Map<number, Proc>();
   #paths = new Map<string, Set<ReadKind>>();
   #incomplete: string | undefined;
+  #stdin = false;
 
   /** The job's first process starts in `cwd` (the launcher's chdir is traced too). */
   constructor(readonly cwd: string) {}
@@ -74,7 +73,12 @@ export class ReadSetBuilder {
         return;
       }
       case "f":
+        // A copy of stdin may be read under another number: count it as read.
+        if (toInt32(e.a1) === 0) this.#stdin = true;
         if (e.ret >= 0) proc.fds.delete(e.ret);
+        return;
+      case "i":
+        this.#stdin = true;
         return;
       case "X":
         return this.fail("a call that cannot be followed (openat2, file handles, pidfd_getfd)");
@@ -104,9 +108,14 @@ export class ReadSetBuilder {
         if (e.ret < 0) return this.#note(path, (flags & O_NOFOLLOW) !== 0 ? "l" : "s");
         proc.fds.set(e.ret, path);
         if ((flags & O_PATH) !== 0) return this.#note(path, "s");
-        const writeOnly = (flags & O_ACCMODE) === O_WRONLY &&
-          ((flags & O_TRUNC) !== 0 || (flags & (O_CREAT | O_EXCL)) === (O_CREAT | O_EXCL));
-        if (writeOnly) return this.#note(parentOfPath(path), "s");
+        // Made or emptied whatever was there: nothing of the old content is read
+        // (`as` opens its output O_RDWR|O_CREAT|O_TRUNC).
+        const fresh = (flags & (O_CREAT | O_TRUNC)) === (O_CREAT | O_TRUNC) ||
+          (flags & (O_CREAT | O_EXCL)) === (O_CREAT | O_EXCL);
+        if (fresh) return this.#note(parentOfPath(path), "s");
+        if ((flags & O_TRUNC) !== 0) return this.#note(path, "s");
+        // Anything else keeps the old content (an append, a write in place:
+        // the result holds the whole file), read or not.
         return this.#note(path, "r");
       }
       case "x":
@@ -132,7 +141,7 @@ export class ReadSetBuilder {
     const entries: [string, ReadKind[]][] = [...this.#paths]
       .map(([p, kinds]) => [p, [...kinds].sort()] as [string, ReadKind[]])
       .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    return { complete: true, entries };
+    return { complete: true, entries, stdin: this.#stdin };
   }
 
   #proc(tgid: number): Proc {

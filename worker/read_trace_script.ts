@@ -110,14 +110,30 @@ const CALLS: Call[] = [
   { name: "file_getattr", kind: "r", path: "filename", dfd: "dfd" },
   { name: "file_setattr", kind: "r", path: "filename", dfd: "dfd" },
   // Descriptors we cannot name, calls we cannot follow.
-  { name: "dup", kind: "f", exit: true },
-  { name: "dup2", kind: "f", exit: true },
-  { name: "dup3", kind: "f", exit: true },
+  { name: "dup", kind: "f", dfd: "fildes", exit: true },
+  { name: "dup2", kind: "f", dfd: "oldfd", exit: true },
+  { name: "dup3", kind: "f", dfd: "oldfd", exit: true },
   { name: "openat2", kind: "X" },
   { name: "name_to_handle_at", kind: "X" },
   { name: "open_by_handle_at", kind: "X" },
   { name: "pidfd_getfd", kind: "X" },
   { name: "open_tree", kind: "X" },
+];
+
+/** Calls that read a descriptor, and the argument naming it. */
+const STDIN_READS: [string, string][] = [
+  ["read", "fd"],
+  ["readv", "fd"],
+  ["pread64", "fd"],
+  ["preadv", "fd"],
+  ["preadv2", "fd"],
+  ["splice", "fd_in"],
+  ["sendfile64", "in_fd"],
+  ["copy_file_range", "fd_in"],
+  ["tee", "fdin"],
+  ["recvfrom", "fd"],
+  ["recvmsg", "fd"],
+  ["mmap", "fd"],
 ];
 
 /**
@@ -173,10 +189,16 @@ export function traceScript(
   // fcntl: only the duplicating commands (F_DUPFD 0, F_DUPFD_CLOEXEC 1030).
   out.push(
     `tracepoint:syscalls:sys_enter_fcntl /${filter} && (args->cmd == 0 || args->cmd == 1030)/ {\n` +
-      `  @fd[tid] = 1;\n}`,
+      `  @fd[tid] = args->fd + 1;\n}`,
     `tracepoint:syscalls:sys_exit_fcntl /@fd[tid]/ {\n` +
-      `  printf("E %llu %d f %lld -100 0 %s${end}\\n", ${cg}, pid, (int64)args->ret, "");\n` +
+      `  printf("E %llu %d f %lld %lld 0 %s${end}\\n", ${cg}, pid, (int64)args->ret, ` +
+      `@fd[tid] - 1, "");\n` +
       `  delete(@fd[tid]);\n}`,
+    // Reads of stdin (fd 0): a job that reads what its wrapper sent is not cached.
+    ...STDIN_READS.map(([call, fd]) =>
+      `tracepoint:syscalls:sys_enter_${call} /${filter} && args->${fd} == 0/ {\n` +
+      `  printf("E %llu %d i 0 0 0 %s${end}\\n", ${cg}, pid, "");\n}`
+    ),
     `tracepoint:sched:sched_process_fork /${filter}/ {\n` +
       `  printf("E %llu %d F 0 %d 0 %s${end}\\n", ${cg}, args->parent_pid, args->child_pid, "");\n}`,
     `tracepoint:syscalls:sys_enter_statx /pid == ${workerPid} && ` +
