@@ -49,7 +49,7 @@ export class ReadSetBuilder {
   #incomplete: string | undefined;
   #stdin = false;
 
-  /** The job's first process starts in `cwd` (the launcher's chdir is traced too). */
+  /** `cwd`: the job's; its first process's chdir there is traced (and taken from the trace). */
   constructor(readonly cwd: string) {}
 
   /** Marks the recording incomplete (the first reason is kept). */
@@ -147,8 +147,9 @@ export class ReadSetBuilder {
   #proc(tgid: number): Proc {
     let proc = this.#procs.get(tgid);
     if (proc === undefined) {
-      // The first process of the job: the launcher's child, which chdirs to the cwd.
-      proc = { cwd: this.#procs.size === 0 ? this.cwd : undefined, fds: new Map() };
+      // A process not seen forking: the job's first (the launcher's child,
+      // whose chdir to the job's cwd is traced) or one whose fork was lost.
+      proc = { cwd: undefined, fds: new Map() };
       if (this.#procs.size >= PROCESSES_MAX) this.fail("too many processes");
       else this.#procs.set(tgid, proc);
     }

@@ -18,6 +18,8 @@ import { TRACE_MARK_DIR, traceScript } from "./read_trace_script.ts";
 const TRACER_START_MS = 180_000;
 /** How long a marker may take to come back. */
 const MARK_MS = 10_000;
+/** Events kept per job (sorted by time when it ends); beyond, its recording is incomplete. */
+const EVENTS_MAX = 1_000_000;
 /** Bytes of trace output buffered before a line ends. */
 const LINE_BYTES_MAX = 4096;
 
@@ -35,7 +37,7 @@ export interface ReadTracerOptions {
 export class Recording {
   readonly builder: ReadSetBuilder;
   cgroupId: string | null = null;
-  events = 0;
+  events: { t: bigint; event: TraceEvent }[] = [];
 
   constructor(cwd: string) {
     this.builder = new ReadSetBuilder(cwd);
@@ -134,7 +136,11 @@ export class ReadTracer {
         for (let i = 0; i < 2 && recording.builder.incomplete === undefined; i++) {
           await this.#mark();
         }
-        if (recording.events === 0) recording.builder.fail("no events traced for the job");
+        if (recording.events.length === 0) recording.builder.fail("no events traced for the job");
+        // In the order they happened (a process moved to another CPU writes
+        // to another buffer, read in any order).
+        recording.events.sort((a, b) => (a.t < b.t ? -1 : a.t > b.t ? 1 : 0));
+        for (const { event } of recording.events) recording.builder.add(event);
       }
       if (this.#dead !== null) recording.builder.fail(this.#dead);
       return recording.builder.result();
@@ -204,18 +210,22 @@ export class ReadTracer {
       if (recording === undefined) return;
       if (!line.endsWith(end)) return recording.builder.fail("a path with a newline in it");
       const fields = line.slice(sp1 + 1, line.length - end.length).split(" ");
-      if (fields.length < 6) return recording.builder.fail(`a bad trace line: ${line}`);
-      const [tgid, kind, ret, a1, a2] = fields;
-      const event: TraceEvent = {
-        tgid: Number(tgid),
-        kind,
-        ret: Number(ret),
-        a1: Number(a1),
-        a2: Number(a2),
-        path: fields.slice(5).join(" "),
-      };
-      recording.events++;
-      recording.builder.add(event);
+      if (fields.length < 7) return recording.builder.fail(`a bad trace line: ${line}`);
+      const [ns, tgid, kind, ret, a1, a2] = fields;
+      if (recording.events.length >= EVENTS_MAX) {
+        return recording.builder.fail("too many events");
+      }
+      recording.events.push({
+        t: BigInt(ns),
+        event: {
+          tgid: Number(tgid),
+          kind,
+          ret: Number(ret),
+          a1: Number(a1),
+          a2: Number(a2),
+          path: fields.slice(6).join(" "),
+        },
+      });
     } else if (line.startsWith("M ")) {
       if (!line.endsWith(end)) return;
       const path = line.slice(2, line.length - end.length);

@@ -3,7 +3,8 @@
  * system call of a job's processes (uid `nobody` in a per-job pids cgroup),
  * printed as one line per event for {@linkcode parseTraceLine}.
  *
- * A line: `E <cgroup id> <tgid> <kind> <ret> <a1> <a2> <path>`; the path is
+ * A line: `E <cgroup id> <ns> <tgid> <kind> <ret> <a1> <a2> <path>`, ns the
+ * monotonic time (per-CPU buffers are read in any order: events are sorted); the path is
  * printed with `%r` (non-printable bytes as `\xNN`, so no path can forge a
  * line) from a fixed buffer of {@linkcode TRACE_PATH_BYTES}: a path without
  * its NUL in there is too long to record (the recording is then incomplete).
@@ -167,7 +168,7 @@ export function traceScript(
     if (!c.exit) {
       out.push(
         `tracepoint:syscalls:sys_enter_${c.name} /${filter}/ {\n` +
-          `  printf("E %llu %d ${c.kind} 0 %lld %lld %s${end}\\n", ${cg}, pid, ${a1}, ${a2}, ${path});\n}`,
+          `  printf("E %llu %llu %d ${c.kind} 0 %lld %lld %s${end}\\n", ${cg}, nsecs, pid, ${a1}, ${a2}, ${path});\n}`,
       );
       continue;
     }
@@ -181,7 +182,7 @@ export function traceScript(
         `  @p${id}[tid] = ${c.path ? `args->${c.path}` : "0"}; @a${id}[tid] = ${a1};` +
         ` @b${id}[tid] = ${a2}; @s${id}[tid] = 1;\n}`,
       `tracepoint:syscalls:sys_exit_${c.name} /@s${id}[tid]/ {\n` +
-        `  printf("E %llu %d ${c.kind} %lld %lld %lld %s${end}\\n", ${cg}, pid, (int64)args->ret, ` +
+        `  printf("E %llu %llu %d ${c.kind} %lld %lld %lld %s${end}\\n", ${cg}, nsecs, pid, (int64)args->ret, ` +
         `@a${id}[tid], @b${id}[tid], ${c.path ? `str(@p${id}[tid])` : path});\n` +
         `  delete(@p${id}[tid]); delete(@a${id}[tid]); delete(@b${id}[tid]); delete(@s${id}[tid]);\n}`,
     );
@@ -191,16 +192,16 @@ export function traceScript(
     `tracepoint:syscalls:sys_enter_fcntl /${filter} && (args->cmd == 0 || args->cmd == 1030)/ {\n` +
       `  @fd[tid] = args->fd + 1;\n}`,
     `tracepoint:syscalls:sys_exit_fcntl /@fd[tid]/ {\n` +
-      `  printf("E %llu %d f %lld %lld 0 %s${end}\\n", ${cg}, pid, (int64)args->ret, ` +
+      `  printf("E %llu %llu %d f %lld %lld 0 %s${end}\\n", ${cg}, nsecs, pid, (int64)args->ret, ` +
       `@fd[tid] - 1, "");\n` +
       `  delete(@fd[tid]);\n}`,
     // Reads of stdin (fd 0): a job that reads what its wrapper sent is not cached.
     ...STDIN_READS.map(([call, fd]) =>
       `tracepoint:syscalls:sys_enter_${call} /${filter} && args->${fd} == 0/ {\n` +
-      `  printf("E %llu %d i 0 0 0 %s${end}\\n", ${cg}, pid, "");\n}`
+      `  printf("E %llu %llu %d i 0 0 0 %s${end}\\n", ${cg}, nsecs, pid, "");\n}`
     ),
     `tracepoint:sched:sched_process_fork /${filter}/ {\n` +
-      `  printf("E %llu %d F 0 %d 0 %s${end}\\n", ${cg}, args->parent_pid, args->child_pid, "");\n}`,
+      `  printf("E %llu %llu %d F 0 %d 0 %s${end}\\n", ${cg}, nsecs, args->parent_pid, args->child_pid, "");\n}`,
     `tracepoint:syscalls:sys_enter_statx /pid == ${workerPid} && ` +
       `strncmp(str(args->filename, ${
         TRACE_MARK_DIR.length + 1
