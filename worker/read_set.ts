@@ -187,6 +187,12 @@ function toInt32(n: number): number {
  * the kernel resolves physically (through symlinks), as the master will.
  */
 export function tidy(path: string): string {
+  if (
+    path.startsWith("/") && !path.includes("//") && !path.includes("/./") &&
+    !path.endsWith("/.") && (path.length === 1 || !path.endsWith("/"))
+  ) {
+    return path;
+  }
   const parts = path.split("/").filter((p) => p !== "" && p !== ".");
   return "/" + parts.join("/");
 }

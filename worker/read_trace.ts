@@ -37,7 +37,7 @@ export interface ReadTracerOptions {
 export class Recording {
   readonly builder: ReadSetBuilder;
   cgroupId: string | null = null;
-  events: { t: bigint; event: TraceEvent }[] = [];
+  events: { t: number; event: TraceEvent }[] = [];
 
   constructor(cwd: string) {
     this.builder = new ReadSetBuilder(cwd);
@@ -139,7 +139,7 @@ export class ReadTracer {
         if (recording.events.length === 0) recording.builder.fail("no events traced for the job");
         // In the order they happened (a process moved to another CPU writes
         // to another buffer, read in any order).
-        recording.events.sort((a, b) => (a.t < b.t ? -1 : a.t > b.t ? 1 : 0));
+        recording.events.sort((a, b) => a.t - b.t);
         for (const { event } of recording.events) recording.builder.add(event);
       }
       if (this.#dead !== null) recording.builder.fail(this.#dead);
@@ -216,7 +216,7 @@ export class ReadTracer {
         return recording.builder.fail("too many events");
       }
       recording.events.push({
-        t: BigInt(ns),
+        t: Number(ns), // exact below 2^53 ns: 104 days of uptime; past it, merely rounded
         event: {
           tgid: Number(tgid),
           kind,
