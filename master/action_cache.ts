@@ -19,6 +19,7 @@
 import { createHash } from "node:crypto";
 import type { ReadKind, ReadSet } from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
+import { openRegular } from "../common/regular_file.ts";
 import type { HashCache } from "./hash_cache.ts";
 
 /** Default cap on the cache's bytes on disk (entries and contents). */
@@ -51,6 +52,8 @@ export interface ActionOutput {
   exitCode: number;
   /** What the run took (worker and apply), for the time-saved figure. */
   ranMs: number;
+  /** It read its stdin (then /dev/null: such an entry serves only jobs without one). */
+  readStdin?: boolean;
 }
 
 interface Entry {
@@ -63,6 +66,7 @@ interface Entry {
   stderr: string;
   exitCode: number;
   ranMs: number;
+  readStdin: boolean;
 }
 
 interface Indexed {
@@ -174,14 +178,13 @@ export class ActionCache {
   }
 
   /** The key of a command: argv, cwd, environment (minus the ignored variables), the salt. */
-  /** `stdin`: "" when the job has none (/dev/null), "stdin" when it has one. */
-  key(argv: string[], cwd: string, env: Record<string, string>, stdin = ""): string {
+  key(argv: string[], cwd: string, env: Record<string, string>): string {
     const ignored = new Set(this.#o.ignoredEnv ?? IGNORED_ENV_DEFAULT);
     const vars = Object.entries(env)
       .filter(([k]) => !ignored.has(k) && !IGNORED_ENV_PREFIXES.some((p) => k.startsWith(p)))
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     return createHash("sha256")
-      .update(JSON.stringify([ENTRY_FORMAT, this.#o.salt ?? "", argv, cwd, vars, stdin]))
+      .update(JSON.stringify([ENTRY_FORMAT, this.#o.salt ?? "", argv, cwd, vars]))
       .digest("hex");
   }
 
@@ -189,12 +192,14 @@ export class ActionCache {
    * The output to replay for `key`, when one entry's every input is as it
    * was; null otherwise (a miss). Blobs: `blobPath(hash)`.
    */
-  async lookup(key: string): Promise<ActionOutput | null> {
+  async lookup(key: string, hasStdin = false): Promise<ActionOutput | null> {
     const list = this.#byKey.get(key) ?? [];
     const states = new Map<string, string>();
     for (const indexed of [...list].reverse()) {
       const entry = await this.#readEntry(indexed.file);
       if (entry === null || entry.key !== key) continue;
+      // It read /dev/null: a job with a stdin might read something else.
+      if (entry.readStdin && hasStdin) continue;
       let same = true;
       for (const [path, kind, state] of entry.reads) {
         const id = `${kind}\0${path}`;
@@ -341,6 +346,7 @@ export class ActionCache {
       stderr: toBase64(output.stderr),
       exitCode: output.exitCode,
       ranMs: output.ranMs,
+      readStdin: output.readStdin === true,
     };
     const body = JSON.stringify(entry);
     const text = `${sha256(new TextEncoder().encode(body))}\n${body}`;
@@ -541,9 +547,12 @@ export class ActionCache {
 export async function interpreterOf(path: string): Promise<string | null> {
   let head: Uint8Array;
   try {
-    const info = await Deno.stat(path);
+    const real = await Deno.realPath(path);
+    const info = await Deno.lstat(real);
     if (!info.isFile || ((info.mode ?? 0) & 0o111) === 0) return null;
-    using file = await Deno.open(path);
+    // Only the regular file it was (never a FIFO put there since: no open blocks).
+    using regular = await openRegular(real, info);
+    using file = await regular.open();
     head = new Uint8Array(4096);
     const n = await file.read(head);
     head = head.subarray(0, n ?? 0);

@@ -619,9 +619,10 @@ export class Master implements AsyncDisposable {
       return await this.#runLocal(request, io, true, false);
     }
 
-    // With stdin or without: a job that reads its stdin is cached only without.
+    // Not its stdin: a job that read the stdin it was sent is not cached, one
+    // that read /dev/null is replayed only to jobs without a stdin.
     const action = this.#actions !== null && rules.cacheable(request.argv, request.shell === true)
-      ? this.#actions.key(request.argv, request.cwd, request.env, io.stdin === null ? "" : "stdin")
+      ? this.#actions.key(request.argv, request.cwd, request.env)
       : null;
     if (action !== null) {
       const code = await this.#replay(action, io);
@@ -912,6 +913,7 @@ export class Master implements AsyncDisposable {
           stderr: concat(output[2]),
           exitCode,
           ranMs: performance.now() - t0,
+          readStdin: reply.reads?.complete === true && reply.reads.stdin !== false,
         }).catch((err) => this.#actions?.notStored((err as Error).message));
       }
     }
@@ -942,7 +944,7 @@ export class Master implements AsyncDisposable {
   /** Replays a cached run of the command when its inputs are unchanged; null: run it. */
   async #replay(key: string, io: JobIo): Promise<number | null> {
     const actions = this.#actions!;
-    const hit = await actions.lookup(key);
+    const hit = await actions.lookup(key, io.stdin !== null);
     if (hit === null) return null;
     try {
       const outcome = await applyResultSet(hit.resultSet, {

@@ -86,6 +86,14 @@ Deno.test("ActionCache: a stored run hits while its inputs hold, misses when one
     await Deno.writeTextFile(`${tree}/inc/a.h`, "#define A 2\n");
     assert.equal(await cache.lookup(key), null, "a header changed");
     assert.equal((await Deno.stat(`${dir}/cache`)).mode! & 0o777, 0o700);
+
+    // A run that read its stdin (/dev/null) serves only jobs without a stdin.
+    await Deno.writeTextFile(`${tree}/inc/a.h`, "#define A 1\n");
+    const key2 = cache.key(["gcc", "-"], tree, {});
+    const out2 = { ...output(tree, await sha256(`${tree}/a.o`)), readStdin: true };
+    await cache.store(key2, await cache.states(reads, started), out2);
+    assert.equal(await cache.lookup(key2, true), null, "a job with a stdin: a miss");
+    assert.ok(await cache.lookup(key2, false), "a job without: a hit");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

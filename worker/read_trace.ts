@@ -133,8 +133,12 @@ export class ReadTracer {
     try {
       if (recording.cgroupId === null) recording.builder.fail("the job's cgroup is unknown");
       else {
-        for (let i = 0; i < 2 && recording.builder.incomplete === undefined; i++) {
-          await this.#mark();
+        try {
+          for (let i = 0; i < 2 && recording.builder.incomplete === undefined; i++) {
+            await this.#mark();
+          }
+        } catch (err) {
+          recording.builder.fail((err as Error).message);
         }
         if (recording.events.length === 0) recording.builder.fail("no events traced for the job");
         // In the order they happened (a process moved to another CPU writes
@@ -168,9 +172,6 @@ export class ReadTracer {
     try {
       await Deno.stat(`${TRACE_MARK_DIR}/${name}`).catch(() => {});
       await seen.promise;
-    } catch (err) {
-      this.#die((err as Error).message);
-      throw err;
     } finally {
       clearTimeout(timer);
       this.#marks.delete(name);
