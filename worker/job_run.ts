@@ -28,6 +28,8 @@ import { sendResultParts } from "./result_parts.ts";
 const INLINE_FILE_BYTES_MAX = 128 * 1024;
 /** ...up to this much in all (a reply is one RPC frame, at most FRAME_BYTES_MAX). */
 const INLINE_BYTES_MAX = 512 * 1024;
+/** Bytes of a read set in the reply (about; the frame is 1 MiB, inline results up to 512 KiB). */
+const READS_BYTES_MAX = 384 * 1024;
 /** Free space below which a failed job is blamed on the worker's disk. */
 const DISK_FREE_BYTES_MIN = 16 * 2 ** 20;
 
@@ -218,9 +220,15 @@ export class JobRunner {
       // What the job saw: the master refuses to cache a run over a stale file.
       if (reads.complete) {
         reads.hashes = {};
+        let bytes = 0;
         for (const [path, kinds] of reads.entries) {
           const hash = kinds.includes("r") ? mirror.fs.hashOf(path) : undefined;
           if (hash !== undefined) reads.hashes[path] = hash;
+          bytes += 2 * path.length + 96;
+        }
+        // The reply is one frame, shared with the inline results.
+        if (bytes > READS_BYTES_MAX) {
+          reads = { complete: false, why: `read set too large for the reply (${bytes} bytes)` };
         }
       }
     } else if (params.record === true) {
