@@ -5,6 +5,7 @@
  * a clean local build; hits and misses are read from the master's status.
  */
 import assert from "node:assert/strict";
+import { buildLines } from "../common/monitor_text.ts";
 import { Farm, ROOT, runIn } from "../farm/mod.ts";
 
 async function tempDir(prefix: string): Promise<string> {
@@ -263,6 +264,12 @@ Deno.test("action cache: a failing compile is replayed with its exit status and 
     assert.equal(await list(), "a\nb\n", "the new file is listed");
     after = await counts(farm);
     assert.equal(after.hits - before.hits, 0, "a file added: a miss");
+
+    // The figures on the build page and in the monitor's summary line.
+    const page = await (await fetch(`http://127.0.0.1:${farm.statusPort}/`)).text();
+    assert.match(page, /id="sum-cached"><b>2<\/b> replayed from the action cache/);
+    const status = await farm.status();
+    assert.match(buildLines(status)[0], /2 replayed from cache \(\d+ misses/);
   } finally {
     await farm.stop();
     if (Deno.env.get("KEEP")) console.log(dir);
