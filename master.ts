@@ -82,6 +82,15 @@ const FLAGS: FlagSpecs = {
     defaultText: "none",
     help: "serve a status page (jobs run remotely and locally, per worker) on 127.0.0.1:N",
   },
+  "no-action-cache": {
+    type: "boolean",
+    help: "run every command again, even when its inputs are unchanged (no action cache)",
+  },
+  "action-cache-max": {
+    type: "string",
+    help: "bytes the action cache may take in the cache dir",
+    defaultText: "2G",
+  },
   "no-local-fallback": {
     type: "boolean",
     help: "fail a job that no worker could run instead of running it here",
@@ -130,6 +139,8 @@ await runRole("master", ports, async () => {
     jobTimeoutMs: options.jobTimeoutMs,
     jobSilenceMs: options.jobSilenceMs,
     localFallback: !flags.boolean("no-local-fallback"),
+    actionCache: !flags.boolean("no-action-cache"),
+    actionCacheBytesMax: flags.bytes("action-cache-max"),
     statusPort,
   });
   console.error(

@@ -94,6 +94,11 @@ const FLAGS: FlagSpecs = {
     type: "boolean",
     help: "jobs share this host's network (by default each has only a loopback of its own)",
   },
+  "record-reads": {
+    type: "boolean",
+    help: "record what jobs read (one bpftrace, needs tracefs and BTF), so that masters can " +
+      "cache their results (the action cache)",
+  },
 };
 
 const flags = parseRoleFlags("worker", Deno.args, {
@@ -158,6 +163,7 @@ await runRole("worker", ports, async () => {
     jobDiskBytesMax: flags.bytes("job-disk-max"),
     favorCgroupMigrations: !flags.boolean("no-favor-dynmods"),
     jobNetwork: flags.boolean("job-network"),
+    recordReads: flags.boolean("record-reads"),
   };
   const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({

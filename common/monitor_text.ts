@@ -66,7 +66,12 @@ export function buildLines(s: MasterStatus): string[] {
     `(${b.onWorkers} on workers, ${b.waitingOrLocal} waiting or here), ` +
     `${formatCount(b.finished)} finished, ${formatRate(b.jobsPerSecond)}, ` +
     `${formatCount(b.retried)} retried, ${formatCount(b.local.total)} here, ` +
-    `${formatCount(b.failed)} ran nowhere, ${formatBytes(b.bytesFetched)} fetched`,
+    `${formatCount(b.failed)} ran nowhere, ${formatBytes(b.bytesFetched)} fetched` +
+    (b.cached
+      ? `, ${formatCount(b.cached.hits)} replayed from cache (${
+        formatCount(b.cached.misses)
+      } misses, ${formatDuration(b.cached.savedMs)} saved)`
+      : ""),
   ];
   const width = Math.max(0, ...s.workers.map((w) => terminalSafe(w.address).length));
   for (const w of s.workers) {

@@ -56,6 +56,8 @@ export interface JobParams {
   reset: boolean;
   /** Heartbeat interval the master wants (ms); the worker clamps it to [250, JOB_HEARTBEAT_MS]. */
   heartbeatMs?: number;
+  /** Record what the job reads (for the master's action cache); see `JobReply.reads`. */
+  record?: boolean;
 }
 
 /** Whether `params` has the shape of {@linkcode JobParams}' command (the one check of it). */
@@ -91,7 +93,28 @@ export interface JobReply {
   timings?: Record<string, number>;
   /** The mirror's counters after the job (lookups, lookupsWaited, fetches...). */
   mirror?: Record<string, number>;
+  /** What the job looked at, when the master asked (`JobParams.record`). */
+  reads?: ReadSet;
 }
+
+/**
+ * How a job looked at a path: `r` its content (open, exec), `s` its
+ * attributes (stat, access; symlinks followed), `l` the name itself (lstat,
+ * readlink: a symlink's target), `d` the directory's listing.
+ */
+export type ReadKind = "r" | "s" | "l" | "d";
+
+/** A job's read set as its worker recorded it; untrusted (a worker may lie). */
+export type ReadSet =
+  | {
+    complete: true;
+    entries: [string, ReadKind[]][];
+    /** Whether the job read its stdin (fd 0, or a copy of it). */
+    stdin?: boolean;
+    /** Content hashes the worker's mirror held for files read (those it can name). */
+    hashes?: Record<string, string>;
+  }
+  | { complete: false; why: string };
 
 export interface JobStdinParams {
   jobId: string;

@@ -65,6 +65,14 @@ export function renderBuild(status) {
       formatBytes(b.bytesServed)
     } served</span>`,
   ];
+  if (b.cached) {
+    summary.push(
+      `<span id="sum-cached"><b>${formatCount(b.cached.hits)}</b> replayed from the action ` +
+        `cache (${formatCount(b.cached.misses)} misses, ${
+          formatDuration(b.cached.savedMs)
+        } saved; ${formatCount(b.cached.notStored)} not cacheable)</span>`,
+    );
+  }
   const running = table({
     id: "running",
     headers: ["Command", "Running for"],

@@ -24,7 +24,26 @@ export interface LocalRule {
   local: boolean;
   /** Skip the rescan for changes after the command (it changes nothing mirrors care about). */
   skipRefresh?: boolean;
+  /**
+   * Whether the action cache may replay the command (master/action_cache.ts).
+   * A rule with `cache` and no `local` decides caching only.
+   */
+  cache?: boolean;
 }
+
+/** Commands the action cache takes by default (by argv[0]'s base name, not through a shell). */
+export const CACHED_TOOLS_DEFAULT: readonly string[] = [
+  "gcc",
+  "g++",
+  "cc",
+  "c++",
+  "clang",
+  "clang++",
+  "as",
+  "ld",
+  "ar",
+  "ranlib",
+];
 
 export const LOCALRC_NAME = ".termite-localrc";
 /** A larger `.termite-localrc` is refused. */
@@ -74,10 +93,15 @@ export function distrust(info: Deno.FileInfo, uid: number): string | null {
 
 export class LocalRules {
   #rules: { re: RE2JS; rule: LocalRule }[];
+  #cacheRules: { re: RE2JS; rule: LocalRule }[];
 
   /** @throws {LocalRulesError} a regexp RE2 cannot compile. */
-  constructor(rules: LocalRule[], source = "local rules") {
+  constructor(rules: LocalRule[], source = "local rules", cacheOnly: LocalRule[] = []) {
     this.#rules = rules.map((rule, i) => ({ re: compileRule(rule.regexp, source, i), rule }));
+    this.#cacheRules = [
+      ...cacheOnly.map((rule, i) => ({ re: compileRule(rule.regexp, source, i), rule })),
+      ...this.#rules,
+    ].filter((r) => r.rule.cache !== undefined);
   }
 
   /**
@@ -112,19 +136,43 @@ export class LocalRules {
     if (!Array.isArray(data)) {
       throw new LocalRulesError(`Cannot use ${path}: expected a JSON list of rules`);
     }
-    const rules: LocalRule[] = data.map((r, i) => {
+    const rules: LocalRule[] = [];
+    const cacheOnly: LocalRule[] = [];
+    data.forEach((r, i) => {
       if (typeof r?.regexp !== "string") {
         throw new LocalRulesError(`Cannot use ${path}: rule ${i} has no "regexp" string`);
       }
-      return { regexp: r.regexp, local: r.local !== false, skipRefresh: r.skipRefresh === true };
+      if (r.cache !== undefined && typeof r.cache !== "boolean") {
+        throw new LocalRulesError(`Cannot use ${path}: rule ${i} has a "cache" that is no boolean`);
+      }
+      const rule: LocalRule = {
+        regexp: r.regexp,
+        local: r.local !== false,
+        skipRefresh: r.skipRefresh === true,
+        cache: r.cache,
+      };
+      if (r.cache !== undefined && r.local === undefined) cacheOnly.push(rule);
+      else rules.push(rule);
     });
     // The defaults still apply, after the file's own rules.
-    return new LocalRules([...rules, ...DEFAULT_RULES], path);
+    return new LocalRules([...rules, ...DEFAULT_RULES], path, cacheOnly);
   }
 
   match(commandLine: string): LocalRule | undefined {
     for (const { re, rule } of this.#rules) if (re.test(commandLine)) return rule;
     return undefined;
+  }
+
+  /**
+   * Whether the action cache takes a command: the first rule with `cache`
+   * that matches, else the default tools ({@linkcode CACHED_TOOLS_DEFAULT}).
+   */
+  cacheable(argv: string[], shell: boolean): boolean {
+    const commandLine = shell ? argv[2] ?? "" : argv.join(" ");
+    for (const { re, rule } of this.#cacheRules) if (re.test(commandLine)) return rule.cache!;
+    if (shell) return false;
+    const tool = argv[0].slice(argv[0].lastIndexOf("/") + 1);
+    return CACHED_TOOLS_DEFAULT.includes(tool);
   }
 }
 

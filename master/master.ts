@@ -9,7 +9,8 @@ import type { FileAttr } from "../common/types.ts";
 import { MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
 import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
-import { type ControlPaths, ResultSetError, STAGING_DIR } from "./apply.ts";
+import { applyResultSet, type ControlPaths, ResultSetError, STAGING_DIR } from "./apply.ts";
+import { ActionCache } from "./action_cache.ts";
 import { Beneath } from "./beneath.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
@@ -95,6 +96,7 @@ export class Master implements AsyncDisposable {
     jobsRunning: 0,
     retries: 0,
     jobsOutside: 0,
+    jobsCached: 0,
     localByCause: {},
     bytesServed: 0,
     bytesReceived: 0,
@@ -120,6 +122,7 @@ export class Master implements AsyncDisposable {
   #tree: Beneath;
   #control: ControlPaths;
   #closed = false;
+  #actions: ActionCache | null = null;
 
   private constructor(
     options: MasterOptions,
@@ -212,6 +215,19 @@ export class Master implements AsyncDisposable {
       throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
     }
     const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
+    if (options.actionCache !== false) {
+      master.#actions = await ActionCache.open({
+        dir: `${cacheDir}/actions-${rootKey}`,
+        root,
+        hashCache,
+        bytesMax: options.actionCacheBytesMax,
+        // What the workers are shown is part of what a job sees.
+        salt: JSON.stringify(options.exclusions ?? DEFAULT_EXCLUSIONS),
+        log: (m) => master.#log(m),
+      });
+      master.stats.actionCache = master.#actions.stats;
+      master.#remote.actions = master.#actions;
+    }
     master.#startWatchingTree();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
@@ -371,6 +387,15 @@ export class Master implements AsyncDisposable {
       return await this.#runLocal(request, io, true, false);
     }
 
+    // Not its stdin: a job that read the stdin it was sent is not cached, one
+    // that read /dev/null is replayed only to jobs without a stdin.
+    const action = this.#actions !== null && rules.cacheable(request.argv, request.shell === true)
+      ? this.#actions.key(request.argv, request.cwd, request.env)
+      : null;
+    if (action !== null) {
+      const code = await this.#replay(action, io);
+      if (code !== null) return { code };
+    }
     if (this.#pool === null) {
       if (this.#options.localFallback !== false) return await this.#runLocalSlot(request, io);
       this.stats.jobsFailed++;
@@ -383,7 +408,7 @@ export class Master implements AsyncDisposable {
       if (attempt > 0) this.stats.retries++;
       const hold = new OutputHold(io);
       try {
-        const code = await this.#runOn(worker, request, io, hold);
+        const code = await this.#runOn(worker, request, io, hold, action);
         await hold.flush();
         this.stats.jobsRemote++;
         worker.jobsDone++;
@@ -492,8 +517,43 @@ export class Master implements AsyncDisposable {
     return this.#remote.workerStats(worker);
   }
 
-  #runOn(worker: PooledWorker, request: JobRequest, io: JobIo, hold: OutputHold): Promise<number> {
-    return this.#remote.runOn(worker, request, io, hold);
+  #runOn(
+    worker: PooledWorker,
+    request: JobRequest,
+    io: JobIo,
+    hold: OutputHold,
+    action: string | null = null,
+  ): Promise<number> {
+    return this.#remote.runOn(worker, request, io, hold, action);
+  }
+
+  /** Replays a cached run of the command when its inputs are unchanged; null: run it. */
+  async #replay(key: string, io: JobIo): Promise<number | null> {
+    const actions = this.#actions!;
+    const hit = await actions.lookup(key, io.stdin !== null);
+    if (hit === null) return null;
+    try {
+      const outcome = await applyResultSet(hit.resultSet, {
+        writableRoot: this.root,
+        tree: this.#tree,
+        control: this.#control,
+        hashCache: this.#hashCache,
+        entriesMax: this.#options.resultEntriesMax,
+        fetchBlob: async (hash, sink) => {
+          using file = await Deno.open(actions.blobPath(hash));
+          for await (const chunk of file.readable) await sink.write(chunk);
+        },
+      });
+      await this.#flushChanges(outcome.touched, outcome.hashes);
+    } catch (err) {
+      // A missing or corrupt content fails the whole set: nothing was changed.
+      this.#log(`cannot replay a cached result: ${(err as Error).message}`);
+      return null;
+    }
+    if (hit.stdout.length > 0) await io.stdout(hit.stdout);
+    if (hit.stderr.length > 0) await io.stderr(hit.stderr);
+    this.stats.jobsCached++;
+    return hit.exitCode;
   }
 
   #runLocal(

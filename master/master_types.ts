@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { ActionCacheStats } from "./action_cache.ts";
 import type { FallbackCause } from "./dispatch.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 
@@ -43,6 +44,10 @@ export interface MasterOptions {
   slotWaitMs?: number;
   /** Wait this long for the first worker list at start. */
   startWaitMs?: number;
+  /** Replay commands whose inputs are unchanged (master/action_cache.ts); default true. */
+  actionCache?: boolean;
+  /** Bytes the action cache may take in the cache dir; default 2 GiB. */
+  actionCacheBytesMax?: number;
   log?: (message: string) => void;
   /** The coordinator holds another secret (before any worker list arrived). */
   onSecretMismatch?: (error: Error) => void;
@@ -94,4 +99,7 @@ export interface MasterStats {
   bytesServed: number;
   bytesReceived: number;
   perWorker: Record<string, WorkerJobStats>;
+  /** Jobs replayed from the action cache (no worker, no local run). */
+  jobsCached: number;
+  actionCache?: ActionCacheStats;
 }

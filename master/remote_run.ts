@@ -13,7 +13,9 @@ import {
   type JobReply,
   WorkerMethods,
 } from "../common/protocol.ts";
+import type { ResultSet } from "../common/types.ts";
 import { RpcError } from "../rpc/mod.ts";
+import { type ActionCache, NotCacheable, OUTPUT_BYTES_MAX, StaleRead } from "./action_cache.ts";
 import { applyResultSet, type ControlPaths, ResultParts, ResultSetError } from "./apply.ts";
 import type { Beneath } from "./beneath.ts";
 import type { ChangeLog } from "./change_log.ts";
@@ -69,6 +71,8 @@ export class RemoteRunner {
   #sync: TreeSync;
   #log: (message: string) => void;
   #jobSeq = 0;
+  /** Where runs of cacheable commands are stored (set once the master opened it). */
+  actions: ActionCache | null = null;
 
   constructor(o: RemoteRunnerOptions) {
     this.root = o.root;
@@ -84,8 +88,14 @@ export class RemoteRunner {
   }
 
   /** One attempt of `request` on `worker`: its exit code; throws when the attempt failed. */
-  runOn(worker: PooledWorker, request: JobRequest, io: JobIo, hold: OutputHold): Promise<number> {
-    return this.#runOn(worker, request, io, hold);
+  runOn(
+    worker: PooledWorker,
+    request: JobRequest,
+    io: JobIo,
+    hold: OutputHold,
+    action: string | null = null,
+  ): Promise<number> {
+    return this.#runOn(worker, request, io, hold, action);
   }
 
   /** The master's counters of `worker`. */
@@ -116,9 +126,13 @@ export class RemoteRunner {
     request: JobRequest,
     io: JobIo,
     hold: OutputHold,
+    action: string | null,
   ): Promise<number> {
     const now = () => DEBUG_TIMINGS ? performance.now() : 0; // for the log only
     const t0 = now();
+    const started = action !== null ? performance.now() : 0;
+    const startedMs = Date.now();
+    const output = { 1: [] as Uint8Array[], 2: [] as Uint8Array[], bytes: 0 };
     this.#syncTree();
     const tSynced = now();
     await this.#flushChanges();
@@ -137,6 +151,7 @@ export class RemoteRunner {
       updates,
       reset,
       heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
+      record: action !== null,
     };
     // A worker that falls silent (no output, no heartbeat) is given up on,
     // once the master itself has been listening for SILENCE_GRACE_MS past
@@ -178,6 +193,10 @@ export class RemoteRunner {
           const c = chunk as JobChunk;
           if (typeof c !== "object" || c === null) return;
           if ("fd" in c && c.data instanceof Uint8Array) {
+            if (action !== null && output.bytes <= OUTPUT_BYTES_MAX) {
+              output[c.fd === 1 ? 1 : 2].push(c.data.slice());
+              output.bytes += c.data.length;
+            }
             await hold.write(c.fd === 1 ? 1 : 2, c.data);
           } else if ("rs" in c) parts.addEntries(c.rs);
           else if ("blobs" in c) parts.addBlobs(c.blobs);
@@ -205,8 +224,34 @@ export class RemoteRunner {
       throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
     }
     worker.cursor = cursor;
+    // The inputs' states, taken before the results change the tree.
+    let reads: Awaited<ReturnType<ActionCache["states"]>> | null = null;
+    let notCached = "";
+    const actions = this.actions;
+    if (action !== null && actions !== null) {
+      try {
+        if (reply.killedBy) throw new NotCacheable(`killed by the sandbox (${reply.killedBy})`);
+        if (output.bytes > OUTPUT_BYTES_MAX) throw new NotCacheable("too much output");
+        if (io.stdin !== null && reply.reads?.complete && reply.reads.stdin !== false) {
+          throw new NotCacheable("the job read its stdin");
+        }
+        const set = parts.merge(reply.resultSet) as Partial<ResultSet>;
+        const outputs = new Set(
+          [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),
+        );
+        reads = await actions.states(reply.reads!, startedMs, outputs);
+      } catch (err) {
+        if (err instanceof StaleRead) {
+          // Its output came from an old version: tell the mirrors, run it again.
+          await this.#flushChanges([err.path]);
+          throw new RpcError("ESTALE", `${worker.address}: ${err.message}`);
+        }
+        notCached = (err as Error).message;
+      }
+    }
+    const merged = parts.merge(reply.resultSet);
     const applyStarted = performance.now();
-    const outcome = await applyResultSet(parts.merge(reply.resultSet), {
+    const outcome = await applyResultSet(merged, {
       writableRoot: this.root,
       tree: this.#tree,
       control: this.#control,
@@ -253,6 +298,19 @@ export class RemoteRunner {
     ws.collectMs += Number(reply.timings?.collectMs) || 0;
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
     await this.#flushChanges(outcome.touched, outcome.hashes);
+    if (action !== null && actions !== null) {
+      if (reads === null) actions.notStored(notCached);
+      else {
+        await actions.store(action, reads, {
+          resultSet: merged as ResultSet,
+          stdout: concat(output[1]),
+          stderr: concat(output[2]),
+          exitCode,
+          ranMs: performance.now() - started,
+          readStdin: reply.reads?.complete === true && reply.reads.stdin !== false,
+        }).catch((err) => actions.notStored((err as Error).message));
+      }
+    }
     if (DEBUG_TIMINGS) {
       const t = reply.timings ?? {};
       const ms = (a: number, b: number) => (b - a).toFixed(1);
@@ -276,4 +334,14 @@ export class RemoteRunner {
     }
     return exitCode;
   }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }

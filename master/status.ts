@@ -72,6 +72,17 @@ export interface MasterStatus {
     /** Result contents fetched from workers, and file contents served to them. */
     bytesFetched: number;
     bytesServed: number;
+    /** The action cache, when on: replayed jobs, misses, their recorded run times. */
+    cached?: {
+      hits: number;
+      misses: number;
+      savedMs: number;
+      stored: number;
+      notStored: number;
+      lastNotStored: string;
+      entries: number;
+      bytes: number;
+    };
   };
   /** Jobs in flight, longest first (where each runs is not known here). */
   running: { command: string; elapsedMs: number }[];
@@ -224,6 +235,7 @@ export class MasterMonitor implements Disposable {
         },
         bytesFetched: stats.bytesReceived,
         bytesServed: stats.bytesServed,
+        ...(stats.actionCache ? { cached: { ...stats.actionCache } } : {}),
       },
       running: this.jobs.running(RUNNING_SHOWN),
       slowest: this.jobs.slowest(),
@@ -448,6 +460,24 @@ export class MasterMonitor implements Disposable {
     const m = this.metrics;
     const stats = () => this.#master.stats;
     const byWorker = { labelNames: ["worker"] };
+    m.collect(
+      "termite_master_action_cache_hits_total",
+      "Jobs replayed from the action cache (inputs unchanged): no worker, no local run.",
+      "counter",
+      () => stats().actionCache?.hits ?? 0,
+    );
+    m.collect(
+      "termite_master_action_cache_misses_total",
+      "Cacheable jobs with no entry whose inputs all held.",
+      "counter",
+      () => stats().actionCache?.misses ?? 0,
+    );
+    m.collect(
+      "termite_master_action_cache_saved_seconds_total",
+      "What the replayed jobs took when they ran.",
+      "counter",
+      () => (stats().actionCache?.savedMs ?? 0) / 1000,
+    );
     m.collect(
       "termite_master_worker_mirror_lookups_total",
       "Lookups in each worker's mirror of this master, as of its last job.",

@@ -58,6 +58,7 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
       options.pidsCgroupRoot,
       spec.processesMax ?? PROCESSES_MAX_DEFAULT,
     );
+    await options.onCgroup?.(cgroup);
     const args = launcherArgs(spec, options, cgroup);
     ({ outcome, measured } = await supervise(launcher, args, spec, options));
     if (outcome.killedBy === undefined && options.onUpper) {

@@ -135,6 +135,8 @@ export interface RunJobOptions extends SandboxOptions {
    * `lowerDir` on to {@linkcode collectResultSet}.
    */
   onUpper?(upperDir: string, lowerDir: string, outcome: JobOutcome): Promise<void>;
+  /** Told the job's pids cgroup directory before the job starts; `null`: none. */
+  onCgroup?(dir: string | null): Promise<void>;
   /**
    * Given, the clean-up after the job (removing its directory and cgroup) is
    * handed over here instead of awaited, so that the outcome returns sooner;

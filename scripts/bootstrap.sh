@@ -6,7 +6,8 @@
 # Fast when all are present.
 #
 # --test also installs what only the tests use: Debian's chromium (the
-# dashboard's browser test) and promtool (checks /metrics), the latter
+# dashboard's browser test), bpftrace (the action cache's recorder, which a
+# worker needs only with --record-reads) and promtool (checks /metrics), the latter
 # unpacked from Debian's prometheus package into .cache/tools/ so that no
 # Prometheus server gets installed and started.
 set -euo pipefail
@@ -43,6 +44,13 @@ if $test_tools && ! command -v chromium >/dev/null 2>&1; then
   echo "bootstrap: apt-get install chromium (for the tests)" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
+# bpftrace: what a worker started with --record-reads (the action cache) traces jobs with.
+if $test_tools && ! command -v bpftrace >/dev/null 2>&1; then
+  echo "bootstrap: apt-get install bpftrace (the action cache's recorder, for the tests)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bpftrace >/dev/null
 fi
 
 if $test_tools && ! command -v promtool >/dev/null 2>&1 && [ ! -x .cache/tools/bin/promtool ]; then

@@ -16,17 +16,21 @@ import {
   JOB_HEARTBEAT_MS,
   type JobParams,
   type JobReply,
+  type ReadSet,
 } from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
 import { type CallContext, RpcError } from "../rpc/mod.ts";
 import { collectResultSet, type JobOutcome, runJob } from "../sandbox/mod.ts";
 import { type Mirror, safeName } from "./mirrors.ts";
+import type { ReadTracer } from "./read_trace.ts";
 import { sendResultParts } from "./result_parts.ts";
 
 /** Result files up to this size travel inline in the job's reply... */
 const INLINE_FILE_BYTES_MAX = 128 * 1024;
 /** ...up to this much in all (a reply is one RPC frame, at most FRAME_BYTES_MAX). */
 const INLINE_BYTES_MAX = 512 * 1024;
+/** Bytes of a read set in the reply (about; the frame is 1 MiB, inline results up to 512 KiB). */
+const READS_BYTES_MAX = 384 * 1024;
 /** Free space below which a failed job is blamed on the worker's disk. */
 const DISK_FREE_BYTES_MIN = 16 * 2 ** 20;
 
@@ -51,6 +55,8 @@ export interface JobRunnerOptions {
   log(message: string): void;
   /** Keeps background work (a job's clean-up) to wait for at close. */
   track(work: Promise<void>): void;
+  /** Records what jobs read when the master asks (`JobParams.record`); absent: never. */
+  tracer?: ReadTracer;
 }
 
 /** Result files kept for the reply, by hash. */
@@ -67,6 +73,7 @@ interface SandboxRun {
   /** Whether the job's stderr reported a stale file handle. */
   staleSeen: boolean;
   collectMs: number;
+  reads?: ReadSet;
 }
 
 /** Throws BAD_REQUEST unless `params` is a job (`JobParams`). */
@@ -151,6 +158,7 @@ export class JobRunner {
         sandboxMs: sandboxEnded - started - collectMs,
       },
       mirror: { ...mirror.fs.stats },
+      reads: ran.reads,
     };
   }
 
@@ -190,7 +198,64 @@ export class JobRunner {
     // Small results travel in the reply itself: no store write, no fetch.
     const inline: Inline = { blobs: {}, bytes: 0 };
     let collectMs = 0;
-    const outcome = await runJob({
+    const tracer = options.tracer;
+    const recording = params.record === true ? tracer?.begin(params.cwd) ?? null : null;
+    let outcome: JobOutcome;
+    try {
+      outcome = await this.#runJob(mirror, params, ctx, stdin, timeoutMs, {
+        onCgroup: (dir) => recording ? tracer!.attach(recording, dir) : Promise.resolve(),
+        onStderr: (data) => {
+          if (!staleSeen) staleSeen = staleText(data);
+        },
+        onCollected: (rs, ms) => {
+          resultSet = rs;
+          collectMs = ms;
+        },
+        inline,
+      });
+    } catch (err) {
+      if (recording) await tracer!.end(recording).catch(() => {});
+      throw err;
+    }
+    let reads: ReadSet | undefined;
+    if (recording) {
+      reads = await tracer!.end(recording);
+      // What the job saw: the master refuses to cache a run over a stale file.
+      if (reads.complete) {
+        reads.hashes = {};
+        let bytes = 0;
+        for (const [path, kinds] of reads.entries) {
+          const hash = kinds.includes("r") ? mirror.fs.hashOf(path) : undefined;
+          if (hash !== undefined) reads.hashes[path] = hash;
+          bytes += 2 * path.length + 96;
+        }
+        // The reply is one frame, shared with the inline results.
+        if (bytes > READS_BYTES_MAX) {
+          reads = { complete: false, why: `read set too large for the reply (${bytes} bytes)` };
+        }
+      }
+    } else if (params.record === true) {
+      reads = { complete: false, why: tracer?.deadReason ?? "this worker records no reads" };
+    }
+    return { outcome, resultSet, inline, staleSeen, collectMs, reads };
+  }
+
+  #runJob(
+    mirror: Mirror,
+    params: JobParams,
+    ctx: CallContext,
+    stdin: AsyncIterable<Uint8Array> | undefined,
+    timeoutMs: number,
+    hooks: {
+      onCgroup(dir: string | null): Promise<void>;
+      onStderr(data: Uint8Array): void;
+      onCollected(resultSet: ResultSet, collectMs: number): void;
+      inline: Inline;
+    },
+  ): Promise<JobOutcome> {
+    const options = this.#options;
+    const inline = hooks.inline;
+    return runJob({
       argv: params.argv,
       cwd: params.cwd,
       env: params.env,
@@ -207,9 +272,10 @@ export class JobRunner {
       network: options.jobNetwork ? "host" : "none",
       signal: ctx.signal,
       deferCleanup: (cleanup) => options.track(cleanup),
+      onCgroup: hooks.onCgroup,
       onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
       onStderr: (data) => {
-        if (!staleSeen) staleSeen = staleText(data);
+        hooks.onStderr(data);
         return ctx.sendChunk({ fd: 2, data });
       },
       onUpper: async (upper, lowerDir, ended) => {
@@ -217,22 +283,21 @@ export class JobRunner {
         if (ended.exitCode !== 0) await this.throwIfDiskFull();
         const t = performance.now();
         try {
-          resultSet = await collectResultSet(
+          const resultSet = await collectResultSet(
             upper,
             mirror.writableRoot,
             (path) => this.#putResult(path, inline),
             { lowerDir },
           );
+          hooks.onCollected(resultSet, performance.now() - t);
         } catch (err) {
           if (isNoSpace(err)) {
             throw new RpcError("NOSPACE", `No space left on this worker to store the results`);
           }
           throw err;
         }
-        collectMs = performance.now() - t;
       },
     });
-    return { outcome, resultSet, inline, staleSeen, collectMs };
   }
 
   /**

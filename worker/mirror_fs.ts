@@ -262,6 +262,16 @@ export class MirrorFs implements FileSystem {
   }
 
   /** Where the mirror is mounted (from init), if known. */
+  /**
+   * The content hash this mirror holds for the regular file at `path` (no
+   * symlink on the way), if cached: what a job read there. The action cache
+   * checks it against the master's own.
+   */
+  hashOf(path: string): string | undefined {
+    const attr = this.#cache.find(path)?.attr;
+    return attr?.kind === "file" ? attr.hash : undefined;
+  }
+
   get mountpoint(): string | undefined {
     return this.#mountpoint;
   }

@@ -29,6 +29,7 @@ import {
   removeTree,
 } from "../sandbox/mod.ts";
 import { checkJobParams, JobRunner, startHeartbeat } from "./job_run.ts";
+import { ReadTracer } from "./read_trace.ts";
 import { JobStdin } from "./job_stdin.ts";
 import { type Mirror, Mirrors, MIRRORS_MAX_DEFAULT, removeStaleMirrors } from "./mirrors.ts";
 import { FairSlots, SlotsFullError } from "./slots.ts";
@@ -74,6 +75,11 @@ export interface WorkerOptions {
    * per job here); see sandbox/cgroup_tuning.ts. Default true.
    */
   favorCgroupMigrations?: boolean;
+  /**
+   * Record what jobs read when their master asks (for its action cache): one
+   * bpftrace process for the worker's life (worker/read_trace.ts). Default false.
+   */
+  recordReads?: boolean;
   log?: (message: string) => void;
   /** The coordinator holds another secret (before this worker ever registered). */
   onSecretMismatch?: (error: Error) => void;
@@ -103,6 +109,8 @@ export class Worker implements AsyncDisposable {
   #idleTimer?: ReturnType<typeof setInterval>;
   #closed = false;
   #dynmods: DynmodsMount | null = null;
+  #tracer: ReadTracer | null = null;
+  #tracerStarting: Promise<void> = Promise.resolve();
   stats = { jobs: 0, jobsFailed: 0, blobsServed: 0 };
 
   private constructor(options: WorkerOptions, store: Store) {
@@ -119,7 +127,20 @@ export class Worker implements AsyncDisposable {
       mirrorsMax: options.mirrorsMax,
       log,
     });
-    this.#jobs = new JobRunner({ ...options, store, log, track: (work) => this.#track(work) });
+    if (options.recordReads) {
+      this.#tracer = new ReadTracer({ cacheDir: `${options.cacheDir}/trace`, log });
+      // Compiling the probes takes seconds (10-30 here): the worker registers after.
+      this.#tracerStarting = this.#tracer.start().catch((err) =>
+        log(`cannot record reads: ${err.message}`)
+      );
+    }
+    this.#jobs = new JobRunner({
+      ...options,
+      store,
+      log,
+      track: (work) => this.#track(work),
+      tracer: this.#tracer ?? undefined,
+    });
   }
 
   static async start(options: WorkerOptions): Promise<Worker> {
@@ -157,6 +178,7 @@ export class Worker implements AsyncDisposable {
       handlers: (peer) => worker.#handlers(peer),
       log: (m) => worker.#log(m),
     });
+    await worker.#tracerStarting;
     if (options.coordinator) worker.#register(options.coordinator);
     const idleMs = options.mirrorIdleMs ?? 10 * 60_000;
     worker.#idleTimer = setInterval(
@@ -344,6 +366,7 @@ export class Worker implements AsyncDisposable {
     clearInterval(this.#idleTimer);
     await this.#registration?.close();
     await this.#server.close();
+    await this.#tracer?.close();
     await Promise.allSettled([...this.#background]);
     await this.#mirrors.close();
     this.#store.close();

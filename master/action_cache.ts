@@ -1,0 +1,617 @@
+/**
+ * The action cache: a command run before with the same argv, cwd and
+ * environment, whose every input is unchanged, is not run again; its result
+ * set, output and exit status are replayed here, without a worker.
+ *
+ * The inputs are what the worker recorded the job looking at (its read set:
+ * worker/read_set.ts), each path's state taken here, by the master, from its
+ * own file system and hash cache: a file's content hash, an absence (with its
+ * errno), a directory's listing, a symlink's target, the attributes a stat
+ * or access saw. A lookup takes the same states again and hits only when
+ * every one is equal. Entries are files under the master's private cache dir,
+ * each with its SHA-256 in front (a corrupt one is removed, never applied);
+ * result contents are kept beside them by hash (and verified again when
+ * applied). The whole is capped in bytes, least recently used first out.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import type { ReadKind, ReadSet } from "../common/protocol.ts";
+import type { ResultSet } from "../common/types.ts";
+import { openRegular } from "../common/regular_file.ts";
+import type { HashCache } from "./hash_cache.ts";
+
+/** Default cap on the cache's bytes on disk (entries and contents). */
+export const ACTION_CACHE_BYTES_MAX = 2 * 2 ** 30;
+/** Entries kept per key (same command, different inputs); the oldest goes first. */
+export const ENTRIES_PER_KEY_MAX = 4;
+/** Output bytes (stdout + stderr) of a job that can be cached. */
+export const OUTPUT_BYTES_MAX = 1 * 2 ** 20;
+/** Paths in one entry's read set. */
+export const READS_MAX = 50_000;
+/** Result files of one entry. */
+const RESULT_FILES_MAX = 1_000;
+/** Bytes of one entry's result contents. */
+const RESULT_BYTES_MAX = 256 * 2 ** 20;
+/** Environment variables left out of the key by default: they change from run to run. */
+export const IGNORED_ENV_DEFAULT: readonly string[] = ["MAKEFLAGS", "MFLAGS", "MAKELEVEL"];
+/** Prefixes of variables left out of the key (the wrapper's own). */
+export const IGNORED_ENV_PREFIXES: readonly string[] = ["TERMITE_"];
+/** Private to each job on a worker (its own /proc, /dev, /sys, /tmp): not inputs. */
+const JOB_PRIVATE = ["/proc", "/dev", "/sys", "/tmp"];
+const ENTRY_FORMAT = "termite-action-v1";
+/** Logs why each entry missed. */
+const DEBUG = Deno.env.get("TERMITE_DEBUG_ACTIONS") !== undefined;
+
+/** What a job produced, as replayed. */
+export interface ActionOutput {
+  resultSet: ResultSet;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  exitCode: number;
+  /** What the run took (worker and apply), for the time-saved figure. */
+  ranMs: number;
+  /** It read its stdin (then /dev/null: such an entry serves only jobs without one). */
+  readStdin?: boolean;
+}
+
+interface Entry {
+  format: string;
+  key: string;
+  /** [path, kind, state] */
+  reads: [string, ReadKind, string][];
+  resultSet: ResultSet;
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  ranMs: number;
+  readStdin: boolean;
+}
+
+interface Indexed {
+  key: string;
+  file: string;
+  bytes: number;
+  blobs: string[];
+  usedMs: number;
+}
+
+export interface ActionCacheStats {
+  hits: number;
+  misses: number;
+  stored: number;
+  /** Jobs whose result could not be cached (incomplete recording, a race, too big). */
+  notStored: number;
+  /** Time the hits would have taken, by their recorded runs. */
+  savedMs: number;
+  corrupt: number;
+  evicted: number;
+  entries: number;
+  bytes: number;
+  /** The last reason a result was not stored. */
+  lastNotStored: string;
+}
+
+export interface ActionCacheOptions {
+  /** The cache's directory (created 0700). */
+  dir: string;
+  /** The tree's root: its /tmp paths are inputs even though /tmp is private to jobs. */
+  root: string;
+  hashCache: HashCache;
+  bytesMax?: number;
+  /** Variables left out of the key; default {@linkcode IGNORED_ENV_DEFAULT}. */
+  ignoredEnv?: readonly string[];
+  /** What else changes what a job sees (the master's exclusions): part of every key. */
+  salt?: string;
+  log?(message: string): void;
+}
+
+/** Why a result was not stored. */
+export class NotCacheable extends Error {
+  override name = "NotCacheable";
+}
+
+/** The worker read an older version of a file than the master holds: its mirror is stale there. */
+export class StaleRead extends NotCacheable {
+  override name = "StaleRead";
+  constructor(readonly path: string) {
+    super(`the worker read another version of ${path}`);
+  }
+}
+
+export class ActionCache {
+  readonly #o: ActionCacheOptions;
+  readonly #bytesMax: number;
+  readonly #byKey = new Map<string, Indexed[]>();
+  readonly #blobRefs = new Map<string, number>();
+  readonly #blobBytes = new Map<string, number>();
+  #bytes = 0;
+  readonly stats: ActionCacheStats = {
+    hits: 0,
+    misses: 0,
+    stored: 0,
+    notStored: 0,
+    savedMs: 0,
+    corrupt: 0,
+    evicted: 0,
+    entries: 0,
+    bytes: 0,
+    lastNotStored: "",
+  };
+
+  private constructor(options: ActionCacheOptions) {
+    this.#o = options;
+    this.#bytesMax = options.bytesMax ?? ACTION_CACHE_BYTES_MAX;
+  }
+
+  /** Opens (or creates) the cache, checking every entry; corrupt ones are removed. */
+  static async open(options: ActionCacheOptions): Promise<ActionCache> {
+    const cache = new ActionCache(options);
+    await Deno.mkdir(`${options.dir}/entries`, { recursive: true, mode: 0o700 });
+    await Deno.mkdir(`${options.dir}/blobs`, { recursive: true, mode: 0o700 });
+    await Deno.chmod(options.dir, 0o700);
+    for await (const e of Deno.readDir(`${options.dir}/entries`)) {
+      const file = `${options.dir}/entries/${e.name}`;
+      if (!e.isFile || !/^[0-9a-f]{64}\.[0-9a-f]{16}$/.test(e.name)) {
+        await Deno.remove(file, { recursive: true }).catch(() => {});
+        continue;
+      }
+      const entry = await cache.#readEntry(file);
+      if (entry === null) continue;
+      const info = await Deno.stat(file);
+      cache.#index({
+        key: entry.key,
+        file,
+        bytes: info.size,
+        blobs: entry.resultSet.files.map((f) => f.hash),
+        usedMs: info.mtime?.getTime() ?? 0,
+      });
+    }
+    for await (const e of Deno.readDir(`${options.dir}/blobs`)) {
+      const file = `${options.dir}/blobs/${e.name}`;
+      if (!cache.#blobRefs.has(e.name)) await Deno.remove(file).catch(() => {});
+      else cache.#countBlob(e.name, (await Deno.stat(file)).size);
+    }
+    await cache.#evict();
+    return cache;
+  }
+
+  /** The key of a command: argv, cwd, environment (minus the ignored variables), the salt. */
+  key(argv: string[], cwd: string, env: Record<string, string>): string {
+    const ignored = new Set(this.#o.ignoredEnv ?? IGNORED_ENV_DEFAULT);
+    const vars = Object.entries(env)
+      .filter(([k]) => !ignored.has(k) && !IGNORED_ENV_PREFIXES.some((p) => k.startsWith(p)))
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return createHash("sha256")
+      .update(JSON.stringify([ENTRY_FORMAT, this.#o.salt ?? "", argv, cwd, vars]))
+      .digest("hex");
+  }
+
+  /**
+   * The output to replay for `key`, when one entry's every input is as it
+   * was; null otherwise (a miss). Blobs: `blobPath(hash)`.
+   */
+  async lookup(key: string, hasStdin = false): Promise<ActionOutput | null> {
+    const list = this.#byKey.get(key) ?? [];
+    const states = new Map<string, string>();
+    for (const indexed of [...list].reverse()) {
+      const entry = await this.#readEntry(indexed.file);
+      if (entry === null || entry.key !== key) continue;
+      // It read /dev/null: a job with a stdin might read something else.
+      if (entry.readStdin && hasStdin) continue;
+      let same = true;
+      for (const [path, kind, state] of entry.reads) {
+        const id = `${kind}\0${path}`;
+        let now = states.get(id);
+        if (now === undefined) {
+          now = await this.#state(path, kind);
+          states.set(id, now);
+        }
+        if (now !== state) {
+          if (DEBUG) this.#o.log?.(`action cache miss on ${path} (${kind}): ${state} → ${now}`);
+          same = false;
+          break;
+        }
+      }
+      if (!same) continue;
+      if (!(await this.#blobsPresent(entry))) continue;
+      this.stats.hits++;
+      this.stats.savedMs += entry.ranMs;
+      indexed.usedMs = Date.now();
+      const now = new Date();
+      await Deno.utime(indexed.file, now, now).catch(() => {});
+      return {
+        resultSet: entry.resultSet,
+        stdout: fromBase64(entry.stdout),
+        stderr: fromBase64(entry.stderr),
+        exitCode: entry.exitCode,
+        ranMs: entry.ranMs,
+      };
+    }
+    this.stats.misses++;
+    return null;
+  }
+
+  /** Where a result content is kept. */
+  blobPath(hash: string): string {
+    if (!/^[0-9a-f]{64}$/.test(hash)) throw new Error(`Bad hash: ${hash}`);
+    return `${this.#o.dir}/blobs/${hash}`;
+  }
+
+  /**
+   * The states of a job's read set, taken now: call it after the job ended
+   * and before its results are applied. Throws {@linkcode NotCacheable} when
+   * the recording is incomplete or an input changed since `startedMs` (the
+   * job may have seen it either way).
+   */
+  async states(
+    reads: ReadSet,
+    startedMs: number,
+    outputs: ReadonlySet<string> = new Set(),
+  ): Promise<[string, ReadKind, string][]> {
+    if (reads?.complete !== true) {
+      throw new NotCacheable(`recording incomplete: ${String(reads?.why).slice(0, 200)}`);
+    }
+    if (!Array.isArray(reads.entries) || reads.entries.length > READS_MAX) {
+      throw new NotCacheable("a bad or too large read set");
+    }
+    const wanted = new Map<string, Set<ReadKind>>();
+    const want = (path: string, kind: ReadKind) => {
+      let kinds = wanted.get(path);
+      if (!kinds) wanted.set(path, kinds = new Set());
+      kinds.add(kind);
+    };
+    for (const item of reads.entries) {
+      if (!Array.isArray(item) || typeof item[0] !== "string" || !Array.isArray(item[1])) {
+        throw new NotCacheable("a bad read set entry");
+      }
+      const [path, kinds] = item;
+      if (!path.startsWith("/") || path.includes("\0") || path.length > 4096) {
+        throw new NotCacheable(`a bad path in the read set`);
+      }
+      if (this.#private(path)) continue;
+      for (const kind of kinds) {
+        if (!["r", "s", "l", "d"].includes(kind)) throw new NotCacheable("a bad read kind");
+        // Whether the job's own output was already there (gcc stats its -o
+        // file, to compare it with its inputs) is not an input: a hole, named
+        // in the docs, so that a rebuild over old objects can hit.
+        if (kind !== "r" && kind !== "d" && outputs.has(path)) continue;
+        want(path, kind);
+      }
+      // The mirror hides what others may not read: every ancestor's attributes count.
+      if (!path.split("/").includes("..")) {
+        for (let i = path.lastIndexOf("/"); i > 0; i = path.lastIndexOf("/", i - 1)) {
+          want(path.slice(0, i), "s");
+        }
+      }
+    }
+    // What the kernel runs besides the file: a script's interpreter, an ELF's loader.
+    for (const [path, kinds] of [...wanted]) {
+      if (!kinds.has("r")) continue;
+      const interpreter = await interpreterOf(path);
+      if (interpreter !== null && !this.#private(interpreter)) want(interpreter, "r");
+    }
+    const seen = typeof reads.hashes === "object" && reads.hashes !== null ? reads.hashes : {};
+    const out: [string, ReadKind, string][] = [];
+    for (const [path, kinds] of [...wanted].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      for (const kind of [...kinds].sort()) {
+        const state = await this.#state(path, kind, startedMs);
+        // The worker's mirror may hold an older version (outside the tree, a
+        // change the master does not watch): the job's output is from that one.
+        const hash = Object.hasOwn(seen, path) ? seen[path] : undefined;
+        if (kind === "r" && hash !== undefined && !state.endsWith(` ${hash}`)) {
+          throw new StaleRead(path);
+        }
+        out.push([path, kind, state]);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Stores an entry: `reads` from {@linkcode states}, the result set as
+   * applied; each result file's content is copied from the tree (and must
+   * still have its hash).
+   */
+  async store(
+    key: string,
+    reads: [string, ReadKind, string][],
+    output: ActionOutput,
+  ): Promise<void> {
+    const { resultSet } = output;
+    if (output.stdout.length + output.stderr.length > OUTPUT_BYTES_MAX) {
+      throw new NotCacheable("too much output");
+    }
+    if (resultSet.files.length > RESULT_FILES_MAX) throw new NotCacheable("too many result files");
+    let bytes = 0;
+    for (const f of resultSet.files) {
+      bytes += f.size;
+      if (bytes > RESULT_BYTES_MAX) throw new NotCacheable("result files too large");
+      const target = this.blobPath(f.hash);
+      if (this.#blobBytes.has(f.hash)) continue;
+      const content = await Deno.readFile(f.path);
+      if (sha256(content) !== f.hash) throw new NotCacheable(`${f.path} changed after apply`);
+      const tmp = `${target}.${crypto.randomUUID()}.tmp`;
+      await Deno.writeFile(tmp, content, { mode: 0o600 });
+      await Deno.rename(tmp, target);
+      this.#countBlob(f.hash, content.length);
+    }
+    const entry: Entry = {
+      format: ENTRY_FORMAT,
+      key,
+      reads,
+      resultSet,
+      stdout: toBase64(output.stdout),
+      stderr: toBase64(output.stderr),
+      exitCode: output.exitCode,
+      ranMs: output.ranMs,
+      readStdin: output.readStdin === true,
+    };
+    const body = JSON.stringify(entry);
+    const text = `${sha256(new TextEncoder().encode(body))}\n${body}`;
+    const id = sha256(new TextEncoder().encode(JSON.stringify(reads))).slice(0, 16);
+    const file = `${this.#o.dir}/entries/${key}.${id}`;
+    const tmp = `${file}.${crypto.randomUUID()}.tmp`;
+    await Deno.writeTextFile(tmp, text, { mode: 0o600 });
+    await Deno.rename(tmp, file);
+    const list = this.#byKey.get(key) ?? [];
+    const old = list.find((i) => i.file === file);
+    if (old) this.#unindex(old);
+    this.#index({
+      key,
+      file,
+      bytes: text.length,
+      blobs: resultSet.files.map((f) => f.hash),
+      usedMs: Date.now(),
+    });
+    this.stats.stored++;
+    const now = this.#byKey.get(key) ?? [];
+    while (now.length > ENTRIES_PER_KEY_MAX) await this.#drop(now[0]);
+    await this.#evict();
+  }
+
+  /** Counts a job whose result was not stored, and why. */
+  notStored(why: string): void {
+    this.stats.notStored++;
+    this.stats.lastNotStored = why.slice(0, 300);
+  }
+
+  // --- states ---
+
+  #private(path: string): boolean {
+    if (path.split("/").includes("..")) return false;
+    const root = this.#o.root;
+    if (path === root || path.startsWith(`${root}/`)) return false;
+    return JOB_PRIVATE.some((p) => path === p || path.startsWith(`${p}/`));
+  }
+
+  /**
+   * A path's state as `kind` sees it. With `startedMs`: throws NotCacheable
+   * when what was read changed at or after it.
+   */
+  async #state(path: string, kind: ReadKind, startedMs?: number): Promise<string> {
+    let info: Deno.FileInfo;
+    let real = path;
+    try {
+      // Synchronous: hundreds per job, each a few µs; async ones queue behind
+      // the thread pool (0.3 ms each under load, measured).
+      info = Deno.lstatSync(path);
+      if (kind !== "l" && info.isSymlink) {
+        real = Deno.realPathSync(path);
+        info = Deno.lstatSync(real);
+      }
+    } catch (err) {
+      return `-${errorCode(err)}`;
+    }
+    const changed = info.ctime?.getTime() ?? Infinity;
+    const mode = info.mode ?? 0;
+    const owner = `${info.uid} ${info.gid}`;
+    if (info.isSymlink) {
+      let target: string;
+      try {
+        target = Deno.readLinkSync(path);
+      } catch (e) {
+        target = `?${errorCode(e)}`;
+      }
+      if (startedMs !== undefined && changed >= startedMs) {
+        throw new NotCacheable(`${path} changed while the job ran`);
+      }
+      return `l ${target}`;
+    }
+    if (kind === "d") {
+      if (startedMs !== undefined && changed >= startedMs) {
+        throw new NotCacheable(`${path} changed while the job ran`);
+      }
+      const names: string[] = [];
+      try {
+        for (const e of Deno.readDirSync(real)) {
+          names.push(`${e.isDirectory ? "d" : e.isSymlink ? "l" : e.isFile ? "f" : "o"}${e.name}`);
+          if (names.length > READS_MAX) throw new NotCacheable(`${path}: too many entries`);
+        }
+      } catch (err) {
+        if (err instanceof NotCacheable) throw err;
+        return `-${errorCode(err)}`;
+      }
+      names.sort();
+      return `D ${mode} ${owner} ${sha256(new TextEncoder().encode(names.join("\0")))}`;
+    }
+    if (info.isDirectory) return `d ${mode} ${owner}`;
+    if (!info.isFile) return `o ${mode} ${owner}`;
+    if (kind === "r") {
+      if (startedMs !== undefined && changed >= startedMs) {
+        throw new NotCacheable(`${path} changed while the job ran`);
+      }
+      try {
+        return `f ${mode} ${owner} ${await this.#o.hashCache.hash(real, info)}`;
+      } catch (err) {
+        if (startedMs !== undefined) throw new NotCacheable(`${path}: ${errorCode(err)}`);
+        return `-${errorCode(err)}`;
+      }
+    }
+    return `f ${mode} ${owner} ${info.size}`;
+  }
+
+  // --- index, LRU ---
+
+  async #readEntry(file: string): Promise<Entry | null> {
+    try {
+      const text = await Deno.readTextFile(file);
+      const nl = text.indexOf("\n");
+      const body = text.slice(nl + 1);
+      if (nl !== 64 || text.slice(0, 64) !== sha256(new TextEncoder().encode(body))) {
+        throw new Error("checksum mismatch");
+      }
+      const entry = JSON.parse(body) as Entry;
+      if (entry.format !== ENTRY_FORMAT || !file.includes(`/${entry.key}.`)) {
+        throw new Error("not an entry of this cache");
+      }
+      return entry;
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return null;
+      this.stats.corrupt++;
+      this.#o.log?.(`discarding a corrupt action cache entry ${file}: ${errorCode(err)}`);
+      const indexed = [...this.#byKey.values()].flat().find((i) => i.file === file);
+      if (indexed) this.#unindex(indexed);
+      await Deno.remove(file).catch(() => {});
+      return null;
+    }
+  }
+
+  async #blobsPresent(entry: Entry): Promise<boolean> {
+    for (const f of entry.resultSet.files) {
+      if (!this.#blobBytes.has(f.hash)) return false;
+      const info = await Deno.stat(this.blobPath(f.hash)).catch(() => null);
+      if (info?.size !== f.size) return false;
+    }
+    return true;
+  }
+
+  #index(i: Indexed): void {
+    const list = this.#byKey.get(i.key) ?? [];
+    list.push(i);
+    list.sort((a, b) => a.usedMs - b.usedMs);
+    this.#byKey.set(i.key, list);
+    this.#bytes += i.bytes;
+    for (const h of i.blobs) this.#blobRefs.set(h, (this.#blobRefs.get(h) ?? 0) + 1);
+    this.stats.entries++;
+    this.stats.bytes = this.#bytes;
+  }
+
+  #unindex(i: Indexed): string[] {
+    const list = this.#byKey.get(i.key) ?? [];
+    const at = list.indexOf(i);
+    if (at < 0) return [];
+    list.splice(at, 1);
+    if (list.length === 0) this.#byKey.delete(i.key);
+    this.#bytes -= i.bytes;
+    this.stats.entries--;
+    const unused: string[] = [];
+    for (const h of i.blobs) {
+      const n = (this.#blobRefs.get(h) ?? 1) - 1;
+      if (n > 0) this.#blobRefs.set(h, n);
+      else {
+        this.#blobRefs.delete(h);
+        unused.push(h);
+      }
+    }
+    this.stats.bytes = this.#bytes;
+    return unused;
+  }
+
+  #countBlob(hash: string, bytes: number): void {
+    if (this.#blobBytes.has(hash)) return;
+    this.#blobBytes.set(hash, bytes);
+    this.#bytes += bytes;
+    this.stats.bytes = this.#bytes;
+  }
+
+  async #drop(i: Indexed): Promise<void> {
+    for (const h of this.#unindex(i)) {
+      const bytes = this.#blobBytes.get(h);
+      if (bytes !== undefined) {
+        this.#blobBytes.delete(h);
+        this.#bytes -= bytes;
+      }
+      await Deno.remove(this.blobPath(h)).catch(() => {});
+    }
+    this.stats.bytes = this.#bytes;
+    await Deno.remove(i.file).catch(() => {});
+  }
+
+  async #evict(): Promise<void> {
+    if (this.#bytes <= this.#bytesMax) return;
+    const all = [...this.#byKey.values()].flat().sort((a, b) => a.usedMs - b.usedMs);
+    for (const i of all) {
+      if (this.#bytes <= this.#bytesMax) break;
+      await this.#drop(i);
+      this.stats.evicted++;
+    }
+  }
+}
+
+/** `#!` scripts' interpreter or an ELF executable's loader (PT_INTERP); null for anything else. */
+export async function interpreterOf(path: string): Promise<string | null> {
+  let head: Uint8Array;
+  try {
+    const real = await Deno.realPath(path);
+    const info = await Deno.lstat(real);
+    if (!info.isFile || ((info.mode ?? 0) & 0o111) === 0) return null;
+    // Only the regular file it was (never a FIFO put there since: no open blocks).
+    using regular = await openRegular(real, info);
+    using file = await regular.open();
+    head = new Uint8Array(4096);
+    const n = await file.read(head);
+    head = head.subarray(0, n ?? 0);
+  } catch {
+    return null;
+  }
+  if (head[0] === 0x23 && head[1] === 0x21) {
+    const line = new TextDecoder().decode(head.subarray(2, 258)).split("\n")[0].trim();
+    const interp = line.split(/[ \t]/)[0];
+    return interp.startsWith("/") ? interp : null;
+  }
+  // 64-bit little-endian ELF: the program headers.
+  if (head.length < 64 || head[0] !== 0x7f || head[1] !== 0x45 || head[4] !== 2 || head[5] !== 1) {
+    return null;
+  }
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const phoff = Number(view.getBigUint64(32, true));
+  const phentsize = view.getUint16(54, true);
+  const phnum = view.getUint16(56, true);
+  for (let i = 0; i < phnum; i++) {
+    const at = phoff + i * phentsize;
+    if (at + 56 > head.length) return null;
+    if (view.getUint32(at, true) !== 3) continue; // PT_INTERP
+    const offset = Number(view.getBigUint64(at + 8, true));
+    const size = Number(view.getBigUint64(at + 32, true));
+    if (offset + size > head.length || size < 2) return null;
+    return new TextDecoder().decode(head.subarray(offset, offset + size - 1));
+  }
+  return null;
+}
+
+function errorCode(err: unknown): string {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code === "string") return code;
+  return err instanceof Error ? err.name : "error";
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+function fromBase64(text: string): Uint8Array {
+  const s = atob(text);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
