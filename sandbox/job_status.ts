@@ -98,7 +98,12 @@ export function interpret(
   if (report.setupNs !== undefined && Number.isFinite(report.setupNs)) {
     outcome.launcherMs = report.setupNs / 1e6;
   }
-  if (report.tmpLeft !== undefined) outcome.leftInTmp = report.tmpLeft;
+  // A job whose /tmp filled up failed on its own limit: that is its outcome,
+  // not an output to look for on the master (run there, it would fill the
+  // build machine's /tmp).
+  if (report.tmpLeft !== undefined && report.tmpFull === undefined) {
+    outcome.leftInTmp = report.tmpLeft;
+  }
   if (kind === "error") {
     throw new SandboxError(`Cannot start the job: ${rest}`);
   } else if (kind === "exit") {

@@ -988,3 +988,12 @@ Deno.test("runJob() names what a job left in its private /tmp (an output there w
   const dir = await fx.sh("mkdir -p /tmp/a/b");
   assert.equal(dir.outcome.leftInTmp, "/tmp/a");
 });
+
+Deno.test("runJob() does not send a job that filled its /tmp to look for outputs elsewhere", async () => {
+  await using fx = await new Fixture().init();
+  const full = await fx.sh("d=/tmp; head -c 2000000 /dev/zero > $d/fill; echo after $?", {
+    tmpBytesMax: 1_000_000,
+  });
+  assert.match(full.out, /after 1/);
+  assert.equal(full.outcome.leftInTmp, undefined);
+});
