@@ -54,6 +54,19 @@ const FLAGS: FlagSpecs = {
     defaultText: "--host:--port, or the address the coordinator sees for 0.0.0.0",
     help: "address masters should use, when not the one the coordinator sees (NAT, a proxy)",
   },
+  "metrics-host": {
+    type: "string",
+    value: "ADDR",
+    default: "127.0.0.1",
+    help: "address of the Prometheus /metrics listener; 0.0.0.0 (or an address Prometheus " +
+      "reaches) to scrape it from another host",
+  },
+  "metrics-port": {
+    type: "string",
+    value: "N|none",
+    default: "1234",
+    help: "port of the Prometheus /metrics listener; none for no listener",
+  },
   "cache-dir": {
     type: "string",
     value: "DIR",
@@ -147,6 +160,13 @@ try {
   const hostname = flags.string("host")!;
   const port = flags.port("port")!;
   ports.push({ flag: "--port", hostname, port });
+  const metricsHostname = flags.string("metrics-host")!;
+  const metricsPort = flags.string("metrics-port") === "none"
+    ? undefined
+    : flags.port("metrics-port");
+  if (metricsPort !== undefined) {
+    ports.push({ flag: "--metrics-port", hostname: metricsHostname, port: metricsPort });
+  }
   const advertise = flags.hostPort("advertise");
   const secretPath = flags.path("secret")!;
   const options = {
@@ -175,10 +195,14 @@ try {
     port,
     advertise,
     coordinator,
+    metricsHostname,
+    metricsPort,
   });
   const wildcard = advertise === undefined && isUnspecifiedHost(hostname);
   console.error(
-    `termite worker: ${options.jobs} slots, listening as ${worker.address}` +
+    `termite worker: ${options.jobs} slots, ` +
+      (worker.metricsUrl ? `metrics on ${worker.metricsUrl}, ` : "") +
+      `listening as ${worker.address}` +
       (wildcard ? " (masters get the address the coordinator sees it connect from)" : ""),
   );
   await untilSignal();

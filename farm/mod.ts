@@ -44,6 +44,8 @@ export interface FarmProcess {
 export interface FarmWorker extends FarmProcess {
   host: Host | null;
   address: string;
+  /** Its Prometheus /metrics URL (in its host's network namespace when it has one). */
+  metricsUrl: string;
 }
 
 const textDecoder = new TextDecoder();
@@ -258,6 +260,8 @@ export class Farm implements AsyncDisposable {
       ...(useNetns ? ["--advertise", `${address}:${port}`] : []),
       "--cache-dir",
       cacheDir,
+      "--metrics-port",
+      "0",
       ...(o.workerArgs ?? []),
     ];
     // The worker keeps its mounts in a mount namespace of its own; starting it
@@ -286,10 +290,10 @@ export class Farm implements AsyncDisposable {
         ...inner,
       ],
       logDir: this.#logDir,
-      ready: /listening as (\S+)/,
+      ready: /metrics on (\S+), listening as (\S+)/,
       append: restart,
     });
-    return { ...proc, host, address: proc.match[1] };
+    return { ...proc, host, address: proc.match[2], metricsUrl: proc.match[1] };
   }
 
   /** Worker `i`'s cache dir (store, mirrors, jobs). */

@@ -162,6 +162,10 @@ export interface MasterStats {
   localByCause: Partial<Record<FallbackCause, number>>;
   bytesServed: number;
   bytesReceived: number;
+  /** Result contents fetched from workers (calls made; inline ones not counted). */
+  blobsReceived: number;
+  /** Jobs running on this host now (local rules, outside paths, fallbacks). */
+  jobsLocalRunning: number;
   perWorker: Record<string, WorkerJobStats>;
 }
 
@@ -279,6 +283,8 @@ export class Master implements AsyncDisposable {
     localByCause: {},
     bytesServed: 0,
     bytesReceived: 0,
+    blobsReceived: 0,
+    jobsLocalRunning: 0,
     perWorker: {},
   };
   #options: MasterOptions;
@@ -383,6 +389,11 @@ export class Master implements AsyncDisposable {
 
   get workers(): PooledWorker[] {
     return this.#pool?.workers ?? [];
+  }
+
+  /** Jobs waiting for a worker's slot now. */
+  get jobsQueued(): number {
+    return this.#pool?.waiting ?? 0;
   }
 
   get fileServer(): FileServer {
@@ -802,6 +813,7 @@ export class Master implements AsyncDisposable {
         const stalled = new AbortController();
         let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
         try {
+          this.stats.blobsReceived++;
           await worker.peer.call(WorkerMethods.blobGet, { hash }, {
             timeoutMs: 120_000,
             signal: AbortSignal.any([io.signal, stalled.signal]),
@@ -859,6 +871,20 @@ export class Master implements AsyncDisposable {
   }
 
   async #runLocal(
+    request: JobRequest,
+    io: JobIo,
+    refresh: boolean,
+    fallback: boolean,
+  ): Promise<{ code: number; error?: string }> {
+    this.stats.jobsLocalRunning++;
+    try {
+      return await this.#runLocalJob(request, io, refresh, fallback);
+    } finally {
+      this.stats.jobsLocalRunning--;
+    }
+  }
+
+  async #runLocalJob(
     request: JobRequest,
     io: JobIo,
     refresh: boolean,

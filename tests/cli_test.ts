@@ -78,6 +78,8 @@ function roleArgs(role: Role, dir: string, secret: string): string[] {
         "127.0.0.1",
         "--port",
         "0",
+        "--metrics-port",
+        "0",
         "--cache-dir",
         `${dir}/worker-cache`,
       ];
@@ -263,8 +265,14 @@ Deno.test("a port in use is named with its flag, for each port of each role", as
       {
         role: "worker",
         args: [...base("worker"), "--port", port],
-        message: `Cannot listen on 127.0.0.1:${port}: port ${port} is in use ` +
+        message: `Cannot listen on 127.0.0.1:${port} (masters): port ${port} is in use ` +
           `(choose another with --port)`,
+      },
+      {
+        role: "worker",
+        args: [...base("worker"), "--metrics-port", port],
+        message: `Cannot listen on 127.0.0.1:${port} (metrics): port ${port} is in use ` +
+          `(choose another with --metrics-port)`,
       },
       {
         role: "master",

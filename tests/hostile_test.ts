@@ -73,6 +73,8 @@ function roleArgs(role: string, dir: string, secret: string, coordinatorPort = 1
       "127.0.0.1",
       "--port",
       "0",
+      "--metrics-port",
+      "none",
       "--cache-dir",
       `${dir}/w`,
     ];
