@@ -8,8 +8,10 @@ import {
   die,
   type FlagSpecs,
   loadSecretFile,
+  loadTlsFlags,
   parseRoleFlags,
   startErrorMessage,
+  tlsFlagSpecs,
   untilSignal,
 } from "./common/cli.ts";
 import { VERSION } from "./common/protocol.ts";
@@ -47,6 +49,7 @@ const FLAGS: FlagSpecs = {
     default: "30s",
     help: "drop a worker not heard from this long",
   },
+  ...tlsFlagSpecs(true),
 };
 
 const flags = parseRoleFlags("coordinator", Deno.args, {
@@ -66,6 +69,7 @@ try {
   }
   const workerTimeoutMs = flags.durationMs("worker-timeout");
   const secretPath = flags.path("secret")!;
+  const tls = await loadTlsFlags(flags, true);
   const secret = await loadSecretFile(secretPath);
   const here = new URL(".", import.meta.url).pathname;
   const quote = (s: string) => /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
@@ -75,6 +79,7 @@ try {
     httpHostname,
     httpPort,
     secret,
+    tls,
     workerTimeoutMs,
     version: VERSION,
     tokenCommand: `deno run -A ${quote(`${here}token.ts`)} --secret ${quote(secretPath)}`,

@@ -11,8 +11,10 @@ import {
   die,
   type FlagSpecs,
   loadSecretFile,
+  loadTlsFlags,
   parseRoleFlags,
   startErrorMessage,
+  tlsFlagSpecs,
   untilSignal,
 } from "./common/cli.ts";
 
@@ -89,6 +91,7 @@ const FLAGS: FlagSpecs = {
     type: "boolean",
     help: "fail a job that no worker could run instead of running it here",
   },
+  ...tlsFlagSpecs(false),
 };
 
 const flags = parseRoleFlags("master", Deno.args, {
@@ -114,6 +117,7 @@ try {
     keepAliveMs: flags.durationMs("keep-alive")!,
     cacheDir: flags.path("cache-dir") ?? defaultCacheDir("master"),
   };
+  const tls = await loadTlsFlags(flags, false);
   const secret = await loadSecretFile(secretPath);
   const root = await Deno.realPath(socketPath.slice(0, socketPath.lastIndexOf("/")) || "/");
   const excluded = flags.list("exclude");
@@ -123,6 +127,7 @@ try {
   const running = await startMaster({
     root,
     secret,
+    tls,
     onSecretMismatch: () =>
       die(
         `termite master: the coordinator at ${coordinator} holds another secret than ` +

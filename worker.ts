@@ -14,8 +14,10 @@ import {
   effectiveUid,
   type FlagSpecs,
   loadSecretFile,
+  loadTlsFlags,
   parseRoleFlags,
   startErrorMessage,
+  tlsFlagSpecs,
   untilSignal,
 } from "./common/cli.ts";
 
@@ -110,6 +112,7 @@ const FLAGS: FlagSpecs = {
     type: "boolean",
     help: "jobs share this host's network (by default each has only a loopback of its own)",
   },
+  ...tlsFlagSpecs(true),
 };
 
 const flags = parseRoleFlags("worker", Deno.args, {
@@ -182,10 +185,12 @@ try {
     favorCgroupMigrations: !flags.boolean("no-favor-dynmods"),
     jobNetwork: flags.boolean("job-network"),
   };
+  const tls = await loadTlsFlags(flags, true);
   const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({
     ...options,
     secret,
+    tls,
     onSecretMismatch: () =>
       die(
         `termite worker: the coordinator at ${coordinator} holds another secret than ` +

@@ -1,7 +1,7 @@
 /** Small helpers shared by the role entry points (flags, durations, signals, the secret). */
 
 import { parseArgs } from "node:util";
-import { loadSecret, SecretError } from "../rpc/mod.ts";
+import { loadSecret, readPemFile, SecretError, type TlsConfig } from "../rpc/mod.ts";
 import { formatHostPort, ListenError, parseHostPort } from "./address.ts";
 
 /** Parses "30s", "5m", "250ms", "1h" or a plain number of seconds into ms. */
@@ -338,4 +338,74 @@ export function startErrorMessage(
       `(choose another with ${p.flag})`;
   }
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * The TLS flags of a role: `--tls-ca` (TLS on), and for a role that listens
+ * (coordinator, worker) `--tls-cert` and `--tls-key`.
+ */
+export function tlsFlagSpecs(listens: boolean): FlagSpecs {
+  const specs: FlagSpecs = {
+    "tls-ca": {
+      type: "string",
+      value: "FILE",
+      defaultText: "none: plain TCP",
+      help: "talk TLS on every farm link, the certificates of the coordinator and workers " +
+        "checked against this CA (PEM) and the address dialled; the same on every host",
+    },
+  };
+  if (listens) {
+    specs["tls-cert"] = {
+      type: "string",
+      value: "FILE",
+      defaultText: "none; required with --tls-ca",
+      help: "this host's certificate (PEM, from the --tls-ca CA, naming the address peers dial)",
+    };
+    specs["tls-key"] = {
+      type: "string",
+      value: "FILE",
+      defaultText: "none; required with --tls-ca",
+      help: "the certificate's private key (PEM, mode 0600)",
+    };
+  }
+  return specs;
+}
+
+/**
+ * Reads the files named by the TLS flags ({@linkcode tlsFlagSpecs});
+ * undefined without `--tls-ca`.
+ *
+ * @throws {FlagError} naming the flag: a file missing or unusable, a flag
+ *   without the others it needs.
+ */
+export async function loadTlsFlags(flags: Flags, listens: boolean): Promise<TlsConfig | undefined> {
+  const ca = flags.path("tls-ca");
+  const cert = listens ? flags.path("tls-cert") : undefined;
+  const key = listens ? flags.path("tls-key") : undefined;
+  if (ca === undefined) {
+    if (cert !== undefined || key !== undefined) {
+      throw new FlagError(
+        `--${cert !== undefined ? "tls-cert" : "tls-key"} needs --tls-ca: TLS is on only with a CA`,
+      );
+    }
+    return undefined;
+  }
+  if (listens && (cert === undefined || key === undefined)) {
+    const missing = cert === undefined ? "tls-cert" : "tls-key";
+    throw new FlagError(
+      `--${missing} is required with --tls-ca: ${tlsFlagSpecs(true)[missing].help}`,
+    );
+  }
+  const read = async (flag: string, path: string, kind: "CERTIFICATE" | "PRIVATE KEY") => {
+    try {
+      return await readPemFile(path, kind);
+    } catch (error) {
+      throw new FlagError(`Bad --${flag}: ${(error as Error).message}`, { cause: error });
+    }
+  };
+  return {
+    caCerts: [await read("tls-ca", ca, "CERTIFICATE")],
+    cert: cert === undefined ? undefined : await read("tls-cert", cert, "CERTIFICATE"),
+    key: key === undefined ? undefined : await read("tls-key", key, "PRIVATE KEY"),
+  };
 }

@@ -14,7 +14,14 @@
  * @module
  */
 
-import { type Handlers, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import {
+  type Handlers,
+  listen,
+  RpcError,
+  type RpcPeer,
+  type RpcServer,
+  type TlsConfig,
+} from "../rpc/mod.ts";
 import {
   ADMIN_ACTIONS,
   ADMIN_TOKEN_SKEW_S,
@@ -52,6 +59,8 @@ export interface CoordinatorOptions {
   httpPort?: number;
   httpHostname?: string;
   secret: CryptoKey;
+  /** Serve workers and masters over TLS with this certificate and key (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** A worker not heard from in this time is dropped; default 30 000. */
   workerTimeoutMs?: number;
   log?: (message: string) => void;
@@ -302,6 +311,7 @@ class CoordinatorImpl implements Coordinator {
         hostname,
         port,
         secret: this.#secret,
+        tls: options.tls,
         role: "coordinator",
         handlers: (peer) => this.#handlersFor(peer),
         log: (m) => this.#log(m),

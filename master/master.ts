@@ -16,7 +16,7 @@ import {
   VERSION,
   WorkerMethods,
 } from "../common/protocol.ts";
-import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
+import { type CallContext, type Handlers, RpcError, type TlsConfig } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
 import {
   applyResultSet,
@@ -88,6 +88,8 @@ export interface MasterOptions {
    */
   controlPaths?: string[];
   secret: CryptoKey;
+  /** TLS to the coordinator and the workers, their certificates checked (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** Coordinator "host:port"; none = every job runs locally. */
   coordinator?: string;
   /** Slots wanted per worker. */
@@ -437,6 +439,7 @@ export class Master implements AsyncDisposable {
   async #startPool(coordinator: string): Promise<void> {
     this.#pool = new WorkerPool({
       secret: this.#options.secret,
+      tls: this.#options.tls,
       masterId: this.masterId,
       writableRoot: this.root,
       slotsPerWorker: this.#options.jobs ?? 4,
@@ -450,6 +453,7 @@ export class Master implements AsyncDisposable {
     this.#watch = watchWorkers({
       coordinator,
       secret: this.#options.secret,
+      tls: this.#options.tls,
       onChange: (workers) => pool.update(workers),
       onSecretMismatch: this.#options.onSecretMismatch,
       log: this.#log,

@@ -113,6 +113,7 @@ export async function startMaster(options: StartMasterOptions): Promise<RunningM
     reporter = reportToCoordinator({
       coordinator,
       secret: options.secret,
+      tls: options.tls,
       intervalMs: options.reportIntervalMs,
       report: () => monitor.report(),
       onReply: (reply) => {

@@ -298,6 +298,9 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
   try {
     const secret = `${dir}/secret`;
     await writeSecret(secret, 32);
+    await Deno.writeTextFile(`${dir}/ca.pem`, "-----BEGIN CERTIFICATE-----\n");
+    await Deno.writeTextFile(`${dir}/k`, "-----BEGIN PRIVATE KEY-----\n", { mode: 0o644 });
+    await Deno.chmod(`${dir}/k`, 0o644);
     const cases: { role: Role; args: string[]; message: RegExp }[] = [
       { role: "coordinator", args: ["--port", "http"], message: /Bad --port "http"/ },
       { role: "coordinator", args: ["--worker-timeout", "3x"], message: /Bad --worker-timeout/ },
@@ -305,6 +308,27 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
       { role: "worker", args: ["--advertise", "nowhere"], message: /Bad --advertise "nowhere"/ },
       { role: "master", args: ["--coordinator", "host"], message: /Bad --coordinator "host"/ },
       { role: "master", args: ["--jbos", "4"], message: /Unknown flag '--jbos'/ },
+      { role: "worker", args: ["--tls-cert", "x.pem"], message: /--tls-cert needs --tls-ca/ },
+      {
+        role: "coordinator",
+        args: ["--tls-ca", `${dir}/ca.pem`],
+        message: /--tls-cert is required with --tls-ca/,
+      },
+      {
+        role: "master",
+        args: ["--tls-ca", `${dir}/none.pem`],
+        message: /Bad --tls-ca: Cannot read/,
+      },
+      {
+        role: "worker",
+        args: ["--tls-ca", `${dir}/ca.pem`, "--tls-cert", `${dir}/ca.pem`, "--tls-key", `${dir}/k`],
+        message: /Bad --tls-key: Cannot use private key \S+: others may read it \(mode 0644\)/,
+      },
+      {
+        role: "master",
+        args: ["--tls-ca", `${dir}/k`],
+        message: /Bad --tls-ca: .*no PEM certificate/,
+      },
     ];
     const runs = await Promise.all(
       cases.map((c) =>

@@ -20,7 +20,14 @@ import type { FileAttr } from "../common/types.ts";
 import { Store } from "../cas/mod.ts";
 import { errorMessage } from "../common/errors.ts";
 import { isHash } from "../common/hash.ts";
-import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import {
+  type CallContext,
+  listen,
+  RpcError,
+  type RpcPeer,
+  type RpcServer,
+  type TlsConfig,
+} from "../rpc/mod.ts";
 import {
   type DynmodsMount,
   ensureLauncher,
@@ -37,6 +44,11 @@ export { MIRRORS_MAX_DEFAULT };
 
 export interface WorkerOptions {
   secret: CryptoKey;
+  /**
+   * TLS: masters are served with its certificate and key, the coordinator's
+   * certificate is checked against its CAs (plain TCP when undefined).
+   */
+  tls?: TlsConfig;
   /** Job slots. */
   jobs: number;
   /** RPC listen address. */
@@ -168,6 +180,7 @@ export class Worker implements AsyncDisposable {
           hostname,
           port,
           secret: options.secret,
+          tls: options.tls,
           role: "worker",
           handlers: (peer) => worker.#handlers(peer),
           log: (m) => worker.#log(m),
@@ -228,6 +241,7 @@ export class Worker implements AsyncDisposable {
     this.#registration = registerWorker({
       coordinator,
       secret: this.#options.secret,
+      tls: this.#options.tls,
       info: () => this.#info(),
       onSecretMismatch: this.#options.onSecretMismatch,
       onDrain: () => {
