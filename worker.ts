@@ -128,17 +128,12 @@ if (effectiveUid() !== 0) {
 }
 
 if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
+  // A binary made by `deno compile` runs itself; a script runs through deno.
+  const self = Deno.build.standalone
+    ? [Deno.execPath()]
+    : [Deno.execPath(), "run", "-A", new URL(import.meta.url).pathname];
   const child = new Deno.Command("unshare", {
-    args: [
-      "--mount",
-      "--propagation",
-      "private",
-      Deno.execPath(),
-      "run",
-      "-A",
-      new URL(import.meta.url).pathname,
-      ...Deno.args,
-    ],
+    args: ["--mount", "--propagation", "private", ...self, ...Deno.args],
     env: { TERMITE_WORKER_NS: "1" },
     stdin: "inherit",
     stdout: "inherit",

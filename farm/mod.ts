@@ -22,6 +22,10 @@ export interface FarmOptions {
   tools?: string[];
   masterArgs?: string[];
   workerArgs?: string[];
+  /** The worker's entry point; default this checkout's worker.ts. */
+  workerScript?: string;
+  /** Environment variables set for the workers (PATH, say). */
+  workerEnv?: Record<string, string>;
   coordinatorArgs?: string[];
   /**
    * Put each worker's cache dir on a tmpfs of this many bytes, mounted in the
@@ -246,7 +250,7 @@ export class Farm implements AsyncDisposable {
       deno,
       "run",
       "-A",
-      `${ROOT}/worker.ts`,
+      o.workerScript ?? `${ROOT}/worker.ts`,
       "--secret",
       this.secretPath,
       "--coordinator",
@@ -267,14 +271,16 @@ export class Farm implements AsyncDisposable {
     // The worker keeps its mounts in a mount namespace of its own; starting it
     // under `unshare` here (which execs, as do `sh -c exec` and `env`) keeps
     // the pid ours to signal.
+    const env = Object.entries(o.workerEnv ?? {}).map(([k, v]) => `${k}=${v}`);
     const inner = o.workerCacheBytes === undefined
-      ? ["env", "TERMITE_WORKER_NS=1", ...workerCmd]
+      ? ["env", "TERMITE_WORKER_NS=1", ...env, ...workerCmd]
       : [
         "sh",
         "-c",
         `mount -t tmpfs -o size=${o.workerCacheBytes},mode=0700 termite-cache "$0" && ` +
         'exec env TERMITE_WORKER_NS=1 "$@"',
         cacheDir,
+        ...env,
         ...workerCmd,
       ];
     const proc = await spawn({
