@@ -7,6 +7,7 @@ import { startCoordinator } from "./coordinator/mod.ts";
 import {
   die,
   type FlagSpecs,
+  type ListenFlags,
   loadSecretFile,
   loadTlsFlags,
   parseRoleFlags,
@@ -57,15 +58,20 @@ const flags = parseRoleFlags("coordinator", Deno.args, {
   about: "Keeps the list of live workers of one farm and pushes it to masters.",
   flags: FLAGS,
 });
-const ports: { flag: string; hostname: string; port: number }[] = [];
+const ports: ListenFlags[] = [];
 try {
   const hostname = flags.string("host")!;
   const port = flags.port("port")!;
   const httpHostname = flags.string("http-host")!;
   const httpPort = flags.string("http-port") === "none" ? undefined : flags.port("http-port");
-  ports.push({ flag: "--port", hostname, port });
+  ports.push({ flag: "--port", hostFlag: "--host", hostname, port });
   if (httpPort !== undefined) {
-    ports.push({ flag: "--http-port", hostname: httpHostname, port: httpPort });
+    ports.push({
+      flag: "--http-port",
+      hostFlag: "--http-host",
+      hostname: httpHostname,
+      port: httpPort,
+    });
   }
   const workerTimeoutMs = flags.durationMs("worker-timeout");
   const secretPath = flags.path("secret")!;

@@ -10,6 +10,7 @@ import {
   defaultCacheDir,
   die,
   type FlagSpecs,
+  type ListenFlags,
   loadSecretFile,
   loadTlsFlags,
   parseRoleFlags,
@@ -100,7 +101,7 @@ const flags = parseRoleFlags("master", Deno.args, {
     "in the root of the build tree.",
   flags: FLAGS,
 });
-const ports: { flag: string; hostname: string; port: number }[] = [];
+const ports: ListenFlags[] = [];
 try {
   const coordinator = flags.hostPort("coordinator");
   const secretPath = flags.path("secret")!;

@@ -13,6 +13,7 @@ import {
   die,
   effectiveUid,
   type FlagSpecs,
+  type ListenFlags,
   loadSecretFile,
   loadTlsFlags,
   parseRoleFlags,
@@ -151,19 +152,24 @@ if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
   Deno.exit((await child.status).code);
 }
 
-const ports: { flag: string; hostname: string; port: number }[] = [];
+const ports: ListenFlags[] = [];
 try {
   flags.required("coordinator");
   const coordinator = flags.hostPort("coordinator")!;
   const hostname = flags.string("host")!;
   const port = flags.port("port")!;
-  ports.push({ flag: "--port", hostname, port });
+  ports.push({ flag: "--port", hostFlag: "--host", hostname, port });
   const metricsHostname = flags.string("metrics-host")!;
   const metricsPort = flags.string("metrics-port") === "none"
     ? undefined
     : flags.port("metrics-port");
   if (metricsPort !== undefined) {
-    ports.push({ flag: "--metrics-port", hostname: metricsHostname, port: metricsPort });
+    ports.push({
+      flag: "--metrics-port",
+      hostFlag: "--metrics-host",
+      hostname: metricsHostname,
+      port: metricsPort,
+    });
   }
   const advertise = flags.hostPort("advertise");
   const secretPath = flags.path("secret")!;

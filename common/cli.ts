@@ -81,7 +81,8 @@ export class FlagError extends Error {
 export function helpText(options: { usage: string; about: string; flags: FlagSpecs }): string {
   const rows = Object.entries(options.flags).map(([name, spec]) => {
     const left = `  --${name}${spec.type === "string" ? ` ${spec.value ?? "VALUE"}` : ""}`;
-    const shown = spec.defaultText ?? spec.default;
+    // A boolean flag is off unless given.
+    const shown = spec.defaultText ?? spec.default ?? (spec.type === "boolean" ? "off" : undefined);
     const text = spec.help +
       (spec.required ? " (required)" : shown === undefined ? "" : ` (default: ${shown})`);
     return [left, text];
@@ -320,17 +321,30 @@ export function effectiveUid(): number {
   return m ? Number(m[1]) : Deno.uid() ?? -1;
 }
 
+/** A listener of a role, and the flags that chose its port and (if any) its address. */
+export interface ListenFlags {
+  flag: string;
+  hostFlag?: string;
+  hostname: string;
+  port: number;
+}
+
 /**
  * A start-up failure as one line for the user: a port in use names the
  * address and the flag that chose it.
  */
 export function startErrorMessage(
   error: unknown,
-  ports: { flag: string; hostname: string; port: number }[] = [],
+  ports: ListenFlags[] = [],
 ): string {
   if (error instanceof ListenError) {
-    const flag = ports.find((p) => p.port === error.port && p.hostname === error.hostname)?.flag;
-    return `${error.message}${flag ? ` (choose another with ${flag})` : ""}`;
+    const p = ports.find((p) => p.port === error.port && p.hostname === error.hostname);
+    // A port in use is the port's fault; anything else (no such address) the host's.
+    if (p === undefined) return error.message;
+    if (error.cause instanceof Deno.errors.AddrInUse || p.hostFlag === undefined) {
+      return `${error.message} (choose another with ${p.flag})`;
+    }
+    return `${error.message} (check ${p.hostFlag})`;
   }
   if (error instanceof Deno.errors.AddrInUse && ports.length === 1) {
     const p = ports[0];

@@ -12,7 +12,10 @@ fi
 mkdir -p dist
 # The worker carries its sandbox launcher built here, and the source it was
 # built from: it runs on hosts with no compiler (sandbox/launcher.ts).
-deno run -A scripts/build_launcher.ts
+if ! out=$(deno run -A scripts/build_launcher.ts 2>&1); then
+  echo "compile: cannot build the sandbox launcher ahead (needs gcc): $out" >&2
+  exit 1
+fi
 for role in coordinator worker master wrapper; do
   include=()
   [ "$role" = worker ] && include=(--include sandbox/launcher.c --include sandbox/prebuilt)
