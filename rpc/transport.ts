@@ -11,6 +11,7 @@ import { closeQuietly, type FrameReader } from "./frame.ts";
 import { clientHandshake, HANDSHAKE_TIMEOUT_MS, type Role, serverHandshake } from "./handshake.ts";
 import { type Handlers, RpcPeer } from "./peer.ts";
 import { type TlsConfig, tlsListenOptions } from "./tls.ts";
+import { setTlsNoDelay } from "./_tcp_nodelay.ts";
 
 /** Default limit on connections a server holds (authenticated or not). */
 export const PEERS_MAX = 256;
@@ -167,7 +168,10 @@ class Server implements RpcServer {
     let reader: FrameReader;
     const timeoutMs = this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     try {
-      if (this.#options.tls !== undefined) await tlsHandshake(conn as Deno.TlsConn, timeoutMs);
+      if (this.#options.tls !== undefined) {
+        setTlsNoDelay(conn as Deno.TlsConn);
+        await tlsHandshake(conn as Deno.TlsConn, timeoutMs);
+      }
       ({ peerRole, reader } = await serverHandshake(conn, {
         secret: this.#options.secret,
         role: this.#options.role,

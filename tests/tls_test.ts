@@ -18,6 +18,7 @@ import {
   type TlsConfig,
 } from "../rpc/mod.ts";
 import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { setTlsNoDelay } from "../rpc/_tcp_nodelay.ts";
 
 const SECRET = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
 
@@ -153,6 +154,21 @@ Deno.test("tls: a call goes through TLS with the HMAC handshake inside", async (
       AuthError,
     );
     assert.deepEqual(logs.filter((l) => /TLS/.test(l)), [], logs.join("\n"));
+  });
+});
+
+Deno.test("tls: an accepted TLS connection gets TCP_NODELAY (its socket found through /proc)", async () => {
+  await withCerts(async ({ farm }) => {
+    using listener = Deno.listenTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: farm.cert!,
+      key: farm.key!,
+    });
+    using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    using accepted = await listener.accept();
+    assert.equal(setTlsNoDelay(accepted), true);
+    assert.equal(client.remoteAddr.port, listener.addr.port);
   });
 });
 
