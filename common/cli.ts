@@ -1,7 +1,13 @@
 /** Small helpers shared by the role entry points (flags, durations, signals, the secret). */
 
 import { parseArgs } from "node:util";
-import { loadSecret, readPemFile, SecretError, type TlsConfig } from "../rpc/mod.ts";
+import {
+  loadSecret,
+  readPemFile,
+  SecretError,
+  type TlsConfig,
+  TlsConfigError,
+} from "../rpc/mod.ts";
 import { formatHostPort, ListenError, parseHostPort } from "./address.ts";
 
 /** Parses "30s", "5m", "250ms", "1h" or a plain number of seconds into ms. */
@@ -346,6 +352,7 @@ export function startErrorMessage(
     }
     return `${error.message} (check ${p.hostFlag})`;
   }
+  if (error instanceof TlsConfigError) return `${error.message} (check --tls-cert and --tls-key)`;
   if (error instanceof Deno.errors.AddrInUse && ports.length === 1) {
     const p = ports[0];
     return `Cannot listen on ${formatHostPort(p.hostname, p.port)}: port ${p.port} is in use ` +

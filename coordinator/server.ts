@@ -21,6 +21,7 @@ import {
   type RpcPeer,
   type RpcServer,
   type TlsConfig,
+  TlsConfigError,
 } from "../rpc/mod.ts";
 import {
   ADMIN_ACTIONS,
@@ -318,6 +319,7 @@ class CoordinatorImpl implements Coordinator {
         peersMax: this.#workersMax + this.#mastersMax + 16,
       });
     } catch (error) {
+      if (error instanceof TlsConfigError) throw error;
       throw new ListenError("workers and masters", hostname, port, { cause: error });
     }
     const sweepMs = Math.max(10, Math.min(1000, Math.floor(this.#workerTimeoutMs / 4)));

@@ -10,7 +10,7 @@ import { AuthError, RpcError } from "./errors.ts";
 import { closeQuietly, type FrameReader } from "./frame.ts";
 import { clientHandshake, HANDSHAKE_TIMEOUT_MS, type Role, serverHandshake } from "./handshake.ts";
 import { type Handlers, RpcPeer } from "./peer.ts";
-import { type TlsConfig, tlsListenOptions } from "./tls.ts";
+import { type TlsConfig, TlsConfigError, tlsListenOptions } from "./tls.ts";
 import { setTlsNoDelay } from "./_tcp_nodelay.ts";
 
 /** Default limit on connections a server holds (authenticated or not). */
@@ -91,12 +91,24 @@ export function listen(options: ListenOptions): RpcServer {
     if (options.path === undefined) throw new TypeError("listen(): a unix socket needs a path");
     listener = Deno.listen({ transport: "unix", path: options.path });
   } else if (options.tls !== undefined) {
-    listener = Deno.listenTls({
-      transport: "tcp",
-      hostname: options.hostname ?? "127.0.0.1",
-      port: options.port ?? 0,
-      ...tlsListenOptions(options.tls),
-    });
+    try {
+      listener = Deno.listenTls({
+        transport: "tcp",
+        hostname: options.hostname ?? "127.0.0.1",
+        port: options.port ?? 0,
+        ...tlsListenOptions(options.tls),
+      });
+    } catch (error) {
+      // Address errors are the caller's to name; the rest are the certificate's or key's.
+      if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.AddrNotAvailable) {
+        throw error;
+      }
+      if (/lookup address|resolve/i.test(errorMessage(error))) throw error;
+      throw new TlsConfigError(
+        `Cannot use the TLS certificate and key: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
   } else {
     listener = Deno.listen({
       transport: "tcp",

@@ -244,6 +244,41 @@ Deno.test("tls: a plain peer on a TLS port, and a TLS peer on a plain port, are 
   });
 });
 
+Deno.test("tls: a certificate and key that do not match stop the coordinator with one line naming the flags", async () => {
+  await withCerts(async ({ dir }) => {
+    await Deno.writeFile(`${dir}/secret`, crypto.getRandomValues(new Uint8Array(32)), {
+      mode: 0o600,
+    });
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${ROOT}/coordinator.ts`,
+        "--secret",
+        `${dir}/secret`,
+        "--port",
+        "0",
+        "--http-port",
+        "none",
+        "--tls-ca",
+        `${dir}/farm-ca.pem`,
+        "--tls-cert",
+        `${dir}/farm.pem`,
+        "--tls-key",
+        `${dir}/other.key`,
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 1);
+    assert.match(
+      new TextDecoder().decode(out.stderr),
+      /^termite coordinator: Cannot use the TLS certificate and key: .*\(check --tls-cert and --tls-key\)\n$/,
+    );
+  });
+});
+
 Deno.test("tls: a farm builds with TLS on every link", async () => {
   await withCerts(async ({ dir: certs }) => {
     await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });

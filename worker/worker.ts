@@ -27,6 +27,7 @@ import {
   type RpcPeer,
   type RpcServer,
   type TlsConfig,
+  TlsConfigError,
 } from "../rpc/mod.ts";
 import {
   type DynmodsMount,
@@ -186,6 +187,7 @@ export class Worker implements AsyncDisposable {
           log: (m) => worker.#log(m),
         });
       } catch (err) {
+        if (err instanceof TlsConfigError) throw err;
         throw new ListenError("masters", hostname, port, { cause: err });
       }
       if (options.metricsPort !== undefined) {
