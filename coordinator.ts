@@ -7,10 +7,12 @@ import { startCoordinator } from "./coordinator/mod.ts";
 import {
   type FlagSpecs,
   loadSecretFile,
+  loadTlsFlags,
   parseRoleFlags,
   type PortFlag,
   runRole,
   secretFlag,
+  tlsFlagSpecs,
   untilSignal,
 } from "./common/cli.ts";
 import { VERSION } from "./common/protocol.ts";
@@ -42,6 +44,7 @@ const FLAGS: FlagSpecs = {
     default: "30s",
     help: "drop a worker not heard from this long",
   },
+  ...tlsFlagSpecs(true),
 };
 
 const flags = parseRoleFlags("coordinator", Deno.args, {
@@ -55,12 +58,18 @@ await runRole("coordinator", ports, async () => {
   const port = flags.port("port")!;
   const httpHostname = flags.string("http-host")!;
   const httpPort = flags.string("http-port") === "none" ? undefined : flags.port("http-port");
-  ports.push({ flag: "--port", hostname, port });
+  ports.push({ flag: "--port", hostFlag: "--host", hostname, port });
   if (httpPort !== undefined) {
-    ports.push({ flag: "--http-port", hostname: httpHostname, port: httpPort });
+    ports.push({
+      flag: "--http-port",
+      hostFlag: "--http-host",
+      hostname: httpHostname,
+      port: httpPort,
+    });
   }
   const workerTimeoutMs = flags.durationMs("worker-timeout");
   const secretPath = flags.path("secret")!;
+  const tls = await loadTlsFlags(flags, true);
   const secret = await loadSecretFile(secretPath);
   const here = new URL(".", import.meta.url).pathname;
   const quote = (s: string) => /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
@@ -70,6 +79,7 @@ await runRole("coordinator", ports, async () => {
     httpHostname,
     httpPort,
     secret,
+    tls,
     workerTimeoutMs,
     version: VERSION,
     tokenCommand: `deno run -A ${quote(`${here}token.ts`)} --secret ${quote(secretPath)}`,

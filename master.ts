@@ -11,10 +11,12 @@ import {
   dieOnSecretMismatch,
   type FlagSpecs,
   loadSecretFile,
+  loadTlsFlags,
   parseRoleFlags,
   type PortFlag,
   runRole,
   secretFlag,
+  tlsFlagSpecs,
   untilSignal,
 } from "./common/cli.ts";
 
@@ -95,6 +97,7 @@ const FLAGS: FlagSpecs = {
     type: "boolean",
     help: "fail a job that no worker could run instead of running it here",
   },
+  ...tlsFlagSpecs(false),
 };
 
 const flags = parseRoleFlags("master", Deno.args, {
@@ -120,6 +123,7 @@ await runRole("master", ports, async () => {
     keepAliveMs: flags.durationMs("keep-alive")!,
     cacheDir: flags.path("cache-dir") ?? defaultCacheDir("master"),
   };
+  const tls = await loadTlsFlags(flags, false);
   const secret = await loadSecretFile(secretPath);
   const root = await Deno.realPath(socketPath.slice(0, socketPath.lastIndexOf("/")) || "/");
   const excluded = flags.list("exclude");
@@ -129,6 +133,7 @@ await runRole("master", ports, async () => {
   const running = await startMaster({
     root,
     secret,
+    tls,
     onSecretMismatch: dieOnSecretMismatch("master", coordinator, secretPath),
     coordinator,
     jobs: options.jobs,

@@ -27,7 +27,11 @@ let url: URL;
 let intervalMs: number;
 let count: number;
 try {
-  url = new URL("status.json", flags.string("url")!.replace(/\/?$/, "/"));
+  const text = flags.string("url")!;
+  if (!URL.canParse(text) || !/^https?:$/.test(new URL(text).protocol)) {
+    throw new Error(`Bad --url ${JSON.stringify(text)}: want an http:// URL of a status page`);
+  }
+  url = new URL("status.json", text.replace(/\/?$/, "/"));
   intervalMs = flags.durationMs("interval")!;
   count = flags.integer("count", { min: 0, max: 1e9 })!;
 } catch (error) {

@@ -15,10 +15,12 @@ import {
   effectiveUid,
   type FlagSpecs,
   loadSecretFile,
+  loadTlsFlags,
   parseRoleFlags,
   type PortFlag,
   runRole,
   secretFlag,
+  tlsFlagSpecs,
   untilSignal,
 } from "./common/cli.ts";
 
@@ -50,6 +52,19 @@ const FLAGS: FlagSpecs = {
     value: "HOST:PORT",
     defaultText: "--host:--port, or the address the coordinator sees for 0.0.0.0",
     help: "address masters should use, when not the one the coordinator sees (NAT, a proxy)",
+  },
+  "metrics-host": {
+    type: "string",
+    value: "ADDR",
+    default: "127.0.0.1",
+    help: "address of the Prometheus /metrics listener; 0.0.0.0 (or an address Prometheus " +
+      "reaches) to scrape it from another host",
+  },
+  "metrics-port": {
+    type: "string",
+    value: "N|none",
+    default: "1234",
+    help: "port of the Prometheus /metrics listener; none for no listener",
   },
   "cache-dir": {
     type: "string",
@@ -99,6 +114,7 @@ const FLAGS: FlagSpecs = {
     help: "record what jobs read (one bpftrace, needs tracefs and BTF), so that masters can " +
       "cache their results (the action cache)",
   },
+  ...tlsFlagSpecs(true),
 };
 
 const flags = parseRoleFlags("worker", Deno.args, {
@@ -114,17 +130,12 @@ if (effectiveUid() !== 0) {
 }
 
 if (Deno.env.get("TERMITE_WORKER_NS") !== "1") {
+  // A binary made by `deno compile` runs itself; a script runs through deno.
+  const self = Deno.build.standalone
+    ? [Deno.execPath()]
+    : [Deno.execPath(), "run", "-A", new URL(import.meta.url).pathname];
   const child = new Deno.Command("unshare", {
-    args: [
-      "--mount",
-      "--propagation",
-      "private",
-      Deno.execPath(),
-      "run",
-      "-A",
-      new URL(import.meta.url).pathname,
-      ...Deno.args,
-    ],
+    args: ["--mount", "--propagation", "private", ...self, ...Deno.args],
     env: { TERMITE_WORKER_NS: "1" },
     stdin: "inherit",
     stdout: "inherit",
@@ -148,7 +159,19 @@ await runRole("worker", ports, async () => {
   const coordinator = flags.hostPort("coordinator")!;
   const hostname = flags.string("host")!;
   const port = flags.port("port")!;
-  ports.push({ flag: "--port", hostname, port });
+  ports.push({ flag: "--port", hostFlag: "--host", hostname, port });
+  const metricsHostname = flags.string("metrics-host")!;
+  const metricsPort = flags.string("metrics-port") === "none"
+    ? undefined
+    : flags.port("metrics-port");
+  if (metricsPort !== undefined) {
+    ports.push({
+      flag: "--metrics-port",
+      hostFlag: "--metrics-host",
+      hostname: metricsHostname,
+      port: metricsPort,
+    });
+  }
   const advertise = flags.hostPort("advertise");
   const secretPath = flags.path("secret")!;
   const options = {
@@ -165,19 +188,25 @@ await runRole("worker", ports, async () => {
     jobNetwork: flags.boolean("job-network"),
     recordReads: flags.boolean("record-reads"),
   };
+  const tls = await loadTlsFlags(flags, true);
   const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({
     ...options,
     secret,
+    tls,
     onSecretMismatch: dieOnSecretMismatch("worker", coordinator, secretPath),
     hostname,
     port,
     advertise,
     coordinator,
+    metricsHostname,
+    metricsPort,
   });
   const wildcard = advertise === undefined && isUnspecifiedHost(hostname);
   console.error(
-    `termite worker: ${options.jobs} slots, listening as ${worker.address}` +
+    `termite worker: ${options.jobs} slots, ` +
+      (worker.metricsUrl ? `metrics on ${worker.metricsUrl}, ` : "") +
+      `listening as ${worker.address}` +
       (wildcard ? " (masters get the address the coordinator sees it connect from)" : ""),
   );
   await untilSignal();

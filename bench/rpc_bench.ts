@@ -1,12 +1,20 @@
 /**
  * RPC throughput over loopback: round trips per second (sequential and with
  * 64 calls in flight), blob transfer MB/s in CHUNK_BYTES chunks, and
- * handshakes per second. The server runs in a Web Worker (its own thread and
+ * handshakes per second; on plain TCP and over TLS (certificates made with
+ * openssl, P-256), measured in turns in one run. The server runs in a Web Worker (its own thread and
  * event loop), the client on the main thread, as two processes would.
  *
  * Run alone: `deno run -A bench/rpc_bench.ts [--quick]`.
  */
-import { connect, listen, type RpcPeer, type RpcServer, secretFromBytes } from "../rpc/mod.ts";
+import {
+  connect,
+  listen,
+  type RpcPeer,
+  type RpcServer,
+  secretFromBytes,
+  type TlsConfig,
+} from "../rpc/mod.ts";
 
 export type BenchResult = { name: string; value: number; unit: string; note?: string };
 
@@ -15,7 +23,63 @@ const SECRET_BYTES = new TextEncoder().encode("rpc bench secret");
 
 interface ServerReady {
   port: number;
+  tlsPort: number;
   path: string;
+}
+
+/** A CA and a certificate for 127.0.0.1 from it, made with openssl in `dir`. */
+async function makeTls(dir: string): Promise<TlsConfig> {
+  const run = async (args: string[]) => {
+    const out = await new Deno.Command("openssl", { args, cwd: dir, stderr: "piped" }).output();
+    if (!out.success) {
+      throw new Error(`openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+    }
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  await run([
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "1",
+    "-subj",
+    "/CN=bench CA",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign",
+  ]);
+  await run(["req", ...ec, "-keyout", "host.key", "-out", "host.csr", "-subj", "/CN=127.0.0.1"]);
+  await Deno.writeTextFile(
+    `${dir}/host.ext`,
+    "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+  );
+  await run([
+    "x509",
+    "-req",
+    "-in",
+    "host.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "host.pem",
+    "-days",
+    "1",
+    "-extfile",
+    "host.ext",
+  ]);
+  return {
+    caCerts: [await Deno.readTextFile(`${dir}/ca.pem`)],
+    cert: await Deno.readTextFile(`${dir}/host.pem`),
+    key: await Deno.readTextFile(`${dir}/host.key`),
+  };
 }
 
 /** Worker side: serves echo, blob and file methods until told to stop. */
@@ -24,6 +88,10 @@ async function serveInWorker(): Promise<void> {
     postMessage(message: unknown): void;
     onmessage: ((event: MessageEvent) => void) | null;
   };
+  // Set before any await: the main thread sends the TLS set-up at once.
+  const tlsSent = new Promise<TlsConfig>((resolve) => {
+    scope.onmessage = (event) => resolve(event.data);
+  });
   const secret = await secretFromBytes(SECRET_BYTES);
   let blob = new Uint8Array(0);
   const handlers = {
@@ -40,8 +108,10 @@ async function serveInWorker(): Promise<void> {
       await ctx.sendFile(path),
   };
   const dir = await Deno.makeTempDir({ prefix: "rpc_bench_" });
+  const tls = await tlsSent;
   const servers: RpcServer[] = [
     listen({ transport: "tcp", secret, role: "worker", handlers }),
+    listen({ transport: "tcp", secret, role: "worker", handlers, tls }),
     listen({ transport: "unix", path: `${dir}/bench.sock`, secret, role: "worker", handlers }),
   ];
   scope.onmessage = async () => {
@@ -49,7 +119,13 @@ async function serveInWorker(): Promise<void> {
     await Deno.remove(dir, { recursive: true });
     scope.postMessage("stopped");
   };
-  scope.postMessage({ port: servers[0].port, path: `${dir}/bench.sock` } satisfies ServerReady);
+  scope.postMessage(
+    {
+      port: servers[0].port,
+      tlsPort: servers[1].port,
+      path: `${dir}/bench.sock`,
+    } satisfies ServerReady,
+  );
 }
 
 async function sequentialCallsPerS(peer: RpcPeer, calls: number): Promise<number> {
@@ -92,56 +168,82 @@ function median(values: number[]): number {
 export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
   const results: BenchResult[] = [];
   const secret = await secretFromBytes(SECRET_BYTES);
+  const dir = await Deno.makeTempDir({ prefix: "rpc_bench_file_" });
+  const tls = await makeTls(dir);
   const worker = new Worker(import.meta.url, { type: "module" });
+  worker.postMessage(tls);
   const ready = await new Promise<ServerReady>((resolve) => {
     worker.onmessage = (event) => resolve(event.data);
   });
-  const dir = await Deno.makeTempDir({ prefix: "rpc_bench_file_" });
   try {
     const calls = options.quick ? 5_000 : 50_000;
     const repeats = options.quick ? 1 : 3;
     const blobBytes = (options.quick ? 16 : 64) * MIB;
     const note = "server in a Web Worker, loopback";
     {
-      await using peer = await connect({
-        transport: "tcp",
-        port: ready.port,
-        secret,
-        role: "master",
-      });
-      const seq: number[] = [];
-      const par: number[] = [];
-      const blob: number[] = [];
-      const file: number[] = [];
+      const links = [
+        { name: "tcp", port: ready.port, tls: undefined },
+        { name: "tls", port: ready.tlsPort, tls: { caCerts: tls.caCerts } },
+      ];
+      const peers = await Promise.all(
+        links.map((l) =>
+          connect({ transport: "tcp", port: l.port, secret, role: "master", tls: l.tls })
+        ),
+      );
+      const m = links.map(() => ({
+        seq: [] as number[],
+        par: [] as number[],
+        blob: [] as number[],
+        file: [] as number[],
+      }));
       const path = `${dir}/blob.bin`;
       const data = new Uint8Array(blobBytes);
       for (let i = 0; i < data.length; i += 65536) {
         crypto.getRandomValues(data.subarray(i, i + 65536));
       }
       await Deno.writeFile(path, data);
-      await blobMBPerS(peer, "blob", blobBytes, blobBytes); // warm-up, makes the blob
+      for (const peer of peers) await blobMBPerS(peer, "blob", blobBytes, blobBytes); // warm-up
+      // In turns, so that both links see the same machine load.
       for (let r = 0; r < repeats; r++) {
-        seq.push(await sequentialCallsPerS(peer, calls));
-        par.push(await concurrentCallsPerS(peer, calls * 4, 64));
-        blob.push(await blobMBPerS(peer, "blob", blobBytes, blobBytes));
-        file.push(await blobMBPerS(peer, "file", path, blobBytes));
+        for (const [i, peer] of peers.entries()) {
+          m[i].seq.push(await sequentialCallsPerS(peer, calls));
+          m[i].par.push(await concurrentCallsPerS(peer, calls * 4, 64));
+          m[i].blob.push(await blobMBPerS(peer, "blob", blobBytes, blobBytes));
+          m[i].file.push(await blobMBPerS(peer, "file", path, blobBytes));
+        }
       }
-      results.push(
-        { name: "rpc tcp round trips, sequential", value: median(seq), unit: "calls/s", note },
-        { name: "rpc tcp round trips, 64 in flight", value: median(par), unit: "calls/s", note },
-        {
-          name: `rpc tcp blob ${blobBytes / MIB} MiB from memory`,
-          value: median(blob),
-          unit: "MB/s",
-          note: "sendBytes, 256 KiB chunks",
-        },
-        {
-          name: `rpc tcp blob ${blobBytes / MIB} MiB from a file`,
-          value: median(file),
-          unit: "MB/s",
-          note: "sendFile, page-cached file",
-        },
-      );
+      for (const peer of peers) {
+        peer.close();
+        await peer.closed;
+      }
+      for (const [i, { name }] of links.entries()) {
+        results.push(
+          {
+            name: `rpc ${name} round trips, sequential`,
+            value: median(m[i].seq),
+            unit: "calls/s",
+            note,
+          },
+          {
+            name: `rpc ${name} round trips, 64 in flight`,
+            value: median(m[i].par),
+            unit: "calls/s",
+            note,
+          },
+          {
+            name: `rpc ${name} blob ${blobBytes / MIB} MiB from memory`,
+            value: median(m[i].blob),
+            unit: "MB/s",
+            note: "sendBytes, 256 KiB chunks",
+          },
+          {
+            name: `rpc ${name} blob ${blobBytes / MIB} MiB from a file`,
+            value: median(m[i].file),
+            unit: "MB/s",
+            note: "sendFile, page-cached file",
+          },
+        );
+      }
     }
     {
       await using peer = await connect({
@@ -161,18 +263,31 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
     }
     {
       const handshakes = options.quick ? 200 : 1000;
-      const start = performance.now();
-      for (let i = 0; i < handshakes; i++) {
-        const peer = await connect({ transport: "tcp", port: ready.port, secret, role: "master" });
-        peer.close();
-        await peer.closed;
+      const links = [
+        { name: "", port: ready.port, tls: undefined },
+        { name: " over TLS", port: ready.tlsPort, tls: { caCerts: tls.caCerts } },
+      ];
+      for (const link of links) {
+        const start = performance.now();
+        for (let i = 0; i < handshakes; i++) {
+          const peer = await connect({
+            transport: "tcp",
+            port: link.port,
+            secret,
+            role: "master",
+            tls: link.tls,
+          });
+          peer.close();
+          await peer.closed;
+        }
+        results.push({
+          name: `rpc connect + handshake${link.name}`,
+          value: Math.round(handshakes / ((performance.now() - start) / 1000)),
+          unit: "conn/s",
+          note: "HMAC-SHA256 challenge-response, sequential" +
+            (link.tls ? ", TLS, P-256 certificate" : ""),
+        });
       }
-      results.push({
-        name: "rpc connect + handshake",
-        value: Math.round(handshakes / ((performance.now() - start) / 1000)),
-        unit: "conn/s",
-        note: "HMAC-SHA256 challenge-response, sequential",
-      });
     }
   } finally {
     worker.postMessage("stop");

@@ -1,7 +1,13 @@
 /** Small helpers shared by the role entry points (flags, durations, signals, the secret). */
 
 import { parseArgs } from "node:util";
-import { loadSecret, SecretError } from "../rpc/mod.ts";
+import {
+  loadSecret,
+  readPemFile,
+  SecretError,
+  type TlsConfig,
+  TlsConfigError,
+} from "../rpc/mod.ts";
 import { formatHostPort, ListenError, parseHostPort } from "./address.ts";
 import { errorMessage } from "./errors.ts";
 import { normalizePath } from "./paths.ts";
@@ -83,7 +89,8 @@ export class FlagError extends Error {
 export function helpText(options: { usage: string; about: string; flags: FlagSpecs }): string {
   const rows = Object.entries(options.flags).map(([name, spec]) => {
     const left = `  --${name}${spec.type === "string" ? ` ${spec.value ?? "VALUE"}` : ""}`;
-    const shown = spec.defaultText ?? spec.default;
+    // A boolean flag is off unless given.
+    const shown = spec.defaultText ?? spec.default ?? (spec.type === "boolean" ? "off" : undefined);
     const text = spec.help +
       (spec.required ? " (required)" : shown === undefined ? "" : ` (default: ${shown})`);
     return [left, text];
@@ -295,9 +302,13 @@ export function secretFlag(role: string): FlagSpec {
   };
 }
 
-/** A port a role listens on and the flag that chose it, for {@linkcode startErrorMessage}. */
+/**
+ * A port a role listens on, the flag that chose it and (if any) the flag
+ * that chose its address, for {@linkcode startErrorMessage}.
+ */
 export interface PortFlag {
   flag: string;
+  hostFlag?: string;
   hostname: string;
   port: number;
 }
@@ -366,17 +377,94 @@ export function effectiveUid(): number {
 
 /**
  * A start-up failure as one line for the user: a port in use names the
- * address and the flag that chose it.
+ * address and the flag that chose it; an address that cannot be listened on
+ * names its host flag; a certificate TLS cannot use names the TLS flags.
  */
 export function startErrorMessage(error: unknown, ports: PortFlag[] = []): string {
   if (error instanceof ListenError) {
-    const flag = ports.find((p) => p.port === error.port && p.hostname === error.hostname)?.flag;
-    return `${error.message}${flag ? ` (choose another with ${flag})` : ""}`;
+    const p = ports.find((p) => p.port === error.port && p.hostname === error.hostname);
+    // A port in use is the port's fault; anything else (no such address) the host's.
+    if (p === undefined) return error.message;
+    if (error.cause instanceof Deno.errors.AddrInUse || p.hostFlag === undefined) {
+      return `${error.message} (choose another with ${p.flag})`;
+    }
+    return `${error.message} (check ${p.hostFlag})`;
   }
+  if (error instanceof TlsConfigError) return `${error.message} (check --tls-cert and --tls-key)`;
   if (error instanceof Deno.errors.AddrInUse && ports.length === 1) {
     const p = ports[0];
     return `Cannot listen on ${formatHostPort(p.hostname, p.port)}: port ${p.port} is in use ` +
       `(choose another with ${p.flag})`;
   }
   return errorMessage(error);
+}
+
+/**
+ * The TLS flags of a role: `--tls-ca` (TLS on), and for a role that listens
+ * (coordinator, worker) `--tls-cert` and `--tls-key`.
+ */
+export function tlsFlagSpecs(listens: boolean): FlagSpecs {
+  const specs: FlagSpecs = {
+    "tls-ca": {
+      type: "string",
+      value: "FILE",
+      defaultText: "none: plain TCP",
+      help: "talk TLS on every farm link, the certificates of the coordinator and workers " +
+        "checked against this CA (PEM) and the address dialled; the same on every host",
+    },
+  };
+  if (listens) {
+    specs["tls-cert"] = {
+      type: "string",
+      value: "FILE",
+      defaultText: "none; required with --tls-ca",
+      help: "this host's certificate (PEM, from the --tls-ca CA, naming the address peers dial)",
+    };
+    specs["tls-key"] = {
+      type: "string",
+      value: "FILE",
+      defaultText: "none; required with --tls-ca",
+      help: "the certificate's private key (PEM, mode 0600)",
+    };
+  }
+  return specs;
+}
+
+/**
+ * Reads the files named by the TLS flags ({@linkcode tlsFlagSpecs});
+ * undefined without `--tls-ca`.
+ *
+ * @throws {FlagError} naming the flag: a file missing or unusable, a flag
+ *   without the others it needs.
+ */
+export async function loadTlsFlags(flags: Flags, listens: boolean): Promise<TlsConfig | undefined> {
+  const ca = flags.path("tls-ca");
+  const cert = listens ? flags.path("tls-cert") : undefined;
+  const key = listens ? flags.path("tls-key") : undefined;
+  if (ca === undefined) {
+    if (cert !== undefined || key !== undefined) {
+      throw new FlagError(
+        `--${cert !== undefined ? "tls-cert" : "tls-key"} needs --tls-ca: TLS is on only with a CA`,
+      );
+    }
+    return undefined;
+  }
+  if (listens && (cert === undefined || key === undefined)) {
+    const missing = cert === undefined ? "tls-cert" : "tls-key";
+    throw new FlagError(
+      `--${missing} is required with --tls-ca: ${tlsFlagSpecs(true)[missing].help}`,
+    );
+  }
+  const read = async (flag: string, path: string, kind: "CERTIFICATE" | "PRIVATE KEY") => {
+    try {
+      return await readPemFile(path, kind);
+    } catch (error) {
+      throw new FlagError(`Bad --${flag}: ${(error as Error).message}`, { cause: error });
+    }
+  };
+  return {
+    caCerts: [await read("tls-ca", ca, "CERTIFICATE")],
+    cert: cert === undefined ? undefined : await read("tls-cert", cert, "CERTIFICATE"),
+    key: key === undefined ? undefined : await read("tls-key", key, "PRIVATE KEY"),
+  };
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { connect, type Handlers, type RpcPeer } from "../rpc/mod.ts";
+import { connect, type Handlers, type RpcPeer, type TlsConfig } from "../rpc/mod.ts";
 import { parseHostPort } from "../common/address.ts";
 import { Backoff, errorMessage, sleep } from "./_net.ts";
 
@@ -15,6 +15,8 @@ export interface ReconnectOptions {
   /** The coordinator's "host:port". */
   coordinator: string;
   secret: CryptoKey;
+  /** TLS around the connection (plain TCP when undefined). */
+  tls?: TlsConfig;
   role: "worker" | "master";
   /** Methods the coordinator may call on us. */
   handlers: Handlers;
@@ -69,6 +71,7 @@ async function run(options: ReconnectOptions, hostname: string, port: number): P
         hostname,
         port,
         secret: options.secret,
+        tls: options.tls,
         role: options.role,
         handlers: options.handlers,
         timeoutMs: options.timeoutMs ?? 10_000,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { isSecretMismatch } from "../rpc/mod.ts";
+import { isSecretMismatch, type TlsConfig } from "../rpc/mod.ts";
 import { sleep } from "./_net.ts";
 import { keepConnected } from "./_reconnect.ts";
 import type { RegisterParams, RegisterReply, WorkerInfo } from "./types.ts";
@@ -16,6 +16,8 @@ export interface WorkerRegistrationOptions {
   /** The coordinator's "host:port". */
   coordinator: string;
   secret: CryptoKey;
+  /** TLS around the connection (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** Called before each registration for fresh figures. */
   info: () => Omit<WorkerInfo, "lastContactMs" | "draining">;
   /** Time between registrations; default 5000. */
@@ -77,6 +79,7 @@ class WorkerRegistrationImpl implements WorkerRegistration {
     return keepConnected({
       coordinator: options.coordinator,
       secret: options.secret,
+      tls: options.tls,
       role: "worker",
       handlers: {
         drain: () => this.#drain(),

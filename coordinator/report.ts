@@ -7,7 +7,7 @@
  * @module
  */
 
-import { RpcError } from "../rpc/mod.ts";
+import { RpcError, type TlsConfig } from "../rpc/mod.ts";
 import { errorMessage, sleep } from "./_net.ts";
 import { keepConnected } from "./_reconnect.ts";
 import type { MasterReport, ReportReply } from "./types.ts";
@@ -17,6 +17,8 @@ export interface MasterReporterOptions {
   /** The coordinator's "host:port". */
   coordinator: string;
   secret: CryptoKey;
+  /** TLS around the connection (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** Called before each report for fresh figures. */
   report: () => MasterReport;
   /** Time between reports; default 1000. */
@@ -53,6 +55,7 @@ class MasterReporterImpl implements MasterReporter {
     this.#loop = keepConnected({
       coordinator: options.coordinator,
       secret: options.secret,
+      tls: options.tls,
       role: "master",
       handlers: {},
       signal: this.#abort.signal,

@@ -15,7 +15,15 @@
  * @module
  */
 
-import { type Handlers, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import {
+  type Handlers,
+  listen,
+  RpcError,
+  type RpcPeer,
+  type RpcServer,
+  type TlsConfig,
+  TlsConfigError,
+} from "../rpc/mod.ts";
 import type { AdminAction } from "./admin_token.ts";
 import { FarmPages, textResponse } from "./farm_pages.ts";
 import { errorMessage } from "./_net.ts";
@@ -47,6 +55,8 @@ export interface CoordinatorOptions {
   httpPort?: number;
   httpHostname?: string;
   secret: CryptoKey;
+  /** Serve workers and masters over TLS with this certificate and key (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** A worker not heard from in this time is dropped; default 30 000. */
   workerTimeoutMs?: number;
   log?: (message: string) => void;
@@ -204,12 +214,14 @@ class CoordinatorImpl implements Coordinator {
         hostname,
         port,
         secret: this.#secret,
+        tls: options.tls,
         role: "coordinator",
         handlers: (peer) => this.#handlersFor(peer),
         log: (m) => this.#log(m),
         peersMax: this.#workersMax + this.#mastersMax + 16,
       });
     } catch (error) {
+      if (error instanceof TlsConfigError) throw error;
       throw new ListenError("workers and masters", hostname, port, { cause: error });
     }
     const sweepMs = Math.max(10, Math.min(1000, Math.floor(this.#workerTimeoutMs / 4)));

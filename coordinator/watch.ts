@@ -5,7 +5,7 @@
  * @module
  */
 
-import { isSecretMismatch } from "../rpc/mod.ts";
+import { isSecretMismatch, type TlsConfig } from "../rpc/mod.ts";
 import { errorMessage, sleep } from "./_net.ts";
 import { keepConnected } from "./_reconnect.ts";
 import {
@@ -21,6 +21,8 @@ export interface WorkerWatchOptions {
   /** The coordinator's "host:port". */
   coordinator: string;
   secret: CryptoKey;
+  /** TLS around the connection (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** Called with each new list (also after a reconnect). */
   onChange: (workers: WorkerInfo[]) => void;
   /**
@@ -109,6 +111,7 @@ class WorkerWatchImpl implements WorkerWatch {
     return keepConnected({
       coordinator: options.coordinator,
       secret: options.secret,
+      tls: options.tls,
       role: "master",
       handlers: { workers: (params: unknown) => this.#apply(params) },
       signal: this.#abort.signal,

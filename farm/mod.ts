@@ -26,6 +26,10 @@ export interface FarmOptions {
   masterDenoFlags?: string[];
   /** Flags for `deno run` of each worker, before the script. */
   workerDenoFlags?: string[];
+  /** The worker's entry point; default this checkout's worker.ts. */
+  workerScript?: string;
+  /** Environment variables set for the workers (PATH, say). */
+  workerEnv?: Record<string, string>;
   coordinatorArgs?: string[];
   /**
    * Put each worker's cache dir on a tmpfs of this many bytes, mounted in the
@@ -48,6 +52,8 @@ export interface FarmProcess {
 export interface FarmWorker extends FarmProcess {
   host: Host | null;
   address: string;
+  /** Its Prometheus /metrics URL (in its host's network namespace when it has one). */
+  metricsUrl: string;
 }
 
 const textDecoder = new TextDecoder();
@@ -251,7 +257,7 @@ export class Farm implements AsyncDisposable {
       "run",
       "-A",
       ...(o.workerDenoFlags ?? []),
-      `${ROOT}/worker.ts`,
+      o.workerScript ?? `${ROOT}/worker.ts`,
       "--secret",
       this.secretPath,
       "--coordinator",
@@ -265,19 +271,23 @@ export class Farm implements AsyncDisposable {
       ...(useNetns ? ["--advertise", `${address}:${port}`] : []),
       "--cache-dir",
       cacheDir,
+      "--metrics-port",
+      "0",
       ...(o.workerArgs ?? []),
     ];
     // The worker keeps its mounts in a mount namespace of its own; starting it
     // under `unshare` here (which execs, as do `sh -c exec` and `env`) keeps
     // the pid ours to signal.
+    const env = Object.entries(o.workerEnv ?? {}).map(([k, v]) => `${k}=${v}`);
     const inner = o.workerCacheBytes === undefined
-      ? ["env", "TERMITE_WORKER_NS=1", ...workerCmd]
+      ? ["env", "TERMITE_WORKER_NS=1", ...env, ...workerCmd]
       : [
         "sh",
         "-c",
         `mount -t tmpfs -o size=${o.workerCacheBytes},mode=0700 termite-cache "$0" && ` +
         'exec env TERMITE_WORKER_NS=1 "$@"',
         cacheDir,
+        ...env,
         ...workerCmd,
       ];
     const proc = await spawn({
@@ -293,10 +303,10 @@ export class Farm implements AsyncDisposable {
         ...inner,
       ],
       logDir: this.#logDir,
-      ready: /listening as (\S+)/,
+      ready: /metrics on (\S+), listening as (\S+)/,
       append: restart,
     });
-    return { ...proc, host, address: proc.match[1] };
+    return { ...proc, host, address: proc.match[2], metricsUrl: proc.match[1] };
   }
 
   /** Worker `i`'s cache dir (store, mirrors, jobs). */

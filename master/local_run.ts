@@ -91,6 +91,20 @@ export class LocalRunner {
     refresh: boolean,
     fallback: boolean,
   ): Promise<{ code: number; error?: string }> {
+    this.stats.jobsLocalRunning++;
+    try {
+      return await this.#runLocalJob(request, io, refresh, fallback);
+    } finally {
+      this.stats.jobsLocalRunning--;
+    }
+  }
+
+  async #runLocalJob(
+    request: JobRequest,
+    io: JobIo,
+    refresh: boolean,
+    fallback: boolean,
+  ): Promise<{ code: number; error?: string }> {
     this.stats.jobsLocal++;
     if (fallback) this.#log(`running locally: ${request.argv.join(" ").slice(0, 200)}`);
     const [cmd, ...args] = request.argv;

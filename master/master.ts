@@ -100,6 +100,8 @@ export class Master implements AsyncDisposable {
     localByCause: {},
     bytesServed: 0,
     bytesReceived: 0,
+    blobsReceived: 0,
+    jobsLocalRunning: 0,
     perWorker: {},
   };
   #options: MasterOptions;
@@ -252,6 +254,11 @@ export class Master implements AsyncDisposable {
     return { remote, local: this.#localJobsMax };
   }
 
+  /** Jobs waiting for a worker's slot now. */
+  get jobsQueued(): number {
+    return this.#pool?.waiting ?? 0;
+  }
+
   get fileServer(): FileServer {
     return this.#files;
   }
@@ -293,6 +300,7 @@ export class Master implements AsyncDisposable {
   async #startPool(coordinator: string): Promise<void> {
     this.#pool = new WorkerPool({
       secret: this.#options.secret,
+      tls: this.#options.tls,
       masterId: this.masterId,
       writableRoot: this.root,
       slotsPerWorker: this.#options.jobs ?? 4,
@@ -306,6 +314,7 @@ export class Master implements AsyncDisposable {
     this.#watch = watchWorkers({
       coordinator,
       secret: this.#options.secret,
+      tls: this.#options.tls,
       onChange: (workers) => pool.update(workers),
       onSecretMismatch: this.#options.onSecretMismatch,
       log: this.#log,

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { TlsConfig } from "../rpc/mod.ts";
 import type { ActionCacheStats } from "./action_cache.ts";
 import type { FallbackCause } from "./dispatch.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
@@ -20,6 +21,8 @@ export interface MasterOptions {
    */
   controlPaths?: string[];
   secret: CryptoKey;
+  /** TLS to the coordinator and the workers, their certificates checked (plain TCP when undefined). */
+  tls?: TlsConfig;
   /** Coordinator "host:port"; none = every job runs locally. */
   coordinator?: string;
   /** Slots wanted per worker. */
@@ -98,6 +101,10 @@ export interface MasterStats {
   localByCause: Partial<Record<FallbackCause, number>>;
   bytesServed: number;
   bytesReceived: number;
+  /** Result contents fetched from workers (calls made; inline ones not counted). */
+  blobsReceived: number;
+  /** Jobs running on this host now (local rules, outside paths, fallbacks). */
+  jobsLocalRunning: number;
   perWorker: Record<string, WorkerJobStats>;
   /** Jobs replayed from the action cache (no worker, no local run). */
   jobsCached: number;

@@ -90,6 +90,7 @@ function startReports(
   return reportToCoordinator({
     coordinator,
     secret: options.secret,
+    tls: options.tls,
     intervalMs: options.reportIntervalMs,
     report: () => monitor.report(),
     onReply: (reply) => {

@@ -266,6 +266,7 @@ export class RemoteRunner {
         const stalled = new AbortController();
         let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
         try {
+          this.stats.blobsReceived++;
           await worker.peer.call(WorkerMethods.blobGet, { hash }, {
             timeoutMs: 120_000,
             signal: AbortSignal.any([io.signal, stalled.signal]),

@@ -330,6 +330,18 @@ export class MasterMonitor implements Disposable {
       "gauge",
       () => Math.max(0, stats().jobsRunning - master.workers.reduce((s, w) => s + w.running, 0)),
     );
+    m.collect(
+      "termite_master_jobs_queued",
+      "Jobs waiting for a worker's slot (the queue).",
+      "gauge",
+      () => master.jobsQueued,
+    );
+    m.collect(
+      "termite_master_jobs_local_running",
+      "Jobs running on this host now (local rules, outside paths, fallbacks).",
+      "gauge",
+      () => stats().jobsLocalRunning,
+    );
   }
 
   /** Each worker: slots held and busy, jobs done and failed, time. */
@@ -416,6 +428,12 @@ export class MasterMonitor implements Disposable {
       "Result contents fetched from workers.",
       "counter",
       () => stats().bytesReceived,
+    );
+    m.collect(
+      "termite_master_fetched_blobs_total",
+      "Result contents (blobs) fetched from workers; those inline in a reply not counted.",
+      "counter",
+      () => stats().blobsReceived,
     );
     m.collect(
       "termite_master_served_bytes_total",

@@ -8,7 +8,7 @@
 import type { WorkerInfo } from "../coordinator/mod.ts";
 import { type MirrorOpenParams, type MirrorOpenReply, WorkerMethods } from "../common/protocol.ts";
 import { parseHostPort } from "../common/address.ts";
-import { connect, type Handlers, type RpcPeer } from "../rpc/mod.ts";
+import { connect, type Handlers, type RpcPeer, type TlsConfig } from "../rpc/mod.ts";
 import { type AttemptEnd, Dispatch, type Effect, type FallbackCause } from "./dispatch.ts";
 
 export interface PooledWorker {
@@ -25,6 +25,8 @@ export interface PooledWorker {
 
 export interface WorkerPoolOptions {
   secret: CryptoKey;
+  /** TLS to the workers (plain TCP when undefined). */
+  tls?: TlsConfig;
   masterId: string;
   writableRoot: string;
   /** Slots to ask of each worker (capped by what it has). */
@@ -124,6 +126,7 @@ export class WorkerPool {
         transport: "tcp",
         ...parseHostPort(info.address),
         secret: this.#options.secret,
+        tls: this.#options.tls,
         role: "master",
         handlers: this.#options.handlers,
         timeoutMs: this.#options.connectTimeoutMs ?? 5_000,

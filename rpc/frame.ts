@@ -273,7 +273,12 @@ export class FrameReader {
   #checkedLength(): number {
     const length = readU32(this.#buf, this.#start);
     if (length > this.frameBytesMax) {
-      throw new FrameError(`Frame too large: ${length} bytes (max ${this.frameBytesMax})`);
+      // A TLS record header (content type 20..23, version 3.x) read as a length.
+      const tls = length >>> 24 >= 0x14 && length >>> 24 <= 0x17 && (length >>> 16 & 0xff) === 3;
+      throw new FrameError(
+        `Frame too large: ${length} bytes (max ${this.frameBytesMax})` +
+          (tls ? ": the peer speaks TLS, this side plain TCP (--tls-ca on one side only?)" : ""),
+      );
     }
     return length;
   }

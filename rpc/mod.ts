@@ -3,8 +3,9 @@
  * unix sockets, mutual HMAC-SHA256 authentication with a shared secret, and
  * calls in both directions with deadlines, cancellation and streamed chunks.
  *
- * The stream after the handshake is not encrypted: run a farm on a network
- * you trust, or tunnel it.
+ * On plain TCP (the default) the stream after the handshake is not
+ * encrypted: run a farm on a network you trust, or give every member a
+ * {@linkcode TlsConfig} (`tls.ts`): the handshake then runs inside TLS.
  *
  * @example
  * ```ts
@@ -86,4 +87,11 @@ export {
   PEERS_MAX,
   type RpcServer,
 } from "./transport.ts";
+export {
+  readPemFile,
+  TLS_FILE_BYTES_MAX,
+  type TlsConfig,
+  TlsConfigError,
+  tlsListenOptions,
+} from "./tls.ts";
 export { WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES } from "./writer.ts";

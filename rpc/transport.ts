@@ -10,6 +10,8 @@ import { AuthError, RpcError } from "./errors.ts";
 import { closeQuietly, type FrameReader } from "./frame.ts";
 import { clientHandshake, HANDSHAKE_TIMEOUT_MS, type Role, serverHandshake } from "./handshake.ts";
 import { type Handlers, RpcPeer } from "./peer.ts";
+import { type TlsConfig, TlsConfigError, tlsListenOptions } from "./tls.ts";
+import { setTlsNoDelay } from "./_tcp_nodelay.ts";
 
 /** Default limit on connections a server holds (authenticated or not). */
 export const PEERS_MAX = 256;
@@ -40,6 +42,8 @@ export interface ListenOptions {
   handshakeTimeoutMs?: number;
   /** Connection limit, including handshakes in progress. Default 256. */
   peersMax?: number;
+  /** TCP: serve over TLS with this certificate and key (plain TCP when undefined). */
+  tls?: TlsConfig;
 }
 
 /** A listening server; closing it closes every connection. */
@@ -69,7 +73,12 @@ export interface ConnectOptions {
   signal?: AbortSignal;
   /** Where a dropped connection is reported. Default `console.error`. */
   log?: (message: string) => void;
+  /** TCP: connect over TLS, the server's certificate checked against these CAs. */
+  tls?: TlsConfig;
 }
+
+/** What a failed TLS handshake most likely means, for the log. */
+const TLS_HINT = "(a peer without TLS, or a certificate not from the farm's CA?)";
 
 /**
  * Listens for peers. Each connection must authenticate within the handshake
@@ -81,6 +90,25 @@ export function listen(options: ListenOptions): RpcServer {
   if (options.transport === "unix") {
     if (options.path === undefined) throw new TypeError("listen(): a unix socket needs a path");
     listener = Deno.listen({ transport: "unix", path: options.path });
+  } else if (options.tls !== undefined) {
+    try {
+      listener = Deno.listenTls({
+        transport: "tcp",
+        hostname: options.hostname ?? "127.0.0.1",
+        port: options.port ?? 0,
+        ...tlsListenOptions(options.tls),
+      });
+    } catch (error) {
+      // Address errors are the caller's to name; the rest are the certificate's or key's.
+      if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.AddrNotAvailable) {
+        throw error;
+      }
+      if (/lookup address|resolve/i.test(errorMessage(error))) throw error;
+      throw new TlsConfigError(
+        `Cannot use the TLS certificate and key: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
   } else {
     listener = Deno.listen({
       transport: "tcp",
@@ -150,11 +178,16 @@ class Server implements RpcServer {
     this.#handshaking.add(conn);
     let peerRole: Role;
     let reader: FrameReader;
+    const timeoutMs = this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     try {
+      if (this.#options.tls !== undefined) {
+        setTlsNoDelay(conn as Deno.TlsConn);
+        await tlsHandshake(conn as Deno.TlsConn, timeoutMs);
+      }
       ({ peerRole, reader } = await serverHandshake(conn, {
         secret: this.#options.secret,
         role: this.#options.role,
-        timeoutMs: this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
+        timeoutMs,
       }));
     } catch (error) {
       if (!this.#closed) this.#log(`Rejected peer ${remoteAddr}: ${errorMessage(error)}`);
@@ -242,9 +275,30 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
           port: options.port,
           signal,
         });
+        if (options.tls !== undefined) {
+          noDelay(conn);
+          const tcp = conn;
+          try {
+            conn = await Deno.startTls(tcp as Deno.TcpConn, {
+              hostname: options.hostname ?? "127.0.0.1",
+              caCerts: options.tls.caCerts,
+            });
+            await tlsHandshake(
+              conn as Deno.TlsConn,
+              Math.max(1, timeoutMs - (Date.now() - started)),
+            );
+          } catch (error) {
+            closeQuietly(conn);
+            if (signal.aborted) throw error;
+            const why = error instanceof AuthError
+              ? error.message
+              : `${errorMessage(error)} ${TLS_HINT}`;
+            throw new AuthError(`Cannot connect to ${target} over TLS: ${why}`, { cause: error });
+          }
+        }
       }
     } catch (error) {
-      if (error instanceof TypeError) throw error;
+      if (error instanceof TypeError || error instanceof AuthError) throw error;
       if (signal.aborted) {
         const reason = signal.reason;
         if (reason instanceof RpcError) {
@@ -291,7 +345,33 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
 
 /** Our writer coalesces frames itself; Nagle's algorithm would only add latency. */
 function noDelay(conn: Deno.Conn): void {
-  if (conn.remoteAddr.transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
+  const tcp = conn as Partial<Deno.TcpConn>;
+  if (conn.remoteAddr.transport === "tcp" && typeof tcp.setNoDelay === "function") {
+    tcp.setNoDelay(true);
+  }
+}
+
+/** Completes a TLS handshake within `timeoutMs`; a failure says TLS and why. */
+async function tlsHandshake(conn: Deno.TlsConn, timeoutMs: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([
+      conn.handshake(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new AuthError(`TLS handshake timed out after ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      }),
+    ]);
+  } catch (error) {
+    if (error instanceof AuthError) throw error;
+    throw new AuthError(`TLS handshake failed: ${errorMessage(error)} ${TLS_HINT}`, {
+      cause: error,
+    });
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** "host:port", "[v6]:port" or "unix". */

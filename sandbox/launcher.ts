@@ -1,6 +1,10 @@
 /**
- * Builds the C launcher (sandbox/launcher.c) on first use, into a cache
- * directory keyed by the source's SHA-256.
+ * The C launcher (sandbox/launcher.c), in a root-only cache directory keyed
+ * by the source's SHA-256: copied from a launcher built ahead
+ * (`sandbox/prebuilt/`, made by `scripts/build_launcher.ts` at bootstrap and
+ * by `deno task compile`, which ships it inside the worker's binary) when
+ * that was built from this source, its bytes checked against its manifest;
+ * else compiled with gcc on first use.
  *
  * @module
  */
@@ -11,31 +15,153 @@ import { SandboxError } from "./errors.ts";
 export const LAUNCHER_CFLAGS: readonly string[] = ["-O2", "-Wall", "-Werror"];
 
 const SOURCE_URL = new URL("./launcher.c", import.meta.url);
+/** Where a launcher built ahead lies: what `deno compile --include sandbox/prebuilt` carries. */
+export const PREBUILT_DIR_URL: URL = new URL("./prebuilt/", import.meta.url);
+/** The launcher's file name in a prebuilt directory; its manifest is this plus `.json`. */
+export const PREBUILT_NAME = "termite-launcher";
+/** Largest launcher binary (or manifest) read from a prebuilt directory. */
+const PREBUILT_BYTES_MAX = 16 * 2 ** 20;
 const builds = new Map<string, Promise<string>>();
 
+/** What `${PREBUILT_NAME}.json` says of the binary beside it. */
+export interface PrebuiltManifest {
+  /** {@linkcode launcherSourceHash} of the source it was built from. */
+  source: string;
+  /** SHA-256 of the binary. */
+  sha256: string;
+  bytes: number;
+}
+
+/** Options of {@linkcode ensureLauncher}. */
+export interface EnsureLauncherOptions {
+  /** A directory holding a launcher built ahead and its manifest; default {@linkcode PREBUILT_DIR_URL}. */
+  prebuiltDir?: string | URL;
+}
+
 /**
- * Returns the path of the launcher binary in `cacheDir`, compiling it with gcc
- * if this version of the source has not been built there yet. The launcher
+ * Returns the path of the launcher binary in `cacheDir`: copied from a
+ * prebuilt one built from this source (its SHA-256 checked), else compiled
+ * with gcc, if this version of the source is not there yet. The launcher
  * runs as root: `cacheDir` must be writable by root only (it is created with
  * mode 0700).
  */
-export function ensureLauncher(cacheDir: string): Promise<string> {
+export function ensureLauncher(
+  cacheDir: string,
+  options: EnsureLauncherOptions = {},
+): Promise<string> {
   let build = builds.get(cacheDir);
   if (!build) {
-    build = buildLauncher(cacheDir);
+    build = buildLauncher(cacheDir, options.prebuiltDir ?? PREBUILT_DIR_URL);
     builds.set(cacheDir, build);
     build.catch(() => builds.delete(cacheDir));
   }
   return build;
 }
 
-async function buildLauncher(cacheDir: string): Promise<string> {
-  let source: Uint8Array;
+async function readSource(): Promise<Uint8Array> {
   try {
-    source = await Deno.readFile(SOURCE_URL);
+    return await Deno.readFile(SOURCE_URL);
   } catch (err) {
     throw new SandboxError(`Cannot read the launcher source: ${SOURCE_URL}`, { cause: err });
   }
+}
+
+/** SHA-256 of the launcher's source and compiler flags: what a build depends on. */
+export async function launcherSourceHash(): Promise<string> {
+  const source = await readSource();
+  return createHash("sha256").update(source).update(LAUNCHER_CFLAGS.join(" ")).digest("hex");
+}
+
+function dirPath(dir: string | URL): string {
+  return (dir instanceof URL ? dir.pathname : dir).replace(/\/*$/, "");
+}
+
+/** Reads a regular file of at most PREBUILT_BYTES_MAX bytes; undefined when absent. */
+async function readBounded(path: string): Promise<Uint8Array | undefined> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    throw new SandboxError(`Cannot read the prebuilt launcher: ${path}`, { cause: err });
+  }
+  if (!info.isFile || info.size > PREBUILT_BYTES_MAX) {
+    throw new SandboxError(
+      `Cannot use the prebuilt launcher: ${path} is not a regular file of at most ` +
+        `${PREBUILT_BYTES_MAX} bytes`,
+    );
+  }
+  return await Deno.readFile(path);
+}
+
+/**
+ * The prebuilt launcher's bytes when it was built from source `hash` and
+ * matches its manifest; undefined when there is none or it is of another
+ * source (stale).
+ *
+ * @throws {SandboxError} when its bytes do not match the manifest (changed
+ *   after it was built): never run such a binary as root.
+ */
+async function readPrebuilt(dir: string, hash: string): Promise<Uint8Array | undefined> {
+  const manifestPath = `${dir}/${PREBUILT_NAME}.json`;
+  const manifestBytes = await readBounded(manifestPath);
+  if (manifestBytes === undefined) return undefined;
+  let manifest: PrebuiltManifest;
+  try {
+    manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  } catch (err) {
+    throw new SandboxError(`Cannot parse ${manifestPath}`, { cause: err });
+  }
+  if (manifest?.source !== hash) return undefined;
+  const binaryPath = `${dir}/${PREBUILT_NAME}`;
+  const binary = await readBounded(binaryPath);
+  if (binary === undefined) {
+    throw new SandboxError(`Cannot use the prebuilt launcher: ${binaryPath} is missing`);
+  }
+  const sha256 = createHash("sha256").update(binary).digest("hex");
+  if (sha256 !== manifest.sha256 || binary.length !== manifest.bytes) {
+    throw new SandboxError(
+      `Refusing the prebuilt launcher ${binaryPath}: SHA-256 ${sha256} (${binary.length} bytes), ` +
+        `its manifest says ${manifest.sha256} (${manifest.bytes} bytes); build it again with ` +
+        "`deno run -A scripts/build_launcher.ts`",
+    );
+  }
+  return binary;
+}
+
+/**
+ * Compiles the launcher into `dir` (made if missing) as {@linkcode PREBUILT_NAME}
+ * with its manifest, for a worker to use with no compiler; nothing when the
+ * one there is of this source and intact. Needs gcc.
+ */
+export async function buildPrebuiltLauncher(dir: string): Promise<PrebuiltManifest> {
+  const hash = await launcherSourceHash();
+  const current = await readPrebuilt(dir, hash).catch(() => undefined);
+  if (current !== undefined) {
+    return JSON.parse(await Deno.readTextFile(`${dir}/${PREBUILT_NAME}.json`));
+  }
+  const scratch = await Deno.makeTempDir({ prefix: "termite-launcher-" });
+  try {
+    const built = await ensureLauncher(scratch, { prebuiltDir: `${scratch}/none` });
+    const binary = await Deno.readFile(built);
+    const manifest: PrebuiltManifest = {
+      source: hash,
+      sha256: createHash("sha256").update(binary).digest("hex"),
+      bytes: binary.length,
+    };
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeFile(`${dir}/${PREBUILT_NAME}.tmp`, binary, { mode: 0o755 });
+    await Deno.rename(`${dir}/${PREBUILT_NAME}.tmp`, `${dir}/${PREBUILT_NAME}`);
+    await Deno.writeTextFile(`${dir}/${PREBUILT_NAME}.json`, JSON.stringify(manifest) + "\n");
+    return manifest;
+  } finally {
+    builds.delete(scratch);
+    await Deno.remove(scratch, { recursive: true });
+  }
+}
+
+async function buildLauncher(cacheDir: string, prebuiltDir: string | URL): Promise<string> {
+  const source = await readSource();
   const hash = createHash("sha256").update(source).update(LAUNCHER_CFLAGS.join(" ")).digest(
     "hex",
   );
@@ -47,7 +173,24 @@ async function buildLauncher(cacheDir: string): Promise<string> {
       throw new SandboxError(`Cannot use the launcher cache: ${path}`, { cause: err });
     }
   }
+  const prebuilt = await readPrebuilt(dirPath(prebuiltDir), hash);
   const suffix = crypto.randomUUID().slice(0, 8);
+  if (prebuilt !== undefined) {
+    const binaryTmp = `${path}.${suffix}.tmp`;
+    try {
+      await Deno.mkdir(cacheDir.replace(/\/+[^/]*\/*$/, "") || "/", { recursive: true });
+      await Deno.mkdir(cacheDir, { recursive: true, mode: 0o700 });
+      await Deno.chmod(cacheDir, 0o700);
+      // The bytes checked above, written with O_EXCL into the root-only directory.
+      await Deno.writeFile(binaryTmp, prebuilt, { mode: 0o700, createNew: true });
+      await Deno.chmod(binaryTmp, 0o755);
+      await Deno.rename(binaryTmp, path);
+      return path;
+    } catch (err) {
+      await Deno.remove(binaryTmp).catch(() => {});
+      throw new SandboxError(`Cannot install the prebuilt launcher in ${cacheDir}`, { cause: err });
+    }
+  }
   const sourceCopy = `${cacheDir}/launcher-${hash.slice(0, 16)}-${suffix}.c`;
   const binaryTmp = `${path}.${suffix}.tmp`;
   try {
@@ -57,12 +200,23 @@ async function buildLauncher(cacheDir: string): Promise<string> {
     await Deno.mkdir(cacheDir, { recursive: true, mode: 0o700 });
     // Compile exactly the bytes that were hashed.
     await Deno.writeFile(sourceCopy, source, { mode: 0o600 });
-    const gcc = await new Deno.Command("gcc", {
-      args: [...LAUNCHER_CFLAGS, "-o", binaryTmp, sourceCopy],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    let gcc: Deno.CommandOutput;
+    try {
+      gcc = await new Deno.Command("gcc", {
+        args: [...LAUNCHER_CFLAGS, "-o", binaryTmp, sourceCopy],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+      throw new SandboxError(
+        "Cannot compile the launcher: no gcc on PATH, and no launcher built ahead for this " +
+          `source in ${dirPath(prebuiltDir)} (make one where gcc is: ` +
+          "`deno run -A scripts/build_launcher.ts`, or `deno task compile` for a worker binary)",
+        { cause: err },
+      );
+    }
     if (!gcc.success) {
       const stderr = new TextDecoder().decode(gcc.stderr).slice(0, 4000);
       throw new SandboxError(`Cannot compile the launcher: gcc exited with ${gcc.code}: ${stderr}`);

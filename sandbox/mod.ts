@@ -16,7 +16,16 @@
  */
 export type { ResultFile, ResultSet } from "../common/types.ts";
 export { SandboxError } from "./errors.ts";
-export { ensureLauncher, LAUNCHER_CFLAGS } from "./launcher.ts";
+export {
+  buildPrebuiltLauncher,
+  ensureLauncher,
+  type EnsureLauncherOptions,
+  LAUNCHER_CFLAGS,
+  launcherSourceHash,
+  PREBUILT_DIR_URL,
+  PREBUILT_NAME,
+  type PrebuiltManifest,
+} from "./launcher.ts";
 export {
   DYNMODS_HIERARCHY,
   type DynmodsMount,

@@ -93,3 +93,9 @@ deno install --frozen --quiet >/dev/null || {
   exit 1
 }
 chmod -R a+rX node_modules
+
+# The sandbox launcher, built once ahead: a worker then compiles nothing at
+# start (sandbox/launcher.ts); root-owned like the checkout.
+deno run -A scripts/build_launcher.ts 2>/dev/null || {
+  echo "bootstrap: cannot build the sandbox launcher ahead (workers will build it with gcc)" >&2
+}

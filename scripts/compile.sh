@@ -10,8 +10,16 @@ if [ -n "${DENORT_BIN:-}" ] && [ ! -x "$DENORT_BIN" ]; then
   exit 1
 fi
 mkdir -p dist
+# The worker carries its sandbox launcher built here, and the source it was
+# built from: it runs on hosts with no compiler (sandbox/launcher.ts).
+if ! out=$(deno run -A scripts/build_launcher.ts 2>&1); then
+  echo "compile: cannot build the sandbox launcher ahead (needs gcc): $out" >&2
+  exit 1
+fi
 for role in coordinator worker master wrapper; do
-  if ! out=$(deno compile -A --quiet --output "dist/termite-$role" "$role.ts" 2>&1); then
+  include=()
+  [ "$role" = worker ] && include=(--include sandbox/launcher.c --include sandbox/prebuilt)
+  if ! out=$(deno compile -A --quiet "${include[@]}" --output "dist/termite-$role" "$role.ts" 2>&1); then
     if [ -z "${DENORT_BIN:-}" ] && grep -qiE 'denort|error sending request|dns error' <<<"$out"; then
       reason=$(grep -m1 -iE 'error sending request|dns error' <<<"$out" | sed -E 's/^[[:space:]]*[0-9]+: //' || true)
       echo "compile: deno compile needs internet access to download denort $version (Deno's" \

@@ -18,7 +18,7 @@ interface Run {
 
 /** Runs `deno run -A <role>.ts ARGS`; killed after `timeoutMs` (then code is 137-ish). */
 async function runRole(
-  role: Role | "wrapper",
+  role: Role | "wrapper" | "token" | "monitor",
   args: string[],
   options: { cwd?: string; prefix?: string[]; env?: Record<string, string>; timeoutMs?: number } =
     {},
@@ -81,6 +81,8 @@ function roleArgs(role: Role, dir: string, secret: string): string[] {
         "127.0.0.1",
         "--port",
         "0",
+        "--metrics-port",
+        "0",
         "--cache-dir",
         `${dir}/worker-cache`,
       ];
@@ -117,6 +119,7 @@ Deno.test("helpText() lists every flag with its default, wrapped at 100 columns"
   assert.match(flags.get("port")!, /^N +port to listen on \(default: 1230\)$/);
   assert.match(flags.get("coordinator")!, /\(required\)$/);
   assert.match(flags.get("jobs")!, /\(default: the number of CPUs\)$/);
+  assert.match(flags.get("quiet")!, /\(default: off\)$/);
   assert.match(flags.get("help")!, /print this and exit/);
   assert.ok(text.split("\n").every((line) => line.length <= 100), text);
 });
@@ -146,17 +149,20 @@ Deno.test("Flags: each bad value names its flag; a relative path is made absolut
 });
 
 Deno.test("every role's --help exits 0 and shows each flag's default (or that it is required)", async () => {
-  const runs = await Promise.all(ROLES.map((role) => runRole(role, ["--help"])));
-  for (const [i, role] of ROLES.entries()) {
+  const tools = ["token", "monitor"] as const;
+  const runs = await Promise.all([...ROLES, ...tools].map((role) => runRole(role, ["--help"])));
+  for (const [i, role] of [...ROLES, ...tools].entries()) {
     const run = runs[i];
     assert.equal(run.code, 0, `${role}: ${run.stderr}`);
     const flags = helpFlags(run.stdout);
-    assert.ok(flags.size >= 5, `${role}:\n${run.stdout}`);
+    assert.ok(flags.size >= (i < ROLES.length ? 5 : 2), `${role}:\n${run.stdout}`);
     for (const [name, text] of flags) {
-      if (name === "help" || !/^[A-Z]/.test(text)) continue; // --help and boolean flags
+      if (name === "help") continue;
       assert.match(text, /\((default: .+|required)\)$/, `${role} --${name}: ${text}`);
     }
-    assert.match(flags.get("secret")!, /at least 16 bytes.*\(default: secret\.txt\)/);
+    if (i < ROLES.length) {
+      assert.match(flags.get("secret")!, /at least 16 bytes.*\(default: secret\.txt\)/);
+    }
   }
   const [coordinator, worker, master] = runs.map((r) => helpFlags(r.stdout));
   assert.match(coordinator.get("port")!, /\(default: 1230\)/);
@@ -164,6 +170,9 @@ Deno.test("every role's --help exits 0 and shows each flag's default (or that it
   assert.match(worker.get("port")!, /\(default: 1232\)/);
   assert.match(worker.get("jobs")!, /\(default: the number of CPUs/);
   assert.match(master.get("jobs")!, /jobs to run at once on each worker.*\(default: 4\)/);
+  assert.match(worker.get("metrics-port")!, /\(default: 1234\)/);
+  assert.match(worker.get("job-network")!, /\(default: off\)/);
+  assert.match(worker.get("tls-ca")!, /\(default: none: plain TCP\)/);
 });
 
 Deno.test("wrapper.ts --help exits 0; with no tool at all it exits 2", async () => {
@@ -266,8 +275,14 @@ Deno.test("a port in use is named with its flag, for each port of each role", as
       {
         role: "worker",
         args: [...base("worker"), "--port", port],
-        message: `Cannot listen on 127.0.0.1:${port}: port ${port} is in use ` +
+        message: `Cannot listen on 127.0.0.1:${port} (masters): port ${port} is in use ` +
           `(choose another with --port)`,
+      },
+      {
+        role: "worker",
+        args: [...base("worker"), "--metrics-port", port],
+        message: `Cannot listen on 127.0.0.1:${port} (metrics): port ${port} is in use ` +
+          `(choose another with --metrics-port)`,
       },
       {
         role: "master",
@@ -293,6 +308,9 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
   try {
     const secret = `${dir}/secret`;
     await writeSecret(secret, 32);
+    await Deno.writeTextFile(`${dir}/ca.pem`, "-----BEGIN CERTIFICATE-----\n");
+    await Deno.writeTextFile(`${dir}/k`, "-----BEGIN PRIVATE KEY-----\n", { mode: 0o644 });
+    await Deno.chmod(`${dir}/k`, 0o644);
     const cases: { role: Role; args: string[]; message: RegExp }[] = [
       { role: "coordinator", args: ["--port", "http"], message: /Bad --port "http"/ },
       { role: "coordinator", args: ["--worker-timeout", "3x"], message: /Bad --worker-timeout/ },
@@ -300,6 +318,37 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
       { role: "worker", args: ["--advertise", "nowhere"], message: /Bad --advertise "nowhere"/ },
       { role: "master", args: ["--coordinator", "host"], message: /Bad --coordinator "host"/ },
       { role: "master", args: ["--jbos", "4"], message: /Unknown flag '--jbos'/ },
+      {
+        role: "coordinator",
+        args: ["--host", "999.1.1.1"],
+        message: /Cannot listen on 999\.1\.1\.1:0 .*\(check --host\)$/,
+      },
+      {
+        role: "worker",
+        args: ["--metrics-host", "999.1.1.1"],
+        message: /Cannot listen on 999\.1\.1\.1:0 \(metrics\): .*\(check --metrics-host\)$/,
+      },
+      { role: "worker", args: ["--tls-cert", "x.pem"], message: /--tls-cert needs --tls-ca/ },
+      {
+        role: "coordinator",
+        args: ["--tls-ca", `${dir}/ca.pem`],
+        message: /--tls-cert is required with --tls-ca/,
+      },
+      {
+        role: "master",
+        args: ["--tls-ca", `${dir}/none.pem`],
+        message: /Bad --tls-ca: Cannot read/,
+      },
+      {
+        role: "worker",
+        args: ["--tls-ca", `${dir}/ca.pem`, "--tls-cert", `${dir}/ca.pem`, "--tls-key", `${dir}/k`],
+        message: /Bad --tls-key: Cannot use private key \S+: others may read it \(mode 0644\)/,
+      },
+      {
+        role: "master",
+        args: ["--tls-ca", `${dir}/k`],
+        message: /Bad --tls-ca: .*no PEM certificate/,
+      },
     ];
     const runs = await Promise.all(
       cases.map((c) =>
@@ -312,6 +361,12 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
       assert.equal(lines.length, 1, runs[i].stderr);
       assert.match(lines[0], new RegExp(`^termite ${c.role}: ${c.message.source}`));
     }
+    const monitor = await runRole("monitor", ["--url", "notaurl"], { cwd: dir });
+    assert.equal(monitor.code, 1);
+    assert.equal(
+      monitor.stderr,
+      'termite monitor: Bad --url "notaurl": want an http:// URL of a status page\n',
+    );
     const worker = await runRole("worker", ["--secret", secret], { cwd: dir });
     assert.equal(worker.code, 1);
     assert.match(worker.stderr, /^termite worker: --coordinator is required/);

@@ -249,6 +249,8 @@ Deno.test("e2e: a worker with the wrong secret is refused and logged", async () 
         "127.0.0.1",
         "--port",
         "0",
+        "--metrics-port",
+        "none",
         "--cache-dir",
         `${farm.dir}/wrong-worker`,
       ],

@@ -73,6 +73,8 @@ function roleArgs(role: string, dir: string, secret: string, coordinatorPort = 1
       "127.0.0.1",
       "--port",
       "0",
+      "--metrics-port",
+      "none",
       "--cache-dir",
       `${dir}/w`,
     ];
@@ -538,7 +540,12 @@ function httpFuzz(fuzz: Fuzz): Uint8Array {
 Deno.test("hostile: fuzzed handshakes, frames and HTTP at every port of a farm; it keeps serving", async () => {
   await withFarm(
     "fuzz",
-    { workers: 1, coordinatorArgs: ["--http-port", "0"] },
+    {
+      workers: 1,
+      coordinatorArgs: ["--http-port", "0"],
+      // The worker's metrics on its host's address, to be reached from here.
+      workerArgs: ["--metrics-host", "0.0.0.0"],
+    },
     async (farm, tree) => {
       const fuzz = new Fuzz(FUZZ_SEED);
       const seedNote = `FUZZ_SEED=${FUZZ_SEED}`;
@@ -596,14 +603,15 @@ Deno.test("hostile: fuzzed handshakes, frames and HTTP at every port of a farm; 
         await sendAndDrain(conn, wrapperFuzz(fuzz, base), 15_000);
         counts["wrapper socket"] = (counts["wrapper socket"] ?? 0) + 1;
       });
-      for (
-        const [name, port] of [["master status", farm.statusPort], [
-          "coordinator status",
-          coordinatorHttp,
-        ]] as const
-      ) {
+      const workerMetrics = Number(new URL(farm.workers[0].metricsUrl).port);
+      const httpTargets = [
+        ["master status", "127.0.0.1", farm.statusPort],
+        ["coordinator status", "127.0.0.1", coordinatorHttp],
+        ["worker metrics", workerHost, workerMetrics],
+      ] as const;
+      for (const [name, hostname, port] of httpTargets) {
         await inParallel(150, 16, async () => {
-          const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+          const conn = await Deno.connect({ hostname, port });
           await sendAndDrain(conn, httpFuzz(fuzz), 5_000);
           counts[name] = (counts[name] ?? 0) + 1;
         });
@@ -616,6 +624,8 @@ Deno.test("hostile: fuzzed handshakes, frames and HTTP at every port of a farm; 
       const listed = await (await fetch(`http://127.0.0.1:${coordinatorHttp}/status.json`)).json();
       assert.equal(listed.workers.length, 1, seedNote);
       assert.equal(listed.workers[0].draining, false, `${seedNote}: nobody drained it`);
+      const metrics = await (await fetch(`http://${workerHost}:${workerMetrics}/metrics`)).text();
+      assert.match(metrics, /^termite_worker_slots 2$/m, seedNote);
       await Deno.writeTextFile(`${tree}/ok.c`, "int ok(void) { return 1; }\n");
       const before = status.jobs.jobsRemote;
       const gcc = await runIn(tree, [`${farm.binDir}/gcc`, "-c", "ok.c", "-o", "ok.o"], farm.env);

@@ -64,8 +64,18 @@ export async function removeStaleMirrors(cacheDir: string): Promise<void> {
   }
 }
 
+/** Counters of {@linkcode MirrorStats} summed over a worker's mirrors, unmounted ones too. */
+export const MIRROR_TOTALS = ["lookups", "lookupsWaited", "blobFetches", "blobBytes"] as const;
+
+/** Totals of {@linkcode MIRROR_TOTALS}. */
+export type MirrorTotals = Record<(typeof MIRROR_TOTALS)[number], number>;
+
 export class Mirrors {
   readonly #options: MirrorsOptions;
+  /** What unmounted mirrors counted, so that totals never go down. */
+  readonly #retired: MirrorTotals = { lookups: 0, lookupsWaited: 0, blobFetches: 0, blobBytes: 0 };
+  /** Mirrors off the list, still counted until unmounted. */
+  readonly #unmounting = new Set<Mirror>();
   readonly #mirrors = new Map<string, Mirror>();
   readonly #opening = new Map<string, Promise<Mirror>>();
   #mountSeq = 0;
@@ -77,6 +87,15 @@ export class Mirrors {
   /** The mounted mirrors by key. */
   get all(): ReadonlyMap<string, Mirror> {
     return this.#mirrors;
+  }
+
+  /** Counters over every mirror this worker mounted (for /metrics). */
+  totals(): MirrorTotals {
+    const t = { ...this.#retired };
+    for (const m of [...this.#mirrors.values(), ...this.#unmounting]) {
+      for (const k of MIRROR_TOTALS) t[k] += m.fs.stats[k];
+    }
+    return t;
   }
 
   /** The mirror of master `masterId`, if mounted. */
@@ -140,10 +159,9 @@ export class Mirrors {
   /** Waits for mirrors being mounted, then unmounts every mirror. */
   async close(): Promise<void> {
     await Promise.allSettled([...this.#opening.values()]);
-    for (const mirror of this.#mirrors.values()) {
-      await this.#unmount(mirror, { removeMountpoint: false });
-    }
+    const mirrors = [...this.#mirrors.values()];
     this.#mirrors.clear();
+    for (const mirror of mirrors) await this.#unmount(mirror, { removeMountpoint: false });
   }
 
   async #mount(key: string, params: MirrorOpenParams, peer: RpcPeer): Promise<Mirror> {
@@ -205,10 +223,16 @@ export class Mirrors {
 
   /** Unmounts a mirror already taken off the list, and frees it. */
   async #unmount(mirror: Mirror, options: { removeMountpoint: boolean }): Promise<void> {
-    await mirror.session.close().catch((err) =>
-      this.#options.log(`unmount ${mirror.mountpoint}: ${err}`)
-    );
-    await mirror.fs.close();
+    this.#unmounting.add(mirror);
+    try {
+      await mirror.session.close().catch((err) =>
+        this.#options.log(`unmount ${mirror.mountpoint}: ${err}`)
+      );
+      await mirror.fs.close();
+    } finally {
+      for (const k of MIRROR_TOTALS) this.#retired[k] += mirror.fs.stats[k];
+      this.#unmounting.delete(mirror);
+    }
     if (options.removeMountpoint) await Deno.remove(mirror.mountpoint).catch(() => {});
   }
 }

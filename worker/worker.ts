@@ -6,7 +6,7 @@
  * layer becomes the result set (`job_run.ts`).
  */
 import { hostname } from "node:os";
-import { formatHostPort } from "../common/address.ts";
+import { formatHostPort, ListenError } from "../common/address.ts";
 import { registerWorker, type WorkerRegistration } from "../coordinator/mod.ts";
 import {
   type JobParams,
@@ -20,7 +20,15 @@ import type { FileAttr } from "../common/types.ts";
 import { Store } from "../cas/mod.ts";
 import { errorMessage } from "../common/errors.ts";
 import { isHash } from "../common/hash.ts";
-import { type CallContext, listen, RpcError, type RpcPeer, type RpcServer } from "../rpc/mod.ts";
+import {
+  type CallContext,
+  listen,
+  RpcError,
+  type RpcPeer,
+  type RpcServer,
+  type TlsConfig,
+  TlsConfigError,
+} from "../rpc/mod.ts";
 import {
   type DynmodsMount,
   ensureLauncher,
@@ -33,6 +41,7 @@ import { ReadTracer } from "./read_trace.ts";
 import { JobStdin } from "./job_stdin.ts";
 import { type Mirror, Mirrors, MIRRORS_MAX_DEFAULT, removeStaleMirrors } from "./mirrors.ts";
 import { FairSlots, SlotsFullError } from "./slots.ts";
+import { type MetricsServer, serveMetrics, WorkerMetrics } from "./metrics.ts";
 
 /** Jobs waiting for a slot, over all masters, at most this many per slot. */
 const WAITING_PER_SLOT_MAX = 16;
@@ -41,6 +50,11 @@ export { MIRRORS_MAX_DEFAULT };
 
 export interface WorkerOptions {
   secret: CryptoKey;
+  /**
+   * TLS: masters are served with its certificate and key, the coordinator's
+   * certificate is checked against its CAs (plain TCP when undefined).
+   */
+  tls?: TlsConfig;
   /** Job slots. */
   jobs: number;
   /** RPC listen address. */
@@ -80,6 +94,13 @@ export interface WorkerOptions {
    * bpftrace process for the worker's life (worker/read_trace.ts). Default false.
    */
   recordReads?: boolean;
+  /**
+   * Serve Prometheus metrics at `http://metricsHostname:metricsPort/metrics`
+   * (0 = any free port); none when undefined.
+   */
+  metricsPort?: number;
+  /** Address of the metrics listener; default 127.0.0.1. */
+  metricsHostname?: string;
   log?: (message: string) => void;
   /** The coordinator holds another secret (before this worker ever registered). */
   onSecretMismatch?: (error: Error) => void;
@@ -111,7 +132,9 @@ export class Worker implements AsyncDisposable {
   #dynmods: DynmodsMount | null = null;
   #tracer: ReadTracer | null = null;
   #tracerStarting: Promise<void> = Promise.resolve();
-  stats = { jobs: 0, jobsFailed: 0, blobsServed: 0 };
+  stats = { jobs: 0, jobsFailed: 0, blobsServed: 0, bytesServed: 0 };
+  readonly metrics: WorkerMetrics;
+  #metricsServer: MetricsServer | null = null;
 
   private constructor(options: WorkerOptions, store: Store) {
     this.#options = options;
@@ -141,6 +164,17 @@ export class Worker implements AsyncDisposable {
       track: (work) => this.#track(work),
       tracer: this.#tracer ?? undefined,
     });
+    this.metrics = new WorkerMetrics({
+      slots: () => this.#draining ? 0 : options.jobs,
+      slotsBusy: () => this.#slots.busy,
+      jobsWaiting: () => this.#slots.waiting,
+      mirrors: () => this.#mirrors.all.size,
+      mirrorTotals: () => this.#mirrors.totals(),
+      storeBytes: () => store.bytes,
+      storeBytesMax: () => store.bytesMax,
+      blobsServed: () => this.stats.blobsServed,
+      bytesServed: () => this.stats.bytesServed,
+    });
   }
 
   static async start(options: WorkerOptions): Promise<Worker> {
@@ -169,15 +203,42 @@ export class Worker implements AsyncDisposable {
     });
     const worker = new Worker(options, store);
     worker.#dynmods = dynmods;
-    worker.#server = listen({
-      transport: "tcp",
-      hostname: options.hostname ?? "0.0.0.0",
-      port: options.port ?? 0,
-      secret: options.secret,
-      role: "worker",
-      handlers: (peer) => worker.#handlers(peer),
-      log: (m) => worker.#log(m),
-    });
+    const hostname = options.hostname ?? "0.0.0.0";
+    const port = options.port ?? 0;
+    try {
+      try {
+        worker.#server = listen({
+          transport: "tcp",
+          hostname,
+          port,
+          secret: options.secret,
+          tls: options.tls,
+          role: "worker",
+          handlers: (peer) => worker.#handlers(peer),
+          log: (m) => worker.#log(m),
+        });
+      } catch (err) {
+        if (err instanceof TlsConfigError) throw err;
+        throw new ListenError("masters", hostname, port, { cause: err });
+      }
+      if (options.metricsPort !== undefined) {
+        const metricsHostname = options.metricsHostname ?? "127.0.0.1";
+        try {
+          worker.#metricsServer = serveMetrics(worker.metrics.registry, {
+            hostname: metricsHostname,
+            port: options.metricsPort,
+          });
+        } catch (err) {
+          throw new ListenError("metrics", metricsHostname, options.metricsPort, { cause: err });
+        }
+      }
+    } catch (err) {
+      await worker.#server?.close();
+      store.close();
+      await store.settle();
+      await dynmods?.close();
+      throw err;
+    }
     await worker.#tracerStarting;
     if (options.coordinator) worker.#register(options.coordinator);
     const idleMs = options.mirrorIdleMs ?? 10 * 60_000;
@@ -197,6 +258,11 @@ export class Worker implements AsyncDisposable {
       formatHostPort(this.#options.hostname ?? "127.0.0.1", this.port);
   }
 
+  /** The metrics listener's URL (`http://host:port/metrics`), if any. */
+  get metricsUrl(): string | undefined {
+    return this.#metricsServer?.url;
+  }
+
   get mirrors(): ReadonlyMap<string, Mirror> {
     return this.#mirrors.all;
   }
@@ -209,6 +275,7 @@ export class Worker implements AsyncDisposable {
     this.#registration = registerWorker({
       coordinator,
       secret: this.#options.secret,
+      tls: this.#options.tls,
       info: () => this.#info(),
       onSecretMismatch: this.#options.onSecretMismatch,
       onDrain: () => {
@@ -275,6 +342,7 @@ export class Worker implements AsyncDisposable {
     try {
       const size = await ctx.sendFile(this.#store.pathOf(hash));
       this.stats.blobsServed++;
+      this.stats.bytesServed += size;
       return { size };
     } finally {
       this.#store.unpin(hash);
@@ -330,14 +398,31 @@ export class Worker implements AsyncDisposable {
     mirror.jobs++;
     this.stats.jobs++;
     const stdinEnd = new AbortController();
+    const started = performance.now();
+    const seconds = () => (performance.now() - started) / 1000;
     try {
       await this.#mirrors.applyUpdates(mirror, params.updates, params.reset);
       // stdin streams in while the job runs; it need not end before the job.
       const stdin = params.stdin
         ? this.#stdin.stream(params.jobId, AbortSignal.any([ctx.signal, stdinEnd.signal]))
         : undefined;
-      return await this.#jobs.run(mirror, params, ctx, stdin);
+      const reply = await this.#jobs.run(mirror, params, ctx, stdin);
+      const outcome = reply.killedBy !== undefined
+        ? "killed"
+        : reply.exitCode === 0
+        ? "ok"
+        : "exit_nonzero";
+      this.metrics.jobEnded(outcome, seconds(), reply.killedBy);
+      return reply;
     } catch (err) {
+      this.metrics.jobEnded(
+        ctx.signal.aborted
+          ? "cancelled"
+          : err instanceof RpcError && err.code === "OUTSIDE"
+          ? "outside"
+          : "error",
+        seconds(),
+      );
       this.stats.jobsFailed++;
       // The sandbox failed (say, no room for the launcher's status): the disk?
       if (!(err instanceof RpcError) && !ctx.signal.aborted) await this.#jobs.throwIfDiskFull();
@@ -367,6 +452,7 @@ export class Worker implements AsyncDisposable {
     await this.#registration?.close();
     await this.#server.close();
     await this.#tracer?.close();
+    await this.#metricsServer?.close();
     await Promise.allSettled([...this.#background]);
     await this.#mirrors.close();
     this.#store.close();

@@ -1,0 +1,194 @@
+/**
+ * The worker's Prometheus metrics (`termite_worker_*`) and the small HTTP
+ * listener that serves them at `/metrics` (worker.ts's `--metrics-port`).
+ * Counters kept elsewhere (the store, the mirrors) are read at scrape time.
+ *
+ * @module
+ */
+
+import { formatHostPort } from "../common/address.ts";
+import { JOB_SECONDS_BUCKETS, metricsResponse, Registry } from "../common/metrics.ts";
+import { PAGE_HEADERS } from "../common/page.ts";
+import type { MirrorTotals } from "./mirrors.ts";
+
+/** How a job ended on this worker, as the `outcome` label says it. */
+export type WorkerJobOutcome =
+  | "ok"
+  | "exit_nonzero"
+  | "killed"
+  | "outside"
+  | "error"
+  | "cancelled";
+
+const OUTCOMES: readonly WorkerJobOutcome[] = [
+  "ok",
+  "exit_nonzero",
+  "killed",
+  "outside",
+  "error",
+  "cancelled",
+];
+
+/** What a sandbox kills a job for (the sandbox's `killedBy`), "signal" being a cancel. */
+const KILL_CAUSES: readonly string[] = [
+  "timeout",
+  "memory",
+  "processes",
+  "disk",
+  "signal",
+];
+
+/** Live state the metrics read at scrape time. */
+export interface WorkerMetricsSource {
+  slots(): number;
+  slotsBusy(): number;
+  jobsWaiting(): number;
+  mirrors(): number;
+  mirrorTotals(): MirrorTotals;
+  storeBytes(): number;
+  storeBytesMax(): number;
+  blobsServed(): number;
+  bytesServed(): number;
+}
+
+/** The worker's registry and the calls that move its own counters. */
+export class WorkerMetrics {
+  readonly registry: Registry = new Registry();
+  readonly #jobs;
+  readonly #seconds;
+  readonly #kills;
+
+  constructor(source: WorkerMetricsSource) {
+    const r = this.registry;
+    this.#jobs = r.counter(
+      "termite_worker_jobs_total",
+      "Jobs ended on this worker, by outcome: ok, exit_nonzero (the command failed), killed (by " +
+        "a sandbox limit), outside (it left files in its /tmp: the master runs it itself), " +
+        "error (the worker failed it: the master retries elsewhere), cancelled.",
+      { labelNames: ["outcome"] },
+    );
+    for (const outcome of OUTCOMES) this.#jobs.inc({ outcome }, 0);
+    this.#seconds = r.histogram(
+      "termite_worker_job_duration_seconds",
+      "Time from a job's call arriving to its reply, by outcome.",
+      { buckets: JOB_SECONDS_BUCKETS, labelNames: ["outcome"] },
+    );
+    this.#kills = r.counter(
+      "termite_worker_sandbox_kills_total",
+      "Jobs the sandbox killed, by cause: timeout, memory, processes, disk, signal (cancelled).",
+      { labelNames: ["cause"] },
+    );
+    for (const cause of KILL_CAUSES) this.#kills.inc({ cause }, 0);
+    r.collect("termite_worker_slots", "Job slots (0 while draining).", "gauge", source.slots);
+    r.collect("termite_worker_slots_busy", "Slots running a job now.", "gauge", source.slotsBusy);
+    r.collect(
+      "termite_worker_jobs_waiting",
+      "Jobs waiting for a slot now, over all masters (slots are taken per job, in turn by master).",
+      "gauge",
+      source.jobsWaiting,
+    );
+    r.collect("termite_worker_mirrors", "Masters' mirrors mounted now.", "gauge", source.mirrors);
+    const totals = (key: keyof MirrorTotals) => () => source.mirrorTotals()[key];
+    r.collect(
+      "termite_worker_mirror_lookups_total",
+      "Lookups in the mirrors.",
+      "counter",
+      totals("lookups"),
+    );
+    r.collect(
+      "termite_worker_mirror_lookups_waited_total",
+      "Lookups in the mirrors that waited on the network (their master).",
+      "counter",
+      totals("lookupsWaited"),
+    );
+    r.collect(
+      "termite_worker_fetched_blobs_total",
+      "File contents (blobs) the mirrors fetched from masters.",
+      "counter",
+      totals("blobFetches"),
+    );
+    r.collect(
+      "termite_worker_fetched_bytes_total",
+      "Bytes of file contents the mirrors fetched from masters.",
+      "counter",
+      totals("blobBytes"),
+    );
+    r.collect(
+      "termite_worker_store_bytes",
+      "Bytes in the content store.",
+      "gauge",
+      source.storeBytes,
+    );
+    r.collect(
+      "termite_worker_store_max_bytes",
+      "The content store's size limit (--store-max).",
+      "gauge",
+      source.storeBytesMax,
+    );
+    r.collect(
+      "termite_worker_served_blobs_total",
+      "Result contents (blobs) masters fetched from this worker.",
+      "counter",
+      source.blobsServed,
+    );
+    r.collect(
+      "termite_worker_served_bytes_total",
+      "Bytes of result contents masters fetched from this worker.",
+      "counter",
+      source.bytesServed,
+    );
+  }
+
+  /** Counts a job that ended, how and after how long. */
+  jobEnded(outcome: WorkerJobOutcome, seconds: number, killedBy?: string): void {
+    this.#jobs.inc({ outcome });
+    this.#seconds.observe(seconds, { outcome });
+    if (killedBy !== undefined && KILL_CAUSES.includes(killedBy)) {
+      this.#kills.inc({ cause: killedBy });
+    }
+  }
+}
+
+/** The HTTP listener of `/metrics`. */
+export interface MetricsServer extends AsyncDisposable {
+  /** The port it listens on (the one chosen, for port 0). */
+  readonly port: number;
+  /** `http://host:port/metrics`. */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Serves `registry` at `GET /metrics` on `hostname:port`, nothing else: no
+ * action, no page. Throws `Deno.errors.AddrInUse` and the like as they come.
+ */
+export function serveMetrics(
+  registry: Registry,
+  options: { hostname: string; port: number },
+): MetricsServer {
+  const http = Deno.serve({
+    hostname: options.hostname,
+    port: options.port,
+    onListen: () => {},
+  }, (req) => {
+    const path = new URL(req.url).pathname;
+    const text = (status: number, body: string) =>
+      new Response(body + "\n", {
+        status,
+        headers: { ...PAGE_HEADERS, "content-type": "text/plain; charset=utf-8" },
+      });
+    if (path !== "/metrics" && path !== "/") return text(404, "Not found: see /metrics");
+    if (req.method !== "GET" && req.method !== "HEAD") return text(405, "Method not allowed");
+    if (path === "/") return text(200, "termite worker: metrics at /metrics");
+    return metricsResponse(registry, PAGE_HEADERS);
+  });
+  const port = http.addr.port;
+  let closed: Promise<void> | undefined;
+  const close = () => closed ??= http.shutdown();
+  return {
+    port,
+    url: `http://${formatHostPort(options.hostname, port)}/metrics`,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
