@@ -28,6 +28,11 @@ export const MasterMethods = {
   fsDir: "fs.dir",
   /** `{ hash }` → chunks of bytes, reply `{ size }`. */
   blobGet: "blob.get",
+  /**
+   * `{ tool }` → the learned warm set of a tool: chunks of listings and file
+   * attributes (`WarmChunk` in master/warm_set.ts), reply `{ dirs, files, bytes }`.
+   */
+  fsWarm: "fs.warm",
 } as const;
 
 export interface MirrorOpenParams {
@@ -56,6 +61,8 @@ export interface JobParams {
   reset: boolean;
   /** Heartbeat interval the master wants (ms); the worker clamps it to [250, JOB_HEARTBEAT_MS]. */
   heartbeatMs?: number;
+  /** The job's tool key: a mirror asks once for its learned warm set (`fs.warm`). */
+  warm?: string;
 }
 
 /**

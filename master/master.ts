@@ -41,6 +41,7 @@ import { DEFAULT_EXCLUSIONS, Exclusions, joinPath, normalizeAbsolute, parentOf }
 import { SOCKET_NAME } from "../wrapper/client.ts";
 import type { StdinBuffer } from "./stdin_buffer.ts";
 import { TreeWatcher } from "./tree_watcher.ts";
+import { streamWarmSet, toolKey, WARM_TOOL_KEY_MAX, WarmSets } from "./warm_set.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
 import type { FallbackCause } from "./dispatch.ts";
 
@@ -186,6 +187,9 @@ class Semaphore {
 }
 
 const CHUNK_ATTRS = 512;
+/** Warm-set streams at once, per worker connection and in all. */
+const WARM_STREAMS_PER_PEER_MAX = 4;
+const WARM_STREAMS_MAX = 16;
 
 /** Names an untrusted decoded value without stringifying it (its toString may be anything). */
 function describe(value: unknown): string {
@@ -193,6 +197,21 @@ function describe(value: unknown): string {
 }
 /** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
 const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
+
+/** Milliseconds and calls per kind of file service (fs.attr, fs.dir, blob open, blob send). */
+type ServeTimes = Record<string, { ms: number; calls: number }>;
+
+/** Runs `work`, adding its time to `times[kind]`. */
+async function timed<T>(times: ServeTimes, kind: string, work: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  try {
+    return await work();
+  } finally {
+    const t = times[kind] ??= { ms: 0, calls: 0 };
+    t.ms += performance.now() - started;
+    t.calls++;
+  }
+}
 
 /** How long the tree watcher may take to report a marker file. */
 const TREE_SYNC_MS = 2_000;
@@ -303,14 +322,21 @@ export class Master implements AsyncDisposable {
   #control: ControlPaths;
   #closed = false;
   #jobSeq = 0;
+  #warm: WarmSets;
+  /** Warm streams running, per worker connection. */
+  #warmStreams = new Map<unknown, number>();
+  /** Time spent serving files (debug timings): milliseconds and calls per kind. */
+  #serveTimes: ServeTimes = {};
 
   private constructor(
     options: MasterOptions,
     hashCache: HashCache,
     rules: LocalRules,
     tree: Beneath,
+    warm: WarmSets,
   ) {
     this.#options = options;
+    this.#warm = warm;
     this.root = options.root;
     this.#tree = tree;
     this.#control = {
@@ -354,6 +380,10 @@ export class Master implements AsyncDisposable {
     ).join("").slice(0, 16);
     const hashCache = await HashCache.open({ file: `${options.cacheDir}/hashes-${rootKey}.json` });
     const rules = await LocalRules.load(root);
+    const warm = await WarmSets.open({
+      file: `${options.cacheDir}/warm-${rootKey}.json`,
+      log: options.log ?? ((m) => console.error(`termite master: ${m}`)),
+    });
     // Leftovers of a master that was killed (a link there: the link goes).
     for await (const entry of Deno.readDir(root)) {
       if (entry.name.startsWith(STAGING_DIR)) {
@@ -365,9 +395,10 @@ export class Master implements AsyncDisposable {
       tree = Beneath.open(root);
     } catch (err) {
       await hashCache.close();
+      await warm.close();
       throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
     }
-    const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
+    const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree, warm);
     master.#startWatchingTree();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
@@ -397,11 +428,18 @@ export class Master implements AsyncDisposable {
       if (normal === null) throw new RpcError("BAD_REQUEST", `Bad path: ${describe(p)}`);
       return normal;
     };
+    const serve = this.#serveTimes;
     return {
       [MasterMethods.fsAttr]: (params: { path: unknown; withHash?: unknown }) =>
-        files.attr(path(params?.path), { withHash: params?.withHash === true }),
+        timed(
+          serve,
+          "attr",
+          () => files.attr(path(params?.path), { withHash: params?.withHash === true }),
+        ),
       [MasterMethods.fsDir]: async (params: { path: unknown }, ctx: CallContext) => {
-        const attrs = await files.dir(path(params?.path));
+        const dir = path(params?.path);
+        const attrs = await timed(serve, "dir", () => files.dir(dir));
+        if (attrs.length > 0) this.#warm.noteDir(ctx.peer, dir);
         for (let i = 0; i < attrs.length; i += CHUNK_ATTRS) {
           await ctx.sendChunk(attrs.slice(i, i + CHUNK_ATTRS));
         }
@@ -412,15 +450,58 @@ export class Master implements AsyncDisposable {
         if (typeof hash !== "string" || !isHash(hash)) {
           throw new RpcError("BAD_REQUEST", `Bad hash: ${describe(hash)}`);
         }
-        using file = await files.openBlob(hash);
+        using file = await timed(serve, "open", () => files.openBlob(hash));
         if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
-        const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
+        // The inode checked, whatever the name holds now.
+        const size = await timed(serve, "send", () => ctx.sendFile(file.path));
+        const served = files.hashCache.pathOf(hash);
+        if (served !== undefined) this.#warm.noteFile(ctx.peer, served);
         this.stats.bytesServed += size;
         files.stats.blobs++;
         files.stats.blobBytes += size;
         return { size };
       },
+      [MasterMethods.fsWarm]: (params: { tool: unknown }, ctx: CallContext) =>
+        this.#streamWarm(params?.tool, ctx),
     };
+  }
+
+  /** Streams a tool's learned warm set to a mirror, read now as a lazy fetch would be. */
+  async #streamWarm(
+    tool: unknown,
+    ctx: CallContext,
+  ): Promise<{ dirs: number; files: number; bytes: number }> {
+    if (typeof tool !== "string" || tool.length > WARM_TOOL_KEY_MAX) {
+      throw new RpcError("BAD_REQUEST", `Bad tool key: ${describe(tool)}`);
+    }
+    let all = 0;
+    for (const n of this.#warmStreams.values()) all += n;
+    const mine = this.#warmStreams.get(ctx.peer) ?? 0;
+    if (mine >= WARM_STREAMS_PER_PEER_MAX || all >= WARM_STREAMS_MAX) {
+      throw new RpcError("LIMIT", `Cannot stream a warm set: ${all} streams running`);
+    }
+    this.#warmStreams.set(ctx.peer, mine + 1);
+    const files = this.#files;
+    try {
+      const sent = await streamWarmSet({
+        set: this.#warm.setFor(tool),
+        dir: (path) => files.dir(path),
+        attr: (path) => files.attr(path, { withHash: true }),
+        send: (chunk) => ctx.sendChunk(chunk),
+        signal: ctx.signal,
+      });
+      if (DEBUG_TIMINGS) {
+        this.#log(
+          `warm set of ${JSON.stringify(tool)} sent: ${sent.dirs} directories, ${sent.files} ` +
+            `files (${(sent.bytes / 2 ** 20).toFixed(1)} MiB of contents)`,
+        );
+      }
+      return sent;
+    } finally {
+      const n = (this.#warmStreams.get(ctx.peer) ?? 1) - 1;
+      if (n <= 0) this.#warmStreams.delete(ctx.peer);
+      else this.#warmStreams.set(ctx.peer, n);
+    }
   }
 
   async #startPool(coordinator: string): Promise<void> {
@@ -736,7 +817,11 @@ export class Master implements AsyncDisposable {
       updates,
       reset,
       heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
+      warm: toolKey(request.argv),
     };
+    // What this worker's mirror fetches meanwhile is learned for the tool.
+    const warmKey = params.warm!;
+    this.#warm.jobStarted(worker.peer, warmKey);
     // A worker that falls silent (no output, no heartbeat) is given up on.
     const silence = new AbortController();
     let silenceTimer = setTimeout(() => silence.abort(), silenceMs);
@@ -776,6 +861,7 @@ export class Master implements AsyncDisposable {
       clearTimeout(silenceTimer);
       unfollow?.();
       hold.stopTimer();
+      this.#warm.jobEnded(worker.peer, warmKey);
     }
     // A reply from a worker is untrusted: its exit status reaches make.
     if (typeof reply !== "object" || reply === null) {
@@ -842,7 +928,11 @@ export class Master implements AsyncDisposable {
           `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
           `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${
             ms(applyStarted, performance.now())
-          } ms`,
+          } ms; served so far: ${
+            Object.entries(this.#serveTimes).map(([k, v]) =>
+              `${k} ${v.calls} in ${v.ms.toFixed(0)} ms`
+            ).join(", ")
+          }, hashed ${(this.#hashCache.stats.bytesHashed / 2 ** 20).toFixed(1)} MiB`,
       );
     }
     if (reply.killedBy) {
@@ -947,6 +1037,7 @@ export class Master implements AsyncDisposable {
     await this.#watch?.close();
     await this.#pool?.close();
     await this.#hashCache.close();
+    await this.#warm.close();
     this.#tree.close();
   }
 

@@ -16,6 +16,7 @@ import type { ResultSet } from "../common/types.ts";
 import { type CallContext, RpcError } from "../rpc/mod.ts";
 import { collectResultSet, type JobOutcome, runJob } from "../sandbox/mod.ts";
 import { type Mirror, safeName } from "./mirrors.ts";
+import type { MirrorStats } from "./mirror_options.ts";
 import { sendResultParts } from "./result_parts.ts";
 
 /** Result files up to this size travel inline in the job's reply... */
@@ -89,6 +90,22 @@ export function startHeartbeat(
   }, heartbeatMs);
 }
 
+/** What a mirror's counters did while a job ran (other jobs on it count too), for debug timings. */
+function mirrorDelta(before: MirrorStats, after: MirrorStats): string {
+  const keys: (keyof MirrorStats)[] = [
+    "lookupsWaited",
+    "lookupWaitMs",
+    "readWaitMs",
+    "dirFetches",
+    "dirFetchMs",
+    "attrFetches",
+    "blobFetches",
+    "blobFetchMs",
+    "blobBytes",
+  ];
+  return keys.map((k) => `${k} ${Math.round((after[k] ?? 0) - (before[k] ?? 0))}`).join(", ");
+}
+
 export class JobRunner {
   readonly #options: JobRunnerOptions;
 
@@ -104,6 +121,7 @@ export class JobRunner {
     stdin: AsyncIterable<Uint8Array> | undefined,
   ): Promise<JobReply> {
     const started = performance.now();
+    const before = { ...mirror.fs.stats };
     const ran = await this.#sandbox(mirror, params, ctx, stdin);
     const { outcome, collectMs } = ran;
     const sandboxEnded = performance.now();
@@ -111,7 +129,9 @@ export class JobRunner {
       this.#options.log(
         `job ${params.argv[0]}: ${(sandboxEnded - started).toFixed(1)} ms, collect ${
           collectMs.toFixed(1)
-        } ms, launcher set-up ${(outcome.launcherMs ?? 0).toFixed(1)} ms`,
+        } ms, launcher set-up ${(outcome.launcherMs ?? 0).toFixed(1)} ms; mirror meanwhile: ${
+          mirrorDelta(before, mirror.fs.stats)
+        }`,
       );
     }
     if (ctx.signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");

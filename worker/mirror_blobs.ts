@@ -40,6 +40,8 @@ export interface BlobCounters {
   /** Blob fetches started over the link (a blob already stored costs none). */
   blobFetches: number;
   blobBytes: number;
+  /** Milliseconds blob fetches took, summed. */
+  blobFetchMs: number;
   /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
   corruptBlobs: number;
 }
@@ -106,13 +108,24 @@ export class BlobFiles {
     return (hash, sink, signal) =>
       this.#limiter.run(async () => {
         this.#stats.blobFetches++;
-        await this.#link.fetchBlob(hash, {
-          write: (chunk) => {
-            this.#stats.blobBytes += chunk.length;
-            return sink.write(chunk);
-          },
-        }, signal);
+        const started = performance.now();
+        try {
+          await this.#link.fetchBlob(hash, {
+            write: (chunk) => {
+              this.#stats.blobBytes += chunk.length;
+              return sink.write(chunk);
+            },
+          }, signal);
+        } finally {
+          this.#stats.blobFetchMs += performance.now() - started;
+        }
       }, { signal, background });
+  }
+
+  /** Records that blob `hash` was checked against its hash (fetched into the store just now). */
+  markVerified(hash: string): void {
+    if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+    this.#verified.add(hash);
   }
 
   /** Fetches a node's blob if needed, pins it and opens it: a handle to close later. */

@@ -279,6 +279,9 @@ export class Worker implements AsyncDisposable {
     const stdinEnd = new AbortController();
     try {
       await this.#mirrors.applyUpdates(mirror, params.updates, params.reset);
+      if (typeof params.warm === "string" && params.warm.length <= WARM_TOOL_KEY_MAX) {
+        mirror.fs.warm(params.warm);
+      }
       // stdin streams in while the job runs; it need not end before the job.
       const stdin = params.stdin
         ? this.#stdin.stream(params.jobId, AbortSignal.any([ctx.signal, stdinEnd.signal]))
@@ -324,6 +327,9 @@ export class Worker implements AsyncDisposable {
     await this.close();
   }
 }
+
+/** A tool key's length at most (as the master's). */
+const WARM_TOOL_KEY_MAX = 256;
 
 export function startWorker(options: WorkerOptions): Promise<Worker> {
   return Worker.start(options);
