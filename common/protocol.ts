@@ -40,7 +40,17 @@ export interface MirrorOpenParams {
   writableRoot: string;
   /** Slots the master would like reserved. */
   slots: number;
+  /**
+   * Tool keys (at most {@link WARM_OPEN_TOOLS_MAX}) whose learned warm sets
+   * the mirror asks for at once (`fs.warm`), before their first job.
+   */
+  warm?: string[];
 }
+
+/** Tool keys a `mirror.open` may name for warming at most. */
+export const WARM_OPEN_TOOLS_MAX = 4;
+/** A tool key's length at most. */
+export const WARM_TOOL_KEY_MAX = 256;
 
 export interface MirrorOpenReply {
   /** Slots reserved for this master (0 = none free now). */

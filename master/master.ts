@@ -187,6 +187,8 @@ class Semaphore {
 }
 
 const CHUNK_ATTRS = 512;
+/** Tools whose warm sets a mirror gets when it opens (the rest at their first job). */
+const WARM_OPEN_TOOLS = 1;
 /** Warm-set streams at once, per worker connection and in all. */
 const WARM_STREAMS_PER_PEER_MAX = 4;
 const WARM_STREAMS_MAX = 16;
@@ -515,6 +517,8 @@ export class Master implements AsyncDisposable {
       retries: this.#options.retries,
       slotWaitMs: this.#options.slotWaitMs,
       localFallback: this.#options.localFallback,
+      // Only the busiest: a tool's set is fetched whole, used or not.
+      warmTools: () => this.#warm.busiestTools(WARM_OPEN_TOOLS),
     });
     const pool = this.#pool;
     this.#watch = watchWorkers({

@@ -14,7 +14,10 @@
  */
 
 import type { FileAttr } from "../common/types.ts";
+import { WARM_TOOL_KEY_MAX } from "../common/protocol.ts";
 import type { RpcPeer } from "../rpc/mod.ts";
+
+export { WARM_TOOL_KEY_MAX };
 import { normalizeAbsolute } from "./paths.ts";
 
 /** Tools remembered at most (least recently used dropped beyond). */
@@ -23,8 +26,6 @@ export const WARM_TOOLS_MAX = 64;
 export const WARM_ENTRIES_MAX = 20_000;
 /** The learned-set file is refused beyond this size. */
 export const WARM_FILE_BYTES_MAX = 16 * 2 ** 20;
-/** A tool key's length at most. */
-export const WARM_TOOL_KEY_MAX = 256;
 /** Bytes of file contents one stream announces at most. */
 export const WARM_STREAM_BYTES_MAX = 1024 * 2 ** 20;
 const PATH_BYTES_MAX = 4096;
@@ -39,6 +40,8 @@ export interface WarmSet {
 interface Learned {
   dirs: Set<string>;
   files: Set<string>;
+  /** Jobs of the tool started (to warm the busiest first). */
+  jobs: number;
 }
 
 /**
@@ -125,6 +128,12 @@ export class WarmSets {
     return this.#tools.size;
   }
 
+  /** Up to `n` tools with a learned set, those that ran the most jobs first. */
+  busiestTools(n: number): string[] {
+    return [...this.#tools].filter(([, l]) => l.dirs.size + l.files.size > 0)
+      .sort(([, a], [, b]) => b.jobs - a.jobs).slice(0, n).map(([key]) => key);
+  }
+
   /** The set learned for `tool` (empty if none), in the order first needed. */
   setFor(tool: string): WarmSet {
     const learned = this.#tools.get(tool);
@@ -141,6 +150,9 @@ export class WarmSets {
     }
     tools.set(tool, (tools.get(tool) ?? 0) + 1);
     this.#last.set(peer, tool);
+    const learned = this.#learned(tool);
+    if (learned.jobs < Number.MAX_SAFE_INTEGER) learned.jobs++;
+    this.#changed();
   }
 
   jobEnded(peer: RpcPeer, tool: string): void {
@@ -174,9 +186,9 @@ export class WarmSets {
     const file = this.#file;
     if (file === undefined || !this.#dirty) return this.#saving;
     this.#dirty = false;
-    const tools: Record<string, WarmSet> = {};
+    const tools: Record<string, WarmSet & { jobs: number }> = {};
     for (const [key, learned] of this.#tools) {
-      tools[key] = { dirs: [...learned.dirs], files: [...learned.files] };
+      tools[key] = { dirs: [...learned.dirs], files: [...learned.files], jobs: learned.jobs };
     }
     const text = JSON.stringify({ format: FORMAT, tools });
     const write = async () => {
@@ -215,7 +227,7 @@ export class WarmSets {
   #learned(tool: string): Learned {
     let learned = this.#tools.get(tool);
     if (learned === undefined) {
-      learned = { dirs: new Set(), files: new Set() };
+      learned = { dirs: new Set(), files: new Set(), jobs: 0 };
       while (this.#tools.size >= this.#toolsMax) {
         this.#tools.delete(this.#tools.keys().next().value!);
       }
@@ -256,10 +268,18 @@ export class WarmSets {
     }
     for (const [key, set] of entries) {
       if (key.length > WARM_TOOL_KEY_MAX) throw new WarmSetFileError("a tool key too long");
-      const { dirs, files } = (set ?? {}) as { dirs?: unknown; files?: unknown };
+      const { dirs, files, jobs } = (set ?? {}) as {
+        dirs?: unknown;
+        files?: unknown;
+        jobs?: unknown;
+      };
+      if (jobs !== undefined && !Number.isSafeInteger(jobs)) {
+        throw new WarmSetFileError(`bad job count for ${JSON.stringify(key)}`);
+      }
       this.#tools.set(key, {
         dirs: new Set(this.#paths(dirs, key)),
         files: new Set(this.#paths(files, key)),
+        jobs: Math.max(0, (jobs as number | undefined) ?? 0),
       });
     }
   }

@@ -63,9 +63,16 @@ Deno.test("WarmSets: learns per tool what a worker needed while its jobs ran, an
     });
     assert.deepEqual(sets.setFor("ar "), { dirs: [], files: ["/usr/lib/bfd-plugins/x.so"] });
     assert.deepEqual(sets.setFor("unknown"), { dirs: [], files: [] });
+    sets.jobStarted(b, "ar ");
+    sets.jobEnded(b, "ar ");
+    sets.jobStarted(b, "idle");
+    sets.jobEnded(b, "idle");
+    assert.deepEqual(sets.busiestTools(4), ["ar ", "gcc -c"], "most jobs first, none empty");
+    assert.deepEqual(sets.busiestTools(1), ["ar "]);
     await sets.close();
     assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
     const again = await WarmSets.open({ file });
+    assert.deepEqual(again.busiestTools(4), ["ar ", "gcc -c"]);
     assert.deepEqual(again.setFor("gcc -c").files, [
       "/usr/include/stdio.h",
       "/usr/include/stdlib.h",

@@ -62,6 +62,8 @@ interface SandboxRun {
   inline: Inline;
   /** Whether the job's stderr reported a stale file handle. */
   staleSeen: boolean;
+  /** The output that reported it (its first 400 bytes). */
+  staleLine: string;
   collectMs: number;
 }
 
@@ -138,7 +140,11 @@ export class JobRunner {
     if (outcome.exitCode !== 0 && ran.staleSeen) {
       // The job failed on ESTALE from the overlay over the mirror (a lower
       // dentry invalidated under it): this worker's fault, not the job's.
-      this.#options.log(`job ${params.argv[0]} failed on a stale file handle; asking for a retry`);
+      this.#options.log(
+        `job ${params.argv[0]} failed on a stale file handle; asking for a retry: ${
+          JSON.stringify(ran.staleLine)
+        }`,
+      );
       throw new RpcError("ESTALE", "The job hit a stale file handle in the mirror");
     }
     let resultSet = ran.resultSet;
@@ -200,6 +206,7 @@ export class JobRunner {
     );
     let resultSet: ResultSet | undefined;
     let staleSeen = false;
+    let staleLine = "";
     // Small results travel in the reply itself: no store write, no fetch.
     const inline: Inline = { blobs: {}, bytes: 0 };
     let collectMs = 0;
@@ -222,7 +229,11 @@ export class JobRunner {
       deferCleanup: (cleanup) => options.track(cleanup),
       onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
       onStderr: (data) => {
-        if (!staleSeen) staleSeen = staleText(data);
+        if (!staleSeen) {
+          staleSeen = staleText(data);
+          // The line that says so, to find which path went stale.
+          if (staleSeen) staleLine = new TextDecoder().decode(data.slice(0, 400)).trim();
+        }
         return ctx.sendChunk({ fd: 2, data });
       },
       onUpper: async (upper, lowerDir, ended) => {
@@ -245,7 +256,7 @@ export class JobRunner {
         collectMs = performance.now() - t;
       },
     });
-    return { outcome, resultSet, inline, staleSeen, collectMs };
+    return { outcome, resultSet, inline, staleSeen, staleLine, collectMs };
   }
 
   /**

@@ -163,9 +163,19 @@ export class AttrFetches {
     for (const attr of attrs) {
       if (attr.kind === null) continue;
       const name = childName(node.path, attr.path);
-      if (name === undefined) continue;
-      listing.set(name, attr.kind);
-      this.#cache.learnChild(node, name, attr);
+      if (name !== undefined) listing.set(name, attr.kind);
+    }
+    // Unasked, it must not drop a node the kernel holds (that is for pushed
+    // updates, which invalidate the kernel's entry): left to a lazy fetch.
+    for (const [name, kid] of node.kids) {
+      const kind = listing.get(name);
+      const dropped = kind === undefined || (kid.attr !== undefined && kid.attr.kind !== kind);
+      if (dropped && (kid.known || kid.opens > 0)) return false;
+    }
+    for (const attr of attrs) {
+      if (attr.kind === null) continue;
+      const name = childName(node.path, attr.path);
+      if (name !== undefined) this.#cache.learnChild(node, name, attr);
     }
     this.#cache.setListing(node, listing);
     node.complete = true;
@@ -185,6 +195,11 @@ export class AttrFetches {
     if (this.#attrFetches.has(path)) return false;
     const known = this.#cache.find(path);
     if (known?.attr?.hash !== undefined || known?.detached) return false;
+    // Nor may it detach or retype a node the kernel holds (see absorbListing).
+    if (
+      known !== undefined && (known.known || known.opens > 0) &&
+      (attr.kind === null || (known.attr !== undefined && known.attr.kind !== attr.kind))
+    ) return false;
     this.#absorbFetched({ attr, since });
     return true;
   }

@@ -14,6 +14,8 @@ import {
   type MirrorOpenParams,
   type MirrorOpenReply,
   VERSION,
+  WARM_OPEN_TOOLS_MAX,
+  WARM_TOOL_KEY_MAX,
   WorkerMethods,
 } from "../common/protocol.ts";
 import type { FileAttr } from "../common/types.ts";
@@ -259,7 +261,13 @@ export class Worker implements AsyncDisposable {
       throw new RpcError("BAD_REQUEST", "Bad mirror.open parameters");
     }
     if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
-    await this.#mirrors.mirrorFor(peer, params);
+    const mirror = await this.#mirrors.mirrorFor(peer, params);
+    if (Array.isArray(params.warm)) {
+      // The master's most used tools: their warm sets stream in before their first job.
+      for (const tool of params.warm.slice(0, WARM_OPEN_TOOLS_MAX)) {
+        if (typeof tool === "string" && tool.length <= WARM_TOOL_KEY_MAX) mirror.fs.warm(tool);
+      }
+    }
     const free = this.#draining ? 0 : this.#options.jobs - this.#reservedSlots();
     const slots = Math.max(0, Math.min(Math.floor(params.slots), free));
     this.#reservations.set(peer, { params, slots });
@@ -327,9 +335,6 @@ export class Worker implements AsyncDisposable {
     await this.close();
   }
 }
-
-/** A tool key's length at most (as the master's). */
-const WARM_TOOL_KEY_MAX = 256;
 
 export function startWorker(options: WorkerOptions): Promise<Worker> {
   return Worker.start(options);
