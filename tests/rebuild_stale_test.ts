@@ -2,9 +2,13 @@
  * In-place rebuilds through a farm: the tree cleaned (objects, archive and
  * program removed, as `make clean` does) and built again at the same path,
  * with a header and some sources changed between builds, two workers of two
- * slots each. A job that hits a stale file handle in a mirror is retried by
- * the master, so the build would still pass: what is counted here is the
- * retries and the workers' "stale file handle" lines, which must be none.
+ * slots each. Every program must come from its own build's header and
+ * sources (this found the master's hash cache answering for a rewritten file
+ * with a hash begun on its old bytes). A job that hits a stale file handle in
+ * a mirror is retried by the master, so the build would still pass: what is
+ * counted here is those retries, in the master's and workers' logs: none.
+ * (Retries for other reasons, say a job cgroup removed by another farm
+ * starting on this machine, are not this test's business.)
  */
 import assert from "node:assert/strict";
 import { Farm, ROOT, runIn } from "../farm/mod.ts";
@@ -55,13 +59,12 @@ Deno.test("e2e: a few hundred jobs of in-place rebuilds hit no stale file handle
     jobs = status.jobs.jobs;
     assert.ok(jobs >= BUILDS * (SOURCES + 3), `${jobs} jobs`);
     assert.equal(status.jobs.jobsLocal, 0, "every job ran on a worker");
-    assert.equal(status.jobs.retries, 0, "no job was tried again");
   } finally {
     await farm.stop();
   }
   let stale = "";
-  for (let i = 0; i < 2; i++) {
-    const log = await Deno.readTextFile(`${dir}/farm/logs/worker-${i}.log`);
+  for (const name of ["master", "worker-0", "worker-1"]) {
+    const log = await Deno.readTextFile(`${dir}/farm/logs/${name}.log`);
     stale += log.split("\n").filter((l) => /stale file handle/i.test(l)).join("\n");
   }
   assert.equal(stale, "", "no job failed on a stale file handle");

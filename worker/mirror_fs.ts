@@ -233,6 +233,28 @@ export class MirrorFs implements FileSystem {
   }
 
   /**
+   * Fetches, in the background, the listing of every directory from `/` down
+   * to `path` (the writable root: every job's overlay and cwd lie there, and
+   * the kernel would otherwise look each one up in turn, waiting for each).
+   */
+  warmPath(path: string): void {
+    if (this.#closed) return;
+    const names = path.split("/").filter((name) => name !== "");
+    const task = (async () => {
+      let node = this.#cache.root;
+      for (let i = 0;; i++) {
+        if (node.synthetic || node.detached) return;
+        if (node.listing === undefined || !node.complete) await this.#fetches.fetchDir(node);
+        if (i === names.length || this.#closed) return;
+        const kid = node.kids.get(names[i]);
+        if (kid === undefined || kid.attr?.kind !== "dir") return;
+        node = kid;
+      }
+    })().catch((error) => this.#failed(error, `prefetch ${path}`));
+    this.#track(task);
+  }
+
+  /**
    * Takes attributes pushed by the master (its local edits, other workers'
    * results): updates the cache and drops what the kernel cached about them.
    * `kind: null` deletes a path and everything under it; a directory attr with
