@@ -7,6 +7,10 @@
  *   Termite farm, two workers each in a network namespace of its own, started
  *   once per project (its first, cold build is recorded apart); (3) distcc,
  *   two `distccd` each in a network namespace of its own.
+ * - Cold builds, every time on a new farm, interleaved with local make: fresh
+ *   worker caches with the master's caches from the warm runs ("cold"), and
+ *   with a fresh master cache too ("cold-master"); the master's bytes sent
+ *   per build, and per worker count in the scaling runs.
  * - Round trips: sequential trivial commands and small compiles, directly, via
  *   the wrapper and via distcc; wall time and client CPU per command.
  * - Client cost: CPU seconds on the master host per compile job (make, shells,
@@ -21,7 +25,7 @@
  *
  * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
- * [--contenders local,termite,distcc] [--runs N] [--round-trips N] [--scaling 0,1,2]
+ * [--contenders local,termite,distcc] [--runs N] [--cold-runs N] [--round-trips N] [--scaling 0,1,2]
  * [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`.
  */
 import { parseArgs } from "node:util";
@@ -1606,6 +1610,7 @@ if (import.meta.main) {
       projects: { type: "string" },
       contenders: { type: "string" },
       runs: { type: "string" },
+      "cold-runs": { type: "string" },
       "round-trips": { type: "string" },
       "tree-reset": { type: "string" },
       "scaling-tree-reset": { type: "string" },
@@ -1627,6 +1632,7 @@ if (import.meta.main) {
     projects,
     contenders,
     runs: values.runs ? Number(values.runs) : undefined,
+    coldRuns: values["cold-runs"] ? Number(values["cold-runs"]) : undefined,
     roundTrips: values["round-trips"] ? Number(values["round-trips"]) : undefined,
     scalingWorkers: values.scaling === undefined
       ? undefined
