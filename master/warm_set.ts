@@ -211,17 +211,16 @@ export class WarmSets {
 
   #note(peer: RpcPeer, path: string, kind: "dirs" | "files"): void {
     const running = this.#running.get(peer);
-    const tools = running !== undefined && running.size > 0
-      ? running.keys()
-      : [this.#last.get(peer)];
-    for (const tool of tools) {
-      if (tool === undefined) continue;
-      const learned = this.#learned(tool);
-      const set = learned[kind];
-      if (set.has(path) || set.size >= this.#entriesMax) continue;
-      set.add(path);
-      this.#changed();
-    }
+    // With jobs of two tools running on the worker, which one needed it is
+    // unknown: it goes to neither (an `ar` loading libLLVM beside compiles
+    // would put 164 MiB into the compiler's set, sent to every worker).
+    if (running !== undefined && running.size > 1) return;
+    const tool = running?.size === 1 ? running.keys().next().value : this.#last.get(peer);
+    if (tool === undefined) return;
+    const set = this.#learned(tool)[kind];
+    if (set.has(path) || set.size >= this.#entriesMax) return;
+    set.add(path);
+    this.#changed();
   }
 
   #learned(tool: string): Learned {

@@ -62,6 +62,14 @@ Deno.test("WarmSets: learns per tool what a worker needed while its jobs ran, an
       files: ["/usr/include/stdio.h", "/usr/include/stdlib.h"],
     });
     assert.deepEqual(sets.setFor("ar "), { dirs: [], files: ["/usr/lib/bfd-plugins/x.so"] });
+    // Two tools running on one worker: which one needed it is unknown, so neither learns it.
+    sets.jobStarted(a, "cc1 -c");
+    sets.jobStarted(a, "ld ");
+    sets.noteFile(a, "/usr/lib/libLLVM.so");
+    sets.jobEnded(a, "ld ");
+    sets.jobEnded(a, "cc1 -c");
+    assert.deepEqual(sets.setFor("cc1 -c").files, []);
+    assert.deepEqual(sets.setFor("ld ").files, []);
     assert.deepEqual(sets.setFor("unknown"), { dirs: [], files: [] });
     sets.jobStarted(b, "ar ");
     sets.jobEnded(b, "ar ");
@@ -228,7 +236,8 @@ Deno.test("e2e: a mirror warmed from a learned set sees a changed file's new byt
       const r = await runIn(tree, [sh, "-c", compile], second.env);
       assert.equal(r.code, 0, r.stderr);
       const status = await second.status();
-      assert.equal(status.jobs.jobsRemote, 1, "the job ran on the cold worker");
+      const log = await Deno.readTextFile(`${dir}/farm2/logs/master.log`);
+      assert.equal(status.jobs.jobsRemote, 1, `the job ran on the cold worker:\n${log}`);
       const mirror = Object.values(status.jobs.perWorker)[0].mirror ?? {};
       assert.equal(mirror.warmStreams, 1, "the mirror asked for the tool's warm set");
       console.log(
