@@ -7,6 +7,10 @@
  *   Termite farm, two workers each in a network namespace of its own, started
  *   once per project (its first, cold build is recorded apart); (3) distcc,
  *   two `distccd` each in a network namespace of its own.
+ * - Cold builds, every time on a new farm, interleaved with local make: fresh
+ *   worker caches with the master's caches from the warm runs ("cold"), and
+ *   with a fresh master cache too ("cold-master"); the master's bytes sent
+ *   per build, and per worker count in the scaling runs.
  * - Round trips: sequential trivial commands and small compiles, directly, via
  *   the wrapper and via distcc; wall time and client CPU per command.
  * - Client cost: CPU seconds on the master host per compile job (make, shells,
@@ -21,7 +25,7 @@
  *
  * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
- * [--contenders local,termite,distcc] [--runs N] [--round-trips N] [--scaling 0,1,2]
+ * [--contenders local,termite,distcc] [--runs N] [--cold-runs N] [--round-trips N] [--scaling 0,1,2]
  * [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`.
  */
 import { parseArgs } from "node:util";
@@ -87,6 +91,12 @@ export interface HarnessOptions {
   scalingWorkers?: number[];
   /** Project for scaling (default the first). */
   scalingProject?: Project;
+  /**
+   * Cold rounds per project (default 2, quick 1): each a local make, then a
+   * farm with fresh worker caches and the warm run's master cache ("cold"),
+   * then one with a fresh master cache too ("cold-master"), every time.
+   */
+  coldRuns?: number;
   /** Measured runs per scaling point (default 2, quick 1). */
   scalingRuns?: number;
   /** CPU of each emulated host in the scaling test (default 0.4). */
@@ -116,8 +126,13 @@ export interface HarnessOptions {
 export interface BuildRun {
   project: string;
   contender: ContenderName;
-  /** 0-based warm round, or "cold" (the farm's first build). */
-  round: number | "cold";
+  /**
+   * 0-based warm round; "cold-master": a farm's first build, every cache
+   * fresh (the warm farm's first, and in the cold rounds); "cold": fresh
+   * worker caches, the master's from the warm runs; "cold-local": the local
+   * make interleaved with the cold rounds.
+   */
+  round: number | ColdRound;
   /** 0 for the first try; a failed build is tried again (ATTEMPTS_MAX in all). */
   attempt: number;
   ok: boolean;
@@ -145,6 +160,9 @@ export interface BuildRun {
   logTail?: string;
 }
 
+/** Rounds of the cold builds (see {@linkcode BuildRun.round}). */
+export type ColdRound = "cold" | "cold-master" | "cold-local";
+
 export interface BuildSummary {
   project: string;
   contender: ContenderName;
@@ -153,7 +171,19 @@ export interface BuildSummary {
   medianMs?: number;
   minMs?: number;
   maxMs?: number;
+  /** Median of the "cold" builds (fresh workers, the master's caches from the warm runs). */
   coldMs?: number;
+  /** Median of the "cold-master" builds (every cache fresh). */
+  coldMasterMs?: number;
+  /** Median bytes the master sent per build: warm, cold and cold-master. */
+  bytesServed?: number;
+  coldBytesServed?: number;
+  coldMasterBytesServed?: number;
+  /** coldMs and coldMasterMs against the median local make (cold rounds' included). */
+  coldVsLocal?: number;
+  coldMasterVsLocal?: number;
+  /** coldMs against this contender's own warm median. */
+  coldVsWarm?: number;
   objects?: number;
   /** Master-host CPU per compile job (make + clients + master), ms. */
   clientCpuPerJobMs?: number;
@@ -237,6 +267,8 @@ export interface ScalingPoint {
   medianMs?: number;
   /** First build of a new farm, no quotas (not part of the figure). */
   coldMs?: number;
+  /** Bytes the master sent over that first build (every cache fresh). */
+  coldBytesServed?: number;
   speedup?: number;
   /** Time the quota held the groups back over the measured runs, seconds. */
   throttledS?: number;
@@ -343,7 +375,15 @@ async function countObjects(dir: string): Promise<number> {
   return n;
 }
 
-const JOB_COUNTERS = ["jobs", "jobsRemote", "jobsLocal", "jobsBuiltin", "jobsFailed", "retries"];
+const JOB_COUNTERS = [
+  "jobs",
+  "jobsRemote",
+  "jobsLocal",
+  "jobsBuiltin",
+  "jobsFailed",
+  "retries",
+  "bytesServed",
+];
 
 async function termiteCounters(farm: Farm): Promise<Record<string, number>> {
   try {
@@ -376,8 +416,22 @@ async function startFarm(options: {
   slotsPerWorker: number;
   prefix: string;
   firstHost: number;
+  /** A master cache dir to start from (a copy of it); default a fresh one. */
+  masterCacheFrom?: string;
 }): Promise<BenchFarm> {
   await freshDir(options.dir);
+  if (options.masterCacheFrom !== undefined) {
+    const cp = await new Deno.Command("cp", {
+      args: ["-a", options.masterCacheFrom, `${options.dir}/master-cache`],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!cp.success) {
+      throw new Error(
+        `Cannot copy ${options.masterCacheFrom}: ${new TextDecoder().decode(cp.stderr)}`,
+      );
+    }
+  }
   await Deno.mkdir(options.tree, { recursive: true });
   await Deno.chmod(options.tree, 0o755);
   const farm = await Farm.start({
@@ -389,6 +443,7 @@ async function startFarm(options: {
     firstHost: options.firstHost,
   });
   const bf: BenchFarm = { farm, ...options, pids: [] };
+  delete (bf as { masterCacheFrom?: string }).masterCacheFrom;
   bf.pids = await farmPids(bf);
   return bf;
 }
@@ -529,7 +584,7 @@ interface BuildContext {
 async function buildOnce(
   ctx: BuildContext,
   contender: ContenderName,
-  roundNo: number | "cold",
+  roundNo: number | ColdRound,
   attempt: number,
 ): Promise<BuildRun> {
   const run: BuildRun = {
@@ -618,7 +673,7 @@ export const ATTEMPTS_MAX = 3;
 async function buildWithRetries(
   ctx: BuildContext,
   contender: ContenderName,
-  roundNo: number | "cold",
+  roundNo: number | ColdRound,
   record: (b: BuildRun) => void,
 ): Promise<void> {
   for (let attempt = 0; attempt < ATTEMPTS_MAX; attempt++) {
@@ -626,6 +681,67 @@ async function buildWithRetries(
     record(b);
     if (b.ok || (contender === "termite" && (!ctx.farm || ctx.farmBroken))) return;
     if (contender === "distcc" && !ctx.distcc) return;
+  }
+}
+
+// ---------------------------------------------------------------- cold rounds
+
+/**
+ * Cold builds, interleaved with local make: each run a farm with fresh worker
+ * caches and a copy of the warm farm's master cache ("cold": a master that
+ * has run before), then one with a fresh master cache too ("cold-master").
+ * Same tree path as the warm farm, so the master's caches apply.
+ */
+async function coldRounds(options: {
+  ctx: BuildContext;
+  runs: number;
+  workers: number;
+  slotsPerWorker: number;
+  hostBase: number;
+  withLocal: boolean;
+  notes: string[];
+  log: (message: string) => void;
+  record: (build: BuildRun) => void;
+}): Promise<void> {
+  const { ctx, log } = options;
+  const warm = ctx.farm!;
+  const masterCache = `${warm.farm.dir}/master-cache`;
+  const name = ctx.project.name;
+  for (let r = 0; r < options.runs; r++) {
+    if (options.withLocal) {
+      log(`${name}: local, cold round ${r + 1}/${options.runs}`);
+      await buildWithRetries(ctx, "local", "cold-local", options.record);
+    }
+    for (const round of ["cold", "cold-master"] as const) {
+      log(`${name}: termite, ${round} round ${r + 1}/${options.runs}`);
+      let bf: BenchFarm | null = null;
+      try {
+        bf = await startFarm({
+          dir: `${ctx.pdir}/cold/farm`,
+          tree: warm.farm.tree,
+          workers: options.workers,
+          slotsPerWorker: options.slotsPerWorker,
+          prefix: `termite-bc${Deno.pid}`,
+          firstHost: options.hostBase,
+          masterCacheFrom: round === "cold" ? masterCache : undefined,
+        });
+        await buildWithRetries({ ...ctx, farm: bf, farmBroken: false }, "termite", round, (b) => {
+          if (!b.ok) log(`${name}: termite ${round} failed: ${b.error?.split("\n")[0]}`);
+          options.record(b);
+        });
+      } catch (err) {
+        options.record({
+          project: name,
+          contender: "termite",
+          round,
+          attempt: 0,
+          ok: false,
+          error: `farm did not start: ${errorText(err)}`,
+        });
+      } finally {
+        if (bf) await stopFarm(bf, options.notes);
+      }
+    }
   }
 }
 
@@ -994,7 +1110,10 @@ async function measureScaling(options: {
         if (workers > 0) {
           // Warm the farm (mirrors, stores, hash cache) without quotas.
           for (const g of all) await g.setCores(null);
+          const before = await termiteCounters(bf!.farm);
           point.coldMs = Math.round(await build("cold"));
+          point.coldBytesServed = (await termiteCounters(bf!.farm)).bytesServed -
+            before.bytesServed;
         }
         for (const g of all) await g.setCores(options.cores);
         const throttledBefore = await Promise.all(all.map((g) => g.throttledS()));
@@ -1035,16 +1154,25 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
   const out: BuildSummary[] = [];
   for (const p of projects) {
     for (const c of contenders) {
-      const runs = builds.filter((b) =>
-        b.project === p.name && b.contender === c && b.round !== "cold"
-      );
+      const mine = builds.filter((b) => b.project === p.name && b.contender === c);
+      const runs = mine.filter((b) => typeof b.round === "number");
       const ok = runs.filter((b) => b.ok);
-      const colds = builds.filter((b) =>
-        b.project === p.name && b.contender === c && b.round === "cold"
-      );
-      const cold = colds.find((b) => b.ok);
+      const colds = mine.filter((b) => typeof b.round !== "number");
+      const okIn = (round: ColdRound) => colds.filter((b) => b.ok && b.round === round);
+      const bytes = (list: BuildRun[]) => {
+        const known = list.map((b) => b.termiteJobs?.bytesServed).filter((x) => x !== undefined);
+        return known.length > 0 ? Math.round(median(known)) : undefined;
+      };
       const s: BuildSummary = { project: p.name, contender: c, ok: ok.length > 0, runs: ok.length };
-      if (cold) s.coldMs = cold.wallMs;
+      if (okIn("cold").length > 0) {
+        s.coldMs = Math.round(median(okIn("cold").map((b) => b.wallMs!)));
+        s.coldBytesServed = bytes(okIn("cold"));
+      }
+      if (okIn("cold-master").length > 0) {
+        s.coldMasterMs = Math.round(median(okIn("cold-master").map((b) => b.wallMs!)));
+        s.coldMasterBytesServed = bytes(okIn("cold-master"));
+      }
+      if (c === "termite") s.bytesServed = bytes(ok);
       if (ok.length > 0) {
         const walls = ok.map((b) => b.wallMs!);
         s.medianMs = Math.round(median(walls));
@@ -1080,11 +1208,19 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
     }
     const localSummary = out.find((s) => s.project === p.name && s.contender === "local");
     const local = localSummary?.medianMs;
+    const locals = builds.filter((b) =>
+      b.project === p.name && b.contender === "local" && b.ok &&
+      (typeof b.round === "number" || b.round === "cold-local")
+    ).map((b) => b.wallMs!);
+    const localAll = locals.length > 0 ? median(locals) : undefined;
     for (const s of out.filter((s) => s.project === p.name)) {
       if (local && s.medianMs) s.vsLocal = round(s.medianMs / local, 4);
       if (s.workerCpuPerJobMs !== undefined && localSummary?.clientCpuPerJobMs !== undefined) {
         s.workerOverheadPerJobMs = round(s.workerCpuPerJobMs - localSummary.clientCpuPerJobMs);
       }
+      if (localAll && s.coldMs) s.coldVsLocal = round(s.coldMs / localAll, 4);
+      if (localAll && s.coldMasterMs) s.coldMasterVsLocal = round(s.coldMasterMs / localAll, 4);
+      if (s.medianMs && s.coldMs) s.coldVsWarm = round(s.coldMs / s.medianMs, 4);
     }
   }
   return out;
@@ -1242,6 +1378,10 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goa
 }
 
 /** One line of text for a markdown table cell. */
+function mib(bytes: number | undefined): string {
+  return bytes === undefined ? "—" : (bytes / 2 ** 20).toFixed(1);
+}
+
 function cell(text: string | undefined, max = 200): string {
   const line = (text ?? "").split("\n")[0].replace(/\|/g, "/");
   return line.length > max ? `${line.slice(0, max)}…` : line;
@@ -1288,12 +1428,33 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `${s.failedAttempts ?? 0} |`,
     );
   }
+  const colds = r.summaries.filter((s) => s.coldMs !== undefined || s.coldMasterMs !== undefined);
+  if (colds.length > 0) {
+    lines.push(
+      "",
+      'Cold builds (fresh worker caches every build; "cold": the master\'s caches from the warm ' +
+        'runs, "cold-master": fresh too; against the median of every local make, the cold ' +
+        "rounds' included)",
+      "",
+      "| project | cold s | vs local | vs warm | cold-master s | vs local | master MiB sent: warm / cold / cold-master |",
+      "|---|---|---|---|---|---|---|",
+    );
+    for (const s of colds) {
+      lines.push(
+        `| ${s.project} | ${s1(s.coldMs)} | ${fx(s.coldVsLocal)} | ${fx(s.coldVsWarm)} | ` +
+          `${s1(s.coldMasterMs)} | ${fx(s.coldMasterVsLocal)} | ${mib(s.bytesServed)} / ` +
+          `${mib(s.coldBytesServed)} / ${mib(s.coldMasterBytesServed)} |`,
+      );
+    }
+  }
   const failures = r.builds.filter((b) => !b.ok);
   if (failures.length > 0) {
     lines.push("", "Failed tries (each was tried again, up to " + `${ATTEMPTS_MAX} tries):`, "");
     for (const b of failures) {
       lines.push(
-        `- ${b.project} ${b.contender} ${b.round === "cold" ? "cold" : `run ${b.round + 1}`}, ` +
+        `- ${b.project} ${b.contender} ${
+          typeof b.round === "number" ? `run ${b.round + 1}` : b.round
+        }, ` +
           `try ${b.attempt + 1}: ${cell(b.error)}`,
       );
     }
@@ -1342,8 +1503,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `CPU quota; 0 workers = local make on the master host; clean tree per run: ` +
         `${r.settings.scalingTreeReset})`,
       "",
-      "| workers | make -j | median s | runs s | speed-up | per worker | failed tries |",
-      "|---|---|---|---|---|---|---|",
+      "| workers | make -j | median s | runs s | speed-up | per worker | master MiB sent, cold | failed tries |",
+      "|---|---|---|---|---|---|---|---|",
     );
     for (const p of r.scaling) {
       lines.push(
@@ -1352,8 +1513,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
             p.wallMs.map((w) => s1(w)).join(", ")
           } | ${fx(p.speedup)} | ${
             p.workers > 0 && p.speedup !== undefined ? fx(p.speedup / p.workers) : "—"
-          } | ${p.failedTries.length} |`
-          : `| ${p.workers} | ${p.jobs} | failed | — | — | — | ${p.failedTries.length}: ${
+          } | ${mib(p.coldBytesServed)} | ${p.failedTries.length} |`
+          : `| ${p.workers} | ${p.jobs} | failed | — | — | — | — | ${p.failedTries.length}: ${
             cell(p.error)
           } |`,
       );
@@ -1444,6 +1605,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const scalingWorkers = options.scalingWorkers ?? (quick ? [0, 1, 2] : [0, 1, 2, 3, 4, 6]);
   const scalingProject = options.scalingProject ?? projects[0];
   const scalingRuns = options.scalingRuns ?? (quick ? 1 : 2);
+  const coldRuns = options.coldRuns ?? (quick ? 1 : 2);
   const coresPerHost = options.coresPerHost ?? 0.4;
   const treeReset = options.treeReset ?? "in-place";
   const scalingTreeReset = options.scalingTreeReset ?? "new-path";
@@ -1539,8 +1701,8 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       };
       try {
         if (contenders.includes("termite")) {
-          log(`${project.name}: termite, cold`);
-          await buildWithRetries(ctx, "termite", "cold", (b) => builds.push(b));
+          log(`${project.name}: termite, cold (every cache fresh)`);
+          await buildWithRetries(ctx, "termite", "cold-master", (b) => builds.push(b));
         }
         for (let r = 0; r < runs; r++) {
           for (const c of contenders) {
@@ -1565,6 +1727,19 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
         }
       } finally {
         if (farm) await stopFarm(farm, notes);
+      }
+      if (farm && coldRuns > 0) {
+        await coldRounds({
+          ctx,
+          runs: coldRuns,
+          workers,
+          slotsPerWorker,
+          hostBase,
+          withLocal: contenders.includes("local"),
+          notes,
+          log,
+          record: (b) => builds.push(b),
+        });
       }
     }
   } finally {
@@ -1685,6 +1860,7 @@ if (import.meta.main) {
       projects: { type: "string" },
       contenders: { type: "string" },
       runs: { type: "string" },
+      "cold-runs": { type: "string" },
       "round-trips": { type: "string" },
       "tree-reset": { type: "string" },
       "scaling-tree-reset": { type: "string" },
@@ -1706,6 +1882,7 @@ if (import.meta.main) {
     projects,
     contenders,
     runs: values.runs ? Number(values.runs) : undefined,
+    coldRuns: values["cold-runs"] ? Number(values["cold-runs"]) : undefined,
     roundTrips: values["round-trips"] ? Number(values["round-trips"]) : undefined,
     scalingWorkers: values.scaling === undefined
       ? undefined

@@ -28,6 +28,11 @@ export const MasterMethods = {
   fsDir: "fs.dir",
   /** `{ hash }` → chunks of bytes, reply `{ size }`. */
   blobGet: "blob.get",
+  /**
+   * `{ tool }` → the learned warm set of a tool: chunks of listings and file
+   * attributes (`WarmChunk` in master/warm_set.ts), reply `{ dirs, files, bytes }`.
+   */
+  fsWarm: "fs.warm",
 } as const;
 
 export interface MirrorOpenParams {
@@ -35,7 +40,17 @@ export interface MirrorOpenParams {
   writableRoot: string;
   /** Slots the master would like reserved. */
   slots: number;
+  /**
+   * Tool keys (at most {@link WARM_OPEN_TOOLS_MAX}) whose learned warm sets
+   * the mirror asks for at once (`fs.warm`), before their first job.
+   */
+  warm?: string[];
 }
+
+/** Tool keys a `mirror.open` may name for warming at most. */
+export const WARM_OPEN_TOOLS_MAX = 4;
+/** A tool key's length at most. */
+export const WARM_TOOL_KEY_MAX = 256;
 
 export interface MirrorOpenReply {
   /** Slots reserved for this master (0 = none free now). */
@@ -58,6 +73,8 @@ export interface JobParams {
   heartbeatMs?: number;
   /** Record what the job reads (for the master's action cache); see `JobReply.reads`. */
   record?: boolean;
+  /** The job's tool key: a mirror asks once for its learned warm set (`fs.warm`). */
+  warm?: string;
 }
 
 /** Whether `params` has the shape of {@linkcode JobParams}' command (the one check of it). */

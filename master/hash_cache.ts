@@ -29,6 +29,11 @@ const FORMAT = "termite-hash-cache-v1";
 export class HashCache {
   #entries = new Map<string, Entry>();
   #byHash = new Map<string, string>();
+  /**
+   * Hashes running, by path and the version of the file they were asked for
+   * (size, mtime, ctime, inode): a hash begun before the file was rewritten
+   * read the old bytes, and must not answer for the new version.
+   */
   #inflight = new Map<string, Promise<string>>();
   #file?: string;
   #entriesMax: number;
@@ -127,7 +132,8 @@ export class HashCache {
   hash(path: string, info: Deno.FileInfo): Promise<string> {
     const cached = this.lookup(path, info);
     if (cached) return Promise.resolve(cached);
-    const running = this.#inflight.get(path);
+    const key = versionKey(path, info);
+    const running = this.#inflight.get(key);
     if (running) return running;
     this.stats.misses++;
     const promise = (async () => {
@@ -151,10 +157,10 @@ export class HashCache {
         }
         return hash;
       } finally {
-        this.#inflight.delete(path);
+        this.#inflight.delete(key);
       }
     })();
-    this.#inflight.set(path, promise);
+    this.#inflight.set(key, promise);
     return promise;
   }
 
@@ -188,4 +194,11 @@ export class HashCache {
     this.#timer = undefined;
     await this.save();
   }
+}
+
+/** A path and the version of its file that `info` describes. */
+function versionKey(path: string, info: Deno.FileInfo): string {
+  return `${info.size}:${info.mtime?.getTime() ?? 0}:${info.ctime?.getTime() ?? 0}:${
+    info.ino ?? 0
+  }:${path}`;
 }

@@ -38,7 +38,14 @@ import type {
   WorkerJobStats,
 } from "./master_types.ts";
 import { OutputHold } from "./output_hold.ts";
-import { describe, RemoteRunner } from "./remote_run.ts";
+import { DEBUG_TIMINGS, describe, RemoteRunner } from "./remote_run.ts";
+import { streamWarmSet, WARM_TOOL_KEY_MAX, WarmSets } from "./warm_set.ts";
+
+/** Tools whose warm sets a mirror gets when it opens (the rest at their first job). */
+const WARM_OPEN_TOOLS = 1;
+/** Warm-set streams at once, per worker connection and in all. */
+const WARM_STREAMS_PER_PEER_MAX = 4;
+const WARM_STREAMS_MAX = 16;
 import { TreeSync } from "./tree_sync.ts";
 
 export type {
@@ -125,6 +132,9 @@ export class Master implements AsyncDisposable {
   #control: ControlPaths;
   #closed = false;
   #actions: ActionCache | null = null;
+  #warm!: WarmSets;
+  /** Warm streams running, per worker connection. */
+  #warmStreams = new Map<unknown, number>();
 
   private constructor(
     options: MasterOptions,
@@ -203,6 +213,10 @@ export class Master implements AsyncDisposable {
     ).join("").slice(0, 16);
     const hashCache = await HashCache.open({ file: `${options.cacheDir}/hashes-${rootKey}.json` });
     const rules = await LocalRules.load(root);
+    const warm = await WarmSets.open({
+      file: `${options.cacheDir}/warm-${rootKey}.json`,
+      log: options.log ?? ((m) => console.error(`termite master: ${m}`)),
+    });
     // Leftovers of a master that was killed (a link there: the link goes).
     for await (const entry of Deno.readDir(root)) {
       if (entry.name.startsWith(STAGING_DIR)) {
@@ -214,9 +228,12 @@ export class Master implements AsyncDisposable {
       tree = Beneath.open(root);
     } catch (err) {
       await hashCache.close();
+      await warm.close();
       throw new Error(`Cannot open ${root}: ${(err as Error).message}`, { cause: err });
     }
     const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
+    master.#warm = warm;
+    master.#remote.warm = warm;
     if (options.actionCache !== false) {
       master.#actions = await ActionCache.open({
         dir: `${cacheDir}/actions-${rootKey}`,
@@ -275,7 +292,9 @@ export class Master implements AsyncDisposable {
       [MasterMethods.fsAttr]: (params: { path: unknown; withHash?: unknown }) =>
         files.attr(path(params?.path), { withHash: params?.withHash === true }),
       [MasterMethods.fsDir]: async (params: { path: unknown }, ctx: CallContext) => {
-        const attrs = await files.dir(path(params?.path));
+        const dir = path(params?.path);
+        const attrs = await files.dir(dir);
+        if (attrs.length > 0) this.#warm.noteDir(ctx.peer, dir);
         for (let i = 0; i < attrs.length; i += CHUNK_ATTRS) {
           await ctx.sendChunk(attrs.slice(i, i + CHUNK_ATTRS));
         }
@@ -289,12 +308,54 @@ export class Master implements AsyncDisposable {
         using file = await files.openBlob(hash);
         if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
         const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
+        const served = files.hashCache.pathOf(hash);
+        if (served !== undefined) this.#warm.noteFile(ctx.peer, served);
         this.stats.bytesServed += size;
         files.stats.blobs++;
         files.stats.blobBytes += size;
         return { size };
       },
+      [MasterMethods.fsWarm]: (params: { tool: unknown }, ctx: CallContext) =>
+        this.#streamWarm(params?.tool, ctx),
     };
+  }
+
+  /** Streams a tool's learned warm set to a mirror, read now as a lazy fetch would be. */
+  async #streamWarm(
+    tool: unknown,
+    ctx: CallContext,
+  ): Promise<{ dirs: number; files: number; bytes: number }> {
+    if (typeof tool !== "string" || tool.length > WARM_TOOL_KEY_MAX) {
+      throw new RpcError("BAD_REQUEST", `Bad tool key: ${describe(tool)}`);
+    }
+    let all = 0;
+    for (const n of this.#warmStreams.values()) all += n;
+    const mine = this.#warmStreams.get(ctx.peer) ?? 0;
+    if (mine >= WARM_STREAMS_PER_PEER_MAX || all >= WARM_STREAMS_MAX) {
+      throw new RpcError("LIMIT", `Cannot stream a warm set: ${all} streams running`);
+    }
+    this.#warmStreams.set(ctx.peer, mine + 1);
+    const files = this.#files;
+    try {
+      const sent = await streamWarmSet({
+        set: this.#warm.setFor(tool),
+        dir: (path) => files.dir(path),
+        attr: (path) => files.attr(path, { withHash: true }),
+        send: (chunk) => ctx.sendChunk(chunk),
+        signal: ctx.signal,
+      });
+      if (DEBUG_TIMINGS) {
+        this.#log(
+          `warm set of ${JSON.stringify(tool)} sent: ${sent.dirs} directories, ${sent.files} ` +
+            `files (${(sent.bytes / 2 ** 20).toFixed(1)} MiB of contents)`,
+        );
+      }
+      return sent;
+    } finally {
+      const n = (this.#warmStreams.get(ctx.peer) ?? 1) - 1;
+      if (n <= 0) this.#warmStreams.delete(ctx.peer);
+      else this.#warmStreams.set(ctx.peer, n);
+    }
   }
 
   async #startPool(coordinator: string): Promise<void> {
@@ -309,6 +370,8 @@ export class Master implements AsyncDisposable {
       retries: this.#options.retries,
       slotWaitMs: this.#options.slotWaitMs,
       localFallback: this.#options.localFallback,
+      // Only the busiest: a tool's set is fetched whole, used or not.
+      warmTools: () => this.#warm.busiestTools(WARM_OPEN_TOOLS),
     });
     const pool = this.#pool;
     this.#watch = watchWorkers({
@@ -597,6 +660,7 @@ export class Master implements AsyncDisposable {
     await this.#watch?.close();
     await this.#pool?.close();
     await this.#hashCache.close();
+    await this.#warm.close();
     this.#tree.close();
   }
 

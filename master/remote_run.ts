@@ -29,6 +29,7 @@ import type {
 } from "./master_types.ts";
 import type { OutputHold } from "./output_hold.ts";
 import type { TreeSync } from "./tree_sync.ts";
+import { toolKey, type WarmSets } from "./warm_set.ts";
 import type { PooledWorker } from "./worker_pool.ts";
 
 /** Names an untrusted decoded value without stringifying it (its toString may be anything). */
@@ -36,7 +37,7 @@ export function describe(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value.slice(0, 200)) : typeof value;
 }
 /** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
-const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
+export const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
 
 /**
  * A silent worker is given up on once the master has been listening this
@@ -73,6 +74,8 @@ export class RemoteRunner {
   #jobSeq = 0;
   /** Where runs of cacheable commands are stored (set once the master opened it). */
   actions: ActionCache | null = null;
+  /** What mirrors fetch while a tool's jobs run is learned for the tool (set once opened). */
+  warm: WarmSets | null = null;
 
   constructor(o: RemoteRunnerOptions) {
     this.root = o.root;
@@ -152,7 +155,11 @@ export class RemoteRunner {
       reset,
       heartbeatMs: Math.min(JOB_HEARTBEAT_MS, Math.max(250, Math.floor(silenceMs / 4))),
       record: action !== null,
+      warm: toolKey(request.argv),
     };
+    // What this worker's mirror fetches meanwhile is learned for the tool.
+    const warmKey = params.warm!;
+    this.warm?.jobStarted(worker.peer, warmKey);
     // A worker that falls silent (no output, no heartbeat) is given up on,
     // once the master itself has been listening for SILENCE_GRACE_MS past
     // the limit: held up (a long synchronous apply of another job, GC, a
@@ -214,6 +221,7 @@ export class RemoteRunner {
       clearTimeout(silenceTimer);
       unfollow?.();
       hold.stopTimer();
+      this.warm?.jobEnded(worker.peer, warmKey);
     }
     // A reply from a worker is untrusted: its exit status reaches make.
     if (typeof reply !== "object" || reply === null) {

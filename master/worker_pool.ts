@@ -45,6 +45,8 @@ export interface WorkerPoolOptions {
   slotWaitMs?: number;
   localFallback?: boolean;
   now?: () => number;
+  /** Tool keys whose learned warm sets a mirror should fetch as soon as it opens. */
+  warmTools?: () => string[];
 }
 
 /** Where a job runs: on a worker, locally (with the reason), or nowhere. */
@@ -137,6 +139,7 @@ export class WorkerPool {
           masterId: this.#options.masterId,
           writableRoot: this.#options.writableRoot,
           slots: this.#options.slotsPerWorker,
+          warm: this.#options.warmTools?.(),
         } satisfies MirrorOpenParams,
         { timeoutMs: 30_000 },
       );

@@ -50,17 +50,31 @@ export async function removeCgroup(dir: string): Promise<void> {
   }
 }
 
+/** A job cgroup younger than this is never taken for a leftover (see removeStaleCgroups). */
+export const STALE_CGROUP_AGE_MS = 10 * 60_000;
+
 /**
  * Removes the job cgroups a previous run of the worker left under `root`
  * (after a crash); call it at start-up, before any job runs. Returns how
- * many were removed. Cgroups still holding processes are left alone.
+ * many were removed. Cgroups still holding processes are left alone, and so
+ * are young ones: the root is shared by every worker on the host, and one
+ * made a moment ago by a running neighbour is empty until its launcher joins
+ * it (removing it failed that job: `Cannot join cgroup`).
  */
-export async function removeStaleCgroups(root: string = PIDS_CGROUP_ROOT): Promise<number> {
+export async function removeStaleCgroups(
+  root: string = PIDS_CGROUP_ROOT,
+  options: { minAgeMs?: number; now?: number } = {},
+): Promise<number> {
+  const minAgeMs = options.minAgeMs ?? STALE_CGROUP_AGE_MS;
+  const now = options.now ?? Date.now();
   let removed = 0;
   try {
     for await (const entry of Deno.readDir(root)) {
       if (!entry.isDirectory || !entry.name.startsWith("job-")) continue;
       try {
+        const info = await Deno.stat(`${root}/${entry.name}`);
+        const madeMs = (info.birthtime ?? info.mtime ?? info.ctime)?.getTime() ?? 0;
+        if (now - madeMs < minAgeMs) continue;
         await Deno.remove(`${root}/${entry.name}`);
         removed++;
       } catch {

@@ -53,8 +53,24 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     const termite = report.summaries.find((s) => s.contender === "termite")!;
     if (termite.ok) assert.ok(termite.remoteJobs! > 0 && termite.allJobs! >= termite.remoteJobs!);
     else console.log(`note: the farm did not build: ${termite.error}`);
-    // The farm's cold build is recorded apart from the warm runs.
-    assert.ok(report.builds.some((b) => b.contender === "termite" && b.round === "cold"));
+    // Cold builds are recorded apart from the warm runs: the farm's first
+    // (every cache fresh), then a cold round (fresh workers, then fresh master
+    // too) interleaved with a local make, each with the master's bytes sent.
+    for (const round of ["cold", "cold-master"]) {
+      const colds = report.builds.filter((b) => b.contender === "termite" && b.round === round);
+      assert.equal(colds.filter((b) => b.attempt === 0).length, round === "cold" ? 1 : 2, round);
+      if (termite.ok) {
+        assert.ok(colds.some((b) => b.ok && b.termiteJobs!.bytesServed > 0), `${round}: bytes`);
+      }
+    }
+    assert.ok(report.builds.some((b) => b.contender === "local" && b.round === "cold-local"));
+    if (termite.ok) {
+      assert.ok(termite.coldMs! > 0 && termite.coldMasterMs! > 0, context);
+      assert.ok(termite.coldVsLocal! > 0 && termite.coldVsWarm! > 0, context);
+      assert.ok(termite.coldMasterBytesServed! > 0, context);
+    }
+    const scaled = report.scaling.find((p) => p.workers === 1);
+    if (scaled?.ok) assert.ok(scaled.coldBytesServed! > 0, "master bytes per worker count");
 
     // Round trips: every kind listed; the direct ones always work.
     assert.equal(report.roundTrips.length, 8);

@@ -50,3 +50,30 @@ Deno.test("HashCache ignores a corrupt cache file", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("HashCache: a hash in flight for an older version of a file never answers for the new one", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "termite-hc-" });
+  try {
+    const path = `${dir}/common.h`;
+    const old = new Uint8Array(32 * 2 ** 20).fill(1);
+    const now = new Uint8Array(32 * 2 ** 20).fill(2); // same size, other bytes
+    await Deno.writeFile(path, old);
+    await Deno.utime(path, new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
+    const cache = await HashCache.open({});
+    const before = await Deno.stat(path);
+    const first = cache.hash(path, before);
+    assert.equal(cache.hash(path, before), first, "the same version: one hash for both");
+    // Rewritten in place (same inode, same size) while the first hash runs.
+    await Deno.writeFile(path, now);
+    await Deno.utime(path, new Date(), new Date(Date.now() + 10_000));
+    const after = await Deno.stat(path);
+    assert.equal(after.ino, before.ino);
+    const second = cache.hash(path, after);
+    assert.notEqual(second, first, "a new version is hashed anew");
+    assert.equal(await second, hashBytes(now));
+    await first;
+    await cache.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

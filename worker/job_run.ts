@@ -23,6 +23,7 @@ import { type CallContext, RpcError } from "../rpc/mod.ts";
 import { collectResultSet, type JobOutcome, runJob } from "../sandbox/mod.ts";
 import { type Mirror, safeName } from "./mirrors.ts";
 import type { ReadTracer } from "./read_trace.ts";
+import type { MirrorStats } from "./mirror_options.ts";
 import { sendResultParts } from "./result_parts.ts";
 
 /** Result files up to this size travel inline in the job's reply... */
@@ -72,6 +73,8 @@ interface SandboxRun {
   inline: Inline;
   /** Whether the job's stderr reported a stale file handle. */
   staleSeen: boolean;
+  /** The output that reported it (its first 400 bytes). */
+  staleLine: string;
   collectMs: number;
   reads?: ReadSet;
 }
@@ -95,6 +98,22 @@ export function startHeartbeat(
   }, heartbeatMs);
 }
 
+/** What a mirror's counters did while a job ran (other jobs on it count too), for debug timings. */
+function mirrorDelta(before: MirrorStats, after: MirrorStats): string {
+  const keys: (keyof MirrorStats)[] = [
+    "lookupsWaited",
+    "lookupWaitMs",
+    "readWaitMs",
+    "dirFetches",
+    "dirFetchMs",
+    "attrFetches",
+    "blobFetches",
+    "blobFetchMs",
+    "blobBytes",
+  ];
+  return keys.map((k) => `${k} ${Math.round((after[k] ?? 0) - (before[k] ?? 0))}`).join(", ");
+}
+
 export class JobRunner {
   readonly #options: JobRunnerOptions;
 
@@ -110,6 +129,7 @@ export class JobRunner {
     stdin: AsyncIterable<Uint8Array> | undefined,
   ): Promise<JobReply> {
     const started = performance.now();
+    const before = { ...mirror.fs.stats };
     const ran = await this.#sandbox(mirror, params, ctx, stdin);
     const { outcome, collectMs } = ran;
     const sandboxEnded = performance.now();
@@ -117,14 +137,20 @@ export class JobRunner {
       this.#options.log(
         `job ${params.argv[0]}: ${(sandboxEnded - started).toFixed(1)} ms, collect ${
           collectMs.toFixed(1)
-        } ms, launcher set-up ${(outcome.launcherMs ?? 0).toFixed(1)} ms`,
+        } ms, launcher set-up ${(outcome.launcherMs ?? 0).toFixed(1)} ms; mirror meanwhile: ${
+          mirrorDelta(before, mirror.fs.stats)
+        }`,
       );
     }
     if (ctx.signal.aborted) throw new RpcError("CANCELLED", "Job cancelled");
     if (outcome.exitCode !== 0 && ran.staleSeen) {
       // The job failed on ESTALE from the overlay over the mirror (a lower
       // dentry invalidated under it): this worker's fault, not the job's.
-      this.#options.log(`job ${params.argv[0]} failed on a stale file handle; asking for a retry`);
+      this.#options.log(
+        `job ${params.argv[0]} failed on a stale file handle; asking for a retry: ${
+          JSON.stringify(ran.staleLine)
+        }`,
+      );
       throw new RpcError("ESTALE", "The job hit a stale file handle in the mirror");
     }
     if (outcome.leftInTmp !== undefined && outcome.killedBy === undefined) {
@@ -195,6 +221,7 @@ export class JobRunner {
     );
     let resultSet: ResultSet | undefined;
     let staleSeen = false;
+    let staleLine = "";
     // Small results travel in the reply itself: no store write, no fetch.
     const inline: Inline = { blobs: {}, bytes: 0 };
     let collectMs = 0;
@@ -205,7 +232,10 @@ export class JobRunner {
       outcome = await this.#runJob(mirror, params, ctx, stdin, timeoutMs, {
         onCgroup: (dir) => recording ? tracer!.attach(recording, dir) : Promise.resolve(),
         onStderr: (data) => {
-          if (!staleSeen) staleSeen = staleText(data);
+          if (staleSeen) return;
+          staleSeen = staleText(data);
+          // The line that says so, to find which path went stale.
+          if (staleSeen) staleLine = new TextDecoder().decode(data.slice(0, 400)).trim();
         },
         onCollected: (rs, ms) => {
           resultSet = rs;
@@ -237,7 +267,7 @@ export class JobRunner {
     } else if (params.record === true) {
       reads = { complete: false, why: tracer?.deadReason ?? "this worker records no reads" };
     }
-    return { outcome, resultSet, inline, staleSeen, collectMs, reads };
+    return { outcome, resultSet, inline, staleSeen, staleLine, collectMs, reads };
   }
 
   #runJob(

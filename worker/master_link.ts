@@ -24,7 +24,40 @@ export interface MasterLink {
     sink: { write(chunk: Uint8Array): Promise<void> },
     signal: AbortSignal,
   ): Promise<void>;
+  /**
+   * The master's `fs.warm`: the learned warm set of `tool`, as chunks (see
+   * {@link WarmChunk}) handed to `onChunk` in order. Absent: no warm sets.
+   */
+  warm?(
+    tool: string,
+    onChunk: (chunk: WarmChunk) => void,
+    signal: AbortSignal,
+  ): Promise<void>;
 }
+
+/**
+ * A chunk of `fs.warm`: a directory's listing (in parts, `more` on all but
+ * the last), or attributes of files with their hashes.
+ */
+export type WarmChunk = { d: string; a: FileAttr[]; more?: true } | { f: FileAttr[] };
+
+/** Checks a chunk of `fs.warm` for shape (the mirror checks names as it absorbs them). */
+export function checkWarmChunk(chunk: unknown): WarmChunk {
+  const c = chunk as Record<string, unknown>;
+  const attrsOk = (a: unknown) =>
+    Array.isArray(a) && a.length <= WARM_CHUNK_ATTRS_MAX &&
+    a.every((x) => typeof x === "object" && x !== null && typeof x.path === "string");
+  if (typeof c === "object" && c !== null) {
+    if (typeof c.d === "string" && attrsOk(c.a) && (c.more === undefined || c.more === true)) {
+      return c as WarmChunk;
+    }
+    if (attrsOk(c.f) && c.d === undefined) return c as WarmChunk;
+  }
+  throw new RpcError("BAD_REQUEST", "Bad warm-set chunk");
+}
+
+/** Attributes one warm-set chunk may bring at most. */
+const WARM_CHUNK_ATTRS_MAX = 4096;
 
 /** Attributes one directory listing may bring at most. */
 const DIR_ATTRS_MAX = 1_000_000;
@@ -53,6 +86,13 @@ export function rpcMasterLink(peer: () => RpcPeer): MasterLink {
         },
       });
       return out;
+    },
+    warm: async (tool, onChunk, signal) => {
+      await peer().call(MasterMethods.fsWarm, { tool }, {
+        timeoutMs: 600_000,
+        signal,
+        onChunk: (chunk) => onChunk(checkWarmChunk(chunk)),
+      });
     },
     fetchBlob: async (hash, sink, signal) => {
       await peer().call(MasterMethods.blobGet, { hash }, {

@@ -40,6 +40,8 @@ export interface BlobCounters {
   /** Blob fetches started over the link (a blob already stored costs none). */
   blobFetches: number;
   blobBytes: number;
+  /** Milliseconds blob fetches took, summed. */
+  blobFetchMs: number;
   /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
   corruptBlobs: number;
 }
@@ -76,7 +78,11 @@ export class BlobFiles {
   readonly #onError: (error: unknown, context: string) => void;
   /** Without open requests: a blob descriptor per node id, LRU order. */
   readonly #cached = new Map<bigint, BlobHandle>();
-  readonly #opening = new Map<bigint, Promise<BlobHandle | Errno>>();
+  /**
+   * Opens in flight per node, with the attributes they began with: a read
+   * after an update (new attributes) never joins an open of the old content.
+   */
+  readonly #opening = new Map<bigint, { attr: unknown; promise: Promise<BlobHandle | Errno> }>();
   /** Stored blobs rehashed once by this mirror (or fetched, hence verified, by it). */
   readonly #verified = new Set<string>();
   readonly #closing: BlobHandle[] = [];
@@ -106,13 +112,24 @@ export class BlobFiles {
     return (hash, sink, signal) =>
       this.#limiter.run(async () => {
         this.#stats.blobFetches++;
-        await this.#link.fetchBlob(hash, {
-          write: (chunk) => {
-            this.#stats.blobBytes += chunk.length;
-            return sink.write(chunk);
-          },
-        }, signal);
+        const started = performance.now();
+        try {
+          await this.#link.fetchBlob(hash, {
+            write: (chunk) => {
+              this.#stats.blobBytes += chunk.length;
+              return sink.write(chunk);
+            },
+          }, signal);
+        } finally {
+          this.#stats.blobFetchMs += performance.now() - started;
+        }
       }, { signal, background });
+  }
+
+  /** Records that blob `hash` was checked against its hash (fetched into the store just now). */
+  markVerified(hash: string): void {
+    if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+    this.#verified.add(hash);
   }
 
   /** Fetches a node's blob if needed, pins it and opens it: a handle to close later. */
@@ -152,8 +169,10 @@ export class BlobFiles {
 
   /** Opens (once for concurrent reads) and caches the blob descriptor of a node. */
   openCached(node: MirrorNode): Promise<BlobHandle | Errno> {
-    let opening = this.#opening.get(node.id);
+    const inflight = this.#opening.get(node.id);
+    let opening = inflight?.attr === node.attr ? inflight?.promise : undefined;
     if (opening === undefined) {
+      const attr = node.attr;
       const promise: Promise<BlobHandle | Errno> = this.open(node).then((handle) => {
         if (typeof handle === "number") return handle;
         if (this.#signal.aborted) {
@@ -171,10 +190,10 @@ export class BlobFiles {
         }
         return handle;
       }).finally(() => {
-        if (this.#opening.get(node.id) === promise) this.#opening.delete(node.id);
+        if (this.#opening.get(node.id)?.promise === promise) this.#opening.delete(node.id);
       });
       opening = promise;
-      this.#opening.set(node.id, opening);
+      this.#opening.set(node.id, { attr, promise });
     }
     return opening;
   }

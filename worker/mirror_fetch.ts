@@ -27,6 +27,8 @@ const FETCH_ATTEMPTS_MAX = 3;
 export interface FetchCounters {
   dirFetches: number;
   attrFetches: number;
+  /** Milliseconds directory fetches took, summed. */
+  dirFetchMs: number;
 }
 
 /** Options of {@linkcode AttrFetches}. */
@@ -108,7 +110,12 @@ export class AttrFetches {
       this.#stats.dirFetches++;
       const epoch = this.#epoch;
       since = this.#updates.count;
-      attrs = await this.#limiter.run(() => this.#link.dir(node.path, { signal }), { signal });
+      const started = performance.now();
+      try {
+        attrs = await this.#limiter.run(() => this.#link.dir(node.path, { signal }), { signal });
+      } finally {
+        this.#stats.dirFetchMs += performance.now() - started;
+      }
       // An answer from before a reset may miss changes the master could not push.
       if (
         (epoch === this.#epoch && this.#updates.covers(since)) || attempt === FETCH_ATTEMPTS_MAX
@@ -127,6 +134,74 @@ export class AttrFetches {
     node.complete = true;
     this.#updates.replaySince(since, node.path);
     this.#cache.evictIfNeeded();
+  }
+
+  /** Bumped by every reset: an answer asked for before one is not trusted. */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /**
+   * Takes a listing that arrived unasked (a warm set), asked for when update
+   * number `since` was next and reset `epoch` current: stored as a fetched
+   * one would be, with the updates that overtook it replayed. Refused (false)
+   * when it cannot be trusted (a reset since, updates forgotten) or is not
+   * needed (the listing is known, or a fetch of it is on its way).
+   */
+  absorbListing(
+    node: MirrorNode,
+    attrs: readonly FileAttr[],
+    since: number,
+    epoch: number,
+  ): boolean {
+    if (epoch !== this.#epoch || !this.#updates.covers(since) || this.#signal.aborted) return false;
+    if (node.synthetic || node.detached || node.complete || this.#dirFetches.has(node)) {
+      return false;
+    }
+    if (node.attr !== undefined && node.attr.kind !== "dir") return false;
+    const listing = new Map<string, FileKind>();
+    for (const attr of attrs) {
+      if (attr.kind === null) continue;
+      const name = childName(node.path, attr.path);
+      if (name !== undefined) listing.set(name, attr.kind);
+    }
+    // Unasked, it must not drop a node the kernel holds (that is for pushed
+    // updates, which invalidate the kernel's entry): left to a lazy fetch.
+    for (const [name, kid] of node.kids) {
+      const kind = listing.get(name);
+      const dropped = kind === undefined || (kid.attr !== undefined && kid.attr.kind !== kind);
+      if (dropped && (kid.known || kid.opens > 0)) return false;
+    }
+    for (const attr of attrs) {
+      if (attr.kind === null) continue;
+      const name = childName(node.path, attr.path);
+      if (name !== undefined) this.#cache.learnChild(node, name, attr);
+    }
+    this.#cache.setListing(node, listing);
+    node.complete = true;
+    this.#updates.replaySince(since, node.path);
+    this.#cache.evictIfNeeded();
+    return true;
+  }
+
+  /**
+   * Takes one path's attrs that arrived unasked (a warm set), like
+   * {@linkcode AttrFetches.absorbListing}; a node already holding a hash,
+   * or being fetched, is left as it is.
+   */
+  absorbAttr(attr: FileAttr, since: number, epoch: number): boolean {
+    if (epoch !== this.#epoch || !this.#updates.covers(since) || this.#signal.aborted) return false;
+    const path = normalizePath(attr.path);
+    if (this.#attrFetches.has(path)) return false;
+    const known = this.#cache.find(path);
+    if (known?.attr?.hash !== undefined || known?.detached) return false;
+    // Nor may it detach or retype a node the kernel holds (see absorbListing).
+    if (
+      known !== undefined && (known.known || known.opens > 0) &&
+      (attr.kind === null || (known.attr !== undefined && known.attr.kind !== attr.kind))
+    ) return false;
+    this.#absorbFetched({ attr, since });
+    return true;
   }
 
   /** Fetches one path's attrs into the cache. */

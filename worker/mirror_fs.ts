@@ -95,6 +95,7 @@ import {
   TIMEOUT_S_DEFAULT,
 } from "./mirror_options.ts";
 import { Invalidations, MirrorUpdates } from "./mirror_updates.ts";
+import { Warmer } from "./mirror_warm.ts";
 
 export { MOUNT_POINTS_DEFAULT };
 export type { MirrorOptions, MirrorStats };
@@ -119,6 +120,7 @@ export class MirrorFs implements FileSystem {
   readonly #fetches: AttrFetches;
   readonly #blobs: BlobFiles;
   readonly #prefetcher: Prefetcher;
+  readonly #warmer: Warmer;
   readonly #background = new Set<Promise<unknown>>();
   readonly #files = new Map<number, BlobHandle>();
   readonly #listings: Listings;
@@ -189,6 +191,19 @@ export class MirrorFs implements FileSystem {
       failed,
       track: (task) => this.#track(task),
     });
+    this.#warmer = new Warmer({
+      link,
+      cache,
+      fetches,
+      updates,
+      store,
+      blobs: this.#blobs,
+      stats: this.stats,
+      signal,
+      bytesMax: options.warmBytesMax,
+      failed,
+      track: (task) => this.#track(task),
+    });
     this.#listings = new Listings({
       cache,
       fetches,
@@ -208,6 +223,36 @@ export class MirrorFs implements FileSystem {
   }
 
   // ---- updates from the master ----
+
+  /**
+   * A job of `tool` is about to run: on the first one, the master's learned
+   * warm set of the tool streams in, in the background (see `mirror_warm.ts`).
+   */
+  warm(tool: string): void {
+    if (!this.#closed) this.#warmer.warm(tool);
+  }
+
+  /**
+   * Fetches, in the background, the listing of every directory from `/` down
+   * to `path` (the writable root: every job's overlay and cwd lie there, and
+   * the kernel would otherwise look each one up in turn, waiting for each).
+   */
+  warmPath(path: string): void {
+    if (this.#closed) return;
+    const names = path.split("/").filter((name) => name !== "");
+    const task = (async () => {
+      let node = this.#cache.root;
+      for (let i = 0;; i++) {
+        if (node.synthetic || node.detached) return;
+        if (node.listing === undefined || !node.complete) await this.#fetches.fetchDir(node);
+        if (i === names.length || this.#closed) return;
+        const kid = node.kids.get(names[i]);
+        if (kid === undefined || kid.attr?.kind !== "dir") return;
+        node = kid;
+      }
+    })().catch((error) => this.#failed(error, `prefetch ${path}`));
+    this.#track(task);
+  }
 
   /**
    * Takes attributes pushed by the master (its local edits, other workers'
@@ -308,7 +353,10 @@ export class MirrorFs implements FileSystem {
     const answer = this.#lookupLocal(parent, name, true);
     if (answer !== undefined) return answer;
     this.stats.lookupsWaited++;
-    return this.#lookupSlow(parent, name);
+    const started = performance.now();
+    return this.#lookupSlow(parent, name).finally(() => {
+      this.stats.lookupWaitMs += performance.now() - started;
+    });
   }
 
   forget(ino: bigint): void {
@@ -417,9 +465,11 @@ export class MirrorFs implements FileSystem {
     if (node === undefined) return ESTALE;
     const fd = this.#blobs.cachedFd(node);
     if (fd !== undefined) return { fd, offset, size };
-    return this.#blobs.openCached(node).then((handle) =>
-      typeof handle === "number" ? handle : { fd: handle.fd, offset, size }
-    );
+    const started = performance.now();
+    return this.#blobs.openCached(node).then((handle) => {
+      this.stats.readWaitMs += performance.now() - started;
+      return typeof handle === "number" ? handle : { fd: handle.fd, offset, size };
+    });
   }
 
   release(_ino: bigint, fh: number): void {

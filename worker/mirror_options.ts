@@ -40,6 +40,8 @@ export interface MirrorOptions {
   blobFdsMax?: number;
   /** Files up to this size get their content fetched when looked up (default 16 MiB). */
   prefetchBytesMax?: number;
+  /** Bytes of contents fetched for learned warm sets at most (default 1 GiB; 0: none). */
+  warmBytesMax?: number;
   /** Content prefetches running or queued at once (default 256); beyond, none start. */
   prefetchesMax?: number;
   /**
@@ -82,6 +84,21 @@ export interface MirrorStats {
   handles: number;
   /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
   corruptBlobs: number;
+  /** Milliseconds lookups waited for the network, summed (concurrent waits add up). */
+  lookupWaitMs: number;
+  /** Milliseconds reads waited for a blob (fetch, store, open), summed. */
+  readWaitMs: number;
+  /** Milliseconds directory fetches took, summed. */
+  dirFetchMs: number;
+  /** Milliseconds blob fetches took (request to stored), summed. */
+  blobFetchMs: number;
+  /** Warm-set streams asked for, listings and file attributes taken from them. */
+  warmStreams: number;
+  warmDirs: number;
+  warmAttrs: number;
+  /** Blobs (and their bytes) fetched for warm sets. */
+  warmBlobs: number;
+  warmBytes: number;
 }
 
 export const MOUNT_POINTS_DEFAULT: readonly string[] = ["/proc", "/dev", "/tmp", "/sys"];
@@ -109,5 +126,14 @@ export function newStats(): MirrorStats {
     entries: 0,
     handles: 0,
     corruptBlobs: 0,
+    lookupWaitMs: 0,
+    readWaitMs: 0,
+    dirFetchMs: 0,
+    blobFetchMs: 0,
+    warmStreams: 0,
+    warmDirs: 0,
+    warmAttrs: 0,
+    warmBlobs: 0,
+    warmBytes: 0,
   };
 }

@@ -187,6 +187,7 @@ export class Mirrors {
       readOnly: true,
     });
     fs.attach(session);
+    fs.warmPath(root);
     const mirror: Mirror = {
       key,
       masterId: params.masterId,

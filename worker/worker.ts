@@ -14,6 +14,8 @@ import {
   type MirrorOpenParams,
   type MirrorOpenReply,
   VERSION,
+  WARM_OPEN_TOOLS_MAX,
+  WARM_TOOL_KEY_MAX,
   WorkerMethods,
 } from "../common/protocol.ts";
 import type { FileAttr } from "../common/types.ts";
@@ -358,7 +360,13 @@ export class Worker implements AsyncDisposable {
       throw new RpcError("BAD_REQUEST", "Bad mirror.open parameters");
     }
     if (this.#closed) throw new RpcError("CLOSED", "The worker is shutting down");
-    await this.#mirrors.mirrorFor(peer, params);
+    const mirror = await this.#mirrors.mirrorFor(peer, params);
+    if (Array.isArray(params.warm)) {
+      // The master's most used tools: their warm sets stream in before their first job.
+      for (const tool of params.warm.slice(0, WARM_OPEN_TOOLS_MAX)) {
+        if (typeof tool === "string" && tool.length <= WARM_TOOL_KEY_MAX) mirror.fs.warm(tool);
+      }
+    }
     // Nothing is held for the master while it is idle: slots are taken per job
     // (#jobRun), so every master may use them all and those who wait share.
     const slots = this.#draining
@@ -402,6 +410,9 @@ export class Worker implements AsyncDisposable {
     const seconds = () => (performance.now() - started) / 1000;
     try {
       await this.#mirrors.applyUpdates(mirror, params.updates, params.reset);
+      if (typeof params.warm === "string" && params.warm.length <= WARM_TOOL_KEY_MAX) {
+        mirror.fs.warm(params.warm);
+      }
       // stdin streams in while the job runs; it need not end before the job.
       const stdin = params.stdin
         ? this.#stdin.stream(params.jobId, AbortSignal.any([ctx.signal, stdinEnd.signal]))
