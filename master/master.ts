@@ -468,6 +468,19 @@ export class Master implements AsyncDisposable {
       const code = await this.#replay(action, io);
       if (code !== null) return { code };
     }
+    return await this.#runRemote(request, io, action);
+  }
+
+  /**
+   * Runs a job on the workers, retried elsewhere on failure, at last here
+   * (or failed) as the dispatch policy says. `action`: its action cache key,
+   * when its run is to be recorded.
+   */
+  async #runRemote(
+    request: JobRequest,
+    io: JobIo,
+    action: string | null,
+  ): Promise<{ code: number; error?: string }> {
     if (this.#pool === null) {
       if (this.#options.localFallback !== false) return await this.#runLocalSlot(request, io);
       this.stats.jobsFailed++;

@@ -135,17 +135,15 @@ export class RemoteRunner {
     const t0 = now();
     const started = action !== null ? performance.now() : 0;
     const startedMs = Date.now();
-    const output = { 1: [] as Uint8Array[], 2: [] as Uint8Array[], bytes: 0 };
     this.#syncTree();
     const tSynced = now();
     await this.#flushChanges();
     const tFlushed = now();
     const { updates, reset, cursor } = this.#changes.since(worker.cursor);
-    const jobId = `${this.masterId}-${++this.#jobSeq}`;
     const timeoutMs = this.#options.jobTimeoutMs ?? 600_000;
     const silenceMs = this.#options.jobSilenceMs ?? JOB_SILENCE_MS_MAX;
     const params: JobParams = {
-      jobId,
+      jobId: `${this.masterId}-${++this.#jobSeq}`,
       argv: request.argv,
       cwd: request.cwd,
       env: request.env,
@@ -157,13 +155,78 @@ export class RemoteRunner {
       record: action !== null,
       warm: toolKey(request.argv),
     };
+    const output: HeldOutput = { 1: [], 2: [], bytes: 0, keep: action !== null };
+    // A large result set arrives in parts ahead of the reply.
+    const parts = new ResultParts(this.#options.resultEntriesMax);
+    const reply = await this.#call(worker, params, { io, hold, output, parts, silenceMs });
+    const exitCode = exitCodeOf(reply);
+    worker.cursor = cursor;
+    // The inputs' states, taken before the results change the tree.
+    const recorded = action !== null
+      ? await this.#statesOf(worker, reply, { io, output, parts, startedMs })
+      : null;
+    const merged = parts.merge(reply.resultSet);
+    const applyStarted = performance.now();
+    const outcome = await this.#apply(worker, merged, { io, parts, reply, silenceMs });
+    const ws = this.#workerStats(worker);
+    ws.applyMs += performance.now() - applyStarted;
+    ws.workerMs += Number(reply.timings?.totalMs) || 0;
+    ws.collectMs += Number(reply.timings?.collectMs) || 0;
+    if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
+    await this.#flushChanges(outcome.touched, outcome.hashes);
+    if (action !== null && recorded !== null) {
+      await this.#store(action, recorded, {
+        merged,
+        output,
+        exitCode,
+        ranMs: performance.now() - started,
+        reply,
+      });
+    }
+    if (DEBUG_TIMINGS) {
+      const t = reply.timings ?? {};
+      const ms = (a: number, b: number) => (b - a).toFixed(1);
+      this.#log(
+        `job ${request.argv[0]}: sync ${ms(t0, tSynced)} flush ${ms(tSynced, tFlushed)} ` +
+          `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
+          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${
+            ms(applyStarted, performance.now())
+          } ms`,
+      );
+    }
+    if (reply.killedBy) {
+      const why = [reply.reason, reply.killedBy].find((w) => typeof w === "string")
+        ?.slice(0, 500) ?? "killed";
+      await hold.write(
+        2,
+        new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
+      );
+    }
+    return exitCode;
+  }
+
+  /**
+   * Sends the job and waits for its reply, its output held as it streams in.
+   * A worker that falls silent (no output, no heartbeat) is given up on, once
+   * the master itself has been listening for SILENCE_GRACE_MS past the limit:
+   * held up (a long synchronous apply of another job, GC, a loaded host), it
+   * may not have read yet what the worker sent meanwhile.
+   */
+  async #call(
+    worker: PooledWorker,
+    params: JobParams,
+    job: {
+      io: JobIo;
+      hold: OutputHold;
+      output: HeldOutput;
+      parts: ResultParts;
+      silenceMs: number;
+    },
+  ): Promise<JobReply> {
+    const { io, hold, output, parts, silenceMs } = job;
     // What this worker's mirror fetches meanwhile is learned for the tool.
     const warmKey = params.warm!;
     this.warm?.jobStarted(worker.peer, warmKey);
-    // A worker that falls silent (no output, no heartbeat) is given up on,
-    // once the master itself has been listening for SILENCE_GRACE_MS past
-    // the limit: held up (a long synchronous apply of another job, GC, a
-    // loaded host), it may not have read yet what the worker sent meanwhile.
     const silence = new AbortController();
     let due = 0;
     let graced = false;
@@ -186,21 +249,18 @@ export class RemoteRunner {
     };
     heard();
     const unfollow = io.stdin?.follow((data) => {
-      worker.peer.notify(WorkerMethods.jobStdin, { jobId, data }).catch(() => {});
+      worker.peer.notify(WorkerMethods.jobStdin, { jobId: params.jobId, data }).catch(() => {});
     });
-    // A large result set arrives in parts ahead of the reply.
-    const parts = new ResultParts(this.#options.resultEntriesMax);
-    let reply: JobReply;
     try {
-      reply = await worker.peer.call<JobReply>(WorkerMethods.jobRun, params, {
-        timeoutMs: timeoutMs + 60_000,
+      return await worker.peer.call<JobReply>(WorkerMethods.jobRun, params, {
+        timeoutMs: params.timeoutMs + 60_000,
         signal: AbortSignal.any([io.signal, silence.signal]),
         onChunk: async (chunk) => {
           heard();
           const c = chunk as JobChunk;
           if (typeof c !== "object" || c === null) return;
           if ("fd" in c && c.data instanceof Uint8Array) {
-            if (action !== null && output.bytes <= OUTPUT_BYTES_MAX) {
+            if (output.keep && output.bytes <= OUTPUT_BYTES_MAX) {
               output[c.fd === 1 ? 1 : 2].push(c.data.slice());
               output.bytes += c.data.length;
             }
@@ -223,42 +283,76 @@ export class RemoteRunner {
       hold.stopTimer();
       this.warm?.jobEnded(worker.peer, warmKey);
     }
-    // A reply from a worker is untrusted: its exit status reaches make.
-    if (typeof reply !== "object" || reply === null) {
-      throw new ResultSetError("Refusing the reply: not an object");
-    }
-    const exitCode = reply.exitCode;
-    if (!Number.isInteger(exitCode) || exitCode < 0 || exitCode > 255) {
-      throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
-    }
-    worker.cursor = cursor;
-    // The inputs' states, taken before the results change the tree.
-    let reads: Awaited<ReturnType<ActionCache["states"]>> | null = null;
-    let notCached = "";
+  }
+
+  /**
+   * The states of what a job to be cached read, taken before its results
+   * change the tree; `{ reads: null, why }` when it is not to be cached.
+   * @throws {RpcError} ESTALE: the worker's copy of an input was old.
+   */
+  async #statesOf(
+    worker: PooledWorker,
+    reply: JobReply,
+    job: { io: JobIo; output: HeldOutput; parts: ResultParts; startedMs: number },
+  ): Promise<Recorded | null> {
     const actions = this.actions;
-    if (action !== null && actions !== null) {
-      try {
-        if (reply.killedBy) throw new NotCacheable(`killed by the sandbox (${reply.killedBy})`);
-        if (output.bytes > OUTPUT_BYTES_MAX) throw new NotCacheable("too much output");
-        if (io.stdin !== null && reply.reads?.complete && reply.reads.stdin !== false) {
-          throw new NotCacheable("the job read its stdin");
-        }
-        const set = parts.merge(reply.resultSet) as Partial<ResultSet>;
-        const outputs = new Set(
-          [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),
-        );
-        reads = await actions.states(reply.reads!, startedMs, outputs);
-      } catch (err) {
-        if (err instanceof StaleRead) {
-          // Its output came from an old version: tell the mirrors, run it again.
-          await this.#flushChanges([err.path]);
-          throw new RpcError("ESTALE", `${worker.address}: ${err.message}`);
-        }
-        notCached = (err as Error).message;
+    if (actions === null) return null;
+    try {
+      if (reply.killedBy) throw new NotCacheable(`killed by the sandbox (${reply.killedBy})`);
+      if (job.output.bytes > OUTPUT_BYTES_MAX) throw new NotCacheable("too much output");
+      if (job.io.stdin !== null && reply.reads?.complete && reply.reads.stdin !== false) {
+        throw new NotCacheable("the job read its stdin");
       }
+      const set = job.parts.merge(reply.resultSet) as Partial<ResultSet>;
+      const outputs = new Set(
+        [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),
+      );
+      return { reads: await actions.states(reply.reads!, job.startedMs, outputs), why: "" };
+    } catch (err) {
+      if (err instanceof StaleRead) {
+        // Its output came from an old version: tell the mirrors, run it again.
+        await this.#flushChanges([err.path]);
+        throw new RpcError("ESTALE", `${worker.address}: ${err.message}`);
+      }
+      return { reads: null, why: (err as Error).message };
     }
-    const merged = parts.merge(reply.resultSet);
-    const applyStarted = performance.now();
+  }
+
+  /** Stores a run in the action cache (or notes why it was not). */
+  async #store(
+    action: string,
+    recorded: Recorded,
+    run: {
+      merged: unknown;
+      output: HeldOutput;
+      exitCode: number;
+      ranMs: number;
+      reply: JobReply;
+    },
+  ): Promise<void> {
+    const actions = this.actions!;
+    if (recorded.reads === null) {
+      actions.notStored(recorded.why);
+      return;
+    }
+    const reads = run.reply.reads;
+    await actions.store(action, recorded.reads, {
+      resultSet: run.merged as ResultSet,
+      stdout: concat(run.output[1]),
+      stderr: concat(run.output[2]),
+      exitCode: run.exitCode,
+      ranMs: run.ranMs,
+      readStdin: reads?.complete === true && reads.stdin !== false,
+    }).catch((err) => actions.notStored((err as Error).message));
+  }
+
+  /** Applies a job's result set to the tree, contents fetched from `worker` as needed. */
+  async #apply(
+    worker: PooledWorker,
+    merged: unknown,
+    job: { io: JobIo; parts: ResultParts; reply: JobReply; silenceMs: number },
+  ): Promise<Awaited<ReturnType<typeof applyResultSet>>> {
+    const { io, parts, reply, silenceMs } = job;
     const outcome = await applyResultSet(merged, {
       writableRoot: this.root,
       tree: this.#tree,
@@ -269,80 +363,75 @@ export class RemoteRunner {
         const bytes = parts.blob(hash) ?? reply.inline?.[hash];
         return bytes instanceof Uint8Array ? bytes : undefined; // verified before use
       },
-      fetchBlob: async (hash, sink) => {
-        // A transfer that stalls (a cut link) is given up on like a silent job.
-        const stalled = new AbortController();
-        let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
-        try {
-          this.stats.blobsReceived++;
-          await worker.peer.call(WorkerMethods.blobGet, { hash }, {
-            timeoutMs: 120_000,
-            signal: AbortSignal.any([io.signal, stalled.signal]),
-            onChunk: (chunk) => {
-              clearTimeout(stallTimer);
-              stallTimer = setTimeout(() => stalled.abort(), silenceMs);
-              if (!(chunk instanceof Uint8Array)) {
-                throw new ResultSetError("Blob chunk is not bytes");
-              }
-              return sink.write(chunk);
-            },
-          });
-        } catch (err) {
-          if (stalled.signal.aborted && !io.signal.aborted) {
-            throw new RpcError(
-              "TIMEOUT",
-              `worker ${worker.address} stalled for ${silenceMs} ms sending blob ${hash}`,
-            );
-          }
-          throw err;
-        } finally {
-          clearTimeout(stallTimer);
-        }
-      },
+      fetchBlob: (hash, sink) => this.#fetchBlob(worker, hash, sink, { io, silenceMs }),
     });
     this.stats.bytesReceived += outcome.bytesFetched;
-    const ws = this.#workerStats(worker);
-    ws.applyMs += performance.now() - applyStarted;
-    ws.workerMs += Number(reply.timings?.totalMs) || 0;
-    ws.collectMs += Number(reply.timings?.collectMs) || 0;
-    if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
-    await this.#flushChanges(outcome.touched, outcome.hashes);
-    if (action !== null && actions !== null) {
-      if (reads === null) actions.notStored(notCached);
-      else {
-        await actions.store(action, reads, {
-          resultSet: merged as ResultSet,
-          stdout: concat(output[1]),
-          stderr: concat(output[2]),
-          exitCode,
-          ranMs: performance.now() - started,
-          readStdin: reply.reads?.complete === true && reply.reads.stdin !== false,
-        }).catch((err) => actions.notStored((err as Error).message));
-      }
-    }
-    if (DEBUG_TIMINGS) {
-      const t = reply.timings ?? {};
-      const ms = (a: number, b: number) => (b - a).toFixed(1);
-      this.#log(
-        `job ${request.argv[0]}: sync ${ms(t0, tSynced)} flush ${ms(tSynced, tFlushed)} ` +
-          `call ${ms(tFlushed, applyStarted)} (worker ${Number(t.totalMs).toFixed(1)}, ` +
-          `launcher ${Number(t.launcherMs).toFixed(1)}) apply ${
-            ms(applyStarted, performance.now())
-          } ms`,
-      );
-    }
-    if (reply.killedBy) {
-      const why = [reply.reason, reply.killedBy].find((w) =>
-        typeof w === "string"
-      )?.slice(0, 500) ??
-        "killed";
-      await hold.write(
-        2,
-        new TextEncoder().encode(`termite: job killed on ${worker.address}: ${why}\n`),
-      );
-    }
-    return exitCode;
+    return outcome;
   }
+
+  /** Streams one result content from `worker` into `sink`; a stalled transfer is given up on. */
+  async #fetchBlob(
+    worker: PooledWorker,
+    hash: string,
+    sink: { write(chunk: Uint8Array): Promise<void> | void },
+    job: { io: JobIo; silenceMs: number },
+  ): Promise<void> {
+    const { io, silenceMs } = job;
+    // A transfer that stalls (a cut link) is given up on like a silent job.
+    const stalled = new AbortController();
+    let stallTimer = setTimeout(() => stalled.abort(), silenceMs);
+    try {
+      this.stats.blobsReceived++;
+      await worker.peer.call(WorkerMethods.blobGet, { hash }, {
+        timeoutMs: 120_000,
+        signal: AbortSignal.any([io.signal, stalled.signal]),
+        onChunk: (chunk) => {
+          clearTimeout(stallTimer);
+          stallTimer = setTimeout(() => stalled.abort(), silenceMs);
+          if (!(chunk instanceof Uint8Array)) {
+            throw new ResultSetError("Blob chunk is not bytes");
+          }
+          return sink.write(chunk);
+        },
+      });
+    } catch (err) {
+      if (stalled.signal.aborted && !io.signal.aborted) {
+        throw new RpcError(
+          "TIMEOUT",
+          `worker ${worker.address} stalled for ${silenceMs} ms sending blob ${hash}`,
+        );
+      }
+      throw err;
+    } finally {
+      clearTimeout(stallTimer);
+    }
+  }
+}
+
+/** A job's output as it streamed in, kept for the action cache (`keep`) up to OUTPUT_BYTES_MAX. */
+interface HeldOutput {
+  1: Uint8Array[];
+  2: Uint8Array[];
+  bytes: number;
+  keep: boolean;
+}
+
+/** What a job to be cached read, and their states; `reads` null: not cached, for `why`. */
+interface Recorded {
+  reads: Awaited<ReturnType<ActionCache["states"]>> | null;
+  why: string;
+}
+
+/** A reply's exit status, checked: a reply from a worker is untrusted, and it reaches make. */
+function exitCodeOf(reply: JobReply): number {
+  if (typeof reply !== "object" || reply === null) {
+    throw new ResultSetError("Refusing the reply: not an object");
+  }
+  const exitCode = reply.exitCode;
+  if (!Number.isInteger(exitCode) || exitCode < 0 || exitCode > 255) {
+    throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
+  }
+  return exitCode;
 }
 
 function concat(chunks: Uint8Array[]): Uint8Array {
