@@ -18,6 +18,7 @@
  */
 
 export * from "./address.ts";
+export * from "./bytes.ts";
 export * from "./c_string.ts";
 export * from "./errors.ts";
 export * from "./hash.ts";

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { concatBytes } from "../common/bytes.ts";
 import {
   JOB_HEARTBEAT_MS,
   JOB_SILENCE_MS_MAX,
@@ -338,8 +339,8 @@ export class RemoteRunner {
     const reads = run.reply.reads;
     await actions.store(action, recorded.reads, {
       resultSet: run.merged as ResultSet,
-      stdout: concat(run.output[1]),
-      stderr: concat(run.output[2]),
+      stdout: concatBytes(run.output[1]),
+      stderr: concatBytes(run.output[2]),
       exitCode: run.exitCode,
       ranMs: run.ranMs,
       readStdin: reads?.complete === true && reads.stdin !== false,
@@ -432,14 +433,4 @@ function exitCodeOf(reply: JobReply): number {
     throw new ResultSetError(`Refusing the reply: bad exit code ${describe(exitCode)}`);
   }
   return exitCode;
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }

@@ -1,3 +1,4 @@
+import { concatBytes } from "../common/bytes.ts";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
@@ -92,19 +93,9 @@ async function capture(spec: JobSpec, options: RunJobOptions): Promise<Captured>
       stderr.push(b.slice());
     },
   });
-  const o = concat(stdout);
-  const e = concat(stderr);
+  const o = concatBytes(stdout);
+  const e = concatBytes(stderr);
   return { outcome, stdout: o, stderr: e, out: decoder.decode(o), err: decoder.decode(e) };
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }
 
 async function run(cmd: string, ...args: string[]): Promise<string> {
@@ -386,8 +377,8 @@ Deno.test("runJob() streams stdout and stderr bytes exactly, binary and large; f
   await Deno.writeFile(`${fx.writableRoot}/blob`, blob);
   const r = await fx.sh(`printf 'a\\000\\001\\377'; cat blob; printf 'E\\000' >&2; cat blob >&2`);
   assert.equal(r.outcome.exitCode, 0);
-  assert.deepEqual(r.stdout, concat([new Uint8Array([0x61, 0, 1, 0xff]), blob]));
-  assert.deepEqual(r.stderr, concat([new Uint8Array([0x45, 0]), blob]));
+  assert.deepEqual(r.stdout, concatBytes([new Uint8Array([0x61, 0, 1, 0xff]), blob]));
+  assert.deepEqual(r.stderr, concatBytes([new Uint8Array([0x45, 0]), blob]));
 
   const echoed = await capture(
     { argv: ["/bin/cat"], cwd: "/", env: {}, stdin: blob, timeoutMs: 30_000 },
