@@ -8,6 +8,7 @@
  * - `errors.ts`: errorMessage of any thrown value;
  * - `html.ts`: escapeHtml;
  * - `address.ts`: "host:port" parsing and formatting, wildcard and loopback hosts;
+ * - `bytes.ts`: joining byte chunks;
  * - `hash.ts`: isHash and HASH_PATTERN (hex SHA-256);
  * - `regular_file.ts`: opening a tree's file only as the regular file it is.
  *
