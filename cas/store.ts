@@ -107,7 +107,7 @@ export class Store {
       await Deno.remove(store.#tmpDir, { recursive: true }).catch((error) => {
         if (!(error instanceof Deno.errors.NotFound)) throw error;
       });
-      await Deno.mkdir(store.#tmpDir);
+      await Deno.mkdir(store.#tmpDir, { recursive: true });
       for (let i = 0; i < 256; i++) {
         const prefix = i.toString(16).padStart(2, "0");
         const fanDir = `${dir}/${prefix}`;

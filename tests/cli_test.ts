@@ -280,7 +280,8 @@ Deno.test("a port in use is named with its flag, for each port of each role", as
       },
       {
         role: "worker",
-        args: [...base("worker"), "--metrics-port", port],
+        // A cache dir of its own: two workers must not share one.
+        args: [...base("worker"), "--metrics-port", port, "--cache-dir", `${dir}/worker-cache-2`],
         message: `Cannot listen on 127.0.0.1:${port} (metrics): port ${port} is in use ` +
           `(choose another with --metrics-port)`,
       },
