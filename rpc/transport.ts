@@ -258,62 +258,8 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
     hostname: options.hostname ?? "127.0.0.1",
     port: options.port ?? 0,
   });
-  let conn: Deno.Conn;
   try {
-    try {
-      signal.throwIfAborted();
-      if (options.transport === "unix") {
-        if (options.path === undefined) {
-          throw new TypeError("connect(): a unix socket needs a path");
-        }
-        conn = await Deno.connect({ transport: "unix", path: options.path });
-      } else {
-        if (options.port === undefined) throw new TypeError("connect(): TCP needs a port");
-        conn = await Deno.connect({
-          transport: "tcp",
-          hostname: options.hostname ?? "127.0.0.1",
-          port: options.port,
-          signal,
-        });
-        if (options.tls !== undefined) {
-          noDelay(conn);
-          const tcp = conn;
-          try {
-            conn = await Deno.startTls(tcp as Deno.TcpConn, {
-              hostname: options.hostname ?? "127.0.0.1",
-              caCerts: options.tls.caCerts,
-            });
-            await tlsHandshake(
-              conn as Deno.TlsConn,
-              Math.max(1, timeoutMs - (Date.now() - started)),
-            );
-          } catch (error) {
-            closeQuietly(conn);
-            if (signal.aborted) throw error;
-            const why = error instanceof AuthError
-              ? error.message
-              : `${errorMessage(error)} ${TLS_HINT}`;
-            throw new AuthError(`Cannot connect to ${target} over TLS: ${why}`, { cause: error });
-          }
-        }
-      }
-    } catch (error) {
-      if (error instanceof TypeError || error instanceof AuthError) throw error;
-      if (signal.aborted) {
-        const reason = signal.reason;
-        if (reason instanceof RpcError) {
-          throw new RpcError(reason.code, `Cannot connect to ${target}: ${reason.message}`, {
-            cause: error,
-          });
-        }
-        throw new RpcError("CANCELLED", `Cannot connect to ${target}: cancelled`, {
-          cause: reason,
-        });
-      }
-      throw new RpcError("UNAVAILABLE", `Cannot connect to ${target}: ${errorMessage(error)}`, {
-        cause: error,
-      });
-    }
+    const conn = await dial(options, { signal, target, timeoutMs, started });
     noDelay(conn);
     if (signal.aborted) {
       closeQuietly(conn);
@@ -340,6 +286,71 @@ export async function connect(options: ConnectOptions): Promise<RpcPeer> {
     });
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** Opens the connection of {@linkcode connect} (TLS started, when asked); errors name `target`. */
+async function dial(
+  options: ConnectOptions,
+  at: { signal: AbortSignal; target: string; timeoutMs: number; started: number },
+): Promise<Deno.Conn> {
+  const { signal, target } = at;
+  try {
+    signal.throwIfAborted();
+    if (options.transport === "unix") {
+      if (options.path === undefined) {
+        throw new TypeError("connect(): a unix socket needs a path");
+      }
+      return await Deno.connect({ transport: "unix", path: options.path });
+    }
+    if (options.port === undefined) throw new TypeError("connect(): TCP needs a port");
+    const conn = await Deno.connect({
+      transport: "tcp",
+      hostname: options.hostname ?? "127.0.0.1",
+      port: options.port,
+      signal,
+    });
+    if (options.tls === undefined) return conn;
+    return await startClientTls(conn, options, at);
+  } catch (error) {
+    if (error instanceof TypeError || error instanceof AuthError) throw error;
+    if (signal.aborted) {
+      const reason = signal.reason;
+      if (reason instanceof RpcError) {
+        throw new RpcError(reason.code, `Cannot connect to ${target}: ${reason.message}`, {
+          cause: error,
+        });
+      }
+      throw new RpcError("CANCELLED", `Cannot connect to ${target}: cancelled`, {
+        cause: reason,
+      });
+    }
+    throw new RpcError("UNAVAILABLE", `Cannot connect to ${target}: ${errorMessage(error)}`, {
+      cause: error,
+    });
+  }
+}
+
+/** TLS over a TCP connection, the server's certificate checked; a failure is an AuthError. */
+async function startClientTls(
+  tcp: Deno.TcpConn,
+  options: ConnectOptions,
+  at: { signal: AbortSignal; target: string; timeoutMs: number; started: number },
+): Promise<Deno.Conn> {
+  noDelay(tcp);
+  let conn: Deno.Conn = tcp;
+  try {
+    conn = await Deno.startTls(tcp, {
+      hostname: options.hostname ?? "127.0.0.1",
+      caCerts: options.tls!.caCerts,
+    });
+    await tlsHandshake(conn as Deno.TlsConn, Math.max(1, at.timeoutMs - (Date.now() - at.started)));
+    return conn;
+  } catch (error) {
+    closeQuietly(conn);
+    if (at.signal.aborted) throw error;
+    const why = error instanceof AuthError ? error.message : `${errorMessage(error)} ${TLS_HINT}`;
+    throw new AuthError(`Cannot connect to ${at.target} over TLS: ${why}`, { cause: error });
   }
 }
 

@@ -101,6 +101,9 @@ export { MOUNT_POINTS_DEFAULT };
 export type { MirrorOptions, MirrorStats };
 
 /** A read-only mirror of a master's `/`, see the module documentation. */
+/** Turns a failed fetch (and what it was for) into an errno for the kernel. */
+type FailedFn = (error: unknown, context: string) => number;
+
 export class MirrorFs implements FileSystem {
   readonly stats: MirrorStats;
   /** Defined only with `readdirPlus` (its presence makes libfuse offer READDIRPLUS). */
@@ -168,42 +171,9 @@ export class MirrorFs implements FileSystem {
       stats: this.stats,
       signal,
     });
-    this.#blobs = new BlobFiles({
-      link,
-      limiter,
-      store,
-      nodes: cache.nodes,
-      stats: this.stats,
-      signal,
-      fdsMax: options.blobFdsMax ?? BLOB_FDS_MAX_DEFAULT,
-      refresh: (node, withHash) => fetches.refresh(node, withHash),
-      failed,
-      onError: this.#onError,
-    });
-    this.#prefetcher = new Prefetcher({
-      store,
-      blobs: this.#blobs,
-      bytesMax: options.prefetchBytesMax ?? PREFETCH_BYTES_MAX_DEFAULT,
-      max: options.prefetchesMax ?? PREFETCHES_MAX_DEFAULT,
-      stats: this.stats,
-      signal,
-      refresh: (node, withHash, background) => fetches.refresh(node, withHash, background),
-      failed,
-      track: (task) => this.#track(task),
-    });
-    this.#warmer = new Warmer({
-      link,
-      cache,
-      fetches,
-      updates,
-      store,
-      blobs: this.#blobs,
-      stats: this.stats,
-      signal,
-      bytesMax: options.warmBytesMax,
-      failed,
-      track: (task) => this.#track(task),
-    });
+    this.#blobs = this.#newBlobs(options, { limiter, fetches, failed });
+    this.#prefetcher = this.#newPrefetcher(options, { fetches, failed });
+    this.#warmer = this.#newWarmer(options, { fetches, failed });
     this.#listings = new Listings({
       cache,
       fetches,
@@ -214,6 +184,65 @@ export class MirrorFs implements FileSystem {
     Object.defineProperties(this.stats, {
       entries: { get: () => cache.attached, enumerable: true },
       handles: { get: () => this.#handleCount(), enumerable: true },
+    });
+  }
+
+  /** The mirror's open contents: blobs fetched into the store, read through descriptors. */
+  #newBlobs(
+    options: MirrorOptions,
+    parts: { limiter: Limiter; fetches: AttrFetches; failed: FailedFn },
+  ): BlobFiles {
+    const { fetches } = parts;
+    return new BlobFiles({
+      link: options.link,
+      limiter: parts.limiter,
+      store: options.store,
+      nodes: this.#cache.nodes,
+      stats: this.stats,
+      signal: this.#closer.signal,
+      fdsMax: options.blobFdsMax ?? BLOB_FDS_MAX_DEFAULT,
+      refresh: (node, withHash) => fetches.refresh(node, withHash),
+      failed: parts.failed,
+      onError: this.#onError,
+    });
+  }
+
+  /** Contents fetched ahead of their first read. */
+  #newPrefetcher(
+    options: MirrorOptions,
+    parts: { fetches: AttrFetches; failed: FailedFn },
+  ): Prefetcher {
+    const { fetches } = parts;
+    return new Prefetcher({
+      store: options.store,
+      blobs: this.#blobs,
+      bytesMax: options.prefetchBytesMax ?? PREFETCH_BYTES_MAX_DEFAULT,
+      max: options.prefetchesMax ?? PREFETCHES_MAX_DEFAULT,
+      stats: this.stats,
+      signal: this.#closer.signal,
+      refresh: (node, withHash, background) => fetches.refresh(node, withHash, background),
+      failed: parts.failed,
+      track: (task) => this.#track(task),
+    });
+  }
+
+  /** A tool's learned warm set, streamed in from the master. */
+  #newWarmer(
+    options: MirrorOptions,
+    parts: { fetches: AttrFetches; failed: FailedFn },
+  ): Warmer {
+    return new Warmer({
+      link: options.link,
+      cache: this.#cache,
+      fetches: parts.fetches,
+      updates: this.#updates,
+      store: options.store,
+      blobs: this.#blobs,
+      stats: this.stats,
+      signal: this.#closer.signal,
+      bytesMax: options.warmBytesMax,
+      failed: parts.failed,
+      track: (task) => this.#track(task),
     });
   }
 
