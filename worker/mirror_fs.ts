@@ -144,7 +144,7 @@ export class MirrorFs implements FileSystem {
     this.#zeroOpenDir = options.zeroOpen ?? true;
     this.#onError = options.onError ?? (() => {});
     this.stats = newStats();
-    const { link, store } = options;
+    const { link } = options;
     const linkCallsMax = options.linkCallsMax ?? LINK_CALLS_MAX_DEFAULT;
     const limiter = new Limiter({
       max: linkCallsMax,
