@@ -166,6 +166,25 @@ export class Store {
     return true;
   }
 
+  /**
+   * Whether the blob is stored, once a fetch of it in flight (if any) has
+   * ended: true if it is in the store then. Starts no fetch; `signal` gives up
+   * waiting (the fetch goes on for its own callers).
+   */
+  async whenStored(hash: string, signal?: AbortSignal): Promise<boolean> {
+    this.#assertOpen();
+    const inflight = this.#inflight.get(hash);
+    if (inflight !== undefined && !this.#index.has(hash)) {
+      try {
+        await raceSignal(inflight.promise, signal);
+      } catch (error) {
+        if (signal?.aborted) throw error;
+        return false;
+      }
+    }
+    return this.has(hash);
+  }
+
   /** Size of the blob in bytes, or undefined if absent. Does not change LRU order. */
   sizeOf(hash: string): number | undefined {
     return this.#index.get(hash)?.size;

@@ -26,7 +26,10 @@ export const MasterMethods = {
   fsAttr: "fs.attr",
   /** `{ path }` → chunks of `FileAttr[]`, reply `{ count }`. */
   fsDir: "fs.dir",
-  /** `{ hash }` → chunks of bytes, reply `{ size }`. */
+  /**
+   * `BlobGetParams` → chunks of bytes, reply `BlobGetReply`: `{ size }`, or
+   * (no chunks) `{ size: 0, peer }`, the address of a worker to fetch it from.
+   */
   blobGet: "blob.get",
   /**
    * `{ tool }` → the learned warm set of a tool: chunks of listings and file
@@ -34,6 +37,22 @@ export const MasterMethods = {
    */
   fsWarm: "fs.warm",
 } as const;
+
+/** A worker's `blob.get` to its master. */
+export interface BlobGetParams {
+  hash: unknown;
+  /** The worker may be sent to a peer worker holding the blob (worker/peer_blobs.ts). */
+  peers?: unknown;
+  /** The peer the worker was sent to for this blob and could not get it from. */
+  failed?: unknown;
+}
+
+/** The master's answer to `blob.get`: the bytes came as chunks, or fetch them from `peer`. */
+export interface BlobGetReply {
+  size: number;
+  /** "host:port" of a worker holding the blob; no chunks were sent. */
+  peer?: string;
+}
 
 export interface MirrorOpenParams {
   masterId: string;

@@ -49,6 +49,10 @@ export async function createHost(name: string, n: number): Promise<Host> {
   await ip(["-n", name, "addr", "add", `10.213.${n}.2/24`, "dev", nsIf]);
   await ip(["-n", name, "link", "set", nsIf, "up"]);
   await ip(["-n", name, "link", "set", "lo", "up"]);
+  // Hosts reach each other as on one LAN (peer workers fetch blobs from each
+  // other): routed through the host side, forwarding on these links only.
+  await ip(["-n", name, "route", "add", "10.213.0.0/16", "via", `10.213.${n}.1`]);
+  await Deno.writeTextFile(`/proc/sys/net/ipv4/conf/${hostIf}/forwarding`, "1");
   return {
     name,
     address: `10.213.${n}.2`,

@@ -6,12 +6,13 @@
 import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
 import { hostname } from "node:os";
 import type { FileAttr } from "../common/types.ts";
-import { MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
-import { type CallContext, type Handlers, RpcError } from "../rpc/mod.ts";
+import { type BlobGetParams, MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
+import { type CallContext, type Handlers, RpcError, type RpcPeer } from "../rpc/mod.ts";
 import { isHash } from "../cas/mod.ts";
 import { applyResultSet, type ControlPaths, ResultSetError, STAGING_DIR } from "./apply.ts";
 import { ActionCache } from "./action_cache.ts";
 import { Beneath } from "./beneath.ts";
+import { BlobHolders, type BlobHolderStats } from "./blob_holders.ts";
 import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
@@ -133,6 +134,8 @@ export class Master implements AsyncDisposable {
   #closed = false;
   #actions: ActionCache | null = null;
   #warm!: WarmSets;
+  /** Which workers hold which blobs (peers fetch from each other). */
+  readonly #holders = new BlobHolders();
   /** Warm streams running, per worker connection. */
   #warmStreams = new Map<unknown, number>();
 
@@ -276,6 +279,11 @@ export class Master implements AsyncDisposable {
     return this.#pool?.waiting ?? 0;
   }
 
+  /** Blob requests sent to peer workers. */
+  get blobHolderStats(): BlobHolderStats {
+    return this.#holders.stats;
+  }
+
   get fileServer(): FileServer {
     return this.#files;
   }
@@ -300,16 +308,18 @@ export class Master implements AsyncDisposable {
         }
         return { count: attrs.length };
       },
-      [MasterMethods.blobGet]: async (params: { hash: unknown }, ctx: CallContext) => {
+      [MasterMethods.blobGet]: async (params: BlobGetParams, ctx: CallContext) => {
         const hash = params?.hash;
         if (typeof hash !== "string" || !isHash(hash)) {
           throw new RpcError("BAD_REQUEST", `Bad hash: ${describe(hash)}`);
         }
         using file = await files.openBlob(hash);
         if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
-        const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
         const served = files.hashCache.pathOf(hash);
         if (served !== undefined) this.#warm.noteFile(ctx.peer, served);
+        const holder = this.#blobHolder(hash, file.info.size, params, ctx.peer);
+        if (holder !== undefined) return { size: 0, peer: holder };
+        const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
         this.stats.bytesServed += size;
         files.stats.blobs++;
         files.stats.blobBytes += size;
@@ -318,6 +328,29 @@ export class Master implements AsyncDisposable {
       [MasterMethods.fsWarm]: (params: { tool: unknown }, ctx: CallContext) =>
         this.#streamWarm(params?.tool, ctx),
     };
+  }
+
+  /**
+   * A worker of the pool other than the requester that holds (or is being
+   * sent) blob `hash`, when the requester may fetch from peers; else the
+   * requester is noted as holding it, since it is sent to it now.
+   */
+  #blobHolder(
+    hash: string,
+    size: number,
+    params: BlobGetParams,
+    peer: RpcPeer,
+  ): string | undefined {
+    const pool = this.#pool;
+    const from = pool?.addressOf(peer);
+    if (pool === null || from === undefined) return undefined;
+    if (typeof params.failed === "string") this.#holders.failed(hash, params.failed);
+    if (params.peers === true) {
+      const holder = this.#holders.holderFor(hash, from, (address) => pool.isLive(address));
+      if (holder !== undefined) return holder;
+    }
+    this.#holders.sending(hash, size, from);
+    return undefined;
   }
 
   /** Streams a tool's learned warm set to a mirror, read now as a lazy fetch would be. */

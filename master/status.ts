@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { BlobHolderStats } from "./blob_holders.ts";
 import { hostname } from "node:os";
 import type { Master, MasterStats } from "./master.ts";
 import type { FallbackCause } from "./dispatch.ts";
@@ -90,6 +91,8 @@ export interface MasterStatus {
   slowest: readonly FinishedJob[];
   workers: MasterWorkerStatus[];
   files: { attrs: number; dirs: number; blobs: number; blobBytes: number };
+  /** Blob requests sent to a peer worker holding the blob, and the bytes not sent. */
+  peerBlobs: BlobHolderStats;
   hashCache: {
     entries: number;
     hits: number;
@@ -241,6 +244,7 @@ export class MasterMonitor implements Disposable {
       slowest: this.jobs.slowest(),
       workers,
       files: { ...master.fileServer.stats },
+      peerBlobs: { ...master.blobHolderStats },
       hashCache: {
         entries: master.fileServer.hashCache.size,
         hits: hashes.hits,
@@ -446,6 +450,18 @@ export class MasterMonitor implements Disposable {
       "File contents (blobs) served to the workers' mirrors.",
       "counter",
       () => master.fileServer.stats.blobs,
+    );
+    m.collect(
+      "termite_master_peer_redirects_total",
+      "Blob requests answered with a peer worker that holds the blob instead of the bytes.",
+      "counter",
+      () => master.blobHolderStats.redirected,
+    );
+    m.collect(
+      "termite_master_peer_redirected_bytes_total",
+      "Bytes of the blobs that workers were sent to fetch from a peer.",
+      "counter",
+      () => master.blobHolderStats.redirectedBytes,
     );
     m.collect(
       "termite_master_served_attrs_total",

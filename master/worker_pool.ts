@@ -86,6 +86,22 @@ export class WorkerPool {
     return [...this.#workers.values()];
   }
 
+  /** The address of the pooled worker on connection `peer`, if it is one. */
+  addressOf(peer: RpcPeer): string | undefined {
+    for (const worker of this.#workers.values()) {
+      if (worker.peer === peer) return worker.address;
+    }
+    return undefined;
+  }
+
+  /** Whether a worker at `address` is in the pool, connected. */
+  isLive(address: string): boolean {
+    for (const worker of this.#workers.values()) {
+      if (worker.address === address) return !worker.peer.isClosing;
+    }
+    return false;
+  }
+
   /** Jobs waiting for a slot. */
   get waiting(): number {
     return this.#dispatch.waiting;

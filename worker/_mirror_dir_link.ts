@@ -8,7 +8,7 @@
 import { hashFile } from "../cas/mod.ts";
 import { isInside, joinPath } from "../common/paths.ts";
 import type { FileAttr, FileKind } from "../common/types.ts";
-import type { MasterLink } from "./master_link.ts";
+import type { BlobFetchOptions, MasterLink } from "./master_link.ts";
 
 /** Options of {@linkcode DirLink}. */
 export interface DirLinkOptions {
@@ -47,6 +47,13 @@ export class DirLink implements MasterLink {
   corrupt = false;
   /** Fail every call. */
   broken = false;
+  /**
+   * Answer blob requests that allow peers with this worker address, sending
+   * nothing (as a master does when another worker holds the blob).
+   */
+  peer: string | undefined = undefined;
+  /** The `failed` peer of each blob request received, in order. */
+  readonly failedPeers: (string | undefined)[] = [];
   readonly #excludes: readonly string[];
   readonly #latencyMs: number;
   readonly #dirChildren: boolean;
@@ -106,9 +113,14 @@ export class DirLink implements MasterLink {
     hash: string,
     sink: { write(chunk: Uint8Array): Promise<void> },
     signal: AbortSignal,
-  ): Promise<void> {
+    options?: BlobFetchOptions,
+  ): Promise<{ peer?: string }> {
     this.calls.blob++;
+    this.failedPeers.push(options?.failed);
     await this.#enter(signal);
+    if (options?.peers && this.peer !== undefined && options.failed !== this.peer) {
+      return { peer: this.peer };
+    }
     const path = this.#pathByHash.get(hash);
     if (path === undefined) throw new DirLinkError(`Cannot send blob ${hash}: unknown hash`);
     using file = await Deno.open(path, { read: true });
@@ -124,6 +136,7 @@ export class DirLink implements MasterLink {
       await sink.write(chunk);
     }
     if (first && this.corrupt) await sink.write(new Uint8Array([0]));
+    return {};
   }
 
   async #enter(signal: AbortSignal | undefined): Promise<void> {

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { MasterMethods } from "../common/protocol.ts";
+import { ADDRESS_CHARS_MAX } from "../common/address.ts";
+import { type BlobGetParams, type BlobGetReply, MasterMethods } from "../common/protocol.ts";
 import type { FileAttr } from "../common/types.ts";
 import { RpcError, type RpcPeer } from "../rpc/mod.ts";
 
@@ -18,12 +19,17 @@ export interface MasterLink {
    * (hashes only where the master has them cached).
    */
   dir(path: string, options: { signal?: AbortSignal }): Promise<FileAttr[]>;
-  /** The master's `blob.get`: writes the blob's bytes to `sink`, in order. */
+  /**
+   * The master's `blob.get`: writes the blob's bytes to `sink`, in order; or,
+   * when `options.peers` allows it, may answer with the address of a peer
+   * worker to fetch the blob from instead (nothing written then).
+   */
   fetchBlob(
     hash: string,
     sink: { write(chunk: Uint8Array): Promise<void> },
     signal: AbortSignal,
-  ): Promise<void>;
+    options?: BlobFetchOptions,
+  ): Promise<{ peer?: string } | void>;
   /**
    * The master's `fs.warm`: the learned warm set of `tool`, as chunks (see
    * {@link WarmChunk}) handed to `onChunk` in order. Absent: no warm sets.
@@ -33,6 +39,14 @@ export interface MasterLink {
     onChunk: (chunk: WarmChunk) => void,
     signal: AbortSignal,
   ): Promise<void>;
+}
+
+/** How a blob may be fetched. */
+export interface BlobFetchOptions {
+  /** The master may send us to a peer worker holding it. */
+  peers?: boolean;
+  /** The peer we were sent to for this blob and could not get it from. */
+  failed?: string;
 }
 
 /**
@@ -94,15 +108,31 @@ export function rpcMasterLink(peer: () => RpcPeer): MasterLink {
         onChunk: (chunk) => onChunk(checkWarmChunk(chunk)),
       });
     },
-    fetchBlob: async (hash, sink, signal) => {
-      await peer().call(MasterMethods.blobGet, { hash }, {
+    fetchBlob: async (hash, sink, signal, options) => {
+      let chunks = 0;
+      const params: BlobGetParams = { hash };
+      if (options?.peers) params.peers = true;
+      if (options?.failed !== undefined) params.failed = options.failed;
+      const reply = await peer().call<BlobGetReply>(MasterMethods.blobGet, params, {
         timeoutMs: 300_000,
         signal,
         onChunk: (chunk) => {
           if (!(chunk instanceof Uint8Array)) throw new RpcError("BAD_REQUEST", "Bad blob chunk");
+          chunks++;
           return sink.write(chunk);
         },
       });
+      const at = (reply as Partial<BlobGetReply> | undefined)?.peer;
+      if (at === undefined) return {};
+      if (
+        !options?.peers || chunks > 0 || typeof at !== "string" || at.length > ADDRESS_CHARS_MAX
+      ) {
+        throw new RpcError(
+          "BAD_REQUEST",
+          `Bad blob.get reply for ${hash}: peer ${String(JSON.stringify(at)).slice(0, 100)}`,
+        );
+      }
+      return { peer: at };
     },
   };
 }

@@ -10,6 +10,7 @@ import { formatHostPort } from "../common/address.ts";
 import { JOB_SECONDS_BUCKETS, metricsResponse, Registry } from "../common/metrics.ts";
 import { PAGE_HEADERS } from "../common/page.ts";
 import type { MirrorTotals } from "./mirrors.ts";
+import type { PeerBlobStats } from "./peer_blobs.ts";
 
 /** How a job ended on this worker, as the `outcome` label says it. */
 export type WorkerJobOutcome =
@@ -49,6 +50,8 @@ export interface WorkerMetricsSource {
   storeBytesMax(): number;
   blobsServed(): number;
   bytesServed(): number;
+  /** Blobs fetched from peer workers, and how those fetches went. */
+  peerBlobs(): PeerBlobStats;
 }
 
 /** The worker's registry and the calls that move its own counters. */
@@ -127,15 +130,39 @@ export class WorkerMetrics {
     );
     r.collect(
       "termite_worker_served_blobs_total",
-      "Result contents (blobs) masters fetched from this worker.",
+      "Blobs masters (results) and peer workers (file contents) fetched from this worker.",
       "counter",
       source.blobsServed,
     );
     r.collect(
       "termite_worker_served_bytes_total",
-      "Bytes of result contents masters fetched from this worker.",
+      "Bytes of the blobs masters and peer workers fetched from this worker.",
       "counter",
       source.bytesServed,
+    );
+    r.collect(
+      "termite_worker_peer_fetched_blobs_total",
+      "Blobs fetched from peer workers (a master said they held them).",
+      "counter",
+      () => source.peerBlobs().fetched,
+    );
+    r.collect(
+      "termite_worker_peer_fetched_bytes_total",
+      "Bytes received from peer workers.",
+      "counter",
+      () => source.peerBlobs().bytes,
+    );
+    r.collect(
+      "termite_worker_peer_failed_fetches_total",
+      "Fetches from peer workers that failed (unreachable, not held, cut off); the master sent the blob.",
+      "counter",
+      () => source.peerBlobs().failed,
+    );
+    r.collect(
+      "termite_worker_peer_corrupt_blobs_total",
+      "Blobs from peer workers refused because their bytes did not match their hash.",
+      "counter",
+      () => source.peerBlobs().corrupt,
     );
   }
 

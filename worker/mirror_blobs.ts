@@ -24,6 +24,7 @@ import type { Errno } from "../fuse/types.ts";
 import type { Limiter } from "./_mirror_limiter.ts";
 import type { MasterLink } from "./master_link.ts";
 import type { MirrorNode } from "./mirror_cache.ts";
+import type { PeerBlobs } from "./peer_blobs.ts";
 
 /** Hashes remembered as checked by this mirror (the set is cleared beyond it). */
 const VERIFIED_MAX = 1_000_000;
@@ -49,6 +50,8 @@ export interface BlobCounters {
 /** Options of {@linkcode BlobFiles}. */
 export interface BlobFilesOptions {
   link: MasterLink;
+  /** Peer workers blobs may come from (the master says which holds one). */
+  peers?: PeerBlobs;
   limiter: Limiter;
   store: Store;
   /** The mirror's nodes: one is dropped when its last handle closes, if unused. */
@@ -67,6 +70,7 @@ export interface BlobFilesOptions {
 
 export class BlobFiles {
   readonly #link: MasterLink;
+  readonly #peers: PeerBlobs | undefined;
   readonly #limiter: Limiter;
   readonly #store: Store;
   readonly #nodes: NodeTable<MirrorNode>;
@@ -91,6 +95,7 @@ export class BlobFiles {
 
   constructor(options: BlobFilesOptions) {
     this.#link = options.link;
+    this.#peers = options.peers;
     this.#limiter = options.limiter;
     this.#store = options.store;
     this.#nodes = options.nodes;
@@ -107,23 +112,62 @@ export class BlobFiles {
     return this.#cached.size;
   }
 
-  /** How the store fetches a blob it lacks: over the link, foreground or background. */
-  fetcher(background: boolean): Fetcher {
+  /**
+   * How the store fetches a blob it lacks: over the link, foreground or
+   * background; from a peer worker when the master says one holds it (and
+   * `failed` is not that peer).
+   */
+  fetcher(background: boolean, failed?: string): Fetcher {
     return (hash, sink, signal) =>
       this.#limiter.run(async () => {
         this.#stats.blobFetches++;
         const started = performance.now();
+        const counting = {
+          write: (chunk: Uint8Array) => {
+            this.#stats.blobBytes += chunk.length;
+            return sink.write(chunk);
+          },
+        };
+        const peers = this.#peers;
         try {
-          await this.#link.fetchBlob(hash, {
-            write: (chunk) => {
-              this.#stats.blobBytes += chunk.length;
-              return sink.write(chunk);
-            },
-          }, signal);
+          const source = await this.#link.fetchBlob(hash, counting, signal, {
+            peers: peers?.available === true && failed === undefined,
+            failed,
+          });
+          if (source?.peer !== undefined && peers !== undefined) {
+            peers.tried(hash, source.peer);
+            await peers.fetch(source.peer, hash, counting, signal);
+          }
         } finally {
           this.#stats.blobFetchMs += performance.now() - started;
         }
       }, { signal, background });
+  }
+
+  /**
+   * Makes sure blob `hash` is in the store (see `Store.ensure`). A blob a
+   * peer worker could not give, or gave with other bytes, is fetched again
+   * from the master, once.
+   */
+  async ensure(
+    hash: string,
+    options: { background: boolean; pin?: boolean; signal?: AbortSignal },
+  ): Promise<string> {
+    const ensureOptions = { pin: options.pin, signal: options.signal };
+    try {
+      return await this.#store.ensure(hash, this.fetcher(options.background), ensureOptions);
+    } catch (error) {
+      const peer = this.#peers?.triedFrom(hash);
+      if (peer === undefined || options.signal?.aborted || this.#signal.aborted) throw error;
+      this.#peers!.failedFrom(peer, hash, error);
+      return await this.#store.ensure(
+        hash,
+        this.fetcher(options.background, peer),
+        ensureOptions,
+      );
+    } finally {
+      this.#peers?.settled(hash);
+    }
   }
 
   /** Records that blob `hash` was checked against its hash (fetched into the store just now). */
@@ -251,10 +295,7 @@ export class BlobFiles {
   async #ensureStored(node: MirrorNode, hash: string): Promise<string> {
     try {
       const stored = this.#store.sizeOf(hash) !== undefined;
-      let path = await this.#store.ensure(hash, this.fetcher(false), {
-        pin: true,
-        signal: this.#signal,
-      });
+      let path = await this.ensure(hash, { background: false, pin: true, signal: this.#signal });
       if (stored && !this.#verified.has(hash)) {
         // Stored before this mirror used it: rehash it once, so that a blob
         // corrupted on disk is discarded and fetched again, never served.
@@ -271,10 +312,7 @@ export class BlobFiles {
           } catch {
             // A failing logger must not cost the reply.
           }
-          path = await this.#store.ensure(hash, this.fetcher(false), {
-            pin: true,
-            signal: this.#signal,
-          });
+          path = await this.ensure(hash, { background: false, pin: true, signal: this.#signal });
         }
       }
       if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();

@@ -195,6 +195,7 @@ export class MirrorFs implements FileSystem {
     const { fetches } = parts;
     return new BlobFiles({
       link: options.link,
+      peers: options.peers,
       limiter: parts.limiter,
       store: options.store,
       nodes: this.#cache.nodes,

@@ -6,10 +6,13 @@
 
 import type { Store } from "../cas/mod.ts";
 import type { MasterLink } from "./master_link.ts";
+import type { PeerBlobs } from "./peer_blobs.ts";
 
 /** Options of {@linkcode MirrorFs}. */
 export interface MirrorOptions {
   link: MasterLink;
+  /** Peer workers blobs may come from, when the master says one holds them. */
+  peers?: PeerBlobs;
   /** The worker's content store (shared by every mirror, kept between jobs). */
   store: Store;
   /**

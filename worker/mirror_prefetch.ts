@@ -56,7 +56,7 @@ export class Prefetcher {
         if (node.attr?.hash === undefined) await this.#options.refresh(node, true, true);
         const hash = node.attr?.hash;
         if (hash === undefined || signal.aborted) return;
-        await store.ensure(hash, this.#options.blobs.fetcher(true), { signal });
+        await this.#options.blobs.ensure(hash, { background: true, signal });
       } catch (error) {
         if (!signal.aborted) this.#options.failed(error, `prefetch ${path}`);
       } finally {

@@ -147,8 +147,9 @@ export class Warmer {
       const { hash, size, path } = this.#queue.shift()!;
       if (signal.aborted) return;
       this.#inFlight++;
-      const task = store.ensure(hash, blobs.fetcher(true), { signal }).then(() => {
-        blobs.markVerified(hash); // the store checked it when it arrived
+      const stored = store.sizeOf(hash) !== undefined;
+      const task = blobs.ensure(hash, { background: true, signal }).then(() => {
+        if (!stored) blobs.markVerified(hash); // the store checked it when it arrived
         stats.warmBlobs++;
         stats.warmBytes += size;
       }).catch((error) => {

@@ -11,6 +11,7 @@ import type { MirrorOpenParams } from "../common/protocol.ts";
 import type { FileAttr } from "../common/types.ts";
 import { cleanStaleMount, FuseSession } from "../fuse/mod.ts";
 import { RpcError, type RpcPeer } from "../rpc/mod.ts";
+import type { PeerBlobs } from "./peer_blobs.ts";
 import { rpcMasterLink } from "./master_link.ts";
 import { MirrorFs, MOUNT_POINTS_DEFAULT } from "./mirror_fs.ts";
 
@@ -41,6 +42,8 @@ export interface MirrorsOptions {
   store: Store;
   /** Mirrors at once; default {@linkcode MIRRORS_MAX_DEFAULT}. */
   mirrorsMax?: number;
+  /** Peer workers blobs may come from, when a master says one holds them. */
+  peers?: PeerBlobs;
   log(message: string): void;
 }
 
@@ -177,7 +180,13 @@ export class Mirrors {
     // empty, except one holding the writable root (a build tree in /tmp).
     const root = params.writableRoot;
     const mountPoints = MOUNT_POINTS_DEFAULT.filter((m) => !root.startsWith(m + "/"));
-    const fs = new MirrorFs({ link, store: this.#options.store, writableRoot: root, mountPoints });
+    const fs = new MirrorFs({
+      link,
+      store: this.#options.store,
+      peers: this.#options.peers,
+      writableRoot: root,
+      mountPoints,
+    });
     const session = await FuseSession.mount(fs, {
       mountpoint,
       fsName: `termite:${key.slice(0, 16)}`,

@@ -24,6 +24,7 @@ import { errorMessage } from "../common/errors.ts";
 import { isHash } from "../common/hash.ts";
 import {
   type CallContext,
+  type Handlers,
   listen,
   RpcError,
   type RpcPeer,
@@ -43,6 +44,7 @@ import { ReadTracer } from "./read_trace.ts";
 import { JobStdin } from "./job_stdin.ts";
 import { type Mirror, Mirrors, MIRRORS_MAX_DEFAULT, removeStaleMirrors } from "./mirrors.ts";
 import { FairSlots, SlotsFullError } from "./slots.ts";
+import { PeerBlobs } from "./peer_blobs.ts";
 import { type MetricsServer, serveMetrics, WorkerMetrics } from "./metrics.ts";
 
 /** Jobs waiting for a slot, over all masters, at most this many per slot. */
@@ -134,6 +136,8 @@ export class Worker implements AsyncDisposable {
   #dynmods: DynmodsMount | null = null;
   #tracer: ReadTracer | null = null;
   #tracerStarting: Promise<void> = Promise.resolve();
+  /** Blobs from peer workers (and which ones are being fetched from them now). */
+  readonly #peers: PeerBlobs;
   stats = { jobs: 0, jobsFailed: 0, blobsServed: 0, bytesServed: 0 };
   readonly metrics: WorkerMetrics;
   #metricsServer: MetricsServer | null = null;
@@ -146,9 +150,16 @@ export class Worker implements AsyncDisposable {
       slots: options.jobs,
       waitingMax: options.jobs * WAITING_PER_SLOT_MAX,
     });
+    this.#peers = new PeerBlobs({
+      secret: options.secret,
+      tls: options.tls,
+      self: () => this.address,
+      log,
+    });
     this.#mirrors = new Mirrors({
       cacheDir: options.cacheDir,
       store,
+      peers: this.#peers,
       mirrorsMax: options.mirrorsMax,
       log,
     });
@@ -176,6 +187,7 @@ export class Worker implements AsyncDisposable {
       storeBytesMax: () => store.bytesMax,
       blobsServed: () => this.stats.blobsServed,
       bytesServed: () => this.stats.bytesServed,
+      peerBlobs: () => this.#peers.stats,
     });
   }
 
@@ -307,7 +319,14 @@ export class Worker implements AsyncDisposable {
     };
   }
 
-  #handlers(peer: RpcPeer) {
+  #handlers(peer: RpcPeer): Handlers {
+    if (peer.peerRole === "worker") {
+      // A peer worker may only fetch blobs (worker/peer_blobs.ts).
+      return {
+        [WorkerMethods.blobGet]: (params: { hash: unknown }, ctx: CallContext) =>
+          this.#blobGet(params, ctx),
+      };
+    }
     peer.closed.then(() => {
       const r = this.#reservations.get(peer);
       this.#reservations.delete(peer);
@@ -333,13 +352,21 @@ export class Worker implements AsyncDisposable {
     };
   }
 
-  /** Streams a blob of this worker's store (a job's result) to the master. */
+  /**
+   * Streams a blob of this worker's store: a job's result to its master, or
+   * a file's content to a peer worker (waiting for it if it is being fetched
+   * from a master now; never one being fetched from a peer, so that no two
+   * workers wait for each other).
+   */
   async #blobGet(params: { hash: unknown }, ctx: CallContext): Promise<{ size: number }> {
     const hash = params?.hash;
     if (typeof hash !== "string" || !isHash(hash)) {
       throw new RpcError("BAD_REQUEST", "Bad hash");
     }
-    if (!this.#store.has(hash)) throw new RpcError("ENOENT", `No blob ${hash} on this worker`);
+    const held = this.#peers.isFetchingFromPeer(hash)
+      ? this.#store.has(hash)
+      : await this.#store.whenStored(hash, ctx.signal);
+    if (!held) throw new RpcError("ENOENT", `No blob ${hash} on this worker`);
     this.#store.pin(hash);
     try {
       const size = await ctx.sendFile(this.#store.pathOf(hash));
@@ -466,6 +493,7 @@ export class Worker implements AsyncDisposable {
     await this.#metricsServer?.close();
     await Promise.allSettled([...this.#background]);
     await this.#mirrors.close();
+    this.#peers.close();
     this.#store.close();
     await this.#store.settle();
     await this.#dynmods?.close();

@@ -1,0 +1,91 @@
+/**
+ * Which workers hold which blobs, so that a master sends each blob to its
+ * farm about once: the first worker that asks for a blob gets it from the
+ * master; the others, told where it is, fetch it from that worker (see
+ * worker/peer_blobs.ts) and check it against its hash. A worker counts as
+ * holding a blob from the moment the master starts sending it: a peer asked
+ * for a blob it is still fetching waits for it.
+ *
+ * Only blobs of at least {@link PEER_BLOB_BYTES_MIN} bytes are sent
+ * elsewhere (smaller ones cost the master less than the detour), to workers
+ * the master is connected to now. Bounded: hashes remembered (LRU) and
+ * holders per hash.
+ *
+ * @module
+ */
+
+/** Smallest blob a worker is sent to a peer for. */
+export const PEER_BLOB_BYTES_MIN = 64 * 1024;
+/** Hashes whose holders are remembered at most (least recently used forgotten). */
+export const HOLDERS_HASHES_MAX = 200_000;
+/** Holders remembered per hash at most. */
+export const HOLDERS_PER_HASH_MAX = 4;
+
+/** The counters {@linkcode BlobHolders} keeps. */
+export interface BlobHolderStats {
+  /** Blob requests answered with a peer's address instead of the bytes. */
+  redirected: number;
+  /** Bytes the redirected blobs hold (what the master did not send). */
+  redirectedBytes: number;
+}
+
+export class BlobHolders {
+  readonly stats: BlobHolderStats = { redirected: 0, redirectedBytes: 0 };
+  /** Hash → size and holder addresses; insertion order is LRU order. */
+  readonly #holders = new Map<string, { size: number; at: string[]; next: number }>();
+
+  /** The master starts sending blob `hash` (`size` bytes) to the worker at `address`. */
+  sending(hash: string, size: number, address: string): void {
+    if (size < PEER_BLOB_BYTES_MIN) return;
+    let entry = this.#holders.get(hash);
+    if (entry === undefined) {
+      entry = { size, at: [], next: 0 };
+    } else {
+      this.#holders.delete(hash);
+    }
+    this.#holders.set(hash, entry);
+    if (!entry.at.includes(address)) {
+      entry.at.push(address);
+      if (entry.at.length > HOLDERS_PER_HASH_MAX) entry.at.shift();
+    }
+    if (this.#holders.size > HOLDERS_HASHES_MAX) {
+      this.#holders.delete(this.#holders.keys().next().value!);
+    }
+  }
+
+  /**
+   * Where the worker at `requester` should fetch `hash` from: another holder
+   * that `live` says is connected (taken in turn), or undefined (send it).
+   */
+  holderFor(
+    hash: string,
+    requester: string,
+    live: (address: string) => boolean,
+  ): string | undefined {
+    const entry = this.#holders.get(hash);
+    if (entry === undefined) return undefined;
+    for (let i = 0; i < entry.at.length; i++) {
+      const address = entry.at[(entry.next + i) % entry.at.length];
+      if (address === requester || !live(address)) continue;
+      entry.next = (entry.next + i + 1) % entry.at.length;
+      this.stats.redirected++;
+      this.stats.redirectedBytes += entry.size;
+      return address;
+    }
+    return undefined;
+  }
+
+  /** The worker at `address` could not give `hash` to a peer: it is not asked for it again. */
+  failed(hash: string, address: string): void {
+    const entry = this.#holders.get(hash);
+    if (entry === undefined) return;
+    entry.at = entry.at.filter((a) => a !== address);
+    entry.next = 0;
+    if (entry.at.length === 0) this.#holders.delete(hash);
+  }
+
+  /** Hashes remembered now. */
+  get size(): number {
+    return this.#holders.size;
+  }
+}
