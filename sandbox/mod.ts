@@ -48,3 +48,4 @@ export {
 } from "./job_spec.ts";
 export { PIDS_CGROUP_ROOT, removeStaleCgroups } from "./job_cgroup.ts";
 export { type CollectOptions, collectResultSet, RESULT_ENTRIES_MAX } from "./result_set.ts";
+export { XattrReader } from "./_xattr.ts";

@@ -33,6 +33,12 @@ export interface CollectOptions {
   lowerDir?: string;
   /** Upper entries walked before giving up; default {@linkcode RESULT_ENTRIES_MAX}. */
   entriesMax?: number;
+  /**
+   * Reads the overlay's opaque markers; the caller's, kept open for its next
+   * walks (a `dlopen` per walk cost a worker about 1 ms a job). Default: one
+   * made and closed by this walk, when it meets a directory.
+   */
+  xattrs?: XattrReader;
 }
 
 /**
@@ -88,17 +94,20 @@ class UpperWalk {
   #lowerDir: string | undefined;
   #entriesMax: number;
   #entries = 0;
-  #xattrs = new XattrReader();
+  #xattrs: XattrReader | undefined;
+  readonly #ownXattrs: boolean;
 
   constructor(upperDir: string, writableRoot: string, options: CollectOptions) {
     this.#upperDir = upperDir;
     this.#base = writableRoot === "/" ? "" : writableRoot.replace(/\/+$/, "");
     this.#lowerDir = options.lowerDir;
     this.#entriesMax = options.entriesMax ?? RESULT_ENTRIES_MAX;
+    this.#xattrs = options.xattrs;
+    this.#ownXattrs = options.xattrs === undefined;
   }
 
   [Symbol.dispose](): void {
-    this.#xattrs.close();
+    if (this.#ownXattrs) this.#xattrs?.close();
   }
 
   /** Lower entry at `rel`, or null; only looked at outside new directories. */
@@ -144,7 +153,9 @@ class UpperWalk {
     if (info.isCharDevice && info.rdev === 0) {
       this.deletions.push(path);
     } else if (info.isDirectory) {
-      const opaque = new TextDecoder().decode(this.#xattrs.get(upper, OPAQUE_XATTR) ?? undefined);
+      const opaque = new TextDecoder().decode(
+        (this.#xattrs ??= new XattrReader()).get(upper, OPAQUE_XATTR) ?? undefined,
+      );
       if (opaque === "y") {
         this.deletions.push(path);
         this.dirs.push({ path, mode });

@@ -20,7 +20,7 @@ import {
 } from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
 import { type CallContext, RpcError } from "../rpc/mod.ts";
-import { collectResultSet, type JobOutcome, runJob } from "../sandbox/mod.ts";
+import { collectResultSet, type JobOutcome, runJob, XattrReader } from "../sandbox/mod.ts";
 import { type Mirror, safeName } from "./mirrors.ts";
 import type { ReadTracer } from "./read_trace.ts";
 import type { MirrorStats } from "./mirror_options.ts";
@@ -116,9 +116,17 @@ function mirrorDelta(before: MirrorStats, after: MirrorStats): string {
 
 export class JobRunner {
   readonly #options: JobRunnerOptions;
+  /** Kept open for every job's result set (see CollectOptions.xattrs). */
+  #xattrs: XattrReader | undefined;
 
   constructor(options: JobRunnerOptions) {
     this.#options = options;
+  }
+
+  /** Releases what the runner keeps between jobs. */
+  close(): void {
+    this.#xattrs?.close();
+    this.#xattrs = undefined;
   }
 
   /** Runs a job over `mirror` (updates applied); its reply, results ahead of it when large. */
@@ -317,7 +325,7 @@ export class JobRunner {
             upper,
             mirror.writableRoot,
             (path) => this.#putResult(path, inline),
-            { lowerDir },
+            { lowerDir, xattrs: this.#xattrs ??= new XattrReader() },
           );
           hooks.onCollected(resultSet, performance.now() - t);
         } catch (err) {

@@ -492,6 +492,7 @@ export class Worker implements AsyncDisposable {
     await this.#tracer?.close();
     await this.#metricsServer?.close();
     await Promise.allSettled([...this.#background]);
+    this.#jobs.close();
     await this.#mirrors.close();
     this.#peers.close();
     this.#store.close();
