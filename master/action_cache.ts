@@ -11,7 +11,8 @@
  * every one is equal. Entries are files under the master's private cache dir,
  * each with its SHA-256 in front (a corrupt one is removed, never applied);
  * result contents are kept beside them by hash (and verified again when
- * applied). The whole is capped in bytes, least recently used first out.
+ * applied). The whole is capped in bytes, least recently used first out
+ * (the store on disk: `action_store.ts`).
  *
  * @module
  */
@@ -20,12 +21,16 @@ import { createHash } from "node:crypto";
 import type { ReadKind, ReadSet } from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
 import { openRegular } from "../common/regular_file.ts";
+import {
+  ACTION_CACHE_BYTES_MAX,
+  ActionStore,
+  ENTRY_FORMAT,
+  errorCode,
+  sha256Hex,
+} from "./action_store.ts";
 import type { HashCache } from "./hash_cache.ts";
 
-/** Default cap on the cache's bytes on disk (entries and contents). */
-export const ACTION_CACHE_BYTES_MAX = 2 * 2 ** 30;
-/** Entries kept per key (same command, different inputs); the oldest goes first. */
-export const ENTRIES_PER_KEY_MAX = 4;
+export { ACTION_CACHE_BYTES_MAX, ENTRIES_PER_KEY_MAX } from "./action_store.ts";
 /** Output bytes (stdout + stderr) of a job that can be cached. */
 export const OUTPUT_BYTES_MAX = 1 * 2 ** 20;
 /** Paths in one entry's read set. */
@@ -40,7 +45,6 @@ export const IGNORED_ENV_DEFAULT: readonly string[] = ["MAKEFLAGS", "MFLAGS", "M
 export const IGNORED_ENV_PREFIXES: readonly string[] = ["TERMITE_"];
 /** Private to each job on a worker (its own /proc, /dev, /sys, /tmp): not inputs. */
 const JOB_PRIVATE = ["/proc", "/dev", "/sys", "/tmp"];
-const ENTRY_FORMAT = "termite-action-v1";
 /** Logs why each entry missed. */
 const DEBUG = Deno.env.get("TERMITE_DEBUG_ACTIONS") !== undefined;
 
@@ -54,27 +58,6 @@ export interface ActionOutput {
   ranMs: number;
   /** It read its stdin (then /dev/null: such an entry serves only jobs without one). */
   readStdin?: boolean;
-}
-
-interface Entry {
-  format: string;
-  key: string;
-  /** [path, kind, state] */
-  reads: [string, ReadKind, string][];
-  resultSet: ResultSet;
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-  ranMs: number;
-  readStdin: boolean;
-}
-
-interface Indexed {
-  key: string;
-  file: string;
-  bytes: number;
-  blobs: string[];
-  usedMs: number;
 }
 
 export interface ActionCacheStats {
@@ -122,11 +105,7 @@ export class StaleRead extends NotCacheable {
 
 export class ActionCache {
   readonly #o: ActionCacheOptions;
-  readonly #bytesMax: number;
-  readonly #byKey = new Map<string, Indexed[]>();
-  readonly #blobRefs = new Map<string, number>();
-  readonly #blobBytes = new Map<string, number>();
-  #bytes = 0;
+  #store!: ActionStore;
   readonly stats: ActionCacheStats = {
     hits: 0,
     misses: 0,
@@ -142,38 +121,17 @@ export class ActionCache {
 
   private constructor(options: ActionCacheOptions) {
     this.#o = options;
-    this.#bytesMax = options.bytesMax ?? ACTION_CACHE_BYTES_MAX;
   }
 
   /** Opens (or creates) the cache, checking every entry; corrupt ones are removed. */
   static async open(options: ActionCacheOptions): Promise<ActionCache> {
     const cache = new ActionCache(options);
-    await Deno.mkdir(`${options.dir}/entries`, { recursive: true, mode: 0o700 });
-    await Deno.mkdir(`${options.dir}/blobs`, { recursive: true, mode: 0o700 });
-    await Deno.chmod(options.dir, 0o700);
-    for await (const e of Deno.readDir(`${options.dir}/entries`)) {
-      const file = `${options.dir}/entries/${e.name}`;
-      if (!e.isFile || !/^[0-9a-f]{64}\.[0-9a-f]{16}$/.test(e.name)) {
-        await Deno.remove(file, { recursive: true }).catch(() => {});
-        continue;
-      }
-      const entry = await cache.#readEntry(file);
-      if (entry === null) continue;
-      const info = await Deno.stat(file);
-      cache.#index({
-        key: entry.key,
-        file,
-        bytes: info.size,
-        blobs: entry.resultSet.files.map((f) => f.hash),
-        usedMs: info.mtime?.getTime() ?? 0,
-      });
-    }
-    for await (const e of Deno.readDir(`${options.dir}/blobs`)) {
-      const file = `${options.dir}/blobs/${e.name}`;
-      if (!cache.#blobRefs.has(e.name)) await Deno.remove(file).catch(() => {});
-      else cache.#countBlob(e.name, (await Deno.stat(file)).size);
-    }
-    await cache.#evict();
+    cache.#store = await ActionStore.open({
+      dir: options.dir,
+      bytesMax: options.bytesMax ?? ACTION_CACHE_BYTES_MAX,
+      stats: cache.stats,
+      log: options.log?.bind(options),
+    });
     return cache;
   }
 
@@ -193,10 +151,10 @@ export class ActionCache {
    * was; null otherwise (a miss). Blobs: `blobPath(hash)`.
    */
   async lookup(key: string, hasStdin = false): Promise<ActionOutput | null> {
-    const list = this.#byKey.get(key) ?? [];
+    const list = this.#store.entriesOf(key);
     const states = new Map<string, string>();
     for (const indexed of [...list].reverse()) {
-      const entry = await this.#readEntry(indexed.file);
+      const entry = await this.#store.read(indexed.file);
       if (entry === null || entry.key !== key) continue;
       // It read /dev/null: a job with a stdin might read something else.
       if (entry.readStdin && hasStdin) continue;
@@ -215,12 +173,10 @@ export class ActionCache {
         }
       }
       if (!same) continue;
-      if (!(await this.#blobsPresent(entry))) continue;
+      if (!(await this.#store.blobsPresent(entry))) continue;
       this.stats.hits++;
       this.stats.savedMs += entry.ranMs;
-      indexed.usedMs = Date.now();
-      const now = new Date();
-      await Deno.utime(indexed.file, now, now).catch(() => {});
+      await this.#store.touch(indexed);
       return {
         resultSet: entry.resultSet,
         stdout: fromBase64(entry.stdout),
@@ -235,8 +191,7 @@ export class ActionCache {
 
   /** Where a result content is kept. */
   blobPath(hash: string): string {
-    if (!/^[0-9a-f]{64}$/.test(hash)) throw new Error(`Bad hash: ${hash}`);
-    return `${this.#o.dir}/blobs/${hash}`;
+    return this.#store.blobPath(hash);
   }
 
   /**
@@ -328,16 +283,13 @@ export class ActionCache {
     for (const f of resultSet.files) {
       bytes += f.size;
       if (bytes > RESULT_BYTES_MAX) throw new NotCacheable("result files too large");
-      const target = this.blobPath(f.hash);
-      if (this.#blobBytes.has(f.hash)) continue;
+      this.blobPath(f.hash); // refuses a bad hash before anything is read
+      if (this.#store.hasBlob(f.hash)) continue;
       const content = await Deno.readFile(f.path);
-      if (sha256(content) !== f.hash) throw new NotCacheable(`${f.path} changed after apply`);
-      const tmp = `${target}.${crypto.randomUUID()}.tmp`;
-      await Deno.writeFile(tmp, content, { mode: 0o600 });
-      await Deno.rename(tmp, target);
-      this.#countBlob(f.hash, content.length);
+      if (sha256Hex(content) !== f.hash) throw new NotCacheable(`${f.path} changed after apply`);
+      await this.#store.putBlob(f.hash, content);
     }
-    const entry: Entry = {
+    await this.#store.put({
       format: ENTRY_FORMAT,
       key,
       reads,
@@ -347,28 +299,8 @@ export class ActionCache {
       exitCode: output.exitCode,
       ranMs: output.ranMs,
       readStdin: output.readStdin === true,
-    };
-    const body = JSON.stringify(entry);
-    const text = `${sha256(new TextEncoder().encode(body))}\n${body}`;
-    const id = sha256(new TextEncoder().encode(JSON.stringify(reads))).slice(0, 16);
-    const file = `${this.#o.dir}/entries/${key}.${id}`;
-    const tmp = `${file}.${crypto.randomUUID()}.tmp`;
-    await Deno.writeTextFile(tmp, text, { mode: 0o600 });
-    await Deno.rename(tmp, file);
-    const list = this.#byKey.get(key) ?? [];
-    const old = list.find((i) => i.file === file);
-    if (old) this.#unindex(old);
-    this.#index({
-      key,
-      file,
-      bytes: text.length,
-      blobs: resultSet.files.map((f) => f.hash),
-      usedMs: Date.now(),
     });
     this.stats.stored++;
-    const now = this.#byKey.get(key) ?? [];
-    while (now.length > ENTRIES_PER_KEY_MAX) await this.#drop(now[0]);
-    await this.#evict();
   }
 
   /** Counts a job whose result was not stored, and why. */
@@ -434,7 +366,7 @@ export class ActionCache {
         return `-${errorCode(err)}`;
       }
       names.sort();
-      return `D ${mode} ${owner} ${sha256(new TextEncoder().encode(names.join("\0")))}`;
+      return `D ${mode} ${owner} ${sha256Hex(new TextEncoder().encode(names.join("\0")))}`;
     }
     if (info.isDirectory) return `d ${mode} ${owner}`;
     if (!info.isFile) return `o ${mode} ${owner}`;
@@ -450,103 +382,6 @@ export class ActionCache {
       }
     }
     return `f ${mode} ${owner} ${info.size}`;
-  }
-
-  // --- index, LRU ---
-
-  async #readEntry(file: string): Promise<Entry | null> {
-    try {
-      const text = await Deno.readTextFile(file);
-      const nl = text.indexOf("\n");
-      const body = text.slice(nl + 1);
-      if (nl !== 64 || text.slice(0, 64) !== sha256(new TextEncoder().encode(body))) {
-        throw new Error("checksum mismatch");
-      }
-      const entry = JSON.parse(body) as Entry;
-      if (entry.format !== ENTRY_FORMAT || !file.includes(`/${entry.key}.`)) {
-        throw new Error("not an entry of this cache");
-      }
-      return entry;
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return null;
-      this.stats.corrupt++;
-      this.#o.log?.(`discarding a corrupt action cache entry ${file}: ${errorCode(err)}`);
-      const indexed = [...this.#byKey.values()].flat().find((i) => i.file === file);
-      if (indexed) this.#unindex(indexed);
-      await Deno.remove(file).catch(() => {});
-      return null;
-    }
-  }
-
-  async #blobsPresent(entry: Entry): Promise<boolean> {
-    for (const f of entry.resultSet.files) {
-      if (!this.#blobBytes.has(f.hash)) return false;
-      const info = await Deno.stat(this.blobPath(f.hash)).catch(() => null);
-      if (info?.size !== f.size) return false;
-    }
-    return true;
-  }
-
-  #index(i: Indexed): void {
-    const list = this.#byKey.get(i.key) ?? [];
-    list.push(i);
-    list.sort((a, b) => a.usedMs - b.usedMs);
-    this.#byKey.set(i.key, list);
-    this.#bytes += i.bytes;
-    for (const h of i.blobs) this.#blobRefs.set(h, (this.#blobRefs.get(h) ?? 0) + 1);
-    this.stats.entries++;
-    this.stats.bytes = this.#bytes;
-  }
-
-  #unindex(i: Indexed): string[] {
-    const list = this.#byKey.get(i.key) ?? [];
-    const at = list.indexOf(i);
-    if (at < 0) return [];
-    list.splice(at, 1);
-    if (list.length === 0) this.#byKey.delete(i.key);
-    this.#bytes -= i.bytes;
-    this.stats.entries--;
-    const unused: string[] = [];
-    for (const h of i.blobs) {
-      const n = (this.#blobRefs.get(h) ?? 1) - 1;
-      if (n > 0) this.#blobRefs.set(h, n);
-      else {
-        this.#blobRefs.delete(h);
-        unused.push(h);
-      }
-    }
-    this.stats.bytes = this.#bytes;
-    return unused;
-  }
-
-  #countBlob(hash: string, bytes: number): void {
-    if (this.#blobBytes.has(hash)) return;
-    this.#blobBytes.set(hash, bytes);
-    this.#bytes += bytes;
-    this.stats.bytes = this.#bytes;
-  }
-
-  async #drop(i: Indexed): Promise<void> {
-    for (const h of this.#unindex(i)) {
-      const bytes = this.#blobBytes.get(h);
-      if (bytes !== undefined) {
-        this.#blobBytes.delete(h);
-        this.#bytes -= bytes;
-      }
-      await Deno.remove(this.blobPath(h)).catch(() => {});
-    }
-    this.stats.bytes = this.#bytes;
-    await Deno.remove(i.file).catch(() => {});
-  }
-
-  async #evict(): Promise<void> {
-    if (this.#bytes <= this.#bytesMax) return;
-    const all = [...this.#byKey.values()].flat().sort((a, b) => a.usedMs - b.usedMs);
-    for (const i of all) {
-      if (this.#bytes <= this.#bytesMax) break;
-      await this.#drop(i);
-      this.stats.evicted++;
-    }
   }
 }
 
@@ -589,16 +424,6 @@ export async function interpreterOf(path: string): Promise<string | null> {
     return new TextDecoder().decode(head.subarray(offset, offset + size - 1));
   }
   return null;
-}
-
-function errorCode(err: unknown): string {
-  const code = (err as { code?: unknown })?.code;
-  if (typeof code === "string") return code;
-  return err instanceof Error ? err.name : "error";
-}
-
-function sha256(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
 }
 
 function toBase64(bytes: Uint8Array): string {

@@ -6,10 +6,9 @@
 import { watchWorkers, type WorkerWatch } from "../coordinator/mod.ts";
 import { hostname } from "node:os";
 import type { FileAttr } from "../common/types.ts";
-import { type BlobGetParams, MasterMethods, VERSION, WorkerMethods } from "../common/protocol.ts";
-import { type CallContext, type Handlers, RpcError, type RpcPeer } from "../rpc/mod.ts";
-import { isHash } from "../cas/mod.ts";
-import { applyResultSet, type ControlPaths, ResultSetError, STAGING_DIR } from "./apply.ts";
+import { type BlobGetParams, VERSION, WorkerMethods } from "../common/protocol.ts";
+import { RpcError, type RpcPeer } from "../rpc/mod.ts";
+import { type ControlPaths, ResultSetError, STAGING_DIR } from "./apply.ts";
 import { ActionCache } from "./action_cache.ts";
 import { Beneath } from "./beneath.ts";
 import { BlobHolders, type BlobHolderStats } from "./blob_holders.ts";
@@ -31,23 +30,17 @@ import type { FarmSlots } from "../wrapper/protocol.ts";
 import { type PooledWorker, type PoolPlacement, WorkerPool } from "./worker_pool.ts";
 import type { FallbackCause } from "./dispatch.ts";
 import { LocalRunner, Semaphore } from "./local_run.ts";
-import type {
-  JobIo,
-  JobRequest,
-  MasterOptions,
-  MasterStats,
-  WorkerJobStats,
-} from "./master_types.ts";
+import type { JobIo, JobRequest, MasterOptions, MasterStats } from "./master_types.ts";
 import { OutputHold } from "./output_hold.ts";
-import { DEBUG_TIMINGS, describe, RemoteRunner } from "./remote_run.ts";
-import { streamWarmSet, WARM_TOOL_KEY_MAX, WarmSets } from "./warm_set.ts";
+import { RemoteRunner } from "./remote_run.ts";
+import { ActionReplay } from "./replay.ts";
+import { TreeSync } from "./tree_sync.ts";
+import { WarmSets } from "./warm_set.ts";
+import { WarmStreams } from "./warm_stream.ts";
+import { workerHandlers } from "./worker_service.ts";
 
 /** Tools whose warm sets a mirror gets when it opens (the rest at their first job). */
 const WARM_OPEN_TOOLS = 1;
-/** Warm-set streams at once, per worker connection and in all. */
-const WARM_STREAMS_PER_PEER_MAX = 4;
-const WARM_STREAMS_MAX = 16;
-import { TreeSync } from "./tree_sync.ts";
 
 export type {
   JobIo,
@@ -90,8 +83,6 @@ export function treeHiddenReason(root: string): string | null {
   }
 }
 
-const CHUNK_ATTRS = 512;
-
 export class Master implements AsyncDisposable {
   readonly root: string;
   readonly masterId: string = crypto.randomUUID();
@@ -133,11 +124,11 @@ export class Master implements AsyncDisposable {
   #control: ControlPaths;
   #closed = false;
   #actions: ActionCache | null = null;
+  #replay: ActionReplay | null = null;
   #warm!: WarmSets;
   /** Which workers hold which blobs (peers fetch from each other). */
   readonly #holders = new BlobHolders();
-  /** Warm streams running, per worker connection. */
-  #warmStreams = new Map<unknown, number>();
+  #warmStreams!: WarmStreams;
 
   private constructor(
     options: MasterOptions,
@@ -236,6 +227,7 @@ export class Master implements AsyncDisposable {
     }
     const master = new Master({ ...options, root, cacheDir }, hashCache, rules, tree);
     master.#warm = warm;
+    master.#warmStreams = new WarmStreams({ sets: warm, files: master.#files, log: master.#log });
     master.#remote.warm = warm;
     if (options.actionCache !== false) {
       master.#actions = await ActionCache.open({
@@ -249,8 +241,19 @@ export class Master implements AsyncDisposable {
       });
       master.stats.actionCache = master.#actions.stats;
       master.#remote.actions = master.#actions;
+      master.#replay = new ActionReplay({
+        actions: master.#actions,
+        root,
+        tree,
+        control: master.#control,
+        hashCache,
+        entriesMax: options.resultEntriesMax,
+        flush: (touched, hashes) => master.#sync.flush(touched, hashes),
+        stats: master.stats,
+        log: master.#log,
+      });
     }
-    master.#startWatchingTree();
+    master.#sync.start();
     if (options.coordinator) {
       const hidden = master.#treeHiddenReason();
       if (hidden !== null) master.#log(`the workers cannot see this tree: ${hidden}`);
@@ -284,52 +287,6 @@ export class Master implements AsyncDisposable {
     return this.#holders.stats;
   }
 
-  get fileServer(): FileServer {
-    return this.#files;
-  }
-
-  /** What the workers may call on a connection. */
-  #handlers(): Handlers {
-    const files = this.#files;
-    const path = (p: unknown): string => {
-      const normal = typeof p === "string" ? normalizeAbsolute(p) : null;
-      if (normal === null) throw new RpcError("BAD_REQUEST", `Bad path: ${describe(p)}`);
-      return normal;
-    };
-    return {
-      [MasterMethods.fsAttr]: (params: { path: unknown; withHash?: unknown }) =>
-        files.attr(path(params?.path), { withHash: params?.withHash === true }),
-      [MasterMethods.fsDir]: async (params: { path: unknown }, ctx: CallContext) => {
-        const dir = path(params?.path);
-        const attrs = await files.dir(dir);
-        if (attrs.length > 0) this.#warm.noteDir(ctx.peer, dir);
-        for (let i = 0; i < attrs.length; i += CHUNK_ATTRS) {
-          await ctx.sendChunk(attrs.slice(i, i + CHUNK_ATTRS));
-        }
-        return { count: attrs.length };
-      },
-      [MasterMethods.blobGet]: async (params: BlobGetParams, ctx: CallContext) => {
-        const hash = params?.hash;
-        if (typeof hash !== "string" || !isHash(hash)) {
-          throw new RpcError("BAD_REQUEST", `Bad hash: ${describe(hash)}`);
-        }
-        using file = await files.openBlob(hash);
-        if (file === null) throw new RpcError("ENOENT", `No content ${hash} on the master`);
-        const served = files.hashCache.pathOf(hash);
-        if (served !== undefined) this.#warm.noteFile(ctx.peer, served);
-        const holder = this.#blobHolder(hash, file.info.size, params, ctx.peer);
-        if (holder !== undefined) return { size: 0, peer: holder };
-        const size = await ctx.sendFile(file.path); // the inode checked, whatever the name holds now
-        this.stats.bytesServed += size;
-        files.stats.blobs++;
-        files.stats.blobBytes += size;
-        return { size };
-      },
-      [MasterMethods.fsWarm]: (params: { tool: unknown }, ctx: CallContext) =>
-        this.#streamWarm(params?.tool, ctx),
-    };
-  }
-
   /**
    * A worker of the pool other than the requester that holds (or is being
    * sent) blob `hash`, when the requester may fetch from peers; else the
@@ -353,42 +310,8 @@ export class Master implements AsyncDisposable {
     return undefined;
   }
 
-  /** Streams a tool's learned warm set to a mirror, read now as a lazy fetch would be. */
-  async #streamWarm(
-    tool: unknown,
-    ctx: CallContext,
-  ): Promise<{ dirs: number; files: number; bytes: number }> {
-    if (typeof tool !== "string" || tool.length > WARM_TOOL_KEY_MAX) {
-      throw new RpcError("BAD_REQUEST", `Bad tool key: ${describe(tool)}`);
-    }
-    let all = 0;
-    for (const n of this.#warmStreams.values()) all += n;
-    const mine = this.#warmStreams.get(ctx.peer) ?? 0;
-    if (mine >= WARM_STREAMS_PER_PEER_MAX || all >= WARM_STREAMS_MAX) {
-      throw new RpcError("LIMIT", `Cannot stream a warm set: ${all} streams running`);
-    }
-    this.#warmStreams.set(ctx.peer, mine + 1);
-    const files = this.#files;
-    try {
-      const sent = await streamWarmSet({
-        set: this.#warm.setFor(tool),
-        dir: (path) => files.dir(path),
-        attr: (path) => files.attr(path, { withHash: true }),
-        send: (chunk) => ctx.sendChunk(chunk),
-        signal: ctx.signal,
-      });
-      if (DEBUG_TIMINGS) {
-        this.#log(
-          `warm set of ${JSON.stringify(tool)} sent: ${sent.dirs} directories, ${sent.files} ` +
-            `files (${(sent.bytes / 2 ** 20).toFixed(1)} MiB of contents)`,
-        );
-      }
-      return sent;
-    } finally {
-      const n = (this.#warmStreams.get(ctx.peer) ?? 1) - 1;
-      if (n <= 0) this.#warmStreams.delete(ctx.peer);
-      else this.#warmStreams.set(ctx.peer, n);
-    }
+  get fileServer(): FileServer {
+    return this.#files;
   }
 
   async #startPool(coordinator: string): Promise<void> {
@@ -398,7 +321,13 @@ export class Master implements AsyncDisposable {
       masterId: this.masterId,
       writableRoot: this.root,
       slotsPerWorker: this.#options.jobs ?? 4,
-      handlers: this.#handlers(),
+      handlers: workerHandlers({
+        files: this.#files,
+        warm: this.#warm,
+        streams: this.#warmStreams,
+        stats: this.stats,
+        holderFor: (hash, size, params, peer) => this.#blobHolder(hash, size, params, peer),
+      }),
       log: this.#log,
       retries: this.#options.retries,
       slotWaitMs: this.#options.slotWaitMs,
@@ -427,18 +356,6 @@ export class Master implements AsyncDisposable {
     clearTimeout(timer);
   }
 
-  #startWatchingTree(): void {
-    this.#sync.start();
-  }
-
-  #syncTree(): void {
-    this.#sync.sync();
-  }
-
-  #flushChanges(extra?: Iterable<string>, known?: Map<string, string>): Promise<void> {
-    return this.#sync.flush(extra, known);
-  }
-
   /** Runs one wrapper request; resolves with the exit status. */
   async run(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
     this.stats.jobs++;
@@ -457,10 +374,10 @@ export class Master implements AsyncDisposable {
     if (builtin && done) {
       this.stats.jobsBuiltin++;
       if (done.stderr) await io.stderr(new TextEncoder().encode(done.stderr));
-      await this.#flushChanges(builtin.paths.flatMap((p) => [p, parentOf(p)]));
+      await this.#sync.flush(builtin.paths.flatMap((p) => [p, parentOf(p)]));
       return { code: done.code };
     }
-    if (builtin) return await this.#runLocal(request, io, true, false);
+    if (builtin) return await this.#local.run(request, io, true, false);
     const commandLine = request.shell ? request.argv[2] : request.argv.join(" ");
     let rules: LocalRules;
     try {
@@ -475,12 +392,12 @@ export class Master implements AsyncDisposable {
       const env = request.localPath === undefined
         ? request.env
         : { ...request.env, PATH: request.localPath };
-      return await this.#runLocal({ ...request, env }, io, !rule.skipRefresh, false);
+      return await this.#local.run({ ...request, env }, io, !rule.skipRefresh, false);
     }
     const hidden = this.#treeHiddenReason();
     if (hidden !== null) {
       this.#noteFallback("unservable", hidden);
-      return await this.#runLocalSlot(request, io);
+      return await this.#local.runInSlot(request, io);
     }
     const outside = outsideReason(request.argv, request.cwd, {
       root: this.root,
@@ -489,7 +406,7 @@ export class Master implements AsyncDisposable {
     if (outside !== null) {
       this.stats.jobsOutside++;
       this.#log(`running ${request.argv[0]} here: ${outside}`);
-      return await this.#runLocal(request, io, true, false);
+      return await this.#local.run(request, io, true, false);
     }
 
     // Not its stdin: a job that read the stdin it was sent is not cached, one
@@ -497,8 +414,8 @@ export class Master implements AsyncDisposable {
     const action = this.#actions !== null && rules.cacheable(request.argv, request.shell === true)
       ? this.#actions.key(request.argv, request.cwd, request.env)
       : null;
-    if (action !== null) {
-      const code = await this.#replay(action, io);
+    if (action !== null && this.#replay !== null) {
+      const code = await this.#replay.replay(action, io);
       if (code !== null) return { code };
     }
     return await this.#runRemote(request, io, action);
@@ -515,7 +432,7 @@ export class Master implements AsyncDisposable {
     action: string | null,
   ): Promise<{ code: number; error?: string }> {
     if (this.#pool === null) {
-      if (this.#options.localFallback !== false) return await this.#runLocalSlot(request, io);
+      if (this.#options.localFallback !== false) return await this.#local.runInSlot(request, io);
       this.stats.jobsFailed++;
       return { code: 255, error: `no coordinator, and local fallback is off` };
     }
@@ -526,11 +443,11 @@ export class Master implements AsyncDisposable {
       if (attempt > 0) this.stats.retries++;
       const hold = new OutputHold(io);
       try {
-        const code = await this.#runOn(worker, request, io, hold, action);
+        const code = await this.#remote.runOn(worker, request, io, hold, action);
         await hold.flush();
         this.stats.jobsRemote++;
         worker.jobsDone++;
-        this.#workerStats(worker).done++;
+        this.#remote.workerStats(worker).done++;
         await this.#pool.end(job, worker, { kind: "ok" });
         return { code };
       } catch (err) {
@@ -545,10 +462,10 @@ export class Master implements AsyncDisposable {
           await this.#pool.end(job, worker, { kind: "cancelled" });
           this.stats.jobsOutside++;
           this.#log(`running ${request.argv[0]} here: ${err.message}`);
-          return await this.#runLocal(request, io, true, false);
+          return await this.#local.run(request, io, true, false);
         }
         worker.jobsFailed++;
-        this.#workerStats(worker).failed++;
+        this.#remote.workerStats(worker).failed++;
         const why = (err as Error).message;
         this.#log(`job ${request.argv[0]} failed on ${worker.address}: ${why}`);
         placement = await this.#pool.end(job, worker, {
@@ -571,7 +488,7 @@ export class Master implements AsyncDisposable {
       return { code: 255, error: placement.reason };
     }
     this.#noteFallback(placement.cause, placement.reason);
-    return await this.#runLocalSlot(request, io);
+    return await this.#local.runInSlot(request, io);
   }
 
   /**
@@ -583,10 +500,6 @@ export class Master implements AsyncDisposable {
     if (this.#treeHidden === null) return null;
     this.#treeHidden = treeHiddenReason(this.root);
     return this.#treeHidden;
-  }
-
-  #runLocalSlot(request: JobRequest, io: JobIo): Promise<{ code: number; error?: string }> {
-    return this.#local.runInSlot(request, io);
   }
 
   /**
@@ -631,61 +544,9 @@ export class Master implements AsyncDisposable {
     return this.#rules;
   }
 
-  #workerStats(worker: PooledWorker): WorkerJobStats {
-    return this.#remote.workerStats(worker);
-  }
-
-  #runOn(
-    worker: PooledWorker,
-    request: JobRequest,
-    io: JobIo,
-    hold: OutputHold,
-    action: string | null = null,
-  ): Promise<number> {
-    return this.#remote.runOn(worker, request, io, hold, action);
-  }
-
-  /** Replays a cached run of the command when its inputs are unchanged; null: run it. */
-  async #replay(key: string, io: JobIo): Promise<number | null> {
-    const actions = this.#actions!;
-    const hit = await actions.lookup(key, io.stdin !== null);
-    if (hit === null) return null;
-    try {
-      const outcome = await applyResultSet(hit.resultSet, {
-        writableRoot: this.root,
-        tree: this.#tree,
-        control: this.#control,
-        hashCache: this.#hashCache,
-        entriesMax: this.#options.resultEntriesMax,
-        fetchBlob: async (hash, sink) => {
-          using file = await Deno.open(actions.blobPath(hash));
-          for await (const chunk of file.readable) await sink.write(chunk);
-        },
-      });
-      await this.#flushChanges(outcome.touched, outcome.hashes);
-    } catch (err) {
-      // A missing or corrupt content fails the whole set: nothing was changed.
-      this.#log(`cannot replay a cached result: ${(err as Error).message}`);
-      return null;
-    }
-    if (hit.stdout.length > 0) await io.stdout(hit.stdout);
-    if (hit.stderr.length > 0) await io.stderr(hit.stderr);
-    this.stats.jobsCached++;
-    return hit.exitCode;
-  }
-
-  #runLocal(
-    request: JobRequest,
-    io: JobIo,
-    refresh: boolean,
-    fallback: boolean,
-  ): Promise<{ code: number; error?: string }> {
-    return this.#local.run(request, io, refresh, fallback);
-  }
-
   /** Pushes every pending change to the workers now (normally sent with the next job). */
   async pushChanges(): Promise<void> {
-    await this.#flushChanges();
+    await this.#sync.flush();
     for (const worker of this.workers) {
       const { updates, reset, cursor } = this.#changes.since(worker.cursor);
       if (updates.length === 0 && !reset) continue;

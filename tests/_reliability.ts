@@ -1,7 +1,8 @@
 /**
- * Helpers of the fault, load and hostile-input tests: a farm in a scratch
- * directory, generated C projects, local reference compiles; what the kernel
- * says about a process (peak memory, descriptors, mounts) is in farm/probe.ts.
+ * Helpers of the tests that run a farm (end to end, action cache, fault, load
+ * and hostile input): a farm in a scratch directory, generated C projects,
+ * local reference compiles; what the kernel says about a process (peak
+ * memory, descriptors, mounts) is in farm/probe.ts.
  */
 import assert from "node:assert/strict";
 import { Farm, type FarmOptions, ROOT, runIn } from "../farm/mod.ts";
@@ -25,25 +26,74 @@ export async function scratchDir(prefix: string): Promise<string> {
   return dir;
 }
 
-/** Runs `fn` with a farm on an empty build tree; stops it and removes everything after. */
+/** Options of {@linkcode withFarm}: the farm's, and how its build tree starts. */
+export interface WithFarmOptions extends Omit<FarmOptions, "dir" | "tree"> {
+  /** A directory copied (`cp -a`) as the build tree; default an empty one. */
+  source?: string;
+  /** Run before the farm starts (writes the project, say); `dir` is the scratch dir. */
+  prepare?(tree: string, dir: string): Promise<void>;
+}
+
+/**
+ * Runs `fn` with a farm on a build tree in a scratch dir (`dir`, beside the
+ * tree: for reference builds and files outside the tree); stops the farm and
+ * removes everything after.
+ */
 export async function withFarm(
   name: string,
-  options: Omit<FarmOptions, "dir" | "tree">,
-  fn: (farm: Farm, tree: string) => Promise<void>,
+  options: WithFarmOptions,
+  fn: (farm: Farm, tree: string, dir: string) => Promise<void>,
 ): Promise<void> {
+  const { source, prepare, ...farmOptions } = options;
   const dir = await scratchDir(`${name}-`);
   const tree = `${dir}/tree`;
-  await Deno.mkdir(tree);
   let farm: Farm | undefined;
   try {
-    farm = await Farm.start({ dir: `${dir}/farm`, tree, ...options });
-    await fn(farm, tree);
+    if (source) assert.equal((await runIn(ROOT, ["cp", "-a", source, tree])).code, 0);
+    else await Deno.mkdir(tree);
+    await prepare?.(tree, dir);
+    farm = await Farm.start({ dir: `${dir}/farm`, tree, ...farmOptions });
+    await fn(farm, tree, dir);
   } finally {
     await farm?.stop();
     // TERMITE_TEST_KEEP=1 keeps the logs and trees for a look after a failure.
     if (Deno.env.get("TERMITE_TEST_KEEP") === "1") console.log(`kept ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** A farm as the action cache tests want it: one worker, recording its jobs' reads. */
+export const ACTION_CACHE_FARM: WithFarmOptions = {
+  workers: 1,
+  slotsPerWorker: 3,
+  workerArgs: ["--record-reads"],
+};
+
+/** Whether two files hold the same bytes. */
+export async function sameBytes(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}
+
+/** A compile run here to check one the farm ran: {@linkcode assertSameAsLocal}. */
+export interface LocalCompile {
+  /** Where it runs (the tree, as the farm's job did). */
+  cwd: string;
+  /** The compile, without its `-o`. */
+  argv: string[];
+  /** The object the farm built. */
+  built: string;
+  /** Where this compile writes (`-o`). */
+  ref: string;
+  /** Said when the bytes differ. */
+  message: string;
+}
+
+/** Runs the compile here and asserts that the farm's object holds the same bytes. */
+export async function assertSameAsLocal(compile: LocalCompile): Promise<void> {
+  const local = await runIn(compile.cwd, [...compile.argv, "-o", compile.ref]);
+  assert.equal(local.code, 0, local.stderr);
+  assert.ok(await sameBytes(compile.built, compile.ref), compile.message);
 }
 
 /** Writes `n` tiny C files and a Makefile compiling each to an object. */

@@ -6,7 +6,7 @@
  * (default 200), ACACHE_SEED the seed (printed).
  */
 import assert from "node:assert/strict";
-import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { ACTION_CACHE_FARM, assertSameAsLocal, runIn, withFarm } from "./_reliability.ts";
 
 const EDITS = Number(Deno.env.get("ACACHE_EDITS") ?? 200);
 const SOURCES = 6;
@@ -24,43 +24,31 @@ function prng(seed: number): () => number {
   };
 }
 
-async function sameBytes(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
-  return x.length === y.length && x.every((v, i) => v === y[i]);
-}
-
 Deno.test("action cache: random edits, a rebuild after each, never a byte different from a local build", async () => {
   const seed = Number(Deno.env.get("ACACHE_SEED") ?? Date.now() % 1_000_000);
   console.log(`seed ${seed}, ${EDITS} edits`);
   const random = prng(seed);
   const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)];
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "acache-random-" });
-  await Deno.chmod(dir, 0o755);
-  const tree = `${dir}/tree`;
-  await Deno.mkdir(`${tree}/inc1`, { recursive: true });
-  await Deno.mkdir(`${tree}/inc2`, { recursive: true });
   const header = (h: number, v: number) => `#define H${h} ${v}\n`;
   const source = (s: number, v: number) => {
     const uses = Array.from({ length: HEADERS }, (_, h) => h).filter((h) => (s + h) % 3 !== 0);
     return uses.map((h) => `#include "h${h}.h"\n`).join("") +
       `int f${s}(void) { return ${v}${uses.map((h) => ` + H${h}`).join("")}; }\n`;
   };
-  for (let h = 0; h < HEADERS; h++) await Deno.writeTextFile(`${tree}/inc2/h${h}.h`, header(h, 1));
-  for (let s = 0; s < SOURCES; s++) await Deno.writeTextFile(`${tree}/s${s}.c`, source(s, 0));
   const objs = Array.from({ length: SOURCES }, (_, s) => `s${s}.o`);
-  await Deno.writeTextFile(
-    `${tree}/Makefile`,
-    `all: ${objs.join(" ")}\n%.o: %.c\n\tgcc -O1 -I inc1 -I inc2 -c $< -o $@\n`,
-  );
-  const farm = await Farm.start({
-    dir: `${dir}/farm`,
-    tree,
-    workers: 1,
-    slotsPerWorker: 3,
-    workerArgs: ["--record-reads"],
-  });
-  try {
+  const prepare = async (tree: string) => {
+    await Deno.mkdir(`${tree}/inc1`, { recursive: true });
+    await Deno.mkdir(`${tree}/inc2`, { recursive: true });
+    for (let h = 0; h < HEADERS; h++) {
+      await Deno.writeTextFile(`${tree}/inc2/h${h}.h`, header(h, 1));
+    }
+    for (let s = 0; s < SOURCES; s++) await Deno.writeTextFile(`${tree}/s${s}.c`, source(s, 0));
+    await Deno.writeTextFile(
+      `${tree}/Makefile`,
+      `all: ${objs.join(" ")}\n%.o: %.c\n\tgcc -O1 -I inc1 -I inc2 -c $< -o $@\n`,
+    );
+  };
+  await withFarm("acache-random", { ...ACTION_CACHE_FARM, prepare }, async (farm, tree, dir) => {
     for (let i = 0; i <= EDITS; i++) {
       // Values from a small range: edits often go back to an earlier state (older entries hit).
       const v = Math.floor(random() * 3);
@@ -82,24 +70,13 @@ Deno.test("action cache: random edits, a rebuild after each, never a byte differ
       const r = await runIn(tree, ["make", "-j3"], farm.env);
       assert.equal(r.code, 0, `edit ${i} (${edit}): ${r.stderr}`);
       for (let s = 0; s < SOURCES; s++) {
-        const ref = `${dir}/ref-s${s}.o`;
-        const local = await runIn(tree, [
-          "gcc",
-          "-O1",
-          "-I",
-          "inc1",
-          "-I",
-          "inc2",
-          "-c",
-          `s${s}.c`,
-          "-o",
-          ref,
-        ]);
-        assert.equal(local.code, 0, local.stderr);
-        assert.ok(
-          await sameBytes(`${tree}/s${s}.o`, ref),
-          `seed ${seed}, edit ${i} (${edit}): s${s}.o differs from a local build`,
-        );
+        await assertSameAsLocal({
+          cwd: tree,
+          argv: ["gcc", "-O1", "-I", "inc1", "-I", "inc2", "-c", `s${s}.c`],
+          built: `${tree}/s${s}.o`,
+          ref: `${dir}/ref-s${s}.o`,
+          message: `seed ${seed}, edit ${i} (${edit}): s${s}.o differs from a local build`,
+        });
       }
     }
     const cached = (await farm.status()).build.cached!;
@@ -108,8 +85,5 @@ Deno.test("action cache: random edits, a rebuild after each, never a byte differ
         (cached.notStored > 0 ? ` (last: ${cached.lastNotStored})` : ""),
     );
     assert.ok(cached.hits > 0, "some rebuilds hit");
-  } finally {
-    await farm.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -6,15 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { buildLines } from "../common/monitor_text.ts";
-import { Farm, ROOT, runIn } from "../farm/mod.ts";
-
-async function tempDir(prefix: string): Promise<string> {
-  // Not under /tmp: the master excludes /tmp by default (it is private per job).
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix });
-  await Deno.chmod(dir, 0o755);
-  return dir;
-}
+import {
+  ACTION_CACHE_FARM,
+  assertSameAsLocal,
+  type Farm,
+  runIn,
+  withFarm,
+} from "./_reliability.ts";
 
 interface Cached {
   jobsCached: number;
@@ -43,12 +41,9 @@ async function counts(farm: Farm): Promise<Cached> {
   };
 }
 
-async function sameBytes(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
-  return x.length === y.length && x.every((v, i) => v === y[i]);
-}
-
 const SOURCES = ["main", "util", "shadow"];
+/** As in the Makefile. */
+const CFLAGS = ["-O1", "-I", "inc1", "-I", "inc2"];
 const MAKEFILE = [
   "OBJS = main.o util.o shadow.o",
   "all: $(OBJS)",
@@ -86,23 +81,13 @@ async function writeProject(tree: string, outside: string): Promise<void> {
 async function checkAgainstLocal(tree: string, ref: string, what = ""): Promise<void> {
   await Deno.mkdir(ref, { recursive: true });
   for (const name of SOURCES) {
-    const local = await runIn(tree, [
-      "gcc",
-      "-O1",
-      "-I",
-      "inc1",
-      "-I",
-      "inc2",
-      "-c",
-      `${name}.c`,
-      "-o",
-      `${ref}/${name}.o`,
-    ]);
-    assert.equal(local.code, 0, local.stderr);
-    assert.ok(
-      await sameBytes(`${tree}/${name}.o`, `${ref}/${name}.o`),
-      `${what}: ${name}.o as built here`,
-    );
+    await assertSameAsLocal({
+      cwd: tree,
+      argv: ["gcc", ...CFLAGS, "-c", `${name}.c`],
+      built: `${tree}/${name}.o`,
+      ref: `${ref}/${name}.o`,
+      message: `${what}: ${name}.o as built here`,
+    });
   }
 }
 
@@ -116,18 +101,9 @@ async function clean(tree: string): Promise<void> {
 }
 
 Deno.test("action cache: hits after make clean, misses on every changed input, bytes as a local build", async () => {
-  const dir = await tempDir("acache-");
-  const tree = `${dir}/tree`;
-  const outside = `${dir}/outside`;
-  await writeProject(tree, outside);
-  const farm = await Farm.start({
-    dir: `${dir}/farm`,
-    tree,
-    workers: 1,
-    slotsPerWorker: 3,
-    workerArgs: ["--record-reads"],
-  });
-  try {
+  const prepare = (tree: string, dir: string) => writeProject(tree, `${dir}/outside`);
+  await withFarm("acache", { ...ACTION_CACHE_FARM, prepare }, async (farm, tree, dir) => {
+    const outside = `${dir}/outside`;
     // PATH with a directory of the tree ahead of gcc's own (empty for now).
     const env = { PATH: `${farm.binDir}:${tree}/fakebin:${Deno.env.get("PATH")}` };
     const build = async (what: string, expect: { hits: number; misses: number }) => {
@@ -181,20 +157,13 @@ Deno.test("action cache: hits after make clean, misses on every changed input, b
     await make(tree, farm, env);
     const after = await counts(farm);
     assert.equal(after.hits - before.hits, 0, "no compile may hit: gcc is another program now");
-    const fake = await runIn(tree, [
-      `${tree}/fakebin/gcc`,
-      "-O1",
-      "-I",
-      "inc1",
-      "-I",
-      "inc2",
-      "-c",
-      "main.c",
-      "-o",
-      `${dir}/fake-main.o`,
-    ]);
-    assert.equal(fake.code, 0, fake.stderr);
-    assert.ok(await sameBytes(`${tree}/main.o`, `${dir}/fake-main.o`), "main.o from the new gcc");
+    await assertSameAsLocal({
+      cwd: tree,
+      argv: [`${tree}/fakebin/gcc`, ...CFLAGS, "-c", "main.c"],
+      built: `${tree}/main.o`,
+      ref: `${dir}/fake-main.o`,
+      message: "main.o from the new gcc",
+    });
     await Deno.remove(`${tree}/fakebin/gcc`);
     await clean(tree);
     await build("the script removed again", { hits: 3, misses: 0 });
@@ -209,30 +178,23 @@ Deno.test("action cache: hits after make clean, misses on every changed input, b
     assert.equal(withCpath.code, 0, withCpath.stderr);
     const c = await counts(farm);
     assert.ok(c.misses >= after.misses + 3, "a new environment: every compile misses");
-  } finally {
-    await farm.stop();
-    if (Deno.env.get("KEEP")) console.log(dir);
-    else await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("action cache: a failing compile is replayed with its exit status and stderr; a listing misses after a file is added", async () => {
-  const dir = await tempDir("acache-fail-");
-  const tree = `${dir}/tree`;
-  await Deno.mkdir(`${tree}/list`, { recursive: true });
-  await Deno.writeTextFile(`${tree}/bad.c`, "int main(void) { return undefined_thing; }\n");
-  await Deno.writeTextFile(`${tree}/list/a`, "a\n");
-  // Shell commands are not cached by default: a rule takes this one.
-  await Deno.writeTextFile(`${tree}/.termite-localrc`, '[{"regexp": "^ls list", "cache": true}]\n');
-  await Deno.chmod(`${tree}/.termite-localrc`, 0o644);
-  const farm = await Farm.start({
-    dir: `${dir}/farm`,
-    tree,
-    workers: 1,
-    slotsPerWorker: 2,
-    workerArgs: ["--record-reads"],
-  });
-  try {
+  const prepare = async (tree: string) => {
+    await Deno.mkdir(`${tree}/list`, { recursive: true });
+    await Deno.writeTextFile(`${tree}/bad.c`, "int main(void) { return undefined_thing; }\n");
+    await Deno.writeTextFile(`${tree}/list/a`, "a\n");
+    // Shell commands are not cached by default: a rule takes this one.
+    await Deno.writeTextFile(
+      `${tree}/.termite-localrc`,
+      '[{"regexp": "^ls list", "cache": true}]\n',
+    );
+    await Deno.chmod(`${tree}/.termite-localrc`, 0o644);
+  };
+  const options = { ...ACTION_CACHE_FARM, slotsPerWorker: 2, prepare };
+  await withFarm("acache-fail", options, async (farm, tree) => {
     const direct = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "bad.o"]);
     assert.equal(direct.code, 1);
     for (let i = 0; i < 2; i++) {
@@ -270,9 +232,5 @@ Deno.test("action cache: a failing compile is replayed with its exit status and 
     assert.match(page, /id="sum-cached"><b>2<\/b> replayed from the action cache/);
     const status = await farm.status();
     assert.match(buildLines(status)[0], /2 replayed from cache \(\d+ misses/);
-  } finally {
-    await farm.stop();
-    if (Deno.env.get("KEEP")) console.log(dir);
-    else await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

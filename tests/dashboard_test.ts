@@ -9,6 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { scratchDir } from "./_reliability.ts";
 import { Browser } from "./_cdp.ts";
 import { promtoolCheck } from "./_tools.ts";
 
@@ -28,10 +29,8 @@ async function getText(url: string): Promise<string> {
 }
 
 Deno.test("dashboard: Chromium shows a build's running jobs live; drain from the page; metrics move", async () => {
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
   await Deno.mkdir(ARTEFACTS, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "dashboard-" });
-  await Deno.chmod(dir, 0o755);
+  const dir = await scratchDir("dashboard-");
   const tree = `${dir}/tree`;
   await Deno.mkdir(tree);
   const farm = await Farm.start({

@@ -3,43 +3,8 @@
  * of its own, master), real FUSE mirrors, real sandboxes, real compilers.
  */
 import assert from "node:assert/strict";
-import { Farm, fetchSource, ROOT, runIn } from "../farm/mod.ts";
-
-async function tempDir(prefix: string): Promise<string> {
-  // Not under /tmp: the master excludes /tmp by default (it is private per job).
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix });
-  await Deno.chmod(dir, 0o755);
-  return dir;
-}
-
-async function withFarm(
-  name: string,
-  options: { workers?: number; slots?: number; source?: string },
-  fn: (farm: Farm, tree: string) => Promise<void>,
-): Promise<void> {
-  const dir = await tempDir(`${name}-`);
-  const tree = `${dir}/tree`;
-  if (options.source) assert.equal((await runIn(ROOT, ["cp", "-a", options.source, tree])).code, 0);
-  else await Deno.mkdir(tree);
-  const farm = await Farm.start({
-    dir: `${dir}/farm`,
-    tree,
-    workers: options.workers ?? 2,
-    slotsPerWorker: options.slots ?? 2,
-  });
-  try {
-    await fn(farm, tree);
-  } finally {
-    await farm.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-async function sameBytes(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
-  return x.length === y.length && x.every((v, i) => v === y[i]);
-}
+import { fetchSource } from "../farm/mod.ts";
+import { Farm, ROOT, runIn, sameBytes, scratchDir, withFarm } from "./_reliability.ts";
 
 Deno.test("e2e: lua 5.4 builds across two workers, objects identical to a local build", async () => {
   const src = await fetchSource("lua5.4");
@@ -89,7 +54,7 @@ Deno.test("e2e: a compile error prints gcc's message, exits 1 and stops make", a
 });
 
 Deno.test("e2e: a header generated on one worker is seen by jobs on every worker", async () => {
-  await withFarm("gen", { slots: 1 }, async (farm, tree) => {
+  await withFarm("gen", { slotsPerWorker: 1 }, async (farm, tree) => {
     await Deno.writeTextFile(`${tree}/use.c`, '#include "gen.h"\nint v(void) { return V; }\n');
     const sh = `${farm.binDir}/termite-sh`;
     // Both workers look for gen.h before it exists (negative entries cached).
@@ -125,7 +90,7 @@ Deno.test("e2e: a header generated on one worker is seen by jobs on every worker
 });
 
 Deno.test("e2e: 200 small jobs through make -j16 against 2 workers × 2 slots", async () => {
-  await withFarm("many", { slots: 2 }, async (farm, tree) => {
+  await withFarm("many", { slotsPerWorker: 2 }, async (farm, tree) => {
     const n = 200;
     const objs: string[] = [];
     for (let i = 0; i < n; i++) {
@@ -162,7 +127,7 @@ Deno.test("e2e: two masters building at once on one worker both run every job th
   // One worker with 2 slots, two builds of -j4 each: slots are taken per job
   // and shared in turn, so neither build is shut out (before, the first master
   // reserved both slots and the second ran all its jobs locally).
-  await withFarm("share", { workers: 1, slots: 2 }, async (farm, tree) => {
+  await withFarm("share", { workers: 1, slotsPerWorker: 2 }, async (farm, tree) => {
     const other = `${farm.dir}/../other`;
     await Deno.mkdir(other);
     await Deno.chmod(other, 0o755);
@@ -208,7 +173,7 @@ Deno.test("e2e: two masters building at once on one worker both run every job th
 });
 
 Deno.test("e2e: a worker killed during a job: the job is retried and the build completes", async () => {
-  await withFarm("kill", { slots: 2 }, async (farm, tree) => {
+  await withFarm("kill", { slotsPerWorker: 2 }, async (farm, tree) => {
     const n = 12;
     const objs: string[] = [];
     for (let i = 0; i < n; i++) {
@@ -278,7 +243,7 @@ Deno.test("e2e: a worker with the wrong secret is refused and logged", async () 
 });
 
 Deno.test("e2e: updates pushed to a mirror never unmount a running job's overlay", async () => {
-  await withFarm("overlay", { workers: 1, slots: 3 }, async (farm, tree) => {
+  await withFarm("overlay", { workers: 1, slotsPerWorker: 3 }, async (farm, tree) => {
     const sh = `${farm.binDir}/termite-sh`;
     // A long job on the worker, while other jobs change the build tree's root
     // directory (new files) and the master pushes that change to the mirror.
@@ -383,7 +348,7 @@ Deno.test("e2e: ^C on the wrapper cancels the remote job", async () => {
 });
 
 Deno.test("e2e: a mirror unused for a while is unmounted, and mounted again when needed", async () => {
-  const dir = await tempDir("idle-");
+  const dir = await scratchDir("idle-");
   const tree = `${dir}/tree`;
   await Deno.mkdir(tree);
   await using farm = await Farm.start({
@@ -460,7 +425,7 @@ Deno.test("e2e: stdin reaches a remote job, and a job need not wait for stdin to
 });
 
 Deno.test("e2e: the tree recreated between builds (rm -rf, copy) builds again and again", async () => {
-  await withFarm("rebuild", { workers: 1, slots: 2 }, async (farm, tree) => {
+  await withFarm("rebuild", { workers: 1, slotsPerWorker: 2 }, async (farm, tree) => {
     const n = 16;
     const objs = Array.from({ length: n }, (_, i) => `a${i}.o`).join(" ");
     await Deno.writeTextFile(`${tree}/rules.mk`, `all: ${objs}\n%.o: %.c\n\tgcc -c $< -o $@\n`);
@@ -483,7 +448,7 @@ Deno.test("e2e: the tree recreated between builds (rm -rf, copy) builds again an
 });
 
 Deno.test("e2e: directories made by make's own shell just before a compile are seen by the worker", async () => {
-  await withFarm("mkdir", { workers: 1, slots: 2 }, async (farm, tree) => {
+  await withFarm("mkdir", { workers: 1, slotsPerWorker: 2 }, async (farm, tree) => {
     const n = 30;
     const objs: string[] = [];
     for (let i = 0; i < n; i++) {
@@ -510,7 +475,7 @@ Deno.test("e2e: directories made by make's own shell just before a compile are s
 });
 
 Deno.test("e2e: a job writing 12,000 files runs remotely; its results come back in parts", async () => {
-  await withFarm("many-files", { workers: 1, slots: 1 }, async (farm, tree) => {
+  await withFarm("many-files", { workers: 1, slotsPerWorker: 1 }, async (farm, tree) => {
     const sh = `${farm.binDir}/termite-sh`;
     const before = (await farm.status()).jobs;
     // 12,000 small files (each its own content, so each its own inline blob),

@@ -3,7 +3,8 @@
  * make jobserver the wrapper owns.
  */
 import assert from "node:assert/strict";
-import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { Farm, runIn } from "../farm/mod.ts";
+import { scratchDir } from "./_reliability.ts";
 import { jobsFor, withoutJobs } from "../wrapper/elastic_make.ts";
 
 Deno.test("termite-make drops make's own -j and takes the workers' slots, else the local ones", () => {
@@ -21,9 +22,7 @@ Deno.test("termite-make drops make's own -j and takes the workers' slots, else t
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 Deno.test("termite-make: a worker joining mid-build raises the jobs running at once, one leaving lowers it", async () => {
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "elastic-" });
-  await Deno.chmod(dir, 0o755);
+  const dir = await scratchDir("elastic-");
   const tree = `${dir}/tree`;
   await Deno.mkdir(tree);
   const n = 100;

@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { scratchDir } from "./_reliability.ts";
 import {
   buildPrebuiltLauncher,
   ensureLauncher,
@@ -132,9 +133,7 @@ async function copyBinarySet(to: string): Promise<void> {
 }
 
 Deno.test("a worker from only what its binary carries, with no gcc on PATH, runs a build's jobs", async () => {
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "bare-worker-" });
-  await Deno.chmod(dir, 0o755);
+  const dir = await scratchDir("bare-worker-");
   const built = await runIn(ROOT, [Deno.execPath(), "run", "-A", "scripts/build_launcher.ts"]);
   assert.equal(built.code, 0, built.stderr);
   const tree = `${dir}/tree`;

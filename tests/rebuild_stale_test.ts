@@ -11,15 +11,14 @@
  * starting on this machine, are not this test's business.)
  */
 import assert from "node:assert/strict";
-import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { Farm, runIn } from "../farm/mod.ts";
+import { scratchDir } from "./_reliability.ts";
 
 const SOURCES = 48;
 const BUILDS = 6;
 
 Deno.test("e2e: a few hundred jobs of in-place rebuilds hit no stale file handle", async () => {
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "rebuild-" });
-  await Deno.chmod(dir, 0o755);
+  const dir = await scratchDir("rebuild-");
   const tree = `${dir}/tree`;
   const src = `${tree}/src`;
   await Deno.mkdir(src, { recursive: true });

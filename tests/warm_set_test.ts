@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import type { FileAttr } from "../common/types.ts";
 import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { scratchDir } from "./_reliability.ts";
 import {
   streamWarmSet,
   toolKey,
@@ -191,9 +192,7 @@ async function coldFarm(dir: string, tree: string, masterCache?: string): Promis
 }
 
 Deno.test("e2e: a mirror warmed from a learned set sees a changed file's new bytes and not a deleted one", async () => {
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "warm-" });
-  await Deno.chmod(dir, 0o755);
+  const dir = await scratchDir("warm-");
   const tree = `${dir}/tree`;
   await Deno.mkdir(`${tree}/inc`, { recursive: true });
   // Both headers are part of the tool's learned set after the first build.

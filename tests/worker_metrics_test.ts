@@ -5,7 +5,8 @@
  * counters must have moved, and promtool must accept both outputs.
  */
 import assert from "node:assert/strict";
-import { Farm, ROOT, runIn } from "../farm/mod.ts";
+import { Farm, runIn } from "../farm/mod.ts";
+import { scratchDir } from "./_reliability.ts";
 import { promtoolCheck } from "./_tools.ts";
 
 const FILES = 4;
@@ -30,9 +31,7 @@ async function promtoolAccepts(text: string): Promise<void> {
 }
 
 Deno.test("worker metrics: counters move during a build; promtool accepts them", async () => {
-  await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
-  const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "wmetrics-" });
-  await Deno.chmod(dir, 0o755);
+  const dir = await scratchDir("wmetrics-");
   const tree = `${dir}/tree`;
   await Deno.mkdir(tree);
   const farm = await Farm.start({

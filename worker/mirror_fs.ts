@@ -26,27 +26,16 @@
  * each: the attribute cache (`mirror_cache.ts`), attribute and directory
  * fetches (`mirror_fetch.ts`), update replay (`mirror_updates.ts`), blob
  * fetches and descriptors (`mirror_blobs.ts`), prefetch
- * (`mirror_prefetch.ts`), listings (`mirror_readdir.ts`).
+ * (`mirror_prefetch.ts`), listings (`mirror_readdir.ts`), lookups and
+ * attributes (`mirror_lookup.ts`).
  *
  * @module
  */
 
 import type { Store } from "../cas/mod.ts";
-import { isInside, joinPath } from "../common/paths.ts";
+import { isInside } from "../common/paths.ts";
 import type { FileAttr } from "../common/types.ts";
-import {
-  EACCES,
-  EBADF,
-  EINVAL,
-  EIO,
-  EISDIR,
-  ENFILE,
-  ENOENT,
-  ENOSYS,
-  ENOTDIR,
-  EROFS,
-  ESTALE,
-} from "../fuse/errno.ts";
+import { EBADF, EIO, EISDIR, ENFILE, ENOSYS, ENOTDIR, EROFS, ESTALE } from "../fuse/errno.ts";
 import {
   FUSE_CAP_CACHE_SYMLINKS,
   FUSE_CAP_NO_OPEN_SUPPORT,
@@ -55,9 +44,6 @@ import {
   FUSE_CAP_READDIRPLUS_AUTO,
   O_ACCMODE,
   O_RDONLY,
-  R_OK,
-  W_OK,
-  X_OK,
 } from "../fuse/structs.ts";
 import type {
   AttrReply,
@@ -79,6 +65,7 @@ import { Limiter } from "./_mirror_limiter.ts";
 import { BlobFiles, type BlobHandle } from "./mirror_blobs.ts";
 import { AttrCache, type MirrorNode, NAME_BYTES_MAX } from "./mirror_cache.ts";
 import { AttrFetches } from "./mirror_fetch.ts";
+import { type FailedFn, NodeAnswers } from "./mirror_lookup.ts";
 import { Prefetcher } from "./mirror_prefetch.ts";
 import { Listings } from "./mirror_readdir.ts";
 import {
@@ -101,9 +88,6 @@ export { MOUNT_POINTS_DEFAULT };
 export type { MirrorOptions, MirrorStats };
 
 /** A read-only mirror of a master's `/`, see the module documentation. */
-/** Turns a failed fetch (and what it was for) into an errno for the kernel. */
-type FailedFn = (error: unknown, context: string) => number;
-
 export class MirrorFs implements FileSystem {
   readonly stats: MirrorStats;
   /** Defined only with `readdirPlus` (its presence makes libfuse offer READDIRPLUS). */
@@ -127,6 +111,7 @@ export class MirrorFs implements FileSystem {
   readonly #background = new Set<Promise<unknown>>();
   readonly #files = new Map<number, BlobHandle>();
   readonly #listings: Listings;
+  readonly #answers: NodeAnswers;
   #zeroOpen: boolean;
   #zeroOpenDir: boolean;
   #nextFh = 1;
@@ -179,6 +164,13 @@ export class MirrorFs implements FileSystem {
       fetches,
       signal,
       nextFh: () => this.#nextFh++,
+      failed,
+    });
+    this.#answers = new NodeAnswers({
+      cache,
+      fetches,
+      prefetcher: this.#prefetcher,
+      stats: this.stats,
       failed,
     });
     Object.defineProperties(this.stats, {
@@ -336,7 +328,6 @@ export class MirrorFs implements FileSystem {
     await this.close();
   }
 
-  /** Where the mirror is mounted (from init), if known. */
   /**
    * The content hash this mirror holds for the regular file at `path` (no
    * symlink on the way), if cached: what a job read there. The action cache
@@ -347,6 +338,7 @@ export class MirrorFs implements FileSystem {
     return attr?.kind === "file" ? attr.hash : undefined;
   }
 
+  /** Where the mirror is mounted (from init), if known. */
   get mountpoint(): string | undefined {
     return this.#mountpoint;
   }
@@ -380,13 +372,7 @@ export class MirrorFs implements FileSystem {
     if (this.#closed) return EIO;
     const parent = this.#cache.nodes.get(parentId);
     if (parent === undefined) return ESTALE;
-    const answer = this.#lookupLocal(parent, name, true);
-    if (answer !== undefined) return answer;
-    this.stats.lookupsWaited++;
-    const started = performance.now();
-    return this.#lookupSlow(parent, name).finally(() => {
-      this.stats.lookupWaitMs += performance.now() - started;
-    });
+    return this.#answers.lookup(parent, name);
   }
 
   forget(ino: bigint): void {
@@ -398,28 +384,14 @@ export class MirrorFs implements FileSystem {
     if (this.#closed) return EIO;
     const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
-    if (node.attr !== undefined) {
-      return { attr: this.#cache.toAttr(node), attrTimeoutS: this.#cache.attrTimeoutS };
-    }
-    if (node.detached) return ESTALE;
-    return this.#refreshed(node, "getattr", () => {
-      if (node.attr === undefined) return node.detached ? ESTALE : ENOENT;
-      return { attr: this.#cache.toAttr(node), attrTimeoutS: this.#cache.attrTimeoutS };
-    });
+    return this.#answers.getattr(node);
   }
 
   readlink(ino: bigint, _ctx: RequestContext): string | Errno | Promise<string | Errno> {
     if (this.#closed) return EIO;
     const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
-    const local = targetOf(node);
-    if (local !== undefined) return local;
-    if (node.detached || node.attr !== undefined) return EINVAL;
-    return this.#refreshed(
-      node,
-      "readlink",
-      () => targetOf(node) ?? (node.attr === undefined ? ENOENT : EINVAL),
-    );
+    return this.#answers.readlink(node);
   }
 
   opendir(
@@ -526,21 +498,7 @@ export class MirrorFs implements FileSystem {
   access(ino: bigint, mask: number, ctx: RequestContext): 0 | Errno {
     const node = this.#cache.nodes.get(ino);
     if (node === undefined) return ESTALE;
-    if (mask & W_OK) return EROFS;
-    if (node.attr === undefined) return 0; // the kernel asks getattr first; be lenient
-    const attr = this.#cache.toAttr(node);
-    if (ctx.uid === 0) {
-      // root may read anything, and execute what anyone may execute.
-      if ((mask & X_OK) && node.attr.kind === "file" && (attr.mode & 0o111) === 0) return EACCES;
-      return 0;
-    }
-    const bits = ctx.uid === attr.uid
-      ? (attr.mode >> 6) & 7
-      : ctx.gid === attr.gid
-      ? (attr.mode >> 3) & 7
-      : attr.mode & 7;
-    const wanted = mask & (R_OK | X_OK);
-    return (bits & wanted) === wanted ? 0 : EACCES;
+    return this.#answers.access(node, mask, ctx);
   }
 
   /**
@@ -556,53 +514,6 @@ export class MirrorFs implements FileSystem {
 
   listxattr(_ino: bigint, _ctx: RequestContext): readonly string[] {
     return [];
-  }
-
-  // ---- lookups ----
-
-  /** Answers from memory, or undefined when the network is needed. */
-  #lookupLocal(
-    parent: MirrorNode,
-    name: string,
-    countNegative: boolean,
-  ): Entry | Errno | undefined {
-    if (parent.attr !== undefined && parent.attr.kind !== "dir") return ENOTDIR;
-    if (parent.detached) return parent.attr === undefined ? ESTALE : ENOENT;
-    const listing = parent.listing;
-    if (listing === undefined) return undefined;
-    if (!listing.has(name)) {
-      if (countNegative) this.stats.negativeLocal++;
-      return this.#cache.negative(parent, name);
-    }
-    const child = parent.kids.get(name);
-    if (child?.attr === undefined) return undefined;
-    this.#cache.nodes.remember(child);
-    this.#cache.nodes.touch(child);
-    this.#prefetcher.maybePrefetch(child);
-    return this.#cache.entryOf(child);
-  }
-
-  async #lookupSlow(parent: MirrorNode, name: string): Promise<Entry | Errno> {
-    try {
-      if (parent.listing === undefined || !parent.complete) await this.#fetches.fetchDir(parent);
-      const answer = this.#lookupLocal(parent, name, false);
-      if (answer !== undefined) return answer;
-      // A listed child without attrs (evicted, or added by an update): ask for it alone.
-      await this.#fetches.fetchPath(joinPath(parent.path, name));
-      return this.#lookupLocal(parent, name, false) ?? EIO;
-    } catch (error) {
-      return this.#failed(error, `lookup ${joinPath(parent.path, name)}`);
-    }
-  }
-
-  /** Fetches a node's attrs again, then answers `op` with `answer` (EIO if the fetch failed). */
-  async #refreshed<T>(node: MirrorNode, op: string, answer: () => T | Errno): Promise<T | Errno> {
-    try {
-      await this.#fetches.refresh(node, false);
-    } catch (error) {
-      return this.#failed(error, `${op} ${node.path}`);
-    }
-    return answer();
   }
 
   // ---- files ----
@@ -656,8 +567,4 @@ export class MirrorClosedError extends Error {
     super("Cannot serve request: mirror closed");
     this.name = "MirrorClosedError";
   }
-}
-
-function targetOf(node: MirrorNode): string | undefined {
-  return node.attr?.kind === "symlink" ? node.attr.target : undefined;
 }
