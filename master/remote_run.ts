@@ -162,11 +162,11 @@ export class RemoteRunner {
     const reply = await this.#call(worker, params, { io, hold, output, parts, silenceMs });
     const exitCode = exitCodeOf(reply);
     worker.cursor = cursor;
+    const merged = parts.merge(reply.resultSet);
     // The inputs' states, taken before the results change the tree.
     const recorded = action !== null
-      ? await this.#statesOf(worker, reply, { io, output, parts, startedMs })
+      ? await this.#statesOf(worker, reply, { io, output, merged, startedMs })
       : null;
-    const merged = parts.merge(reply.resultSet);
     const applyStarted = performance.now();
     const outcome = await this.#apply(worker, merged, { io, parts, reply, silenceMs });
     const ws = this.#workerStats(worker);
@@ -294,7 +294,7 @@ export class RemoteRunner {
   async #statesOf(
     worker: PooledWorker,
     reply: JobReply,
-    job: { io: JobIo; output: HeldOutput; parts: ResultParts; startedMs: number },
+    job: { io: JobIo; output: HeldOutput; merged: unknown; startedMs: number },
   ): Promise<Recorded | null> {
     const actions = this.actions;
     if (actions === null) return null;
@@ -304,7 +304,7 @@ export class RemoteRunner {
       if (job.io.stdin !== null && reply.reads?.complete && reply.reads.stdin !== false) {
         throw new NotCacheable("the job read its stdin");
       }
-      const set = job.parts.merge(reply.resultSet) as Partial<ResultSet>;
+      const set = job.merged as Partial<ResultSet>;
       const outputs = new Set(
         [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),
       );
