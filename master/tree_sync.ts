@@ -40,14 +40,24 @@ export class TreeSync {
     this.#startWatchingTree();
   }
 
+  /** The last flush started (each waits for the one before). */
+  #flushing: Promise<void> = Promise.resolve();
+
   /** Makes sure every change made before this call is known (see {@linkcode TreeSync}). */
   sync(): void {
     this.#syncTree();
   }
 
-  /** Re-reads the dirty paths (and `changed`), logging what changed. */
+  /**
+   * Re-reads the dirty paths (and `changed`), logging what changed. Flushes
+   * run one after another: one that started earlier may hold changes made
+   * before this call (it took them from the dirty set), and a job must not
+   * start before they are in the change log.
+   */
   flush(changed: Iterable<string> = [], known?: Map<string, string>): Promise<void> {
-    return this.#flushChanges(changed, known);
+    const run = this.#flushing.then(() => this.#flushChanges(changed, known));
+    this.#flushing = run.catch(() => {});
+    return run;
   }
 
   /** What changed is not known (a local job ran): every served path is read again, whole. */
