@@ -6,8 +6,11 @@
 
 export interface ChartData {
   title: string;
-  /** Speed-up over the master alone; `null` where the run failed. */
-  scaling: { workers: number; speedup: number | null }[];
+  /**
+   * Speed-up over the master alone; `null` where the run failed. With the
+   * build host's CPU per compile job (ms), written under each point.
+   */
+  scaling: { workers: number; speedup: number | null; hostCpuMsPerJob?: number | null }[];
   /** The goal: speed-up ≥ goalPerWorker × N. */
   goalPerWorker: number;
   /** Time ratios to local make (lower is better); `null` where a run failed. */
@@ -90,6 +93,12 @@ function scalingPanel(d: ChartData, x0: number, y0: number, w: number, h: number
       `<text x="${px(p.workers) + 6}" y="${py(p.speedup!) - 6}" ${FONT} font-size="11" ` +
         `fill="#1f6fb5">${fmt(p.speedup!)}×</text>`,
     );
+    if (typeof p.hostCpuMsPerJob === "number") {
+      out.push(
+        `<text x="${px(p.workers) + 6}" y="${py(p.speedup!) + 14}" ${FONT} font-size="10" ` +
+          `fill="#7a4b00">${fmt(p.hostCpuMsPerJob)} ms/job</text>`,
+      );
+    }
   }
   for (const p of d.scaling.filter((p) => p.speedup === null)) {
     out.push(
@@ -107,6 +116,8 @@ function scalingPanel(d: ChartData, x0: number, y0: number, w: number, h: number
     `<line x1="${lx}" y1="${ly + 32}" x2="${lx + 24}" y2="${ly + 32}" stroke="#c33" ` +
       `stroke-dasharray="2 3"/>`,
     `<text x="${lx + 30}" y="${ly + 36}" ${FONT} font-size="11">goal (${d.goalPerWorker}×N)</text>`,
+    `<text x="${lx}" y="${ly + 52}" ${FONT} font-size="10" fill="#7a4b00">` +
+      `ms/job: the build host's CPU per compile job (make, wrappers, master)</text>`,
   );
   return out.join("\n");
 }

@@ -272,6 +272,12 @@ export interface ScalingPoint {
   speedup?: number;
   /** Time the quota held the groups back over the measured runs, seconds. */
   throttledS?: number;
+  /**
+   * The build host's CPU per compile job over the measured runs: make and
+   * what it ran here (the wrappers, or the compiles with 0 workers), the
+   * master and the coordinator; milliseconds.
+   */
+  hostCpuMsPerJob?: number;
   /** Builds that failed and were tried again (or given up), with why. */
   failedTries: string[];
   error?: string;
@@ -1079,12 +1085,17 @@ async function measureScaling(options: {
           await Deno.mkdir(`${pdir}/local`, { recursive: true });
         }
         const all = [masterGroup, ...workerGroups];
+        /** CPU of the measured runs on the build host, seconds, and their compile jobs. */
+        const host = { cpuS: 0, jobs: 0 };
         const build = async (label: string) => {
           for (let attempt = 0;; attempt++) {
             const name = `${label}${attempt ? `-try${attempt}` : ""}`;
             const dir = options.treeReset === "new-path" ? `${buildDir}-${name}` : buildDir;
             await resetTree(src, dir, options.treeReset);
             const logPath = `${pdir}/logs/${name}.log`;
+            const daemons = bf ? [bf.farm.master.child.pid, bf.farm.coordinator.child.pid] : [];
+            const cpuOf = async (pid: number) => (await procStat(pid))?.selfS ?? NaN;
+            const daemonsBefore = await Promise.all(daemons.map(cpuOf));
             const t = await timedCommand({
               argv: options.project.command(jobs),
               cwd: dir,
@@ -1096,6 +1107,12 @@ async function measureScaling(options: {
             try {
               if (t.code !== 0) throw new Error(await diagnose(t.code, t.timedOut, logPath));
               await options.project.check(dir);
+              if (label.startsWith("run")) {
+                const daemonsAfter = await Promise.all(daemons.map(cpuOf));
+                host.cpuS += t.cpuS +
+                  daemonsAfter.reduce((sum, s, i) => sum + s - daemonsBefore[i], 0);
+                host.jobs += await countObjects(dir);
+              }
               return t.wallMs;
             } catch (err) {
               point.failedTries.push(`${label}, try ${attempt + 1}: ${errorText(err)}`);
@@ -1125,6 +1142,7 @@ async function measureScaling(options: {
           throttledAfter.reduce((a, b, i) => a + b - throttledBefore[i], 0),
         );
         point.medianMs = Math.round(median(point.wallMs));
+        if (host.jobs > 0) point.hostCpuMsPerJob = round((host.cpuS * 1000) / host.jobs);
         point.ok = true;
       } catch (err) {
         point.error = errorText(err);
@@ -1503,8 +1521,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `CPU quota; 0 workers = local make on the master host; clean tree per run: ` +
         `${r.settings.scalingTreeReset})`,
       "",
-      "| workers | make -j | median s | runs s | speed-up | per worker | master MiB sent, cold | failed tries |",
-      "|---|---|---|---|---|---|---|---|",
+      "| workers | make -j | median s | runs s | speed-up | per worker | build-host CPU ms/job | master MiB sent, cold | failed tries |",
+      "|---|---|---|---|---|---|---|---|---|",
     );
     for (const p of r.scaling) {
       lines.push(
@@ -1513,8 +1531,8 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
             p.wallMs.map((w) => s1(w)).join(", ")
           } | ${fx(p.speedup)} | ${
             p.workers > 0 && p.speedup !== undefined ? fx(p.speedup / p.workers) : "—"
-          } | ${mib(p.coldBytesServed)} | ${p.failedTries.length} |`
-          : `| ${p.workers} | ${p.jobs} | failed | — | — | — | — | ${p.failedTries.length}: ${
+          } | ${fx(p.hostCpuMsPerJob, 1)} | ${mib(p.coldBytesServed)} | ${p.failedTries.length} |`
+          : `| ${p.workers} | ${p.jobs} | failed | — | — | — | — | — | ${p.failedTries.length}: ${
             cell(p.error)
           } |`,
       );
@@ -1822,7 +1840,11 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
     title: `Termite farm vs local make and distcc (${core.machine.cpus} cores, ${
       core.date.slice(0, 10)
     })`,
-    scaling: scaling.map((p) => ({ workers: p.workers, speedup: p.speedup ?? null })),
+    scaling: scaling.map((p) => ({
+      workers: p.workers,
+      speedup: p.speedup ?? null,
+      hostCpuMsPerJob: p.hostCpuMsPerJob ?? null,
+    })),
     goalPerWorker: GOAL_SCALING_PER_WORKER,
     ratios,
     ratioGoal: GOAL_BUILD_OVERHEAD,

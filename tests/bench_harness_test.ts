@@ -91,8 +91,11 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     assert.deepEqual(report.scaling.map((p) => p.workers), [0, 1]);
     if (report.scaling[0].ok) assert.equal(report.scaling[0].speedup, 1);
     for (const p of report.scaling) {
-      if (p.ok) assert.ok(p.medianMs! > 0 && p.wallMs.length === 1);
-      else assert.ok((p.error ?? "").length > 0);
+      if (p.ok) {
+        assert.ok(p.medianMs! > 0 && p.wallMs.length === 1);
+        // make and the compiles (0 workers), or make, wrappers and master: never nothing.
+        assert.ok(p.hostCpuMsPerJob! > 0, `build-host CPU per job, ${p.workers} workers`);
+      } else assert.ok((p.error ?? "").length > 0);
     }
 
     // Goals, rows for bench/main.ts, and the three files.
@@ -106,6 +109,7 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     const svg = await Deno.readTextFile(report.files.chart);
     assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
     assert.match(svg, /<\/svg>\n$/);
+    if (report.scaling.some((p) => p.ok)) assert.match(svg, / ms\/job<\/text>/);
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
