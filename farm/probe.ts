@@ -101,7 +101,13 @@ export interface ProcessSample {
 export interface FarmSample {
   atMs: number;
   processes: ProcessSample[];
-  /** Per worker: every mount in its namespace, and its FUSE mounts under its cache dir. */
+  /**
+   * Per worker: the mounts under its cache dir (mirrors, its cgroup
+   * hierarchy, anything a job left behind), and of them the FUSE ones. Not
+   * every mount of its namespace: that began as a copy of the host's, with
+   * whatever else the host had mounted at that moment (other farms'
+   * network namespaces, say), which may go away on their own.
+   */
   workerMounts: number[];
   workerFuseMounts: number[];
   /** Per worker: bytes in its content store. */
@@ -138,7 +144,7 @@ export async function sampleFarm(farm: Farm): Promise<FarmSample> {
   let sandboxProcesses = 0;
   for (const [i, pid] of pids.workers.entries()) {
     const cache = farm.workerCacheDir(i);
-    workerMounts.push((await mounts(pid)).length);
+    workerMounts.push((await mounts(pid, { under: cache })).length);
     workerFuseMounts.push((await mounts(pid, { type: /fuse/, under: cache })).length);
     // The cache dir may be a tmpfs in the worker's namespace: look through its root.
     storeBytes.push(await treeBytes(`/proc/${pid}/root${cache}/cas`));

@@ -84,7 +84,7 @@ Deno.test("load: a short soak (repeated clean builds) grows no descriptors, moun
       // Descriptors: a bounded cache of blob descriptors may fill a little more.
       assert.ok(p.fds <= before.fds + 32, `${p.name}: ${before.fds} -> ${p.fds} descriptors`);
     }
-    assert.deepEqual(last.workerMounts, second.workerMounts, "mounts per worker namespace");
+    assert.deepEqual(last.workerMounts, second.workerMounts, "mounts under each worker's cache");
     assert.deepEqual(last.workerFuseMounts, [1, 1]);
     assert.deepEqual(last.jobDirs, [0, 0]);
     assert.equal(last.sandboxProcesses, 0);
