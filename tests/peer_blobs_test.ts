@@ -160,6 +160,30 @@ for (const mode of ["liar", "empty", "unreachable"] as const) {
   });
 }
 
+Deno.test("PeerBlobs: a peer that cannot be reached is not dialled again for a while", async () => {
+  const secret = await secretFromBytes(crypto.getRandomValues(new Uint8Array(32)));
+  const logged: string[] = [];
+  const peers = new PeerBlobs({ secret, log: (m) => logged.push(m) });
+  const address = `127.0.0.1:${await closedPort()}`;
+  const sink = { write: () => Promise.resolve() };
+  const signal = new AbortController().signal;
+  try {
+    await assert.rejects(peers.fetch(address, "a".repeat(64), sink, signal));
+    assert.equal(peers.stats.failed, 1);
+    assert.equal(peers.stats.skipped, 0);
+    await assert.rejects(peers.fetch(address, "b".repeat(64), sink, signal), /a moment ago/);
+    await assert.rejects(peers.fetch(address, "c".repeat(64), sink, signal), /a moment ago/);
+    assert.equal(peers.stats.skipped, 2, "not dialled again");
+    assert.equal(
+      logged.filter((m) => m.includes("cannot reach peer")).length,
+      1,
+      logged.join("\n"),
+    );
+  } finally {
+    peers.close();
+  }
+});
+
 Deno.test("e2e: a cold farm of two workers gets a big input from the master once, the other copy from a peer", async () => {
   await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
   const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "peer-" });

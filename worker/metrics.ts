@@ -159,6 +159,12 @@ export class WorkerMetrics {
       () => source.peerBlobs().failed,
     );
     r.collect(
+      "termite_worker_peer_skipped_fetches_total",
+      "Fetches from peer workers not tried: the peer could not be reached shortly before.",
+      "counter",
+      () => source.peerBlobs().skipped,
+    );
+    r.collect(
       "termite_worker_peer_corrupt_blobs_total",
       "Blobs from peer workers refused because their bytes did not match their hash.",
       "counter",

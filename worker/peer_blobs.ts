@@ -34,6 +34,15 @@ const TRIED_MAX = 65_536;
 const PEER_IDLE_MS = 60_000;
 /** Connecting to a peer (TCP, TLS, handshake) may take this long. */
 const PEER_CONNECT_TIMEOUT_MS = 3_000;
+/**
+ * A peer that could not be reached is not dialled again for this long: the
+ * blobs the master sends this worker to it fail at once and come from the
+ * master (a firewall between workers costs bytes, not a connect timeout per
+ * blob).
+ */
+const PEER_UNREACHABLE_MS = 30_000;
+/** Peers remembered as unreachable at most. */
+const UNREACHABLE_MAX = 1024;
 /** A blob from a peer may take this long (a peer still fetching it waits for its master). */
 const PEER_FETCH_TIMEOUT_MS = 120_000;
 
@@ -47,6 +56,8 @@ export interface PeerBlobStats {
   failed: number;
   /** Blobs from peers whose bytes did not match their hash (refused, fetched from the master). */
   corrupt: number;
+  /** Fetches not tried: the peer could not be reached a moment before. */
+  skipped: number;
 }
 
 /** Options of {@linkcode PeerBlobs}. */
@@ -66,7 +77,9 @@ interface PeerConnection {
 
 /** This worker's connections to its peers, and the blobs it is fetching from them now. */
 export class PeerBlobs {
-  readonly stats: PeerBlobStats = { fetched: 0, bytes: 0, failed: 0, corrupt: 0 };
+  readonly stats: PeerBlobStats = { fetched: 0, bytes: 0, failed: 0, corrupt: 0, skipped: 0 };
+  /** Peers that could not be reached, and until when they are not dialled again. */
+  readonly #unreachable = new Map<string, number>();
   readonly #options: PeerBlobsOptions;
   readonly #log: (message: string) => void;
   /** By address; insertion order is LRU order. */
@@ -164,7 +177,8 @@ export class PeerBlobs {
       );
       // A peer that lied is not asked again on this connection.
       this.#drop(address);
-    } else {
+    } else if (!(error instanceof RpcError && error.code === "UNAVAILABLE")) {
+      // (An unreachable peer is logged once, when dialling it fails.)
       this.#log(
         `cannot get blob ${hash} from peer ${address}: ${errorMessage(error)}; ` +
           "fetching it from the master",
@@ -181,6 +195,14 @@ export class PeerBlobs {
 
   async #connection(address: string, signal: AbortSignal): Promise<RpcPeer> {
     const now = Date.now();
+    const until = this.#unreachable.get(address);
+    if (until !== undefined) {
+      if (now < until) {
+        this.stats.skipped++;
+        throw new RpcError("UNAVAILABLE", `Peer ${address} was unreachable a moment ago`);
+      }
+      this.#unreachable.delete(address);
+    }
     let entry = this.#connections.get(address);
     if (entry !== undefined) {
       this.#connections.delete(address);
@@ -209,7 +231,13 @@ export class PeerBlobs {
     this.#connections.set(address, entry);
     entry.peer.catch((error) => {
       if (this.#connections.get(address) === entry) this.#connections.delete(address);
-      this.#log(`cannot reach peer ${address}: ${errorMessage(error)}`);
+      if (signal.aborted) return;
+      if (this.#unreachable.size >= UNREACHABLE_MAX) this.#unreachable.clear();
+      this.#unreachable.set(address, Date.now() + PEER_UNREACHABLE_MS);
+      this.#log(
+        `cannot reach peer ${address}: ${errorMessage(error)}; not trying it again for ` +
+          `${PEER_UNREACHABLE_MS / 1000} s (its blobs come from the master)`,
+      );
     });
     while (this.#connections.size > PEER_CONNECTIONS_MAX) {
       this.#drop(this.#connections.keys().next().value!);
