@@ -119,9 +119,10 @@ class Listener implements NodeTlsListener {
     server.on("secureConnection", (socket: tls.TLSSocket) => this.#onSecure(socket));
     server.on("tlsClientError", (error: Error, socket: tls.TLSSocket) => {
       const raw = parentOf(socket);
-      if (!this.#closed && raw !== undefined && this.#raw.has(raw)) {
+      // A socket refused for the connection limit was logged as such.
+      if (!this.#closed && (raw === undefined || this.#raw.has(raw))) {
         this.#options.log(
-          `Rejected peer ${describe(this.#addrs.get(raw))}: TLS handshake failed: ` +
+          `Rejected peer ${describe(raw && this.#addrs.get(raw))}: TLS handshake failed: ` +
             `${errorMessage(error)} (a peer without TLS, or a certificate not from the farm's CA?)`,
         );
       }
@@ -172,14 +173,18 @@ class Listener implements NodeTlsListener {
   #onSecure(socket: tls.TLSSocket): void {
     socket.on("error", () => {}); // Reported through the conn's read or write.
     const raw = parentOf(socket);
-    if (this.#closed || raw === undefined || !this.#raw.has(raw)) {
+    if (this.#closed) {
       socket.destroy();
       raw?.destroy();
       return;
     }
     // Job-like calls write a reply after a chunk: Nagle would hold it ~40 ms.
     socket.setNoDelay(true);
-    const remoteAddr = this.#addrs.get(raw)!;
+    const remoteAddr: Deno.NetAddr = (raw && this.#addrs.get(raw)) ?? {
+      transport: "tcp",
+      hostname: socket.remoteAddress ?? "?",
+      port: socket.remotePort ?? 0,
+    };
     const accepted: TlsAccepted = {
       conn: new NodeSocketConn(socket),
       remoteAddr,
@@ -212,7 +217,10 @@ class Listener implements NodeTlsListener {
   }
 }
 
-/** The TCP socket under a TLS socket (node keeps it in `_parent`). */
+/**
+ * The TCP socket under a TLS socket (node keeps it in `_parent`), whose
+ * address a TLS socket that failed its handshake no longer knows.
+ */
 function parentOf(socket: tls.TLSSocket): Socket | undefined {
   const parent = (socket as unknown as { _parent?: Socket })._parent;
   return parent ?? undefined;

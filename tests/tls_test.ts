@@ -258,6 +258,31 @@ Deno.test("tls: a silent client is dropped at the handshake deadline", async () 
   });
 });
 
+Deno.test("tls: connections beyond peersMax are closed at once, TLS handshakes counted", async () => {
+  await withCerts(async ({ farm }) => {
+    const logs: string[] = [];
+    await using s = await listenTls({
+      transport: "tcp",
+      port: 0,
+      secret: SECRET,
+      role: "worker",
+      tls: farm,
+      handlers: { add: (p: { a: number; b: number }) => p.a + p.b },
+      peersMax: 1,
+      log: (m) => logs.push(m),
+    });
+    await using peer = await client(s, farm);
+    using extra = await Deno.connect({ hostname: "127.0.0.1", port: s.port });
+    // Closed before any TLS: the read ends (EOF or reset) without a byte.
+    const n = await extra.read(new Uint8Array(16)).catch(() => null);
+    assert.equal(n, null);
+    await waitFor(() => logs.length > 0, "the server's log");
+    assert.match(logs[0], /^Refusing connection from 127\.0\.0\.1:\d+: 1 connections open$/);
+    assert.equal(logs.length, 1, logs.join("\n"));
+    assert.equal(await peer.call("add", { a: 2, b: 2 }), 4);
+  });
+});
+
 Deno.test("tls: a plain peer on a TLS port, and a TLS peer on a plain port, are refused", async () => {
   await withCerts(async ({ farm }) => {
     const tlsLogs: string[] = [];
@@ -293,7 +318,7 @@ Deno.test("tls: a plain peer on a TLS port, and a TLS peer on a plain port, are 
 });
 
 Deno.test("tls: the coordinator's page is HTTPS with its certificate, fetched with the farm CA", async () => {
-  await withCerts(async ({ farm }) => {
+  await withCerts(async ({ dir, farm }) => {
     const logs: string[] = [];
     await using coordinator = await startCoordinator({
       hostname: "127.0.0.1",
@@ -313,6 +338,29 @@ Deno.test("tls: the coordinator's page is HTTPS with its certificate, fetched wi
     // Without the farm CA the certificate is not trusted; plain HTTP gets no page.
     await assert.rejects(fetch(url), TypeError);
     await assert.rejects(fetch(url.replace("https:", "http:")));
+    // monitor.ts reads it with --tls-ca.
+    {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          `${ROOT}/monitor.ts`,
+          "--url",
+          `https://127.0.0.1:${coordinator.httpPort}/`,
+          "--tls-ca",
+          `${dir}/farm-ca.pem`,
+          "--count",
+          "1",
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout);
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      assert.match(text, /^termite farm .*0 workers/m);
+      assert.doesNotMatch(text, /cannot read/);
+    }
   });
 });
 
