@@ -63,7 +63,9 @@ export interface NodeTlsListener {
 /**
  * Listens with node:tls, client certificates requested and checked.
  * @throws {TlsConfigError} when the certificate or key cannot be used.
- * @throws the listen error (`EADDRINUSE`, ...) as node gives it.
+ * @throws {Deno.errors.AddrInUse} or {Deno.errors.AddrNotAvailable} as
+ *   `Deno.listen` would (callers name the flag by them); other listen errors
+ *   as node gives them.
  */
 export async function listenNodeTls(options: NodeTlsListenOptions): Promise<NodeTlsListener> {
   const { cert, key, caCerts } = options.tls;
@@ -89,7 +91,7 @@ export async function listenNodeTls(options: NodeTlsListenOptions): Promise<Node
   }
   const listener = new Listener(server, options);
   await new Promise<void>((resolve, reject) => {
-    const onError = (error: Error) => reject(error);
+    const onError = (error: Error) => reject(denoListenError(error));
     server.once("error", onError);
     server.listen(options.port, options.hostname, () => {
       server.off("error", onError);
@@ -98,6 +100,16 @@ export async function listenNodeTls(options: NodeTlsListenOptions): Promise<Node
   });
   listener.listening();
   return listener;
+}
+
+/** Node's listen errors as the Deno errors callers test for. */
+function denoListenError(error: Error): Error {
+  const code = (error as { code?: string }).code;
+  if (code === "EADDRINUSE") return new Deno.errors.AddrInUse(error.message, { cause: error });
+  if (code === "EADDRNOTAVAIL") {
+    return new Deno.errors.AddrNotAvailable(error.message, { cause: error });
+  }
+  return error;
 }
 
 class Listener implements NodeTlsListener {
@@ -110,6 +122,7 @@ class Listener implements NodeTlsListener {
   #ready: TlsAccepted[] = [];
   #waiter: ((accepted: TlsAccepted | null) => void) | undefined;
   #closed = false;
+  #listening = false;
   #serverClosed: Promise<void> | undefined;
 
   constructor(server: tls.Server, options: NodeTlsListenOptions) {
@@ -130,7 +143,10 @@ class Listener implements NodeTlsListener {
       raw?.destroy();
     });
     server.on("error", (error: Error) => {
-      if (!this.#closed) this.#options.log(`TLS listener: ${errorMessage(error)}`);
+      // Before it listens, the error is listenNodeTls's to throw.
+      if (this.#listening && !this.#closed) {
+        this.#options.log(`TLS listener: ${errorMessage(error)}`);
+      }
     });
   }
 
@@ -141,6 +157,7 @@ class Listener implements NodeTlsListener {
       throw new Error("node:tls server has no TCP address");
     }
     this.addr = { transport: "tcp", hostname: address.address, port: address.port };
+    this.#listening = true;
   }
 
   #onConnection(raw: Socket): void {

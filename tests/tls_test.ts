@@ -364,37 +364,40 @@ Deno.test("tls: the coordinator's page is HTTPS with its certificate, fetched wi
   });
 });
 
-Deno.test("tls: a certificate and key that do not match stop the coordinator with one line naming the flags", async () => {
+Deno.test("tls: a certificate and key that do not match, or a port in use, stop the coordinator with one line naming the flags", async () => {
   await withCerts(async ({ dir }) => {
     await Deno.writeFile(`${dir}/secret`, crypto.getRandomValues(new Uint8Array(32)), {
       mode: 0o600,
     });
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        `${ROOT}/coordinator.ts`,
-        "--secret",
-        `${dir}/secret`,
-        "--port",
-        "0",
-        "--http-port",
-        "none",
-        "--tls-ca",
-        `${dir}/farm-ca.pem`,
-        "--tls-cert",
-        `${dir}/farm.pem`,
-        "--tls-key",
-        `${dir}/other.key`,
-      ],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.equal(out.code, 1);
+    const coordinator = async (tls: string[], port = "0") => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          `${ROOT}/coordinator.ts`,
+          ...["--secret", `${dir}/secret`, "--host", "127.0.0.1", "--port", port],
+          ...["--http-port", "none", "--tls-ca", `${dir}/farm-ca.pem`, ...tls],
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(out.code, 1);
+      return new TextDecoder().decode(out.stderr);
+    };
     assert.match(
-      new TextDecoder().decode(out.stderr),
-      /^termite coordinator: Cannot use the TLS certificate and key: .*\(check --tls-cert and --tls-key\)\n$/,
+      await coordinator(["--tls-cert", `${dir}/farm.pem`, "--tls-key", `${dir}/other.key`]),
+      /^termite coordinator: Cannot use the TLS certificate and key: the key is not the certificate's \(check --tls-cert and --tls-key\)\n$/,
+    );
+    using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = busy.addr.port;
+    assert.equal(
+      await coordinator(
+        ["--tls-cert", `${dir}/farm.pem`, "--tls-key", `${dir}/farm.key`],
+        String(port),
+      ),
+      `termite coordinator: Cannot listen on 127.0.0.1:${port} (workers and masters): ` +
+        `port ${port} is in use (choose another with --port)\n`,
     );
   });
 });
@@ -454,6 +457,14 @@ Deno.test("tls: a farm builds with mutual TLS on every link", async () => {
       });
       const status = await (await fetch(`${page[1]}status.json`, { client: ca })).json();
       assert.equal(status.workers.length, 2, JSON.stringify(status));
+      // The master links to it as https://.
+      const linked = async () =>
+        (await (await fetch(`http://127.0.0.1:${farm.statusPort}/status.json`)).json())
+          .coordinator?.statusUrl;
+      for (let i = 0; i < 100 && await linked() === undefined; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(await linked(), page[1]);
 
       // A master without TLS is refused by the coordinator, which names it.
       // (One with no certificate, or another CA's, is covered above with RpcServer.)
