@@ -1,8 +1,9 @@
 /**
  * RPC throughput over loopback: round trips per second (sequential and with
- * 64 calls in flight), blob transfer MB/s in CHUNK_BYTES chunks, and
- * handshakes per second; on plain TCP and over TLS (certificates made with
- * openssl, P-256), measured in turns in one run. The server runs in a Web Worker (its own thread and
+ * 64 calls in flight), blob transfer MB/s in CHUNK_BYTES chunks, the time of
+ * a job-like call (two chunks, then the reply), and handshakes per second;
+ * on plain TCP and over mutual TLS (certificates made with openssl, P-256),
+ * measured in turns in one run. The server runs in a Web Worker (its own thread and
  * event loop), the client on the main thread, as two processes would.
  *
  * Run alone: `deno run -A bench/rpc_bench.ts [--quick]`.
