@@ -10,12 +10,15 @@
  * errors.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import {
   AuthError,
+  type CallContext,
   connect,
   listen,
   listenTls,
   readPemFile,
+  type RpcPeer,
   type RpcServer,
   secretFromBytes,
   type TlsConfig,
@@ -160,6 +163,57 @@ Deno.test("tls: a call goes through mutual TLS with the HMAC handshake inside", 
     await assert.rejects(client(s, farm, wrong), AuthError);
     await waitFor(() => logs.length > 0, "the wrong secret's log");
     assert.deepEqual(logs.filter((l) => /TLS/.test(l)), [], logs.join("\n"));
+  });
+});
+
+Deno.test("tls: 8 MiB streams both ways with a slow reader, its SHA-256 intact (node socket paused, writes wait for drain)", async () => {
+  await withCerts(async ({ farm }) => {
+    const blob = new Uint8Array(8 * 1024 * 1024 + 12345);
+    for (let i = 0; i < blob.length; i += 65536) {
+      crypto.getRandomValues(blob.subarray(i, i + 65536));
+    }
+    const expected = createHash("sha256").update(blob).digest("hex");
+    const handlers = {
+      bytes: async (_: unknown, ctx: CallContext) => {
+        await ctx.sendBytes(blob);
+        return blob.length;
+      },
+    };
+    await using s = await listenTls({
+      transport: "tcp",
+      port: 0,
+      secret: SECRET,
+      role: "worker",
+      tls: farm,
+      handlers,
+      log: () => {},
+    });
+    await using peer = await connect({
+      transport: "tcp",
+      port: s.port,
+      secret: SECRET,
+      role: "master",
+      tls: farm,
+      handlers,
+    });
+    const pull = async (from: RpcPeer) => {
+      const hash = createHash("sha256");
+      let chunks = 0;
+      const total = await from.call<number>("bytes", null, {
+        onChunk: async (chunk) => {
+          hash.update(chunk as Uint8Array);
+          // A slow reader: bytes pile up behind it.
+          if (++chunks % 4 === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+        },
+        timeoutMs: 60_000,
+      });
+      assert.equal(total, blob.length);
+      return hash.digest("hex");
+    };
+    // The node:tls server writes; then it reads, slower than the client sends.
+    assert.equal(await pull(peer), expected);
+    await waitFor(() => s.peers.size === 1, "the server's peer");
+    assert.equal(await pull([...s.peers][0]), expected);
   });
 });
 
