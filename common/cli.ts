@@ -419,8 +419,9 @@ export function tlsFlagSpecs(https?: string): FlagSpecs {
       type: "string",
       value: "FILE",
       defaultText: "none; required with --tls-ca",
-      help: "this host's certificate (PEM, from the --tls-ca CA, naming the address peers dial, " +
-        "for serverAuth and clientAuth)" + (https === undefined ? "" : `; ${https} is then HTTPS`),
+      help: "this host's certificate (PEM, from the --tls-ca CA, for serverAuth and clientAuth; " +
+        "a coordinator's or worker's names the address peers dial)" +
+        (https === undefined ? "" : `; ${https} is then HTTPS`),
     },
     "tls-key": {
       type: "string",
