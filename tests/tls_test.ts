@@ -120,8 +120,13 @@ async function withCerts(fn: (certs: Certs) => Promise<void>): Promise<void> {
 }
 
 /** A worker-role RPC server serving `add`: over mutual TLS with `tls`, plain TCP without. */
-async function server(tls: TlsConfig | undefined, logs: string[]): Promise<RpcServer> {
+async function server(
+  tls: TlsConfig | undefined,
+  logs: string[],
+  handshakeTimeoutMs?: number,
+): Promise<RpcServer> {
   const options = {
+    handshakeTimeoutMs,
     transport: "tcp" as const,
     port: 0,
     secret: SECRET,
@@ -334,6 +339,35 @@ Deno.test("tls: connections beyond peersMax are closed at once, TLS handshakes c
     assert.match(logs[0], /^Refusing connection from 127\.0\.0\.1:\d+: 1 connections open$/);
     assert.equal(logs.length, 1, logs.join("\n"));
     assert.equal(await peer.call("add", { a: 2, b: 2 }), 4);
+  });
+});
+
+Deno.test("tls: garbage and truncated TLS records at a TLS port are dropped; it keeps serving", async () => {
+  await withCerts(async ({ farm }) => {
+    const logs: string[] = [];
+    await using s = await server(farm, logs, 500);
+    const garbage = (i: number): Uint8Array => {
+      const bytes = crypto.getRandomValues(new Uint8Array(1 + (i * 97) % 3000));
+      // Every other one starts like a TLS handshake record (type 22, version 3.x).
+      if (i % 2 === 0 && bytes.length >= 3) bytes.set([22, 3, i % 4]);
+      return bytes;
+    };
+    await Promise.all(Array.from({ length: 40 }, async (_, i) => {
+      using conn = await Deno.connect({ hostname: "127.0.0.1", port: s.port });
+      await conn.write(garbage(i)).catch(() => {});
+      if (i % 3 === 0) return; // Closed at once, mid-record.
+      // The server answers with an alert and closes, or waits for the rest until the deadline.
+      await conn.read(new Uint8Array(64)).catch(() => null);
+    }));
+    assert.equal(s.peers.size, 0);
+    // At least every one that waited for an answer is logged.
+    await waitFor(() => logs.length >= 26, "the server's log");
+    await using peer = await client(s, farm);
+    assert.equal(await peer.call("add", { a: 20, b: 22 }), 42);
+    assert.ok(
+      logs.every((l) => /^Rejected peer 127\.0\.0\.1:\d+: TLS handshake failed: /.test(l)),
+      logs.join("\n"),
+    );
   });
 });
 
