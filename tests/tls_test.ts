@@ -545,6 +545,13 @@ Deno.test("tls: a farm builds with mutual TLS on every link", async () => {
       });
       const status = await (await fetch(`${page[1]}status.json`, { client: ca })).json();
       assert.equal(status.workers.length, 2, JSON.stringify(status));
+      // A worker's /metrics is HTTPS too.
+      const metricsUrl = /metrics on (https:\/\/\S+\/metrics),/.exec(
+        await Deno.readTextFile(farm.workers[0].log),
+      );
+      assert.ok(metricsUrl, "the worker names its https:// metrics");
+      const workerMetrics = await (await fetch(metricsUrl[1], { client: ca })).text();
+      assert.match(workerMetrics, /^termite_worker_jobs_total\{/m);
       // The master links to it as https://.
       const linked = async () =>
         (await (await fetch(`http://127.0.0.1:${farm.statusPort}/status.json`)).json())
