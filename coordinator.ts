@@ -16,6 +16,7 @@ import {
   untilSignal,
 } from "./common/cli.ts";
 import { VERSION } from "./common/protocol.ts";
+import { formatHostPort } from "./common/address.ts";
 
 const FLAGS: FlagSpecs = {
   secret: secretFlag("coordinator"),
@@ -44,7 +45,7 @@ const FLAGS: FlagSpecs = {
     default: "30s",
     help: "drop a worker not heard from this long",
   },
-  ...tlsFlagSpecs(true),
+  ...tlsFlagSpecs("the status page (--http-port)"),
 };
 
 const flags = parseRoleFlags("coordinator", Deno.args, {
@@ -69,7 +70,7 @@ await runRole("coordinator", ports, async () => {
   }
   const workerTimeoutMs = flags.durationMs("worker-timeout");
   const secretPath = flags.path("secret")!;
-  const tls = await loadTlsFlags(flags, true);
+  const tls = await loadTlsFlags(flags);
   const secret = await loadSecretFile(secretPath);
   const here = new URL(".", import.meta.url).pathname;
   const quote = (s: string) => /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
@@ -88,7 +89,8 @@ await runRole("coordinator", ports, async () => {
   console.error(
     `termite coordinator: listening on port ${coordinator.port}` +
       (coordinator.httpPort
-        ? `, status page on http://${httpHostname}:${coordinator.httpPort}/`
+        ? `, status page on ${tls ? "https" : "http"}://` +
+          `${formatHostPort(httpHostname, coordinator.httpPort)}/`
         : ""),
   );
   await untilSignal();

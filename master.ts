@@ -97,7 +97,7 @@ const FLAGS: FlagSpecs = {
     type: "boolean",
     help: "fail a job that no worker could run instead of running it here",
   },
-  ...tlsFlagSpecs(false),
+  ...tlsFlagSpecs(),
 };
 
 const flags = parseRoleFlags("master", Deno.args, {
@@ -123,7 +123,7 @@ await runRole("master", ports, async () => {
     keepAliveMs: flags.durationMs("keep-alive")!,
     cacheDir: flags.path("cache-dir") ?? defaultCacheDir("master"),
   };
-  const tls = await loadTlsFlags(flags, false);
+  const tls = await loadTlsFlags(flags);
   const secret = await loadSecretFile(secretPath);
   const root = await Deno.realPath(socketPath.slice(0, socketPath.lastIndexOf("/")) || "/");
   const excluded = flags.list("exclude");

@@ -3,8 +3,15 @@
  * distccmon-text), from a coordinator's or a master's status page.
  *
  *   deno run -A monitor.ts [--url http://127.0.0.1:1231/] [--interval 1s] [--count N]
+ *     [--tls-ca FILE]   (for an https:// page: the farm's CA)
  */
-import { die, type FlagSpecs, parseRoleFlags } from "./common/cli.ts";
+import {
+  die,
+  type FlagSpecs,
+  loadPageClient,
+  pageCaFlagSpecs,
+  parseRoleFlags,
+} from "./common/cli.ts";
 import { statusLines } from "./common/monitor_text.ts";
 
 const FLAGS: FlagSpecs = {
@@ -16,6 +23,7 @@ const FLAGS: FlagSpecs = {
   },
   interval: { type: "string", value: "DURATION", default: "1s", help: "time between views" },
   count: { type: "string", value: "N", default: "0", help: "views to print; 0 = until ^C" },
+  ...pageCaFlagSpecs(),
 };
 
 const flags = parseRoleFlags("monitor", Deno.args, {
@@ -26,14 +34,18 @@ const flags = parseRoleFlags("monitor", Deno.args, {
 let url: URL;
 let intervalMs: number;
 let count: number;
+let client: Deno.HttpClient | undefined;
 try {
   const text = flags.string("url")!;
   if (!URL.canParse(text) || !/^https?:$/.test(new URL(text).protocol)) {
-    throw new Error(`Bad --url ${JSON.stringify(text)}: want an http:// URL of a status page`);
+    throw new Error(
+      `Bad --url ${JSON.stringify(text)}: want an http:// or https:// URL of a status page`,
+    );
   }
   url = new URL("status.json", text.replace(/\/?$/, "/"));
   intervalMs = flags.durationMs("interval")!;
   count = flags.integer("count", { min: 0, max: 1e9 })!;
+  client = await loadPageClient(flags);
 } catch (error) {
   die(`termite monitor: ${(error as Error).message}`);
 }
@@ -42,7 +54,7 @@ for (let i = 0; count === 0 || i < count; i++) {
   if (i > 0) await new Promise((resolve) => setTimeout(resolve, intervalMs));
   let lines: string[];
   try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(5000) });
+    const response = await fetch(url, { client, signal: AbortSignal.timeout(5000) });
     if (!response.ok) {
       await response.body?.cancel();
       throw new Error(`HTTP ${response.status}`);

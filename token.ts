@@ -5,10 +5,18 @@
  *
  *   deno run -A token.ts --secret /etc/termite/secret --action drain --worker ID
  *   deno run -A token.ts --secret ... --action stop --worker ID --post http://127.0.0.1:1231/
+ *   (--tls-ca FILE for an https:// page: the farm's CA)
  */
 import { ADMIN_ACTIONS, type AdminAction, adminToken } from "./coordinator/admin_token.ts";
 import { WORKER_ID_CHARS_MAX } from "./coordinator/types.ts";
-import { type FlagSpecs, loadSecretFile, parseRoleFlags, runRole } from "./common/cli.ts";
+import {
+  type FlagSpecs,
+  loadPageClient,
+  loadSecretFile,
+  pageCaFlagSpecs,
+  parseRoleFlags,
+  runRole,
+} from "./common/cli.ts";
 
 const FLAGS: FlagSpecs = {
   secret: {
@@ -35,6 +43,7 @@ const FLAGS: FlagSpecs = {
     defaultText: "none: print the token",
     help: "send the action to the coordinator's status page at URL instead of printing the token",
   },
+  ...pageCaFlagSpecs(),
 };
 
 const flags = parseRoleFlags("token", Deno.args, {
@@ -62,8 +71,15 @@ await runRole("token", [], async () => {
       `workers/${encodeURIComponent(worker)}/${action}`,
       post.replace(/\/?$/, "/"),
     );
-    const response = await fetch(url, { method: "POST", headers: { authorization: token } });
-    const text = (await response.text()).trim();
+    const client = await loadPageClient(flags);
+    let response: Response;
+    let text: string;
+    try {
+      response = await fetch(url, { method: "POST", headers: { authorization: token }, client });
+      text = (await response.text()).trim();
+    } finally {
+      client?.close();
+    }
     if (!response.ok) throw new Error(`${url} answered ${response.status}: ${text}`);
     console.log(`termite token: ${action} sent to worker ${worker}`);
   }

@@ -114,7 +114,7 @@ const FLAGS: FlagSpecs = {
     help: "record what jobs read (one bpftrace, needs tracefs and BTF), so that masters can " +
       "cache their results (the action cache)",
   },
-  ...tlsFlagSpecs(true),
+  ...tlsFlagSpecs("/metrics (--metrics-port)"),
 };
 
 const flags = parseRoleFlags("worker", Deno.args, {
@@ -188,7 +188,7 @@ await runRole("worker", ports, async () => {
     jobNetwork: flags.boolean("job-network"),
     recordReads: flags.boolean("record-reads"),
   };
-  const tls = await loadTlsFlags(flags, true);
+  const tls = await loadTlsFlags(flags);
   const secret = await loadSecretFile(secretPath);
   const worker = await startWorker({
     ...options,

@@ -1,8 +1,9 @@
 /**
  * RPC throughput over loopback: round trips per second (sequential and with
- * 64 calls in flight), blob transfer MB/s in CHUNK_BYTES chunks, and
- * handshakes per second; on plain TCP and over TLS (certificates made with
- * openssl, P-256), measured in turns in one run. The server runs in a Web Worker (its own thread and
+ * 64 calls in flight), blob transfer MB/s in CHUNK_BYTES chunks, the time of
+ * a job-like call (two chunks, then the reply), and handshakes per second;
+ * on plain TCP and over mutual TLS (certificates made with openssl, P-256),
+ * measured in turns in one run. The server runs in a Web Worker (its own thread and
  * event loop), the client on the main thread, as two processes would.
  *
  * Run alone: `deno run -A bench/rpc_bench.ts [--quick]`.
@@ -10,6 +11,7 @@
 import {
   connect,
   listen,
+  listenTls,
   type RpcPeer,
   type RpcServer,
   secretFromBytes,
@@ -106,12 +108,18 @@ async function serveInWorker(): Promise<void> {
     },
     file: async (path: string, ctx: { sendFile(p: string): Promise<number> }) =>
       await ctx.sendFile(path),
+    // Like a job: output streamed before the reply (Nagle would hold the reply).
+    job: async (_: unknown, ctx: { sendChunk(c: unknown): Promise<void> }) => {
+      await ctx.sendChunk("output 1");
+      await ctx.sendChunk("output 2");
+      return 0;
+    },
   };
   const dir = await Deno.makeTempDir({ prefix: "rpc_bench_" });
   const tls = await tlsSent;
   const servers: RpcServer[] = [
     listen({ transport: "tcp", secret, role: "worker", handlers }),
-    listen({ transport: "tcp", secret, role: "worker", handlers, tls }),
+    await listenTls({ transport: "tcp", secret, role: "worker", handlers, tls }),
     listen({ transport: "unix", path: `${dir}/bench.sock`, secret, role: "worker", handlers }),
   ];
   scope.onmessage = async () => {
@@ -144,6 +152,15 @@ async function concurrentCallsPerS(peer: RpcPeer, calls: number, inFlight: numbe
     }),
   );
   return Math.round(calls / ((performance.now() - start) / 1000));
+}
+
+/** Mean milliseconds of a call that streams two chunks before its reply. */
+async function jobCallMs(peer: RpcPeer, calls: number): Promise<number> {
+  const call = () => peer.call("job", null, { onChunk: () => {} });
+  for (let i = 0; i < 20; i++) await call(); // warm-up
+  const start = performance.now();
+  for (let i = 0; i < calls; i++) await call();
+  return Math.round((performance.now() - start) / calls * 1000) / 1000;
 }
 
 async function blobMBPerS(peer: RpcPeer, method: string, params: unknown, bytes: number) {
@@ -183,7 +200,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
     {
       const links = [
         { name: "tcp", port: ready.port, tls: undefined },
-        { name: "tls", port: ready.tlsPort, tls: { caCerts: tls.caCerts } },
+        { name: "tls", port: ready.tlsPort, tls },
       ];
       const peers = await Promise.all(
         links.map((l) =>
@@ -195,6 +212,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         par: [] as number[],
         blob: [] as number[],
         file: [] as number[],
+        job: [] as number[],
       }));
       const path = `${dir}/blob.bin`;
       const data = new Uint8Array(blobBytes);
@@ -210,6 +228,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
           m[i].par.push(await concurrentCallsPerS(peer, calls * 4, 64));
           m[i].blob.push(await blobMBPerS(peer, "blob", blobBytes, blobBytes));
           m[i].file.push(await blobMBPerS(peer, "file", path, blobBytes));
+          m[i].job.push(await jobCallMs(peer, options.quick ? 100 : 500));
         }
       }
       for (const peer of peers) {
@@ -242,6 +261,12 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
             unit: "MB/s",
             note: "sendFile, page-cached file",
           },
+          {
+            name: `rpc ${name} job-like call (2 chunks, then the reply)`,
+            value: median(m[i].job),
+            unit: "ms",
+            note: "sequential; Nagle's algorithm would add ~40 ms",
+          },
         );
       }
     }
@@ -265,7 +290,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
       const handshakes = options.quick ? 200 : 1000;
       const links = [
         { name: "", port: ready.port, tls: undefined },
-        { name: " over TLS", port: ready.tlsPort, tls: { caCerts: tls.caCerts } },
+        { name: " over TLS", port: ready.tlsPort, tls },
       ];
       for (const link of links) {
         const start = performance.now();

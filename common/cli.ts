@@ -2,6 +2,7 @@
 
 import { parseArgs } from "node:util";
 import {
+  checkKeyPair,
   loadSecret,
   readPemFile,
   SecretError,
@@ -400,34 +401,35 @@ export function startErrorMessage(error: unknown, ports: PortFlag[] = []): strin
 }
 
 /**
- * The TLS flags of a role: `--tls-ca` (TLS on), and for a role that listens
- * (coordinator, worker) `--tls-cert` and `--tls-key`.
+ * The TLS flags of a role (coordinator, worker, master): `--tls-ca` turns
+ * TLS on, and then `--tls-cert` and `--tls-key` are required: every member
+ * shows its certificate, as server and as client. `https` names what the
+ * role serves over HTTPS with it (its help says so).
  */
-export function tlsFlagSpecs(listens: boolean): FlagSpecs {
-  const specs: FlagSpecs = {
+export function tlsFlagSpecs(https?: string): FlagSpecs {
+  return {
     "tls-ca": {
       type: "string",
       value: "FILE",
       defaultText: "none: plain TCP",
-      help: "talk TLS on every farm link, the certificates of the coordinator and workers " +
-        "checked against this CA (PEM) and the address dialled; the same on every host",
+      help: "talk mutual TLS on every farm link: every member's certificate is checked " +
+        "against this CA (PEM), a server's also against the address dialled; the same on every host",
     },
-  };
-  if (listens) {
-    specs["tls-cert"] = {
+    "tls-cert": {
       type: "string",
       value: "FILE",
       defaultText: "none; required with --tls-ca",
-      help: "this host's certificate (PEM, from the --tls-ca CA, naming the address peers dial)",
-    };
-    specs["tls-key"] = {
+      help: "this host's certificate (PEM, from the --tls-ca CA, for serverAuth and clientAuth; " +
+        "a coordinator's or worker's names the address peers dial)" +
+        (https === undefined ? "" : `; ${https} is then HTTPS`),
+    },
+    "tls-key": {
       type: "string",
       value: "FILE",
       defaultText: "none; required with --tls-ca",
       help: "the certificate's private key (PEM, mode 0600)",
-    };
-  }
-  return specs;
+    },
+  };
 }
 
 /**
@@ -437,10 +439,10 @@ export function tlsFlagSpecs(listens: boolean): FlagSpecs {
  * @throws {FlagError} naming the flag: a file missing or unusable, a flag
  *   without the others it needs.
  */
-export async function loadTlsFlags(flags: Flags, listens: boolean): Promise<TlsConfig | undefined> {
+export async function loadTlsFlags(flags: Flags): Promise<TlsConfig | undefined> {
   const ca = flags.path("tls-ca");
-  const cert = listens ? flags.path("tls-cert") : undefined;
-  const key = listens ? flags.path("tls-key") : undefined;
+  const cert = flags.path("tls-cert");
+  const key = flags.path("tls-key");
   if (ca === undefined) {
     if (cert !== undefined || key !== undefined) {
       throw new FlagError(
@@ -449,10 +451,10 @@ export async function loadTlsFlags(flags: Flags, listens: boolean): Promise<TlsC
     }
     return undefined;
   }
-  if (listens && (cert === undefined || key === undefined)) {
+  if (cert === undefined || key === undefined) {
     const missing = cert === undefined ? "tls-cert" : "tls-key";
     throw new FlagError(
-      `--${missing} is required with --tls-ca: ${tlsFlagSpecs(true)[missing].help}`,
+      `--${missing} is required with --tls-ca: ${tlsFlagSpecs()[missing].help}`,
     );
   }
   const read = async (flag: string, path: string, kind: "CERTIFICATE" | "PRIVATE KEY") => {
@@ -462,9 +464,39 @@ export async function loadTlsFlags(flags: Flags, listens: boolean): Promise<TlsC
       throw new FlagError(`Bad --${flag}: ${(error as Error).message}`, { cause: error });
     }
   };
-  return {
+  const config = {
     caCerts: [await read("tls-ca", ca, "CERTIFICATE")],
-    cert: cert === undefined ? undefined : await read("tls-cert", cert, "CERTIFICATE"),
-    key: key === undefined ? undefined : await read("tls-key", key, "PRIVATE KEY"),
+    cert: await read("tls-cert", cert, "CERTIFICATE"),
+    key: await read("tls-key", key, "PRIVATE KEY"),
   };
+  checkKeyPair(config.cert, config.key); // A TlsConfigError names both flags.
+  return config;
+}
+
+/** `--tls-ca` of a page client (monitor, token): the CA an https:// page is checked against. */
+export function pageCaFlagSpecs(): FlagSpecs {
+  return {
+    "tls-ca": {
+      type: "string",
+      value: "FILE",
+      defaultText: "none: the system's CAs",
+      help: "check an https:// page's certificate against this CA (PEM): the farm's --tls-ca",
+    },
+  };
+}
+
+/**
+ * The fetch client for pages: one trusting `--tls-ca` ({@linkcode pageCaFlagSpecs}),
+ * undefined (fetch's default) without it.
+ *
+ * @throws {FlagError} naming the flag when its file cannot be used.
+ */
+export async function loadPageClient(flags: Flags): Promise<Deno.HttpClient | undefined> {
+  const ca = flags.path("tls-ca");
+  if (ca === undefined) return undefined;
+  try {
+    return Deno.createHttpClient({ caCerts: [await readPemFile(ca, "CERTIFICATE")] });
+  } catch (error) {
+    throw new FlagError(`Bad --tls-ca: ${errorMessage(error)}`, { cause: error });
+  }
 }

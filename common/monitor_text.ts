@@ -63,7 +63,7 @@ export function buildLines(s: MasterStatus): string[] {
   const b = s.build;
   const lines = [
     `termite master ${terminalSafe(s.root)} ${clock(s.nowMs)}: ${b.inFlight} in flight ` +
-    `(${b.onWorkers} on workers, ${b.waitingOrLocal} waiting or here), ` +
+    `(${b.onWorkers} on workers, ${b.queued} queued, ${b.localRunning} here), ` +
     `${formatCount(b.finished)} finished, ${formatRate(b.jobsPerSecond)}, ` +
     `${formatCount(b.retried)} retried, ${formatCount(b.local.total)} here, ` +
     `${formatCount(b.failed)} ran nowhere, ${formatBytes(b.bytesFetched)} fetched` +

@@ -18,6 +18,8 @@
 import {
   type Handlers,
   listen,
+  type ListenOptions,
+  listenTls,
   RpcError,
   type RpcPeer,
   type RpcServer,
@@ -205,21 +207,22 @@ class CoordinatorImpl implements Coordinator {
     return this.#http?.addr.port;
   }
 
-  start(options: CoordinatorOptions): void {
+  async start(options: CoordinatorOptions): Promise<void> {
     const hostname = options.hostname ?? "0.0.0.0";
     const port = options.port ?? 0;
+    const rpcOptions: ListenOptions = {
+      transport: "tcp",
+      hostname,
+      port,
+      secret: this.#secret,
+      tls: options.tls,
+      role: "coordinator",
+      handlers: (peer) => this.#handlersFor(peer),
+      log: (m) => this.#log(m),
+      peersMax: this.#workersMax + this.#mastersMax + 16,
+    };
     try {
-      this.#rpc = listen({
-        transport: "tcp",
-        hostname,
-        port,
-        secret: this.#secret,
-        tls: options.tls,
-        role: "coordinator",
-        handlers: (peer) => this.#handlersFor(peer),
-        log: (m) => this.#log(m),
-        peersMax: this.#workersMax + this.#mastersMax + 16,
-      });
+      this.#rpc = options.tls === undefined ? listen(rpcOptions) : await listenTls(rpcOptions);
     } catch (error) {
       if (error instanceof TlsConfigError) throw error;
       throw new ListenError("workers and masters", hostname, port, { cause: error });
@@ -232,6 +235,10 @@ class CoordinatorImpl implements Coordinator {
         this.#http = Deno.serve({
           hostname: httpHostname,
           port: options.httpPort,
+          // With a certificate, the page is HTTPS too: TLS on every TCP link.
+          ...(options.tls?.cert !== undefined && options.tls.key !== undefined
+            ? { cert: options.tls.cert, key: options.tls.key }
+            : {}),
           onListen: () => {},
           onError: (error) => {
             this.#log(`Status page failed: ${errorMessage(error)}`);
@@ -557,6 +564,6 @@ export { WORKERS_MAX_DEFAULT };
 export async function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
   const coordinator = new CoordinatorImpl(options);
   if (options.httpPort !== undefined) await coordinator.pages.load();
-  coordinator.start(options);
+  await coordinator.start(options);
   return coordinator;
 }

@@ -50,8 +50,10 @@ export function renderBuild(status) {
     : "No coordinator: every job runs here.";
   const summary = [
     `<span><b id="sum-running">${formatCount(b.inFlight)}</b> jobs in flight: ` +
-    `${formatCount(b.onWorkers)} on workers, ${formatCount(b.waitingOrLocal)} waiting or ` +
-    `running here</span>`,
+    `${formatCount(b.onWorkers)} on workers, <b id="sum-queued">${formatCount(b.queued ?? 0)}` +
+    `</b> queued for a worker's slot, <b id="sum-local-running">${
+      formatCount(b.localRunning ?? 0)
+    }</b> running here</span>`,
     `<span><b id="sum-finished">${formatCount(b.finished)}</b> finished ` +
     `(${formatCount(b.byOutcome.exit_nonzero ?? 0)} exited non-zero)</span>`,
     `<span><b>${formatRate(b.jobsPerSecond)}</b></span>`,

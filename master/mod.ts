@@ -95,11 +95,13 @@ function startReports(
     report: () => monitor.report(),
     onReply: (reply) => {
       if (reply.statusPage === undefined) return;
-      // A page on every address is reached at the host this master dials.
+      // A page on every address is reached at the host this master dials;
+      // with TLS (on every member or none) the coordinator serves it over HTTPS.
       const host = reply.statusPage.hostname ?? parseHostPort(coordinator).hostname;
+      const scheme = options.tls === undefined ? "http" : "https";
       monitor.coordinator = {
         address: coordinator,
-        statusUrl: `http://${formatHostPort(host, reply.statusPage.port)}/`,
+        statusUrl: `${scheme}://${formatHostPort(host, reply.statusPage.port)}/`,
       };
     },
     log,

@@ -61,6 +61,10 @@ export interface MasterStatus {
     onWorkers: number;
     /** In flight but not on a worker: waiting for a slot, or running here. */
     waitingOrLocal: number;
+    /** Waiting for a worker's slot (the queue). */
+    queued: number;
+    /** Running on this host now (local rules, outside paths, fallbacks). */
+    localRunning: number;
     finished: number;
     byOutcome: Record<string, number>;
     jobsPerSecond: number;
@@ -223,6 +227,8 @@ export class MasterMonitor implements Disposable {
         inFlight: stats.jobsRunning,
         onWorkers,
         waitingOrLocal: Math.max(0, stats.jobsRunning - onWorkers),
+        queued: master.jobsQueued,
+        localRunning: stats.jobsLocalRunning,
         finished: this.jobs.finished,
         byOutcome: { ...this.jobs.byOutcome },
         jobsPerSecond: this.#rate.perSecond(nowMs),

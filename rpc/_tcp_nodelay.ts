@@ -1,5 +1,5 @@
 /**
- * TCP_NODELAY for a connection accepted by `Deno.listenTls`, whose `TlsConn`
+ * TCP_NODELAY for a connection made by `Deno.connectTls`, whose `TlsConn`
  * has no `setNoDelay` (Deno 2.9): its socket is found by its ports in
  * /proc/net/tcp{,6}, its descriptor by that socket's inode in /proc/self/fd,
  * and the option set with setsockopt(2) through FFI. Without it Nagle's
@@ -63,7 +63,7 @@ function fdOf(inode: string): number | undefined {
 }
 
 /**
- * Sets TCP_NODELAY on the socket of `conn` (accepted over TLS); false when
+ * Sets TCP_NODELAY on the socket of `conn` (a TLS connection); false when
  * it cannot (no FFI, no /proc, the socket gone).
  */
 export function setTlsNoDelay(conn: Deno.TlsConn): boolean {

@@ -4,7 +4,8 @@
  * ```
  * client → server  {m, v, r: clientRole, c: clientChallenge}
  * server → client  {m, v, r: serverRole, c: serverChallenge, p: serverProof}
- *                  (or {m, v, e} on a version mismatch, then close)
+ *                  (or {m, v, e} on a version mismatch or a refused TLS
+ *                  client certificate, then close)
  * client → server  {p: clientProof}
  * server → client  {ok: true}   (or {e} then close)
  * ```
@@ -54,6 +55,8 @@ export const AUTH_TAG = "termite-rpc-auth-v1";
 export const CHALLENGE_BYTES = 32;
 /** Largest handshake frame; an unauthenticated peer cannot make us allocate more. */
 export const HANDSHAKE_FRAME_BYTES_MAX = 4096;
+/** Longest refusal reason from a peer that is logged. */
+const REASON_LENGTH_MAX = 400;
 /** Default deadline of a whole handshake. */
 export const HANDSHAKE_TIMEOUT_MS = 5000;
 
@@ -70,6 +73,11 @@ export interface HandshakeOptions {
   version?: number;
   /** Reader to use; one is created when absent. */
   reader?: FrameReader;
+  /**
+   * Server: refuse the client with this reason (its TLS certificate was
+   * bad) after reading its hello, before any proof is made.
+   */
+  refusal?: string;
 }
 
 /** An authenticated connection. */
@@ -127,7 +135,7 @@ export async function clientHandshake(
     const hello = await readHandshakeMessage(reader);
     checkHello(hello, version);
     if (typeof hello.e === "string") {
-      throw new AuthError(`Peer refused the handshake: ${hello.e.slice(0, 200)}`);
+      throw new AuthError(`Peer refused the handshake: ${hello.e.slice(0, REASON_LENGTH_MAX)}`);
     }
     const peerRole = checkRole(hello.r);
     const peerChallenge = checkBytes(hello.c, "challenge");
@@ -155,7 +163,9 @@ export async function clientHandshake(
 
     const verdict = await readHandshakeMessage(reader);
     if (verdict.ok !== true) {
-      const reason = typeof verdict.e === "string" ? verdict.e.slice(0, 200) : "no reason given";
+      const reason = typeof verdict.e === "string"
+        ? verdict.e.slice(0, REASON_LENGTH_MAX)
+        : "no reason given";
       throw new AuthError(`Peer refused our authentication: ${reason}`);
     }
     return peerRole;
@@ -170,6 +180,12 @@ export async function serverHandshake(
   return await withDeadline(conn, options, async (reader) => {
     const version = options.version ?? PROTOCOL_VERSION;
     const hello = await readHandshakeMessage(reader);
+    if (options.refusal !== undefined && hello.m === HANDSHAKE_MAGIC) {
+      // Tell the client why, so that both sides log what to fix.
+      await writeAll(conn, encodeFrame({ m: HANDSHAKE_MAGIC, v: version, e: options.refusal }))
+        .catch(() => {});
+    }
+    if (options.refusal !== undefined) throw new AuthError(options.refusal);
     try {
       checkHello(hello, version);
     } catch (error) {

@@ -5,7 +5,8 @@
  *
  * On plain TCP (the default) the stream after the handshake is not
  * encrypted: run a farm on a network you trust, or give every member a
- * {@linkcode TlsConfig} (`tls.ts`): the handshake then runs inside TLS.
+ * {@linkcode TlsConfig} (`tls.ts`) and listen with {@linkcode listenTls}: the
+ * handshake then runs inside mutual TLS.
  *
  * @example
  * ```ts
@@ -84,14 +85,15 @@ export {
   formatAddr,
   listen,
   type ListenOptions,
+  listenTls,
   PEERS_MAX,
   type RpcServer,
 } from "./transport.ts";
 export {
+  checkKeyPair,
   readPemFile,
   TLS_FILE_BYTES_MAX,
   type TlsConfig,
   TlsConfigError,
-  tlsListenOptions,
 } from "./tls.ts";
 export { WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES } from "./writer.ts";

@@ -1,23 +1,24 @@
 /**
- * TLS around the RPC links (optional; plain TCP is the default). A server
- * (coordinator, worker) shows a certificate; a client (worker, master)
- * verifies it against the farm's CA and the address it dialled. The HMAC
- * handshake then runs inside, as on plain TCP: TLS keeps the link private
- * and whole, the secret still decides who is a member.
- *
- * Deno's `listenTls` cannot ask a client for a certificate, so clients are
- * authenticated by the secret alone.
+ * TLS around the RPC links (optional; plain TCP is the default), mutual: a
+ * server (coordinator, worker) shows its certificate and a client (worker,
+ * master) checks it against the farm's CA and the address it dialled; the
+ * client shows its own, which the server checks against the same CA
+ * (`_node_tls.ts`). The HMAC handshake then runs inside, as on plain TCP:
+ * TLS keeps the link private and whole and keeps hosts without a farm
+ * certificate out, the secret still decides who is a member.
  *
  * @module
  */
+
+import { createPrivateKey, X509Certificate } from "node:crypto";
 
 /** PEM texts of one member's TLS set-up. */
 export interface TlsConfig {
   /** CA certificates a server's certificate must chain to (PEM each). */
   caCerts: string[];
-  /** This member's certificate chain (PEM), when it listens. */
+  /** This member's certificate chain (PEM), shown as server and as client. */
   cert?: string;
-  /** Its private key (PEM), when it listens. */
+  /** Its private key (PEM). */
   key?: string;
 }
 
@@ -69,10 +70,25 @@ export async function readPemFile(
   return text;
 }
 
-/** Connection options of `Deno.listenTls` from a config with a certificate and key. */
-export function tlsListenOptions(tls: TlsConfig): { cert: string; key: string } {
-  if (tls.cert === undefined || tls.key === undefined) {
-    throw new TypeError("A TLS listener needs a certificate and a key");
+/**
+ * Checks that `key` is the private key of `cert`'s first certificate (node:tls
+ * does not check it before a handshake fails).
+ *
+ * @throws {TlsConfigError} when either cannot be parsed, or they do not match.
+ */
+export function checkKeyPair(cert: string, key: string): void {
+  let matches: boolean;
+  try {
+    matches = new X509Certificate(cert).checkPrivateKey(createPrivateKey(key));
+  } catch (error) {
+    throw new TlsConfigError(
+      `Cannot use the TLS certificate and key: ${(error as Error).message}`,
+      { cause: error },
+    );
   }
-  return { cert: tls.cert, key: tls.key };
+  if (!matches) {
+    throw new TlsConfigError(
+      "Cannot use the TLS certificate and key: the key is not the certificate's",
+    );
+  }
 }

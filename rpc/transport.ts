@@ -7,11 +7,12 @@
 import { errorMessage } from "../common/errors.ts";
 import { formatHostPort } from "../common/address.ts";
 import { AuthError, RpcError } from "./errors.ts";
-import { closeQuietly, type FrameReader } from "./frame.ts";
+import { closeQuietly, type FrameConn, type FrameReader } from "./frame.ts";
 import { clientHandshake, HANDSHAKE_TIMEOUT_MS, type Role, serverHandshake } from "./handshake.ts";
 import { type Handlers, RpcPeer } from "./peer.ts";
-import { type TlsConfig, TlsConfigError, tlsListenOptions } from "./tls.ts";
+import type { TlsConfig } from "./tls.ts";
 import { setTlsNoDelay } from "./_tcp_nodelay.ts";
+import { listenNodeTls } from "./_node_tls.ts";
 
 /** Default limit on connections a server holds (authenticated or not). */
 export const PEERS_MAX = 256;
@@ -42,7 +43,10 @@ export interface ListenOptions {
   handshakeTimeoutMs?: number;
   /** Connection limit, including handshakes in progress. Default 256. */
   peersMax?: number;
-  /** TCP: serve over TLS with this certificate and key (plain TCP when undefined). */
+  /**
+   * TCP: serve over TLS with this certificate and key, clients' certificates
+   * checked against its CAs; only {@linkcode listenTls} takes it.
+   */
   tls?: TlsConfig;
 }
 
@@ -73,42 +77,43 @@ export interface ConnectOptions {
   signal?: AbortSignal;
   /** Where a dropped connection is reported. Default `console.error`. */
   log?: (message: string) => void;
-  /** TCP: connect over TLS, the server's certificate checked against these CAs. */
+  /**
+   * TCP: connect over TLS, the server's certificate checked against these
+   * CAs and the hostname; ours (`cert`, `key`) shown to the server.
+   */
   tls?: TlsConfig;
 }
 
 /** What a failed TLS handshake most likely means, for the log. */
 const TLS_HINT = "(a peer without TLS, or a certificate not from the farm's CA?)";
 
+/** A connection accepted, with why it is refused when its TLS client certificate was bad. */
+interface Accepted {
+  conn: FrameConn;
+  remoteAddr: Deno.Addr;
+  refusal?: string;
+}
+
+/** Where a {@link Server} takes connections from: a Deno listener, or node:tls's. */
+interface Acceptor {
+  readonly addr: Deno.Addr;
+  /** The next connection; null once closed. */
+  accept(): Promise<Accepted | null>;
+  close(): Promise<void> | void;
+}
+
 /**
- * Listens for peers. Each connection must authenticate within the handshake
- * deadline; until it has, nothing it sends is acted on. Failures are logged
- * and the connection is dropped; the server keeps serving others.
+ * Listens for peers on plain TCP or a unix socket. Each connection must
+ * authenticate within the handshake deadline; until it has, nothing it sends
+ * is acted on. Failures are logged and the connection is dropped; the server
+ * keeps serving others. For TLS see {@linkcode listenTls}.
  */
 export function listen(options: ListenOptions): RpcServer {
+  if (options.tls !== undefined) throw new TypeError("listen(): TLS needs listenTls()");
   let listener: Deno.Listener;
   if (options.transport === "unix") {
     if (options.path === undefined) throw new TypeError("listen(): a unix socket needs a path");
     listener = Deno.listen({ transport: "unix", path: options.path });
-  } else if (options.tls !== undefined) {
-    try {
-      listener = Deno.listenTls({
-        transport: "tcp",
-        hostname: options.hostname ?? "127.0.0.1",
-        port: options.port ?? 0,
-        ...tlsListenOptions(options.tls),
-      });
-    } catch (error) {
-      // Address errors are the caller's to name; the rest are the certificate's or key's.
-      if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.AddrNotAvailable) {
-        throw error;
-      }
-      if (/lookup address|resolve/i.test(errorMessage(error))) throw error;
-      throw new TlsConfigError(
-        `Cannot use the TLS certificate and key: ${errorMessage(error)}`,
-        { cause: error },
-      );
-    }
   } else {
     listener = Deno.listen({
       transport: "tcp",
@@ -116,24 +121,70 @@ export function listen(options: ListenOptions): RpcServer {
       port: options.port ?? 0,
     });
   }
+  return new Server(denoAcceptor(listener), options);
+}
+
+/**
+ * Listens for peers over TLS, as {@linkcode listen} does on plain TCP, with
+ * `options.tls`'s certificate and key; every client must show a certificate
+ * from one of its CAs. A client that shows none, or another CA's, is told so
+ * in the handshake and dropped, and the refusal logged.
+ *
+ * @throws {TlsConfigError} when the certificate or key cannot be used.
+ */
+export async function listenTls(options: ListenOptions): Promise<RpcServer> {
+  if (options.tls === undefined || options.transport !== "tcp") {
+    throw new TypeError("listenTls(): needs TCP and a TLS config");
+  }
+  const listener = await listenNodeTls({
+    hostname: options.hostname ?? "127.0.0.1",
+    port: options.port ?? 0,
+    tls: options.tls,
+    handshakeTimeoutMs: options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
+    connectionsMax: options.peersMax ?? PEERS_MAX,
+    log: options.log ?? console.error,
+  });
   return new Server(listener, options);
+}
+
+function denoAcceptor(listener: Deno.Listener): Acceptor {
+  let closed = false;
+  return {
+    addr: listener.addr,
+    async accept(): Promise<Accepted | null> {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (closed || error instanceof Deno.errors.BadResource) return null;
+        throw error;
+      }
+      noDelay(conn);
+      return { conn, remoteAddr: conn.remoteAddr };
+    },
+    close(): void {
+      closed = true;
+      closeQuietly(listener);
+    },
+  };
 }
 
 class Server implements RpcServer {
   readonly addr: Deno.Addr;
   readonly port: number;
-  readonly #listener: Deno.Listener;
+  readonly #listener: Acceptor;
   readonly #options: ListenOptions;
   readonly #log: (message: string) => void;
   readonly #peers = new Set<RpcPeer>();
-  readonly #handshaking = new Set<Deno.Conn>();
+  readonly #handshaking = new Set<FrameConn>();
   readonly #tasks = new Set<Promise<void>>();
   readonly #acceptLoop: Promise<void>;
   #closed = false;
+  #listenerClosed: Promise<void> | void = undefined;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #retryWake: (() => void) | undefined;
 
-  constructor(listener: Deno.Listener, options: ListenOptions) {
+  constructor(listener: Acceptor, options: ListenOptions) {
     this.#listener = listener;
     this.#options = options;
     this.#log = options.log ?? console.error;
@@ -149,11 +200,11 @@ class Server implements RpcServer {
   async #accept(): Promise<void> {
     const peersMax = this.#options.peersMax ?? PEERS_MAX;
     while (!this.#closed) {
-      let conn: Deno.Conn;
+      let accepted: Accepted | null;
       try {
-        conn = await this.#listener.accept();
+        accepted = await this.#listener.accept();
       } catch (error) {
-        if (this.#closed || error instanceof Deno.errors.BadResource) return;
+        if (this.#closed) return;
         this.#log(`Cannot accept a connection: ${errorMessage(error)}`);
         await new Promise<void>((resolve) => {
           this.#retryWake = resolve;
@@ -161,33 +212,35 @@ class Server implements RpcServer {
         });
         continue;
       }
-      noDelay(conn);
-      const remoteAddr = formatAddr(conn.remoteAddr);
+      if (accepted === null) return;
+      const { conn, refusal } = accepted;
+      if (this.#closed) {
+        closeQuietly(conn);
+        return;
+      }
+      const remoteAddr = formatAddr(accepted.remoteAddr);
       if (this.#peers.size + this.#handshaking.size >= peersMax) {
         this.#log(`Refusing connection from ${remoteAddr}: ${peersMax} connections open`);
         closeQuietly(conn);
         continue;
       }
-      const task = this.#serve(conn, remoteAddr);
+      const task = this.#serve(conn, remoteAddr, refusal);
       this.#tasks.add(task);
       task.finally(() => this.#tasks.delete(task));
     }
   }
 
-  async #serve(conn: Deno.Conn, remoteAddr: string): Promise<void> {
+  async #serve(conn: FrameConn, remoteAddr: string, refusal?: string): Promise<void> {
     this.#handshaking.add(conn);
     let peerRole: Role;
     let reader: FrameReader;
     const timeoutMs = this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     try {
-      if (this.#options.tls !== undefined) {
-        setTlsNoDelay(conn as Deno.TlsConn);
-        await tlsHandshake(conn as Deno.TlsConn, timeoutMs);
-      }
       ({ peerRole, reader } = await serverHandshake(conn, {
         secret: this.#options.secret,
         role: this.#options.role,
         timeoutMs,
+        refusal,
       }));
     } catch (error) {
       if (!this.#closed) this.#log(`Rejected peer ${remoteAddr}: ${errorMessage(error)}`);
@@ -217,12 +270,13 @@ class Server implements RpcServer {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
-      closeQuietly(this.#listener);
+      this.#listenerClosed = this.#listener.close();
       clearTimeout(this.#retryTimer);
       this.#retryWake?.();
       for (const conn of this.#handshaking) closeQuietly(conn);
       for (const peer of this.#peers) peer.close();
     }
+    await this.#listenerClosed;
     await this.#acceptLoop;
     while (this.#tasks.size > 0) await Promise.all(this.#tasks);
     if (this.#options.transport === "unix" && this.#options.path !== undefined) {
@@ -304,14 +358,13 @@ async function dial(
       return await Deno.connect({ transport: "unix", path: options.path });
     }
     if (options.port === undefined) throw new TypeError("connect(): TCP needs a port");
-    const conn = await Deno.connect({
+    if (options.tls !== undefined) return await dialTls(options, at);
+    return await Deno.connect({
       transport: "tcp",
       hostname: options.hostname ?? "127.0.0.1",
       port: options.port,
       signal,
     });
-    if (options.tls === undefined) return conn;
-    return await startClientTls(conn, options, at);
   } catch (error) {
     if (error instanceof TypeError || error instanceof AuthError) throw error;
     if (signal.aborted) {
@@ -331,20 +384,41 @@ async function dial(
   }
 }
 
-/** TLS over a TCP connection, the server's certificate checked; a failure is an AuthError. */
-async function startClientTls(
-  tcp: Deno.TcpConn,
+/**
+ * A TLS connection, the server's certificate checked, ours shown when we
+ * have one; a failed handshake is an AuthError. `Deno.connectTls` takes no
+ * signal: on abort the connection is closed when it comes.
+ */
+async function dialTls(
   options: ConnectOptions,
   at: { signal: AbortSignal; target: string; timeoutMs: number; started: number },
 ): Promise<Deno.Conn> {
-  noDelay(tcp);
-  let conn: Deno.Conn = tcp;
+  const tls = options.tls!;
+  const hostname = options.hostname ?? "127.0.0.1";
+  const connecting = Deno.connectTls({
+    hostname,
+    port: options.port!,
+    caCerts: tls.caCerts,
+    ...(tls.cert !== undefined && tls.key !== undefined ? { cert: tls.cert, key: tls.key } : {}),
+  });
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(at.signal.reason);
+    at.signal.addEventListener("abort", onAbort);
+  });
+  let conn: Deno.TlsConn;
   try {
-    conn = await Deno.startTls(tcp, {
-      hostname: options.hostname ?? "127.0.0.1",
-      caCerts: options.tls!.caCerts,
-    });
-    await tlsHandshake(conn as Deno.TlsConn, Math.max(1, at.timeoutMs - (Date.now() - at.started)));
+    conn = await Promise.race([connecting, aborted]);
+  } catch (error) {
+    connecting.then(closeQuietly, () => {});
+    throw error;
+  } finally {
+    at.signal.removeEventListener("abort", onAbort!);
+  }
+  // Deno 2.9's TlsConn has no setNoDelay; see _tcp_nodelay.ts.
+  setTlsNoDelay(conn);
+  try {
+    await tlsHandshake(conn, Math.max(1, at.timeoutMs - (Date.now() - at.started)));
     return conn;
   } catch (error) {
     closeQuietly(conn);

@@ -173,6 +173,16 @@ Deno.test("every role's --help exits 0 and shows each flag's default (or that it
   assert.match(worker.get("metrics-port")!, /\(default: 1234\)/);
   assert.match(worker.get("job-network")!, /\(default: off\)/);
   assert.match(worker.get("tls-ca")!, /\(default: none: plain TCP\)/);
+  for (const role of [coordinator, worker, master]) {
+    assert.match(role.get("tls-cert")!, /clientAuth.*\(default: none; required with --tls-ca\)/);
+    assert.match(role.get("tls-key")!, /mode 0600.*\(default: none; required with --tls-ca\)/);
+  }
+  assert.match(coordinator.get("tls-cert")!, /the status page \(--http-port\) is then HTTPS/);
+  assert.match(worker.get("tls-cert")!, /\/metrics \(--metrics-port\) is then HTTPS/);
+  const [token, monitor] = runs.slice(ROLES.length).map((r) => helpFlags(r.stdout));
+  for (const tool of [token, monitor]) {
+    assert.match(tool.get("tls-ca")!, /https:\/\/.*\(default: none: the system's CAs\)/);
+  }
 });
 
 Deno.test("wrapper.ts --help exits 0; with no tool at all it exits 2", async () => {
@@ -337,7 +347,19 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
       },
       {
         role: "master",
-        args: ["--tls-ca", `${dir}/none.pem`],
+        args: ["--tls-ca", `${dir}/ca.pem`, "--tls-key", `${dir}/k`],
+        message: /--tls-cert is required with --tls-ca: .*clientAuth/,
+      },
+      {
+        role: "master",
+        args: [
+          "--tls-ca",
+          `${dir}/none.pem`,
+          "--tls-cert",
+          `${dir}/ca.pem`,
+          "--tls-key",
+          `${dir}/k`,
+        ],
         message: /Bad --tls-ca: Cannot read/,
       },
       {
@@ -347,7 +369,7 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
       },
       {
         role: "master",
-        args: ["--tls-ca", `${dir}/k`],
+        args: ["--tls-ca", `${dir}/k`, "--tls-cert", `${dir}/ca.pem`, "--tls-key", `${dir}/k`],
         message: /Bad --tls-ca: .*no PEM certificate/,
       },
     ];
@@ -366,7 +388,7 @@ Deno.test("a bad flag value or an unknown flag is one line naming the flag", asy
     assert.equal(monitor.code, 1);
     assert.equal(
       monitor.stderr,
-      'termite monitor: Bad --url "notaurl": want an http:// URL of a status page\n',
+      'termite monitor: Bad --url "notaurl": want an http:// or https:// URL of a status page\n',
     );
     const worker = await runRole("worker", ["--secret", secret], { cwd: dir });
     assert.equal(worker.code, 1);

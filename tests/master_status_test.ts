@@ -88,6 +88,12 @@ Deno.test("master status: jobs in flight and finished, metrics, and its report o
     const during = await status();
     assert.equal(during.running[0].command, "sleep 1.5; exit 3");
     assert.equal(during.build.inFlight, 1);
+    // No worker: the job runs here, nothing waits for a slot; the page shows both apart.
+    assert.equal(during.build.localRunning, 1);
+    assert.equal(during.build.queued, 0);
+    const duringHtml = await (await fetch(`${base}/`)).text();
+    assert.match(duringHtml, /<b id="sum-queued">0<\/b> queued for a worker's slot/);
+    assert.match(duringHtml, /<b id="sum-local-running">1<\/b> running here/);
     await waitFor(
       () => coordinator.masters()[0]?.build?.jobsInFlight === 1,
       "the coordinator to hear of it",

@@ -11,6 +11,7 @@ import { JOB_SECONDS_BUCKETS, metricsResponse, Registry } from "../common/metric
 import { PAGE_HEADERS } from "../common/page.ts";
 import type { MirrorTotals } from "./mirrors.ts";
 import type { PeerBlobStats } from "./peer_blobs.ts";
+import type { TlsConfig } from "../rpc/mod.ts";
 
 /** How a job ended on this worker, as the `outcome` label says it. */
 export type WorkerJobOutcome =
@@ -186,22 +187,26 @@ export class WorkerMetrics {
 export interface MetricsServer extends AsyncDisposable {
   /** The port it listens on (the one chosen, for port 0). */
   readonly port: number;
-  /** `http://host:port/metrics`. */
+  /** `http://host:port/metrics`, or `https://` with a certificate. */
   readonly url: string;
   close(): Promise<void>;
 }
 
 /**
  * Serves `registry` at `GET /metrics` on `hostname:port`, nothing else: no
- * action, no page. Throws `Deno.errors.AddrInUse` and the like as they come.
+ * action, no page; over HTTPS when `tls` has a certificate and key. Throws
+ * `Deno.errors.AddrInUse` and the like as they come.
  */
 export function serveMetrics(
   registry: Registry,
-  options: { hostname: string; port: number },
+  options: { hostname: string; port: number; tls?: TlsConfig },
 ): MetricsServer {
+  const { cert, key } = options.tls ?? {};
+  const https = cert !== undefined && key !== undefined;
   const http = Deno.serve({
     hostname: options.hostname,
     port: options.port,
+    ...(https ? { cert, key } : {}),
     onListen: () => {},
   }, (req) => {
     const path = new URL(req.url).pathname;
@@ -220,7 +225,7 @@ export function serveMetrics(
   const close = () => closed ??= http.shutdown();
   return {
     port,
-    url: `http://${formatHostPort(options.hostname, port)}/metrics`,
+    url: `${https ? "https" : "http"}://${formatHostPort(options.hostname, port)}/metrics`,
     close,
     [Symbol.asyncDispose]: close,
   };

@@ -26,6 +26,8 @@ import {
   type CallContext,
   type Handlers,
   listen,
+  type ListenOptions,
+  listenTls,
   RpcError,
   type RpcPeer,
   type RpcServer,
@@ -100,7 +102,7 @@ export interface WorkerOptions {
   recordReads?: boolean;
   /**
    * Serve Prometheus metrics at `http://metricsHostname:metricsPort/metrics`
-   * (0 = any free port); none when undefined.
+   * (`https://` with `tls`; 0 = any free port); none when undefined.
    */
   metricsPort?: number;
   /** Address of the metrics listener; default 127.0.0.1. */
@@ -221,7 +223,7 @@ export class Worker implements AsyncDisposable {
     const port = options.port ?? 0;
     try {
       try {
-        worker.#server = listen({
+        const rpcOptions: ListenOptions = {
           transport: "tcp",
           hostname,
           port,
@@ -230,7 +232,10 @@ export class Worker implements AsyncDisposable {
           role: "worker",
           handlers: (peer) => worker.#handlers(peer),
           log: (m) => worker.#log(m),
-        });
+        };
+        worker.#server = options.tls === undefined
+          ? listen(rpcOptions)
+          : await listenTls(rpcOptions);
       } catch (err) {
         if (err instanceof TlsConfigError) throw err;
         throw new ListenError("masters", hostname, port, { cause: err });
@@ -241,6 +246,7 @@ export class Worker implements AsyncDisposable {
           worker.#metricsServer = serveMetrics(worker.metrics.registry, {
             hostname: metricsHostname,
             port: options.metricsPort,
+            tls: options.tls,
           });
         } catch (err) {
           throw new ListenError("metrics", metricsHostname, options.metricsPort, { cause: err });
@@ -272,7 +278,7 @@ export class Worker implements AsyncDisposable {
       formatHostPort(this.#options.hostname ?? "127.0.0.1", this.port);
   }
 
-  /** The metrics listener's URL (`http://host:port/metrics`), if any. */
+  /** The metrics listener's URL (`http://host:port/metrics` or `https://`), if any. */
   get metricsUrl(): string | undefined {
     return this.#metricsServer?.url;
   }
