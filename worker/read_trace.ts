@@ -31,6 +31,8 @@ export interface ReadTracerOptions {
   log(message: string): void;
   /** The bpftrace binary; default `bpftrace` on PATH. */
   bpftrace?: string;
+  /** Print a job's repeated lookups of a path once, in the kernel (default true). */
+  dedup?: boolean;
 }
 
 /** A job being recorded. */
@@ -60,6 +62,11 @@ export class ReadTracer {
     this.#options = options;
   }
 
+  /** bpftrace's pid once started (for its CPU in benchmarks). */
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
   /** Whether jobs started now get recorded. */
   get ready(): boolean {
     return this.#ready && this.#dead === null;
@@ -78,6 +85,7 @@ export class ReadTracer {
       uid: this.#options.uid ?? 65534,
       workerPid: Deno.pid,
       token: this.#token,
+      dedup: this.#options.dedup,
     });
     await Deno.mkdir(this.#options.cacheDir, { recursive: true, mode: 0o700 });
     const file = `${this.#options.cacheDir}/read-trace.bt`;

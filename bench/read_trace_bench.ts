@@ -1,0 +1,185 @@
+/**
+ * What recording a job's reads costs, outside the farm: lua files compiled
+ * one at a time as uid nobody, each in a pids cgroup of its own (as a
+ * worker's jobs run), not recorded and recorded, interleaved. Once per
+ * variant of the tracer, one tracer at a time: "all" prints every lookup,
+ * "dedup" drops a job's repeated lookups of a path in the kernel. Per
+ * compile: events (by kind), the job's CPU and wall, bpftrace's CPU, this
+ * process's CPU (reading and folding the events), and whether both variants
+ * give the same read set. Root only.
+ * `deno run -A bench/read_trace_bench.ts [--rounds 3] [--variants all,dedup]`
+ */
+import { parseArgs } from "node:util";
+import { fetchSource, ROOT } from "../farm/mod.ts";
+import { ReadTracer } from "../worker/read_trace.ts";
+import { createPidsCgroup, removeCgroup } from "../sandbox/job_cgroup.ts";
+import { childrenCpuMs, threadsCpuMs } from "./_proc.ts";
+
+const FILES = ["lapi", "lcode", "ldo", "lgc", "llex", "lparser", "lvm", "ltable"];
+const GCC = ["gcc", "-std=gnu99", "-O2", "-Wall", "-Wextra", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"];
+const VARIANTS = ["all", "dedup"] as const;
+type Variant = typeof VARIANTS[number];
+/** A compile's time limit. */
+const COMPILE_TIMEOUT_MS = 120_000;
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { rounds: { type: "string", default: "3" }, variants: { type: "string" } },
+});
+const rounds = Number(values.rounds);
+if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) {
+  throw new RangeError(`--rounds: 1 to 50, not ${values.rounds}`);
+}
+const variants = (values.variants?.split(",") ?? [...VARIANTS]).map((v) => {
+  if (!VARIANTS.includes(v as Variant)) throw new Error(`Unknown variant: ${v} (${VARIANTS})`);
+  return v as Variant;
+});
+
+interface Run {
+  wallMs: number;
+  jobCpuMs: number;
+  /** This process's CPU over the run (spawn, wait; reading and folding the events), ms. */
+  selfCpuMs: number;
+}
+interface Traced extends Run {
+  bpftraceCpuMs: number;
+  events: number;
+  kinds: Record<string, number>;
+  entries: string[];
+}
+
+const loadAverage = async () => (await Deno.readTextFile("/proc/loadavg")).split(" ")[0];
+
+const src = `${await fetchSource("lua5.4")}/src`;
+await Deno.mkdir(`${ROOT}/.cache/test`, { recursive: true });
+const dir = await Deno.makeTempDir({ dir: `${ROOT}/.cache/test`, prefix: "trace-bench-" });
+await Deno.chmod(dir, 0o755);
+const tree = `${dir}/tree`;
+await Deno.mkdir(tree);
+await Deno.chmod(tree, 0o777);
+for await (const e of Deno.readDir(src)) {
+  if (/\.[ch]$/.test(e.name)) await Deno.copyFile(`${src}/${e.name}`, `${tree}/${e.name}`);
+}
+
+/** Compiles `file` as nobody in a fresh pids cgroup; `onCgroup` sees the cgroup before it starts. */
+async function compile(file: string, onCgroup: (cg: string) => Promise<void>): Promise<Run> {
+  const cg = await createPidsCgroup(`/sys/fs/cgroup/pids/termite-trace-bench`, 1000);
+  if (cg === null) throw new Error("No pids cgroup (needs root and cgroup v1 pids)");
+  try {
+    await onCgroup(cg);
+    const script = `echo $$ > ${cg}/cgroup.procs && exec setpriv --reuid=65534 --regid=65534 ` +
+      `--clear-groups -- env -C ${tree} ${GCC.join(" ")} -c ${file}.c -o ${file}.o`;
+    const cpu0 = childrenCpuMs(), self0 = await threadsCpuMs(Deno.pid);
+    const t0 = performance.now();
+    const out = await new Deno.Command("sh", {
+      args: ["-c", script],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      signal: AbortSignal.timeout(COMPILE_TIMEOUT_MS),
+    }).output();
+    const wallMs = performance.now() - t0;
+    if (!out.success) throw new Error(`${file}: ${new TextDecoder().decode(out.stderr)}`);
+    return {
+      wallMs,
+      jobCpuMs: childrenCpuMs() - cpu0,
+      selfCpuMs: await threadsCpuMs(Deno.pid) - self0,
+    };
+  } finally {
+    await removeCgroup(cg);
+  }
+}
+
+async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
+  const recording = tracer.begin(tree)!;
+  const bpf0 = await threadsCpuMs(tracer.pid!), self0 = await threadsCpuMs(Deno.pid);
+  const run = await compile(file, (cg) => tracer.attach(recording, cg));
+  const reads = await tracer.end(recording);
+  const selfCpuMs = await threadsCpuMs(Deno.pid) - self0;
+  const bpftraceCpuMs = await threadsCpuMs(tracer.pid!) - bpf0;
+  if (!reads.complete) throw new Error(`${file}: recording incomplete: ${reads.why}`);
+  const kinds: Record<string, number> = {};
+  for (const { event } of recording.events) kinds[event.kind] = (kinds[event.kind] ?? 0) + 1;
+  // gcc's temporary files have random names: not comparable between runs.
+  const entries = reads.entries.filter(([p]) => !p.startsWith("/tmp/"))
+    .map(([p, k]) => `${p} ${k.join("")}`);
+  return { ...run, selfCpuMs, bpftraceCpuMs, events: recording.events.length, kinds, entries };
+}
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+const per = (xs: number[]) => (sum(xs) / xs.length).toFixed(1);
+
+const readSets = new Map<string, string[]>();
+const mismatches: string[] = [];
+console.log(`load average at start ${await loadAverage()}; ${rounds} rounds of ${FILES.length}`);
+try {
+  for (const variant of variants) {
+    const tracer = new ReadTracer({
+      cacheDir: `${dir}/tracer-${variant}`,
+      log: (m) => console.error(m),
+      dedup: variant === "dedup",
+    });
+    const t0 = performance.now();
+    await tracer.start();
+    const startCpu = await threadsCpuMs(tracer.pid!);
+    console.log(
+      `${variant}: bpftrace started in ${(performance.now() - t0).toFixed(0)} ms ` +
+        `(${startCpu.toFixed(0)} ms CPU), load ${await loadAverage()}`,
+    );
+    const plain: Run[] = [], rec: Traced[] = [];
+    try {
+      for (let r = 0; r < rounds; r++) {
+        for (const [i, file] of FILES.entries()) {
+          // Alternate which goes first: the second finds the page cache warmer.
+          if ((r + i) % 2 === 0) plain.push(await compile(file, () => Promise.resolve()));
+          const t = await traced(tracer, file);
+          rec.push(t);
+          if ((r + i) % 2 === 1) plain.push(await compile(file, () => Promise.resolve()));
+          const before = readSets.get(file);
+          if (before === undefined) readSets.set(file, t.entries);
+          else if (before.join("\n") !== t.entries.join("\n")) {
+            const a = new Set(before), b = new Set(t.entries);
+            mismatches.push(
+              `${variant} ${file}: only before ${[...a].filter((x) => !b.has(x)).slice(0, 5)}; ` +
+                `only now ${[...b].filter((x) => !a.has(x)).slice(0, 5)}`,
+            );
+          }
+        }
+      }
+    } finally {
+      await tracer.close();
+    }
+    const kinds: Record<string, number> = {};
+    for (const t of rec) {
+      for (const [k, n] of Object.entries(t.kinds)) kinds[k] = (kinds[k] ?? 0) + n;
+    }
+    const n = rec.length;
+    console.log(
+      `${variant} (load ${await loadAverage()}), per compile over ${n}:\n` +
+        `  events ${per(rec.map((t) => t.events))} (${
+          Object.entries(kinds).sort((a, b) => b[1] - a[1])
+            .map(([k, c]) => `${k} ${(c / n).toFixed(0)}`).join(", ")
+        }); read set ${per(rec.map((t) => t.entries.length))} paths\n` +
+        `  job CPU: not recorded ${per(plain.map((p) => p.jobCpuMs))} ms, recorded ` +
+        `${per(rec.map((t) => t.jobCpuMs))} ms\n` +
+        `  wall: not recorded ${per(plain.map((p) => p.wallMs))} ms, recorded ` +
+        `${per(rec.map((t) => t.wallMs))} ms\n` +
+        `  bpftrace CPU ${per(rec.map((t) => t.bpftraceCpuMs))} ms; this process: not recorded ` +
+        `${per(plain.map((p) => p.selfCpuMs))} ms, recorded ${
+          per(rec.map((t) => t.selfCpuMs))
+        } ms\n` +
+        `  recorded ÷ not, CPU (job + bpftrace + this process): ${
+          (sum(rec.map((t) => t.jobCpuMs + t.bpftraceCpuMs + t.selfCpuMs)) /
+            sum(plain.map((p) => p.jobCpuMs + p.selfCpuMs))).toFixed(3)
+        }; wall: ${(sum(rec.map((t) => t.wallMs)) / sum(plain.map((p) => p.wallMs))).toFixed(3)}`,
+    );
+  }
+  console.log(
+    mismatches.length === 0
+      ? `read sets: the same in every run and variant (${readSets.size} files)`
+      : `read sets DIFFER:\n${mismatches.join("\n")}`,
+  );
+} finally {
+  await Deno.remove("/sys/fs/cgroup/pids/termite-trace-bench").catch(() => {});
+  await Deno.remove(dir, { recursive: true });
+}
