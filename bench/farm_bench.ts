@@ -34,7 +34,7 @@
  * [--contenders local,termite,distcc,termite-cached,ccache] [--runs N] [--cold-runs N]
  * [--round-trips N] [--scaling 0,1,2] [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`;
  * `--action-cache` runs only local, termite-cached and ccache on lua and zstd (with
- * `--quick`: one run each).
+ * `--quick`: one run each), into bench/results/action-cache/ unless --out-dir says.
  */
 import { parseArgs } from "node:util";
 import { Farm, ROOT } from "../farm/mod.ts";
@@ -2146,7 +2146,9 @@ if (import.meta.main) {
       : values.scaling === ""
       ? []
       : values.scaling.split(",").map(Number),
-    outDir: values["out-dir"],
+    // Its own files: farm.json is the whole run's.
+    outDir: values["out-dir"] ??
+      (only ? new URL("./results/action-cache", import.meta.url).pathname : undefined),
     treeReset: treeResetArg(values["tree-reset"]),
     scalingTreeReset: treeResetArg(values["scaling-tree-reset"]),
   });

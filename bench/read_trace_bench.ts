@@ -42,6 +42,8 @@ interface Run {
   selfCpuMs: number;
 }
 interface Traced extends Run {
+  /** From the job's end to its read set (the markers' round trips and the fold), ms. */
+  endMs: number;
   bpftraceCpuMs: number;
   events: number;
   kinds: Record<string, number>;
@@ -94,7 +96,9 @@ async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
   const recording = tracer.begin(tree)!;
   const bpf0 = await threadsCpuMs(tracer.pid!), self0 = await threadsCpuMs(Deno.pid);
   const run = await compile(file, (cg) => tracer.attach(recording, cg));
+  const t0 = performance.now();
   const reads = await tracer.end(recording);
+  const endMs = performance.now() - t0;
   const selfCpuMs = await threadsCpuMs(Deno.pid) - self0;
   const bpftraceCpuMs = await threadsCpuMs(tracer.pid!) - bpf0;
   if (!reads.complete) throw new Error(`${file}: recording incomplete: ${reads.why}`);
@@ -103,7 +107,15 @@ async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
   // gcc's temporary files have random names: not comparable between runs.
   const entries = reads.entries.filter(([p]) => !p.startsWith("/tmp/"))
     .map(([p, k]) => `${p} ${k.join("")}`);
-  return { ...run, selfCpuMs, bpftraceCpuMs, events: recording.events.length, kinds, entries };
+  return {
+    ...run,
+    endMs,
+    selfCpuMs,
+    bpftraceCpuMs,
+    events: recording.events.length,
+    kinds,
+    entries,
+  };
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
@@ -163,7 +175,8 @@ try {
         `  job CPU: not recorded ${per(plain.map((p) => p.jobCpuMs))} ms, recorded ` +
         `${per(rec.map((t) => t.jobCpuMs))} ms\n` +
         `  wall: not recorded ${per(plain.map((p) => p.wallMs))} ms, recorded ` +
-        `${per(rec.map((t) => t.wallMs))} ms\n` +
+        `${per(rec.map((t) => t.wallMs))} ms, then ${per(rec.map((t) => t.endMs))} ms ` +
+        `to the read set\n` +
         `  bpftrace CPU ${per(rec.map((t) => t.bpftraceCpuMs))} ms; this process: not recorded ` +
         `${per(plain.map((p) => p.selfCpuMs))} ms, recorded ${
           per(rec.map((t) => t.selfCpuMs))

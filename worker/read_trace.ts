@@ -31,7 +31,10 @@ export interface ReadTracerOptions {
   log(message: string): void;
   /** The bpftrace binary; default `bpftrace` on PATH. */
   bpftrace?: string;
-  /** Print a job's repeated lookups of a path once, in the kernel (default true). */
+  /**
+   * Print a job's repeated lookups of a path once, in the kernel. Default
+   * true, unless TERMITE_TRACE_ALL_LOOKUPS is set (to measure what it saves).
+   */
   dedup?: boolean;
 }
 
@@ -85,7 +88,7 @@ export class ReadTracer {
       uid: this.#options.uid ?? 65534,
       workerPid: Deno.pid,
       token: this.#token,
-      dedup: this.#options.dedup,
+      dedup: this.#options.dedup ?? Deno.env.get("TERMITE_TRACE_ALL_LOOKUPS") === undefined,
     });
     await Deno.mkdir(this.#options.cacheDir, { recursive: true, mode: 0o700 });
     const file = `${this.#options.cacheDir}/read-trace.bt`;
