@@ -63,9 +63,19 @@ for await (const e of Deno.readDir(src)) {
   if (/\.[ch]$/.test(e.name)) await Deno.copyFile(`${src}/${e.name}`, `${tree}/${e.name}`);
 }
 
-/** Compiles `file` as nobody in a fresh pids cgroup; `onCgroup` sees the cgroup before it starts. */
-async function compile(file: string, onCgroup: (cg: string) => Promise<void>): Promise<Run> {
-  const cg = await createPidsCgroup(`/sys/fs/cgroup/pids/termite-trace-bench`, 1000);
+/** Where the jobs not recorded get their cgroups: not traced at all (the tracer's filter). */
+const PLAIN_ROOT = "/sys/fs/cgroup/pids/termite-trace-bench";
+
+/**
+ * Compiles `file` as nobody in a fresh pids cgroup under `root`; `onCgroup`
+ * sees the cgroup before it starts.
+ */
+async function compile(
+  file: string,
+  root: string,
+  onCgroup: (cg: string) => Promise<void>,
+): Promise<Run> {
+  const cg = await createPidsCgroup(root, 1000);
   if (cg === null) throw new Error("No pids cgroup (needs root and cgroup v1 pids)");
   try {
     await onCgroup(cg);
@@ -95,7 +105,7 @@ async function compile(file: string, onCgroup: (cg: string) => Promise<void>): P
 async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
   const recording = tracer.begin(tree)!;
   const bpf0 = await threadsCpuMs(tracer.pid!), self0 = await threadsCpuMs(Deno.pid);
-  const run = await compile(file, (cg) => tracer.attach(recording, cg));
+  const run = await compile(file, tracer.cgroupRoot, (cg) => tracer.attach(recording, cg));
   const t0 = performance.now();
   const reads = await tracer.end(recording);
   const endMs = performance.now() - t0;
@@ -143,10 +153,14 @@ try {
       for (let r = 0; r < rounds; r++) {
         for (const [i, file] of FILES.entries()) {
           // Alternate which goes first: the second finds the page cache warmer.
-          if ((r + i) % 2 === 0) plain.push(await compile(file, () => Promise.resolve()));
+          if ((r + i) % 2 === 0) {
+            plain.push(await compile(file, PLAIN_ROOT, () => Promise.resolve()));
+          }
           const t = await traced(tracer, file);
           rec.push(t);
-          if ((r + i) % 2 === 1) plain.push(await compile(file, () => Promise.resolve()));
+          if ((r + i) % 2 === 1) {
+            plain.push(await compile(file, PLAIN_ROOT, () => Promise.resolve()));
+          }
           const before = readSets.get(file);
           if (before === undefined) readSets.set(file, t.entries);
           else if (before.join("\n") !== t.entries.join("\n")) {
@@ -193,6 +207,6 @@ try {
       : `read sets DIFFER:\n${mismatches.join("\n")}`,
   );
 } finally {
-  await Deno.remove("/sys/fs/cgroup/pids/termite-trace-bench").catch(() => {});
+  await Deno.remove(PLAIN_ROOT).catch(() => {});
   await Deno.remove(dir, { recursive: true });
 }

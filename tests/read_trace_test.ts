@@ -6,14 +6,24 @@
 import assert from "node:assert/strict";
 import { ReadTracer } from "../worker/read_trace.ts";
 import { createPidsCgroup, removeCgroup } from "../sandbox/job_cgroup.ts";
+import type { ReadSet } from "../common/protocol.ts";
 
-const CGROUP_ROOT = "/sys/fs/cgroup/pids/termite-read-trace-test";
+/** Where the test puts a job the tracer must not see. */
+const OTHER_ROOT = "/sys/fs/cgroup/pids/termite-read-trace-test";
 
-/** Runs `script` (sh) as nobody in a pids cgroup of its own, recorded by `tracer`, from `cwd`. */
-async function recorded(tracer: ReadTracer, cwd: string, script: string): Promise<string[]> {
+/**
+ * Runs `script` (sh) as nobody in a pids cgroup of its own (under the
+ * tracer's root, or `root`), recorded by `tracer`, from `cwd`.
+ */
+async function recorded(
+  tracer: ReadTracer,
+  cwd: string,
+  script: string,
+  root: string = tracer.cgroupRoot,
+): Promise<ReadSet> {
   const recording = tracer.begin(cwd);
   assert.ok(recording, "the tracer is ready");
-  const cg = await createPidsCgroup(CGROUP_ROOT, 100);
+  const cg = await createPidsCgroup(root, 100);
   assert.ok(cg, "a pids cgroup");
   let code = -1, stderr = "";
   try {
@@ -39,6 +49,11 @@ async function recorded(tracer: ReadTracer, cwd: string, script: string): Promis
   }
   const reads = await tracer.end(recording);
   assert.equal(code, 0, stderr);
+  return reads;
+}
+
+/** The entries under `cwd` as "path kinds". */
+function under(reads: ReadSet, cwd: string): string[] {
   assert.ok(reads.complete, reads.complete ? "" : reads.why);
   return reads.entries.filter(([p]) => p.startsWith(cwd)).map(([p, k]) => `${p} ${k.join("")}`);
 }
@@ -69,7 +84,17 @@ Deno.test({
         const tracer = new ReadTracer({ cacheDir: `${dir}/tracer`, log: () => {}, dedup });
         try {
           await tracer.start();
-          sets.push(await recorded(tracer, dir, script));
+          sets.push(under(await recorded(tracer, dir, script), dir));
+          if (dedup) {
+            // Only jobs under the tracer's own cgroup directory are traced, in the kernel.
+            const before = { ...tracer.stats };
+            const outside = await recorded(tracer, dir, script, OTHER_ROOT);
+            assert.deepEqual(outside, {
+              complete: false,
+              why: `the job's cgroup is not under ${tracer.cgroupRoot}`,
+            });
+            assert.equal(tracer.stats.events, before.events, "no event of a job outside");
+          }
         } finally {
           await tracer.close();
         }
@@ -86,7 +111,7 @@ Deno.test({
       assert.equal(entries[`${dir}/d/y`], "l");
     } finally {
       await Deno.remove(dir, { recursive: true });
-      await Deno.remove(CGROUP_ROOT).catch(() => {});
+      await Deno.remove(OTHER_ROOT).catch(() => {});
     }
   },
 });

@@ -230,6 +230,8 @@ export class JobRunner {
     try {
       outcome = await this.#runJob(mirror, params, ctx, stdin, timeoutMs, {
         onCgroup: (dir) => recording ? tracer!.attach(recording, dir) : Promise.resolve(),
+        // The tracer follows only the jobs under its own directory.
+        cgroupRoot: recording ? tracer!.cgroupRoot : undefined,
         onStderr: (data) => {
           if (staleSeen) return;
           staleSeen = staleText(data);
@@ -276,6 +278,7 @@ export class JobRunner {
     timeoutMs: number,
     hooks: {
       onCgroup(dir: string | null): Promise<void>;
+      cgroupRoot?: string;
       onStderr(data: Uint8Array): void;
       onCollected(resultSet: ResultSet, collectMs: number): void;
       inline: Inline;
@@ -301,6 +304,7 @@ export class JobRunner {
       signal: ctx.signal,
       deferCleanup: (cleanup) => options.track(cleanup),
       onCgroup: hooks.onCgroup,
+      pidsCgroupRoot: hooks.cgroupRoot,
       onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
       onStderr: (data) => {
         hooks.onStderr(data);

@@ -24,6 +24,8 @@
 export const TRACE_PATH_BYTES = 200;
 /** Offset of `id` in the kernel's struct kernfs_node (Linux 6.x, x86_64). */
 export const KERNFS_NODE_ID_OFFSET = 96;
+/** Offset of its parent pointer (`parent`, `__parent` since 6.15: read by offset). */
+export const KERNFS_NODE_PARENT_OFFSET = 8;
 /** The directory whose lookups, by the worker itself, are markers. */
 export const TRACE_MARK_DIR = "/.termite-trace-mark";
 
@@ -186,9 +188,15 @@ export function traceScript(
     token: string;
     /** Print a job's repeated lookups of an absolute path once (default true). */
     dedup?: boolean;
+    /**
+     * The kernfs id (inode number) of the pids cgroup directory under which
+     * the jobs to record get their cgroups: others' processes (jobs not
+     * recorded, other workers' jobs) are not traced. Absent: every process of `uid`.
+     */
+    parentCgroupId?: number;
   },
 ): string {
-  const { pidsIndex, uid, workerPid, token } = options;
+  const { pidsIndex, uid, workerPid, token, parentCgroupId } = options;
   const dedup = options.dedup ?? true;
   if (!/^[0-9a-f]{16,64}$/.test(token)) throw new Error("Bad trace token");
   // Ends every line: a path with a newline in it cannot fake one.
@@ -196,13 +204,24 @@ export function traceScript(
   if (![pidsIndex, uid, workerPid].every((n) => Number.isInteger(n) && n >= 0)) {
     throw new Error(`Bad trace script options: ${JSON.stringify(options)}`);
   }
-  const filter = `uid == ${uid}`;
+  if (
+    parentCgroupId !== undefined && !(Number.isSafeInteger(parentCgroupId) && parentCgroupId > 0)
+  ) {
+    throw new Error(`Bad trace script options: ${JSON.stringify(options)}`);
+  }
   // The cgroup's kernfs id (its directory's inode number), read at its
   // offset in struct kernfs_node: bpftrace 0.17 cannot name fields after an
   // anonymous union. A wrong offset matches no job: every recording is then
   // empty, and an empty recording is incomplete.
   const cg = `*(uint64*)((uint64)curtask->cgroups->subsys[${pidsIndex}]->cgroup->kn + ` +
     `${KERNFS_NODE_ID_OFFSET})`;
+  // The parent directory's id, read the same way; a wrong offset matches no job either.
+  const parent =
+    `*(uint64*)(*(uint64*)((uint64)curtask->cgroups->subsys[${pidsIndex}]->cgroup->kn + ` +
+    `${KERNFS_NODE_PARENT_OFFSET}) + ${KERNFS_NODE_ID_OFFSET})`;
+  const filter = parentCgroupId === undefined
+    ? `uid == ${uid}`
+    : `uid == ${uid} && ${parent} == ${parentCgroupId}`;
   const out: string[] = [`BEGIN { printf("READY\\n"); }`];
   // At exit bpftrace prints every map left: the remembered lookups are not output.
   if (dedup) out.push(`END { clear(@seenl); clear(@seens); clear(@seenKeys); }`);
