@@ -41,7 +41,27 @@ interface Run {
   /** This process's CPU over the run (spawn, wait; reading and folding the events), ms. */
   selfCpuMs: number;
 }
+/**
+ * Time bpftrace's programs ran in the kernel, and how often, so far (the
+ * fdinfo of its program descriptors; kernel.bpf_stats_enabled must be 1).
+ * The programs run for every process's calls (most stop at the filter).
+ */
+async function bpfRunNs(pid: number): Promise<{ ns: number; runs: number }> {
+  let ns = 0, runs = 0;
+  for await (const fd of Deno.readDir(`/proc/${pid}/fd`)) {
+    const link = await Deno.readLink(`/proc/${pid}/fd/${fd.name}`).catch(() => "");
+    if (link !== "anon_inode:bpf-prog") continue;
+    const info = await Deno.readTextFile(`/proc/${pid}/fdinfo/${fd.name}`).catch(() => "");
+    ns += Number(info.match(/^run_time_ns:\s*(\d+)/m)?.[1] ?? 0);
+    runs += Number(info.match(/^run_cnt:\s*(\d+)/m)?.[1] ?? 0);
+  }
+  return { ns, runs };
+}
+
 interface Traced extends Run {
+  /** bpftrace's programs in the kernel over the compile (every process's calls), ms and runs. */
+  bpfKernelMs: number;
+  bpfRuns: number;
   /** From the job's end to its read set (the markers' round trips and the fold), ms. */
   endMs: number;
   bpftraceCpuMs: number;
@@ -104,6 +124,8 @@ async function compile(
 
 async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
   const recording = tracer.begin(tree)!;
+  // Outside this process's window: reading bpftrace's fdinfo takes tens of ms.
+  const kernel0 = await bpfRunNs(tracer.pid!);
   const bpf0 = await threadsCpuMs(tracer.pid!), self0 = await threadsCpuMs(Deno.pid);
   const run = await compile(file, tracer.cgroupRoot, (cg) => tracer.attach(recording, cg));
   const t0 = performance.now();
@@ -111,6 +133,7 @@ async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
   const endMs = performance.now() - t0;
   const selfCpuMs = await threadsCpuMs(Deno.pid) - self0;
   const bpftraceCpuMs = await threadsCpuMs(tracer.pid!) - bpf0;
+  const kernel1 = await bpfRunNs(tracer.pid!);
   if (!reads.complete) throw new Error(`${file}: recording incomplete: ${reads.why}`);
   const kinds: Record<string, number> = {};
   for (const { event } of recording.events) kinds[event.kind] = (kinds[event.kind] ?? 0) + 1;
@@ -119,6 +142,8 @@ async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
     .map(([p, k]) => `${p} ${k.join("")}`);
   return {
     ...run,
+    bpfKernelMs: (kernel1.ns - kernel0.ns) / 1e6,
+    bpfRuns: kernel1.runs - kernel0.runs,
     endMs,
     selfCpuMs,
     bpftraceCpuMs,
@@ -131,6 +156,10 @@ async function traced(tracer: ReadTracer, file: string): Promise<Traced> {
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 const per = (xs: number[]) => (sum(xs) / xs.length).toFixed(1);
 
+// Counts the time BPF programs run (a few ns per run while on); put back as it was at the end.
+const statsFile = "/proc/sys/kernel/bpf_stats_enabled";
+const statsBefore = (await Deno.readTextFile(statsFile).catch(() => "0")).trim();
+await Deno.writeTextFile(statsFile, "1").catch(() => {});
 const readSets = new Map<string, string[]>();
 const mismatches: string[] = [];
 console.log(`load average at start ${await loadAverage()}; ${rounds} rounds of ${FILES.length}`);
@@ -191,6 +220,9 @@ try {
         `  wall: not recorded ${per(plain.map((p) => p.wallMs))} ms, recorded ` +
         `${per(rec.map((t) => t.wallMs))} ms, then ${per(rec.map((t) => t.endMs))} ms ` +
         `to the read set\n` +
+        `  bpftrace's programs in the kernel over a compile (every process's calls): ${
+          per(rec.map((t) => t.bpfKernelMs))
+        } ms in ${per(rec.map((t) => t.bpfRuns))} runs\n` +
         `  bpftrace CPU ${per(rec.map((t) => t.bpftraceCpuMs))} ms; this process: not recorded ` +
         `${per(plain.map((p) => p.selfCpuMs))} ms, recorded ${
           per(rec.map((t) => t.selfCpuMs))
@@ -208,5 +240,6 @@ try {
   );
 } finally {
   await Deno.remove(PLAIN_ROOT).catch(() => {});
+  await Deno.writeTextFile(statsFile, statsBefore).catch(() => {});
   await Deno.remove(dir, { recursive: true });
 }
