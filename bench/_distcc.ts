@@ -40,21 +40,32 @@ async function aptGet(args: string[]): Promise<{ ok: boolean; stderr: string }> 
 }
 
 /**
+ * Makes sure `commands` are on PATH, installing Debian package `pkg` with
+ * apt-get if not. Returns `null` when ready, else why not (the contender is
+ * skipped).
+ */
+export async function ensurePackage(pkg: string, commands: string[]): Promise<string | null> {
+  if (!/^[a-z0-9][a-z0-9+.-]*$/.test(pkg)) throw new Error(`Bad package name: ${pkg}`);
+  const present = async () => (await Promise.all(commands.map(which))).every((p) => p !== null);
+  if (await present()) return null;
+  if (!await which("apt-get")) return `${pkg} is not installed and there is no apt-get`;
+  let install = await aptGet(["install", "-y", "-qq", "--no-install-recommends", pkg]);
+  if (!install.ok) {
+    await aptGet(["update", "-qq"]);
+    install = await aptGet(["install", "-y", "-qq", "--no-install-recommends", pkg]);
+  }
+  if (!install.ok || !await present()) {
+    return `apt-get install ${pkg} failed: ${install.stderr.split("\n").slice(-3).join(" ")}`;
+  }
+  return null;
+}
+
+/**
  * Makes sure `distcc` and `distccd` are there, installing the Debian package
  * if not. Returns `null` when ready, else why not (the contender is skipped).
  */
-export async function ensureDistcc(): Promise<string | null> {
-  if (await which("distcc") && await which("distccd")) return null;
-  if (!await which("apt-get")) return "distcc is not installed and there is no apt-get";
-  let install = await aptGet(["install", "-y", "-qq", "--no-install-recommends", "distcc"]);
-  if (!install.ok) {
-    await aptGet(["update", "-qq"]);
-    install = await aptGet(["install", "-y", "-qq", "--no-install-recommends", "distcc"]);
-  }
-  if (!install.ok || !await which("distccd")) {
-    return `apt-get install distcc failed: ${install.stderr.split("\n").slice(-3).join(" ")}`;
-  }
-  return null;
+export function ensureDistcc(): Promise<string | null> {
+  return ensurePackage("distcc", ["distcc", "distccd"]);
 }
 
 interface Daemon {

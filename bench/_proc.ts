@@ -164,7 +164,10 @@ export async function timedCommand(options: {
 }): Promise<TimedRun> {
   const script = [
     'if [ -n "$BENCH_CGROUP_PROCS" ]; then echo $$ >"$BENCH_CGROUP_PROCS" || exit 97; fi',
-    '"$@" >"$BENCH_LOG" 2>&1',
+    // Not in the build's environment: the log's name changes from run to run,
+    // and the action cache keys a command by its whole environment.
+    "log=$BENCH_LOG; unset BENCH_LOG BENCH_CGROUP_PROCS",
+    '"$@" >"$log" 2>&1',
     "rc=$?",
     "times",
     "exit $rc",

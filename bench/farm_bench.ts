@@ -24,9 +24,17 @@
  * all), so that a flaky contender still gets figures and its failures show.
  *
  * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
+ * - Rebuilds from a cache (issue 16): "termite-cached", a farm whose workers
+ *   record reads (bpftrace, started once per project) with the master's
+ *   action cache on, and "ccache" (warm, Debian's package): each fills its
+ *   cache with a first build, then rebuilds after every reset of the tree,
+ *   interleaved with local make (a cold build).
+ *
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
- * [--contenders local,termite,distcc] [--runs N] [--cold-runs N] [--round-trips N] [--scaling 0,1,2]
- * [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`.
+ * [--contenders local,termite,distcc,termite-cached,ccache] [--runs N] [--cold-runs N]
+ * [--round-trips N] [--scaling 0,1,2] [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`;
+ * `--action-cache` runs only local, termite-cached and ccache on lua and zstd (with
+ * `--quick`: one run each), into bench/results/action-cache/ unless --out-dir says.
  */
 import { parseArgs } from "node:util";
 import { Farm, ROOT } from "../farm/mod.ts";
@@ -34,6 +42,7 @@ import { removeHost } from "../farm/netns.ts";
 import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
+import { Ccache, ensureCcache } from "./_ccache.ts";
 import {
   childrenCpuMs,
   processTree,
@@ -55,8 +64,26 @@ import {
 
 export type BenchResult = { name: string; value: number; unit: string; note?: string };
 
-export type ContenderName = "local" | "termite" | "distcc";
-export const CONTENDERS: readonly ContenderName[] = ["local", "termite", "distcc"];
+export type ContenderName = "local" | "termite" | "distcc" | "termite-cached" | "ccache";
+export const CONTENDERS: readonly ContenderName[] = [
+  "local",
+  "termite",
+  "distcc",
+  "termite-cached",
+  "ccache",
+];
+/**
+ * Contenders that rebuild from a cache their first ("fill") build filled:
+ * termite-cached (a farm whose workers record reads, the master's action
+ * cache on) and ccache (warm, through Debian's masquerade directory).
+ */
+export const CACHING_CONTENDERS: readonly ContenderName[] = ["termite-cached", "ccache"];
+/** The action cache's comparison alone (`--action-cache`). */
+export const ACTION_CACHE_CONTENDERS: readonly ContenderName[] = [
+  "local",
+  "termite-cached",
+  "ccache",
+];
 
 /** Goals from the issue. */
 export const GOAL_BUILD_OVERHEAD = 1.10;
@@ -69,6 +96,10 @@ export const GOAL_WRAPPER_START_VS_DENO = 1.05;
 export const GOAL_WARM_BUILD_ISSUE14 = 1.15;
 /** Issue 14: the workers' CPU per job beyond the job itself (worker, FUSE, launcher), ms. */
 export const GOAL_WORKER_OVERHEAD_MS = 8;
+/** Issue 16: a rebuild from the action cache / a local (cold) make. */
+export const GOAL_CACHED_VS_LOCAL = 0.10;
+/** Issue 16: a rebuild from the action cache / ccache's warm rebuild (below: faster). */
+export const GOAL_CACHED_VS_CCACHE = 1;
 
 export interface HarnessOptions {
   /** One run per contender, lua only, fewer round trips, scaling to 2 workers. */
@@ -135,6 +166,9 @@ export interface BuildRun {
   round: number | ColdRound;
   /** 0 for the first try; a failed build is tried again (ATTEMPTS_MAX in all). */
   attempt: number;
+  /** Caching contenders: compiles served from the cache, and those run (over the build). */
+  cacheHits?: number;
+  cacheMisses?: number;
   ok: boolean;
   wallMs?: number;
   /** CPU of make and everything it ran on the master host, seconds. */
@@ -160,8 +194,11 @@ export interface BuildRun {
   logTail?: string;
 }
 
-/** Rounds of the cold builds (see {@linkcode BuildRun.round}). */
-export type ColdRound = "cold" | "cold-master" | "cold-local";
+/**
+ * Rounds of the cold builds (see {@linkcode BuildRun.round}), and "fill": a
+ * caching contender's first build, which fills its cache (not a measured run).
+ */
+export type ColdRound = "cold" | "cold-master" | "cold-local" | "fill";
 
 export interface BuildSummary {
   project: string;
@@ -175,6 +212,12 @@ export interface BuildSummary {
   coldMs?: number;
   /** Median of the "cold-master" builds (every cache fresh). */
   coldMasterMs?: number;
+  /** Caching contenders: the build that filled the cache, and it against the median local make. */
+  fillMs?: number;
+  fillVsLocal?: number;
+  /** Caching contenders: compiles from the cache, and run, over the measured runs. */
+  cacheHits?: number;
+  cacheMisses?: number;
   /** Median bytes the master sent per build: warm, cold and cold-master. */
   bytesServed?: number;
   coldBytesServed?: number;
@@ -389,13 +432,21 @@ const JOB_COUNTERS = [
   "jobsFailed",
   "retries",
   "bytesServed",
+  "jobsCached",
+  /** From the action cache's own figures: lookups that missed, results not stored. */
+  "cacheMisses",
+  "cacheNotStored",
 ];
 
 async function termiteCounters(farm: Farm): Promise<Record<string, number>> {
   try {
     const status = await withDeadline(farm.status(), 5_000, null);
     const jobs = (status?.jobs ?? {}) as Record<string, unknown>;
-    return Object.fromEntries(JOB_COUNTERS.map((k) => [k, Number(jobs[k] ?? 0)]));
+    const cached = ((status?.build ?? {}) as { cached?: Record<string, unknown> }).cached ?? {};
+    const all = { ...jobs, cacheMisses: cached.misses, cacheNotStored: cached.notStored };
+    return Object.fromEntries(
+      JOB_COUNTERS.map((k) => [k, Number((all as Record<string, unknown>)[k] ?? 0)]),
+    );
   } catch {
     return Object.fromEntries(JOB_COUNTERS.map((k) => [k, 0]));
   }
@@ -424,6 +475,8 @@ async function startFarm(options: {
   firstHost: number;
   /** A master cache dir to start from (a copy of it); default a fresh one. */
   masterCacheFrom?: string;
+  /** Extra worker flags (`--record-reads`). */
+  workerArgs?: string[];
 }): Promise<BenchFarm> {
   await freshDir(options.dir);
   if (options.masterCacheFrom !== undefined) {
@@ -447,9 +500,15 @@ async function startFarm(options: {
     slotsPerWorker: options.slotsPerWorker,
     prefix: options.prefix,
     firstHost: options.firstHost,
+    workerArgs: options.workerArgs,
   });
-  const bf: BenchFarm = { farm, ...options, pids: [] };
-  delete (bf as { masterCacheFrom?: string }).masterCacheFrom;
+  const bf: BenchFarm = {
+    farm,
+    workers: options.workers,
+    prefix: options.prefix,
+    firstHost: options.firstHost,
+    pids: [],
+  };
   bf.pids = await farmPids(bf);
   return bf;
 }
@@ -585,6 +644,35 @@ interface BuildContext {
   farmBroken?: boolean;
   distcc: DistccCluster | null;
   distccError: string;
+  /** termite-cached's farm: workers with --record-reads, the master's action cache on. */
+  cachedFarm?: BenchFarm | null;
+  cachedFarmError?: string;
+  cachedFarmBroken?: boolean;
+  ccache?: Ccache | null;
+  ccacheError?: string;
+}
+
+/** The farm a contender builds on, if any. */
+function farmOf(ctx: BuildContext, contender: ContenderName): BenchFarm | null {
+  if (contender === "termite") return ctx.farmBroken ? null : ctx.farm;
+  if (contender === "termite-cached") return ctx.cachedFarmBroken ? null : ctx.cachedFarm ?? null;
+  return null;
+}
+
+/** Why a contender cannot build now; null when it can. */
+function unavailable(ctx: BuildContext, contender: ContenderName): string | null {
+  switch (contender) {
+    case "termite":
+      return farmOf(ctx, contender) ? null : ctx.farmError;
+    case "termite-cached":
+      return farmOf(ctx, contender) ? null : ctx.cachedFarmError ?? "no farm";
+    case "distcc":
+      return ctx.distcc ? null : ctx.distccError;
+    case "ccache":
+      return ctx.ccache ? null : ctx.ccacheError ?? "no ccache";
+    case "local":
+      return null;
+  }
 }
 
 async function buildOnce(
@@ -600,28 +688,28 @@ async function buildOnce(
     attempt,
     ok: false,
   };
-  if (contender === "termite" && (!ctx.farm || ctx.farmBroken)) {
-    return { ...run, error: ctx.farmError };
-  }
-  if (contender === "distcc" && !ctx.distcc) return { ...run, error: ctx.distccError };
-  const base = contender === "termite"
-    ? `${ctx.farm!.farm.tree}/build`
-    : `${ctx.pdir}/${contender}/build`;
+  const why = unavailable(ctx, contender);
+  if (why !== null) return { ...run, error: why };
+  const bf = farmOf(ctx, contender);
+  const base = bf ? `${bf.farm.tree}/build` : `${ctx.pdir}/${contender}/build`;
   const label = `${roundNo}${attempt ? `-try${attempt}` : ""}`;
   const dir = ctx.treeReset === "new-path" ? `${base}-${label}` : base;
   const logPath = `${ctx.pdir}/logs/${contender}-${label}.log`;
   try {
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
     await resetTree(ctx.src, dir, ctx.treeReset);
-    const env = contender === "termite"
-      ? ctx.farm!.farm.env
+    const env = bf
+      ? bf.farm.env
       : contender === "distcc"
       ? ctx.distcc!.env(true)
+      : contender === "ccache"
+      ? ctx.ccache!.env
       : Deno.env.toObject();
-    const farm = contender === "termite" ? ctx.farm!.farm : null;
+    const farm = bf?.farm ?? null;
     const before = farm ? await termiteCounters(farm) : null;
+    const ccacheBefore = contender === "ccache" ? await ctx.ccache!.stats() : null;
     const masterBefore = farm ? await procStat(farm.master.child.pid) : null;
-    const workers = farm ? await workerPids(ctx.farm!) : [];
+    const workers = bf ? await workerPids(bf) : [];
     const workersBefore = farm ? await workersCpuMs(workers) : 0;
     run.loadBefore = await loadAverage();
     const timed = await timedCommand({
@@ -642,15 +730,30 @@ async function buildOnce(
       }
       run.workerCpuS = round((await workersCpuMs(workers) - workersBefore) / 1000, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
+      if (contender === "termite-cached") {
+        run.cacheHits = run.termiteJobs.jobsCached;
+        run.cacheMisses = run.termiteJobs.cacheMisses;
+      }
+    }
+    if (ccacheBefore) {
+      const after = await ctx.ccache!.stats();
+      run.cacheHits = after.hits - ccacheBefore.hits;
+      run.cacheMisses = after.misses - ccacheBefore.misses;
     }
     run.loadAfter = await loadAverage();
     run.wallMs = Math.round(timed.wallMs);
     run.clientCpuS = round(timed.cpuS, 4);
-    if (timed.timedOut && ctx.farm && contender === "termite") {
-      const aborted = await abortFuse(ctx.farm);
-      ctx.farmError =
+    if (timed.timedOut && bf) {
+      const aborted = await abortFuse(bf);
+      const error =
         `skipped: an earlier farm build timed out (${aborted} FUSE connections aborted)`;
-      ctx.farmBroken = true;
+      if (contender === "termite") {
+        ctx.farmError = error;
+        ctx.farmBroken = true;
+      } else {
+        ctx.cachedFarmError = error;
+        ctx.cachedFarmBroken = true;
+      }
     }
     if (timed.code !== 0) {
       run.logTail = await tail(logPath, 12);
@@ -658,10 +761,17 @@ async function buildOnce(
     }
     await ctx.project.check(dir);
     run.objects = await countObjects(dir);
-    if (run.termiteJobs && run.termiteJobs.jobsRemote === 0) {
+    const rebuild = contender === "termite-cached" && roundNo !== "fill";
+    if (run.termiteJobs && !rebuild && run.termiteJobs.jobsRemote === 0) {
       throw new Error(
         `no job ran on a worker (${run.termiteJobs.jobsLocal} ran on the master; see ` +
-          `${ctx.farm!.farm.dir}/logs/master.log)`,
+          `${bf!.farm.dir}/logs/master.log)`,
+      );
+    }
+    if (run.termiteJobs && rebuild && run.termiteJobs.jobsCached === 0) {
+      throw new Error(
+        `no job came from the action cache (${run.termiteJobs.cacheMisses} misses, ` +
+          `${run.termiteJobs.cacheNotStored} results not stored; see ${bf!.farm.dir}/logs)`,
       );
     }
     run.ok = true;
@@ -685,8 +795,7 @@ async function buildWithRetries(
   for (let attempt = 0; attempt < ATTEMPTS_MAX; attempt++) {
     const b = await buildOnce(ctx, contender, roundNo, attempt);
     record(b);
-    if (b.ok || (contender === "termite" && (!ctx.farm || ctx.farmBroken))) return;
-    if (contender === "distcc" && !ctx.distcc) return;
+    if (b.ok || unavailable(ctx, contender) !== null) return;
   }
 }
 
@@ -1191,6 +1300,13 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
         s.coldMasterBytesServed = bytes(okIn("cold-master"));
       }
       if (c === "termite") s.bytesServed = bytes(ok);
+      if (okIn("fill").length > 0) {
+        s.fillMs = Math.round(median(okIn("fill").map((b) => b.wallMs!)));
+      }
+      if (CACHING_CONTENDERS.includes(c)) {
+        s.cacheHits = ok.reduce((a, b) => a + (b.cacheHits ?? 0), 0);
+        s.cacheMisses = ok.reduce((a, b) => a + (b.cacheMisses ?? 0), 0);
+      }
       if (ok.length > 0) {
         const walls = ok.map((b) => b.wallMs!);
         s.medianMs = Math.round(median(walls));
@@ -1201,7 +1317,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           ((b.clientCpuS ?? 0) + (b.masterCpuS ?? 0)) * 1000 / Math.max(1, b.objects ?? 1)
         );
         s.clientCpuPerJobMs = round(median(perJob));
-        if (c === "termite") {
+        if (c === "termite" || c === "termite-cached") {
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
@@ -1210,6 +1326,8 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           );
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
+        }
+        if (c === "termite") {
           s.workerCpuPerJobMs = round(
             median(
               ok.map((b) =>
@@ -1239,6 +1357,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
       if (localAll && s.coldMs) s.coldVsLocal = round(s.coldMs / localAll, 4);
       if (localAll && s.coldMasterMs) s.coldMasterVsLocal = round(s.coldMasterMs / localAll, 4);
       if (s.medianMs && s.coldMs) s.coldVsWarm = round(s.coldMs / s.medianMs, 4);
+      if (local && s.fillMs) s.fillVsLocal = round(s.fillMs / local, 4);
     }
   }
   return out;
@@ -1248,6 +1367,8 @@ function goals(
   summaries: BuildSummary[],
   derived: RoundTripDerived,
   scaling: ScalingPoint[],
+  /** Whether round trips were measured (`--round-trips 0`, `--action-cache`: not). */
+  roundTrips: boolean,
 ): Goal[] {
   const out: Goal[] = [];
   for (const s of summaries.filter((s) => s.contender === "termite")) {
@@ -1265,18 +1386,20 @@ function goals(
     });
   }
   const t = derived.termiteCompileBeyondWrapperMs, d = derived.distccCompileOverheadMs;
-  out.push({
-    name: "per-command overhead beyond wrapper start (gcc -c tiny.c), termite vs distcc",
-    measured: t ?? null,
-    target: d === undefined ? "≤ distcc's (not measured)" : `≤ ${d} ms (distcc)`,
-    met: t === undefined || d === undefined ? null : t <= d,
-    detail: t === undefined || d === undefined
-      ? "no figure: a contender failed or was skipped"
-      : t <= d
-      ? `met: ${round(d - t)} ms less than distcc`
-      : `not met: ${round(t - d)} ms more than distcc (${round(t / Math.max(d, 0.001))}×)`,
-  });
-  out.push(...issue14Goals(summaries, derived));
+  if (roundTrips) {
+    out.push({
+      name: "per-command overhead beyond wrapper start (gcc -c tiny.c), termite vs distcc",
+      measured: t ?? null,
+      target: d === undefined ? "≤ distcc's (not measured)" : `≤ ${d} ms (distcc)`,
+      met: t === undefined || d === undefined ? null : t <= d,
+      detail: t === undefined || d === undefined
+        ? "no figure: a contender failed or was skipped"
+        : t <= d
+        ? `met: ${round(d - t)} ms less than distcc`
+        : `not met: ${round(t - d)} ms more than distcc (${round(t / Math.max(d, 0.001))}×)`,
+    });
+  }
+  out.push(...issue14Goals(summaries, roundTrips ? derived : null), ...issue16Goals(summaries));
   for (const p of scaling.filter((p) => p.workers > 0)) {
     const target = GOAL_SCALING_PER_WORKER * p.workers;
     const v = p.speedup ?? null;
@@ -1328,7 +1451,7 @@ function atMost(name: string, measured: number | undefined, target: number | und
 }
 
 /** The goals of issue 14: what the build host pays per job, side by side in this run. */
-function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goal[] {
+function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | null): Goal[] {
   const out: Goal[] = [];
   for (const s of summaries.filter((s) => s.contender === "termite")) {
     const distcc = summaries.find((d) => d.project === s.project && d.contender === "distcc");
@@ -1369,6 +1492,7 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goa
       ),
     );
   }
+  if (derived === null) return out;
   out.push(
     atMost(
       "wrapper start (termite-sh -c true) / bare `deno run empty.js`, median wall" +
@@ -1392,6 +1516,33 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived): Goa
       { unit: "×" },
     ),
   );
+  return out;
+}
+
+/** The goals of issue 16: a rebuild from the action cache against local make and warm ccache. */
+function issue16Goals(summaries: BuildSummary[]): Goal[] {
+  const out: Goal[] = [];
+  for (const s of summaries.filter((s) => s.contender === "termite-cached")) {
+    const ccache = summaries.find((d) => d.project === s.project && d.contender === "ccache");
+    out.push(
+      atMost(
+        `${s.project}: rebuild from the action cache / local make (cold)`,
+        s.vsLocal,
+        GOAL_CACHED_VS_LOCAL,
+        { unit: "×", missing: s.error ?? "local make or the cached rebuild did not build" },
+      ),
+      atMost(
+        `${s.project}: rebuild from the action cache / ccache's warm rebuild`,
+        s.medianMs && ccache?.medianMs ? round(s.medianMs / ccache.medianMs) : undefined,
+        GOAL_CACHED_VS_CCACHE,
+        {
+          unit: "×",
+          targetText: `< ${GOAL_CACHED_VS_CCACHE}× (faster)`,
+          missing: ccache?.error ?? s.error ?? "ccache or the cached rebuild did not build",
+        },
+      ),
+    );
+  }
   return out;
 }
 
@@ -1446,6 +1597,7 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         `${s.failedAttempts ?? 0} |`,
     );
   }
+  lines.push(...cacheTable(r));
   const colds = r.summaries.filter((s) => s.coldMs !== undefined || s.coldMasterMs !== undefined);
   if (colds.length > 0) {
     lines.push(
@@ -1552,6 +1704,53 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
   return lines.join("\n") + "\n";
 }
 
+/** The caching contenders' table and the issue-16 ratios in words; [] without them. */
+function cacheTable(r: Omit<HarnessReport, "table" | "results" | "files">): string[] {
+  const cached = r.summaries.filter((s) => CACHING_CONTENDERS.includes(s.contender));
+  if (cached.length === 0) return [];
+  const loads = (s: BuildSummary, measured: boolean) => {
+    const mine = r.builds.filter((b) =>
+      b.project === s.project && b.contender === s.contender && b.ok &&
+      (measured ? typeof b.round === "number" : b.round === "fill")
+    );
+    const l = mine.map((b) => b.loadBefore).filter((x) => x !== undefined);
+    return l.length === 0 ? "—" : `${Math.min(...l)}–${Math.max(...l)}`;
+  };
+  const lines = [
+    "",
+    "Rebuilds from a cache (issue 16): each contender's first build (fill) fills its cache; " +
+    "each measured run rebuilds after the tree's reset (objects removed), interleaved with " +
+    "local make (a cold build)",
+    "",
+    "| project | contender | fill s | fill vs local | rebuild s: median (min–max) | vs local | " +
+    "hits / misses (measured runs) | load average before: fill; rebuilds |",
+    "|---|---|---|---|---|---|---|---|",
+  ];
+  const words: string[] = [];
+  for (const s of cached) {
+    lines.push(
+      `| ${s.project} | ${s.contender} | ${s1(s.fillMs)} | ${fx(s.fillVsLocal)} | ${
+        s.ok ? `${s1(s.medianMs)} (${s1(s.minMs)}–${s1(s.maxMs)})` : `failed: ${cell(s.error, 80)}`
+      } | ${fx(s.vsLocal, 3)} | ${s.cacheHits ?? "—"} / ${s.cacheMisses ?? "—"} | ` +
+        `${loads(s, false)}; ${loads(s, true)} |`,
+    );
+    if (s.contender !== "termite-cached") continue;
+    const local = r.summaries.find((x) => x.project === s.project && x.contender === "local");
+    const cc = r.summaries.find((x) => x.project === s.project && x.contender === "ccache");
+    words.push(
+      `- **${s.project}**: rebuild from Termite's action cache ${s1(s.medianMs)} s = ` +
+        `**${fx(s.vsLocal, 3)}×** local make (${s1(local?.medianMs)} s; goal ≤ ` +
+        `${GOAL_CACHED_VS_LOCAL}×) and **${
+          s.medianMs && cc?.medianMs ? fx(s.medianMs / cc.medianMs, 3) : "—"
+        }×** ccache's warm rebuild (${s1(cc?.medianMs)} s = ${
+          fx(cc?.vsLocal, 3)
+        }× local; goal < 1×)`,
+    );
+  }
+  if (words.length > 0) lines.push("", ...words);
+  return lines;
+}
+
 function benchResults(r: Omit<HarnessReport, "table" | "results" | "files">): BenchResult[] {
   const out: BenchResult[] = [];
   for (const s of r.summaries) {
@@ -1628,9 +1827,13 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const treeReset = options.treeReset ?? "in-place";
   const scalingTreeReset = options.scalingTreeReset ?? "new-path";
   const farmHosts = Math.max(workers, ...scalingWorkers);
-  if (farmHosts + workers > 24) throw new RangeError(`Too many workers: ${farmHosts + workers}`);
-  const hostBase = options.hostBase ?? await freeHostBlock(farmHosts + workers);
+  // Hosts: the farms' (one at a time), distcc's, then the recording farm's.
+  const cachedHosts = contenders.includes("termite-cached") ? workers : 0;
+  const hosts = farmHosts + workers + cachedHosts;
+  if (hosts > 24) throw new RangeError(`Too many workers: ${hosts}`);
+  const hostBase = options.hostBase ?? await freeHostBlock(hosts);
   const distccHostBase = hostBase + farmHosts;
+  const cachedHostBase = distccHostBase + workers;
   const outDir = options.outDir ?? new URL("./results", import.meta.url).pathname;
   const workDir = options.workDir ?? `${ROOT}/.cache/bench-farm`;
 
@@ -1706,6 +1909,38 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
           notes.push(`${project.name}: ${farmError.split("\n")[0]}`);
         }
       }
+      let cachedFarm: BenchFarm | null = null;
+      let cachedFarmError = "";
+      if (contenders.includes("termite-cached")) {
+        try {
+          // Started once, outside the timed builds: bpftrace takes 10-30 s of CPU to start.
+          log(`${project.name}: starting a farm whose workers record reads (bpftrace)`);
+          cachedFarm = await startFarm({
+            dir: `${pdir}/termite-cached/farm`,
+            tree: `${pdir}/termite-cached/tree`,
+            workers,
+            slotsPerWorker,
+            prefix: `termite-bk${Deno.pid}`,
+            firstHost: cachedHostBase,
+            workerArgs: ["--record-reads"],
+          });
+        } catch (err) {
+          cachedFarmError = `farm did not start: ${errorText(err)}`;
+          notes.push(`${project.name}: termite-cached ${cachedFarmError.split("\n")[0]}`);
+        }
+      }
+      let ccache: Ccache | null = null;
+      let ccacheError = "";
+      if (contenders.includes("ccache")) {
+        const why = await ensureCcache();
+        if (why) {
+          ccacheError = `skipped: ${why}`;
+          notes.push(`ccache ${ccacheError}`);
+        } else {
+          ccache = new Ccache(`${pdir}/ccache/dir`);
+          await ccache.reset();
+        }
+      }
       const ctx: BuildContext = {
         project,
         src,
@@ -1716,17 +1951,34 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
         farmError,
         distcc,
         distccError,
+        cachedFarm,
+        cachedFarmError,
+        ccache,
+        ccacheError,
       };
       try {
         if (contenders.includes("termite")) {
           log(`${project.name}: termite, cold (every cache fresh)`);
           await buildWithRetries(ctx, "termite", "cold-master", (b) => builds.push(b));
         }
+        for (const c of contenders.filter((c) => CACHING_CONTENDERS.includes(c))) {
+          log(`${project.name}: ${c}, the build that fills its cache`);
+          await buildWithRetries(ctx, c, "fill", (b) => {
+            if (!b.ok) log(`${project.name}: ${c} fill failed: ${b.error?.split("\n")[0]}`);
+            builds.push(b);
+          });
+        }
         for (let r = 0; r < runs; r++) {
           for (const c of contenders) {
             log(`${project.name}: ${c}, run ${r + 1}/${runs}`);
             await buildWithRetries(ctx, c, r, (b) => {
               if (!b.ok) log(`${project.name}: ${c} failed: ${b.error?.split("\n")[0]}`);
+              else {
+                log(
+                  `${project.name}: ${c} ${(b.wallMs! / 1000).toFixed(2)} s (load ${b.loadBefore}` +
+                    `${b.cacheHits === undefined ? "" : `, ${b.cacheHits} hits`})`,
+                );
+              }
               builds.push(b);
             });
           }
@@ -1745,6 +1997,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
         }
       } finally {
         if (farm) await stopFarm(farm, notes);
+        if (cachedFarm) await stopFarm(cachedFarm, notes);
       }
       if (farm && coldRuns > 0) {
         await coldRounds({
@@ -1805,7 +2058,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
     roundTrips: rt,
     roundTripDerived: derived,
     scaling,
-    goals: goals(summaries, derived, scaling),
+    goals: goals(summaries, derived, scaling, roundTrips > 0),
     notes,
   };
   const table = markdown(core);
@@ -1879,6 +2132,7 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       quick: { type: "boolean", default: false },
+      "action-cache": { type: "boolean", default: false },
       projects: { type: "string" },
       contenders: { type: "string" },
       runs: { type: "string" },
@@ -1899,19 +2153,24 @@ if (import.meta.main) {
     if (!CONTENDERS.includes(c as ContenderName)) throw new Error(`Unknown contender: ${c}`);
     return c as ContenderName;
   });
+  // The action cache's comparison alone: local make, termite-cached and warm
+  // ccache on lua and zstd; no round trips, cold farms or scaling.
+  const only = values["action-cache"];
   const report = await runHarness({
     quick: values.quick,
-    projects,
-    contenders,
+    projects: projects ?? (only ? [LUA, ZSTD] : undefined),
+    contenders: contenders ?? (only ? [...ACTION_CACHE_CONTENDERS] : undefined),
     runs: values.runs ? Number(values.runs) : undefined,
-    coldRuns: values["cold-runs"] ? Number(values["cold-runs"]) : undefined,
-    roundTrips: values["round-trips"] ? Number(values["round-trips"]) : undefined,
+    coldRuns: values["cold-runs"] ? Number(values["cold-runs"]) : only ? 0 : undefined,
+    roundTrips: values["round-trips"] ? Number(values["round-trips"]) : only ? 0 : undefined,
     scalingWorkers: values.scaling === undefined
-      ? undefined
+      ? only ? [] : undefined
       : values.scaling === ""
       ? []
       : values.scaling.split(",").map(Number),
-    outDir: values["out-dir"],
+    // Its own files: farm.json is the whole run's.
+    outDir: values["out-dir"] ??
+      (only ? new URL("./results/action-cache", import.meta.url).pathname : undefined),
     treeReset: treeResetArg(values["tree-reset"]),
     scalingTreeReset: treeResetArg(values["scaling-tree-reset"]),
   });

@@ -107,13 +107,22 @@ export function isJobParams(params: unknown): params is JobParams {
 /**
  * Streamed during a job: output, or a heartbeat (`{ hb: 1 }`). After the job,
  * a result set too large for the reply's frame comes as parts (`rs`, entries
- * to add to the reply's set) and batches of inline contents (`blobs`).
+ * to add to the reply's set) and batches of inline contents (`blobs`); so
+ * does a read set (`reads`, with the hashes of those entries: see
+ * common/read_set_parts.ts).
  */
 export type JobChunk =
   | { fd: 1 | 2; data: Uint8Array }
   | { hb: 1 }
   | { rs: Partial<ResultSet> }
-  | { blobs: Record<string, Uint8Array> };
+  | { blobs: Record<string, Uint8Array> }
+  | ReadSetPart;
+
+/** Entries of a read set sent ahead of the reply, and the hashes the worker held for them. */
+export interface ReadSetPart {
+  reads: [string, ReadKind[]][];
+  hashes: Record<string, string>;
+}
 
 /** A reply (or part) is kept below this many bytes; a frame holds 1 MiB. */
 export const RESULT_PART_BYTES = 256 * 1024;
@@ -149,6 +158,8 @@ export type ReadSet =
     stdin?: boolean;
     /** Content hashes the worker's mirror held for files read (those it can name). */
     hashes?: Record<string, string>;
+    /** How many {@linkcode ReadSetPart}s came ahead of the reply (their entries first). */
+    parts?: number;
   }
   | { complete: false; why: string };
 

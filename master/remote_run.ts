@@ -6,6 +6,7 @@
  * @module
  */
 import { concatBytes } from "../common/bytes.ts";
+import { ReadSetParts } from "../common/read_set_parts.ts";
 import {
   JOB_HEARTBEAT_MS,
   JOB_SILENCE_MS_MAX,
@@ -159,13 +160,15 @@ export class RemoteRunner {
     const output: HeldOutput = { 1: [], 2: [], bytes: 0, keep: action !== null };
     // A large result set arrives in parts ahead of the reply.
     const parts = new ResultParts(this.#options.resultEntriesMax);
-    const reply = await this.#call(worker, params, { io, hold, output, parts, silenceMs });
+    // So does a large read set.
+    const reads = new ReadSetParts();
+    const reply = await this.#call(worker, params, { io, hold, output, parts, reads, silenceMs });
     const exitCode = exitCodeOf(reply);
     worker.cursor = cursor;
     const merged = parts.merge(reply.resultSet);
     // The inputs' states, taken before the results change the tree.
     const recorded = action !== null
-      ? await this.#statesOf(worker, reply, { io, output, merged, startedMs })
+      ? await this.#statesOf(worker, reply, { io, output, merged, reads, startedMs })
       : null;
     const applyStarted = performance.now();
     const outcome = await this.#apply(worker, merged, { io, parts, reply, silenceMs });
@@ -221,10 +224,11 @@ export class RemoteRunner {
       hold: OutputHold;
       output: HeldOutput;
       parts: ResultParts;
+      reads: ReadSetParts;
       silenceMs: number;
     },
   ): Promise<JobReply> {
-    const { io, hold, output, parts, silenceMs } = job;
+    const { io, hold, output, parts, reads, silenceMs } = job;
     // What this worker's mirror fetches meanwhile is learned for the tool.
     const warmKey = params.warm!;
     this.warm?.jobStarted(worker.peer, warmKey);
@@ -268,6 +272,7 @@ export class RemoteRunner {
             await hold.write(c.fd === 1 ? 1 : 2, c.data);
           } else if ("rs" in c) parts.addEntries(c.rs);
           else if ("blobs" in c) parts.addBlobs(c.blobs);
+          else if ("reads" in c) reads.add(c);
         },
       });
     } catch (err) {
@@ -294,21 +299,28 @@ export class RemoteRunner {
   async #statesOf(
     worker: PooledWorker,
     reply: JobReply,
-    job: { io: JobIo; output: HeldOutput; merged: unknown; startedMs: number },
+    job: {
+      io: JobIo;
+      output: HeldOutput;
+      merged: unknown;
+      reads: ReadSetParts;
+      startedMs: number;
+    },
   ): Promise<Recorded | null> {
     const actions = this.actions;
     if (actions === null) return null;
     try {
+      const readSet = job.reads.merge(reply.reads);
       if (reply.killedBy) throw new NotCacheable(`killed by the sandbox (${reply.killedBy})`);
       if (job.output.bytes > OUTPUT_BYTES_MAX) throw new NotCacheable("too much output");
-      if (job.io.stdin !== null && reply.reads?.complete && reply.reads.stdin !== false) {
+      if (job.io.stdin !== null && readSet?.complete && readSet.stdin !== false) {
         throw new NotCacheable("the job read its stdin");
       }
       const set = job.merged as Partial<ResultSet>;
       const outputs = new Set(
         [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),
       );
-      return { reads: await actions.states(reply.reads!, job.startedMs, outputs), why: "" };
+      return { reads: await actions.states(readSet!, job.startedMs, outputs), why: "" };
     } catch (err) {
       if (err instanceof StaleRead) {
         // Its output came from an old version: tell the mirrors, run it again.

@@ -70,6 +70,20 @@ export async function removeStaleCgroups(
   let removed = 0;
   try {
     for await (const entry of Deno.readDir(root)) {
+      if (entry.isDirectory && entry.name.startsWith("rec-")) {
+        // A read recorder's directory (worker/read_trace.ts) of a crashed
+        // worker: its stale job cgroups, then itself once empty and old.
+        const dir = `${root}/${entry.name}`;
+        removed += await removeStaleCgroups(dir, { minAgeMs, now });
+        try {
+          const info = await Deno.stat(dir);
+          const madeMs = (info.birthtime ?? info.mtime ?? info.ctime)?.getTime() ?? 0;
+          if (now - madeMs >= minAgeMs) await Deno.remove(dir);
+        } catch {
+          // Busy (jobs left, or a live recorder's): not ours to touch.
+        }
+        continue;
+      }
       if (!entry.isDirectory || !entry.name.startsWith("job-")) continue;
       try {
         const info = await Deno.stat(`${root}/${entry.name}`);

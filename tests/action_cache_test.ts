@@ -234,3 +234,41 @@ Deno.test("action cache: a failing compile is replayed with its exit status and 
     assert.match(buildLines(status)[0], /2 replayed from cache \(\d+ misses/);
   });
 });
+
+Deno.test("action cache: a read set larger than a reply's frame comes in parts and is cached", async () => {
+  // 2,000 names of 120 characters: `ls -l` looks at each (lstat, getxattr), a
+  // read set of about 0.9 MB by the worker's estimate, four parts.
+  const prepare = async (tree: string) => {
+    await Deno.mkdir(`${tree}/big`, { recursive: true });
+    for (let i = 0; i < 2_000; i++) {
+      await Deno.writeTextFile(`${tree}/big/${"n".repeat(112)}${String(i).padStart(8, "0")}`, "");
+    }
+    await Deno.writeTextFile(
+      `${tree}/.termite-localrc`,
+      '[{"regexp": "^ls -l big", "cache": true}]\n',
+    );
+    await Deno.chmod(`${tree}/.termite-localrc`, 0o644);
+  };
+  const options = { ...ACTION_CACHE_FARM, slotsPerWorker: 1, prepare };
+  await withFarm("acache-big", options, async (farm, tree) => {
+    const sh = `${farm.binDir}/termite-sh`;
+    const list = async () => {
+      const before = await counts(farm);
+      const r = await runIn(tree, [sh, "-c", "ls -l big > big.txt"], farm.env);
+      assert.equal(r.code, 0, r.stderr);
+      const after = await counts(farm);
+      const lines = (await Deno.readTextFile(`${tree}/big.txt`)).trimEnd().split("\n");
+      return { hits: after.hits - before.hits, stored: after.stored - before.stored, lines, after };
+    };
+    const first = await list();
+    assert.equal(first.lines.length, 2_001);
+    assert.equal(first.stored, 1, `stored (${first.after.lastNotStored})`);
+    const second = await list();
+    assert.equal(second.hits, 1, `a hit (${second.after.lastNotStored})`);
+    assert.deepEqual(second.lines, first.lines);
+    await Deno.writeTextFile(`${tree}/big/added`, "");
+    const third = await list();
+    assert.equal(third.hits, 0, "a file added: a miss");
+    assert.equal(third.lines.length, 2_002);
+  });
+});

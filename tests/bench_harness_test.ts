@@ -69,6 +69,18 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
       assert.ok(termite.coldVsLocal! > 0 && termite.coldVsWarm! > 0, context);
       assert.ok(termite.coldMasterBytesServed! > 0, context);
     }
+    // Caching contenders: a fill build apart from the measured runs; a
+    // measured run that built took its compiles from the cache.
+    for (const c of ["termite-cached", "ccache"] as const) {
+      const s = report.summaries.find((x) => x.contender === c)!;
+      const fills = report.builds.filter((b) => b.contender === c && b.round === "fill");
+      assert.ok(fills.length >= 1, `${c}: a fill build`);
+      if (s.ok) {
+        assert.ok(s.fillMs! > 0 && s.fillVsLocal! > 0, `${c}: ${context}`);
+        assert.ok(s.cacheHits! > 0, `${c}: hits over the measured runs (${s.cacheHits})`);
+      } else console.log(`note: ${c} did not build: ${s.error}`);
+    }
+    assert.match(report.table, /Rebuilds from a cache/);
     const scaled = report.scaling.find((p) => p.workers === 1);
     if (scaled?.ok) assert.ok(scaled.coldBytesServed! > 0, "master bytes per worker count");
 

@@ -930,19 +930,29 @@ Deno.test("removeStaleCgroups() removes empty job cgroups only", async () => {
   await Deno.mkdir(`${root}/job-stale`, { recursive: true });
   await Deno.mkdir(`${root}/job-busy`);
   await Deno.mkdir(`${root}/other`);
+  // A read recorder's directory left by a crashed worker, with a stale job cgroup in it.
+  await Deno.mkdir(`${root}/rec-0123456789abcdef/job-stale`, { recursive: true });
   const busy = new Deno.Command("sleep", { args: ["30"] }).spawn();
   try {
     await Deno.writeTextFile(`${root}/job-busy/cgroup.procs`, String(busy.pid));
     // Just made: maybe a running neighbour's, about to be joined; left alone.
     assert.equal(await removeStaleCgroups(root), 0);
-    assert.equal(await removeStaleCgroups(root, { now: Date.now() + 11 * 60_000 }), 1);
+    assert.equal(await removeStaleCgroups(root, { now: Date.now() + 11 * 60_000 }), 2);
     const left = [...Deno.readDirSync(root)].filter((e) => e.isDirectory).map((e) => e.name).sort();
     assert.deepEqual(left, ["job-busy", "other"]);
     assert.equal(await removeStaleCgroups(`${root}/missing`), 0);
   } finally {
     busy.kill("SIGKILL");
     await busy.status;
-    for (const name of ["job-busy", "other", "job-stale"]) {
+    for (
+      const name of [
+        "job-busy",
+        "other",
+        "job-stale",
+        "rec-0123456789abcdef/job-stale",
+        "rec-0123456789abcdef",
+      ]
+    ) {
       await Deno.remove(`${root}/${name}`).catch(() => {});
     }
     await Deno.remove(root);

@@ -25,13 +25,12 @@ import { type Mirror, safeName } from "./mirrors.ts";
 import type { ReadTracer } from "./read_trace.ts";
 import type { MirrorStats } from "./mirror_options.ts";
 import { sendResultParts } from "./result_parts.ts";
+import { splitReadSet } from "../common/read_set_parts.ts";
 
 /** Result files up to this size travel inline in the job's reply... */
 const INLINE_FILE_BYTES_MAX = 128 * 1024;
 /** ...up to this much in all (a reply is one RPC frame, at most FRAME_BYTES_MAX). */
 const INLINE_BYTES_MAX = 512 * 1024;
-/** Bytes of a read set in the reply (about; the frame is 1 MiB, inline results up to 512 KiB). */
-const READS_BYTES_MAX = 384 * 1024;
 /** Free space below which a failed job is blamed on the worker's disk. */
 const DISK_FREE_BYTES_MIN = 16 * 2 ** 20;
 
@@ -239,6 +238,8 @@ export class JobRunner {
     try {
       outcome = await this.#runJob(mirror, params, ctx, stdin, timeoutMs, {
         onCgroup: (dir) => recording ? tracer!.attach(recording, dir) : Promise.resolve(),
+        // The tracer follows only the jobs under its own directory.
+        cgroupRoot: recording ? tracer!.cgroupRoot : undefined,
         onStderr: (data) => {
           if (staleSeen) return;
           staleSeen = staleText(data);
@@ -261,16 +262,15 @@ export class JobRunner {
       // What the job saw: the master refuses to cache a run over a stale file.
       if (reads.complete) {
         reads.hashes = {};
-        let bytes = 0;
         for (const [path, kinds] of reads.entries) {
           const hash = kinds.includes("r") ? mirror.fs.hashOf(path) : undefined;
           if (hash !== undefined) reads.hashes[path] = hash;
-          bytes += 2 * path.length + 96;
         }
-        // The reply is one frame, shared with the inline results.
-        if (bytes > READS_BYTES_MAX) {
-          reads = { complete: false, why: `read set too large for the reply (${bytes} bytes)` };
-        }
+        // The reply is one frame, shared with the inline results: a large
+        // read set goes ahead of it in parts.
+        const split = splitReadSet(reads);
+        for (const part of split.parts) await ctx.sendChunk(part);
+        reads = split.reply;
       }
     } else if (params.record === true) {
       reads = { complete: false, why: tracer?.deadReason ?? "this worker records no reads" };
@@ -286,6 +286,7 @@ export class JobRunner {
     timeoutMs: number,
     hooks: {
       onCgroup(dir: string | null): Promise<void>;
+      cgroupRoot?: string;
       onStderr(data: Uint8Array): void;
       onCollected(resultSet: ResultSet, collectMs: number): void;
       inline: Inline;
@@ -311,6 +312,7 @@ export class JobRunner {
       signal: ctx.signal,
       deferCleanup: (cleanup) => options.track(cleanup),
       onCgroup: hooks.onCgroup,
+      pidsCgroupRoot: hooks.cgroupRoot,
       onStdout: (data) => ctx.sendChunk({ fd: 1, data }),
       onStderr: (data) => {
         hooks.onStderr(data);

@@ -13,6 +13,7 @@
 import type { ReadSet } from "../common/protocol.ts";
 import { ReadSetBuilder, type TraceEvent } from "./read_set.ts";
 import { TRACE_MARK_DIR, traceScript } from "./read_trace_script.ts";
+import { PIDS_CGROUP_ROOT } from "../sandbox/mod.ts";
 
 /** How long bpftrace may take to compile and attach its probes (it is slow: 10–30 s here). */
 const TRACER_START_MS = 180_000;
@@ -22,6 +23,14 @@ const MARK_MS = 10_000;
 const EVENTS_MAX = 1_000_000;
 /** Bytes of trace output buffered before a line ends. */
 const LINE_BYTES_MAX = 4096;
+/**
+ * After a small read, the reader waits this long (or until a marker is sent)
+ * so that lines gather in the pipe: bpftrace writes one line at a time, and a
+ * wake-up per line cost the worker more than the lines themselves.
+ */
+const READ_PAUSE_MS = 20;
+/** A read this large is not followed by a pause. */
+const READ_PAUSE_BELOW_BYTES = 16 * 1024;
 
 export interface ReadTracerOptions {
   /** Where the program is written (root only). */
@@ -31,6 +40,17 @@ export interface ReadTracerOptions {
   log(message: string): void;
   /** The bpftrace binary; default `bpftrace` on PATH. */
   bpftrace?: string;
+  /**
+   * Where recorded jobs get their pids cgroups (made at start, removed at
+   * close); only processes in cgroups right under it are traced. Default a
+   * directory of this tracer's own under the sandbox's pids cgroup root.
+   */
+  cgroupRoot?: string;
+  /**
+   * Print a job's repeated lookups of a path once, in the kernel. Default
+   * true, unless TERMITE_TRACE_ALL_LOOKUPS is set (to measure what it saves).
+   */
+  dedup?: boolean;
 }
 
 /** A job being recorded. */
@@ -48,6 +68,12 @@ export class ReadTracer {
   readonly #options: ReadTracerOptions;
   readonly #token = [...crypto.getRandomValues(new Uint8Array(16))]
     .map((b) => b.toString(16).padStart(2, "0")).join("");
+  /** The pids cgroup directory recorded jobs go under. */
+  /** The inode of {@link cgroupRoot} when bpftrace started: what its filter names. */
+  #parentCgroupId: number | undefined;
+  readonly cgroupRoot: string;
+  /** Event lines read: in all, and those of no job being recorded (dropped). */
+  readonly stats: { events: number; unclaimed: number } = { events: 0, unclaimed: 0 };
   #child: Deno.ChildProcess | null = null;
   #ready = false;
   #dead: string | null = null;
@@ -55,9 +81,17 @@ export class ReadTracer {
   #marks = new Map<string, () => void>();
   #markSeq = 0;
   #reading: Promise<void> | null = null;
+  /** Ends the reader's pause (a marker was sent: its line is wanted now). */
+  #wake: (() => void) | null = null;
 
   constructor(options: ReadTracerOptions) {
     this.#options = options;
+    this.cgroupRoot = options.cgroupRoot ?? `${PIDS_CGROUP_ROOT}/rec-${this.#token.slice(0, 16)}`;
+  }
+
+  /** bpftrace's pid once started (for its CPU in benchmarks). */
+  get pid(): number | undefined {
+    return this.#child?.pid;
   }
 
   /** Whether jobs started now get recorded. */
@@ -73,11 +107,17 @@ export class ReadTracer {
   /** Starts bpftrace in the background; `ready` turns true once its probes are attached. */
   async start(): Promise<void> {
     const pidsIndex = await pidsControllerIndex();
+    await Deno.mkdir(this.cgroupRoot, { recursive: true });
+    const parentCgroupId = (await Deno.stat(this.cgroupRoot)).ino ?? undefined;
+    if (parentCgroupId === undefined) throw new Error(`No inode number for ${this.cgroupRoot}`);
+    this.#parentCgroupId = parentCgroupId;
     const script = traceScript({
+      parentCgroupId,
       pidsIndex,
       uid: this.#options.uid ?? 65534,
       workerPid: Deno.pid,
       token: this.#token,
+      dedup: this.#options.dedup ?? Deno.env.get("TERMITE_TRACE_ALL_LOOKUPS") === undefined,
     });
     await Deno.mkdir(this.#options.cacheDir, { recursive: true, mode: 0o700 });
     const file = `${this.#options.cacheDir}/read-trace.bt`;
@@ -123,6 +163,16 @@ export class ReadTracer {
   /** The job's cgroup directory is known: its events are taken from now on. */
   async attach(recording: Recording, cgroupDir: string | null): Promise<void> {
     if (cgroupDir === null) return recording.builder.fail("the job has no pids cgroup");
+    // Only cgroups right under the root are traced (the filter is in the kernel).
+    if (cgroupDir.slice(0, cgroupDir.lastIndexOf("/")) !== this.cgroupRoot) {
+      return recording.builder.fail(`the job's cgroup is not under ${this.cgroupRoot}`);
+    }
+    // The kernel filters by the directory bpftrace was given: one removed and
+    // made again (a neighbour's clean-up) would show the job nothing.
+    const parent = await Deno.stat(this.cgroupRoot).catch(() => null);
+    if (parent?.ino !== this.#parentCgroupId) {
+      return recording.builder.fail(`${this.cgroupRoot} is not the directory being traced`);
+    }
     const info = await Deno.stat(cgroupDir);
     recording.cgroupId = String(info.ino);
     this.#byCgroup.set(recording.cgroupId, recording);
@@ -160,6 +210,8 @@ export class ReadTracer {
     } catch { /* already gone */ }
     await this.#child?.status;
     await this.#reading;
+    // Fails while a job's cgroup is still in it (removed with the job): left then.
+    await Deno.remove(this.cgroupRoot).catch(() => {});
   }
 
   /** Sends one marker (a stat the program prints) and waits until it is read back. */
@@ -171,6 +223,7 @@ export class ReadTracer {
     const timer = setTimeout(() => seen.reject(new Error("trace marker timed out")), MARK_MS);
     try {
       await Deno.stat(`${TRACE_MARK_DIR}/${name}`).catch(() => {});
+      this.#wake?.();
       await seen.promise;
     } finally {
       clearTimeout(timer);
@@ -187,19 +240,44 @@ export class ReadTracer {
 
   async #read(stream: ReadableStream<Uint8Array>, onReady: () => void): Promise<void> {
     const end = ` |${this.#token}`;
+    // A reader and a decoder, not a TextDecoderStream: bpftrace writes a line
+    // at a time, and each chunk through a second stream costs more than its line.
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
     let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      rest += chunk;
-      let nl: number;
-      while ((nl = rest.indexOf("\n")) >= 0) {
-        const line = rest.slice(0, nl);
-        rest = rest.slice(nl + 1);
-        this.#line(line, end, onReady);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        rest += decoder.decode(value, { stream: true });
+        let start = 0;
+        let nl: number;
+        while ((nl = rest.indexOf("\n", start)) >= 0) {
+          this.#line(rest.slice(start, nl), end, onReady);
+          start = nl + 1;
+        }
+        rest = rest.slice(start);
+        if (rest.length > LINE_BYTES_MAX) {
+          this.#failAll("a trace line too long");
+          rest = "";
+        }
+        if (value.length < READ_PAUSE_BELOW_BYTES && this.#marks.size === 0) await this.#pause();
       }
-      if (rest.length > LINE_BYTES_MAX) {
-        this.#failAll("a trace line too long");
-        rest = "";
-      }
+    } finally {
+      reader.releaseLock();
+    }
+  }
+
+  /** Waits READ_PAUSE_MS, or less when a marker is sent meanwhile. */
+  async #pause(): Promise<void> {
+    const woken = Promise.withResolvers<void>();
+    const timer = setTimeout(woken.resolve, READ_PAUSE_MS);
+    this.#wake = woken.resolve;
+    try {
+      await woken.promise;
+    } finally {
+      clearTimeout(timer);
+      this.#wake = null;
     }
   }
 
@@ -208,7 +286,11 @@ export class ReadTracer {
       const sp1 = line.indexOf(" ", 2);
       const cgroupId = line.slice(2, sp1);
       const recording = this.#byCgroup.get(cgroupId);
-      if (recording === undefined) return;
+      this.stats.events++;
+      if (recording === undefined) {
+        this.stats.unclaimed++;
+        return;
+      }
       if (!line.endsWith(end)) return recording.builder.fail("a path with a newline in it");
       const fields = line.slice(sp1 + 1, line.length - end.length).split(" ");
       if (fields.length < 7) return recording.builder.fail(`a bad trace line: ${line}`);

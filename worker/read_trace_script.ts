@@ -24,6 +24,8 @@
 export const TRACE_PATH_BYTES = 200;
 /** Offset of `id` in the kernel's struct kernfs_node (Linux 6.x, x86_64). */
 export const KERNFS_NODE_ID_OFFSET = 96;
+/** Offset of its parent pointer (`parent`, `__parent` since 6.15: read by offset). */
+export const KERNFS_NODE_PARENT_OFFSET = 8;
 /** The directory whose lookups, by the worker itself, are markers. */
 export const TRACE_MARK_DIR = "/.termite-trace-mark";
 
@@ -121,6 +123,42 @@ const CALLS: Call[] = [
   { name: "open_tree", kind: "X" },
 ];
 
+/**
+ * Kinds printed at entry whose repeats add nothing to the read set: a job's
+ * second readlink or stat of the same absolute path notes what the first did
+ * (gcc's realpath() readlinks every prefix of every include directory).
+ */
+const DEDUP_KINDS = new Set(["s", "l"]);
+/** Lookups remembered before the set is cleared (bpftrace's map holds 4,096 keys). */
+export const TRACE_DEDUP_KEYS_MAX = 3_500;
+
+/**
+ * The body of an entry probe that prints a lookup once per job, path and
+ * what it notes (`l`: a readlink or a lookup that does not follow a last
+ * symlink; `s`: one that does). Relative paths are always printed (they
+ * depend on the cwd or a dirfd); so is everything once the set is full,
+ * and after it is cleared: a forgotten lookup is printed again, never lost.
+ */
+function dedupPrint(c: Call, cg: string, a1: string, a2: string, end: string): string {
+  // One map per note (a key holding the path is most of the 512-byte stack).
+  const once = (map: string) =>
+    `  if (${map}[$cg, str(args->${c.path})] == 0) {\n` +
+    `    if (strncmp(str(args->${c.path}, 2), "/", 1) == 0) {\n` +
+    `      ${map}[$cg, str(args->${c.path})] = 1;\n` +
+    `      @seenKeys = @seenKeys + 1;\n` +
+    `      if (@seenKeys > ${TRACE_DEDUP_KEYS_MAX}) { clear(@seenl); clear(@seens); @seenKeys = 0; }\n` +
+    `    }\n` +
+    `    printf("E %llu %llu %d ${c.kind} 0 %lld %lld %s${end}\\n", $cg, nsecs, pid, ${a1}, ${a2}, ` +
+    `str(args->${c.path}));\n` +
+    `  }\n`;
+  const body = c.kind === "l"
+    ? once("@seenl")
+    : `  if ((${a2} & ${AT_SYMLINK_NOFOLLOW}) != 0) {\n${once("@seenl")}  } else {\n${
+      once("@seens")
+    }  }\n`;
+  return `  $cg = ${cg};\n${body}`;
+}
+
 /** Calls that read a descriptor, and the argument naming it. */
 const STDIN_READS: [string, string][] = [
   ["read", "fd"],
@@ -143,33 +181,60 @@ const STDIN_READS: [string, string][] = [
  * `workerPid` the worker (whose lookups under TRACE_MARK_DIR are markers).
  */
 export function traceScript(
-  options: { pidsIndex: number; uid: number; workerPid: number; token: string },
+  options: {
+    pidsIndex: number;
+    uid: number;
+    workerPid: number;
+    token: string;
+    /** Print a job's repeated lookups of an absolute path once (default true). */
+    dedup?: boolean;
+    /**
+     * The kernfs id (inode number) of the pids cgroup directory under which
+     * the jobs to record get their cgroups: others' processes (jobs not
+     * recorded, other workers' jobs) are not traced. Absent: every process of `uid`.
+     */
+    parentCgroupId?: number;
+  },
 ): string {
-  const { pidsIndex, uid, workerPid, token } = options;
+  const { pidsIndex, uid, workerPid, token, parentCgroupId } = options;
+  const dedup = options.dedup ?? true;
   if (!/^[0-9a-f]{16,64}$/.test(token)) throw new Error("Bad trace token");
   // Ends every line: a path with a newline in it cannot fake one.
   const end = ` |${token}`;
   if (![pidsIndex, uid, workerPid].every((n) => Number.isInteger(n) && n >= 0)) {
     throw new Error(`Bad trace script options: ${JSON.stringify(options)}`);
   }
-  const filter = `uid == ${uid}`;
+  if (
+    parentCgroupId !== undefined && !(Number.isSafeInteger(parentCgroupId) && parentCgroupId > 0)
+  ) {
+    throw new Error(`Bad trace script options: ${JSON.stringify(options)}`);
+  }
   // The cgroup's kernfs id (its directory's inode number), read at its
   // offset in struct kernfs_node: bpftrace 0.17 cannot name fields after an
   // anonymous union. A wrong offset matches no job: every recording is then
   // empty, and an empty recording is incomplete.
   const cg = `*(uint64*)((uint64)curtask->cgroups->subsys[${pidsIndex}]->cgroup->kn + ` +
     `${KERNFS_NODE_ID_OFFSET})`;
+  // The parent directory's id, read the same way; a wrong offset matches no job either.
+  const parent =
+    `*(uint64*)(*(uint64*)((uint64)curtask->cgroups->subsys[${pidsIndex}]->cgroup->kn + ` +
+    `${KERNFS_NODE_PARENT_OFFSET}) + ${KERNFS_NODE_ID_OFFSET})`;
+  const filter = parentCgroupId === undefined
+    ? `uid == ${uid}`
+    : `uid == ${uid} && ${parent} == ${parentCgroupId}`;
   const out: string[] = [`BEGIN { printf("READY\\n"); }`];
+  // At exit bpftrace prints every map left: the remembered lookups are not output.
+  if (dedup) out.push(`END { clear(@seenl); clear(@seens); clear(@seenKeys); }`);
   const seen = new Set<string>();
   for (const c of CALLS) {
     const a1 = c.dfd ? `(int64)args->${c.dfd}` : "-100";
     const a2 = c.flags ? `(int64)args->${c.flags}` : String(c.flagsConst ?? 0);
     const path = c.path ? `str(args->${c.path})` : `""`;
     if (!c.exit) {
-      out.push(
-        `tracepoint:syscalls:sys_enter_${c.name} /${filter}/ {\n` +
-          `  printf("E %llu %llu %d ${c.kind} 0 %lld %lld %s${end}\\n", ${cg}, nsecs, pid, ${a1}, ${a2}, ${path});\n}`,
-      );
+      const body = dedup && DEDUP_KINDS.has(c.kind) && c.path
+        ? dedupPrint(c, cg, a1, a2, end)
+        : `  printf("E %llu %llu %d ${c.kind} 0 %lld %lld %s${end}\\n", ${cg}, nsecs, pid, ${a1}, ${a2}, ${path});\n`;
+      out.push(`tracepoint:syscalls:sys_enter_${c.name} /${filter}/ {\n${body}}`);
       continue;
     }
     // Entry saves the arguments (per thread), exit prints them with the result.
