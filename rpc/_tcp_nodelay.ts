@@ -9,6 +9,9 @@
  * @module
  */
 
+import { concatBytes } from "../common/bytes.ts";
+import { loadLibc } from "../common/libc.ts";
+
 const SYMBOLS = {
   setsockopt: {
     parameters: [
@@ -24,8 +27,23 @@ const SYMBOLS = {
 
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
-/** Lines of /proc/net/tcp read at most (one per socket on the host). */
+/** Bytes of /proc/net/tcp{,6} read at most (a line per socket of the network namespace). */
 const PROC_NET_BYTES_MAX = 64 * 2 ** 20;
+
+/** A /proc file's text, up to `max` bytes (their stat says size 0, so it is read in chunks). */
+function readProcText(path: string, max: number): string {
+  using file = Deno.openSync(path, { read: true });
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const buffer = new Uint8Array(64 * 1024);
+  while (total < max) {
+    const n = file.readSync(buffer);
+    if (n === null || n === 0) break;
+    chunks.push(buffer.slice(0, n));
+    total += n;
+  }
+  return new TextDecoder().decode(concatBytes(chunks));
+}
 
 /** The inode of the TCP socket from `localPort` to `remotePort`, from /proc/net/tcp{,6}. */
 function socketInode(localPort: number, remotePort: number): string | undefined {
@@ -35,8 +53,7 @@ function socketInode(localPort: number, remotePort: number): string | undefined 
   for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
     let text: string;
     try {
-      if (Deno.statSync(table).size > PROC_NET_BYTES_MAX) continue;
-      text = Deno.readTextFileSync(table);
+      text = readProcText(table, PROC_NET_BYTES_MAX);
     } catch {
       continue;
     }
@@ -79,7 +96,7 @@ export function setTlsNoDelay(conn: Deno.TlsConn): boolean {
   // Opened per connection (once per peer), so that nothing stays loaded.
   let libc: Deno.DynamicLibrary<typeof SYMBOLS>;
   try {
-    libc = Deno.dlopen("libc.so.6", SYMBOLS);
+    libc = loadLibc(SYMBOLS);
   } catch {
     return false; // No FFI permission, or no glibc: Nagle stays on.
   }
