@@ -17,9 +17,8 @@
 
 import {
   type Handlers,
-  listen,
+  listenAny,
   type ListenOptions,
-  listenTls,
   RpcError,
   type RpcPeer,
   type RpcServer,
@@ -222,7 +221,7 @@ class CoordinatorImpl implements Coordinator {
       peersMax: this.#workersMax + this.#mastersMax + 16,
     };
     try {
-      this.#rpc = options.tls === undefined ? listen(rpcOptions) : await listenTls(rpcOptions);
+      this.#rpc = await listenAny(rpcOptions);
     } catch (error) {
       if (error instanceof TlsConfigError) throw error;
       throw new ListenError("workers and masters", hostname, port, { cause: error });

@@ -84,6 +84,7 @@ export {
   type ConnectOptions,
   formatAddr,
   listen,
+  listenAny,
   type ListenOptions,
   listenTls,
   PEERS_MAX,

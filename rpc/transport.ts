@@ -124,6 +124,11 @@ export function listen(options: ListenOptions): RpcServer {
   return new Server(denoAcceptor(listener), options);
 }
 
+/** Listens over TLS when `options.tls` is given ({@linkcode listenTls}), else plain. */
+export function listenAny(options: ListenOptions): Promise<RpcServer> {
+  return options.tls === undefined ? Promise.resolve(listen(options)) : listenTls(options);
+}
+
 /**
  * Listens for peers over TLS, as {@linkcode listen} does on plain TCP, with
  * `options.tls`'s certificate and key; every client must show a certificate

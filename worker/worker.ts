@@ -25,9 +25,8 @@ import { isHash } from "../common/hash.ts";
 import {
   type CallContext,
   type Handlers,
-  listen,
+  listenAny,
   type ListenOptions,
-  listenTls,
   RpcError,
   type RpcPeer,
   type RpcServer,
@@ -233,9 +232,7 @@ export class Worker implements AsyncDisposable {
           handlers: (peer) => worker.#handlers(peer),
           log: (m) => worker.#log(m),
         };
-        worker.#server = options.tls === undefined
-          ? listen(rpcOptions)
-          : await listenTls(rpcOptions);
+        worker.#server = await listenAny(rpcOptions);
       } catch (err) {
         if (err instanceof TlsConfigError) throw err;
         throw new ListenError("masters", hostname, port, { cause: err });
