@@ -40,6 +40,8 @@ export function splitReadSet(
 ): { parts: ReadSetPart[]; reply: ReadSet } {
   let total = 0;
   for (const [path] of reads.entries) total += readEntryBytes(path);
+  // Counted as the master counts them (ReadSetParts.add).
+  for (const [path, hash] of Object.entries(reads.hashes ?? {})) total += path.length + hash.length;
   if (total > bytesMax) {
     return {
       parts: [],
@@ -113,6 +115,12 @@ export class ReadSetParts {
     for (const [path, hash] of Object.entries(p.hashes)) {
       if (typeof hash !== "string") {
         this.#bad = "a malformed read set hash";
+        return;
+      }
+      // Hashes count against the limit too: a part may name paths its reads do not.
+      this.#bytes += path.length + hash.length;
+      if (this.#bytes > this.#bytesMax) {
+        this.#bad = `read set parts beyond ${this.#bytesMax} bytes`;
         return;
       }
       this.#hashes[path] = hash;

@@ -83,6 +83,10 @@ Deno.test("ReadSetParts: a missing, extra, malformed or excess part makes the re
   assert.match(incomplete((m) => m.add({ reads: "x", hashes: {} })), /malformed/);
   assert.match(incomplete((m) => m.add({ reads: [[1, ["r"]]], hashes: {} })), /malformed/);
   assert.match(incomplete((m) => m.add({ reads: [], hashes: { "/a": 5 } })), /malformed/);
+  // Hashes alone (paths the reads do not name) count against the limit too.
+  const flood: Record<string, string> = {};
+  for (let i = 0; i < 40_000; i++) flood[`/h/${i}`] = "ab".repeat(32);
+  assert.match(incomplete((m) => m.add({ reads: [], hashes: flood })), /beyond 2000000 bytes/);
   assert.match(
     incomplete((m) => parts.forEach((p) => m.add(p)), { complete: true, entries: [] }),
     /came, the reply says 0/,
