@@ -21,6 +21,15 @@ export const HOLDERS_HASHES_MAX = 200_000;
 /** Holders remembered per hash at most. */
 export const HOLDERS_PER_HASH_MAX = 4;
 
+/**
+ * A holder that failed this many peers (unreachable, lacking the blob, or
+ * sending other bytes) within {@link HOLDER_FAILURES_WINDOW_MS} is not
+ * named to anyone for the rest of the window: a firewalled or lying worker
+ * costs a few detours, not one per blob.
+ */
+export const HOLDER_FAILURES_MAX = 3;
+export const HOLDER_FAILURES_WINDOW_MS = 5 * 60_000;
+
 /** The counters {@linkcode BlobHolders} keeps. */
 export interface BlobHolderStats {
   /** Blob requests answered with a peer's address instead of the bytes. */
@@ -33,6 +42,13 @@ export class BlobHolders {
   readonly stats: BlobHolderStats = { redirected: 0, redirectedBytes: 0 };
   /** Hash → size and holder addresses; insertion order is LRU order. */
   readonly #holders = new Map<string, { size: number; at: string[]; next: number }>();
+  /** Per holder: failures reported since the start of its window (one entry per worker seen). */
+  readonly #failures = new Map<string, { count: number; sinceMs: number }>();
+  readonly #now: () => number;
+
+  constructor(options: { now?: () => number } = {}) {
+    this.#now = options.now ?? Date.now;
+  }
 
   /** The master starts sending blob `hash` (`size` bytes) to the worker at `address`. */
   sending(hash: string, size: number, address: string): void {
@@ -66,7 +82,7 @@ export class BlobHolders {
     if (entry === undefined) return undefined;
     for (let i = 0; i < entry.at.length; i++) {
       const address = entry.at[(entry.next + i) % entry.at.length];
-      if (address === requester || !live(address)) continue;
+      if (address === requester || !live(address) || this.#shunned(address)) continue;
       entry.next = (entry.next + i + 1) % entry.at.length;
       this.stats.redirected++;
       this.stats.redirectedBytes += entry.size;
@@ -75,13 +91,36 @@ export class BlobHolders {
     return undefined;
   }
 
-  /** The worker at `address` could not give `hash` to a peer: it is not asked for it again. */
+  /**
+   * The worker at `address` could not give `hash` to a peer: it is not asked
+   * for it again, and after {@link HOLDER_FAILURES_MAX} such reports for a
+   * while not for anything.
+   */
   failed(hash: string, address: string): void {
+    const now = this.#now();
+    const failures = this.#failures.get(address);
+    if (failures === undefined || now - failures.sinceMs > HOLDER_FAILURES_WINDOW_MS) {
+      if (this.#failures.size >= HOLDERS_HASHES_MAX) this.#failures.clear();
+      this.#failures.set(address, { count: 1, sinceMs: now });
+    } else {
+      failures.count++;
+    }
     const entry = this.#holders.get(hash);
     if (entry === undefined) return;
     entry.at = entry.at.filter((a) => a !== address);
     entry.next = 0;
     if (entry.at.length === 0) this.#holders.delete(hash);
+  }
+
+  /** Whether the worker at `address` failed too many peers lately. */
+  #shunned(address: string): boolean {
+    const failures = this.#failures.get(address);
+    if (failures === undefined) return false;
+    if (this.#now() - failures.sinceMs > HOLDER_FAILURES_WINDOW_MS) {
+      this.#failures.delete(address);
+      return false;
+    }
+    return failures.count >= HOLDER_FAILURES_MAX;
   }
 
   /** Hashes remembered now. */

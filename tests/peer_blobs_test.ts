@@ -12,6 +12,7 @@ import { WorkerMethods } from "../common/protocol.ts";
 import type { RequestContext } from "../fuse/types.ts";
 import {
   BlobHolders,
+  HOLDER_FAILURES_WINDOW_MS,
   HOLDERS_HASHES_MAX,
   HOLDERS_PER_HASH_MAX,
   PEER_BLOB_BYTES_MIN,
@@ -55,6 +56,24 @@ Deno.test("BlobHolders: sends a requester to another live holder of a big blob, 
   for (let i = 0; i < HOLDERS_HASHES_MAX + 10; i++) holders.sending(`k${i}`, BIG, "w1:1");
   assert.equal(holders.size, HOLDERS_HASHES_MAX, "hashes remembered are bounded");
   assert.equal(holders.holderFor("k0", "w2:1", () => true), undefined, "the oldest forgotten");
+});
+
+Deno.test("BlobHolders: a holder that failed peers three times is named to no one for a while", () => {
+  let now = 1_000_000;
+  const holders = new BlobHolders({ now: () => now });
+  const live = () => true;
+  for (const hash of ["h1", "h2", "h3", "h4"]) holders.sending(hash, BIG, "bad:1");
+  holders.sending("h4", BIG, "good:1");
+  holders.failed("h1", "bad:1");
+  holders.failed("h2", "bad:1");
+  assert.equal(holders.holderFor("h3", "w:1", live), "bad:1", "two failures: still named");
+  holders.failed("h3", "bad:1");
+  assert.equal(holders.holderFor("h4", "w:1", live), "good:1", "three: skipped");
+  assert.equal(holders.holderFor("h4", "w:1", live), "good:1");
+  holders.sending("h5", BIG, "bad:1");
+  assert.equal(holders.holderFor("h5", "w:1", live), undefined, "the master sends it");
+  now += HOLDER_FAILURES_WINDOW_MS + 1;
+  assert.equal(holders.holderFor("h5", "w:1", live), "bad:1", "named again after the window");
 });
 
 /** How a test peer answers `blob.get`. */
