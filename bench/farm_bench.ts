@@ -43,6 +43,7 @@ import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
 import { Ccache, ensureCcache } from "./_ccache.ts";
+import { buildClient } from "../wrapper/native/build.ts";
 import {
   childrenCpuMs,
   processTree,
@@ -64,10 +65,21 @@ import {
 
 export type BenchResult = { name: string; value: number; unit: string; note?: string };
 
-export type ContenderName = "local" | "termite" | "distcc" | "termite-cached" | "ccache";
+export type ContenderName =
+  | "local"
+  | "termite"
+  | "termite-native"
+  | "distcc"
+  | "termite-cached"
+  | "ccache";
+/**
+ * termite-native: the termite contender's farm, its tools linked to the
+ * native wrapper client (bin/termite-client) instead of the Deno wrapper.
+ */
 export const CONTENDERS: readonly ContenderName[] = [
   "local",
   "termite",
+  "termite-native",
   "distcc",
   "termite-cached",
   "ccache",
@@ -291,6 +303,10 @@ export interface RoundTripDerived {
   workerOverheadTinyCompileMs?: number;
   /** termite gcc -c tiny.c / distcc gcc -c tiny.c, median round trips. */
   remoteCompileVsDistcc?: number;
+  /** The same with the native wrapper client. */
+  nativeRemoteCompileVsDistcc?: number;
+  /** `termite-sh -c true` through the native client minus `/bin/true`, ms. */
+  nativeStartMs?: number;
   /** `termite-sh -c true` (a builtin: the wrapper alone) minus `/bin/true`, ms. */
   wrapperStartMs?: number;
   /** termite gcc -c minus gcc -c, minus the wrapper start, ms. */
@@ -652,9 +668,35 @@ interface BuildContext {
   ccacheError?: string;
 }
 
+const nativeLinks = new Map<Farm, Promise<{ bin: string; env: Record<string, string> }>>();
+
+/**
+ * The farm's tools linked to the native wrapper client, in a folder of their
+ * own: termite-native's PATH (made once per farm).
+ */
+function nativeLinksOf(farm: Farm): Promise<{ bin: string; env: Record<string, string> }> {
+  let links = nativeLinks.get(farm);
+  if (!links) {
+    links = (async () => {
+      const bin = `${farm.dir}/bin-native`;
+      const client = await buildClient();
+      await Deno.mkdir(bin, { recursive: true });
+      for await (const e of Deno.readDir(farm.binDir)) {
+        await Deno.remove(`${bin}/${e.name}`).catch(() => {});
+        await Deno.symlink(client, `${bin}/${e.name}`);
+      }
+      return { bin, env: { ...farm.env, PATH: `${bin}:${Deno.env.get("PATH")}` } };
+    })();
+    nativeLinks.set(farm, links);
+  }
+  return links;
+}
+
 /** The farm a contender builds on, if any. */
 function farmOf(ctx: BuildContext, contender: ContenderName): BenchFarm | null {
-  if (contender === "termite") return ctx.farmBroken ? null : ctx.farm;
+  if (contender === "termite" || contender === "termite-native") {
+    return ctx.farmBroken ? null : ctx.farm;
+  }
   if (contender === "termite-cached") return ctx.cachedFarmBroken ? null : ctx.cachedFarm ?? null;
   return null;
 }
@@ -663,6 +705,7 @@ function farmOf(ctx: BuildContext, contender: ContenderName): BenchFarm | null {
 function unavailable(ctx: BuildContext, contender: ContenderName): string | null {
   switch (contender) {
     case "termite":
+    case "termite-native":
       return farmOf(ctx, contender) ? null : ctx.farmError;
     case "termite-cached":
       return farmOf(ctx, contender) ? null : ctx.cachedFarmError ?? "no farm";
@@ -699,7 +742,7 @@ async function buildOnce(
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
     await resetTree(ctx.src, dir, ctx.treeReset);
     const env = bf
-      ? bf.farm.env
+      ? contender === "termite-native" ? (await nativeLinksOf(bf.farm)).env : bf.farm.env
       : contender === "distcc"
       ? ctx.distcc!.env(true)
       : contender === "ccache"
@@ -747,7 +790,7 @@ async function buildOnce(
       const aborted = await abortFuse(bf);
       const error =
         `skipped: an earlier farm build timed out (${aborted} FUSE connections aborted)`;
-      if (contender === "termite") {
+      if (contender === "termite" || contender === "termite-native") {
         ctx.farmError = error;
         ctx.farmBroken = true;
       } else {
@@ -902,6 +945,7 @@ async function measureRoundTrips(options: {
     await Deno.writeTextFile(`${farmDir}/tiny.c`, TINY_C);
   }
   const bin = farm?.farm.binDir ?? "";
+  const nativeBin = farm ? (await nativeLinksOf(farm.farm)).bin : "";
   const farmEnv = farm?.farm.env ?? plainEnv;
   const noFarm = farm ? undefined : options.farmError || "no farm";
   const noDistcc = distcc ? undefined : options.distccError || "no distcc";
@@ -950,6 +994,24 @@ async function measureRoundTrips(options: {
       unavailable: noFarm,
     },
     {
+      name: "termite-sh -c true (builtin: native client start)",
+      via: "termite",
+      argv: [`${nativeBin}/termite-sh`, "-c", "true"],
+      env: farmEnv,
+      cwd: farmDir,
+      remote: false,
+      unavailable: noFarm,
+    },
+    {
+      name: "termite-sh -c '/bin/true x' (remote, native client)",
+      via: "termite",
+      argv: [`${nativeBin}/termite-sh`, "-c", "/bin/true x"],
+      env: farmEnv,
+      cwd: farmDir,
+      remote: true,
+      unavailable: noFarm,
+    },
+    {
       name: "gcc -c tiny.c",
       via: "direct",
       argv: ["gcc", "-c", "tiny.c"],
@@ -961,6 +1023,15 @@ async function measureRoundTrips(options: {
       name: "gcc -c tiny.c (termite wrapper)",
       via: "termite",
       argv: [`${bin}/gcc`, "-c", "tiny.c"],
+      env: farmEnv,
+      cwd: farmDir,
+      remote: true,
+      unavailable: noFarm,
+    },
+    {
+      name: "gcc -c tiny.c (native client)",
+      via: "termite",
+      argv: [`${nativeBin}/gcc`, "-c", "tiny.c"],
       env: farmEnv,
       cwd: farmDir,
       remote: true,
@@ -1111,6 +1182,10 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
     }
   }
   if (tgcc !== undefined && dgcc) out.remoteCompileVsDistcc = round(tgcc / dgcc);
+  const ngcc = m("gcc -c tiny.c (native client)");
+  if (ngcc !== undefined && dgcc) out.nativeRemoteCompileVsDistcc = round(ngcc / dgcc);
+  const nstart = m("termite-sh -c true (builtin: native client start)");
+  if (nstart !== undefined && trueMs !== undefined) out.nativeStartMs = round(nstart - trueMs);
   const onWorker = found("gcc -c tiny.c (termite wrapper)")?.workerCpuPerCmdMs;
   const direct = found("gcc -c tiny.c")?.clientCpuMedianMs;
   if (onWorker !== undefined && direct !== undefined) {
@@ -1317,7 +1392,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           ((b.clientCpuS ?? 0) + (b.masterCpuS ?? 0)) * 1000 / Math.max(1, b.objects ?? 1)
         );
         s.clientCpuPerJobMs = round(median(perJob));
-        if (c === "termite" || c === "termite-cached") {
+        if (c === "termite" || c === "termite-native" || c === "termite-cached") {
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
@@ -1327,7 +1402,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
         }
-        if (c === "termite") {
+        if (c === "termite" || c === "termite-native") {
           s.workerCpuPerJobMs = round(
             median(
               ok.map((b) =>
@@ -1453,11 +1528,16 @@ function atMost(name: string, measured: number | undefined, target: number | und
 /** The goals of issue 14: what the build host pays per job, side by side in this run. */
 function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | null): Goal[] {
   const out: Goal[] = [];
-  for (const s of summaries.filter((s) => s.contender === "termite")) {
+  for (
+    const s of summaries.filter((s) =>
+      s.contender === "termite" || s.contender === "termite-native"
+    )
+  ) {
     const distcc = summaries.find((d) => d.project === s.project && d.contender === "distcc");
+    const project = s.contender === "termite" ? s.project : `${s.project} (native client)`;
     out.push(
       atMost(
-        `${s.project}: the master's own CPU per compile job (warm)`,
+        `${project}: the master's own CPU per compile job (warm)`,
         s.masterOwnCpuPerJobMs,
         GOAL_MASTER_CPU_PER_JOB_MS,
         {
@@ -1466,7 +1546,7 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
         },
       ),
       atMost(
-        `${s.project}: build-host CPU per compile job (make, wrappers, master), farm vs distcc`,
+        `${project}: build-host CPU per compile job (make, wrappers, master), farm vs distcc`,
         s.clientCpuPerJobMs,
         distcc?.clientCpuPerJobMs,
         {
@@ -1477,13 +1557,13 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
         },
       ),
       atMost(
-        `${s.project}: worker-side CPU per remote job beyond the job (worker, FUSE, launcher)`,
+        `${project}: worker-side CPU per remote job beyond the job (worker, FUSE, launcher)`,
         s.workerOverheadPerJobMs,
         GOAL_WORKER_OVERHEAD_MS,
         { unit: " ms", missing: "the farm or local make did not build" },
       ),
       atMost(
-        `${s.project}: warm build farm / local make (issue 14)`,
+        `${project}: warm build farm / local make (issue 14)`,
         s.vsLocal,
         GOAL_WARM_BUILD_ISSUE14,
         {
@@ -1512,6 +1592,12 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
     atMost(
       "remote gcc -c tiny.c round trip, termite / distcc",
       derived.remoteCompileVsDistcc,
+      1,
+      { unit: "×" },
+    ),
+    atMost(
+      "remote gcc -c tiny.c round trip, termite with the native client / distcc",
+      derived.nativeRemoteCompileVsDistcc,
       1,
       { unit: "×" },
     ),
@@ -1893,7 +1979,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       }
       let farm: BenchFarm | null = null;
       let farmError = "";
-      if (contenders.includes("termite")) {
+      if (contenders.includes("termite") || contenders.includes("termite-native")) {
         try {
           log(`${project.name}: starting a farm (${workers} workers × ${slotsPerWorker} slots)`);
           farm = await startFarm({
@@ -1988,8 +2074,8 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
           rt = await measureRoundTrips({
             n: roundTrips,
             dir: `${pdir}/rt`,
-            farm: contenders.includes("termite") ? farm : null,
-            farmError: contenders.includes("termite") ? farmError : "not a contender",
+            farm,
+            farmError: farmError || "not a contender",
             distcc,
             distccError: wantDistcc ? distccError : "not a contender",
             log,

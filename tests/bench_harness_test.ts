@@ -53,6 +53,11 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     const termite = report.summaries.find((s) => s.contender === "termite")!;
     if (termite.ok) assert.ok(termite.remoteJobs! > 0 && termite.allJobs! >= termite.remoteJobs!);
     else console.log(`note: the farm did not build: ${termite.error}`);
+    // The same farm through the native wrapper client: its jobs ran on workers too.
+    const native = report.summaries.find((s) => s.contender === "termite-native")!;
+    if (termite.ok) {
+      assert.ok(native.ok && native.remoteJobs! > 0, `termite-native: ${native.error}`);
+    }
     // Cold builds are recorded apart from the warm runs: the farm's first
     // (every cache fresh), then a cold round (fresh workers, then fresh master
     // too) interleaved with a local make, each with the master's bytes sent.
