@@ -945,7 +945,10 @@ async function measureRoundTrips(options: {
     await Deno.writeTextFile(`${farmDir}/tiny.c`, TINY_C);
   }
   const bin = farm?.farm.binDir ?? "";
-  const nativeBin = farm ? (await nativeLinksOf(farm.farm)).bin : "";
+  const native = farm ? await nativeLinksOf(farm.farm) : null;
+  const nativeBin = native?.bin ?? "";
+  // Its own links first in PATH, not the Deno wrapper's: a job's PATH is the one it was given.
+  const nativeEnv = native?.env ?? plainEnv;
   const farmEnv = farm?.farm.env ?? plainEnv;
   const noFarm = farm ? undefined : options.farmError || "no farm";
   const noDistcc = distcc ? undefined : options.distccError || "no distcc";
@@ -997,7 +1000,7 @@ async function measureRoundTrips(options: {
       name: "termite-sh -c true (builtin: native client start)",
       via: "termite",
       argv: [`${nativeBin}/termite-sh`, "-c", "true"],
-      env: farmEnv,
+      env: nativeEnv,
       cwd: farmDir,
       remote: false,
       unavailable: noFarm,
@@ -1006,7 +1009,7 @@ async function measureRoundTrips(options: {
       name: "termite-sh -c '/bin/true x' (remote, native client)",
       via: "termite",
       argv: [`${nativeBin}/termite-sh`, "-c", "/bin/true x"],
-      env: farmEnv,
+      env: nativeEnv,
       cwd: farmDir,
       remote: true,
       unavailable: noFarm,
@@ -1032,7 +1035,7 @@ async function measureRoundTrips(options: {
       name: "gcc -c tiny.c (native client)",
       via: "termite",
       argv: [`${nativeBin}/gcc`, "-c", "tiny.c"],
-      env: farmEnv,
+      env: nativeEnv,
       cwd: farmDir,
       remote: true,
       unavailable: noFarm,

@@ -19,7 +19,9 @@ import {
 } from "../wrapper/protocol.ts";
 
 const DENO_WRAPPER = new URL("../bin/termite-wrap", import.meta.url).pathname;
-const NATIVE = buildClient();
+let built: Promise<string> | undefined;
+/** The native client, built on first use (within a test: no op outlives it). */
+const native = () => built ??= buildClient();
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -36,7 +38,7 @@ async function link(dir: string, tool: string, kind: Kind): Promise<string> {
   await Deno.mkdir(`${dir}/links`, { recursive: true });
   const path = `${dir}/links/${tool}`;
   await Deno.remove(path).catch(() => {});
-  await Deno.symlink(kind === "native" ? await NATIVE : DENO_WRAPPER, path);
+  await Deno.symlink(kind === "native" ? await native() : DENO_WRAPPER, path);
   return path;
 }
 
@@ -162,6 +164,7 @@ Deno.test("native client: the request (argv, cwd, env, PATH, stdin, shell) is th
           new Uint8Array([0xfe, 0x3d, 0x31]),
           "CTL=\x01\x02\x1b[0m",
           "UNI=\u00e9\u{1f600}",
+          "TERMITE_WRAP_LINK=/elsewhere/gcc", // never passed on to a job
         ],
         stdin: enc.encode("some input\n"),
       },
@@ -513,7 +516,7 @@ Deno.test("native client: termite-make, the launcher names and a bad shell line 
       assert.match(results[1].err, stderr, tool);
     }
     // Run by its own name it is bin/termite-wrap run by its own: a launcher.
-    const own = await new Deno.Command(await NATIVE, { cwd: dir, stderr: "piped" }).output();
+    const own = await new Deno.Command(await native(), { cwd: dir, stderr: "piped" }).output();
     assert.equal(own.code, 2);
     assert.match(dec.decode(own.stderr), /usage: termite COMMAND/);
   } finally {

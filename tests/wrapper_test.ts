@@ -16,7 +16,9 @@ const dec = new TextDecoder();
 /** The wrappers the tests run: the Deno one (the default) and the native client (opt-in). */
 type WrapperKind = "deno" | "native";
 const KINDS: WrapperKind[] = ["deno", "native"];
-const NATIVE = buildClient();
+let built: Promise<string> | undefined;
+/** The native client, built on first use (within a test: no op outlives it). */
+const native = () => built ??= buildClient();
 
 /**
  * Runs `args` (`--as TOOL ARGS...`) through the wrapper of `kind`: wrapper.ts
@@ -40,7 +42,7 @@ async function wrapWith(
   if (kind === "native") {
     assert.equal(args[0], "--as");
     links = await Deno.makeTempDir({ prefix: "termite-links-" });
-    await Deno.symlink(await NATIVE, `${links}/${args[1]}`);
+    await Deno.symlink(await native(), `${links}/${args[1]}`);
     cmd = [`${links}/${args[1]}`, ...args.slice(2)];
   }
   try {
@@ -67,7 +69,7 @@ async function wrapWith(
 /** What a tool's link points to for `kind`. */
 async function shimOf(kind: WrapperKind): Promise<string> {
   return kind === "native"
-    ? await NATIVE
+    ? await native()
     : new URL("../bin/termite-wrap", import.meta.url).pathname;
 }
 
@@ -476,6 +478,35 @@ for (const kind of KINDS) {
     }
   });
 }
+
+Deno.test("native client: a socket file that passes the checks but whose listener is another user is refused (SO_PEERCRED)", async () => {
+  const dir = await tempTree();
+  try {
+    // As after a swap between the checks and the connect: the file is root's,
+    // the process behind it nobody's.
+    await Deno.mkdir(`${dir}/nobody`);
+    await Deno.chown(`${dir}/nobody`, 65534, 65534);
+    const theirs = await fakeMaster(`${dir}/nobody/sock`, { asNobody: true });
+    await Deno.chown(`${dir}/nobody/sock`, 0, 0);
+    await Deno.rename(`${dir}/nobody/sock`, `${dir}/.termite-socket`);
+    const r = await wrapWith("native", ["--as", "gcc", "-c", "x.c"], {
+      cwd: dir,
+      env: { ...SECRET_ENV, TERMITE_LOCAL_FALLBACK: "1" },
+    });
+    // It connected (to ask who listens), then closed with nothing sent.
+    assert.equal(await theirs.stop(), "got \n", "the request reached the socket");
+    assert.equal(r.code, 255, r.stderr);
+    assert.equal(r.stdout, "");
+    assert.equal(
+      r.stderr,
+      `termite: refusing the master socket ${dir}/.termite-socket: the process listening on it ` +
+        `is not yours (uid 0) or root's; anyone who could put it there would get this command ` +
+        `and its environment\n`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
 
 Deno.test("master: in a tree others may write it says that wrappers will refuse its socket", async () => {
   const dir = await tempTree();

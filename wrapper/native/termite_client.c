@@ -316,6 +316,8 @@ static struct var *env_vars(size_t *count) {
     const char *e = environ[i];
     const char *eq = strchr(e, '=');
     if (!eq || eq == e || !utf8_valid(e, strlen(e))) continue;
+    /* bin/termite-wrap deletes it before any job sees the environment. */
+    if (strncmp(e, "TERMITE_WRAP_LINK=", 18) == 0) continue;
     vars[m++] = (struct var){.entry = e, .key_len = (size_t)(eq - e), .index = i};
   }
   qsort(vars, m, sizeof *vars, var_cmp);
@@ -971,6 +973,21 @@ int main(int argc, char **argv) {
   if (sock < 0) exec_deno(argv);
   while (connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) {
     if (errno != EINTR) exec_deno(argv);
+  }
+  /*
+   * Beyond the Deno wrapper (Deno gives no descriptor to ask): the process
+   * listening must be ours or root's too, else the socket was swapped between
+   * the checks and the connect. Under such a race: fail, send nothing.
+   */
+  struct ucred peer;
+  socklen_t peer_len = sizeof peer;
+  uid_t me = getuid();
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 ||
+      (peer.uid != me && peer.uid != 0)) {
+    say("refusing the master socket %s: the process listening on it is not yours (uid %u) or "
+        "root's; anyone who could put it there would get this command and its environment",
+        socket_path, (unsigned)me);
+    return 255;
   }
 
   /* The request, as JSON.stringify writes a WrapperRequest. */
