@@ -26,14 +26,16 @@
  * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
  * - Rebuilds from a cache (issue 16): "termite-cached", a farm whose workers
  *   record reads (bpftrace, started once per project) with the master's
- *   action cache on, and "ccache" (warm, Debian's package): each fills its
+ *   action cache on ("termite-cached-native": the same farm through the
+ *   native wrapper client), and "ccache" (warm, Debian's package): each fills its
  *   cache with a first build, then rebuilds after every reset of the tree,
  *   interleaved with local make (a cold build).
  *
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
- * [--contenders local,termite,distcc,termite-cached,ccache] [--runs N] [--cold-runs N]
+ * [--contenders local,termite,termite-native,distcc,termite-cached,termite-cached-native,ccache]
+ * [--runs N] [--cold-runs N]
  * [--round-trips N] [--scaling 0,1,2] [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`;
- * `--action-cache` runs only local, termite-cached and ccache on lua and zstd (with
+ * `--action-cache` runs only local, termite-cached(-native) and ccache on lua and zstd (with
  * `--quick`: one run each), into bench/results/action-cache/ unless --out-dir says.
  */
 import { parseArgs } from "node:util";
@@ -71,6 +73,7 @@ export type ContenderName =
   | "termite-native"
   | "distcc"
   | "termite-cached"
+  | "termite-cached-native"
   | "ccache";
 /**
  * termite-native: the termite contender's farm, its tools linked to the
@@ -82,6 +85,7 @@ export const CONTENDERS: readonly ContenderName[] = [
   "termite-native",
   "distcc",
   "termite-cached",
+  "termite-cached-native",
   "ccache",
 ];
 /**
@@ -89,11 +93,16 @@ export const CONTENDERS: readonly ContenderName[] = [
  * termite-cached (a farm whose workers record reads, the master's action
  * cache on) and ccache (warm, through Debian's masquerade directory).
  */
-export const CACHING_CONTENDERS: readonly ContenderName[] = ["termite-cached", "ccache"];
+export const CACHING_CONTENDERS: readonly ContenderName[] = [
+  "termite-cached",
+  "termite-cached-native",
+  "ccache",
+];
 /** The action cache's comparison alone (`--action-cache`). */
 export const ACTION_CACHE_CONTENDERS: readonly ContenderName[] = [
   "local",
   "termite-cached",
+  "termite-cached-native",
   "ccache",
 ];
 
@@ -697,7 +706,9 @@ function farmOf(ctx: BuildContext, contender: ContenderName): BenchFarm | null {
   if (contender === "termite" || contender === "termite-native") {
     return ctx.farmBroken ? null : ctx.farm;
   }
-  if (contender === "termite-cached") return ctx.cachedFarmBroken ? null : ctx.cachedFarm ?? null;
+  if (contender === "termite-cached" || contender === "termite-cached-native") {
+    return ctx.cachedFarmBroken ? null : ctx.cachedFarm ?? null;
+  }
   return null;
 }
 
@@ -708,6 +719,7 @@ function unavailable(ctx: BuildContext, contender: ContenderName): string | null
     case "termite-native":
       return farmOf(ctx, contender) ? null : ctx.farmError;
     case "termite-cached":
+    case "termite-cached-native":
       return farmOf(ctx, contender) ? null : ctx.cachedFarmError ?? "no farm";
     case "distcc":
       return ctx.distcc ? null : ctx.distccError;
@@ -742,7 +754,7 @@ async function buildOnce(
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
     await resetTree(ctx.src, dir, ctx.treeReset);
     const env = bf
-      ? contender === "termite-native" ? (await nativeLinksOf(bf.farm)).env : bf.farm.env
+      ? contender.endsWith("-native") ? (await nativeLinksOf(bf.farm)).env : bf.farm.env
       : contender === "distcc"
       ? ctx.distcc!.env(true)
       : contender === "ccache"
@@ -773,7 +785,7 @@ async function buildOnce(
       }
       run.workerCpuS = round((await workersCpuMs(workers) - workersBefore) / 1000, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
-      if (contender === "termite-cached") {
+      if (contender === "termite-cached" || contender === "termite-cached-native") {
         run.cacheHits = run.termiteJobs.jobsCached;
         run.cacheMisses = run.termiteJobs.cacheMisses;
       }
@@ -804,8 +816,11 @@ async function buildOnce(
     }
     await ctx.project.check(dir);
     run.objects = await countObjects(dir);
-    const rebuild = contender === "termite-cached" && roundNo !== "fill";
-    if (run.termiteJobs && !rebuild && run.termiteJobs.jobsRemote === 0) {
+    const rebuild = (contender === "termite-cached" || contender === "termite-cached-native") &&
+      roundNo !== "fill";
+    // termite-cached-native's fill finds termite-cached's entries (same farm, same commands).
+    const filled = contender === "termite-cached-native";
+    if (run.termiteJobs && !rebuild && !filled && run.termiteJobs.jobsRemote === 0) {
       throw new Error(
         `no job ran on a worker (${run.termiteJobs.jobsLocal} ran on the master; see ` +
           `${bf!.farm.dir}/logs/master.log)`,
@@ -1395,7 +1410,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           ((b.clientCpuS ?? 0) + (b.masterCpuS ?? 0)) * 1000 / Math.max(1, b.objects ?? 1)
         );
         s.clientCpuPerJobMs = round(median(perJob));
-        if (c === "termite" || c === "termite-native" || c === "termite-cached") {
+        if (c !== "local" && c !== "distcc" && c !== "ccache") {
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
@@ -1611,17 +1626,22 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
 /** The goals of issue 16: a rebuild from the action cache against local make and warm ccache. */
 function issue16Goals(summaries: BuildSummary[]): Goal[] {
   const out: Goal[] = [];
-  for (const s of summaries.filter((s) => s.contender === "termite-cached")) {
+  for (
+    const s of summaries.filter((s) =>
+      s.contender === "termite-cached" || s.contender === "termite-cached-native"
+    )
+  ) {
     const ccache = summaries.find((d) => d.project === s.project && d.contender === "ccache");
+    const project = s.contender === "termite-cached" ? s.project : `${s.project} (native client)`;
     out.push(
       atMost(
-        `${s.project}: rebuild from the action cache / local make (cold)`,
+        `${project}: rebuild from the action cache / local make (cold)`,
         s.vsLocal,
         GOAL_CACHED_VS_LOCAL,
         { unit: "×", missing: s.error ?? "local make or the cached rebuild did not build" },
       ),
       atMost(
-        `${s.project}: rebuild from the action cache / ccache's warm rebuild`,
+        `${project}: rebuild from the action cache / ccache's warm rebuild`,
         s.medianMs && ccache?.medianMs ? round(s.medianMs / ccache.medianMs) : undefined,
         GOAL_CACHED_VS_CCACHE,
         {
@@ -1823,11 +1843,13 @@ function cacheTable(r: Omit<HarnessReport, "table" | "results" | "files">): stri
       } | ${fx(s.vsLocal, 3)} | ${s.cacheHits ?? "—"} / ${s.cacheMisses ?? "—"} | ` +
         `${loads(s, false)}; ${loads(s, true)} |`,
     );
-    if (s.contender !== "termite-cached") continue;
+    if (s.contender !== "termite-cached" && s.contender !== "termite-cached-native") continue;
     const local = r.summaries.find((x) => x.project === s.project && x.contender === "local");
     const cc = r.summaries.find((x) => x.project === s.project && x.contender === "ccache");
     words.push(
-      `- **${s.project}**: rebuild from Termite's action cache ${s1(s.medianMs)} s = ` +
+      `- **${s.project}**: rebuild from Termite's action cache${
+        s.contender === "termite-cached" ? "" : " (native client)"
+      } ${s1(s.medianMs)} s = ` +
         `**${fx(s.vsLocal, 3)}×** local make (${s1(local?.medianMs)} s; goal ≤ ` +
         `${GOAL_CACHED_VS_LOCAL}×) and **${
           s.medianMs && cc?.medianMs ? fx(s.medianMs / cc.medianMs, 3) : "—"
@@ -1917,7 +1939,9 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const scalingTreeReset = options.scalingTreeReset ?? "new-path";
   const farmHosts = Math.max(workers, ...scalingWorkers);
   // Hosts: the farms' (one at a time), distcc's, then the recording farm's.
-  const cachedHosts = contenders.includes("termite-cached") ? workers : 0;
+  const cached = contenders.includes("termite-cached") ||
+    contenders.includes("termite-cached-native");
+  const cachedHosts = cached ? workers : 0;
   const hosts = farmHosts + workers + cachedHosts;
   if (hosts > 24) throw new RangeError(`Too many workers: ${hosts}`);
   const hostBase = options.hostBase ?? await freeHostBlock(hosts);
@@ -2000,7 +2024,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       }
       let cachedFarm: BenchFarm | null = null;
       let cachedFarmError = "";
-      if (contenders.includes("termite-cached")) {
+      if (cached) {
         try {
           // Started once, outside the timed builds: bpftrace takes 10-30 s of CPU to start.
           log(`${project.name}: starting a farm whose workers record reads (bpftrace)`);

@@ -76,7 +76,7 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     }
     // Caching contenders: a fill build apart from the measured runs; a
     // measured run that built took its compiles from the cache.
-    for (const c of ["termite-cached", "ccache"] as const) {
+    for (const c of ["termite-cached", "termite-cached-native", "ccache"] as const) {
       const s = report.summaries.find((x) => x.contender === c)!;
       const fills = report.builds.filter((b) => b.contender === c && b.round === "fill");
       assert.ok(fills.length >= 1, `${c}: a fill build`);
@@ -90,7 +90,7 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     if (scaled?.ok) assert.ok(scaled.coldBytesServed! > 0, "master bytes per worker count");
 
     // Round trips: every kind listed; the direct ones always work.
-    assert.equal(report.roundTrips.length, 8);
+    assert.equal(report.roundTrips.length, 11);
     for (const k of report.roundTrips) {
       if (k.ok) {
         // Commands that fell back to the master are not timed.
