@@ -102,7 +102,8 @@ async function scriptedMaster(path: string, reply: (request: unknown) => Uint8Ar
       try {
         const reader = new WrapperFrameReader(conn);
         const first = await reader.read();
-        assert.ok(first !== null && first.type === FrameType.request);
+        if (first === null) continue; // Connected, sent nothing.
+        assert.ok(first.type === FrameType.request);
         const request = decodeJson<{ stdin: boolean }>(first.payload);
         const chunks: Uint8Array[] = [];
         while (request.stdin) {
@@ -413,6 +414,33 @@ Deno.test("native client: a master breaking the protocol ends it with 255 and a 
         assert.equal(out.stdout.length, c.stdout ?? 0, what);
       }
     }
+  } finally {
+    await master.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("native client: a request over the frame limit is not sent; the message is the Deno wrapper's", async () => {
+  const dir = await tempTree();
+  const master = await scriptedMaster(`${dir}/.termite-socket`, () => [exitFrame({ code: 0 })]);
+  try {
+    // 10 arguments of 110,000 bytes: over 1 MiB of JSON, under the kernel's limits.
+    const args = Array.from({ length: 10 }, (_, i) => String(i).repeat(110_000));
+    const results = [];
+    for (const kind of ["deno", "native"] as const) {
+      const out = await new Deno.Command(await link(dir, "cc", kind), {
+        args,
+        cwd: dir,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      results.push({ code: out.code, stdout: out.stdout.length, stderr: dec.decode(out.stderr) });
+    }
+    assert.deepEqual(results[1], results[0]);
+    assert.equal(results[1].code, 255);
+    assert.match(results[1].stderr, /^termite: lost the master: Frame too large: \d+ bytes\n$/);
+    assert.equal(master.requests.length, 0, "nothing reached the master");
   } finally {
     await master.close();
     await Deno.remove(dir, { recursive: true });
