@@ -420,6 +420,78 @@ Deno.test("native client: a master breaking the protocol ends it with 255 and a 
   }
 });
 
+Deno.test("native client: 200 random replies from a hostile master never crash it or hang it", async () => {
+  const dir = await tempTree();
+  // A small deterministic generator (xorshift32): a failure names its seed.
+  let state = 0x2545f491;
+  const next = () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) / 2 ** 32;
+  };
+  const int = (n: number) => Math.floor(next() * n);
+  const bytes = (n: number) => Uint8Array.from({ length: n }, () => int(256));
+  const exitBodies = [
+    '{"code":0}',
+    '{"code":-1,"error":"x"}',
+    '{"code":1e3}',
+    '{"error":"no code"}',
+    '{"code":7,"error":"\\ud800\\udc00\\u0000"}',
+    '{"code":7,"error":"\\u12',
+    "null",
+    '{"code":9,"x":[[[[{"y":[1,{"z":"w"}]}]]]]}',
+    '{"code":2147483646}', // 254 (2147483647 would be a silent 255)
+    '{"code":2147483648}',
+  ];
+  const frame = (): Uint8Array => {
+    switch (int(6)) {
+      case 0:
+        return encodeWrapperFrame(
+          FrameType.stdout,
+          bytes(int(3000)),
+        );
+      case 1:
+        return encodeWrapperFrame(FrameType.stderr, enc.encode("e".repeat(int(100))));
+      case 2:
+        return encodeWrapperFrame(FrameType.exit, exitBodies[int(exitBodies.length)]);
+      case 3:
+        return encodeWrapperFrame(int(256), bytes(int(50)));
+      case 4: {
+        // A header whose length is anything at all, then a little of it.
+        return bytes(5 + int(40));
+      }
+      default:
+        return bytes(int(9));
+    }
+  };
+  let reply: Uint8Array[] = [];
+  const master = await scriptedMaster(`${dir}/.termite-socket`, () => reply);
+  try {
+    const file = await link(dir, "cc", "native");
+    for (let i = 0; i < 200; i++) {
+      const seed = state;
+      reply = Array.from({ length: 1 + int(4) }, frame);
+      const out = await new Deno.Command(file, {
+        args: ["-c", "x.c"],
+        cwd: dir,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        signal: AbortSignal.timeout(30_000), // a client stuck on a reply would never end
+      }).output();
+      const stderr = dec.decode(out.stderr);
+      const what = `case ${i} (seed ${seed}): ${stderr}`;
+      assert.equal(out.signal, null, what);
+      // Ended by what it was sent: its last words say why.
+      if (out.code === 255) assert.match(stderr, /termite: [^\n]+\n$/, what);
+    }
+  } finally {
+    await master.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("native client: a request over the frame limit is not sent; the message is the Deno wrapper's", async () => {
   const dir = await tempTree();
   const master = await scriptedMaster(`${dir}/.termite-socket`, () => [exitFrame({ code: 0 })]);
