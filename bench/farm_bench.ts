@@ -26,14 +26,16 @@
  * Writes bench/results/farm.json (raw), farm.md (tables) and scaling.svg.
  * - Rebuilds from a cache (issue 16): "termite-cached", a farm whose workers
  *   record reads (bpftrace, started once per project) with the master's
- *   action cache on, and "ccache" (warm, Debian's package): each fills its
+ *   action cache on ("termite-cached-native": the same farm through the
+ *   native wrapper client), and "ccache" (warm, Debian's package): each fills its
  *   cache with a first build, then rebuilds after every reset of the tree,
  *   interleaved with local make (a cold build).
  *
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
- * [--contenders local,termite,distcc,termite-cached,ccache] [--runs N] [--cold-runs N]
+ * [--contenders local,termite,termite-native,distcc,termite-cached,termite-cached-native,ccache]
+ * [--runs N] [--cold-runs N]
  * [--round-trips N] [--scaling 0,1,2] [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`;
- * `--action-cache` runs only local, termite-cached and ccache on lua and zstd (with
+ * `--action-cache` runs only local, termite-cached(-native) and ccache on lua and zstd (with
  * `--quick`: one run each), into bench/results/action-cache/ unless --out-dir says.
  */
 import { parseArgs } from "node:util";
@@ -43,6 +45,7 @@ import { cpuCgroupsAvailable, CpuGroup } from "./_cgroup.ts";
 import { renderChart } from "./_chart.ts";
 import { DistccCluster, ensureDistcc } from "./_distcc.ts";
 import { Ccache, ensureCcache } from "./_ccache.ts";
+import { buildClient } from "../wrapper/native/build.ts";
 import {
   childrenCpuMs,
   processTree,
@@ -64,12 +67,25 @@ import {
 
 export type BenchResult = { name: string; value: number; unit: string; note?: string };
 
-export type ContenderName = "local" | "termite" | "distcc" | "termite-cached" | "ccache";
+export type ContenderName =
+  | "local"
+  | "termite"
+  | "termite-native"
+  | "distcc"
+  | "termite-cached"
+  | "termite-cached-native"
+  | "ccache";
+/**
+ * termite-native: the termite contender's farm, its tools linked to the
+ * native wrapper client (bin/termite-client) instead of the Deno wrapper.
+ */
 export const CONTENDERS: readonly ContenderName[] = [
   "local",
   "termite",
+  "termite-native",
   "distcc",
   "termite-cached",
+  "termite-cached-native",
   "ccache",
 ];
 /**
@@ -77,11 +93,16 @@ export const CONTENDERS: readonly ContenderName[] = [
  * termite-cached (a farm whose workers record reads, the master's action
  * cache on) and ccache (warm, through Debian's masquerade directory).
  */
-export const CACHING_CONTENDERS: readonly ContenderName[] = ["termite-cached", "ccache"];
+export const CACHING_CONTENDERS: readonly ContenderName[] = [
+  "termite-cached",
+  "termite-cached-native",
+  "ccache",
+];
 /** The action cache's comparison alone (`--action-cache`). */
 export const ACTION_CACHE_CONTENDERS: readonly ContenderName[] = [
   "local",
   "termite-cached",
+  "termite-cached-native",
   "ccache",
 ];
 
@@ -291,6 +312,10 @@ export interface RoundTripDerived {
   workerOverheadTinyCompileMs?: number;
   /** termite gcc -c tiny.c / distcc gcc -c tiny.c, median round trips. */
   remoteCompileVsDistcc?: number;
+  /** The same with the native wrapper client. */
+  nativeRemoteCompileVsDistcc?: number;
+  /** `termite-sh -c true` through the native client minus `/bin/true`, ms. */
+  nativeStartMs?: number;
   /** `termite-sh -c true` (a builtin: the wrapper alone) minus `/bin/true`, ms. */
   wrapperStartMs?: number;
   /** termite gcc -c minus gcc -c, minus the wrapper start, ms. */
@@ -652,10 +677,38 @@ interface BuildContext {
   ccacheError?: string;
 }
 
+const nativeLinks = new Map<Farm, Promise<{ bin: string; env: Record<string, string> }>>();
+
+/**
+ * The farm's tools linked to the native wrapper client, in a folder of their
+ * own: termite-native's PATH (made once per farm).
+ */
+function nativeLinksOf(farm: Farm): Promise<{ bin: string; env: Record<string, string> }> {
+  let links = nativeLinks.get(farm);
+  if (!links) {
+    links = (async () => {
+      const bin = `${farm.dir}/bin-native`;
+      const client = await buildClient();
+      await Deno.mkdir(bin, { recursive: true });
+      for await (const e of Deno.readDir(farm.binDir)) {
+        await Deno.remove(`${bin}/${e.name}`).catch(() => {});
+        await Deno.symlink(client, `${bin}/${e.name}`);
+      }
+      return { bin, env: { ...farm.env, PATH: `${bin}:${Deno.env.get("PATH")}` } };
+    })();
+    nativeLinks.set(farm, links);
+  }
+  return links;
+}
+
 /** The farm a contender builds on, if any. */
 function farmOf(ctx: BuildContext, contender: ContenderName): BenchFarm | null {
-  if (contender === "termite") return ctx.farmBroken ? null : ctx.farm;
-  if (contender === "termite-cached") return ctx.cachedFarmBroken ? null : ctx.cachedFarm ?? null;
+  if (contender === "termite" || contender === "termite-native") {
+    return ctx.farmBroken ? null : ctx.farm;
+  }
+  if (contender === "termite-cached" || contender === "termite-cached-native") {
+    return ctx.cachedFarmBroken ? null : ctx.cachedFarm ?? null;
+  }
   return null;
 }
 
@@ -663,8 +716,10 @@ function farmOf(ctx: BuildContext, contender: ContenderName): BenchFarm | null {
 function unavailable(ctx: BuildContext, contender: ContenderName): string | null {
   switch (contender) {
     case "termite":
+    case "termite-native":
       return farmOf(ctx, contender) ? null : ctx.farmError;
     case "termite-cached":
+    case "termite-cached-native":
       return farmOf(ctx, contender) ? null : ctx.cachedFarmError ?? "no farm";
     case "distcc":
       return ctx.distcc ? null : ctx.distccError;
@@ -699,7 +754,7 @@ async function buildOnce(
     await Deno.mkdir(`${ctx.pdir}/${contender}`, { recursive: true });
     await resetTree(ctx.src, dir, ctx.treeReset);
     const env = bf
-      ? bf.farm.env
+      ? contender.endsWith("-native") ? (await nativeLinksOf(bf.farm)).env : bf.farm.env
       : contender === "distcc"
       ? ctx.distcc!.env(true)
       : contender === "ccache"
@@ -730,7 +785,7 @@ async function buildOnce(
       }
       run.workerCpuS = round((await workersCpuMs(workers) - workersBefore) / 1000, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
-      if (contender === "termite-cached") {
+      if (contender === "termite-cached" || contender === "termite-cached-native") {
         run.cacheHits = run.termiteJobs.jobsCached;
         run.cacheMisses = run.termiteJobs.cacheMisses;
       }
@@ -747,7 +802,7 @@ async function buildOnce(
       const aborted = await abortFuse(bf);
       const error =
         `skipped: an earlier farm build timed out (${aborted} FUSE connections aborted)`;
-      if (contender === "termite") {
+      if (contender === "termite" || contender === "termite-native") {
         ctx.farmError = error;
         ctx.farmBroken = true;
       } else {
@@ -761,8 +816,11 @@ async function buildOnce(
     }
     await ctx.project.check(dir);
     run.objects = await countObjects(dir);
-    const rebuild = contender === "termite-cached" && roundNo !== "fill";
-    if (run.termiteJobs && !rebuild && run.termiteJobs.jobsRemote === 0) {
+    const rebuild = (contender === "termite-cached" || contender === "termite-cached-native") &&
+      roundNo !== "fill";
+    // termite-cached-native's fill finds termite-cached's entries (same farm, same commands).
+    const filled = contender === "termite-cached-native";
+    if (run.termiteJobs && !rebuild && !filled && run.termiteJobs.jobsRemote === 0) {
       throw new Error(
         `no job ran on a worker (${run.termiteJobs.jobsLocal} ran on the master; see ` +
           `${bf!.farm.dir}/logs/master.log)`,
@@ -902,6 +960,10 @@ async function measureRoundTrips(options: {
     await Deno.writeTextFile(`${farmDir}/tiny.c`, TINY_C);
   }
   const bin = farm?.farm.binDir ?? "";
+  const native = farm ? await nativeLinksOf(farm.farm) : null;
+  const nativeBin = native?.bin ?? "";
+  // Its own links first in PATH, not the Deno wrapper's: a job's PATH is the one it was given.
+  const nativeEnv = native?.env ?? plainEnv;
   const farmEnv = farm?.farm.env ?? plainEnv;
   const noFarm = farm ? undefined : options.farmError || "no farm";
   const noDistcc = distcc ? undefined : options.distccError || "no distcc";
@@ -950,6 +1012,24 @@ async function measureRoundTrips(options: {
       unavailable: noFarm,
     },
     {
+      name: "termite-sh -c true (builtin: native client start)",
+      via: "termite",
+      argv: [`${nativeBin}/termite-sh`, "-c", "true"],
+      env: nativeEnv,
+      cwd: farmDir,
+      remote: false,
+      unavailable: noFarm,
+    },
+    {
+      name: "termite-sh -c '/bin/true x' (remote, native client)",
+      via: "termite",
+      argv: [`${nativeBin}/termite-sh`, "-c", "/bin/true x"],
+      env: nativeEnv,
+      cwd: farmDir,
+      remote: true,
+      unavailable: noFarm,
+    },
+    {
       name: "gcc -c tiny.c",
       via: "direct",
       argv: ["gcc", "-c", "tiny.c"],
@@ -962,6 +1042,15 @@ async function measureRoundTrips(options: {
       via: "termite",
       argv: [`${bin}/gcc`, "-c", "tiny.c"],
       env: farmEnv,
+      cwd: farmDir,
+      remote: true,
+      unavailable: noFarm,
+    },
+    {
+      name: "gcc -c tiny.c (native client)",
+      via: "termite",
+      argv: [`${nativeBin}/gcc`, "-c", "tiny.c"],
+      env: nativeEnv,
       cwd: farmDir,
       remote: true,
       unavailable: noFarm,
@@ -1111,6 +1200,10 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
     }
   }
   if (tgcc !== undefined && dgcc) out.remoteCompileVsDistcc = round(tgcc / dgcc);
+  const ngcc = m("gcc -c tiny.c (native client)");
+  if (ngcc !== undefined && dgcc) out.nativeRemoteCompileVsDistcc = round(ngcc / dgcc);
+  const nstart = m("termite-sh -c true (builtin: native client start)");
+  if (nstart !== undefined && trueMs !== undefined) out.nativeStartMs = round(nstart - trueMs);
   const onWorker = found("gcc -c tiny.c (termite wrapper)")?.workerCpuPerCmdMs;
   const direct = found("gcc -c tiny.c")?.clientCpuMedianMs;
   if (onWorker !== undefined && direct !== undefined) {
@@ -1317,7 +1410,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           ((b.clientCpuS ?? 0) + (b.masterCpuS ?? 0)) * 1000 / Math.max(1, b.objects ?? 1)
         );
         s.clientCpuPerJobMs = round(median(perJob));
-        if (c === "termite" || c === "termite-cached") {
+        if (c !== "local" && c !== "distcc" && c !== "ccache") {
           s.masterCpuPerJobMs = round(
             median(ok.map((b) => (b.masterCpuS ?? 0) * 1000 / Math.max(1, b.objects ?? 1))),
           );
@@ -1327,7 +1420,7 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
           s.remoteJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobsRemote ?? 0), 0);
           s.allJobs = ok.reduce((a, b) => a + (b.termiteJobs?.jobs ?? 0), 0);
         }
-        if (c === "termite") {
+        if (c === "termite" || c === "termite-native") {
           s.workerCpuPerJobMs = round(
             median(
               ok.map((b) =>
@@ -1453,11 +1546,16 @@ function atMost(name: string, measured: number | undefined, target: number | und
 /** The goals of issue 14: what the build host pays per job, side by side in this run. */
 function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | null): Goal[] {
   const out: Goal[] = [];
-  for (const s of summaries.filter((s) => s.contender === "termite")) {
+  for (
+    const s of summaries.filter((s) =>
+      s.contender === "termite" || s.contender === "termite-native"
+    )
+  ) {
     const distcc = summaries.find((d) => d.project === s.project && d.contender === "distcc");
+    const project = s.contender === "termite" ? s.project : `${s.project} (native client)`;
     out.push(
       atMost(
-        `${s.project}: the master's own CPU per compile job (warm)`,
+        `${project}: the master's own CPU per compile job (warm)`,
         s.masterOwnCpuPerJobMs,
         GOAL_MASTER_CPU_PER_JOB_MS,
         {
@@ -1466,7 +1564,7 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
         },
       ),
       atMost(
-        `${s.project}: build-host CPU per compile job (make, wrappers, master), farm vs distcc`,
+        `${project}: build-host CPU per compile job (make, wrappers, master), farm vs distcc`,
         s.clientCpuPerJobMs,
         distcc?.clientCpuPerJobMs,
         {
@@ -1477,13 +1575,13 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
         },
       ),
       atMost(
-        `${s.project}: worker-side CPU per remote job beyond the job (worker, FUSE, launcher)`,
+        `${project}: worker-side CPU per remote job beyond the job (worker, FUSE, launcher)`,
         s.workerOverheadPerJobMs,
         GOAL_WORKER_OVERHEAD_MS,
         { unit: " ms", missing: "the farm or local make did not build" },
       ),
       atMost(
-        `${s.project}: warm build farm / local make (issue 14)`,
+        `${project}: warm build farm / local make (issue 14)`,
         s.vsLocal,
         GOAL_WARM_BUILD_ISSUE14,
         {
@@ -1515,6 +1613,12 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
       1,
       { unit: "×" },
     ),
+    atMost(
+      "remote gcc -c tiny.c round trip, termite with the native client / distcc",
+      derived.nativeRemoteCompileVsDistcc,
+      1,
+      { unit: "×" },
+    ),
   );
   return out;
 }
@@ -1522,17 +1626,22 @@ function issue14Goals(summaries: BuildSummary[], derived: RoundTripDerived | nul
 /** The goals of issue 16: a rebuild from the action cache against local make and warm ccache. */
 function issue16Goals(summaries: BuildSummary[]): Goal[] {
   const out: Goal[] = [];
-  for (const s of summaries.filter((s) => s.contender === "termite-cached")) {
+  for (
+    const s of summaries.filter((s) =>
+      s.contender === "termite-cached" || s.contender === "termite-cached-native"
+    )
+  ) {
     const ccache = summaries.find((d) => d.project === s.project && d.contender === "ccache");
+    const project = s.contender === "termite-cached" ? s.project : `${s.project} (native client)`;
     out.push(
       atMost(
-        `${s.project}: rebuild from the action cache / local make (cold)`,
+        `${project}: rebuild from the action cache / local make (cold)`,
         s.vsLocal,
         GOAL_CACHED_VS_LOCAL,
         { unit: "×", missing: s.error ?? "local make or the cached rebuild did not build" },
       ),
       atMost(
-        `${s.project}: rebuild from the action cache / ccache's warm rebuild`,
+        `${project}: rebuild from the action cache / ccache's warm rebuild`,
         s.medianMs && ccache?.medianMs ? round(s.medianMs / ccache.medianMs) : undefined,
         GOAL_CACHED_VS_CCACHE,
         {
@@ -1734,11 +1843,13 @@ function cacheTable(r: Omit<HarnessReport, "table" | "results" | "files">): stri
       } | ${fx(s.vsLocal, 3)} | ${s.cacheHits ?? "—"} / ${s.cacheMisses ?? "—"} | ` +
         `${loads(s, false)}; ${loads(s, true)} |`,
     );
-    if (s.contender !== "termite-cached") continue;
+    if (s.contender !== "termite-cached" && s.contender !== "termite-cached-native") continue;
     const local = r.summaries.find((x) => x.project === s.project && x.contender === "local");
     const cc = r.summaries.find((x) => x.project === s.project && x.contender === "ccache");
     words.push(
-      `- **${s.project}**: rebuild from Termite's action cache ${s1(s.medianMs)} s = ` +
+      `- **${s.project}**: rebuild from Termite's action cache${
+        s.contender === "termite-cached" ? "" : " (native client)"
+      } ${s1(s.medianMs)} s = ` +
         `**${fx(s.vsLocal, 3)}×** local make (${s1(local?.medianMs)} s; goal ≤ ` +
         `${GOAL_CACHED_VS_LOCAL}×) and **${
           s.medianMs && cc?.medianMs ? fx(s.medianMs / cc.medianMs, 3) : "—"
@@ -1828,7 +1939,9 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const scalingTreeReset = options.scalingTreeReset ?? "new-path";
   const farmHosts = Math.max(workers, ...scalingWorkers);
   // Hosts: the farms' (one at a time), distcc's, then the recording farm's.
-  const cachedHosts = contenders.includes("termite-cached") ? workers : 0;
+  const cached = contenders.includes("termite-cached") ||
+    contenders.includes("termite-cached-native");
+  const cachedHosts = cached ? workers : 0;
   const hosts = farmHosts + workers + cachedHosts;
   if (hosts > 24) throw new RangeError(`Too many workers: ${hosts}`);
   const hostBase = options.hostBase ?? await freeHostBlock(hosts);
@@ -1893,7 +2006,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       }
       let farm: BenchFarm | null = null;
       let farmError = "";
-      if (contenders.includes("termite")) {
+      if (contenders.includes("termite") || contenders.includes("termite-native")) {
         try {
           log(`${project.name}: starting a farm (${workers} workers × ${slotsPerWorker} slots)`);
           farm = await startFarm({
@@ -1911,7 +2024,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       }
       let cachedFarm: BenchFarm | null = null;
       let cachedFarmError = "";
-      if (contenders.includes("termite-cached")) {
+      if (cached) {
         try {
           // Started once, outside the timed builds: bpftrace takes 10-30 s of CPU to start.
           log(`${project.name}: starting a farm whose workers record reads (bpftrace)`);
@@ -1988,8 +2101,8 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
           rt = await measureRoundTrips({
             n: roundTrips,
             dir: `${pdir}/rt`,
-            farm: contenders.includes("termite") ? farm : null,
-            farmError: contenders.includes("termite") ? farmError : "not a contender",
+            farm,
+            farmError: farmError || "not a contender",
             distcc,
             distccError: wantDistcc ? distccError : "not a contender",
             log,

@@ -5,6 +5,7 @@
  * benchmarks.
  */
 import type { MasterStatus } from "../master/mod.ts";
+import { buildClient } from "../wrapper/native/build.ts";
 import { createHost, freeHostNumbers, type Host, removeHost } from "./netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -20,6 +21,11 @@ export interface FarmOptions {
   netns?: boolean;
   /** Tools the wrapper stands in for. */
   tools?: string[];
+  /**
+   * Link the tools to the native client (bin/termite-client, built with gcc
+   * when missing or out of date) instead of the Deno wrapper.
+   */
+  nativeClient?: boolean;
   masterArgs?: string[];
   workerArgs?: string[];
   /** Flags for `deno run` of the master (`--cpu-prof`, `--v8-flags=...`), before the script. */
@@ -184,12 +190,13 @@ export class Farm implements AsyncDisposable {
     const secret = crypto.getRandomValues(new Uint8Array(32));
     await Deno.writeFile(this.secretPath, secret, { mode: 0o600 });
     await Deno.chmod(this.secretPath, 0o600);
+    const wrapper = o.nativeClient ? await buildClient() : `${ROOT}/bin/termite-wrap`;
     for (
       const tool of o.tools ??
         ["gcc", "cc", "g++", "c++", "ar", "ranlib", "termite-sh", "termite", "termite-make"]
     ) {
       await Deno.remove(`${this.binDir}/${tool}`).catch(() => {});
-      await Deno.symlink(`${ROOT}/bin/termite-wrap`, `${this.binDir}/${tool}`);
+      await Deno.symlink(wrapper, `${this.binDir}/${tool}`);
     }
     await this.startCoordinator();
     const n = o.workers ?? 2;

@@ -99,3 +99,9 @@ chmod -R a+rX node_modules
 deno run -A scripts/build_launcher.ts 2>/dev/null || {
   echo "bootstrap: cannot build the sandbox launcher ahead (workers will build it with gcc)" >&2
 }
+
+# The native wrapper client (opt-in: links made to bin/termite-client instead
+# of bin/termite-wrap); its tests and `deno task dev --native-client` use it.
+deno run -A scripts/build_client.ts 2>/dev/null || {
+  echo "bootstrap: cannot build the native wrapper client (the Deno wrapper still works)" >&2
+}

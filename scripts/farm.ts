@@ -4,6 +4,8 @@
  * Debian source with `make -j` through the wrapper, checks that the built lua
  * runs and that every object file is identical to a local build, prints a
  * summary and stops everything, removing its mounts and namespaces.
+ * `--native-client` links the tools to the native wrapper client instead of
+ * the Deno wrapper (`bin/termite-client`, built with gcc when needed).
  */
 import { parseArgs } from "node:util";
 import { Farm, fetchSource, ROOT, runIn } from "../farm/mod.ts";
@@ -15,6 +17,8 @@ const { values } = parseArgs({
     slots: { type: "string", default: "2" },
     jobs: { type: "string", default: "4" },
     keep: { type: "boolean", default: false },
+    // Link the tools to the native client (bin/termite-client) instead of the Deno wrapper.
+    "native-client": { type: "boolean", default: false },
   },
 });
 
@@ -54,6 +58,7 @@ const farm = await Farm.start({
   tree,
   workers: Number(values.workers),
   slotsPerWorker: Number(values.slots),
+  nativeClient: values["native-client"],
 });
 let ok = false;
 try {

@@ -53,6 +53,11 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     const termite = report.summaries.find((s) => s.contender === "termite")!;
     if (termite.ok) assert.ok(termite.remoteJobs! > 0 && termite.allJobs! >= termite.remoteJobs!);
     else console.log(`note: the farm did not build: ${termite.error}`);
+    // The same farm through the native wrapper client: its jobs ran on workers too.
+    const native = report.summaries.find((s) => s.contender === "termite-native")!;
+    if (termite.ok) {
+      assert.ok(native.ok && native.remoteJobs! > 0, `termite-native: ${native.error}`);
+    }
     // Cold builds are recorded apart from the warm runs: the farm's first
     // (every cache fresh), then a cold round (fresh workers, then fresh master
     // too) interleaved with a local make, each with the master's bytes sent.
@@ -71,7 +76,7 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     }
     // Caching contenders: a fill build apart from the measured runs; a
     // measured run that built took its compiles from the cache.
-    for (const c of ["termite-cached", "ccache"] as const) {
+    for (const c of ["termite-cached", "termite-cached-native", "ccache"] as const) {
       const s = report.summaries.find((x) => x.contender === c)!;
       const fills = report.builds.filter((b) => b.contender === c && b.round === "fill");
       assert.ok(fills.length >= 1, `${c}: a fill build`);
@@ -85,7 +90,7 @@ Deno.test("farm bench harness: quick mode on a generated project", async () => {
     if (scaled?.ok) assert.ok(scaled.coldBytesServed! > 0, "master bytes per worker count");
 
     // Round trips: every kind listed; the direct ones always work.
-    assert.equal(report.roundTrips.length, 8);
+    assert.equal(report.roundTrips.length, 11);
     for (const k of report.roundTrips) {
       if (k.ok) {
         // Commands that fell back to the master are not timed.

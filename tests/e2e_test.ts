@@ -31,27 +31,30 @@ Deno.test("e2e: lua 5.4 builds across two workers, objects identical to a local 
   });
 });
 
-Deno.test("e2e: a compile error prints gcc's message, exits 1 and stops make", async () => {
-  await withFarm("err", {}, async (farm, tree) => {
-    await Deno.writeTextFile(`${tree}/bad.c`, "int main(void) { return undefined_thing; }\n");
-    await Deno.writeTextFile(`${tree}/good.c`, "int good(void) { return 1; }\n");
-    await Deno.writeTextFile(
-      `${tree}/Makefile`,
-      "all: bad.o after.stamp\nafter.stamp: bad.o\n\ttouch after.stamp\n%.o: %.c\n\tgcc -c $< -o $@\n",
-    );
-    const direct = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "/dev/null"]);
-    const gcc = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "bad.o"], farm.env);
-    assert.equal(gcc.code, 1);
-    assert.equal(gcc.stderr, direct.stderr, "the same message as a local gcc");
-    assert.match(gcc.stderr, /undefined_thing/);
-    const make = await runIn(tree, ["make"], farm.env);
-    assert.notEqual(make.code, 0);
-    await assert.rejects(Deno.stat(`${tree}/after.stamp`), Deno.errors.NotFound);
-    const ok = await runIn(tree, ["gcc", "-c", "good.c", "-o", "good.o"], farm.env);
-    assert.equal(ok.code, 0, ok.stderr);
-    assert.ok((await Deno.stat(`${tree}/good.o`)).size > 0);
+for (const nativeClient of [false, true]) {
+  const by = nativeClient ? " (native client)" : "";
+  Deno.test(`e2e${by}: a compile error prints gcc's message, exits 1 and stops make`, async () => {
+    await withFarm("err", { nativeClient }, async (farm, tree) => {
+      await Deno.writeTextFile(`${tree}/bad.c`, "int main(void) { return undefined_thing; }\n");
+      await Deno.writeTextFile(`${tree}/good.c`, "int good(void) { return 1; }\n");
+      await Deno.writeTextFile(
+        `${tree}/Makefile`,
+        "all: bad.o after.stamp\nafter.stamp: bad.o\n\ttouch after.stamp\n%.o: %.c\n\tgcc -c $< -o $@\n",
+      );
+      const direct = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "/dev/null"]);
+      const gcc = await runIn(tree, ["gcc", "-c", "bad.c", "-o", "bad.o"], farm.env);
+      assert.equal(gcc.code, 1);
+      assert.equal(gcc.stderr, direct.stderr, "the same message as a local gcc");
+      assert.match(gcc.stderr, /undefined_thing/);
+      const make = await runIn(tree, ["make"], farm.env);
+      assert.notEqual(make.code, 0);
+      await assert.rejects(Deno.stat(`${tree}/after.stamp`), Deno.errors.NotFound);
+      const ok = await runIn(tree, ["gcc", "-c", "good.c", "-o", "good.o"], farm.env);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.ok((await Deno.stat(`${tree}/good.o`)).size > 0);
+    });
   });
-});
+}
 
 Deno.test("e2e: a header generated on one worker is seen by jobs on every worker", async () => {
   await withFarm("gen", { slotsPerWorker: 1 }, async (farm, tree) => {
@@ -317,35 +320,38 @@ Deno.test("e2e: local rules run commands on the master and their output reaches 
   });
 });
 
-Deno.test("e2e: ^C on the wrapper cancels the remote job", async () => {
-  await withFarm("cancel", { workers: 1 }, async (farm, tree) => {
-    const child = new Deno.Command(`${farm.binDir}/termite-sh`, {
-      args: ["-c", "sleep 60; echo never > never.txt"],
-      cwd: tree,
-      env: farm.env,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    // Wait until the job runs on the worker.
-    for (let i = 0; i < 100; i++) {
-      const s = await farm.status();
-      if (s.workers.some((w) => w.running > 0)) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const started = performance.now();
-    child.kill("SIGINT");
-    const out = await child.output();
-    assert.equal(out.code, 130);
-    assert.ok(performance.now() - started < 30_000);
-    for (let i = 0; i < 100; i++) {
-      const s = await farm.status();
-      if (s.workers.every((w) => w.running === 0)) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.ok((await farm.status()).workers.every((w) => w.running === 0));
-    await assert.rejects(Deno.stat(`${tree}/never.txt`), Deno.errors.NotFound);
+for (const nativeClient of [false, true]) {
+  const by = nativeClient ? " (native client)" : "";
+  Deno.test(`e2e${by}: ^C on the wrapper cancels the remote job`, async () => {
+    await withFarm("cancel", { workers: 1, nativeClient }, async (farm, tree) => {
+      const child = new Deno.Command(`${farm.binDir}/termite-sh`, {
+        args: ["-c", "sleep 60; echo never > never.txt"],
+        cwd: tree,
+        env: farm.env,
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      // Wait until the job runs on the worker.
+      for (let i = 0; i < 100; i++) {
+        const s = await farm.status();
+        if (s.workers.some((w) => w.running > 0)) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const started = performance.now();
+      child.kill("SIGINT");
+      const out = await child.output();
+      assert.equal(out.code, 130);
+      assert.ok(performance.now() - started < 30_000);
+      for (let i = 0; i < 100; i++) {
+        const s = await farm.status();
+        if (s.workers.every((w) => w.running === 0)) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok((await farm.status()).workers.every((w) => w.running === 0));
+      await assert.rejects(Deno.stat(`${tree}/never.txt`), Deno.errors.NotFound);
+    });
   });
-});
+}
 
 Deno.test("e2e: a mirror unused for a while is unmounted, and mounted again when needed", async () => {
   const dir = await scratchDir("idle-");
@@ -384,45 +390,48 @@ Deno.test("e2e: a mirror unused for a while is unmounted, and mounted again when
   }
 });
 
-Deno.test("e2e: stdin reaches a remote job, and a job need not wait for stdin to end", async () => {
-  await withFarm("stdin", { workers: 1 }, async (farm, tree) => {
-    const sh = `${farm.binDir}/termite-sh`;
-    const data = new TextEncoder().encode("line one\nline two\n".repeat(5000));
-    const child = new Deno.Command(sh, {
-      args: ["-c", "tee copy.txt | wc -l"],
-      cwd: tree,
-      env: farm.env,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(data);
-    await w.close();
-    const out = await child.output();
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    assert.equal(new TextDecoder().decode(out.stdout).trim(), "10000");
-    assert.deepEqual(await Deno.readFile(`${tree}/copy.txt`), data);
+for (const nativeClient of [false, true]) {
+  const by = nativeClient ? " (native client)" : "";
+  Deno.test(`e2e${by}: stdin reaches a remote job, and a job need not wait for stdin to end`, async () => {
+    await withFarm("stdin", { workers: 1, nativeClient }, async (farm, tree) => {
+      const sh = `${farm.binDir}/termite-sh`;
+      const data = new TextEncoder().encode("line one\nline two\n".repeat(5000));
+      const child = new Deno.Command(sh, {
+        args: ["-c", "tee copy.txt | wc -l"],
+        cwd: tree,
+        env: farm.env,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const w = child.stdin.getWriter();
+      await w.write(data);
+      await w.close();
+      const out = await child.output();
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      assert.equal(new TextDecoder().decode(out.stdout).trim(), "10000");
+      assert.deepEqual(await Deno.readFile(`${tree}/copy.txt`), data);
 
-    // stdin left open (a pipe nobody closes): a job that does not read it still ends.
-    const open = new Deno.Command(sh, {
-      args: ["-c", "echo done > done.txt; echo ok"],
-      cwd: tree,
-      env: farm.env,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const keep = open.stdin.getWriter();
-    await keep.write(new TextEncoder().encode("unread"));
-    const status = await open.status;
-    assert.equal(status.code, 0);
-    await keep.close().catch(() => {});
-    const rest = await open.output().catch(() => null);
-    if (rest) assert.equal(new TextDecoder().decode(rest.stdout), "ok\n");
-    assert.equal(await Deno.readTextFile(`${tree}/done.txt`), "done\n");
+      // stdin left open (a pipe nobody closes): a job that does not read it still ends.
+      const open = new Deno.Command(sh, {
+        args: ["-c", "echo done > done.txt; echo ok"],
+        cwd: tree,
+        env: farm.env,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const keep = open.stdin.getWriter();
+      await keep.write(new TextEncoder().encode("unread"));
+      const status = await open.status;
+      assert.equal(status.code, 0);
+      await keep.close().catch(() => {});
+      const rest = await open.output().catch(() => null);
+      if (rest) assert.equal(new TextDecoder().decode(rest.stdout), "ok\n");
+      assert.equal(await Deno.readTextFile(`${tree}/done.txt`), "done\n");
+    });
   });
-});
+}
 
 Deno.test("e2e: the tree recreated between builds (rm -rf, copy) builds again and again", async () => {
   await withFarm("rebuild", { workers: 1, slotsPerWorker: 2 }, async (farm, tree) => {
@@ -558,29 +567,32 @@ Deno.test("e2e: an output or include outside the tree is never lost: such a comp
   });
 });
 
-Deno.test("e2e: lua builds with make SHELL=termite-sh: the recursive make stays here, its compiles go to the workers", async () => {
-  const src = await fetchSource("lua5.4");
-  await withFarm("shell", { source: src }, async (farm, tree) => {
-    const local = `${tree}-local`;
-    assert.equal((await runIn(ROOT, ["cp", "-a", src, local])).code, 0);
-    assert.equal((await runIn(local, ["make", "-j4", "linux"])).code, 0);
-    // A bare termite-sh, found on PATH, as a user would write it.
-    const build = await runIn(tree, ["make", "-j4", "SHELL=termite-sh", "linux"], farm.env);
-    assert.equal(build.code, 0, build.stdout + build.stderr);
-    assert.equal((await runIn(tree, [`${tree}/src/lua`, "-e", "print(6*7)"])).stdout, "42\n");
-    const objects = [...Deno.readDirSync(`${local}/src`)].filter((e) => e.name.endsWith(".o"));
-    for (const o of objects) {
-      assert.ok(await sameBytes(`${local}/src/${o.name}`, `${tree}/src/${o.name}`), o.name);
-    }
-    const { jobs } = await farm.status();
-    // `cd src && make linux` (and the sub-make's own `make` lines) ran here by the
-    // default rules; every compile ran on a worker.
-    assert.ok(jobs.jobsRemote >= objects.length, JSON.stringify(jobs));
-    assert.ok(jobs.jobsLocal >= 1 && jobs.jobsLocal <= 3, JSON.stringify(jobs));
-    assert.deepEqual(jobs.localByCause, {});
-    await Deno.remove(local, { recursive: true });
+for (const nativeClient of [false, true]) {
+  const by = nativeClient ? " (native client)" : "";
+  Deno.test(`e2e${by}: lua builds with make SHELL=termite-sh: the recursive make stays here, its compiles go to the workers`, async () => {
+    const src = await fetchSource("lua5.4");
+    await withFarm("shell", { source: src, nativeClient }, async (farm, tree) => {
+      const local = `${tree}-local`;
+      assert.equal((await runIn(ROOT, ["cp", "-a", src, local])).code, 0);
+      assert.equal((await runIn(local, ["make", "-j4", "linux"])).code, 0);
+      // A bare termite-sh, found on PATH, as a user would write it.
+      const build = await runIn(tree, ["make", "-j4", "SHELL=termite-sh", "linux"], farm.env);
+      assert.equal(build.code, 0, build.stdout + build.stderr);
+      assert.equal((await runIn(tree, [`${tree}/src/lua`, "-e", "print(6*7)"])).stdout, "42\n");
+      const objects = [...Deno.readDirSync(`${local}/src`)].filter((e) => e.name.endsWith(".o"));
+      for (const o of objects) {
+        assert.ok(await sameBytes(`${local}/src/${o.name}`, `${tree}/src/${o.name}`), o.name);
+      }
+      const { jobs } = await farm.status();
+      // `cd src && make linux` (and the sub-make's own `make` lines) ran here by the
+      // default rules; every compile ran on a worker.
+      assert.ok(jobs.jobsRemote >= objects.length, JSON.stringify(jobs));
+      assert.ok(jobs.jobsLocal >= 1 && jobs.jobsLocal <= 3, JSON.stringify(jobs));
+      assert.deepEqual(jobs.localByCause, {});
+      await Deno.remove(local, { recursive: true });
+    });
   });
-});
+}
 
 Deno.test("e2e: CMake with the wrapper as its compiler launcher builds on the workers", async () => {
   await withFarm("cmake", { workers: 1 }, async (farm, tree) => {

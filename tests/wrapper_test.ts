@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { startMaster } from "../master/mod.ts";
 import { secretFromBytes } from "../rpc/mod.ts";
 import { runShellBuiltin } from "../wrapper/client.ts";
+import { buildClient } from "../wrapper/native/build.ts";
 import {
   encodeWrapperFrame,
   FrameType,
@@ -12,25 +13,69 @@ import {
 const ROOT = new URL("..", import.meta.url).pathname;
 const dec = new TextDecoder();
 
-async function wrap(
+/** The wrappers the tests run: the Deno one (the default) and the native client (opt-in). */
+type WrapperKind = "deno" | "native";
+const KINDS: WrapperKind[] = ["deno", "native"];
+let built: Promise<string> | undefined;
+/** The native client, built on first use (within a test: no op outlives it). */
+const native = () => built ??= buildClient();
+
+/**
+ * Runs `args` (`--as TOOL ARGS...`) through the wrapper of `kind`: wrapper.ts
+ * itself, or the native client linked as TOOL in a folder of its own.
+ */
+async function wrapWith(
+  kind: WrapperKind,
   args: string[],
   options: { cwd: string; env?: Record<string, string>; stdin?: Uint8Array },
 ) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-config", "--no-lock", `${ROOT}wrapper.ts`, ...args],
-    cwd: options.cwd,
-    env: options.env,
-    stdin: options.stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (options.stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(options.stdin);
-    await w.close();
+  let cmd = [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--no-config",
+    "--no-lock",
+    `${ROOT}wrapper.ts`,
+    ...args,
+  ];
+  let links: string | undefined;
+  if (kind === "native") {
+    assert.equal(args[0], "--as");
+    links = await Deno.makeTempDir({ prefix: "termite-links-" });
+    await Deno.symlink(await native(), `${links}/${args[1]}`);
+    cmd = [`${links}/${args[1]}`, ...args.slice(2)];
   }
-  const out = await child.output();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  try {
+    const child = new Deno.Command(cmd[0], {
+      args: cmd.slice(1),
+      cwd: options.cwd,
+      env: options.env,
+      stdin: options.stdin ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    if (options.stdin) {
+      const w = child.stdin.getWriter();
+      await w.write(options.stdin);
+      await w.close();
+    }
+    const out = await child.output();
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  } finally {
+    if (links) await Deno.remove(links, { recursive: true });
+  }
+}
+
+/** What a tool's link points to for `kind`. */
+async function shimOf(kind: WrapperKind): Promise<string> {
+  return kind === "native"
+    ? await native()
+    : new URL("../bin/termite-wrap", import.meta.url).pathname;
+}
+
+/** {@linkcode wrapWith} for one kind of wrapper. */
+function wrapper(kind: WrapperKind) {
+  return (args: string[], options: Parameters<typeof wrapWith>[2]) => wrapWith(kind, args, options);
 }
 
 /** Leaves a socket file nobody listens on (as a crashed master would). */
@@ -53,103 +98,113 @@ async function tempTree(): Promise<string> {
   return dir;
 }
 
-Deno.test("wrapper: with no master the tool runs here with one warning line, or fails when asked to", async () => {
-  const dir = await tempTree();
-  try {
-    const r = await wrap(["--as", "gcc", "--version"], {
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin" },
-    });
-    assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^gcc /, "gcc's own output");
-    const lines = r.stderr.trim().split("\n");
-    assert.equal(lines.length, 1, r.stderr);
-    assert.match(
-      lines[0],
-      /^termite: no master for .* start `deno run -A \/.*\/master\.ts` in the build tree\); running gcc here$/,
-    );
-    const strict = await wrap(["--as", "gcc", "--version"], {
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "0" },
-    });
-    assert.equal(strict.code, 255);
-    assert.equal(strict.stdout, "");
-    assert.match(strict.stderr, /no master for .*TERMITE_LOCAL_FALLBACK=0: not running it here/);
-    assert.equal(strict.stderr.trim().split("\n").length, 1);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): with no master the tool runs here with one warning line, or fails when asked to`, async () => {
+    const wrap = wrapper(kind);
+    const dir = await tempTree();
+    try {
+      const r = await wrap(["--as", "gcc", "--version"], {
+        cwd: dir,
+        env: { PATH: "/usr/bin:/bin" },
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^gcc /, "gcc's own output");
+      const lines = r.stderr.trim().split("\n");
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(
+        lines[0],
+        /^termite: no master for .* start `deno run -A \/.*\/master\.ts` in the build tree\); running gcc here$/,
+      );
+      const strict = await wrap(["--as", "gcc", "--version"], {
+        cwd: dir,
+        env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "0" },
+      });
+      assert.equal(strict.code, 255);
+      assert.equal(strict.stdout, "");
+      assert.match(strict.stderr, /no master for .*TERMITE_LOCAL_FALLBACK=0: not running it here/);
+      assert.equal(strict.stderr.trim().split("\n").length, 1);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
-Deno.test("wrapper: linked as `termite` it is a compiler launcher (CMake): the command follows", async () => {
-  const dir = await tempTree();
-  try {
-    const shim = new URL("../bin/termite-wrap", import.meta.url).pathname;
-    await Deno.symlink(shim, `${dir}/termite`);
-    const out = await new Deno.Command(`${dir}/termite`, {
-      args: ["/usr/bin/gcc", "-dumpmachine"],
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin" },
-      clearEnv: true,
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 0, stderr);
-    assert.match(new TextDecoder().decode(out.stdout), /^x86_64-/);
-    assert.match(stderr, /running \/usr\/bin\/gcc here/);
-    const bare = await new Deno.Command(`${dir}/termite`, { cwd: dir }).output();
-    assert.equal(bare.code, 2);
-    assert.match(new TextDecoder().decode(bare.stderr), /usage: termite COMMAND/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): linked as \`termite\` it is a compiler launcher (CMake): the command follows`, async () => {
+    const dir = await tempTree();
+    try {
+      const shim = await shimOf(kind);
+      await Deno.symlink(shim, `${dir}/termite`);
+      const out = await new Deno.Command(`${dir}/termite`, {
+        args: ["/usr/bin/gcc", "-dumpmachine"],
+        cwd: dir,
+        env: { PATH: "/usr/bin:/bin" },
+        clearEnv: true,
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, stderr);
+      assert.match(new TextDecoder().decode(out.stdout), /^x86_64-/);
+      assert.match(stderr, /running \/usr\/bin\/gcc here/);
+      const bare = await new Deno.Command(`${dir}/termite`, { cwd: dir }).output();
+      assert.equal(bare.code, 2);
+      assert.match(new TextDecoder().decode(bare.stderr), /usage: termite COMMAND/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
-Deno.test("wrapper: a stale socket file is reported, and the tool runs here unless told not to", async () => {
-  const dir = await tempTree();
-  try {
-    await staleSocket(`${dir}/.termite-socket`);
-    const r = await wrap(["--as", "echo", "hi"], {
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "0" },
-    });
-    assert.equal(r.code, 255);
-    assert.match(r.stderr, /stale socket/);
-    const f = await wrap(["--as", "echo", "hi"], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
-    assert.equal(f.code, 0);
-    assert.equal(f.stdout, "hi\n");
-    assert.match(
-      f.stderr.trim(),
-      /^termite: cannot reach the master .*stale socket\); running echo here$/,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): a stale socket file is reported, and the tool runs here unless told not to`, async () => {
+    const wrap = wrapper(kind);
+    const dir = await tempTree();
+    try {
+      await staleSocket(`${dir}/.termite-socket`);
+      const r = await wrap(["--as", "echo", "hi"], {
+        cwd: dir,
+        env: { PATH: "/usr/bin:/bin", TERMITE_LOCAL_FALLBACK: "0" },
+      });
+      assert.equal(r.code, 255);
+      assert.match(r.stderr, /stale socket/);
+      const f = await wrap(["--as", "echo", "hi"], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+      assert.equal(f.code, 0);
+      assert.equal(f.stdout, "hi\n");
+      assert.match(
+        f.stderr.trim(),
+        /^termite: cannot reach the master .*stale socket\); running echo here$/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
-Deno.test("wrapper: bin/termite-wrap linked as gcc runs as gcc, and a local run skips the link's directory in PATH", async () => {
-  const dir = await tempTree();
-  try {
-    const links = `${dir}/tool links`; // a space: the link's path is decoded from a URL
-    await Deno.mkdir(links);
-    const shim = new URL("../bin/termite-wrap", import.meta.url).pathname;
-    await Deno.symlink(shim, `${links}/gcc`);
-    await staleSocket(`${dir}/.termite-socket`);
-    const out = await new Deno.Command(`${links}/gcc`, {
-      args: ["-dumpmachine"],
-      cwd: dir,
-      // The link's directory twice, spelled otherwise: both must go.
-      env: { PATH: `${links}/:./tool links:/usr/bin:/bin`, TERMITE_LOCAL_FALLBACK: "1" },
-      clearEnv: true,
-      signal: AbortSignal.timeout(30_000), // a wrapper recursing into itself would never end
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    // The real gcc answered (the link would have recursed into the wrapper).
-    assert.equal(out.code, 0, stderr);
-    assert.match(new TextDecoder().decode(out.stdout), /^x86_64-.*linux-gnu\n$/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): bin/termite-wrap linked as gcc runs as gcc, and a local run skips the link's directory in PATH`, async () => {
+    const dir = await tempTree();
+    try {
+      const links = `${dir}/tool links`; // a space: the link's path is decoded from a URL
+      await Deno.mkdir(links);
+      const shim = await shimOf(kind);
+      await Deno.symlink(shim, `${links}/gcc`);
+      await staleSocket(`${dir}/.termite-socket`);
+      const out = await new Deno.Command(`${links}/gcc`, {
+        args: ["-dumpmachine"],
+        cwd: dir,
+        // The link's directory twice, spelled otherwise: both must go.
+        env: { PATH: `${links}/:./tool links:/usr/bin:/bin`, TERMITE_LOCAL_FALLBACK: "1" },
+        clearEnv: true,
+        signal: AbortSignal.timeout(30_000), // a wrapper recursing into itself would never end
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      // The real gcc answered (the link would have recursed into the wrapper).
+      assert.equal(out.code, 0, stderr);
+      assert.match(new TextDecoder().decode(out.stdout), /^x86_64-.*linux-gnu\n$/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
 Deno.test("runShellBuiltin() runs true, false, : and plain echo only", () => {
   assert.deepEqual(runShellBuiltin("true"), { code: 0, stdout: "" });
@@ -163,66 +218,58 @@ Deno.test("runShellBuiltin() runs true, false, : and plain echo only", () => {
   assert.equal(runShellBuiltin("gcc -c a.c"), null);
 });
 
-Deno.test("wrapper through a master with no workers: output, status, stdin, builtins", async () => {
-  const dir = await tempTree();
-  const cache = await Deno.makeTempDir({ prefix: "termite-mcache-" });
-  const messages: string[] = [];
-  await using master = await startMaster({
-    root: dir,
-    secret: await secretFromBytes(crypto.getRandomValues(new Uint8Array(32))),
-    cacheDir: cache,
-    log: (m) => messages.push(m),
-  });
-  const env = { PATH: "/usr/bin:/bin", HOME: dir };
-  try {
-    const r = await wrap(["--as", "sh", "-c", "echo out; printf 'err\\0x' >&2; exit 3"], {
-      cwd: dir,
-      env,
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}) through a master with no workers: output, status, stdin, builtins`, async () => {
+    const wrap = wrapper(kind);
+    const dir = await tempTree();
+    const cache = await Deno.makeTempDir({ prefix: "termite-mcache-" });
+    const messages: string[] = [];
+    await using master = await startMaster({
+      root: dir,
+      secret: await secretFromBytes(crypto.getRandomValues(new Uint8Array(32))),
+      cacheDir: cache,
+      log: (m) => messages.push(m),
     });
-    assert.equal(r.code, 3);
-    assert.equal(r.stdout, "out\n");
-    assert.equal(r.stderr, "err\0x");
+    const env = { PATH: "/usr/bin:/bin", HOME: dir };
+    try {
+      const r = await wrap(["--as", "sh", "-c", "echo out; printf 'err\\0x' >&2; exit 3"], {
+        cwd: dir,
+        env,
+      });
+      assert.equal(r.code, 3);
+      assert.equal(r.stdout, "out\n");
+      assert.equal(r.stderr, "err\0x");
 
-    const killed = await wrap(["--as", "sh", "-c", "kill -9 $$"], { cwd: dir, env });
-    assert.equal(killed.code, 137);
+      const killed = await wrap(["--as", "sh", "-c", "kill -9 $$"], { cwd: dir, env });
+      assert.equal(killed.code, 137);
 
-    const data = randomBytes(300_000);
-    const cat = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--no-config", "--no-lock", `${ROOT}wrapper.ts`, "--as", "sha256sum"],
-      cwd: dir,
-      env,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = cat.stdin.getWriter();
-    await w.write(data);
-    await w.close();
-    const catOut = await cat.output();
-    const expected = Array.from(
-      new Uint8Array(await crypto.subtle.digest("SHA-256", data)),
-      (b) => b.toString(16).padStart(2, "0"),
-    ).join("");
-    assert.equal(dec.decode(catOut.stdout).split(" ")[0], expected);
+      const data = randomBytes(300_000);
+      const catOut = await wrap(["--as", "sha256sum"], { cwd: dir, env, stdin: data });
+      const expected = Array.from(
+        new Uint8Array(await crypto.subtle.digest("SHA-256", data)),
+        (b) => b.toString(16).padStart(2, "0"),
+      ).join("");
+      assert.equal(catOut.stdout.split(" ")[0], expected);
 
-    const missing = await wrap(["--as", "no-such-tool-termite"], { cwd: dir, env });
-    assert.equal(missing.code, 127);
-    assert.match(missing.stderr, /command not found/);
+      const missing = await wrap(["--as", "no-such-tool-termite"], { cwd: dir, env });
+      assert.equal(missing.code, 127);
+      assert.match(missing.stderr, /command not found/);
 
-    const mk = await wrap(["--as", "sh", "-c", "mkdir -p a/b/c"], { cwd: dir, env });
-    assert.equal(mk.code, 0);
-    assert.ok((await Deno.stat(`${dir}/a/b/c`)).isDirectory);
-    const rm = await wrap(["--as", "sh", "-c", "rm -rf a"], { cwd: dir, env });
-    assert.equal(rm.code, 0);
-    await assert.rejects(Deno.stat(`${dir}/a`), Deno.errors.NotFound);
-    assert.ok(master.master.stats.jobsBuiltin >= 2, "mkdir -p and rm -rf ran in the master");
-    assert.ok(master.master.stats.jobsLocal >= 3);
-  } finally {
-    await master.close();
-    await Deno.remove(dir, { recursive: true });
-    await Deno.remove(cache, { recursive: true });
-  }
-});
+      const mk = await wrap(["--as", "sh", "-c", "mkdir -p a/b/c"], { cwd: dir, env });
+      assert.equal(mk.code, 0);
+      assert.ok((await Deno.stat(`${dir}/a/b/c`)).isDirectory);
+      const rm = await wrap(["--as", "sh", "-c", "rm -rf a"], { cwd: dir, env });
+      assert.equal(rm.code, 0);
+      await assert.rejects(Deno.stat(`${dir}/a`), Deno.errors.NotFound);
+      assert.ok(master.master.stats.jobsBuiltin >= 2, "mkdir -p and rm -rf ran in the master");
+      assert.ok(master.master.stats.jobsLocal >= 3);
+    } finally {
+      await master.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(cache, { recursive: true });
+    }
+  });
+}
 
 Deno.test("master refuses a second master on the same socket and cleans a stale one", async () => {
   const dir = await tempTree();
@@ -315,8 +362,9 @@ async function refused(
   cwd: string,
   env: Record<string, string>,
   master: { stop(): Promise<string> },
+  kind: WrapperKind,
 ) {
-  const r = await wrap(["--as", "gcc", "-c", "x.c"], {
+  const r = await wrapWith(kind, ["--as", "gcc", "-c", "x.c"], {
     cwd,
     env: { ...SECRET_ENV, TERMITE_LOCAL_FALLBACK: "0", ...env },
   });
@@ -327,95 +375,133 @@ async function refused(
   return r.stderr;
 }
 
-Deno.test("wrapper: a socket another user planted in a 1777 parent of the tree is refused; nothing is sent", async () => {
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): a socket another user planted in a 1777 parent of the tree is refused; nothing is sent`, async () => {
+    const wrap = wrapper(kind);
+    const dir = await tempTree();
+    try {
+      const shared = `${dir}/shared`; // like /tmp
+      await Deno.mkdir(`${shared}/tree`, { recursive: true });
+      await Deno.chmod(shared, 0o1777);
+      await Deno.chmod(`${shared}/tree`, 0o755);
+      const planted = `${shared}/.termite-socket`;
+      const attacker = await fakeMaster(planted, { asNobody: true });
+      assert.equal((await Deno.lstat(planted)).uid, 65534);
+      const stderr = await refused(`${shared}/tree`, {}, attacker, kind);
+      assert.equal(
+        stderr.split("\n")[0],
+        `termite: refusing the master socket ${planted}: it belongs to uid 65534, not to you ` +
+          `(uid 0) or root; anyone who could put it there would get this command and its environment ` +
+          `(TERMITE_LOCAL_FALLBACK=0: not running it here)`,
+      );
+      // With the local fallback the command runs here, still sending nothing.
+      const again = await fakeMaster(`${shared}/.termite-socket-2`, { asNobody: true });
+      await Deno.rename(`${shared}/.termite-socket-2`, planted);
+      const local = await wrap(["--as", "echo", "local"], {
+        cwd: `${shared}/tree`,
+        env: { ...SECRET_ENV, TERMITE_LOCAL_FALLBACK: "1" },
+      });
+      assert.equal(await again.stop(), "");
+      assert.equal(local.code, 0);
+      assert.equal(local.stdout, "local\n");
+      assert.match(local.stderr, /refusing the master socket/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): a socket owned by another user, or writable by others, in the tree's own 0755 directory is refused`, async () => {
+    const dir = await tempTree();
+    try {
+      const socket = `${dir}/.termite-socket`;
+      const theirs = await fakeMaster(socket);
+      await Deno.chown(socket, 65534, 65534);
+      assert.match(await refused(dir, {}, theirs, kind), /it belongs to uid 65534, not to you/);
+      await Deno.remove(socket);
+      const open = await fakeMaster(socket);
+      await Deno.chmod(socket, 0o777);
+      assert.match(
+        await refused(dir, {}, open, kind),
+        new RegExp(`socket ${socket}: it is writable by its group and others \\(mode 0777\\)`),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): a .termite-socket that is a symlink (even to a good socket) is refused`, async () => {
+    const dir = await tempTree();
+    try {
+      await Deno.mkdir(`${dir}/private`, { mode: 0o700 });
+      const real = `${dir}/private/master.sock`;
+      const behind = await fakeMaster(real);
+      await Deno.mkdir(`${dir}/tree`);
+      await Deno.chmod(`${dir}/tree`, 0o755);
+      await Deno.symlink(real, `${dir}/tree/.termite-socket`);
+      assert.match(
+        await refused(`${dir}/tree`, {}, behind, kind),
+        new RegExp(`refusing the master socket ${dir}/tree/.termite-socket: it is a symlink`),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+for (const kind of KINDS) {
+  Deno.test(`wrapper (${kind}): TERMITE_SOCKET naming a socket in a 1777 directory (a /tmp) or a group-writable one is refused`, async () => {
+    const dir = await tempTree();
+    try {
+      const tmp = `${dir}/tmp`;
+      await Deno.mkdir(tmp);
+      await Deno.chmod(tmp, 0o1777);
+      const mine = await fakeMaster(`${tmp}/termite.sock`); // the caller's own, even
+      assert.match(
+        await refused(dir, { TERMITE_SOCKET: `${tmp}/termite.sock` }, mine, kind),
+        new RegExp(`its directory ${tmp} is writable by its group and others \\(mode 01777\\)`),
+      );
+      const group = `${dir}/group`;
+      await Deno.mkdir(group);
+      await Deno.chmod(group, 0o775);
+      const shared = await fakeMaster(`${group}/termite.sock`);
+      // A relative TERMITE_SOCKET is taken from the working directory.
+      assert.match(
+        await refused(dir, { TERMITE_SOCKET: "group/termite.sock" }, shared, kind),
+        new RegExp(`socket ${group}/termite.sock: its directory ${group} is writable by its group`),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+Deno.test("native client: a socket file that passes the checks but whose listener is another user is refused (SO_PEERCRED)", async () => {
   const dir = await tempTree();
   try {
-    const shared = `${dir}/shared`; // like /tmp
-    await Deno.mkdir(`${shared}/tree`, { recursive: true });
-    await Deno.chmod(shared, 0o1777);
-    await Deno.chmod(`${shared}/tree`, 0o755);
-    const planted = `${shared}/.termite-socket`;
-    const attacker = await fakeMaster(planted, { asNobody: true });
-    assert.equal((await Deno.lstat(planted)).uid, 65534);
-    const stderr = await refused(`${shared}/tree`, {}, attacker);
-    assert.equal(
-      stderr.split("\n")[0],
-      `termite: refusing the master socket ${planted}: it belongs to uid 65534, not to you ` +
-        `(uid 0) or root; anyone who could put it there would get this command and its environment ` +
-        `(TERMITE_LOCAL_FALLBACK=0: not running it here)`,
-    );
-    // With the local fallback the command runs here, still sending nothing.
-    const again = await fakeMaster(`${shared}/.termite-socket-2`, { asNobody: true });
-    await Deno.rename(`${shared}/.termite-socket-2`, planted);
-    const local = await wrap(["--as", "echo", "local"], {
-      cwd: `${shared}/tree`,
+    // As after a swap between the checks and the connect: the file is root's,
+    // the process behind it nobody's.
+    await Deno.mkdir(`${dir}/nobody`);
+    await Deno.chown(`${dir}/nobody`, 65534, 65534);
+    const theirs = await fakeMaster(`${dir}/nobody/sock`, { asNobody: true });
+    await Deno.chown(`${dir}/nobody/sock`, 0, 0);
+    await Deno.rename(`${dir}/nobody/sock`, `${dir}/.termite-socket`);
+    const r = await wrapWith("native", ["--as", "gcc", "-c", "x.c"], {
+      cwd: dir,
       env: { ...SECRET_ENV, TERMITE_LOCAL_FALLBACK: "1" },
     });
-    assert.equal(await again.stop(), "");
-    assert.equal(local.code, 0);
-    assert.equal(local.stdout, "local\n");
-    assert.match(local.stderr, /refusing the master socket/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("wrapper: a socket owned by another user, or writable by others, in the tree's own 0755 directory is refused", async () => {
-  const dir = await tempTree();
-  try {
-    const socket = `${dir}/.termite-socket`;
-    const theirs = await fakeMaster(socket);
-    await Deno.chown(socket, 65534, 65534);
-    assert.match(await refused(dir, {}, theirs), /it belongs to uid 65534, not to you/);
-    await Deno.remove(socket);
-    const open = await fakeMaster(socket);
-    await Deno.chmod(socket, 0o777);
-    assert.match(
-      await refused(dir, {}, open),
-      new RegExp(`socket ${socket}: it is writable by its group and others \\(mode 0777\\)`),
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("wrapper: a .termite-socket that is a symlink (even to a good socket) is refused", async () => {
-  const dir = await tempTree();
-  try {
-    await Deno.mkdir(`${dir}/private`, { mode: 0o700 });
-    const real = `${dir}/private/master.sock`;
-    const behind = await fakeMaster(real);
-    await Deno.mkdir(`${dir}/tree`);
-    await Deno.chmod(`${dir}/tree`, 0o755);
-    await Deno.symlink(real, `${dir}/tree/.termite-socket`);
-    assert.match(
-      await refused(`${dir}/tree`, {}, behind),
-      new RegExp(`refusing the master socket ${dir}/tree/.termite-socket: it is a symlink`),
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("wrapper: TERMITE_SOCKET naming a socket in a 1777 directory (a /tmp) or a group-writable one is refused", async () => {
-  const dir = await tempTree();
-  try {
-    const tmp = `${dir}/tmp`;
-    await Deno.mkdir(tmp);
-    await Deno.chmod(tmp, 0o1777);
-    const mine = await fakeMaster(`${tmp}/termite.sock`); // the caller's own, even
-    assert.match(
-      await refused(dir, { TERMITE_SOCKET: `${tmp}/termite.sock` }, mine),
-      new RegExp(`its directory ${tmp} is writable by its group and others \\(mode 01777\\)`),
-    );
-    const group = `${dir}/group`;
-    await Deno.mkdir(group);
-    await Deno.chmod(group, 0o775);
-    const shared = await fakeMaster(`${group}/termite.sock`);
-    // A relative TERMITE_SOCKET is taken from the working directory.
-    assert.match(
-      await refused(dir, { TERMITE_SOCKET: "group/termite.sock" }, shared),
-      new RegExp(`socket ${group}/termite.sock: its directory ${group} is writable by its group`),
+    // It connected (to ask who listens), then closed with nothing sent.
+    assert.equal(await theirs.stop(), "got \n", "the request reached the socket");
+    assert.equal(r.code, 255, r.stderr);
+    assert.equal(r.stdout, "");
+    assert.equal(
+      r.stderr,
+      `termite: refusing the master socket ${dir}/.termite-socket: the process listening on it ` +
+        `is not yours (uid 0) or root's; anyone who could put it there would get this command ` +
+        `and its environment\n`,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

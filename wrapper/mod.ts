@@ -3,7 +3,9 @@
  * unix socket (or runs it here when no master can take it); `protocol.ts` is
  * the frames between them and the master's one check of a request. The
  * wrapper is started once per compile: `wrapper.ts` imports `client.ts`
- * directly, not this module.
+ * directly, not this module. `native/termite_client.c` is an opt-in client in
+ * C for the same fast path (built by `native/build.ts`), which execs
+ * `bin/termite-wrap` for everything else.
  *
  * @module
  */
