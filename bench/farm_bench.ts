@@ -34,7 +34,8 @@
  * Run alone: `deno run -A bench/farm_bench.ts [--quick] [--projects lua,zstd]
  * [--contenders local,termite,termite-native,distcc,termite-cached,termite-cached-native,ccache]
  * [--runs N] [--cold-runs N]
- * [--round-trips N] [--scaling 0,1,2] [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`;
+ * [--round-trips N] [--scaling 0,1,2] [--scaling-client deno|native]
+ * [--tree-reset in-place|recopy|new-path] [--out-dir DIR]`;
  * `--action-cache` runs only local, termite-cached(-native) and ccache on lua and zstd (with
  * `--quick`: one run each), into bench/results/action-cache/ unless --out-dir says.
  */
@@ -171,6 +172,8 @@ export interface HarnessOptions {
    * trip the mirrors' stale handles (ESTALE, before dd8cee5).
    */
   scalingTreeReset?: TreeReset;
+  /** The wrapper the scaling runs' tools are linked to (default the Deno wrapper). */
+  scalingClient?: "deno" | "native";
   /** Progress messages (default: stderr). */
   log?: (message: string) => void;
 }
@@ -375,6 +378,7 @@ export interface HarnessReport {
     scalingProject: string | null;
     treeReset: TreeReset;
     scalingTreeReset: TreeReset;
+    scalingClient: "deno" | "native";
   };
   builds: BuildRun[];
   summaries: BuildSummary[];
@@ -1214,6 +1218,11 @@ function deriveRoundTrips(kinds: RoundTripKind[]): RoundTripDerived {
 
 // ---------------------------------------------------------------- scaling
 
+function scalingClientArg(value: string | undefined): "deno" | "native" | undefined {
+  if (value === undefined || value === "deno" || value === "native") return value;
+  throw new Error(`--scaling-client: deno or native, not ${value}`);
+}
+
 async function measureScaling(options: {
   project: Project;
   counts: number[];
@@ -1223,6 +1232,7 @@ async function measureScaling(options: {
   slotsPerWorker: number;
   dir: string;
   hostBase: number;
+  client: "deno" | "native";
   notes: string[];
   log: (message: string) => void;
 }): Promise<ScalingPoint[]> {
@@ -1274,7 +1284,7 @@ async function measureScaling(options: {
             firstHost: options.hostBase,
           });
           buildDir = `${bf.farm.tree}/build`;
-          env = bf.farm.env;
+          env = options.client === "native" ? (await nativeLinksOf(bf.farm)).env : bf.farm.env;
           await masterGroup.moveTree(bf.farm.master.child.pid);
           await masterGroup.moveTree(bf.farm.coordinator.child.pid);
           for (const [i, w] of bf.farm.workers.entries()) {
@@ -1780,7 +1790,7 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
       "",
       `Scaling (${r.settings.scalingProject}; every host ${r.settings.coresPerHost} core by a ` +
         `CPU quota; 0 workers = local make on the master host; clean tree per run: ` +
-        `${r.settings.scalingTreeReset})`,
+        `${r.settings.scalingTreeReset}; tools linked to the ${r.settings.scalingClient} wrapper)`,
       "",
       "| workers | make -j | median s | runs s | speed-up | per worker | build-host CPU ms/job | master MiB sent, cold | failed tries |",
       "|---|---|---|---|---|---|---|---|---|",
@@ -1937,6 +1947,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const coresPerHost = options.coresPerHost ?? 0.4;
   const treeReset = options.treeReset ?? "in-place";
   const scalingTreeReset = options.scalingTreeReset ?? "new-path";
+  const scalingClient = options.scalingClient ?? "deno";
   const farmHosts = Math.max(workers, ...scalingWorkers);
   // Hosts: the farms' (one at a time), distcc's, then the recording farm's.
   const cached = contenders.includes("termite-cached") ||
@@ -2139,6 +2150,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       slotsPerWorker,
       dir: `${workDir}/scaling`,
       hostBase,
+      client: scalingClient,
       notes,
       log,
     });
@@ -2165,6 +2177,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
       scalingProject: scaling.length > 0 ? scalingProject.name : null,
       treeReset,
       scalingTreeReset,
+      scalingClient,
     },
     builds,
     summaries,
@@ -2253,6 +2266,7 @@ if (import.meta.main) {
       "round-trips": { type: "string" },
       "tree-reset": { type: "string" },
       "scaling-tree-reset": { type: "string" },
+      "scaling-client": { type: "string" },
       scaling: { type: "string" },
       "out-dir": { type: "string" },
     },
@@ -2286,6 +2300,7 @@ if (import.meta.main) {
       (only ? new URL("./results/action-cache", import.meta.url).pathname : undefined),
     treeReset: treeResetArg(values["tree-reset"]),
     scalingTreeReset: treeResetArg(values["scaling-tree-reset"]),
+    scalingClient: scalingClientArg(values["scaling-client"]),
   });
   console.log(report.table);
 }
