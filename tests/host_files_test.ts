@@ -232,6 +232,43 @@ Deno.test("the memo skips a host file known to differ, until it changes, and sta
   });
 });
 
+Deno.test("copies for reads are not queued behind background copies, which are bounded", async () => {
+  const root = await hostRoot("host_files_turns_");
+  const host = new HostFiles({ root });
+  try {
+    const bytes = randomBytes(1000);
+    const hash = hashBytes(bytes);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => release = resolve);
+    const started: string[] = [];
+    const copies: Promise<void>[] = [];
+    for (let i = 0; i < 5; i++) {
+      const path = `/usr/lib/f${i}.so`;
+      await put(root, path, bytes);
+      const file = await host.open(path, hash, bytes.length);
+      assert.ok(file !== undefined);
+      const background = i < 4;
+      const sink = {
+        write: async () => {
+          started.push(background ? `bg${i}` : "read");
+          if (background) await held;
+        },
+      };
+      copies.push(
+        host.copy(file, sink, new AbortController().signal, { background })
+          .finally(() => file.file.close()),
+      );
+    }
+    await copies[4];
+    assert.deepEqual(started.sort(), ["bg0", "bg1", "read"], "two background copies, and the read");
+    release();
+    await Promise.all(copies);
+    assert.deepEqual(started.sort(), ["bg0", "bg1", "bg2", "bg3", "read"]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("through a mounted mirror: a host file that hashes the same is copied, others come from the master", async () => {
   // The master's "/" and the emulated worker host's "/" are two directories.
   const masterRoot = await hostRoot("host_files_master_");

@@ -45,8 +45,10 @@ export const HOST_FILE_PREFIXES_DEFAULT: readonly string[] = [
 ];
 /** Host files remembered in the memo at most (least recently used forgotten). */
 export const HOST_MEMO_MAX_DEFAULT = 65_536;
-/** Host files copied into the store at once; the others wait their turn. */
+/** Host files copied into the store at once; the others wait their turn, reads first. */
 export const HOST_COPIES_MAX = 4;
+/** Of which for prefetches and warm sets (so that a read never waits behind them all). */
+export const HOST_BACKGROUND_COPIES_MAX = 2;
 /** Copies waiting for a turn at most; beyond, the blob is fetched as usual. */
 const HOST_COPIES_WAITING_MAX = 1024;
 /** Bytes read from a host file per call. */
@@ -114,8 +116,9 @@ export class HostFiles {
   readonly #memoMax: number;
   /** Insertion order is LRU order. */
   readonly #memo = new Map<string, MemoEntry>();
-  #copying = 0;
-  readonly #waiting: (() => void)[] = [];
+  /** Copies running now, for reads and for background fetches. */
+  readonly #running = { foreground: 0, background: 0 };
+  readonly #waiting = { foreground: [] as (() => void)[], background: [] as (() => void)[] };
 
   constructor(options: HostFilesOptions = {}) {
     const prefixes = options.prefixes ?? HOST_FILE_PREFIXES_DEFAULT;
@@ -195,8 +198,14 @@ export class HostFiles {
    * at most its announced size: a file grown since is refused here.
    * @throws {CasError} `CORRUPT` when the file grew or shrank; read errors as they come.
    */
-  async copy(host: HostFile, sink: BlobSink, signal: AbortSignal): Promise<void> {
-    await this.#turn();
+  async copy(
+    host: HostFile,
+    sink: BlobSink,
+    signal: AbortSignal,
+    options: { background?: boolean } = {},
+  ): Promise<void> {
+    const kind = options.background ? "background" : "foreground";
+    await this.#turn(kind);
     try {
       using reader = await host.file.open();
       const buffer = new Uint8Array(COPY_CHUNK_BYTES);
@@ -216,7 +225,8 @@ export class HostFiles {
         throw new CasError("CORRUPT", `Host file ${host.file.name} shrank to ${total} bytes`);
       }
     } finally {
-      this.#release();
+      this.#running[kind]--;
+      this.#pump();
     }
   }
 
@@ -229,14 +239,19 @@ export class HostFiles {
   fetcher(
     source: BlobSource,
     fallback: Fetcher,
-    hooks: { copied?(bytes: number): void; onError?(error: unknown, context: string): void } = {},
+    hooks: {
+      /** A prefetch or warm-set fetch: its copy waits for reads. */
+      background?: boolean;
+      copied?(bytes: number): void;
+      onError?(error: unknown, context: string): void;
+    } = {},
   ): Fetcher {
     return async (hash, sink, signal) => {
       const host = await this.open(source.path, hash, source.size);
       if (host !== undefined) {
         let same = false;
         try {
-          await this.copy(host, sink, signal);
+          await this.copy(host, sink, signal, { background: hooks.background });
           same = sink.digest() === hash;
           this.learned(host, same);
         } catch (error) {
@@ -281,22 +296,34 @@ export class HostFiles {
     return this.#prefixes.some(under) && !this.#exclude.some(under);
   }
 
-  /** Waits for one of the {@link HOST_COPIES_MAX} turns. */
-  async #turn(): Promise<void> {
-    if (this.#copying < HOST_COPIES_MAX) {
-      this.#copying++;
+  /** Waits for one of the {@link HOST_COPIES_MAX} turns (reads are given turns first). */
+  async #turn(kind: "foreground" | "background"): Promise<void> {
+    if (this.#free(kind)) {
+      this.#running[kind]++;
       return;
     }
-    if (this.#waiting.length >= HOST_COPIES_WAITING_MAX) {
+    const { foreground, background } = this.#waiting;
+    if (foreground.length + background.length >= HOST_COPIES_WAITING_MAX) {
       throw new CasError("LIMIT", "Too many host files waiting to be copied");
     }
-    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    // The turn is counted by #pump() as it is handed on.
+    await new Promise<void>((resolve) => this.#waiting[kind].push(resolve));
   }
 
-  #release(): void {
-    const next = this.#waiting.shift();
-    if (next !== undefined) next(); // the turn passes on
-    else this.#copying--;
+  #free(kind: "foreground" | "background"): boolean {
+    const { foreground, background } = this.#running;
+    if (foreground + background >= HOST_COPIES_MAX) return false;
+    return kind === "foreground" || background < HOST_BACKGROUND_COPIES_MAX;
+  }
+
+  /** Hands free turns to waiting copies, reads first. */
+  #pump(): void {
+    for (const kind of ["foreground", "background"] as const) {
+      while (this.#waiting[kind].length > 0 && this.#free(kind)) {
+        this.#running[kind]++;
+        this.#waiting[kind].shift()!();
+      }
+    }
   }
 }
 

@@ -167,7 +167,9 @@ export class BlobFiles {
     try {
       return await this.#store.ensure(
         hash,
-        options.source === undefined ? fetcher : this.#fromHost(options.source, fetcher),
+        options.source === undefined
+          ? fetcher
+          : this.#fromHost(options.source, fetcher, options.background),
         ensureOptions,
       );
     } catch (error) {
@@ -185,9 +187,10 @@ export class BlobFiles {
   }
 
   /** `fetcher`, after a copy from the host file at `source.path` if host files are on. */
-  #fromHost(source: BlobSource, fetcher: Fetcher): Fetcher {
+  #fromHost(source: BlobSource, fetcher: Fetcher, background: boolean): Fetcher {
     if (this.#hostFiles === undefined) return fetcher;
     return this.#hostFiles.fetcher(source, fetcher, {
+      background,
       copied: (bytes) => {
         this.#stats.hostBlobs++;
         this.#stats.hostBytes += bytes;
