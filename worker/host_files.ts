@@ -31,7 +31,8 @@ import { type BlobSink, CasError, type Fetcher } from "../cas/mod.ts";
  * Where host files may come from: the system's programs and libraries
  * (`/lib*`, `/bin`, `/sbin` are symlinks on merged-/usr systems, and a
  * symlink declines; real directories on older ones). Not `/etc` (host
- * configuration, some of it private), not `/var`, `/home`, `/tmp`, `/root`.
+ * configuration, some of it private; `/etc/alternatives` holds only symlinks,
+ * never contents), not `/var`, `/home`, `/tmp`, `/root`.
  */
 export const HOST_FILE_PREFIXES_DEFAULT: readonly string[] = [
   "/usr",
