@@ -9,7 +9,9 @@
  * descriptor is kept per inode, least recently read closed first.
  *
  * Every blob fetch goes through {@link BlobFiles.fetcher}: the place to
- * batch them.
+ * batch them. A blob whose path is known may first be copied from the
+ * worker host's own file at that path (`host_files.ts`), kept only if it
+ * hashes as announced.
  *
  * @module
  */
@@ -154,7 +156,7 @@ export class BlobFiles {
 
   /**
    * Makes sure blob `hash` is in the store (see `Store.ensure`). With a
-   * `source`, a host file at the same path may give it ({@link fromHost}).
+   * `source`, a host file at the same path may give it (`host_files.ts`).
    * A blob a peer worker could not give, or gave with other bytes, is
    * fetched again from the master, once.
    */
