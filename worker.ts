@@ -105,6 +105,11 @@ const FLAGS: FlagSpecs = {
     help: "do not mount a favordynmods cgroup hierarchy (each job then waits for an RCU " +
       "grace period when it moves into its cgroup)",
   },
+  "no-host-files": {
+    type: "boolean",
+    help: "always fetch file contents: never copy them from this host's own files (public " +
+      "system files under /usr, /opt and the like, at the same path and of the same SHA-256)",
+  },
   "job-network": {
     type: "boolean",
     help: "jobs share this host's network (by default each has only a loopback of its own)",
@@ -187,6 +192,7 @@ await runRole("worker", ports, async () => {
     favorCgroupMigrations: !flags.boolean("no-favor-dynmods"),
     jobNetwork: flags.boolean("job-network"),
     recordReads: flags.boolean("record-reads"),
+    hostFiles: !flags.boolean("no-host-files"),
   };
   const tls = await loadTlsFlags(flags);
   const secret = await loadSecretFile(secretPath);

@@ -11,4 +11,5 @@ export {
   type Fetcher,
   Store,
   type StoreOptions,
+  type StoreSink,
 } from "./store.ts";

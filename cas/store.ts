@@ -5,11 +5,19 @@ import { TempBlob } from "./temp_blob.ts";
 /** Where a {@linkcode Fetcher} writes a blob's bytes, in order. Await each write. */
 export type BlobSink = { write(chunk: Uint8Array): Promise<void> };
 
+/** The sink a {@linkcode Fetcher} gets from the store: it also tells what it holds, and starts over. */
+export interface StoreSink extends BlobSink {
+  /** The SHA-256 (hex) of the bytes written so far. */
+  digest(): string;
+  /** Forgets the bytes written so far (a source gave other bytes; another one follows). */
+  restart(): Promise<void>;
+}
+
 /**
  * Fetches the blob named `hash` (from a peer, usually) and writes its bytes to `sink`.
  * Resolves when all bytes are written; should stop when `signal` aborts.
  */
-export type Fetcher = (hash: string, sink: BlobSink, signal: AbortSignal) => Promise<void>;
+export type Fetcher = (hash: string, sink: StoreSink, signal: AbortSignal) => Promise<void>;
 
 /** Options of {@linkcode Store.open}. */
 export interface StoreOptions {
@@ -441,11 +449,13 @@ export class Store {
   async #fetch(hash: string, fetcher: Fetcher, signal: AbortSignal): Promise<string> {
     const temp = await this.#createTemp();
     try {
-      const sink: BlobSink = {
+      const sink: StoreSink = {
         write: (chunk) => {
           if (signal.aborted) return Promise.reject(signal.reason);
           return temp.write(chunk);
         },
+        digest: () => temp.digest(),
+        restart: () => temp.restart(),
       };
       await fetcher(hash, sink, signal);
       signal.throwIfAborted();

@@ -25,7 +25,7 @@ export class TempBlob {
   readonly #storeDir: string;
   readonly #blobBytesMax: number;
   #file: Deno.FsFile | undefined;
-  readonly #hasher: Hash = createHash("sha256");
+  #hasher: Hash = createHash("sha256");
   #buffer: Uint8Array | undefined;
   #fill = 0;
   #size = 0;
@@ -71,6 +71,31 @@ export class TempBlob {
       }
       await this.#flush();
       await this.#writeAll(chunk);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** The SHA-256 (hex) of the bytes written so far; the file stays open. */
+  digest(): string {
+    if (this.#busy) throw new Error("BlobSink.digest() called before the previous write settled");
+    return this.#hasher.copy().digest("hex");
+  }
+
+  /** Forgets every byte written so far: the file is emptied, the hash begins again. */
+  async restart(): Promise<void> {
+    const file = this.#file;
+    if (file === undefined) throw new CasError("IO", "Cannot restart blob: temp file closed");
+    if (this.#busy) throw new Error("BlobSink.restart() called before the previous write settled");
+    this.#busy = true;
+    try {
+      this.#fill = 0;
+      this.#size = 0;
+      this.#hasher = createHash("sha256");
+      await file.truncate(0);
+      await file.seek(0, Deno.SeekMode.Start);
+    } catch (error) {
+      throw ioError(`Cannot restart blob in store ${this.#storeDir}`, error);
     } finally {
       this.#busy = false;
     }

@@ -223,6 +223,27 @@ Deno.test("ensure() with wrong bytes throws CORRUPT, stores nothing, and a later
   });
 });
 
+Deno.test("a fetcher's sink tells the hash so far and starts over: only the bytes after restart() are stored", async () => {
+  await withStore({}, async (store) => {
+    const good = randomBytes(600_000);
+    const hash = hashBytes(good);
+    const wrong = randomBytes(700_000);
+    const digests: string[] = [];
+    await store.ensure(hash, async (_hash, sink) => {
+      await sink.write(wrong.subarray(0, 100_000));
+      await sink.write(wrong.subarray(100_000));
+      digests.push(sink.digest());
+      await sink.restart();
+      await sink.write(good.subarray(0, 300_000));
+      digests.push(sink.digest());
+      await sink.write(good.subarray(300_000));
+    });
+    assert.deepEqual(digests, [hashBytes(wrong), hashBytes(good.subarray(0, 300_000))]);
+    assert.deepEqual(await store.readBytes(hash), good);
+    assert.equal(store.sizeOf(hash), good.length);
+  });
+});
+
 Deno.test("ensure() called 50 times concurrently calls the fetcher once", async () => {
   await withStore({}, async (store, dir) => {
     const bytes = randomBytes(2_000_000);

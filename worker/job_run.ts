@@ -109,6 +109,8 @@ function mirrorDelta(before: MirrorStats, after: MirrorStats): string {
     "blobFetches",
     "blobFetchMs",
     "blobBytes",
+    "hostBlobs",
+    "hostBytes",
   ];
   return keys.map((k) => `${k} ${Math.round((after[k] ?? 0) - (before[k] ?? 0))}`).join(", ");
 }

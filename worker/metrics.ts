@@ -11,6 +11,7 @@ import { JOB_SECONDS_BUCKETS, metricsResponse, Registry } from "../common/metric
 import { PAGE_HEADERS } from "../common/page.ts";
 import type { MirrorTotals } from "./mirrors.ts";
 import type { PeerBlobStats } from "./peer_blobs.ts";
+import type { HostFileStats } from "./host_files.ts";
 import type { TlsConfig } from "../rpc/mod.ts";
 
 /** How a job ended on this worker, as the `outcome` label says it. */
@@ -53,6 +54,8 @@ export interface WorkerMetricsSource {
   bytesServed(): number;
   /** Blobs fetched from peer workers, and how those fetches went. */
   peerBlobs(): PeerBlobStats;
+  /** Contents copied from this host's own files, and how those copies went (none: off). */
+  hostFiles(): HostFileStats | undefined;
 }
 
 /** The worker's registry and the calls that move its own counters. */
@@ -170,6 +173,31 @@ export class WorkerMetrics {
       "Blobs from peer workers refused because their bytes did not match their hash.",
       "counter",
       () => source.peerBlobs().corrupt,
+    );
+    const host = (key: keyof HostFileStats) => () => source.hostFiles()?.[key] ?? 0;
+    r.collect(
+      "termite_worker_host_blobs_total",
+      "File contents copied from this host's own files (same path, same SHA-256) instead of fetched.",
+      "counter",
+      host("blobs"),
+    );
+    r.collect(
+      "termite_worker_host_bytes_total",
+      "Bytes of file contents copied from this host's own files.",
+      "counter",
+      host("bytes"),
+    );
+    r.collect(
+      "termite_worker_host_mismatched_total",
+      "Host files copied and refused: their bytes did not hash as the master announced (fetched).",
+      "counter",
+      host("mismatched"),
+    );
+    r.collect(
+      "termite_worker_host_failed_total",
+      "Host file copies that failed otherwise (a read error, the file changed size); fetched.",
+      "counter",
+      host("failed"),
     );
   }
 

@@ -9,7 +9,9 @@
  * descriptor is kept per inode, least recently read closed first.
  *
  * Every blob fetch goes through {@link BlobFiles.fetcher}: the place to
- * batch them.
+ * batch them. A blob whose path is known may first be copied from the
+ * worker host's own file at that path (`host_files.ts`), kept only if it
+ * hashes as announced.
  *
  * @module
  */
@@ -25,6 +27,7 @@ import type { Limiter } from "./_mirror_limiter.ts";
 import type { MasterLink } from "./master_link.ts";
 import type { MirrorNode } from "./mirror_cache.ts";
 import type { PeerBlobs } from "./peer_blobs.ts";
+import type { BlobSource, HostFiles } from "./host_files.ts";
 
 /** Hashes remembered as checked by this mirror (the set is cleared beyond it). */
 const VERIFIED_MAX = 1_000_000;
@@ -45,6 +48,9 @@ export interface BlobCounters {
   blobFetchMs: number;
   /** Stored blobs found corrupt when first used by this mirror (discarded, fetched again). */
   corruptBlobs: number;
+  /** Blobs (and their bytes) copied from the worker host's own files instead of fetched. */
+  hostBlobs: number;
+  hostBytes: number;
 }
 
 /** Options of {@linkcode BlobFiles}. */
@@ -52,6 +58,8 @@ export interface BlobFilesOptions {
   link: MasterLink;
   /** Peer workers blobs may come from (the master says which holds one). */
   peers?: PeerBlobs;
+  /** The worker host's own files contents may be copied from (when they hash the same). */
+  hostFiles?: HostFiles;
   limiter: Limiter;
   store: Store;
   /** The mirror's nodes: one is dropped when its last handle closes, if unused. */
@@ -71,6 +79,7 @@ export interface BlobFilesOptions {
 export class BlobFiles {
   readonly #link: MasterLink;
   readonly #peers: PeerBlobs | undefined;
+  readonly #hostFiles: HostFiles | undefined;
   readonly #limiter: Limiter;
   readonly #store: Store;
   readonly #nodes: NodeTable<MirrorNode>;
@@ -96,6 +105,7 @@ export class BlobFiles {
   constructor(options: BlobFilesOptions) {
     this.#link = options.link;
     this.#peers = options.peers;
+    this.#hostFiles = options.hostFiles;
     this.#limiter = options.limiter;
     this.#store = options.store;
     this.#nodes = options.nodes;
@@ -145,17 +155,25 @@ export class BlobFiles {
   }
 
   /**
-   * Makes sure blob `hash` is in the store (see `Store.ensure`). A blob a
-   * peer worker could not give, or gave with other bytes, is fetched again
-   * from the master, once.
+   * Makes sure blob `hash` is in the store (see `Store.ensure`). With a
+   * `source`, a host file at the same path may give it (`host_files.ts`).
+   * A blob a peer worker could not give, or gave with other bytes, is
+   * fetched again from the master, once.
    */
   async ensure(
     hash: string,
-    options: { background: boolean; pin?: boolean; signal?: AbortSignal },
+    options: { background: boolean; pin?: boolean; signal?: AbortSignal; source?: BlobSource },
   ): Promise<string> {
     const ensureOptions = { pin: options.pin, signal: options.signal };
+    const fetcher = this.fetcher(options.background);
     try {
-      return await this.#store.ensure(hash, this.fetcher(options.background), ensureOptions);
+      return await this.#store.ensure(
+        hash,
+        options.source === undefined
+          ? fetcher
+          : this.#fromHost(options.source, fetcher, options.background),
+        ensureOptions,
+      );
     } catch (error) {
       const peer = this.#peers?.triedFrom(hash);
       if (peer === undefined || options.signal?.aborted || this.#signal.aborted) throw error;
@@ -168,6 +186,25 @@ export class BlobFiles {
     } finally {
       this.#peers?.settled(hash);
     }
+  }
+
+  /** `fetcher`, after a copy from the host file at `source.path` if host files are on. */
+  #fromHost(source: BlobSource, fetcher: Fetcher, background: boolean): Fetcher {
+    if (this.#hostFiles === undefined) return fetcher;
+    return this.#hostFiles.fetcher(source, fetcher, {
+      background,
+      copied: (bytes) => {
+        this.#stats.hostBlobs++;
+        this.#stats.hostBytes += bytes;
+      },
+      onError: (error, context) => {
+        try {
+          this.#onError(error, context);
+        } catch {
+          // A failing logger must not cost the fetch.
+        }
+      },
+    });
   }
 
   /** Records that blob `hash` was checked against its hash (fetched into the store just now). */
@@ -295,7 +332,15 @@ export class BlobFiles {
   async #ensureStored(node: MirrorNode, hash: string): Promise<string> {
     try {
       const stored = this.#store.sizeOf(hash) !== undefined;
-      let path = await this.ensure(hash, { background: false, pin: true, signal: this.#signal });
+      const source = node.attr?.hash === hash
+        ? { path: node.path, size: node.attr.size }
+        : undefined;
+      let path = await this.ensure(hash, {
+        background: false,
+        pin: true,
+        signal: this.#signal,
+        source,
+      });
       if (stored && !this.#verified.has(hash)) {
         // Stored before this mirror used it: rehash it once, so that a blob
         // corrupted on disk is discarded and fetched again, never served.
@@ -312,7 +357,12 @@ export class BlobFiles {
           } catch {
             // A failing logger must not cost the reply.
           }
-          path = await this.ensure(hash, { background: false, pin: true, signal: this.#signal });
+          path = await this.ensure(hash, {
+            background: false,
+            pin: true,
+            signal: this.#signal,
+            source,
+          });
         }
       }
       if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();

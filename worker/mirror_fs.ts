@@ -188,6 +188,7 @@ export class MirrorFs implements FileSystem {
     return new BlobFiles({
       link: options.link,
       peers: options.peers,
+      hostFiles: options.hostFiles,
       limiter: parts.limiter,
       store: options.store,
       nodes: this.#cache.nodes,

@@ -7,12 +7,18 @@
 import type { Store } from "../cas/mod.ts";
 import type { MasterLink } from "./master_link.ts";
 import type { PeerBlobs } from "./peer_blobs.ts";
+import type { HostFiles } from "./host_files.ts";
 
 /** Options of {@linkcode MirrorFs}. */
 export interface MirrorOptions {
   link: MasterLink;
   /** Peer workers blobs may come from, when the master says one holds them. */
   peers?: PeerBlobs;
+  /**
+   * The worker host's own files: a file's contents are copied from the host
+   * file at the same path when it hashes as the master announced (none: off).
+   */
+  hostFiles?: HostFiles;
   /** The worker's content store (shared by every mirror, kept between jobs). */
   store: Store;
   /**
@@ -95,6 +101,9 @@ export interface MirrorStats {
   dirFetchMs: number;
   /** Milliseconds blob fetches took (request to stored), summed. */
   blobFetchMs: number;
+  /** Blobs (and their bytes) copied from the worker host's own files instead of fetched. */
+  hostBlobs: number;
+  hostBytes: number;
   /** Warm-set streams asked for, listings and file attributes taken from them. */
   warmStreams: number;
   warmDirs: number;
@@ -133,6 +142,8 @@ export function newStats(): MirrorStats {
     readWaitMs: 0,
     dirFetchMs: 0,
     blobFetchMs: 0,
+    hostBlobs: 0,
+    hostBytes: 0,
     warmStreams: 0,
     warmDirs: 0,
     warmAttrs: 0,

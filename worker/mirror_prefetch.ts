@@ -54,9 +54,11 @@ export class Prefetcher {
     const task = (async () => {
       try {
         if (node.attr?.hash === undefined) await this.#options.refresh(node, true, true);
-        const hash = node.attr?.hash;
-        if (hash === undefined || signal.aborted) return;
-        await this.#options.blobs.ensure(hash, { background: true, signal });
+        const attr = node.attr;
+        const hash = attr?.hash;
+        if (attr === undefined || hash === undefined || signal.aborted) return;
+        const source = { path, size: attr.size };
+        await this.#options.blobs.ensure(hash, { background: true, signal, source });
       } catch (error) {
         if (!signal.aborted) this.#options.failed(error, `prefetch ${path}`);
       } finally {

@@ -148,7 +148,8 @@ export class Warmer {
       if (signal.aborted) return;
       this.#inFlight++;
       const stored = store.sizeOf(hash) !== undefined;
-      const task = blobs.ensure(hash, { background: true, signal }).then(() => {
+      const source = { path, size };
+      const task = blobs.ensure(hash, { background: true, signal, source }).then(() => {
         if (!stored) blobs.markVerified(hash); // the store checked it when it arrived
         stats.warmBlobs++;
         stats.warmBytes += size;

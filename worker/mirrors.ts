@@ -12,6 +12,7 @@ import type { FileAttr } from "../common/types.ts";
 import { cleanStaleMount, FuseSession } from "../fuse/mod.ts";
 import { RpcError, type RpcPeer } from "../rpc/mod.ts";
 import type { PeerBlobs } from "./peer_blobs.ts";
+import type { HostFiles } from "./host_files.ts";
 import { rpcMasterLink } from "./master_link.ts";
 import { MirrorFs, MOUNT_POINTS_DEFAULT } from "./mirror_fs.ts";
 
@@ -44,6 +45,8 @@ export interface MirrorsOptions {
   mirrorsMax?: number;
   /** Peer workers blobs may come from, when a master says one holds them. */
   peers?: PeerBlobs;
+  /** The worker host's own files, contents may be copied from (none: off). */
+  hostFiles?: HostFiles;
   log(message: string): void;
 }
 
@@ -184,6 +187,7 @@ export class Mirrors {
       link,
       store: this.#options.store,
       peers: this.#options.peers,
+      hostFiles: this.#options.hostFiles,
       writableRoot: root,
       mountPoints,
     });

@@ -22,6 +22,7 @@ import type { FileAttr } from "../common/types.ts";
 import { Store } from "../cas/mod.ts";
 import { errorMessage } from "../common/errors.ts";
 import { isHash } from "../common/hash.ts";
+import { normalizePath } from "../common/paths.ts";
 import {
   type CallContext,
   type Handlers,
@@ -46,6 +47,7 @@ import { JobStdin } from "./job_stdin.ts";
 import { type Mirror, Mirrors, MIRRORS_MAX_DEFAULT, removeStaleMirrors } from "./mirrors.ts";
 import { FairSlots, SlotsFullError } from "./slots.ts";
 import { PeerBlobs } from "./peer_blobs.ts";
+import { HostFiles, type HostFilesOptions } from "./host_files.ts";
 import { type MetricsServer, serveMetrics, WorkerMetrics } from "./metrics.ts";
 
 /** Jobs waiting for a slot, over all masters, at most this many per slot. */
@@ -104,6 +106,12 @@ export interface WorkerOptions {
    * (`https://` with `tls`; 0 = any free port); none when undefined.
    */
   metricsPort?: number;
+  /**
+   * Copy a file's contents from this host's own file at the same path when
+   * it is a public system file hashing as the master announced, instead of
+   * fetching them (worker/host_files.ts). Default true; options for tests.
+   */
+  hostFiles?: boolean | HostFilesOptions;
   /** Address of the metrics listener; default 127.0.0.1. */
   metricsHostname?: string;
   log?: (message: string) => void;
@@ -139,6 +147,8 @@ export class Worker implements AsyncDisposable {
   #tracerStarting: Promise<void> = Promise.resolve();
   /** Blobs from peer workers (and which ones are being fetched from them now). */
   readonly #peers: PeerBlobs;
+  /** Contents from this host's own files (undefined: off). */
+  readonly #hostFiles: HostFiles | undefined;
   stats = { jobs: 0, jobsFailed: 0, blobsServed: 0, bytesServed: 0 };
   readonly metrics: WorkerMetrics;
   #metricsServer: MetricsServer | null = null;
@@ -157,10 +167,20 @@ export class Worker implements AsyncDisposable {
       self: () => this.address,
       log,
     });
+    if (options.hostFiles !== false) {
+      const more = typeof options.hostFiles === "object" ? options.hostFiles : {};
+      // Never from the worker's own files: its mounts are there.
+      const exclude = [...new Set([absolute(options.cacheDir), realOrSame(options.cacheDir)])];
+      this.#hostFiles = new HostFiles({
+        ...more,
+        exclude: [...exclude, ...(more.exclude ?? [])],
+      });
+    }
     this.#mirrors = new Mirrors({
       cacheDir: options.cacheDir,
       store,
       peers: this.#peers,
+      hostFiles: this.#hostFiles,
       mirrorsMax: options.mirrorsMax,
       log,
     });
@@ -189,6 +209,7 @@ export class Worker implements AsyncDisposable {
       blobsServed: () => this.stats.blobsServed,
       bytesServed: () => this.stats.bytesServed,
       peerBlobs: () => this.#peers.stats,
+      hostFiles: () => this.#hostFiles?.stats,
     });
   }
 
@@ -510,4 +531,18 @@ export class Worker implements AsyncDisposable {
 
 export function startWorker(options: WorkerOptions): Promise<Worker> {
   return Worker.start(options);
+}
+
+/** `path` made absolute (from the current directory) and normalised. */
+function absolute(path: string): string {
+  return normalizePath(path.startsWith("/") ? path : `${Deno.cwd()}/${path}`);
+}
+
+/** `path` with its symlinks resolved, or {@link absolute} when that fails. */
+function realOrSame(path: string): string {
+  try {
+    return normalizePath(Deno.realPathSync(path));
+  } catch {
+    return absolute(path);
+  }
 }
