@@ -128,7 +128,8 @@ function randomName(): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function decodeStat(buf: Uint8Array<ArrayBuffer>): EntryStat {
+/** A `struct stat` as `fstatat` filled it, as `Deno.lstatSync` would report it. */
+export function decodeStat(buf: Uint8Array<ArrayBuffer>): EntryStat {
   const v = new DataView(buf.buffer);
   const rawMode = v.getUint32(STAT_MODE, true);
   const format = rawMode & S_IFMT;
