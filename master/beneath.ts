@@ -69,6 +69,9 @@ export const PRIVATE_DIR_PREFIX = ".termite-staging";
 
 const BENEATH = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
 
+/** Emptied staging areas kept open for the next batches, at most. */
+const SPARE_STAGING_MAX = 8;
+
 const WHY: Record<number, string> = {
   [ENOENT]: "no such file or directory",
   [ENOTDIR]: "a non-directory on the way",
@@ -185,6 +188,8 @@ export class Beneath implements Disposable {
   readonly #stat = new Uint8Array(STAT_SIZE);
   readonly #rootFd: number;
   readonly #privateFd: number;
+  /** Emptied staging areas, for the next batches (no mkdir and rmdir each). */
+  readonly #spare: StagingDir[] = [];
   #closed = false;
 
   /**
@@ -392,8 +397,10 @@ export class Beneath implements Disposable {
     this.#lib.symbols.close(fd);
   }
 
-  /** A fresh staging area (0700) in the private directory. */
+  /** An empty staging area (0700) in the private directory: one emptied before, or a new one. */
   makeStaging(): StagingDir {
+    const spare = this.#spare.pop();
+    if (spare !== undefined) return spare;
     const name = randomName();
     this.mkdir(this.#privateFd, name, 0o700);
     const fd = this.openDirAt(this.#privateFd, name);
@@ -403,8 +410,29 @@ export class Beneath implements Disposable {
   /**
    * Removes a staging area and what it holds: files at once, directories (a
    * deleted tree moved aside) with an asynchronous recursive removal.
+   * `left`: when the caller knows every name the area holds, none of them a
+   * directory (a commit's journal), those are unlinked without listing the
+   * area and, all gone, the area is kept for a next batch.
    */
-  discardStaging(staging: StagingDir): Promise<void> | void {
+  discardStaging(staging: StagingDir, left?: readonly string[]): Promise<void> | void {
+    if (left !== undefined && !this.#closed && this.#spare.length < SPARE_STAGING_MAX) {
+      let empty = true;
+      for (const name of left) {
+        // ENOENT: gone already. Anything else (a directory swapped in meanwhile
+        // says EISDIR): the area is listed and removed below.
+        if (
+          this.#lib.symbols.unlinkat(staging.fd, entryName(name), 0) !== 0 &&
+          this.#errno[0] !== ENOENT
+        ) {
+          empty = false;
+          break;
+        }
+      }
+      if (empty) {
+        this.#spare.push(staging);
+        return;
+      }
+    }
     let dirs = false;
     for (const entry of Deno.readDirSync(staging.path)) {
       if (entry.isDirectory) dirs = true;
@@ -441,6 +469,7 @@ export class Beneath implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const spare of this.#spare.splice(0)) this.#lib.symbols.close(spare.fd);
     this.#lib.symbols.close(this.#privateFd);
     this.#lib.symbols.close(this.#rootFd);
     this.#lib.close();
