@@ -177,6 +177,8 @@ export class RemoteRunner {
     ws.workerMs += Number(reply.timings?.totalMs) || 0;
     ws.collectMs += Number(reply.timings?.collectMs) || 0;
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
+    // The events of its own renames, read with what it touched: once.
+    this.#sync.take();
     await this.#flushChanges(outcome.touched, outcome.hashes);
     if (action !== null && recorded !== null) {
       await this.#store(action, recorded, {
