@@ -54,11 +54,13 @@ export function commit(
     const modes = run.directories(set.dirs);
     for (let i = 0; i < set.files.length; i++) {
       const f = set.files[i];
-      const [parent, name] = run.place(f.path, `f${i}`);
+      const [parent, name] = run.place(f.path, `${staging.prefix}f${i}`);
       const found = tree.stat(parent, name);
       if (found?.kind === "file") run.written.push([f.path, found.info, f.hash]);
     }
-    for (let i = 0; i < set.symlinks.length; i++) run.place(set.symlinks[i].path, `l${i}`);
+    for (let i = 0; i < set.symlinks.length; i++) {
+      run.place(set.symlinks[i].path, `${staging.prefix}l${i}`);
+    }
     run.modes(modes);
   } catch (err) {
     run.dirs[Symbol.dispose]();
@@ -141,8 +143,9 @@ class CommitRun {
       }
       const found = tree.stat(parent, name);
       if (found === null) continue;
-      tree.rename(parent, name, this.#staging.fd, `d${i}`, RENAME_NOREPLACE);
-      this.journal.push({ op: "aside", rel: this.#rel(this.current), staged: `d${i}` });
+      const staged = `${this.#staging.prefix}d${i}`;
+      tree.rename(parent, name, this.#staging.fd, staged, RENAME_NOREPLACE);
+      this.journal.push({ op: "aside", rel: this.#rel(this.current), staged });
       if (found.kind === "dir") {
         this.dirs.forget(this.#rel(this.current));
         this.asideDir = true;

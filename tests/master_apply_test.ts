@@ -102,12 +102,17 @@ Deno.test("applyResultSet() applies deletions, dirs, files and symlinks", async 
   });
 });
 
-Deno.test("applyResultSet() through one tree: an emptied staging area serves the next set, one holding a directory goes", async () => {
+Deno.test("applyResultSet() through one tree: each set's staging area is emptied by its journal, a directory moved aside is removed", async () => {
   await withTree(async (root, blobs) => {
     const cache = await HashCache.open();
     using tree = Beneath.open(root);
-    const areas = () => [...Deno.readDirSync(tree.privatePath)].map((e) => e.name);
-    const inArea = () => areas().flatMap((a) => [...Deno.readDirSync(`${tree.privatePath}/${a}`)]);
+    const left = () => [...Deno.readDirSync(tree.privatePath)].map((e) => e.name);
+    const emptied = async () => {
+      for (let i = 0; i < 100 && left().length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return left();
+    };
     const file = (path: string, text: string) => {
       const bytes = enc.encode(text);
       blobs.set(sha(bytes), bytes);
@@ -127,32 +132,31 @@ Deno.test("applyResultSet() through one tree: an emptied staging area serves the
     });
     assert.equal(await Deno.readTextFile(`${root}/src/old.o`), "new one");
     await assert.rejects(Deno.stat(`${root}/src/a.c`), Deno.errors.NotFound);
-    const [area] = areas();
-    assert.deepEqual(areas(), [area], "one area, kept");
-    assert.deepEqual(inArea(), [], "emptied: what was replaced or deleted is gone");
-    // The same area again: its names f0, l0, d0 are free.
-    await apply({
-      deletions: [`${root}/src/n.o`],
-      files: [file(`${root}/src/old.o`, "newer")],
-      symlinks: [{ path: `${root}/src/l`, target: "old.o" }],
-    });
-    assert.deepEqual(areas(), [area]);
-    assert.deepEqual(inArea(), []);
+    assert.deepEqual(left(), [], "what was replaced or deleted is gone at once");
+    // Two sets at once: areas of their own.
+    await Promise.all([
+      apply({
+        deletions: [`${root}/src/n.o`],
+        files: [file(`${root}/src/old.o`, "newer")],
+        symlinks: [{ path: `${root}/src/l`, target: "old.o" }],
+      }),
+      apply({ files: [file(`${root}/src/p.o`, "p"), file(`${root}/src/q.o`, "p")] }),
+    ]);
+    assert.deepEqual(left(), []);
     assert.equal(await Deno.readTextFile(`${root}/src/l`), "newer");
-    // A directory deleted: that area is removed, with the tree moved into it.
+    assert.equal(await Deno.readTextFile(`${root}/src/q.o`), "p");
+    // A directory deleted: moved into the area, then removed with what it holds.
     await apply({ deletions: [`${root}/src/sub`], files: [file(`${root}/src/m.o`, "m")] });
     await assert.rejects(Deno.stat(`${root}/src/sub`), Deno.errors.NotFound);
-    for (let i = 0; i < 100 && areas().length > 0; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.deepEqual(areas(), []);
+    assert.deepEqual(await emptied(), []);
     // A set that fails leaves the tree and the private directory as they were.
     const before = await snapshot(root);
     // A worker's blob that does not hold what its hash says.
     const lie = file(`${root}/src/z.o`, "other");
     blobs.set(lie.hash, enc.encode("lie!!"));
-    await assert.rejects(apply({ files: [lie] }), ResultSetError);
+    await assert.rejects(apply({ files: [file(`${root}/src/y.o`, "y"), lie] }), ResultSetError);
     assert.deepEqual(await snapshot(root), before);
-    for (let i = 0; i < 100 && areas().length > 0; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.deepEqual(areas(), []);
+    assert.deepEqual(await emptied(), []);
     await cache.close();
   });
 });
