@@ -6,7 +6,15 @@
  * Prints the self time by function and by file, and writes the profile
  * (`.cpuprofile`, for Chrome's DevTools) next to the farm.
  *
- * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P]`
+ * With `--perf`, the CPU instead (V8 samples wall time: a thread waiting in a
+ * system call counts): `perf record -g` on the master's process for the warm
+ * builds, the kernel included, V8 started with `--perf-basic-prof
+ * --interpreted-frames-native-stack` so that JavaScript frames have names;
+ * prints each function's share of the samples with what it calls (every
+ * function on a sample's stack counts once) and the share of the stacks with
+ * no JavaScript. Needs `perf` and root.
+ *
+ * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf]`
  */
 import { parseArgs } from "node:util";
 import { Farm, ROOT } from "../farm/mod.ts";
@@ -112,6 +120,93 @@ function top(times: Map<string, number>, total: number, n: number): string[] {
     );
 }
 
+/** Per function (`JS:` frames of perf's map), the share of samples with it on the stack. */
+export function perfShares(
+  script: string,
+): { samples: number; noJs: number; shares: Map<string, number> } {
+  const shares = new Map<string, number>();
+  let samples = 0;
+  let noJs = 0;
+  for (const block of script.split("\n\n")) {
+    const lines = block.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+    if (lines.length === 0) continue;
+    samples++;
+    const names = new Set<string>();
+    for (const frame of lines.slice(1)) {
+      const at = frame.indexOf("JS:");
+      if (at < 0) continue;
+      // "JS:*name url:line:col" ("*" optimized, "^" baseline, "+" maglev, ...)
+      names.add(frame.slice(at + 4).replace(`file://${ROOT}/`, "").replace(/^'/, ""));
+    }
+    if (names.size === 0) noJs++;
+    for (const n of names) shares.set(n, (shares.get(n) ?? 0) + 1);
+  }
+  return { samples, noJs, shares };
+}
+
+async function perfProfile(builds: number, topN: number): Promise<void> {
+  const work = `${ROOT}/.cache/bench-profile`;
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  const tree = `${work}/tree`;
+  await Deno.mkdir(tree, { recursive: true });
+  for (const d of [work, tree]) await Deno.chmod(d, 0o755);
+  const farm = await Farm.start({
+    dir: `${work}/farm`,
+    tree,
+    workers: 2,
+    slotsPerWorker: 2,
+    prefix: `termite-prof${Deno.pid}`,
+    masterDenoFlags: ["--v8-flags=--perf-basic-prof,--interpreted-frames-native-stack"],
+  });
+  const data = `${work}/master.perf.data`;
+  let jobs = 0;
+  const pid = farm.master.child.pid;
+  try {
+    const src = await LUA.source();
+    const build = async (round: number) => {
+      await resetTree(src, `${tree}/lua`, "in-place");
+      const run = await timedCommand({
+        argv: LUA.command(4),
+        cwd: `${tree}/lua`,
+        env: farm.env,
+        logPath: `${farm.dir}/build-${round}.log`,
+        timeoutS: LUA.timeoutS,
+      });
+      if (run.code !== 0) throw new Error(`The build failed: ${farm.dir}/build-${round}.log`);
+    };
+    await build(0); // cold
+    const perf = new Deno.Command("perf", {
+      args: ["record", "-q", "-g", "-F", "4000", "-p", String(pid), "-o", data],
+      stdout: "null",
+      stderr: "inherit",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, 500)); // attached
+    const before = (await farm.status()).jobs.jobs;
+    for (let round = 1; round <= builds; round++) await build(round);
+    jobs = (await farm.status()).jobs.jobs - before;
+    perf.kill("SIGINT");
+    await perf.status;
+  } finally {
+    await farm.stop();
+  }
+  const out = await new Deno.Command("perf", {
+    args: ["script", "-i", data, "-F", "tid,ip,sym"],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const { samples, noJs, shares } = perfShares(new TextDecoder().decode(out.stdout));
+  await Deno.remove(`/tmp/perf-${pid}.map`).catch(() => {}); // V8's, read by perf script
+  console.log(
+    `${jobs} jobs, ${samples} samples at 4 kHz = ${(samples / 4 / jobs).toFixed(2)} ms of CPU ` +
+      `per job; no JavaScript on the stack: ${(100 * noJs / samples).toFixed(1)}%`,
+  );
+  console.log(
+    "\nby function, with what it calls:\n" +
+      top(new Map([...shares].map(([k, n]) => [k, n / 4])), samples / 4, topN).join("\n"),
+  );
+  console.log(`\nperf data: ${data} (perf report -i ${data})`);
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
@@ -119,8 +214,13 @@ if (import.meta.main) {
       builds: { type: "string", default: "3" },
       top: { type: "string", default: "40" },
       port: { type: "string", default: "9339" },
+      perf: { type: "boolean", default: false },
     },
   });
+  if (values.perf) {
+    await perfProfile(Number(values.builds), Number(values.top));
+    Deno.exit(0);
+  }
   const port = Number(values.port);
   const work = `${ROOT}/.cache/bench-profile`;
   await Deno.remove(work, { recursive: true }).catch(() => {});

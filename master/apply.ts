@@ -84,9 +84,13 @@ export async function applyResultSet(raw: unknown, options: ApplyOptions): Promi
   const outcome: ApplyOutcome = { touched: [], hashes: new Map(), bytesFetched: 0, bytesCopied: 0 };
   try {
     const staging = tree.makeStaging();
+    // What the staging area holds once the set is in (unknown until then).
+    let left: string[] | undefined;
     try {
       await stage(set, tree, staging, options, outcome);
-      const { touched, written } = commit(set, tree, staging);
+      const committed = commit(set, tree, staging);
+      const { touched, written } = committed;
+      left = committed.left ?? undefined;
       for (const [path, info, hash] of written) {
         options.hashCache.record(path, info, hash);
         outcome.hashes.set(path, hash);
@@ -94,7 +98,7 @@ export async function applyResultSet(raw: unknown, options: ApplyOptions): Promi
       outcome.touched = [...touched].filter((p) => isInside(p, root) || isInside(root, p));
       return outcome;
     } finally {
-      await tree.discardStaging(staging);
+      await tree.discardStaging(staging, left);
     }
   } finally {
     own?.close();

@@ -34,25 +34,33 @@ const depth = (p: string) => p.split("/").length;
 
 /**
  * Changes the tree to hold the staged set, synchronously, by descriptor;
- * undoes every step on failure. Returns what was touched, and the files
- * written with their attributes for the hash cache.
+ * undoes every step on failure. Returns what was touched, the files
+ * written with their attributes for the hash cache, and every name the
+ * staging area still holds (what was replaced or deleted), or null when one
+ * of them is a directory.
  */
 export function commit(
   set: ResultSet,
   tree: Beneath,
   staging: StagingDir,
-): { touched: Set<string>; written: [string, Deno.FileInfo, string][] } {
+): {
+  touched: Set<string>;
+  written: [string, Deno.FileInfo, string][];
+  left: string[] | null;
+} {
   const run = new CommitRun(tree, staging);
   try {
     run.deletions(set.deletions);
     const modes = run.directories(set.dirs);
     for (let i = 0; i < set.files.length; i++) {
       const f = set.files[i];
-      const [parent, name] = run.place(f.path, `f${i}`);
+      const [parent, name] = run.place(f.path, `${staging.prefix}f${i}`);
       const found = tree.stat(parent, name);
       if (found?.kind === "file") run.written.push([f.path, found.info, f.hash]);
     }
-    for (let i = 0; i < set.symlinks.length; i++) run.place(set.symlinks[i].path, `l${i}`);
+    for (let i = 0; i < set.symlinks.length; i++) {
+      run.place(set.symlinks[i].path, `${staging.prefix}l${i}`);
+    }
     run.modes(modes);
   } catch (err) {
     run.dirs[Symbol.dispose]();
@@ -67,7 +75,13 @@ export function commit(
     );
   }
   run.dirs[Symbol.dispose]();
-  return { touched: run.touched, written: run.written };
+  // Every staged file and symlink was moved into the tree: the area holds
+  // what the journal moved aside or swapped out, nothing else.
+  const left: string[] | null = run.asideDir ? null : [];
+  for (const step of run.journal) {
+    if (step.op === "aside" || step.op === "swapped") left?.push(step.staged);
+  }
+  return { touched: run.touched, written: run.written, left };
 }
 
 /** A directory whose mode is set at the end (`old`: null when it was made). */
@@ -85,6 +99,8 @@ class CommitRun {
   readonly dirs: DirHandles;
   /** The path being changed, for the error message. */
   current = "";
+  /** Whether a directory was moved aside (the staging area holds a tree). */
+  asideDir = false;
   readonly #tree: Beneath;
   readonly #staging: StagingDir;
 
@@ -127,9 +143,13 @@ class CommitRun {
       }
       const found = tree.stat(parent, name);
       if (found === null) continue;
-      tree.rename(parent, name, this.#staging.fd, `d${i}`, RENAME_NOREPLACE);
-      this.journal.push({ op: "aside", rel: this.#rel(this.current), staged: `d${i}` });
-      if (found.kind === "dir") this.dirs.forget(this.#rel(this.current));
+      const staged = `${this.#staging.prefix}d${i}`;
+      tree.rename(parent, name, this.#staging.fd, staged, RENAME_NOREPLACE);
+      this.journal.push({ op: "aside", rel: this.#rel(this.current), staged });
+      if (found.kind === "dir") {
+        this.dirs.forget(this.#rel(this.current));
+        this.asideDir = true;
+      }
       this.#touch(this.current);
     }
   }

@@ -107,7 +107,7 @@ export async function stage(
   const first = new Map<string, string>(); // hash → name of its first staged copy
   for (let i = 0; i < set.files.length; i++) {
     const f = set.files[i];
-    const name = `f${i}`;
+    const name = `${staging.prefix}f${i}`;
     const create = () => tree.createFile(staging.fd, name, 0o600);
     let fd = create();
     try {
@@ -163,6 +163,6 @@ export async function stage(
     if (!first.has(f.hash)) first.set(f.hash, name);
   }
   for (let i = 0; i < set.symlinks.length; i++) {
-    tree.symlink(set.symlinks[i].target, staging.fd, `l${i}`);
+    tree.symlink(set.symlinks[i].target, staging.fd, `${staging.prefix}l${i}`);
   }
 }

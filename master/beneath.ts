@@ -103,12 +103,14 @@ export interface EntryStat {
   info: Deno.FileInfo;
 }
 
-/** A staging area in the private directory, for one batch of changes. */
+/**
+ * A staging area for one batch of changes: the names starting with `prefix`
+ * in the private directory (`fd`, owned by the tree: never close it). Every
+ * name staged is `prefix` + a name of the batch's own (`f0`, `l3`, `d1`).
+ */
 export interface StagingDir {
   readonly fd: number;
-  readonly name: string;
-  /** Its absolute path (for the bulk removal at the end only). */
-  readonly path: string;
+  readonly prefix: string;
 }
 
 /**
@@ -128,7 +130,8 @@ function randomName(): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function decodeStat(buf: Uint8Array<ArrayBuffer>): EntryStat {
+/** A `struct stat` as `fstatat` filled it, as `Deno.lstatSync` would report it. */
+export function decodeStat(buf: Uint8Array<ArrayBuffer>): EntryStat {
   const v = new DataView(buf.buffer);
   const rawMode = v.getUint32(STAT_MODE, true);
   const format = rawMode & S_IFMT;
@@ -184,6 +187,8 @@ export class Beneath implements Disposable {
   readonly #stat = new Uint8Array(STAT_SIZE);
   readonly #rootFd: number;
   readonly #privateFd: number;
+  /** Staging areas made, for their prefixes. */
+  #stagings = 0;
   #closed = false;
 
   /**
@@ -391,34 +396,54 @@ export class Beneath implements Disposable {
     this.#lib.symbols.close(fd);
   }
 
-  /** A fresh staging area (0700) in the private directory. */
+  /**
+   * A staging area of its own in the private directory (0700): a prefix no
+   * other area of this tree uses. No directory is made (a mkdir and an rmdir
+   * per batch: ~180 µs of CPU on ext4 here).
+   */
   makeStaging(): StagingDir {
-    const name = randomName();
-    this.mkdir(this.#privateFd, name, 0o700);
-    const fd = this.openDirAt(this.#privateFd, name);
-    return { fd, name, path: `${this.privatePath}/${name}` };
+    return { fd: this.#privateFd, prefix: `${++this.#stagings}-` };
   }
 
   /**
-   * Removes a staging area and what it holds: files at once, directories (a
-   * deleted tree moved aside) with an asynchronous recursive removal.
+   * Removes what a staging area holds: files at once, directories (a deleted
+   * tree moved aside) with an asynchronous recursive removal. `left`: when
+   * the caller knows every name the area holds, none of them a directory (a
+   * commit's journal), those are unlinked without listing the private
+   * directory; else, or if one of them cannot be unlinked (a directory
+   * swapped in meanwhile says EISDIR), the names with the area's prefix are
+   * looked for.
    */
-  discardStaging(staging: StagingDir): Promise<void> | void {
-    let dirs = false;
-    for (const entry of Deno.readDirSync(staging.path)) {
-      if (entry.isDirectory) dirs = true;
-      else this.#lib.symbols.unlinkat(staging.fd, entryName(entry.name), 0);
+  discardStaging(staging: StagingDir, left?: readonly string[]): Promise<void> | void {
+    if (this.#closed) return; // the private directory went with the tree
+    if (left !== undefined) {
+      let all = true;
+      for (const name of left) {
+        // ENOENT: gone already.
+        if (
+          this.#lib.symbols.unlinkat(staging.fd, entryName(name), 0) !== 0 &&
+          this.#errno[0] !== ENOENT
+        ) {
+          all = false;
+          break;
+        }
+      }
+      if (all) return;
     }
-    this.closeFd(staging.fd);
-    if (
-      !dirs &&
-      this.#lib.symbols.unlinkat(this.#privateFd, entryName(staging.name), AT_REMOVEDIR) === 0
-    ) {
-      return;
+    const dirs: string[] = [];
+    for (const entry of Deno.readDirSync(this.privatePath)) {
+      if (!entry.name.startsWith(staging.prefix)) continue;
+      if (
+        this.#lib.symbols.unlinkat(staging.fd, entryName(entry.name), 0) !== 0 &&
+        this.#errno[0] !== ENOENT
+      ) dirs.push(`${this.privatePath}/${entry.name}`);
     }
-    return Deno.remove(staging.path, { recursive: true }).catch(() => {
-      // Gone already, or not removable: the private directory goes at close.
-    });
+    if (dirs.length === 0) return;
+    return Promise.all(dirs.map((d) =>
+      Deno.remove(d, { recursive: true }).catch(() => {
+        // Gone already, or not removable: the private directory goes at close.
+      })
+    )).then(() => {});
   }
 
   /**

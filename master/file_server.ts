@@ -9,6 +9,8 @@ import { openRegular, type RegularFile } from "../common/regular_file.ts";
 import type { HashCache } from "./hash_cache.ts";
 import { baseName, isInside, joinPath, parentOf } from "../common/paths.ts";
 import type { Exclusions } from "./paths.ts";
+import { S_IFDIR, S_IFLNK, S_IFMT } from "./fs_structs.ts";
+import { denoLstat, type Lstat } from "./path_stat.ts";
 
 export interface FileServerOptions {
   exclusions: Exclusions;
@@ -28,6 +30,8 @@ export interface FileServerOptions {
   onChange?: (attrs: FileAttr[]) => void;
   /** What a tree watcher reports (see {@linkcode ChangeWatch}); default: nothing. */
   watch?: ChangeWatch;
+  /** How paths are `lstat`ed (the master's: through libc); default `Deno.lstatSync`. */
+  lstat?: Lstat;
 }
 
 /**
@@ -129,16 +133,23 @@ export type WalkStep = boolean | string;
  * can change between them), shared so that directories on the way to
  * several paths are looked at once.
  */
-export function reachableDir(dir: string, seen?: Map<string, WalkStep>): string | null {
+export function reachableDir(
+  dir: string,
+  seen?: Map<string, WalkStep>,
+  lstat: Lstat = denoLstat,
+): string | null {
   const look = (path: string): WalkStep => {
     let step = seen?.get(path);
     if (step !== undefined) return step;
-    try {
-      const info = Deno.lstatSync(path);
-      step = info.isSymlink ? Deno.readLinkSync(path) : searchable(info);
-    } catch {
-      step = false;
-    }
+    const mode = lstat.mode(path);
+    if (mode === null) step = false;
+    else if ((mode & S_IFMT) === S_IFLNK) {
+      try {
+        step = Deno.readLinkSync(path);
+      } catch {
+        step = false;
+      }
+    } else step = (mode & S_IFMT) === S_IFDIR && (mode & OTHERS_SEARCH) !== 0;
     seen?.set(path, step);
     return step;
   };
@@ -167,10 +178,6 @@ export function reachableDir(dir: string, seen?: Map<string, WalkStep>): string 
   return real;
 }
 
-function searchable(info: Deno.FileInfo): boolean {
-  return info.isDirectory && ((info.mode ?? 0) & OTHERS_SEARCH) !== 0;
-}
-
 export class FileServer {
   #exclusions: Exclusions;
   #hashCache: HashCache;
@@ -178,6 +185,7 @@ export class FileServer {
   #hiddenPrefixes: string[];
   #childrenMax: number;
   #servedMax: number;
+  #lstat: Lstat;
   /**
    * Last attributes served per path (what the mirrors believe), with the
    * number of the read that found them. Reads are numbered as they start: the
@@ -203,6 +211,7 @@ export class FileServer {
     this.#servedMax = options.servedMax ?? 2_000_000;
     this.#onChange = options.onChange ?? (() => {});
     this.#watch = options.watch;
+    this.#lstat = options.lstat ?? denoLstat;
   }
 
   get hashCache(): HashCache {
@@ -241,7 +250,7 @@ export class FileServer {
    * holds the walks of one synchronous stretch of reads, where nothing else runs.
    */
   #reach(path: string, seen?: Map<string, WalkStep>): string | null {
-    const parent = reachableDir(parentOf(path), seen);
+    const parent = reachableDir(parentOf(path), seen, this.#lstat);
     if (parent === null) return null;
     const real = joinPath(parent, baseName(path));
     return real === path || this.#visible(real) ? real : null;
@@ -301,12 +310,8 @@ export class FileServer {
       }
       // Served only as it still is after the hash: a change meanwhile (or
       // before the hash opened it) would pair the old size with other content.
-      let now: Deno.FileInfo | null = null;
-      try {
-        now = Deno.lstatSync(path);
-      } catch {
-        // Gone: read again.
-      }
+      // Null if gone: read again.
+      const now = this.#lstat.info(path);
       const held = now !== null && sameFile(info!, now);
       if (held || attempt >= HASH_READS_MAX) {
         if (hash === undefined) return { attr: absent(path) };
@@ -336,12 +341,8 @@ export class FileServer {
       const reached = path === "/" ? "/" : this.#reach(path, options.seen);
       if (reached === null) return { attr: absent(path) };
     } else if (real !== path && !this.#visible(real)) return { attr: absent(path) };
-    let info: Deno.FileInfo;
-    try {
-      info = Deno.lstatSync(path);
-    } catch {
-      return { attr: absent(path) };
-    }
+    const info = this.#lstat.info(path);
+    if (info === null) return { attr: absent(path) };
     const kind = kindOf(info);
     if (kind === null) return { attr: absent(path) };
     const mode = (info.mode ?? 0) & 0o7777;
@@ -426,12 +427,8 @@ export class FileServer {
     for (const name of names) {
       const child = joinPath(path, name);
       if (hides && !this.#visible(child)) continue;
-      let kind: FileKind | null = null;
-      try {
-        kind = kindOf(Deno.lstatSync(child));
-      } catch {
-        // Gone.
-      }
+      const found = this.#lstat.info(child);
+      const kind = found === null ? null : kindOf(found); // null: gone
       if (kind === null) delete children[name];
       else children[name] = kind;
     }
@@ -474,8 +471,8 @@ export class FileServer {
     if (!path || !this.#visible(path)) return null;
     let file: RegularFile | undefined;
     try {
-      const info = Deno.lstatSync(path);
-      if (!info.isFile || ((info.mode ?? 0) & OTHERS_READ) === 0) return null;
+      const info = this.#lstat.info(path);
+      if (info === null || !info.isFile || ((info.mode ?? 0) & OTHERS_READ) === 0) return null;
       if (this.#reach(path) === null) return null;
       file = await openRegular(path, info);
       if (((file.info.mode ?? 0) & OTHERS_READ) === 0) return null;

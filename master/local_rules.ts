@@ -264,7 +264,7 @@ export async function runBuiltin(
         // Out of the tree at once; removed below, in the private directory.
         const staging = tree.makeStaging();
         moved.push(staging);
-        tree.rename(parent, name, staging.fd, "d", RENAME_NOREPLACE);
+        tree.rename(parent, name, staging.fd, `${staging.prefix}d`, RENAME_NOREPLACE);
         dirs.forget(rel);
       }
     }

@@ -36,6 +36,7 @@ import { RemoteRunner } from "./remote_run.ts";
 import { ActionReplay } from "./replay.ts";
 import { TreeSync } from "./tree_sync.ts";
 import { WarmSets } from "./warm_set.ts";
+import { PathStat } from "./path_stat.ts";
 import { WarmStreams } from "./warm_stream.ts";
 import { workerHandlers } from "./worker_service.ts";
 
@@ -121,6 +122,8 @@ export class Master implements AsyncDisposable {
   #rulesError: string | null = null;
   readonly #localJobsMax: number;
   #tree: Beneath;
+  /** `lstat` through libc for the file server and the local rules' stamp. */
+  readonly #pathStat = new PathStat();
   #control: ControlPaths;
   #closed = false;
   #actions: ActionCache | null = null;
@@ -167,6 +170,7 @@ export class Master implements AsyncDisposable {
         covers: (path, isDir) => this.#sync.covers(path, isDir),
         watchOf: (dir) => this.#sync.watchOf(dir),
       },
+      lstat: this.#pathStat,
     });
     this.#sync = new TreeSync(this.root, this.#files, this.#log);
     this.#remote = new RemoteRunner({
@@ -518,12 +522,9 @@ export class Master implements AsyncDisposable {
    * fails with the reason, at the wrapper.
    */
   async #currentRules(): Promise<LocalRules> {
-    let info: Deno.FileInfo | null = null;
-    try {
-      info = Deno.lstatSync(`${this.root}/${LOCALRC_NAME}`); // a few µs; async: a thread hop
-    } catch {
-      // None, or unreadable: the default rules (LocalRules.load says why).
-    }
+    // A few µs; async: a thread hop. Null: none, or unreadable: the default
+    // rules (LocalRules.load says why).
+    const info = this.#pathStat.info(`${this.root}/${LOCALRC_NAME}`);
     const stamp = info
       ? [info.mtime?.getTime(), info.ctime?.getTime(), info.size, info.ino, info.mode, info.uid]
         .join(":")
@@ -569,6 +570,7 @@ export class Master implements AsyncDisposable {
     await this.#hashCache.close();
     await this.#warm.close();
     this.#tree.close();
+    this.#pathStat.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -177,6 +177,8 @@ export class RemoteRunner {
     ws.workerMs += Number(reply.timings?.totalMs) || 0;
     ws.collectMs += Number(reply.timings?.collectMs) || 0;
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
+    // The events of its own renames, read with what it touched: once.
+    this.#sync.take();
     await this.#flushChanges(outcome.touched, outcome.hashes);
     if (action !== null && recorded !== null) {
       await this.#store(action, recorded, {
@@ -233,26 +235,32 @@ export class RemoteRunner {
     const warmKey = params.warm!;
     this.warm?.jobStarted(worker.peer, warmKey);
     const silence = new AbortController();
-    let due = 0;
+    // One timer, moved on only when it fires: a chunk heard just pushes the
+    // deadline back (a timer cleared and set again per chunk cost more).
+    let heardDue = 0;
+    let graceDue = 0;
     let graced = false;
     let silenceTimer: ReturnType<typeof setTimeout> | undefined;
     const check = () => {
       const now = performance.now();
-      if (graced && now - due <= SILENCE_GRACE_MS) {
+      if (now < heardDue) {
+        silenceTimer = setTimeout(check, heardDue - now); // heard meanwhile
+        return;
+      }
+      if (graced && now - graceDue <= SILENCE_GRACE_MS) {
         silence.abort();
         return;
       }
       graced = true; // again, if this grace too was held up
-      due = now + SILENCE_GRACE_MS;
+      graceDue = now + SILENCE_GRACE_MS;
       silenceTimer = setTimeout(check, SILENCE_GRACE_MS);
     };
     const heard = () => {
-      clearTimeout(silenceTimer);
       graced = false;
-      due = performance.now() + silenceMs;
-      silenceTimer = setTimeout(check, silenceMs);
+      heardDue = performance.now() + silenceMs;
     };
     heard();
+    silenceTimer = setTimeout(check, silenceMs);
     const unfollow = io.stdin?.follow((data) => {
       worker.peer.notify(WorkerMethods.jobStdin, { jobId: params.jobId, data }).catch(() => {});
     });

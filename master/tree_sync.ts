@@ -40,6 +40,17 @@ export class TreeSync {
     this.#startWatchingTree();
   }
 
+  /**
+   * Takes what the tree watcher has queued now, if it reads (else nothing:
+   * the next {@linkcode sync} says every path is to be read again). After
+   * the master changed the tree itself (a result applied), its own events
+   * join the flush that follows, instead of making the next job's flush read
+   * the same paths again.
+   */
+  take(): void {
+    this.#fsWatcher?.drain();
+  }
+
   /** The last flush started (each waits for the one before). */
   #flushing: Promise<void> = Promise.resolve();
 

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { FileServer } from "../master/file_server.ts";
 import { HashCache } from "../master/hash_cache.ts";
 import { Exclusions } from "../master/paths.ts";
+import { PathStat } from "../master/path_stat.ts";
 import type { FileAttr } from "../common/types.ts";
 
 async function withServer(
@@ -15,10 +16,13 @@ async function withServer(
   const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
   await Deno.chmod(root, 0o755);
   const changes: FileAttr[][] = [];
+  // As the master's: paths read through libc.
+  using lstat = new PathStat();
   const files = new FileServer({
     exclusions: new Exclusions(options.exclusions ?? [], root),
     hashCache: await HashCache.open(),
     onChange: (attrs) => changes.push(attrs),
+    lstat,
   });
   try {
     await fn(root, files, changes);

@@ -401,6 +401,27 @@ const hostileWorkers: [string, DoubleBehaviour, RegExp][] = [
   ],
 ];
 
+Deno.test("a worker that keeps sending heartbeats past the silence limit is waited for; its result is taken", async () => {
+  // 2.5 s of heartbeats every 100 ms against a limit of 1 s: each pushes the
+  // deadline back (the master's one timer moves on when it fires).
+  const r = await throughDouble({
+    parts: async (_r, ctx) => {
+      for (let i = 0; i < 25; i++) {
+        await ctx.sendChunk({ heartbeat: i });
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    },
+  }, 1_000);
+  assert.equal(r.code, 0, r.logs.join("\n"));
+  assert.equal(r.out, "", "not run locally");
+  assert.ok(!r.logs.some((l) => /silent|failed on/.test(l)), r.logs.join("\n"));
+  assert.deepEqual(
+    r.treeAfter.filter((n) => !n.startsWith(".termite-staging")),
+    ["out.o"],
+    "the worker's result is in",
+  );
+});
+
 for (const [name, behaviour, why] of hostileWorkers) {
   Deno.test(`hostile: the master refuses a worker sending ${name}, tree untouched, job run locally`, async () => {
     // Making 200,000 entries takes the double a while on a loaded machine: it

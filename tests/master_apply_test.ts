@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { applyResultSet, ResultSetError } from "../master/apply.ts";
+import { Beneath } from "../master/beneath.ts";
 import { HashCache } from "../master/hash_cache.ts";
 import type { ResultSet } from "../common/types.ts";
 
@@ -97,6 +98,65 @@ Deno.test("applyResultSet() applies deletions, dirs, files and symlinks", async 
       "escape",
       "src",
     ]);
+    await cache.close();
+  });
+});
+
+Deno.test("applyResultSet() through one tree: each set's staging area is emptied by its journal, a directory moved aside is removed", async () => {
+  await withTree(async (root, blobs) => {
+    const cache = await HashCache.open();
+    using tree = Beneath.open(root);
+    const left = () => [...Deno.readDirSync(tree.privatePath)].map((e) => e.name);
+    const emptied = async () => {
+      for (let i = 0; i < 100 && left().length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return left();
+    };
+    const file = (path: string, text: string) => {
+      const bytes = enc.encode(text);
+      blobs.set(sha(bytes), bytes);
+      return { path, hash: sha(bytes), size: bytes.length, mode: 0o644, mtimeMs: 0 };
+    };
+    const apply = (set: Partial<ResultSet>) =>
+      applyResultSet({ deletions: [], dirs: [], files: [], symlinks: [], ...set }, {
+        writableRoot: root,
+        tree,
+        fetchBlob: fetcherFor(blobs),
+        hashCache: cache,
+      });
+    // Replaces a file (the old one swapped into the area) and deletes one.
+    await apply({
+      deletions: [`${root}/src/a.c`],
+      files: [file(`${root}/src/old.o`, "new one"), file(`${root}/src/n.o`, "n")],
+    });
+    assert.equal(await Deno.readTextFile(`${root}/src/old.o`), "new one");
+    await assert.rejects(Deno.stat(`${root}/src/a.c`), Deno.errors.NotFound);
+    assert.deepEqual(left(), [], "what was replaced or deleted is gone at once");
+    // Two sets at once: areas of their own.
+    await Promise.all([
+      apply({
+        deletions: [`${root}/src/n.o`],
+        files: [file(`${root}/src/old.o`, "newer")],
+        symlinks: [{ path: `${root}/src/l`, target: "old.o" }],
+      }),
+      apply({ files: [file(`${root}/src/p.o`, "p"), file(`${root}/src/q.o`, "p")] }),
+    ]);
+    assert.deepEqual(left(), []);
+    assert.equal(await Deno.readTextFile(`${root}/src/l`), "newer");
+    assert.equal(await Deno.readTextFile(`${root}/src/q.o`), "p");
+    // A directory deleted: moved into the area, then removed with what it holds.
+    await apply({ deletions: [`${root}/src/sub`], files: [file(`${root}/src/m.o`, "m")] });
+    await assert.rejects(Deno.stat(`${root}/src/sub`), Deno.errors.NotFound);
+    assert.deepEqual(await emptied(), []);
+    // A set that fails leaves the tree and the private directory as they were.
+    const before = await snapshot(root);
+    // A worker's blob that does not hold what its hash says.
+    const lie = file(`${root}/src/z.o`, "other");
+    blobs.set(lie.hash, enc.encode("lie!!"));
+    await assert.rejects(apply({ files: [file(`${root}/src/y.o`, "y"), lie] }), ResultSetError);
+    assert.deepEqual(await snapshot(root), before);
+    assert.deepEqual(await emptied(), []);
     await cache.close();
   });
 });
