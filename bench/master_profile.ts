@@ -6,7 +6,9 @@
  * Prints the self time by function and by file, and writes the profile
  * (`.cpuprofile`, for Chrome's DevTools) next to the farm.
  *
- * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P]`
+ * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--cached]`;
+ * `--cached`: the workers record reads, so the cold build fills the master's
+ * action cache and the profiled builds are replayed from it.
  */
 import { parseArgs } from "node:util";
 import { Farm, ROOT } from "../farm/mod.ts";
@@ -119,6 +121,7 @@ if (import.meta.main) {
       builds: { type: "string", default: "3" },
       top: { type: "string", default: "40" },
       port: { type: "string", default: "9339" },
+      cached: { type: "boolean", default: false },
     },
   });
   const port = Number(values.port);
@@ -134,6 +137,8 @@ if (import.meta.main) {
     slotsPerWorker: 2,
     prefix: `termite-prof${Deno.pid}`,
     masterDenoFlags: [`--inspect=127.0.0.1:${port}`],
+    // The first build fills the action cache; the profiled ones are replayed from it.
+    workerArgs: values.cached ? ["--record-reads"] : [],
   });
   let profile: Profile;
   let jobs = 0;

@@ -201,7 +201,8 @@ export class ActionCache {
    */
   async lookup(key: string, hasStdin = false): Promise<ActionOutput | null> {
     const list = this.#store.entriesOf(key);
-    const states = new Map<string, string>();
+    // States taken for one entry, for the key's others (an entry's ids are distinct).
+    const states = list.length > 1 ? new Map<string, string>() : null;
     this.#serial++;
     for (const indexed of [...list].reverse()) {
       const entry = await this.#store.read(indexed.file);
@@ -221,11 +222,11 @@ export class ActionCache {
       for (let i = 0; i < entry.reads.length; i++) {
         const [path, kind, state] = entry.reads[i];
         const id = ids[i];
-        let now = states.get(id);
+        let now = states?.get(id);
         if (now === undefined) {
           now = this.#memoState(path, kind, id, parents[i]) ??
             await this.#takeState(path, kind, id);
-          states.set(id, now);
+          states?.set(id, now);
         }
         if (now !== state) {
           if (DEBUG) this.#o.log?.(`action cache miss on ${path} (${kind}): ${state} → ${now}`);
