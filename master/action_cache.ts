@@ -47,7 +47,7 @@ export const IGNORED_ENV_DEFAULT: readonly string[] = ["MAKEFLAGS", "MFLAGS", "M
 export const IGNORED_ENV_PREFIXES: readonly string[] = ["TERMITE_"];
 /** Private to each job on a worker (its own /proc, /dev, /sys, /tmp): not inputs. */
 const JOB_PRIVATE = ["/proc", "/dev", "/sys", "/tmp"];
-/** States remembered between lookups, by (kind, path); the oldest go first beyond it. */
+/** States remembered between lookups, by (kind, path); the least recently taken go first beyond it. */
 export const STATE_MEMO_MAX = 100_000;
 /**
  * A file changed this recently may change again within the same timestamp
@@ -138,7 +138,7 @@ export class ActionCache {
    * States taken by earlier lookups, by `kind\0path`, each with the print
    * (device, inode, mode, owner, size, mtime, ctime) of the file it was taken
    * from: a lookup that finds the same print gets the same state without
-   * taking it again. See {@linkcode ActionCache.#stateNow}.
+   * taking it again. See `#memoState`.
    */
   readonly #memo = new Map<string, StateMemo>();
   /** Lookups so far: a memo's `checked` says in which it was last found the same. */
