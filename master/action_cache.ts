@@ -313,7 +313,8 @@ export class ActionCache {
     const out: [string, ReadKind, string][] = [];
     for (const [path, kinds] of [...wanted].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       for (const kind of [...kinds].sort()) {
-        const state = await this.#state(path, kind, startedMs);
+        // Kept for the lookups to come, as a lookup keeps what it takes.
+        const state = await this.#takeState(path, kind, `${kind}\0${path}`, startedMs);
         // The worker's mirror may hold an older version (outside the tree, a
         // change the master does not watch): the job's output is from that one.
         const hash = Object.hasOwn(seen, path) ? seen[path] : undefined;
@@ -452,19 +453,27 @@ export class ActionCache {
     return memo.state;
   }
 
-  /** Takes a state the full way, and keeps it when its file is settled and stayed the same. */
-  async #takeState(path: string, kind: ReadKind, id: string): Promise<string> {
+  /**
+   * Takes a state the full way (with `startedMs`: as {@linkcode #state} does),
+   * and keeps it when its file is settled and stayed the same.
+   */
+  async #takeState(
+    path: string,
+    kind: ReadKind,
+    id: string,
+    startedMs?: number,
+  ): Promise<string> {
     const probe = this.#probe;
     this.#forget(id);
-    if (probe === null) return await this.#state(path, kind);
+    if (probe === null) return await this.#state(path, kind, startedMs);
     const follow = kind !== "l";
     // What #memoState found: the file the state is of.
     let errno = probe.probe(path, false);
     if (errno === 0 && follow && probe.isSymlink()) errno = probe.probe(path, true);
-    if (errno !== 0) return await this.#state(path, kind);
+    if (errno !== 0) return await this.#state(path, kind, startedMs);
     const print = probe.print();
     const settled = probe.changedMs() < (this.#o.clock ?? Date.now)() - STATE_RACY_MS;
-    const state = await this.#state(path, kind);
+    const state = await this.#state(path, kind, startedMs);
     if (!settled || probe.probe(path, follow) !== 0 || !probe.same(print)) return state;
     this.#remember(id, { print, state, checked: this.#serial });
     return state;
