@@ -54,6 +54,11 @@ export const STATE_MEMO_MAX = 100_000;
  * (and so without a new print): its state is taken again at every lookup.
  */
 export const STATE_RACY_MS = 2000;
+/** Executables whose interpreter is remembered; the least recently read go first beyond it. */
+const INTERPRETERS_MAX = 10_000;
+/** `S_IFMT`, `S_IFREG` of st_mode. */
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
 /** Absent names, the errno a probe returns: the state Deno's error code gives. */
 const ERRNO_STATES = new Map([[2, "-ENOENT"], [20, "-ENOTDIR"]]);
 /** Logs why each entry missed. */
@@ -141,6 +146,8 @@ export class ActionCache {
    * taking it again. See `#memoState`.
    */
   readonly #memo = new Map<string, StateMemo>();
+  /** Executables' interpreters, by path, with the print of the file each was read from. */
+  readonly #interpreters = new Map<string, { print: StatPrint; interpreter: string | null }>();
   /** Lookups so far: a memo's `checked` says in which it was last found the same. */
   #serial = 0;
   /** Each entry's reads' ids (`kind\0path`) and their directories' (`s\0dir`), made once. */
@@ -306,7 +313,7 @@ export class ActionCache {
     // What the kernel runs besides the file: a script's interpreter, an ELF's loader.
     for (const [path, kinds] of [...wanted]) {
       if (!kinds.has("r")) continue;
-      const interpreter = await interpreterOf(path);
+      const interpreter = await this.#interpreterOf(path);
       if (interpreter !== null && !this.#private(interpreter)) want(interpreter, "r");
     }
     const seen = typeof reads.hashes === "object" && reads.hashes !== null ? reads.hashes : {};
@@ -377,6 +384,7 @@ export class ActionCache {
     this.#probe?.close();
     this.#probe = null;
     this.#memo.clear();
+    this.#interpreters.clear();
   }
 
   // --- states ---
@@ -469,7 +477,15 @@ export class ActionCache {
     const follow = kind !== "l";
     // What #memoState found: the file the state is of.
     let errno = probe.probe(path, false);
-    if (errno === 0 && follow && probe.isSymlink()) errno = probe.probe(path, true);
+    if (errno !== 0) {
+      // Absent: the errno, as #state gives it (with no check of the start).
+      const absent = ERRNO_STATES.get(errno);
+      if (absent === undefined) return await this.#state(path, kind, startedMs);
+      const parent = this.#memo.get(parentId(path) ?? "");
+      this.#rememberAbsent(id, absent, parent?.checked === this.#serial ? parent : undefined);
+      return absent;
+    }
+    if (follow && probe.isSymlink()) errno = probe.probe(path, true);
     if (errno !== 0) return await this.#state(path, kind, startedMs);
     const print = probe.print();
     const settled = probe.changedMs() < (this.#o.clock ?? Date.now)() - STATE_RACY_MS;
@@ -477,6 +493,30 @@ export class ActionCache {
     if (!settled || probe.probe(path, follow) !== 0 || !probe.same(print)) return state;
     this.#remember(id, { print, state, checked: this.#serial });
     return state;
+  }
+
+  /**
+   * {@linkcode interpreterOf}, with one stat first: a file that is no
+   * executable regular file has none (a header, most of a compile's reads);
+   * and kept, as a state is, with the print of the file it was read from.
+   */
+  async #interpreterOf(path: string): Promise<string | null> {
+    const probe = this.#probe;
+    if (probe === null || probe.probe(path, true) !== 0) return await interpreterOf(path);
+    if ((probe.mode() & S_IFMT) !== S_IFREG || (probe.mode() & 0o111) === 0) return null;
+    const memo = this.#interpreters.get(path);
+    if (memo !== undefined && probe.same(memo.print)) return memo.interpreter;
+    this.#interpreters.delete(path);
+    const print = probe.print();
+    const settled = probe.changedMs() < (this.#o.clock ?? Date.now)() - STATE_RACY_MS;
+    const interpreter = await interpreterOf(path);
+    if (settled && probe.probe(path, true) === 0 && probe.same(print)) {
+      this.#interpreters.set(path, { print, interpreter });
+      if (this.#interpreters.size > INTERPRETERS_MAX) {
+        this.#interpreters.delete(this.#interpreters.keys().next().value!);
+      }
+    }
+    return interpreter;
   }
 
   #private(path: string): boolean {

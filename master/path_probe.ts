@@ -91,6 +91,11 @@ export class StatProbe {
     return (this.#view.getUint32(STAT_MODE, true) & S_IFMT) === S_IFLNK;
   }
 
+  /** The last probe's st_mode. */
+  mode(): number {
+    return this.#view.getUint32(STAT_MODE, true);
+  }
+
   /** The later of the last probe's st_mtim and st_ctim, in ms. */
   changedMs(): number {
     return Math.max(this.#timeMs(STAT_MTIM), this.#timeMs(STAT_CTIM));

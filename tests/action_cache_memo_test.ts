@@ -260,6 +260,28 @@ Deno.test("action cache memo: a name absent below an absent one, in an entry wit
   }
 });
 
+Deno.test("action cache memo: a script's interpreter, kept by its print, follows a rewrite of its #! line", async () => {
+  const s = await setUp();
+  try {
+    const script = `${s.out}/tool`;
+    await Deno.writeTextFile(script, "#!/bin/sh\necho\n", { mode: 0o755 });
+    await Deno.chmod(script, 0o755);
+    const reads: ReadSet = { complete: true, entries: [[script, ["r"]]] };
+    const interpreters = async () =>
+      (await s.cache.states(reads, Date.now() + 60_000))
+        .filter(([p, k]) => k === "r" && p.startsWith("/bin/")).map(([p]) => p);
+    assert.deepEqual(await interpreters(), ["/bin/sh"]);
+    assert.deepEqual(await interpreters(), ["/bin/sh"], "again, from the memo");
+    await nextTick(s.base, script);
+    await Deno.writeTextFile(script, "#!/bin/ls\necho\n"); // the same size
+    assert.deepEqual(await interpreters(), ["/bin/ls"]);
+    await Deno.chmod(script, 0o644);
+    assert.deepEqual(await interpreters(), [], "no longer executable: no interpreter");
+  } finally {
+    await s.done();
+  }
+});
+
 Deno.test("action cache memo: states from the probe are the states taken the full way", async () => {
   const s = await setUp();
   try {
