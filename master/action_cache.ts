@@ -549,6 +549,22 @@ export class ActionCache {
   }
 
   /**
+   * When the file `info` (the lstat of `real`) describes last changed: its
+   * ctime to the nanosecond. Deno's `FileInfo.ctime` has whole seconds only,
+   * which would date a change made in the second a job started before its
+   * start; without the probe, or when `real` is another file by now, the end
+   * of that second, or never (Infinity).
+   */
+  #changedMs(real: string, info: Deno.FileInfo): number {
+    const probe = this.#probe;
+    if (probe !== null && probe.probe(real, false) === 0) {
+      return probe.ino() === info.ino ? probe.ctimeMs() : Infinity;
+    }
+    const seconds = info.ctime?.getTime();
+    return seconds === undefined ? Infinity : seconds + 1000;
+  }
+
+  /**
    * A path's state as `kind` sees it. With `startedMs`: throws NotCacheable
    * when what was read changed at or after it.
    */
@@ -566,7 +582,7 @@ export class ActionCache {
     } catch (err) {
       return `-${errorCode(err)}`;
     }
-    const changed = info.ctime?.getTime() ?? Infinity;
+    const changed = startedMs === undefined ? Infinity : this.#changedMs(real, info);
     const mode = info.mode ?? 0;
     const owner = `${info.uid} ${info.gid}`;
     if (info.isSymlink) {

@@ -96,6 +96,16 @@ export class StatProbe {
     return this.#view.getUint32(STAT_MODE, true);
   }
 
+  /** The last probe's st_ino. */
+  ino(): number {
+    return Number(this.#view.getBigUint64(STAT_INO, true));
+  }
+
+  /** The last probe's st_ctim, in ms (to the nanosecond). */
+  ctimeMs(): number {
+    return this.#timeMs(STAT_CTIM);
+  }
+
   /** The later of the last probe's st_mtim and st_ctim, in ms. */
   changedMs(): number {
     return Math.max(this.#timeMs(STAT_MTIM), this.#timeMs(STAT_CTIM));

@@ -7,7 +7,7 @@
  * expects a hit again.
  */
 import assert from "node:assert/strict";
-import { ActionCache, STATE_RACY_MS } from "../master/action_cache.ts";
+import { ActionCache, NotCacheable, STATE_RACY_MS } from "../master/action_cache.ts";
 import { HashCache } from "../master/hash_cache.ts";
 import { StatProbe } from "../master/path_probe.ts";
 import type { ReadKind, ReadSet } from "../common/protocol.ts";
@@ -304,6 +304,23 @@ Deno.test("action cache memo: states from the probe are the states taken the ful
     const key = await s.store("all", entries);
     assert.ok(await s.check(key), "every state equal");
     assert.ok(await s.check(key), "and again, from the memo");
+  } finally {
+    await s.done();
+  }
+});
+
+Deno.test("ActionCache.states() refuses an input changed in the same second as the job's start, just after it", async () => {
+  const s = await setUp();
+  try {
+    const header = `${s.tree}/inc/a.h`;
+    await Deno.writeTextFile(header, "#define A 7\n");
+    using probe = new StatProbe();
+    assert.equal(probe.probe(header, false), 0);
+    const ctimeMs = probe.ctimeMs();
+    const reads: ReadSet = { complete: true, entries: [[header, ["r"]]] };
+    // Deno's FileInfo.ctime has whole seconds: the check must not use it.
+    await assert.rejects(s.cache.states(reads, ctimeMs - 0.5), NotCacheable);
+    assert.ok(await s.cache.states(reads, ctimeMs + 0.5), "changed just before the start: taken");
   } finally {
     await s.done();
   }
