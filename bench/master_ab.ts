@@ -7,10 +7,13 @@
  * nanosecond), so the load of the machine falls on both alike; the same code
  * on both sides differs by a few µs per job at the median.
  *
- * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N]`:
+ * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached]`:
  * REV is a git revision of this repository (checked out with `git archive`
  * into .cache/ab/) or `.` for the working tree. Builds are lua 5.4 with
- * `make -j4` (the first of each farm, cold, is not counted).
+ * `make -j4` (the first of each farm, cold, is not counted). `--cached`: the
+ * workers record reads and the first build fills each master's action
+ * cache; every later one (the objects removed by the reset) is replayed from
+ * it, and no round trips are run: the master's CPU per action-cache hit.
  */
 import { parseArgs } from "node:util";
 import { type Farm, ROOT } from "../farm/mod.ts";
@@ -69,8 +72,11 @@ if (import.meta.main) {
       b: { type: "string", default: "." },
       builds: { type: "string", default: "4" },
       "round-trips": { type: "string", default: "150" },
+      cached: { type: "boolean", default: false },
     },
   });
+  const cached = values.cached;
+  const roundTrips = cached ? 0 : Number(values["round-trips"]);
   const revs = [values.a, values.b];
   const dirs = await Promise.all(revs.map(checkout));
   const work = `${ROOT}/.cache/bench-ab`;
@@ -93,6 +99,7 @@ if (import.meta.main) {
           workers: 2,
           slotsPerWorker: 2,
           prefix: `termite-ab${Deno.pid}-${i}`,
+          workerArgs: cached ? ["--record-reads"] : [],
         }),
       );
     }
@@ -103,6 +110,7 @@ if (import.meta.main) {
         await resetTree(src, tree, "in-place");
         const pid = farm.master.child.pid;
         const [jobs, cpu] = [await jobsDone(farm), await threadsCpuMs(pid)];
+        const hits = (await farm.status()).jobs.jobsCached;
         const run = await timedCommand({
           argv: LUA.command(4),
           cwd: tree,
@@ -112,17 +120,21 @@ if (import.meta.main) {
         });
         if (run.code !== 0) throw new Error(`The build of ${revs[i]} failed: ${farm.dir}`);
         const perJob = (await threadsCpuMs(pid) - cpu) / (await jobsDone(farm) - jobs);
+        const hit = (await farm.status()).jobs.jobsCached - hits;
         if (round === 0) continue; // cold
         builds[i].push(perJob);
         walls[i].push(run.wallMs);
-        console.error(`build ${round} ${"AB"[i]}: master ${perJob.toFixed(2)} ms/job`);
+        console.error(
+          `build ${round} ${"AB"[i]}: master ${perJob.toFixed(2)} ms/job` +
+            (cached ? `, ${hit} hits of ${await jobsDone(farm) - jobs} jobs` : ""),
+        );
       }
     }
     for (const farm of farms) {
       await Deno.mkdir(`${farm.tree}/rt`, { recursive: true });
       await Deno.writeTextFile(`${farm.tree}/rt/tiny.c`, TINY_C);
     }
-    for (let k = 0; k <= Number(values["round-trips"]); k++) {
+    for (let k = 0; k <= roundTrips && !cached; k++) {
       for (const [i, farm] of farms.entries()) {
         const pid = farm.master.child.pid;
         const cpu = await threadsCpuMs(pid);

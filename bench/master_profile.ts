@@ -14,7 +14,9 @@
  * function on a sample's stack counts once) and the share of the stacks with
  * no JavaScript. Needs `perf` and root.
  *
- * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf]`
+ * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf] [--cached]`;
+ * `--cached` (not with `--perf`): the workers record reads, so the cold build fills the master's
+ * action cache and the profiled builds are replayed from it.
  */
 import { parseArgs } from "node:util";
 import { Farm, ROOT } from "../farm/mod.ts";
@@ -215,6 +217,7 @@ if (import.meta.main) {
       top: { type: "string", default: "40" },
       port: { type: "string", default: "9339" },
       perf: { type: "boolean", default: false },
+      cached: { type: "boolean", default: false },
     },
   });
   if (values.perf) {
@@ -234,6 +237,8 @@ if (import.meta.main) {
     slotsPerWorker: 2,
     prefix: `termite-prof${Deno.pid}`,
     masterDenoFlags: [`--inspect=127.0.0.1:${port}`],
+    // The first build fills the action cache; the profiled ones are replayed from it.
+    workerArgs: values.cached ? ["--record-reads"] : [],
   });
   let profile: Profile;
   let jobs = 0;

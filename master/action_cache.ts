@@ -23,12 +23,14 @@ import type { ResultSet } from "../common/types.ts";
 import { openRegular } from "../common/regular_file.ts";
 import {
   ACTION_CACHE_BYTES_MAX,
+  type ActionEntry,
   ActionStore,
   ENTRY_FORMAT,
   errorCode,
   sha256Hex,
 } from "./action_store.ts";
 import type { HashCache } from "./hash_cache.ts";
+import { type StatPrint, StatProbe } from "./path_probe.ts";
 
 export { ACTION_CACHE_BYTES_MAX, ENTRIES_PER_KEY_MAX } from "./action_store.ts";
 /** Output bytes (stdout + stderr) of a job that can be cached. */
@@ -45,6 +47,20 @@ export const IGNORED_ENV_DEFAULT: readonly string[] = ["MAKEFLAGS", "MFLAGS", "M
 export const IGNORED_ENV_PREFIXES: readonly string[] = ["TERMITE_"];
 /** Private to each job on a worker (its own /proc, /dev, /sys, /tmp): not inputs. */
 const JOB_PRIVATE = ["/proc", "/dev", "/sys", "/tmp"];
+/** States remembered between lookups, by (kind, path); the least recently taken go first beyond it. */
+export const STATE_MEMO_MAX = 100_000;
+/**
+ * A file changed this recently may change again within the same timestamp
+ * (and so without a new print): its state is taken again at every lookup.
+ */
+export const STATE_RACY_MS = 2000;
+/** Executables whose interpreter is remembered; the least recently read go first beyond it. */
+const INTERPRETERS_MAX = 10_000;
+/** `S_IFMT`, `S_IFREG` of st_mode. */
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+/** Absent names, the errno a probe returns: the state Deno's error code gives. */
+const ERRNO_STATES = new Map([[2, "-ENOENT"], [20, "-ENOTDIR"]]);
 /** Logs why each entry missed. */
 const DEBUG = Deno.env.get("TERMITE_DEBUG_ACTIONS") !== undefined;
 
@@ -74,6 +90,8 @@ export interface ActionCacheStats {
   bytes: number;
   /** The last reason a result was not stored. */
   lastNotStored: string;
+  /** Lookups' states answered from what earlier lookups took (a file's print the same, a name still absent). */
+  statesReused: number;
 }
 
 export interface ActionCacheOptions {
@@ -87,7 +105,20 @@ export interface ActionCacheOptions {
   ignoredEnv?: readonly string[];
   /** What else changes what a job sees (the master's exclusions): part of every key. */
   salt?: string;
+  /** The time, ms (tests move it on, to see states memoised at once); default `Date.now`. */
+  clock?: () => number;
   log?(message: string): void;
+}
+
+/** A state kept between lookups: see `ActionCache.#memoState`. */
+interface StateMemo {
+  /** The file's print when the state was taken; none for an absent name. */
+  print?: StatPrint;
+  state: string;
+  /** The lookup that last found it the same; -1 once dropped. */
+  checked: number;
+  /** An absent name's directory's memo: it holds while that one is checked. */
+  via?: StateMemo;
 }
 
 /** Why a result was not stored. */
@@ -106,6 +137,21 @@ export class StaleRead extends NotCacheable {
 export class ActionCache {
   readonly #o: ActionCacheOptions;
   #store!: ActionStore;
+  /** null: libc cannot be loaded; every state is taken in full. */
+  #probe: StatProbe | null = null;
+  /**
+   * States taken by earlier lookups, by `kind\0path`, each with the print
+   * (device, inode, mode, owner, size, mtime, ctime) of the file it was taken
+   * from: a lookup that finds the same print gets the same state without
+   * taking it again. See `#memoState`.
+   */
+  readonly #memo = new Map<string, StateMemo>();
+  /** Executables' interpreters, by path, with the print of the file each was read from. */
+  readonly #interpreters = new Map<string, { print: StatPrint; interpreter: string | null }>();
+  /** Lookups so far: a memo's `checked` says in which it was last found the same. */
+  #serial = 0;
+  /** Each entry's reads' ids (`kind\0path`) and their directories' (`s\0dir`), made once. */
+  readonly #ids = new WeakMap<ActionEntry, { ids: string[]; parents: (string | undefined)[] }>();
   readonly stats: ActionCacheStats = {
     hits: 0,
     misses: 0,
@@ -117,10 +163,15 @@ export class ActionCache {
     entries: 0,
     bytes: 0,
     lastNotStored: "",
+    statesReused: 0,
   };
+
+  /** Variables left out of the key. */
+  readonly #ignored: ReadonlySet<string>;
 
   private constructor(options: ActionCacheOptions) {
     this.#o = options;
+    this.#ignored = new Set(options.ignoredEnv ?? IGNORED_ENV_DEFAULT);
   }
 
   /** Opens (or creates) the cache, checking every entry; corrupt ones are removed. */
@@ -132,12 +183,17 @@ export class ActionCache {
       stats: cache.stats,
       log: options.log?.bind(options),
     });
+    try {
+      cache.#probe = new StatProbe();
+    } catch (err) {
+      options.log?.(`action cache: states taken without the stat probe: ${errorCode(err)}`);
+    }
     return cache;
   }
 
   /** The key of a command: argv, cwd, environment (minus the ignored variables), the salt. */
   key(argv: string[], cwd: string, env: Record<string, string>): string {
-    const ignored = new Set(this.#o.ignoredEnv ?? IGNORED_ENV_DEFAULT);
+    const ignored = this.#ignored;
     const vars = Object.entries(env)
       .filter(([k]) => !ignored.has(k) && !IGNORED_ENV_PREFIXES.some((p) => k.startsWith(p)))
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
@@ -152,19 +208,32 @@ export class ActionCache {
    */
   async lookup(key: string, hasStdin = false): Promise<ActionOutput | null> {
     const list = this.#store.entriesOf(key);
-    const states = new Map<string, string>();
+    // States taken for one entry, for the key's others (an entry's ids are distinct).
+    const states = list.length > 1 ? new Map<string, string>() : null;
+    this.#serial++;
     for (const indexed of [...list].reverse()) {
       const entry = await this.#store.read(indexed.file);
       if (entry === null || entry.key !== key) continue;
       // It read /dev/null: a job with a stdin might read something else.
       if (entry.readStdin && hasStdin) continue;
+      let prepared = this.#ids.get(entry);
+      if (prepared === undefined) {
+        prepared = {
+          ids: entry.reads.map(([path, kind]) => `${kind}\0${path}`),
+          parents: entry.reads.map(([path]) => parentId(path)),
+        };
+        this.#ids.set(entry, prepared);
+      }
+      const { ids, parents } = prepared;
       let same = true;
-      for (const [path, kind, state] of entry.reads) {
-        const id = `${kind}\0${path}`;
-        let now = states.get(id);
+      for (let i = 0; i < entry.reads.length; i++) {
+        const [path, kind, state] = entry.reads[i];
+        const id = ids[i];
+        let now = states?.get(id);
         if (now === undefined) {
-          now = await this.#state(path, kind);
-          states.set(id, now);
+          now = this.#memoState(path, kind, id, parents[i]) ??
+            await this.#takeState(path, kind, id);
+          states?.set(id, now);
         }
         if (now !== state) {
           if (DEBUG) this.#o.log?.(`action cache miss on ${path} (${kind}): ${state} → ${now}`);
@@ -173,7 +242,7 @@ export class ActionCache {
         }
       }
       if (!same) continue;
-      if (!(await this.#store.blobsPresent(entry))) continue;
+      if (!this.#store.blobsPresent(entry)) continue;
       this.stats.hits++;
       this.stats.savedMs += entry.ranMs;
       await this.#store.touch(indexed);
@@ -244,14 +313,15 @@ export class ActionCache {
     // What the kernel runs besides the file: a script's interpreter, an ELF's loader.
     for (const [path, kinds] of [...wanted]) {
       if (!kinds.has("r")) continue;
-      const interpreter = await interpreterOf(path);
+      const interpreter = await this.#interpreterOf(path);
       if (interpreter !== null && !this.#private(interpreter)) want(interpreter, "r");
     }
     const seen = typeof reads.hashes === "object" && reads.hashes !== null ? reads.hashes : {};
     const out: [string, ReadKind, string][] = [];
     for (const [path, kinds] of [...wanted].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       for (const kind of [...kinds].sort()) {
-        const state = await this.#state(path, kind, startedMs);
+        // Kept for the lookups to come, as a lookup keeps what it takes.
+        const state = await this.#takeState(path, kind, `${kind}\0${path}`, startedMs);
         // The worker's mirror may hold an older version (outside the tree, a
         // change the master does not watch): the job's output is from that one.
         const hash = Object.hasOwn(seen, path) ? seen[path] : undefined;
@@ -309,13 +379,189 @@ export class ActionCache {
     this.stats.lastNotStored = why.slice(0, 300);
   }
 
+  /** Lets go of the stat probe's libc handle. */
+  close(): void {
+    this.#probe?.close();
+    this.#probe = null;
+    this.#memo.clear();
+    this.#interpreters.clear();
+  }
+
   // --- states ---
+
+  /**
+   * A path's state as `kind` sees it, now: what {@linkcode #state} returns,
+   * from the memo when the file is the version it was taken from; undefined
+   * when it must be taken the full way ({@linkcode #takeState}).
+   *
+   * The state of a path is a function of one file: of the path's own (its
+   * lstat) for kind `l` and for anything not a symlink, of the file the
+   * symlink leads to (its stat) otherwise; and of that file's inode alone:
+   * its content (for `r`; a change moves mtime and ctime), its listing (for
+   * `d`; an entry added, removed or renamed moves the directory's mtime),
+   * its target (a symlink's never changes), its mode and owner (they move
+   * ctime). A path that resolves to another file (a rename, a symlink
+   * retargeted, a directory above replaced or mounted over) finds another
+   * device and inode; one whose file changed, another ctime. So a state is
+   * kept with the print of the file it was taken from, checked by one stat
+   * at every lookup, and used only while the print is the same. It is kept
+   * only when the print was the same after the state was taken (the file did
+   * not change meanwhile) and its ctime and mtime were older than
+   * {@linkcode STATE_RACY_MS} (a change within the same timestamp tick would
+   * leave the print as it was; a later one cannot).
+   *
+   * A name that does not exist (ENOENT, ENOTDIR from lstat) has that errno
+   * as its state, as the full way gives it, with no memo needed; and when
+   * the directory above was checked unchanged in this lookup (its own `s`
+   * state, which every read set holds for every ancestor, from the memo)
+   * and the name was absent after that directory's memo was taken, it is
+   * absent still, without a stat: a name added to a directory moves its
+   * mtime, and another directory at that path has another print, either way
+   * a new memo for the directory, which ends the absent name's.
+   *
+   * Anything else (a dangling symlink, another errno, a path the probe
+   * cannot take) is taken the full way every time.
+   */
+  #memoState(
+    path: string,
+    kind: ReadKind,
+    id: string,
+    parentId: string | undefined,
+  ): string | undefined {
+    const probe = this.#probe;
+    if (probe === null) return undefined;
+    const serial = this.#serial;
+    const memo = this.#memo.get(id);
+    if (
+      memo !== undefined && memo.print === undefined &&
+      (memo.checked === serial || memo.via?.checked === serial)
+    ) {
+      memo.checked = serial;
+      this.stats.statesReused++;
+      return memo.state;
+    }
+    const parent = parentId === undefined ? undefined : this.#memo.get(parentId);
+    const via = parent?.checked === serial ? parent : undefined;
+    if (via !== undefined && via.print === undefined) {
+      // Below a name that is absent, every name is absent, with its errno.
+      this.#rememberAbsent(id, via.state, via);
+      this.stats.statesReused++;
+      return via.state;
+    }
+    const errno = probe.probe(path, false);
+    if (errno !== 0) {
+      const state = ERRNO_STATES.get(errno);
+      if (state !== undefined) this.#rememberAbsent(id, state, via);
+      return state;
+    }
+    if (kind !== "l" && probe.isSymlink() && probe.probe(path, true) !== 0) return undefined;
+    if (memo?.print === undefined || !probe.same(memo.print)) return undefined;
+    memo.checked = serial;
+    this.stats.statesReused++;
+    return memo.state;
+  }
+
+  /**
+   * Takes a state the full way (with `startedMs`: as {@linkcode #state} does),
+   * and keeps it when its file is settled and stayed the same.
+   */
+  async #takeState(
+    path: string,
+    kind: ReadKind,
+    id: string,
+    startedMs?: number,
+  ): Promise<string> {
+    const probe = this.#probe;
+    this.#forget(id);
+    if (probe === null) return await this.#state(path, kind, startedMs);
+    const follow = kind !== "l";
+    // What #memoState found: the file the state is of.
+    let errno = probe.probe(path, false);
+    if (errno !== 0) {
+      // Absent: the errno, as #state gives it (with no check of the start).
+      const absent = ERRNO_STATES.get(errno);
+      if (absent === undefined) return await this.#state(path, kind, startedMs);
+      const parent = this.#memo.get(parentId(path) ?? "");
+      this.#rememberAbsent(id, absent, parent?.checked === this.#serial ? parent : undefined);
+      return absent;
+    }
+    if (follow && probe.isSymlink()) errno = probe.probe(path, true);
+    if (errno !== 0) return await this.#state(path, kind, startedMs);
+    const print = probe.print();
+    const settled = probe.changedMs() < (this.#o.clock ?? Date.now)() - STATE_RACY_MS;
+    const state = await this.#state(path, kind, startedMs);
+    if (!settled || probe.probe(path, follow) !== 0 || !probe.same(print)) return state;
+    this.#remember(id, { print, state, checked: this.#serial });
+    return state;
+  }
+
+  /**
+   * {@linkcode interpreterOf}, with one stat first: a file that is no
+   * executable regular file has none (a header, most of a compile's reads);
+   * and kept, as a state is, with the print of the file it was read from.
+   */
+  async #interpreterOf(path: string): Promise<string | null> {
+    const probe = this.#probe;
+    if (probe === null || probe.probe(path, true) !== 0) return await interpreterOf(path);
+    if ((probe.mode() & S_IFMT) !== S_IFREG || (probe.mode() & 0o111) === 0) return null;
+    const memo = this.#interpreters.get(path);
+    if (memo !== undefined && probe.same(memo.print)) return memo.interpreter;
+    this.#interpreters.delete(path);
+    const print = probe.print();
+    const settled = probe.changedMs() < (this.#o.clock ?? Date.now)() - STATE_RACY_MS;
+    const interpreter = await interpreterOf(path);
+    if (settled && probe.probe(path, true) === 0 && probe.same(print)) {
+      this.#interpreters.set(path, { print, interpreter });
+      if (this.#interpreters.size > INTERPRETERS_MAX) {
+        this.#interpreters.delete(this.#interpreters.keys().next().value!);
+      }
+    }
+    return interpreter;
+  }
 
   #private(path: string): boolean {
     if (path.split("/").includes("..")) return false;
     const root = this.#o.root;
     if (path === root || path.startsWith(`${root}/`)) return false;
     return JOB_PRIVATE.some((p) => path === p || path.startsWith(`${p}/`));
+  }
+
+  /**
+   * `id` is absent now (checked in this lookup); `via`: its directory's memo,
+   * checked in this lookup before it: while that one holds, so does this.
+   */
+  #rememberAbsent(id: string, state: string, via: StateMemo | undefined): void {
+    this.#forget(id);
+    this.#remember(id, { state, checked: this.#serial, via });
+  }
+
+  #remember(id: string, memo: StateMemo): void {
+    this.#memo.set(id, memo);
+    if (this.#memo.size > STATE_MEMO_MAX) this.#forget(this.#memo.keys().next().value!);
+  }
+
+  /** Drops a memo; the absent names kept by it end with it. */
+  #forget(id: string): void {
+    const memo = this.#memo.get(id);
+    if (memo === undefined) return;
+    memo.checked = -1;
+    this.#memo.delete(id);
+  }
+
+  /**
+   * When the file `info` (the lstat of `real`) describes last changed: its
+   * ctime to the nanosecond. Deno's `FileInfo.ctime` has whole seconds only,
+   * which would date a change made in the second a job started before its
+   * start; without the probe, or when `real` is another file by now, the end
+   * of that second, or never (Infinity).
+   */
+  #changedMs(real: string, info: Deno.FileInfo): number {
+    const probe = this.#probe;
+    if (probe !== null && probe.probe(real, false) === 0) {
+      return probe.ino() === info.ino ? probe.ctimeMs() : Infinity;
+    }
+    const seconds = info.ctime?.getTime();
+    return seconds === undefined ? Infinity : seconds + 1000;
   }
 
   /**
@@ -336,7 +582,7 @@ export class ActionCache {
     } catch (err) {
       return `-${errorCode(err)}`;
     }
-    const changed = info.ctime?.getTime() ?? Infinity;
+    const changed = startedMs === undefined ? Infinity : this.#changedMs(real, info);
     const mode = info.mode ?? 0;
     const owner = `${info.uid} ${info.gid}`;
     if (info.isSymlink) {
@@ -383,6 +629,18 @@ export class ActionCache {
     }
     return `f ${mode} ${owner} ${info.size}`;
   }
+}
+
+/**
+ * The id of the `s` state of the directory a path names a name in; undefined
+ * where that is not what a lookup of the path goes through (`/x`, a path
+ * ending in `/`, `/.` or `/..`).
+ */
+function parentId(path: string): string | undefined {
+  const slash = path.lastIndexOf("/");
+  if (slash <= 0 || slash === path.length - 1) return undefined;
+  if (path.endsWith("/.") || path.endsWith("/..")) return undefined;
+  return `s\0${path.slice(0, slash)}`;
 }
 
 /** `#!` scripts' interpreter or an ELF executable's loader (PT_INTERP); null for anything else. */

@@ -19,6 +19,10 @@ import type { ActionCacheStats } from "./action_cache.ts";
 export const ACTION_CACHE_BYTES_MAX = 2 * 2 ** 30;
 /** Entries kept per key (same command, different inputs); the oldest goes first. */
 export const ENTRIES_PER_KEY_MAX = 4;
+/** Bytes of entries kept parsed in memory (the most recently read), besides the files. */
+export const PARSED_BYTES_MAX = 32 * 2 ** 20;
+/** An entry's file's mtime (its use, for the next start's LRU) is set at most this often. */
+const TOUCH_INTERVAL_MS = 60_000;
 /** Written into every entry and every key: a change of format misses everything. */
 export const ENTRY_FORMAT = "termite-action-v1";
 
@@ -63,6 +67,15 @@ export class ActionStore {
   readonly #blobRefs = new Map<string, number>();
   readonly #blobBytes = new Map<string, number>();
   #bytes = 0;
+  /**
+   * Entries as read and checked, by file, least recently read first: a
+   * lookup does not read, check and parse the same file again. Only this
+   * store writes its files (a private directory); a put or drop updates it.
+   */
+  readonly #parsed = new Map<string, { entry: ActionEntry; bytes: number }>();
+  #parsedBytes = 0;
+  /** When each entry's file was last touched, by file. */
+  readonly #touchedMs = new Map<string, number>();
 
   private constructor(options: ActionStoreOptions) {
     this.#o = options;
@@ -107,6 +120,12 @@ export class ActionStore {
 
   /** An entry's body, checked; null if gone or corrupt (then removed). */
   async read(file: string): Promise<ActionEntry | null> {
+    const parsed = this.#parsed.get(file);
+    if (parsed !== undefined) {
+      this.#parsed.delete(file);
+      this.#parsed.set(file, parsed);
+      return parsed.entry;
+    }
     try {
       const text = await Deno.readTextFile(file);
       const nl = text.indexOf("\n");
@@ -118,6 +137,7 @@ export class ActionStore {
       if (entry.format !== ENTRY_FORMAT || !file.includes(`/${entry.key}.`)) {
         throw new Error("not an entry of this cache");
       }
+      this.#keepParsed(file, entry, text.length);
       return entry;
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) return null;
@@ -131,19 +151,31 @@ export class ActionStore {
   }
 
   /** Whether every result content of `entry` is here, at its size. */
-  async blobsPresent(entry: ActionEntry): Promise<boolean> {
+  blobsPresent(entry: ActionEntry): boolean {
     for (const f of entry.resultSet.files) {
       if (!this.#blobBytes.has(f.hash)) return false;
-      const info = await Deno.stat(this.blobPath(f.hash)).catch(() => null);
-      if (info?.size !== f.size) return false;
+      // Synchronous: a file of the cache's own directory, a few µs.
+      let size = -1;
+      try {
+        size = Deno.statSync(this.blobPath(f.hash)).size;
+      } catch {
+        return false;
+      }
+      if (size !== f.size) return false;
     }
     return true;
   }
 
-  /** Marks an entry used now (its file's mtime too, for the next start). */
+  /**
+   * Marks an entry used now; its file's mtime too (for the next start's
+   * LRU), at most every {@linkcode TOUCH_INTERVAL_MS}.
+   */
   async touch(indexed: IndexedEntry): Promise<void> {
     indexed.usedMs = Date.now();
-    const now = new Date();
+    const last = this.#touchedMs.get(indexed.file);
+    if (last !== undefined && indexed.usedMs - last < TOUCH_INTERVAL_MS) return;
+    this.#touchedMs.set(indexed.file, indexed.usedMs);
+    const now = new Date(indexed.usedMs);
     await Deno.utime(indexed.file, now, now).catch(() => {});
   }
 
@@ -180,6 +212,7 @@ export class ActionStore {
     const tmp = `${file}.${crypto.randomUUID()}.tmp`;
     await Deno.writeTextFile(tmp, text, { mode: 0o600 });
     await Deno.rename(tmp, file);
+    this.#keepParsed(file, entry, text.length);
     const list = this.#byKey.get(key) ?? [];
     const old = list.find((i) => i.file === file);
     if (old) this.#unindex(old);
@@ -206,7 +239,28 @@ export class ActionStore {
     this.#o.stats.bytes = this.#bytes;
   }
 
+  #keepParsed(file: string, entry: ActionEntry, bytes: number): void {
+    this.#forgetParsed(file);
+    if (bytes > PARSED_BYTES_MAX / 8) return;
+    this.#parsed.set(file, { entry, bytes });
+    this.#parsedBytes += bytes;
+    for (const [old, kept] of this.#parsed) {
+      if (this.#parsedBytes <= PARSED_BYTES_MAX) break;
+      this.#parsed.delete(old);
+      this.#parsedBytes -= kept.bytes;
+    }
+  }
+
+  #forgetParsed(file: string): void {
+    const kept = this.#parsed.get(file);
+    if (kept === undefined) return;
+    this.#parsed.delete(file);
+    this.#parsedBytes -= kept.bytes;
+  }
+
   #unindex(i: IndexedEntry): string[] {
+    this.#forgetParsed(i.file);
+    this.#touchedMs.delete(i.file);
     const list = this.#byKey.get(i.key) ?? [];
     const at = list.indexOf(i);
     if (at < 0) return [];

@@ -569,6 +569,7 @@ export class Master implements AsyncDisposable {
     await this.#pool?.close();
     await this.#hashCache.close();
     await this.#warm.close();
+    this.#actions?.close();
     this.#tree.close();
     this.#pathStat.close();
   }

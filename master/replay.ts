@@ -25,6 +25,13 @@ export interface ActionReplayOptions {
   log(message: string): void;
 }
 
+/**
+ * Contents up to this size are read at once, synchronously (a few µs from
+ * the cache's own directory, against ~0.1 ms for an asynchronous open and a
+ * stream); larger ones are streamed.
+ */
+const READ_AT_ONCE_BYTES_MAX = 1 * 2 ** 20;
+
 /** Replays cached runs into the master's tree. */
 export class ActionReplay {
   readonly #o: ActionReplayOptions;
@@ -38,6 +45,8 @@ export class ActionReplay {
     const { actions } = this.#o;
     const hit = await actions.lookup(key, io.stdin !== null);
     if (hit === null) return null;
+    const small = new Set<string>();
+    for (const f of hit.resultSet.files) if (f.size <= READ_AT_ONCE_BYTES_MAX) small.add(f.hash);
     try {
       const outcome = await applyResultSet(hit.resultSet, {
         writableRoot: this.#o.root,
@@ -45,6 +54,15 @@ export class ActionReplay {
         control: this.#o.control,
         hashCache: this.#o.hashCache,
         entriesMax: this.#o.entriesMax,
+        // Verified as a fetched one would be; unreadable: fetched after all.
+        inline: (hash) => {
+          if (!small.has(hash)) return undefined;
+          try {
+            return Deno.readFileSync(actions.blobPath(hash));
+          } catch {
+            return undefined;
+          }
+        },
         fetchBlob: async (hash, sink) => {
           using file = await Deno.open(actions.blobPath(hash));
           for await (const chunk of file.readable) await sink.write(chunk);

@@ -12,9 +12,17 @@ async function setUp() {
   await Deno.writeTextFile(`${tree}/inc/a.h`, "#define A 1\n");
   await Deno.writeTextFile(`${tree}/a.o`, "object bytes");
   const hashCache = await HashCache.open();
-  const open = (bytesMax?: number) =>
-    ActionCache.open({ dir: `${dir}/cache`, root: tree, hashCache, bytesMax });
-  return { dir, tree, hashCache, open };
+  const opened: ActionCache[] = [];
+  const open = async (bytesMax?: number) => {
+    const cache = await ActionCache.open({ dir: `${dir}/cache`, root: tree, hashCache, bytesMax });
+    opened.push(cache);
+    return cache;
+  };
+  const done = async () => {
+    for (const cache of opened) cache.close();
+    await Deno.remove(dir, { recursive: true });
+  };
+  return { dir, tree, hashCache, open, done };
 }
 
 const output = (tree: string, hash: string) => ({
@@ -36,7 +44,7 @@ async function sha256(path: string): Promise<string> {
 }
 
 Deno.test("ActionCache: a stored run hits while its inputs hold, misses when one changes, survives a restart", async () => {
-  const { dir, tree, hashCache, open } = await setUp();
+  const { dir, tree, open, done } = await setUp();
   try {
     let cache = await open();
     const reads: ReadSet = {
@@ -72,7 +80,7 @@ Deno.test("ActionCache: a stored run hits while its inputs hold, misses when one
     assert.ok(await cache.lookup(key), "touched only: a hit");
 
     // A restart keeps it.
-    cache = await ActionCache.open({ dir: `${dir}/cache`, root: tree, hashCache });
+    cache = await open();
     assert.ok(await cache.lookup(key), "after a restart: a hit");
 
     // Each input, changed: a miss.
@@ -95,12 +103,12 @@ Deno.test("ActionCache: a stored run hits while its inputs hold, misses when one
     assert.equal(await cache.lookup(key2, true), null, "a job with a stdin: a miss");
     assert.ok(await cache.lookup(key2, false), "a job without: a hit");
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await done();
   }
 });
 
 Deno.test("ActionCache: a corrupt entry is discarded, never applied; an incomplete or raced recording is refused", async () => {
-  const { dir, tree, open } = await setUp();
+  const { dir, tree, open, done } = await setUp();
   try {
     const cache = await open();
     const reads: ReadSet = { complete: true, entries: [[`${tree}/a.c`, ["r"]]] };
@@ -114,9 +122,13 @@ Deno.test("ActionCache: a corrupt entry is discarded, never applied; an incomple
     const file = `${dir}/cache/entries/${entry.name}`;
     const text = await Deno.readTextFile(file);
     await Deno.writeTextFile(file, text.replace('"exitCode":0', '"exitCode":1'));
-    assert.equal(await cache.lookup(key), null);
-    assert.equal(cache.stats.corrupt, 1);
+    // The running cache applies the entry as it checked it, never the altered file.
+    assert.equal((await cache.lookup(key))?.exitCode, 0);
+    // Read again (a restart): discarded.
+    const reopened = await open();
+    assert.equal(reopened.stats.corrupt, 1);
     await assert.rejects(Deno.stat(file), Deno.errors.NotFound);
+    assert.equal(await reopened.lookup(key), null);
 
     await assert.rejects(cache.states({ complete: false, why: "lost events" }, 0), NotCacheable);
     // a.c changed after the job started: it may have read either version.
@@ -124,12 +136,12 @@ Deno.test("ActionCache: a corrupt entry is discarded, never applied; an incomple
     // Result contents that changed after apply are not stored.
     await assert.rejects(cache.store(key, [], output(tree, "0".repeat(64))), NotCacheable);
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await done();
   }
 });
 
 Deno.test("ActionCache: capped in bytes, least recently used out first, a few entries per key", async () => {
-  const { dir, tree, open } = await setUp();
+  const { dir, tree, open, done } = await setUp();
   try {
     const cache = await open(4000);
     const hash = await sha256(`${tree}/a.o`);
@@ -154,7 +166,7 @@ Deno.test("ActionCache: capped in bytes, least recently used out first, a few en
     await Deno.writeTextFile(`${tree}/a.c`, "int a0;\n");
     assert.equal(await big.lookup(key), null, "the first of 8 was dropped (4 per key)");
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await done();
   }
 });
 
