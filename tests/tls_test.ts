@@ -508,7 +508,9 @@ Deno.test("tls: a farm builds with mutual TLS on every link", async () => {
       slotsPerWorker: 2,
       netns: false,
       coordinatorArgs: [...tls, "--http-port", "0", "--http-host", "127.0.0.1"],
-      workerArgs: tls,
+      // Without host files the compiler's contents travel: from the master to
+      // one worker, then from that worker to the other (peer blobs, over TLS).
+      workerArgs: [...tls, "--no-host-files"],
       masterArgs: tls,
     });
     try {
