@@ -10,6 +10,7 @@
  */
 
 import { errnoView } from "../common/libc.ts";
+import { decodeStat } from "./beneath.ts";
 import { AT_FDCWD, AT_SYMLINK_NOFOLLOW, S_IFLNK, S_IFMT } from "./fs_structs.ts";
 import { type LibcFs, openLibcFs } from "./libc_fs.ts";
 import {
@@ -89,6 +90,11 @@ export class StatProbe {
   /** The last probe found a symlink. */
   isSymlink(): boolean {
     return (this.#view.getUint32(STAT_MODE, true) & S_IFMT) === S_IFLNK;
+  }
+
+  /** What the last probe found, as `Deno.lstatSync` would say it. */
+  info(): Deno.FileInfo {
+    return decodeStat(this.#stat).info;
   }
 
   /** The last probe's st_mode. */

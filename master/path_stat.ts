@@ -8,11 +8,7 @@
  *
  * @module
  */
-import { cString } from "../common/c_string.ts";
-import { decodeStat } from "./beneath.ts";
-import { AT_FDCWD, AT_SYMLINK_NOFOLLOW } from "./fs_structs.ts";
-import { STAT_MODE, STAT_SIZE } from "../fuse/structs.ts";
-import { type LibcFs, openLibcFs } from "./libc_fs.ts";
+import { StatProbe } from "./path_probe.ts";
 
 /** `lstat` as the file server uses it: null where there is nothing or it cannot be read. */
 export interface Lstat {
@@ -40,39 +36,26 @@ export const denoLstat: Lstat = {
   },
 };
 
-/** {@linkcode Lstat} through libc's `fstatat(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW)`. */
+/** {@linkcode Lstat} through libc's `fstatat(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW)` ({@linkcode StatProbe}). */
 export class PathStat implements Lstat, Disposable {
-  readonly #lib: LibcFs;
-  readonly #buf = new Uint8Array(STAT_SIZE);
-  readonly #view = new DataView(this.#buf.buffer);
+  readonly #probe = new StatProbe();
   #closed = false;
-
-  constructor() {
-    this.#lib = openLibcFs();
-  }
-
-  #stat(path: string): boolean {
-    // A NUL would end the C string early: another path. No such name exists.
-    if (path.includes("\0")) return false;
-    return this.#lib.symbols.fstatat(AT_FDCWD, cString(path), this.#buf, AT_SYMLINK_NOFOLLOW) ===
-      0;
-  }
 
   info(path: string): Deno.FileInfo | null {
     if (this.#closed) return denoLstat.info(path);
-    return this.#stat(path) ? decodeStat(this.#buf).info : null;
+    return this.#probe.probe(path, false) === 0 ? this.#probe.info() : null;
   }
 
   mode(path: string): number | null {
     if (this.#closed) return denoLstat.mode(path);
-    return this.#stat(path) ? this.#view.getUint32(STAT_MODE, true) : null;
+    return this.#probe.probe(path, false) === 0 ? this.#probe.mode() : null;
   }
 
   /** Closes libc; later calls go through `Deno.lstatSync`. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#lib.close();
+    this.#probe.close();
   }
 
   [Symbol.dispose](): void {
