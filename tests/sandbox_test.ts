@@ -118,12 +118,14 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Host processes whose command line contains `needle`. */
 /**
  * The processes matching `needle` that outlive their job: a killed job's
  * namespace is torn down by the kernel, so some may take a moment to go.
+ * Under CI load that once took over 5 s (a `sleep 300` of the fork loop,
+ * gone minutes later), so the wait is 20 s: a process that escaped the job
+ * lives on (these sleep 300 s) and is still found.
  */
-async function survivors(needle: string, waitMs = 5_000): Promise<string[]> {
+async function survivors(needle: string, waitMs = 20_000): Promise<string[]> {
   const deadline = Date.now() + waitMs;
   for (;;) {
     const found = await hostProcesses(needle);
@@ -132,6 +134,7 @@ async function survivors(needle: string, waitMs = 5_000): Promise<string[]> {
   }
 }
 
+/** Host processes whose command line contains `needle`. */
 async function hostProcesses(needle: string): Promise<string[]> {
   const found: string[] = [];
   for await (const e of Deno.readDir("/proc")) {
