@@ -141,7 +141,7 @@ Deno.test("ActionCache: a corrupt entry is discarded, never applied; an incomple
 });
 
 Deno.test("ActionCache: capped in bytes, least recently used out first, a few entries per key", async () => {
-  const { dir, tree, open, done } = await setUp();
+  const { tree, open, done } = await setUp();
   try {
     const cache = await open(4000);
     const hash = await sha256(`${tree}/a.o`);
