@@ -146,10 +146,15 @@ export class HashCache {
         const after = await file.stat();
         const mtimeMs = after.mtime?.getTime() ?? 0;
         // Only a file that did not change while hashing, and not too recently
-        // (it could change again within the same timestamp), is cached.
+        // (it could change again within the same timestamp), is cached. Both
+        // times count: `cp -p` or a tar extraction writes new bytes under an
+        // old mtime, and the ctime it moves has whole seconds here (Deno's).
+        const changedMs = Math.max(mtimeMs, (after.ctime?.getTime() ?? 0) + 999);
         if (
           after.size === size && after.ino === info.ino &&
-          mtimeMs === (info.mtime?.getTime() ?? 0) && Date.now() - mtimeMs > RACY_MS
+          mtimeMs === (info.mtime?.getTime() ?? 0) &&
+          (after.ctime?.getTime() ?? 0) === (info.ctime?.getTime() ?? 0) &&
+          Date.now() - changedMs > RACY_MS
         ) {
           this.record(path, after, hash);
         } else {

@@ -15,6 +15,8 @@ Deno.test("HashCache persists across restarts: an unchanged tree is not hashed a
       await Deno.utime(p, old, old);
       paths.push(p);
     }
+    // Their ctime too: whole seconds, so the racy window and one more second.
+    await new Promise((resolve) => setTimeout(resolve, 3_100));
     const first = await HashCache.open({ file });
     for (const p of paths) {
       assert.equal(await first.hash(p, await Deno.stat(p)), hashBytes(await Deno.readFile(p)));
@@ -73,6 +75,44 @@ Deno.test("HashCache: a hash in flight for an older version of a file never answ
     assert.equal(await second, hashBytes(now));
     await first;
     await cache.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("HashCache: new bytes written under an old mtime within ctime's second are hashed anew", async () => {
+  // `cp -p` or a tar extraction: same size, same inode, the same old mtime,
+  // and a ctime that has whole seconds here. The first version's hash must
+  // not answer for the second (it did while only the mtime was checked for
+  // being recent). Retried when the two writes fall in different seconds.
+  const dir = await Deno.makeTempDir({ prefix: "termite-hc-" });
+  try {
+    const path = `${dir}/gen.h`;
+    const old = new Date(Date.now() - 60_000);
+    let checked = 0;
+    for (let attempt = 0; attempt < 20 && checked < 3; attempt++) {
+      const cache = await HashCache.open({});
+      await Deno.writeTextFile(path, "#define V 1\n");
+      await Deno.utime(path, old, old);
+      const first = await Deno.stat(path);
+      assert.equal(
+        await cache.hash(path, first),
+        hashBytes(new TextEncoder().encode("#define V 1\n")),
+      );
+      await Deno.writeTextFile(path, "#define V 2\n");
+      await Deno.utime(path, old, old);
+      const second = await Deno.stat(path);
+      await cache.close();
+      if (second.ctime?.getTime() !== first.ctime?.getTime()) continue; // crossed a second
+      assert.equal(second.ino, first.ino);
+      assert.equal(second.mtime?.getTime(), first.mtime?.getTime());
+      assert.equal(
+        await cache.hash(path, second),
+        hashBytes(new TextEncoder().encode("#define V 2\n")),
+      );
+      checked++;
+    }
+    assert.ok(checked > 0, "no two writes fell within one second in 20 tries");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
