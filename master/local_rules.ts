@@ -25,6 +25,13 @@ export interface LocalRule {
   /** Skip the rescan for changes after the command (it changes nothing mirrors care about). */
   skipRefresh?: boolean;
   /**
+   * Whether the command runs with the wrappers on its PATH, so that what it
+   * starts (a recursive make's compiles) comes back to the master. Default
+   * true; false for a tool that is itself wrapped (`ar`), which would
+   * otherwise find its wrapper and come back to the master forever.
+   */
+  recurse?: boolean;
+  /**
    * Whether the action cache may replay the command (master/action_cache.ts).
    * A rule with `cache` and no `local` decides caching only.
    */
@@ -46,6 +53,15 @@ export const CACHED_TOOLS_DEFAULT: readonly string[] = [
 ];
 
 export const LOCALRC_NAME = ".termite-localrc";
+
+/**
+ * Set by the master in the environment of a command a local rule runs with
+ * the wrappers on its PATH: how many such runs are nested (not part of an
+ * action's key). At {@linkcode LOCAL_DEPTH_MAX} the next one is refused.
+ */
+export const LOCAL_DEPTH_VAR = "TERMITE_LOCAL_DEPTH";
+/** Local runs nested at most (recursive makes are a few levels deep). */
+export const LOCAL_DEPTH_MAX = 16;
 /** A larger `.termite-localrc` is refused. */
 export const LOCALRC_BYTES_MAX = 1 << 20;
 
@@ -59,13 +75,25 @@ const COMMAND_START = String
 /**
  * What users of the original expect to stay local: recursive make in any
  * spelling (`make`, `/usr/bin/make -C sub`, `cd src && make linux`,
- * `(cd x; gmake)`), configure and config.status. They apply after the rules
- * of `.termite-localrc`, which may override them with `"local": false`.
+ * `(cd x; gmake)`), configure and config.status. And the archivers (`ar`,
+ * `ranlib`, also prefixed or versioned: `x86_64-linux-gnu-ar`, `gcc-ar-12`,
+ * `llvm-ar-14`), as distcc and icecream keep them: an archive is a copy of
+ * objects the build host already holds, and binutils' `ar` loads every bfd
+ * plugin it finds (with LLVM's linker tools installed, 172 MB of libraries a
+ * fresh worker would first copy: 1.3 s on a cold lua build's critical path,
+ * against ~10 ms here). They apply after the rules of `.termite-localrc`,
+ * which may override them with `"local": false`.
  */
 export const DEFAULT_RULES: LocalRule[] = [
   { regexp: String.raw`${COMMAND_START}(?:\S*/)?g?make(?:[\s;&|)]|$)`, local: true },
   { regexp: String.raw`${COMMAND_START}(?:\S*/)?configure(?:[\s;&|)]|$)`, local: true },
   { regexp: String.raw`${COMMAND_START}(?:\S*/)?config\.status(?:[\s;&|)]|$)`, local: true },
+  {
+    regexp: String
+      .raw`${COMMAND_START}(?:\S*/)?(?:[\w.+-]+-)?(?:ar|ranlib)(?:-[\d.]+)?(?:[\s;&|)]|$)`,
+    local: true,
+    recurse: false,
+  },
 ];
 
 /** `.termite-localrc` cannot be used: unsafe, unreadable or malformed. */
@@ -142,13 +170,18 @@ export class LocalRules {
       if (typeof r?.regexp !== "string") {
         throw new LocalRulesError(`Cannot use ${path}: rule ${i} has no "regexp" string`);
       }
-      if (r.cache !== undefined && typeof r.cache !== "boolean") {
-        throw new LocalRulesError(`Cannot use ${path}: rule ${i} has a "cache" that is no boolean`);
+      for (const field of ["cache", "recurse"]) {
+        if (r[field] !== undefined && typeof r[field] !== "boolean") {
+          throw new LocalRulesError(
+            `Cannot use ${path}: rule ${i} has a "${field}" that is no boolean`,
+          );
+        }
       }
       const rule: LocalRule = {
         regexp: r.regexp,
         local: r.local !== false,
         skipRefresh: r.skipRefresh === true,
+        recurse: r.recurse !== false,
         cache: r.cache,
       };
       if (r.cache !== undefined && r.local === undefined) cacheOnly.push(rule);

@@ -17,6 +17,8 @@ import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
 import { outsideReason } from "./outside.ts";
 import {
+  LOCAL_DEPTH_MAX,
+  LOCAL_DEPTH_VAR,
   LOCALRC_NAME,
   LocalRules,
   LocalRulesError,
@@ -392,10 +394,21 @@ export class Master implements AsyncDisposable {
     }
     const rule = rules.match(commandLine);
     if (rule?.local) {
+      // A command a local rule keeps here, started again and again by what it
+      // runs (a rule naming a wrapped tool, say): stopped, not a fork bomb.
+      const depth = Number(request.env[LOCAL_DEPTH_VAR] ?? 0) || 0;
+      if (depth >= LOCAL_DEPTH_MAX) {
+        this.stats.jobsFailed++;
+        return {
+          code: 255,
+          error: `${request.argv[0]}: ${depth} local runs nested, each started by the one before ` +
+            `(a .termite-localrc rule naming a wrapped tool needs "recurse": false)`,
+        };
+      }
       // With the wrapper on its PATH: a recursive make's compiles come back here.
-      const env = request.localPath === undefined
+      const env = request.localPath === undefined || rule.recurse === false
         ? request.env
-        : { ...request.env, PATH: request.localPath };
+        : { ...request.env, PATH: request.localPath, [LOCAL_DEPTH_VAR]: String(depth + 1) };
       return await this.#local.run({ ...request, env }, io, !rule.skipRefresh, false);
     }
     const hidden = this.#treeHiddenReason();

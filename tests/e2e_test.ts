@@ -23,7 +23,9 @@ Deno.test("e2e: lua 5.4 builds across two workers, objects identical to a local 
       assert.ok(await sameBytes(`${local}/src/${o.name}`, `${tree}/src/${o.name}`), o.name);
     }
     const status = await farm.status();
-    assert.equal(status.jobs.jobsLocal, 0, "every job ran on a worker");
+    // Every job but lua's `ar rcu` and `ranlib` (local by the default rules) on a worker.
+    assert.equal(status.jobs.jobsLocal, 2, JSON.stringify(status.jobs));
+    assert.equal(status.build.local.byRule, 2, JSON.stringify(status.build.local));
     const perWorker = Object.values(status.jobs.perWorker) as { done: number }[];
     assert.equal(perWorker.length, 2, "both workers ran jobs");
     assert.ok(perWorker.every((w) => w.done > 0));
@@ -317,6 +319,30 @@ Deno.test("e2e: local rules run commands on the master and their output reaches 
     const use = await runIn(tree, ["gcc", "-c", "use.c"], farm.env);
     assert.equal(use.code, 0, use.stderr);
     assert.ok((await Deno.stat(`${tree}/use.o`)).size > 0);
+
+    // The archiver's default rule runs the real `ar` here, once: not its wrapper again.
+    const local = (await farm.status()).jobs.jobsLocal;
+    const ar = await runIn(tree, ["ar", "rcs", "libuse.a", "use.o"], farm.env);
+    assert.equal(ar.code, 0, ar.stderr);
+    assert.equal((await farm.status()).jobs.jobsLocal, local + 1);
+    const listed = await runIn(tree, ["/usr/bin/ar", "t", "libuse.a"]);
+    assert.equal(listed.stdout, "use.o\n");
+
+    // A rule of the user's keeping a wrapped tool here with the wrappers on its
+    // PATH would run its wrapper again and again: stopped, with the reason.
+    await Deno.writeTextFile(
+      `${tree}/.termite-localrc`,
+      JSON.stringify([{ regexp: "^ranlib ", local: true }]),
+    );
+    const loop = await runIn(tree, ["ranlib", "libuse.a"], farm.env);
+    assert.notEqual(loop.code, 0);
+    assert.match(loop.stderr, /16 local runs nested.*"recurse": false/);
+    await Deno.writeTextFile(
+      `${tree}/.termite-localrc`,
+      JSON.stringify([{ regexp: "^ranlib ", local: true, recurse: false }]),
+    );
+    const ranlib = await runIn(tree, ["ranlib", "libuse.a"], farm.env);
+    assert.equal(ranlib.code, 0, ranlib.stderr);
   });
 });
 
@@ -584,10 +610,10 @@ for (const nativeClient of [false, true]) {
         assert.ok(await sameBytes(`${local}/src/${o.name}`, `${tree}/src/${o.name}`), o.name);
       }
       const { jobs } = await farm.status();
-      // `cd src && make linux` (and the sub-make's own `make` lines) ran here by the
-      // default rules; every compile ran on a worker.
+      // `cd src && make linux` (and the sub-make's own `make` lines), `ar rcu` and
+      // `ranlib` ran here by the default rules; every compile ran on a worker.
       assert.ok(jobs.jobsRemote >= objects.length, JSON.stringify(jobs));
-      assert.ok(jobs.jobsLocal >= 1 && jobs.jobsLocal <= 3, JSON.stringify(jobs));
+      assert.ok(jobs.jobsLocal >= 3 && jobs.jobsLocal <= 5, JSON.stringify(jobs));
       assert.deepEqual(jobs.localByCause, {});
       await Deno.remove(local, { recursive: true });
     });

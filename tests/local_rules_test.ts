@@ -194,7 +194,7 @@ Deno.test("master: refuses to start on an untrusted .termite-localrc; a running 
   });
 });
 
-Deno.test("default rules keep recursive make and configure local in their common spellings", () => {
+Deno.test("default rules keep recursive make, configure and the archivers local in their common spellings", () => {
   const rules = new LocalRules(DEFAULT_RULES);
   for (
     const line of [
@@ -208,11 +208,37 @@ Deno.test("default rules keep recursive make and configure local in their common
       "env CC=gcc make",
       "cd build && ../configure --prefix=/x",
       "./config.status",
+      "ar rcs liblua.a lapi.o lcode.o",
+      "/usr/bin/ar cr x.a y.o",
+      "ranlib liblua.a",
+      "cd lib && x86_64-linux-gnu-ar rc libx.a a.o",
+      "gcc-ar-12 rcs x.a a.o",
+      "llvm-ar-14 rc x.a a.o",
+      "(cd lib; ranlib libx.a)",
     ]
   ) assert.ok(rules.match(line)?.local, line);
   for (
-    const line of ["echo make", "automake", "cmake --build .", "/usr/bin/cmake x", "gcc -c make.c"]
+    const line of [
+      "echo make",
+      "automake",
+      "cmake --build .",
+      "/usr/bin/cmake x",
+      "gcc -c make.c",
+      "gcc -c ar.c -o ar.o",
+      "echo ar",
+      "tar cf x.tar y",
+      "arm-none-eabi-gcc -c x.c",
+      "./ranlib.sh",
+      "cp x.a ar",
+    ]
   ) assert.equal(rules.match(line), undefined, line);
+  // A .termite-localrc rule sends them to the workers again.
+  const remote = new LocalRules([
+    { regexp: String.raw`^(?:\S*/)?(?:ar|ranlib)\s`, local: false },
+    ...DEFAULT_RULES,
+  ]);
+  assert.equal(remote.match("ar rcs liblua.a lapi.o")?.local, false);
+  assert.ok(remote.match("make -j4")?.local);
 });
 
 Deno.test("a .termite-localrc adds to the default rules; a rule of its own may turn one off", async () => {

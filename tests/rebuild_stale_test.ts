@@ -30,6 +30,13 @@ Deno.test("e2e: a few hundred jobs of in-place rebuilds hit no stale file handle
       `%.o: %.c common.h\n\tgcc -c $< -o $@\n` +
       `clean:\n\trm -f *.o lib.a prog\n`,
   );
+  // The archivers too run on the workers (by default they stay on the master):
+  // they read every object just rebuilt in place.
+  await Deno.writeTextFile(
+    `${tree}/.termite-localrc`,
+    JSON.stringify([{ regexp: String.raw`^(?:ar|ranlib)\s`, local: false }]),
+  );
+  await Deno.chmod(`${tree}/.termite-localrc`, 0o644);
   const farm = await Farm.start({ dir: `${dir}/farm`, tree, workers: 2, slotsPerWorker: 2 });
   let jobs = 0;
   try {
