@@ -52,6 +52,19 @@ export interface ChangeWatch {
   watchOf(dir: string): string | null;
 }
 
+/**
+ * A listing of a directory no watcher covers (outside the tree: the
+ * toolchain's) is given again to mirrors asking within this long, while the
+ * directory's own inode, mtime and ctime hold and nothing in it was found
+ * changed: a fresh farm's workers all list the same system directories at
+ * once (`/usr/lib/x86_64-linux-gnu`: 1,160 lstats, ~30 ms), and a listing read
+ * a moment ago is as current as one read now for paths whose changes nothing
+ * reports.
+ */
+const DIR_REUSE_MS = 2_000;
+/** Listings kept for reuse, at most. */
+const DIR_REUSE_MAX = 256;
+
 /** A directory listing as read in full: under which watch, of which inode. */
 interface Listing {
   watch: string;
@@ -198,9 +211,11 @@ export class FileServer {
   #onChange: (attrs: FileAttr[]) => void;
   #watch: ChangeWatch | undefined;
   #young = new Map<string, number>();
+  /** Listings of unwatched directories, being read or read moments ago (see DIR_REUSE_MS). */
+  #dirReuse = new Map<string, { attrs: Promise<FileAttr[]>; atMs: number; print?: string }>();
   /** Directory → whether a name in it may be hidden or excluded (the rules are fixed). */
   #hidesChildren = new Map<string, boolean>();
-  stats = { attrs: 0, dirs: 0, blobs: 0, blobBytes: 0 };
+  stats = { attrs: 0, dirs: 0, dirsReused: 0, blobs: 0, blobBytes: 0 };
 
   constructor(options: FileServerOptions) {
     this.#exclusions = options.exclusions;
@@ -209,7 +224,15 @@ export class FileServer {
     this.#hiddenPrefixes = options.hiddenPrefixes ?? [];
     this.#childrenMax = options.childrenMax ?? 100_000;
     this.#servedMax = options.servedMax ?? 2_000_000;
-    this.#onChange = options.onChange ?? (() => {});
+    const onChange = options.onChange ?? (() => {});
+    this.#onChange = (attrs) => {
+      // A listing kept for reuse would hide the change from the next mirror.
+      for (const attr of attrs) {
+        this.#dirReuse.delete(attr.path);
+        this.#dirReuse.delete(parentOf(attr.path));
+      }
+      onChange(attrs);
+    };
     this.#watch = options.watch;
     this.#lstat = options.lstat ?? denoLstat;
   }
@@ -437,8 +460,54 @@ export class FileServer {
     return { attr, listing };
   }
 
-  /** Attributes of every child of a directory (hashes only where cached). */
-  async dir(path: string): Promise<FileAttr[]> {
+  /**
+   * Attributes of every child of a directory (hashes only where cached). A
+   * directory no watcher covers is read once for mirrors asking at about the
+   * same time (see DIR_REUSE_MS).
+   */
+  dir(path: string): Promise<FileAttr[]> {
+    if (this.#watch?.covers(path, true)) return this.#readDir(path);
+    const now = Date.now();
+    const kept = this.#dirReuse.get(path);
+    if (kept !== undefined && now - kept.atMs <= DIR_REUSE_MS && !this.#young.has(path)) {
+      // Being read (no print yet), or read moments ago and the directory itself
+      // held still; others may still reach it (a chmod on the way counts at once).
+      const held = kept.print === undefined || kept.print === this.#dirPrint(path);
+      if (held && (path === "/" || this.#reach(path) !== null)) {
+        this.stats.dirsReused++;
+        return kept.attrs;
+      }
+    }
+    this.#dirReuse.delete(path);
+    const entry: { attrs: Promise<FileAttr[]>; atMs: number; print?: string } = {
+      attrs: Promise.resolve([]),
+      atMs: now,
+    };
+    const print = this.#dirPrint(path);
+    entry.attrs = this.#readDir(path).then((attrs) => {
+      // Kept only if nothing changed it meanwhile (a change deletes the entry),
+      // and not when empty (refused: closed to others, gone, not a directory).
+      const keep = print !== undefined && attrs.length > 0;
+      if (this.#dirReuse.get(path) === entry && keep) entry.print = print;
+      else if (this.#dirReuse.get(path) === entry) this.#dirReuse.delete(path);
+      return attrs;
+    }, (err) => {
+      if (this.#dirReuse.get(path) === entry) this.#dirReuse.delete(path);
+      throw err;
+    });
+    if (this.#dirReuse.size >= DIR_REUSE_MAX) {
+      this.#dirReuse.delete(this.#dirReuse.keys().next().value!);
+    }
+    this.#dirReuse.set(path, entry);
+    return entry.attrs;
+  }
+
+  /** What tells one version of directory `path` from another (its own lstat), or undefined. */
+  #dirPrint(path: string): string | undefined {
+    return this.#lstat.version(path) ?? undefined;
+  }
+
+  async #readDir(path: string): Promise<FileAttr[]> {
     this.stats.dirs++;
     this.stats.attrs++;
     const first = ++this.#reads;

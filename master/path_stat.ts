@@ -16,6 +16,12 @@ export interface Lstat {
   info(path: string): Deno.FileInfo | null;
   /** Only its `st_mode` (type and permission bits). */
   mode(path: string): number | null;
+  /**
+   * What tells one version of the entry from another (device, inode, mode,
+   * owner, size, mtime and ctime, to the nanosecond where the call gives it),
+   * or null where there is nothing.
+   */
+  version(path: string): string | null;
 }
 
 /** {@linkcode Lstat} by `Deno.lstatSync` (tests, and after a {@linkcode PathStat} closed). */
@@ -30,6 +36,15 @@ export const denoLstat: Lstat = {
   mode(path: string): number | null {
     try {
       return Deno.lstatSync(path).mode;
+    } catch {
+      return null;
+    }
+  },
+  version(path: string): string | null {
+    try {
+      const i = Deno.lstatSync(path);
+      return [i.dev, i.ino, i.mode, i.uid, i.gid, i.size, i.mtime?.getTime(), i.ctime?.getTime()]
+        .join(":");
     } catch {
       return null;
     }
@@ -49,6 +64,11 @@ export class PathStat implements Lstat, Disposable {
   mode(path: string): number | null {
     if (this.#closed) return denoLstat.mode(path);
     return this.#probe.probe(path, false) === 0 ? this.#probe.mode() : null;
+  }
+
+  version(path: string): string | null {
+    if (this.#closed) return denoLstat.version(path);
+    return this.#probe.probe(path, false) === 0 ? this.#probe.print().join(":") : null;
   }
 
   /** Closes libc; later calls go through `Deno.lstatSync`. Idempotent. */

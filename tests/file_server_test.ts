@@ -258,3 +258,70 @@ Deno.test("FileServer: a watched directory is read child by child, whole under a
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("FileServer: an unwatched directory listed by mirrors at about the same time is read once, and again after any change", async () => {
+  await withServer(async (root, files, changes) => {
+    const dir = `${root}/sys`;
+    await Deno.mkdir(dir, { mode: 0o755 });
+    await Deno.chmod(dir, 0o755);
+    await Deno.writeTextFile(`${dir}/a.h`, "a");
+    await Deno.chmod(`${dir}/a.h`, 0o644);
+    // As system files are: changed long ago (a young one is read again anyway).
+    const age = (...paths: string[]) => Promise.all(paths.map((p) => Deno.utime(p, 1e9, 1e9)));
+    await age(dir, `${dir}/a.h`);
+    // Two mirrors at once, then a third moments later: one read.
+    const [one, two] = await Promise.all([files.dir(dir), files.dir(dir)]);
+    const three = await files.dir(dir);
+    assert.deepEqual(one, two);
+    assert.deepEqual(one, three);
+    assert.equal(files.stats.dirs, 1);
+    assert.equal(files.stats.dirsReused, 2);
+    // A name added changes the directory: read again.
+    await Deno.writeTextFile(`${dir}/b.h`, "b");
+    await Deno.chmod(`${dir}/b.h`, 0o644);
+    await age(dir, `${dir}/b.h`);
+    assert.deepEqual((await files.dir(dir)).map((a) => a.path).sort(), [
+      `${dir}/a.h`,
+      `${dir}/b.h`,
+    ]);
+    assert.equal(files.stats.dirs, 2);
+    // A child's new bytes, found by a refresh, are told; the next listing is read again.
+    await Deno.writeTextFile(`${dir}/a.h`, "longer");
+    await age(`${dir}/a.h`);
+    await files.refresh([`${dir}/a.h`]);
+    assert.ok(changes.some((c) => c.some((a) => a.path === `${dir}/a.h` && a.size === 6)));
+    const after = await files.dir(dir);
+    assert.equal(after.find((a) => a.path === `${dir}/a.h`)?.size, 6);
+    assert.equal(files.stats.dirs, 3);
+    // Closed to others on the way: refused at once, not served from memory.
+    await Deno.chmod(root, 0o700);
+    assert.deepEqual(await files.dir(dir), []);
+    await Deno.chmod(root, 0o755);
+    assert.equal((await files.dir(dir)).length, 2);
+  });
+});
+
+Deno.test("FileServer: a directory a watcher covers is read for every mirror", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  using lstat = new PathStat();
+  const files = new FileServer({
+    exclusions: new Exclusions([], root),
+    hashCache: await HashCache.open(),
+    watch: { covers: (path) => isInsideOrAt(path, root), watchOf: () => null },
+    lstat,
+  });
+  try {
+    await Deno.writeTextFile(`${root}/x.c`, "x");
+    await Promise.all([files.dir(root), files.dir(root)]);
+    await files.dir(root);
+    assert.equal(files.stats.dirs, 3);
+    assert.equal(files.stats.dirsReused, 0);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+function isInsideOrAt(path: string, root: string): boolean {
+  return path === root || path.startsWith(`${root}/`);
+}
