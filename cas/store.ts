@@ -217,34 +217,55 @@ export class Store {
         return { hash: expected, size: entry.size };
       }
     }
+    let source: Deno.FsFile;
+    try {
+      source = await Deno.open(path, { read: true });
+    } catch (error) {
+      throw ioError(`Cannot read file ${path}`, error);
+    }
+    try {
+      return await this.putReader(source, path, { hash: expected });
+    } finally {
+      source.close();
+    }
+  }
+
+  /**
+   * Copies what `reader` gives, to its end, into the store (hashing it on the
+   * way) and returns its hash and size; `name` says what it reads, in errors.
+   * With `options.hash` given and the content hashing differently it throws
+   * `CORRUPT`; past `options.sizeMax` bytes it throws `LIMIT`.
+   */
+  async putReader(
+    reader: { read(buffer: Uint8Array): Promise<number | null> },
+    name: string,
+    options: { hash?: string; sizeMax?: number } = {},
+  ): Promise<{ hash: string; size: number }> {
+    this.#assertOpen();
+    const expected = options.hash;
     const temp = await this.#createTemp();
     try {
-      let source: Deno.FsFile;
-      try {
-        source = await Deno.open(path, { read: true });
-      } catch (error) {
-        throw ioError(`Cannot read file ${path}`, error);
-      }
-      try {
-        const buffer = new Uint8Array(HASH_CHUNK_BYTES);
-        while (true) {
-          let n: number | null;
-          try {
-            n = await source.read(buffer);
-          } catch (error) {
-            throw ioError(`Cannot read file ${path}`, error);
-          }
-          if (n === null) break;
-          await temp.write(buffer.subarray(0, n));
+      const buffer = new Uint8Array(HASH_CHUNK_BYTES);
+      let total = 0;
+      while (true) {
+        let n: number | null;
+        try {
+          n = await reader.read(buffer);
+        } catch (error) {
+          throw ioError(`Cannot read file ${name}`, error);
         }
-      } finally {
-        source.close();
+        if (n === null) break;
+        total += n;
+        if (options.sizeMax !== undefined && total > options.sizeMax) {
+          throw new CasError("LIMIT", `${name} holds more than ${options.sizeMax} bytes`);
+        }
+        await temp.write(buffer.subarray(0, n));
       }
       const { hash, size } = await temp.finish();
       if (expected !== undefined && hash !== expected) {
         throw new CasError(
           "CORRUPT",
-          `Cannot store file ${path} as blob ${expected}: content hashes to ${hash}`,
+          `Cannot store file ${name} as blob ${expected}: content hashes to ${hash}`,
         );
       }
       this.#assertOpen();

@@ -374,3 +374,49 @@ Deno.test("e2e: a cold farm compiles with the host's compiler files, the same ob
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("HostFiles.ahead() stores a big public system file under its own hash before any announcement, and nothing else", async () => {
+  const root = await hostRoot("host_files_ahead_");
+  const dir = await Deno.makeTempDir({ prefix: "host_files_ahead_store_" });
+  const store = await Store.open({ dir, bytesMax: 64 * 1024 * 1024 });
+  try {
+    const big = randomBytes(2 * 1024 * 1024);
+    const hash = hashBytes(big);
+    await put(root, "/usr/libexec/cc1", big, 0o755);
+    await put(root, "/usr/lib/private.so", randomBytes(1024 * 1024 + 1), 0o640);
+    await put(root, "/var/lib/x.so", randomBytes(1024 * 1024 + 1));
+    await put(root, "/usr/lib/small.so", randomBytes(1000));
+    const host = new HostFiles({ root, prefixes: ["/usr"] });
+
+    assert.equal(await host.ahead("/usr/libexec/cc1", big.length, store), hash);
+    assert.ok(store.has(hash));
+    assert.equal(host.stats.ahead, 1);
+    assert.equal(host.stats.aheadBytes, big.length);
+    // Announced as it is: taken (the store has it); announced otherwise: declined, not reread.
+    const same = await host.open("/usr/libexec/cc1", hash, big.length);
+    assert.ok(same !== undefined);
+    same.file.close();
+    const other = "0".repeat(64);
+    assert.equal(await host.open("/usr/libexec/cc1", other, big.length), undefined);
+    assert.equal(host.stats.memoSkips, 1);
+    // Copied once per version of the file.
+    assert.equal(await host.ahead("/usr/libexec/cc1", big.length, store), undefined);
+
+    // Not copied: not a public system file, another size than listed, too small.
+    for (
+      const [path, size] of [
+        ["/usr/lib/private.so", 1024 * 1024 + 1],
+        ["/var/lib/x.so", 1024 * 1024 + 1],
+        ["/usr/libexec/cc1", big.length + 1],
+        ["/usr/lib/small.so", 1000],
+        ["/usr/lib/missing.so", 2 * 1024 * 1024],
+      ] as const
+    ) assert.equal(await host.ahead(path, size, store), undefined, path);
+    assert.equal(host.stats.ahead, 1);
+    assert.equal(await host.settled("/usr/libexec/cc1"), undefined, "none running");
+  } finally {
+    store.close();
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});

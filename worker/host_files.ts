@@ -54,6 +54,15 @@ export const HOST_BACKGROUND_COPIES_MAX = 2;
 const HOST_COPIES_WAITING_MAX = 1024;
 /** Bytes read from a host file per call. */
 const COPY_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Files of at least this size are copied ahead when looked up (smaller ones
+ * are fetched with their hash right away, by the mirror's prefetch).
+ */
+export const HOST_AHEAD_BYTES_MIN = 1024 * 1024;
+/** Larger files are not copied ahead (a copy of a lookup nobody reads costs its bytes). */
+export const HOST_AHEAD_BYTES_MAX = 512 * 1024 * 1024;
+/** Copies ahead running or waiting at once, at most; beyond, none start. */
+export const HOST_AHEAD_MAX = 8;
 /** Path components at most (a longer path declines). */
 const PATH_DEPTH_MAX = 64;
 
@@ -69,6 +78,10 @@ export interface HostFileStats {
   failed: number;
   /** Files not tried because the memo knew they hash otherwise. */
   memoSkips: number;
+  /** Files copied ahead, before the master announced their hash (see `HostFiles.ahead`). */
+  ahead: number;
+  /** Their bytes. */
+  aheadBytes: number;
 }
 
 /** Options of {@linkcode HostFiles}. */
@@ -93,6 +106,15 @@ export interface BlobSource {
   size: number;
 }
 
+/** Where {@linkcode HostFiles.ahead} copies to: the worker's store. */
+export interface AheadStore {
+  putReader(
+    reader: { read(buffer: Uint8Array): Promise<number | null> },
+    name: string,
+    options: { sizeMax?: number },
+  ): Promise<{ hash: string; size: number }>;
+}
+
 /** A host file found eligible for one announced content, held open by descriptor. */
 export interface HostFile {
   readonly file: RegularFile;
@@ -110,7 +132,15 @@ interface MemoEntry {
 
 /** The worker's source of contents from its own host files, shared by every mirror. */
 export class HostFiles {
-  readonly stats: HostFileStats = { blobs: 0, bytes: 0, mismatched: 0, failed: 0, memoSkips: 0 };
+  readonly stats: HostFileStats = {
+    blobs: 0,
+    bytes: 0,
+    mismatched: 0,
+    failed: 0,
+    memoSkips: 0,
+    ahead: 0,
+    aheadBytes: 0,
+  };
   readonly #prefixes: readonly string[];
   readonly #exclude: readonly string[];
   readonly #root: string;
@@ -120,6 +150,8 @@ export class HostFiles {
   /** Copies running now, for reads and for background fetches. */
   readonly #running = { foreground: 0, background: 0 };
   readonly #waiting = { foreground: [] as (() => void)[], background: [] as (() => void)[] };
+  /** Copies ahead in flight, by path: the hash their bytes had (undefined: none stored). */
+  readonly #ahead = new Map<string, Promise<string | undefined>>();
 
   constructor(options: HostFilesOptions = {}) {
     const prefixes = options.prefixes ?? HOST_FILE_PREFIXES_DEFAULT;
@@ -153,6 +185,80 @@ export class HostFiles {
    * and closes it.
    */
   async open(path: string, hash: string, size: number): Promise<HostFile | undefined> {
+    const file = await this.#openPublic(path, size);
+    if (file === undefined) return undefined;
+    const key = memoKey(file.info);
+    const known = this.#memo.get(key);
+    if (known !== undefined) {
+      this.#memo.delete(key);
+      this.#memo.set(key, known);
+      if (known.same !== (known.hash === hash)) {
+        this.stats.memoSkips++;
+        file.close();
+        return undefined;
+      }
+    }
+    return { file, hash, size, key };
+  }
+
+  /**
+   * Copies the public system file at `path` (of `size` bytes, as the master
+   * listed it) into `store` under the hash its bytes have, before the master
+   * has announced a hash: a big file looked up is about to be read (a
+   * compiler's `cc1`, 33 MB), and the master hashes it meanwhile, so the two
+   * run side by side instead of one after the other. Safe whatever the bytes:
+   * the store names a blob by its own hash, and a mirror serves a blob only
+   * under a hash the master announced. In the background, bounded
+   * ({@link HOST_AHEAD_MAX}); never rejects. Resolves to the hash of what it
+   * stored, or undefined (not eligible, or not copied: then the blob is
+   * fetched as usual once announced). {@linkcode HostFiles.settled} waits for it.
+   */
+  ahead(path: string, size: number, store: AheadStore): Promise<string | undefined> {
+    const none = Promise.resolve(undefined);
+    if (size < HOST_AHEAD_BYTES_MIN || size > HOST_AHEAD_BYTES_MAX) return none;
+    if (this.#ahead.has(path) || this.#ahead.size >= HOST_AHEAD_MAX) return none;
+    if (!this.#eligiblePath(path)) return none;
+    const task = (async (): Promise<string | undefined> => {
+      const file = await this.#openPublic(path, size);
+      if (file === undefined) return undefined;
+      try {
+        const key = memoKey(file.info);
+        if (this.#memo.has(key)) return undefined; // copied, or known to differ, before
+        await this.#turn("foreground");
+        try {
+          using reader = await file.open();
+          const { hash } = await store.putReader(reader, file.name, { sizeMax: size });
+          this.stats.ahead++;
+          this.stats.aheadBytes += size;
+          // What these bytes hash to, for this version of the file only.
+          this.#memo.set(key, { hash, same: true });
+          this.#trimMemo();
+          return hash;
+        } finally {
+          this.#running.foreground--;
+          this.#pump();
+        }
+      } catch {
+        this.stats.failed++; // fetched as usual when announced
+        return undefined;
+      } finally {
+        file.close();
+      }
+    })().catch(() => undefined).finally(() => this.#ahead.delete(path));
+    this.#ahead.set(path, task);
+    return task;
+  }
+
+  /**
+   * Resolves when no copy ahead of `path` is running (at once if none is),
+   * to the hash it stored, if one is running and stored one.
+   */
+  settled(path: string): Promise<string | undefined> {
+    return this.#ahead.get(path) ?? Promise.resolve(undefined);
+  }
+
+  /** The file at `path` if it is a public system file of `size` bytes (see the module doc). */
+  async #openPublic(path: string, size: number): Promise<RegularFile | undefined> {
     if (!this.#eligiblePath(path) || !Number.isSafeInteger(size) || size < 0) return undefined;
     let file: RegularFile | undefined;
     try {
@@ -176,18 +282,7 @@ export class HostFiles {
         file.close();
         return undefined;
       }
-      const key = memoKey(info);
-      const known = this.#memo.get(key);
-      if (known !== undefined) {
-        this.#memo.delete(key);
-        this.#memo.set(key, known);
-        if (known.same !== (known.hash === hash)) {
-          this.stats.memoSkips++;
-          file.close();
-          return undefined;
-        }
-      }
-      return { file, hash, size, key };
+      return file;
     } catch {
       file?.close();
       return undefined;
@@ -282,6 +377,10 @@ export class HostFiles {
     }
     this.#memo.delete(host.key);
     this.#memo.set(host.key, { hash: host.hash, same });
+    this.#trimMemo();
+  }
+
+  #trimMemo(): void {
     for (const key of this.#memo.keys()) {
       if (this.#memo.size <= this.#memoMax) break;
       this.#memo.delete(key);

@@ -199,6 +199,12 @@ export class WorkerMetrics {
       "counter",
       host("failed"),
     );
+    r.collect(
+      "termite_worker_host_ahead_bytes_total",
+      "Bytes copied from this host's own big files as they were looked up, before the master announced their hash.",
+      "counter",
+      host("aheadBytes"),
+    );
   }
 
   /** Counts a job that ended, how and after how long. */

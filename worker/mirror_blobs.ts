@@ -18,6 +18,7 @@
 
 import type { Fetcher, Store } from "../cas/mod.ts";
 import { cString } from "../common/c_string.ts";
+import { baseName } from "../common/paths.ts";
 import { EIO, EISDIR, ENOENT, ESTALE } from "../fuse/errno.ts";
 import { type Libc, openLibc } from "../fuse/libc.ts";
 import type { NodeTable } from "../fuse/node_table.ts";
@@ -31,6 +32,8 @@ import type { BlobSource, HostFiles } from "./host_files.ts";
 
 /** Hashes remembered as checked by this mirror (the set is cleared beyond it). */
 const VERIFIED_MAX = 1_000_000;
+/** Bytes one mirror copies ahead from host files, at most (a toolchain's are ~300 MB). */
+const AHEAD_BYTES_PER_MIRROR = 2 * 1024 ** 3;
 
 /** An open descriptor of a node's blob; the blob stays pinned in the store until closed. */
 export interface BlobHandle {
@@ -99,6 +102,8 @@ export class BlobFiles {
   /** Stored blobs rehashed once by this mirror (or fetched, hence verified, by it). */
   readonly #verified = new Set<string>();
   readonly #closing: BlobHandle[] = [];
+  /** Bytes this mirror had copied ahead (see `ahead`). */
+  #aheadBytes = 0;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   #libc: Libc | undefined;
 
@@ -166,6 +171,11 @@ export class BlobFiles {
   ): Promise<string> {
     const ensureOptions = { pin: options.pin, signal: options.signal };
     const fetcher = this.fetcher(options.background);
+    if (options.source !== undefined && this.#hostFiles !== undefined) {
+      // A copy ahead of the same file, running: its blob, or none, before a copy of our own.
+      const copied = await this.#hostFiles.settled(options.source.path);
+      if (copied === hash) this.#noteVerified(hash);
+    }
     try {
       return await this.#store.ensure(
         hash,
@@ -328,13 +338,42 @@ export class BlobFiles {
     return attr.hash;
   }
 
+  /**
+   * Copies a big file just looked up from this host's file at the same path
+   * ahead of its hash, when host files are on (`HostFiles.ahead`).
+   */
+  ahead(path: string, size: number, mode: number): void {
+    if (this.#hostFiles === undefined || this.#signal.aborted) return;
+    // What a loader maps or a shell execs (a lookup alone, say of `find`, reads nothing).
+    if ((mode & 0o111) === 0 && !/\.so(\.|$)/.test(baseName(path))) return;
+    if (this.#aheadBytes + size > AHEAD_BYTES_PER_MIRROR) return;
+    this.#aheadBytes += size;
+    this.#hostFiles.ahead(path, size, this.#store).then((hash) => {
+      if (hash === undefined) return;
+      this.#stats.hostBlobs++;
+      this.#stats.hostBytes += size;
+      // Hashed on its way into the store just now: no need to rehash it at its open.
+      this.#noteVerified(hash);
+    });
+  }
+
+  #noteVerified(hash: string): void {
+    if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+    this.#verified.add(hash);
+  }
+
   /** The stored (fetched if need be) and pinned blob's path. */
   async #ensureStored(node: MirrorNode, hash: string): Promise<string> {
     try {
-      const stored = this.#store.sizeOf(hash) !== undefined;
       const source = node.attr?.hash === hash
         ? { path: node.path, size: node.attr.size }
         : undefined;
+      // A copy ahead of the same file, running: its blob, or none, before a copy of our own.
+      if (source !== undefined && this.#hostFiles !== undefined) {
+        const copied = await this.#hostFiles.settled(source.path);
+        if (copied === hash) this.#noteVerified(hash);
+      }
+      const stored = this.#store.sizeOf(hash) !== undefined;
       let path = await this.ensure(hash, {
         background: false,
         pin: true,
@@ -365,8 +404,7 @@ export class BlobFiles {
           });
         }
       }
-      if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
-      this.#verified.add(hash);
+      this.#noteVerified(hash);
       return path;
     } catch (error) {
       // The hash may be stale (changed on the master): ask for it again next time.

@@ -45,7 +45,13 @@ export class Prefetcher {
   maybePrefetch(node: MirrorNode): void {
     const { store, signal } = this.#options;
     const attr = node.attr;
-    if (attr?.kind !== "file" || attr.size > this.#options.bytesMax || signal.aborted) return;
+    if (attr?.kind !== "file" || signal.aborted) return;
+    // A big file's copy from this host's own file starts now, beside the
+    // master's hashing of it (see `HostFiles.ahead`; small ones are not worth it).
+    if (attr.hash === undefined || store.sizeOf(attr.hash) === undefined) {
+      this.#options.blobs.ahead(node.path, attr.size, attr.mode);
+    }
+    if (attr.size > this.#options.bytesMax) return;
     if (attr.hash !== undefined && store.sizeOf(attr.hash) !== undefined) return;
     if (this.#prefetching.size >= this.#options.max || this.#prefetching.has(node.path)) return;
     const path = node.path;
