@@ -42,8 +42,17 @@ export function workerHandlers(options: WorkerServiceOptions): Handlers {
     return normal;
   };
   return {
-    [MasterMethods.fsAttr]: (params: { path: unknown; withHash?: unknown }) =>
-      files.attr(path(params?.path), { withHash: params?.withHash === true }),
+    [MasterMethods.fsAttr]: async (params: { path: unknown; withHash?: unknown }, ctx) => {
+      const withHash = params?.withHash === true;
+      const attr = await files.attr(path(params?.path), { withHash });
+      // A worker asks for a file's hash to read it: that is what its tool
+      // needed, whether the content then comes from here, a peer, or the
+      // worker host's own copy (which never passes through blob.get).
+      if (withHash && attr.kind === "file" && attr.hash !== undefined) {
+        warm.noteFile(ctx.peer, attr.path);
+      }
+      return attr;
+    },
     [MasterMethods.fsDir]: async (params: { path: unknown }, ctx: CallContext) => {
       const dir = path(params?.path);
       const attrs = await files.dir(dir);

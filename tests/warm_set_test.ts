@@ -221,6 +221,11 @@ Deno.test("e2e: a mirror warmed from a learned set sees a changed file's new byt
     const learned = await Deno.readTextFile(`${dir}/farm1/master-cache/${warmFile.name}`);
     assert.ok(learned.includes(`${tree}/inc/value.h`), learned.slice(0, 2000));
     assert.ok(learned.includes(`${tree}/inc/extra.h`));
+    // The compiler proper, whose content the worker copied from its own host
+    // (never sent by the master), is learned too: its hash was asked for.
+    const cc1 = (await runIn(tree, ["gcc", "-print-prog-name=cc1"])).stdout.trim();
+    assert.ok(cc1.startsWith("/"), cc1);
+    assert.ok(learned.includes(JSON.stringify(await Deno.realPath(cc1))), `${cc1} learned`);
 
     // Between the builds: one file of the set changes, another goes.
     await Deno.writeTextFile(`${tree}/inc/value.h`, "#define VALUE 42\n");
@@ -239,6 +244,8 @@ Deno.test("e2e: a mirror warmed from a learned set sees a changed file's new byt
       assert.equal(status.jobs.jobsRemote, 1, `the job ran on the cold worker:\n${log}`);
       const mirror = Object.values(status.jobs.perWorker)[0].mirror ?? {};
       assert.equal(mirror.warmStreams, 1, "the mirror asked for the tool's warm set");
+      assert.ok((mirror.warmDirs ?? 0) > 0, "listings of the set were taken, none dropped");
+      assert.ok((mirror.warmBlobs ?? 0) > 0, "contents of the set were stored");
       console.log(
         `warm: ${mirror.warmDirs} listings, ${mirror.warmAttrs} attributes, ` +
           `${mirror.warmBlobs} blobs from the learned set`,
