@@ -331,18 +331,39 @@ export type WarmChunk = { d: string; a: FileAttr[]; more?: true } | { f: FileAtt
 
 /** Attributes per chunk at most. */
 export const WARM_CHUNK_ATTRS = 512;
+/** Files in the first chunk of a stream at most. */
+const WARM_FIRST_FILES = 16;
 /** Reads (listings, hashes) ahead of the one being sent. */
 const READS_AHEAD = 4;
 
 /**
- * Streams a warm set: its directories, parents first, then its files with
- * their hashes, each read now. Returns what was sent.
+ * Streams a warm set: its files with their hashes, then its directories,
+ * parents first, each read now. Returns what was sent.
  */
 export async function streamWarmSet(
   options: WarmStreamOptions,
 ): Promise<{ dirs: number; files: number; bytes: number }> {
   const { set, signal } = options;
   const bytesMax = options.bytesMax ?? WARM_STREAM_BYTES_MAX;
+  // Files first: their contents are copied or fetched in the background, the
+  // longest wait of a cold job (a compiler), and need no listing to start.
+  let bytes = 0;
+  let sentFiles = 0;
+  let batch: FileAttr[] = [];
+  await inOrder(set.files, (path) => options.attr(path), signal, async (_path, attr) => {
+    if (attr.kind === "file" && attr.hash !== undefined) {
+      if (bytes + attr.size > bytesMax) return;
+      bytes += attr.size;
+    }
+    batch.push(attr);
+    sentFiles++;
+    // The first chunk small: the mirror starts on the first contents sooner.
+    if (batch.length >= (sentFiles === batch.length ? WARM_FIRST_FILES : WARM_CHUNK_ATTRS)) {
+      await options.send({ f: batch });
+      batch = [];
+    }
+  });
+  if (batch.length > 0) await options.send({ f: batch });
   const dirs = [...set.dirs].sort((a, b) => depth(a) - depth(b));
   let sentDirs = 0;
   await inOrder(dirs, (path) => options.dir(path), signal, async (path, attrs) => {
@@ -356,22 +377,6 @@ export async function streamWarmSet(
     }
     sentDirs++;
   });
-  let bytes = 0;
-  let sentFiles = 0;
-  let batch: FileAttr[] = [];
-  await inOrder(set.files, (path) => options.attr(path), signal, async (_path, attr) => {
-    if (attr.kind === "file" && attr.hash !== undefined) {
-      if (bytes + attr.size > bytesMax) return;
-      bytes += attr.size;
-    }
-    batch.push(attr);
-    sentFiles++;
-    if (batch.length >= WARM_CHUNK_ATTRS) {
-      await options.send({ f: batch });
-      batch = [];
-    }
-  });
-  if (batch.length > 0) await options.send({ f: batch });
   return { dirs: sentDirs, files: sentFiles, bytes };
 }
 

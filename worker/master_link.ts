@@ -36,7 +36,7 @@ export interface MasterLink {
    */
   warm?(
     tool: string,
-    onChunk: (chunk: WarmChunk) => void,
+    onChunk: (chunk: WarmChunk) => void | Promise<void>,
     signal: AbortSignal,
   ): Promise<void>;
 }

@@ -119,6 +119,8 @@ export class MirrorFs implements FileSystem {
   #session: MountedSession | undefined;
   #mountpoint: string | undefined;
   #closed = false;
+  /** The fetch of the listings from `/` to the writable root, started at mount. */
+  #pathWalk: Promise<unknown> = Promise.resolve();
 
   constructor(options: MirrorOptions) {
     this.#store = options.store;
@@ -252,7 +254,9 @@ export class MirrorFs implements FileSystem {
    * warm set of the tool streams in, in the background (see `mirror_warm.ts`).
    */
   warm(tool: string): void {
-    if (!this.#closed) this.#warmer.warm(tool);
+    // After the way to the writable root: its listings would otherwise wait
+    // behind the stream's on the link, and every job's first steps need them.
+    if (!this.#closed) this.#warmer.warm(tool, this.#pathWalk);
   }
 
   /**
@@ -274,6 +278,7 @@ export class MirrorFs implements FileSystem {
         node = kid;
       }
     })().catch((error) => this.#failed(error, `prefetch ${path}`));
+    this.#pathWalk = task;
     this.#track(task);
   }
 

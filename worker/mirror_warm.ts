@@ -16,7 +16,7 @@ import type { FileAttr } from "../common/types.ts";
 import type { Errno } from "../fuse/types.ts";
 import type { MasterLink, WarmChunk } from "./master_link.ts";
 import type { BlobFiles } from "./mirror_blobs.ts";
-import type { AttrCache } from "./mirror_cache.ts";
+import type { AttrCache, MirrorNode } from "./mirror_cache.ts";
 import type { AttrFetches } from "./mirror_fetch.ts";
 import type { MirrorUpdates } from "./mirror_updates.ts";
 
@@ -74,22 +74,28 @@ export class Warmer {
   #streams = 0;
   #inFlight = 0;
   #bytes = 0;
+  /** Listings waiting for their ancestors' fetches, absorbed in the order they came. */
+  #deferred: Promise<void> | undefined;
 
   constructor(options: WarmerOptions) {
     this.#options = options;
   }
 
-  /** Asks the master for `tool`'s warm set, once per tool, in the background. */
-  warm(tool: string): void {
+  /**
+   * Asks the master for `tool`'s warm set, once per tool, in the background,
+   * once `after` settles.
+   */
+  warm(tool: string, after: Promise<unknown> = Promise.resolve()): void {
     const { link, signal } = this.#options;
     if (link.warm === undefined || signal.aborted || this.#asked.has(tool)) return;
     if (this.#asked.size >= WARM_TOOLS_MAX || this.#streams >= WARM_STREAMS_MAX) return;
     this.#asked.add(tool);
     this.#streams++;
     this.#options.stats.warmStreams++;
-    const task = this.#stream(tool).catch((error) => {
-      if (!signal.aborted) this.#options.failed(error, `warm set of ${tool}`);
-    }).finally(() => this.#streams--);
+    const task = after.catch(() => {}).then(() => signal.aborted ? undefined : this.#stream(tool))
+      .catch((error) => {
+        if (!signal.aborted) this.#options.failed(error, `warm set of ${tool}`);
+      }).finally(() => this.#streams--);
     this.#options.track(task);
   }
 
@@ -98,30 +104,73 @@ export class Warmer {
     const since = updates.count;
     const epoch = fetches.epoch;
     let parts: { path: string; attrs: FileAttr[] } | undefined;
-    await link.warm!(tool, (chunk: WarmChunk) => {
+    await link.warm!(tool, (chunk: WarmChunk): Promise<void> | undefined => {
       if ("d" in chunk) {
         if (parts !== undefined && parts.path !== chunk.d) parts = undefined;
         parts ??= { path: chunk.d, attrs: [] };
         if (parts.attrs.length + chunk.a.length > LISTING_ATTRS_MAX) {
           parts = undefined;
-          return;
+          return undefined;
         }
         parts.attrs.push(...chunk.a);
-        if (chunk.more) return;
-        this.#absorbListing(parts.path, parts.attrs, since, epoch);
+        if (chunk.more) return undefined;
+        const { path, attrs } = parts;
         parts = undefined;
+        this.#absorbListing(path, attrs, since, epoch);
+        return undefined;
       } else {
         for (const attr of chunk.f) this.#absorbFile(attr, since, epoch);
+        return undefined;
       }
     }, signal);
   }
 
+  /**
+   * Takes a listing of the stream, now if its node is known and no listing
+   * waits before it, else after those and the ancestors' fetches under way
+   * (never awaited here: the stream's reader must stay free to read the
+   * replies of those very fetches).
+   */
   #absorbListing(path: string, attrs: FileAttr[], since: number, epoch: number): void {
-    const node = this.#options.cache.find(path);
-    if (node === undefined) return; // its parent was not listed: left to lazy lookups
-    if (this.#options.fetches.absorbListing(node, attrs, since, epoch)) {
-      this.#options.stats.warmDirs++;
+    const { cache, fetches, stats, signal } = this.#options;
+    const absorb = (node: MirrorNode | undefined) => {
+      if (node === undefined) return; // its parent was not listed: left to lazy lookups
+      if (fetches.absorbListing(node, attrs, since, epoch)) stats.warmDirs++;
+    };
+    if (this.#deferred === undefined) {
+      const node = cache.find(path);
+      if (node !== undefined) return absorb(node);
     }
+    const chain: Promise<void> = (this.#deferred ?? Promise.resolve())
+      .then(async () => absorb(cache.find(path) ?? await this.#listedNode(path)))
+      .catch((error) => {
+        if (!signal.aborted) this.#options.failed(error, `warm listing of ${path}`);
+      })
+      .finally(() => {
+        if (this.#deferred === chain) this.#deferred = undefined;
+      });
+    this.#deferred = chain;
+    this.#options.track(chain);
+  }
+
+  /**
+   * The node of `path` once the listings of its ancestors being fetched now
+   * have arrived (the mount lists the way from `/` to the writable root while
+   * the first stream starts: its listings would otherwise find no parent and
+   * be dropped); undefined when an ancestor is neither listed nor being listed.
+   */
+  async #listedNode(path: string): Promise<MirrorNode | undefined> {
+    const { cache, fetches, signal } = this.#options;
+    let node = cache.root;
+    for (const name of path.split("/")) {
+      if (name === "") continue;
+      if (!node.complete && fetches.isFetching(node)) await fetches.fetchDir(node);
+      if (signal.aborted) return undefined;
+      const kid = node.kids.get(name);
+      if (kid === undefined) return undefined;
+      node = kid;
+    }
+    return node;
   }
 
   #absorbFile(attr: FileAttr, since: number, epoch: number): void {
