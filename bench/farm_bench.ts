@@ -876,6 +876,8 @@ async function coldRounds(options: {
   slotsPerWorker: number;
   hostBase: number;
   withLocal: boolean;
+  /** The farm contenders that get cold builds (termite, termite-native). */
+  contenders: ContenderName[];
   notes: string[];
   log: (message: string) => void;
   record: (build: BuildRun) => void;
@@ -889,34 +891,36 @@ async function coldRounds(options: {
       log(`${name}: local, cold round ${r + 1}/${options.runs}`);
       await buildWithRetries(ctx, "local", "cold-local", options.record);
     }
-    for (const round of ["cold", "cold-master"] as const) {
-      log(`${name}: termite, ${round} round ${r + 1}/${options.runs}`);
-      let bf: BenchFarm | null = null;
-      try {
-        bf = await startFarm({
-          dir: `${ctx.pdir}/cold/farm`,
-          tree: warm.farm.tree,
-          workers: options.workers,
-          slotsPerWorker: options.slotsPerWorker,
-          prefix: `termite-bc${Deno.pid}`,
-          firstHost: options.hostBase,
-          masterCacheFrom: round === "cold" ? masterCache : undefined,
-        });
-        await buildWithRetries({ ...ctx, farm: bf, farmBroken: false }, "termite", round, (b) => {
-          if (!b.ok) log(`${name}: termite ${round} failed: ${b.error?.split("\n")[0]}`);
-          options.record(b);
-        });
-      } catch (err) {
-        options.record({
-          project: name,
-          contender: "termite",
-          round,
-          attempt: 0,
-          ok: false,
-          error: `farm did not start: ${errorText(err)}`,
-        });
-      } finally {
-        if (bf) await stopFarm(bf, options.notes);
+    for (const contender of options.contenders) {
+      for (const round of ["cold", "cold-master"] as const) {
+        log(`${name}: ${contender}, ${round} round ${r + 1}/${options.runs}`);
+        let bf: BenchFarm | null = null;
+        try {
+          bf = await startFarm({
+            dir: `${ctx.pdir}/cold/farm`,
+            tree: warm.farm.tree,
+            workers: options.workers,
+            slotsPerWorker: options.slotsPerWorker,
+            prefix: `termite-bc${Deno.pid}`,
+            firstHost: options.hostBase,
+            masterCacheFrom: round === "cold" ? masterCache : undefined,
+          });
+          await buildWithRetries({ ...ctx, farm: bf, farmBroken: false }, contender, round, (b) => {
+            if (!b.ok) log(`${name}: ${contender} ${round} failed: ${b.error?.split("\n")[0]}`);
+            options.record(b);
+          });
+        } catch (err) {
+          options.record({
+            project: name,
+            contender,
+            round,
+            attempt: 0,
+            ok: false,
+            error: `farm did not start: ${errorText(err)}`,
+          });
+        } finally {
+          if (bf) await stopFarm(bf, options.notes);
+        }
       }
     }
   }
@@ -1725,12 +1729,14 @@ function markdown(r: Omit<HarnessReport, "table" | "results" | "files">): string
         'runs, "cold-master": fresh too; against the median of every local make, the cold ' +
         "rounds' included)",
       "",
-      "| project | cold s | vs local | vs warm | cold-master s | vs local | master MiB sent: warm / cold / cold-master |",
-      "|---|---|---|---|---|---|---|",
+      "| project | contender | cold s | vs local | vs warm | cold-master s | vs local | master MiB sent: warm / cold / cold-master |",
+      "|---|---|---|---|---|---|---|---|",
     );
     for (const s of colds) {
       lines.push(
-        `| ${s.project} | ${s1(s.coldMs)} | ${fx(s.coldVsLocal)} | ${fx(s.coldVsWarm)} | ` +
+        `| ${s.project} | ${s.contender} | ${s1(s.coldMs)} | ${fx(s.coldVsLocal)} | ${
+          fx(s.coldVsWarm)
+        } | ` +
           `${s1(s.coldMasterMs)} | ${fx(s.coldMasterVsLocal)} | ${mib(s.bytesServed)} / ` +
           `${mib(s.coldBytesServed)} / ${mib(s.coldMasterBytesServed)} |`,
       );
@@ -2081,9 +2087,11 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
         ccacheError,
       };
       try {
-        if (contenders.includes("termite")) {
-          log(`${project.name}: termite, cold (every cache fresh)`);
-          await buildWithRetries(ctx, "termite", "cold-master", (b) => builds.push(b));
+        // The farm's first build (every cache fresh) is not one of the warm runs.
+        const first = contenders.find((c) => c === "termite" || c === "termite-native");
+        if (first !== undefined) {
+          log(`${project.name}: ${first}, cold (every cache fresh)`);
+          await buildWithRetries(ctx, first, "cold-master", (b) => builds.push(b));
         }
         for (const c of contenders.filter((c) => CACHING_CONTENDERS.includes(c))) {
           log(`${project.name}: ${c}, the build that fills its cache`);
@@ -2131,6 +2139,7 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
           slotsPerWorker,
           hostBase,
           withLocal: contenders.includes("local"),
+          contenders: contenders.filter((c) => c === "termite" || c === "termite-native"),
           notes,
           log,
           record: (b) => builds.push(b),
@@ -2198,10 +2207,10 @@ export async function runHarness(options: HarnessOptions = {}): Promise<HarnessR
   const ratios: { label: string; value: number | null }[] = [];
   for (const s of summaries.filter((s) => s.contender !== "local")) {
     ratios.push({ label: `${s.project} ${s.contender}`, value: s.vsLocal ?? null });
-    if (s.contender === "termite" && s.coldMs !== undefined) {
+    if (s.coldMs !== undefined) {
       const local = summaries.find((x) => x.project === s.project && x.contender === "local");
       ratios.push({
-        label: `${s.project} termite cold`,
+        label: `${s.project} ${s.contender} cold`,
         value: local?.medianMs ? round(s.coldMs / local.medianMs) : null,
       });
     }
