@@ -18,6 +18,7 @@ import {
   WarmSets,
 } from "../master/warm_set.ts";
 import type { RpcPeer } from "../rpc/mod.ts";
+import { WARM_FIRST_BYTES_MIN, Warmer } from "../worker/mirror_warm.ts";
 
 /** Stands in for a worker connection (only `closed` is used). */
 function fakePeer(): RpcPeer & { close(): void } {
@@ -178,6 +179,74 @@ Deno.test("streamWarmSet(): listings parents first, files read now with their ha
   const fileChunks = sent.filter((c) => "f" in c) as { f: FileAttr[] }[];
   assert.deepEqual(fileChunks.flatMap((c) => c.f.map((a) => a.path)), ["/a/x", "/a/gone"]);
   assert.deepEqual(result, { dirs: 3, files: 2, bytes: 600 });
+});
+
+Deno.test("Warmer: a big content goes before the small ones queued, two at a time, the rest in the order they came", async () => {
+  const started: string[] = [];
+  const done: (() => void)[] = [];
+  const file = (path: string, size: number, hash: string): FileAttr => ({
+    path,
+    kind: "file",
+    mode: 0o644,
+    size,
+    mtimeMs: 1,
+    hash: hash.repeat(64),
+  });
+  const big = WARM_FIRST_BYTES_MIN;
+  const chunk = {
+    f: [
+      file("/usr/bin/gcc", 1000, "a"),
+      file("/usr/lib/libc.so.6", 2000, "b"),
+      file("/usr/share/locale.bin", 3000, "c"),
+      file("/usr/lib/cc1", big, "d"),
+      file("/usr/lib/lto1", big + 1, "e"),
+      file("/usr/include/stdio.h", 4000, "f"),
+    ],
+  };
+  const tasks: Promise<unknown>[] = [];
+  const warmer = new Warmer({
+    link: {
+      warm: (_tool: string, onChunk: (c: unknown) => unknown) => {
+        onChunk(chunk);
+        return Promise.resolve();
+      },
+    } as never,
+    cache: {} as never,
+    fetches: { epoch: 0, absorbAttr: () => false } as never,
+    updates: { count: 0 } as never,
+    store: { sizeOf: () => undefined } as never,
+    blobs: {
+      ensure: (_hash: string, options: { source: { path: string } }) => {
+        started.push(options.source.path);
+        return new Promise<string>((resolve) => done.push(() => resolve("")));
+      },
+      markVerified: () => {},
+    } as never,
+    stats: { warmStreams: 0, warmDirs: 0, warmAttrs: 0, warmBlobs: 0, warmBytes: 0 },
+    signal: new AbortController().signal,
+    failed: (error) => {
+      throw error;
+    },
+    track: (task) => tasks.push(task),
+  });
+  warmer.warm("gcc -c");
+  await Promise.all(tasks);
+  // The first two started as they came; then the big ones, in their order.
+  assert.deepEqual(started, ["/usr/bin/gcc", "/usr/lib/libc.so.6"]);
+  for (let i = 0; i < 4; i++) {
+    done.shift()!();
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  assert.deepEqual(started, [
+    "/usr/bin/gcc",
+    "/usr/lib/libc.so.6",
+    "/usr/lib/cc1",
+    "/usr/lib/lto1",
+    "/usr/share/locale.bin",
+    "/usr/include/stdio.h",
+  ]);
+  while (done.length > 0) done.shift()!();
+  await Promise.all(tasks);
 });
 
 // ---- end to end ----

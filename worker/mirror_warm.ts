@@ -33,6 +33,8 @@ export const WARM_FILE_BYTES_MAX = 256 * 2 ** 20;
  * directory fetches took 7× longer behind 400 blob sends).
  */
 export const WARM_BLOBS_IN_FLIGHT = 2;
+/** Files of at least this size are fetched ahead of the smaller ones queued before them. */
+export const WARM_FIRST_BYTES_MIN = 4 * 2 ** 20;
 /** Warm streams running at once per mirror. */
 const WARM_STREAMS_MAX = 2;
 /** Parts of one listing at most (a listing is at most 1,000,000 names). */
@@ -185,7 +187,15 @@ export class Warmer {
     if (this.#options.store.sizeOf(hash) !== undefined) return;
     this.#bytes += attr.size;
     this.#queued.add(hash);
-    this.#queue.push({ hash, size: attr.size, path: attr.path });
+    const item = { hash, size: attr.size, path: attr.path };
+    // A big one (a compiler proper) takes longest to copy and is needed soon
+    // after the few small ones before it: it goes before the small ones queued
+    // (after the big ones, in the order they came).
+    const at = attr.size >= WARM_FIRST_BYTES_MIN
+      ? this.#queue.findIndex((queued) => queued.size < WARM_FIRST_BYTES_MIN)
+      : -1;
+    if (at === -1) this.#queue.push(item);
+    else this.#queue.splice(at, 0, item);
     this.#pump();
   }
 
