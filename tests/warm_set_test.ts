@@ -18,7 +18,7 @@ import {
   WarmSets,
 } from "../master/warm_set.ts";
 import type { RpcPeer } from "../rpc/mod.ts";
-import { WARM_FIRST_BYTES_MIN, Warmer } from "../worker/mirror_warm.ts";
+import { DEFERRED_LISTINGS_MAX, WARM_FIRST_BYTES_MIN, Warmer } from "../worker/mirror_warm.ts";
 
 /** Stands in for a worker connection (only `closed` is used). */
 function fakePeer(): RpcPeer & { close(): void } {
@@ -247,6 +247,69 @@ Deno.test("Warmer: a big content goes before the small ones queued, two at a tim
   ]);
   while (done.length > 0) done.shift()!();
   await Promise.all(tasks);
+});
+
+Deno.test("Warmer: listings whose parent is still being listed wait for it, in order, and at most a bounded number of them", async () => {
+  // `/` is being listed (the mount's walk) when the stream's listings come:
+  // each of /d0.. would find no parent. A hostile or slow master keeps the
+  // fetch waiting and streams many more: only DEFERRED_LISTINGS_MAX wait.
+  type Node = { path: string; complete: boolean; kids: Map<string, Node> };
+  const root: Node = { path: "/", complete: false, kids: new Map() };
+  let listRoot!: () => void;
+  const rootFetch = new Promise<void>((resolve) => listRoot = resolve);
+  const absorbed: string[] = [];
+  const tasks: Promise<unknown>[] = [];
+  const n = DEFERRED_LISTINGS_MAX + 40;
+  const warmer = new Warmer({
+    link: {
+      warm: (_tool: string, onChunk: (c: unknown) => void) => {
+        for (let i = 0; i < n; i++) {
+          onChunk({
+            d: `/d${i}`,
+            a: [{ path: `/d${i}/x`, kind: "file", mode: 0o644, size: 1, mtimeMs: 1 }],
+          });
+        }
+        return Promise.resolve();
+      },
+    } as never,
+    cache: {
+      root,
+      find: (path: string) => root.complete ? root.kids.get(path.slice(1)) : undefined,
+    } as never,
+    fetches: {
+      epoch: 0,
+      isFetching: (node: Node) => node === root && !root.complete,
+      fetchDir: () => rootFetch,
+      absorbListing: (node: Node) => {
+        absorbed.push(node.path);
+        return true;
+      },
+    } as never,
+    updates: { count: 0 } as never,
+    store: {} as never,
+    blobs: {} as never,
+    stats: { warmStreams: 0, warmDirs: 0, warmAttrs: 0, warmBlobs: 0, warmBytes: 0 },
+    signal: new AbortController().signal,
+    failed: (error) => {
+      throw error;
+    },
+    track: (task) => tasks.push(task),
+  });
+  warmer.warm("gcc -c");
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(absorbed, [], "none taken before their parent is listed");
+  // `/` arrives, listing every d<i>.
+  for (let i = 0; i < n; i++) {
+    root.kids.set(`d${i}`, { path: `/d${i}`, complete: false, kids: new Map() });
+  }
+  root.complete = true;
+  listRoot();
+  await Promise.all(tasks);
+  assert.deepEqual(
+    absorbed,
+    Array.from({ length: DEFERRED_LISTINGS_MAX }, (_, i) => `/d${i}`),
+    "the first ones, in order; the rest left to lazy lookups",
+  );
 });
 
 // ---- end to end ----

@@ -36,7 +36,7 @@ export interface MasterLink {
    */
   warm?(
     tool: string,
-    onChunk: (chunk: WarmChunk) => void | Promise<void>,
+    onChunk: (chunk: WarmChunk) => void,
     signal: AbortSignal,
   ): Promise<void>;
 }

@@ -35,6 +35,9 @@ export const WARM_FILE_BYTES_MAX = 256 * 2 ** 20;
 export const WARM_BLOBS_IN_FLIGHT = 2;
 /** Files of at least this size are fetched ahead of the smaller ones queued before them. */
 export const WARM_FIRST_BYTES_MIN = 4 * 2 ** 20;
+/** Listings, and their attributes, waiting at once for an ancestor's listing at most. */
+export const DEFERRED_LISTINGS_MAX = 64;
+export const DEFERRED_ATTRS_MAX = 100_000;
 /** Warm streams running at once per mirror. */
 const WARM_STREAMS_MAX = 2;
 /** Parts of one listing at most (a listing is at most 1,000,000 names). */
@@ -78,6 +81,8 @@ export class Warmer {
   #bytes = 0;
   /** Listings waiting for their ancestors' fetches, absorbed in the order they came. */
   #deferred: Promise<void> | undefined;
+  #deferredListings = 0;
+  #deferredAttrs = 0;
 
   constructor(options: WarmerOptions) {
     this.#options = options;
@@ -106,23 +111,20 @@ export class Warmer {
     const since = updates.count;
     const epoch = fetches.epoch;
     let parts: { path: string; attrs: FileAttr[] } | undefined;
-    await link.warm!(tool, (chunk: WarmChunk): Promise<void> | undefined => {
+    await link.warm!(tool, (chunk: WarmChunk) => {
       if ("d" in chunk) {
         if (parts !== undefined && parts.path !== chunk.d) parts = undefined;
         parts ??= { path: chunk.d, attrs: [] };
         if (parts.attrs.length + chunk.a.length > LISTING_ATTRS_MAX) {
           parts = undefined;
-          return undefined;
+          return;
         }
         parts.attrs.push(...chunk.a);
-        if (chunk.more) return undefined;
-        const { path, attrs } = parts;
+        if (chunk.more) return;
+        this.#absorbListing(parts.path, parts.attrs, since, epoch);
         parts = undefined;
-        this.#absorbListing(path, attrs, since, epoch);
-        return undefined;
       } else {
         for (const attr of chunk.f) this.#absorbFile(attr, since, epoch);
-        return undefined;
       }
     }, signal);
   }
@@ -143,12 +145,22 @@ export class Warmer {
       const node = cache.find(path);
       if (node !== undefined) return absorb(node);
     }
+    // Held in memory while an ancestor's fetch is slow: bounded, the rest left
+    // to lazy lookups.
+    if (
+      this.#deferredListings >= DEFERRED_LISTINGS_MAX ||
+      this.#deferredAttrs + attrs.length > DEFERRED_ATTRS_MAX
+    ) return;
+    this.#deferredListings++;
+    this.#deferredAttrs += attrs.length;
     const chain: Promise<void> = (this.#deferred ?? Promise.resolve())
       .then(async () => absorb(cache.find(path) ?? await this.#listedNode(path)))
       .catch((error) => {
         if (!signal.aborted) this.#options.failed(error, `warm listing of ${path}`);
       })
       .finally(() => {
+        this.#deferredListings--;
+        this.#deferredAttrs -= attrs.length;
         if (this.#deferred === chain) this.#deferred = undefined;
       });
     this.#deferred = chain;
