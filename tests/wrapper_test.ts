@@ -183,7 +183,8 @@ for (const kind of KINDS) {
   Deno.test(`wrapper (${kind}): bin/termite-wrap linked as gcc runs as gcc, and a local run skips the link's directory in PATH`, async () => {
     const dir = await tempTree();
     try {
-      const links = `${dir}/tool links`; // a space: the link's path is decoded from a URL
+      // A space, "#" and "%": the link's path is decoded from a URL.
+      const links = `${dir}/tool #1 %41 links`;
       await Deno.mkdir(links);
       const shim = await shimOf(kind);
       await Deno.symlink(shim, `${links}/gcc`);
@@ -192,7 +193,7 @@ for (const kind of KINDS) {
         args: ["-dumpmachine"],
         cwd: dir,
         // The link's directory twice, spelled otherwise: both must go.
-        env: { PATH: `${links}/:./tool links:/usr/bin:/bin`, TERMITE_LOCAL_FALLBACK: "1" },
+        env: { PATH: `${links}/:./tool #1 %41 links:/usr/bin:/bin`, TERMITE_LOCAL_FALLBACK: "1" },
         clearEnv: true,
         signal: AbortSignal.timeout(30_000), // a wrapper recursing into itself would never end
       }).output();
@@ -205,6 +206,32 @@ for (const kind of KINDS) {
     }
   });
 }
+
+Deno.test("wrapper: a checkout whose path holds a space, #, % and ? still finds wrapper.ts", async () => {
+  const dir = await tempTree();
+  try {
+    // The shim builds wrapper.ts's file URL by hand: each of these must be encoded.
+    const checkout = `${dir}/check #1 %41 ?x é`;
+    for (const sub of ["bin", "wrapper", "common"]) {
+      await Deno.mkdir(`${checkout}/${sub}`, { recursive: true });
+    }
+    const files = ["bin/termite-wrap", "wrapper.ts", "common/errors.ts"];
+    for (const f of ["client.ts", "protocol.ts", "elastic_make.ts"]) files.push(`wrapper/${f}`);
+    for (const f of files) await Deno.copyFile(`${ROOT}/${f}`, `${checkout}/${f}`);
+    await Deno.symlink(`${checkout}/bin/termite-wrap`, `${dir}/termite-sh`);
+    const out = await new Deno.Command(`${dir}/termite-sh`, {
+      args: ["-c", "echo hi"],
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin" },
+      clearEnv: true,
+    }).output();
+    assert.equal(new TextDecoder().decode(out.stderr), "");
+    assert.equal(out.code, 0);
+    assert.equal(new TextDecoder().decode(out.stdout), "hi\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
 
 Deno.test("runShellBuiltin() runs true, false, : and plain echo only", () => {
   assert.deepEqual(runShellBuiltin("true"), { code: 0, stdout: "" });
