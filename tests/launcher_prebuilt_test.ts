@@ -100,6 +100,48 @@ Deno.test("ensureLauncher() installs a prebuilt launcher with no gcc, checks it,
   }
 });
 
+/** Whether the ELF executable `bytes` names an interpreter (PT_INTERP): dynamically linked. */
+function hasInterpreter(bytes: Uint8Array): boolean {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  assert.equal(view.getUint32(0), 0x7f454c46, "an ELF file");
+  const phoff = Number(view.getBigUint64(0x20, true));
+  const phentsize = view.getUint16(0x36, true), phnum = view.getUint16(0x38, true);
+  for (let i = 0; i < phnum; i++) {
+    if (view.getUint32(phoff + i * phentsize, true) === 3) return true; // PT_INTERP
+  }
+  return false;
+}
+
+Deno.test("the launcher is linked statically; where gcc cannot (no libc.a), dynamically", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "termite-static-" });
+  try {
+    const built = await ensureLauncher(`${dir}/cache`, { prebuiltDir: `${dir}/none` });
+    assert.equal(hasInterpreter(await Deno.readFile(built)), false, "static");
+
+    // A gcc that refuses -static, as one without a static libc does.
+    const real = new TextDecoder().decode(
+      (await new Deno.Command("sh", { args: ["-c", "command -v gcc"], stdout: "piped" }).output())
+        .stdout,
+    ).trim();
+    await Deno.mkdir(`${dir}/bin`);
+    await Deno.writeTextFile(
+      `${dir}/bin/gcc`,
+      `#!/bin/sh\nfor a in "$@"; do [ "$a" = -static ] && { echo "cannot find -lc" >&2; exit 1; }; done\n` +
+        `exec ${real} "$@"\n`,
+    );
+    await Deno.chmod(`${dir}/bin/gcc`, 0o755);
+    const fallback = await withPath(
+      `${dir}/bin:${Deno.env.get("PATH")}`,
+      () => ensureLauncher(`${dir}/cache2`, { prebuiltDir: `${dir}/none` }),
+    );
+    assert.equal(hasInterpreter(await Deno.readFile(fallback)), true, "dynamic");
+    const run = await new Deno.Command(fallback, { stdout: "piped", stderr: "piped" }).output();
+    assert.match(new TextDecoder().decode(run.stderr), /termite-launcher: /, "it runs");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 /**
  * Copies what `deno compile --include sandbox/launcher.c --include
  * sandbox/prebuilt worker.ts` puts in the worker's binary: the local modules
