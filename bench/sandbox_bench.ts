@@ -6,7 +6,14 @@
  * Run alone: `deno run -A bench/sandbox_bench.ts [--quick]` (as root).
  */
 import { createHash } from "node:crypto";
-import { collectResultSet, ensureLauncher, type JobSpec, runJob } from "../sandbox/mod.ts";
+import {
+  collectResultSet,
+  ensureLauncher,
+  type JobSpec,
+  LAUNCHER_CFLAGS_DYNAMIC,
+  runJob,
+} from "../sandbox/mod.ts";
+import { procStat } from "./_proc.ts";
 import type { BenchResult } from "./types.ts";
 
 const PATH = "/usr/local/bin:/usr/bin:/bin";
@@ -79,6 +86,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
       collect: boolean,
       pidsCgroupRoot?: null,
       network: "none" | "host" = "none",
+      launcherCacheDir = cacheDir,
     ) => {
       let launcherMs = 0;
       const t = performance.now();
@@ -86,7 +94,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         lowerRoot: "/",
         writableRoot: w,
         jobDir: `${base}/jobs/${job++}`,
-        launcherCacheDir: cacheDir,
+        launcherCacheDir,
         pidsCgroupRoot,
         network,
         onUpper: collect
@@ -159,6 +167,50 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         } ms`,
       },
     );
+
+    // The launcher as built (static) against the same source linked dynamically,
+    // in blocks of jobs that alternate: the CPU of the launcher's processes and
+    // the job (this process's reaped children) per job.
+    const launcher = await ensureLauncher(cacheDir);
+    const dynamicDir = `${base}/launcher-dynamic`;
+    await Deno.mkdir(dynamicDir, { mode: 0o700 });
+    const gcc = await new Deno.Command("gcc", {
+      args: [
+        ...LAUNCHER_CFLAGS_DYNAMIC,
+        "-o",
+        `${dynamicDir}/${launcher.slice(launcher.lastIndexOf("/") + 1)}`,
+        new URL("../sandbox/launcher.c", import.meta.url).pathname,
+      ],
+    }).output();
+    if (!gcc.success) throw new Error("Cannot build the dynamically linked launcher");
+    const byLink = { static: [] as number[], dynamic: [] as number[] };
+    const childrenMs = async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
+    for (let block = 0; block < (options.quick ? 4 : 10); block++) {
+      for (
+        const link of block % 2 ? ["dynamic", "static"] as const : ["static", "dynamic"] as const
+      ) {
+        const before = await childrenMs();
+        for (let i = 0; i < 10; i++) {
+          await sandboxed(
+            trueSpec,
+            false,
+            undefined,
+            "none",
+            link === "static" ? cacheDir : dynamicDir,
+          );
+        }
+        byLink[link].push((await childrenMs() - before) / 10);
+      }
+    }
+    for (const link of ["static", "dynamic"] as const) {
+      results.push({
+        name:
+          `/bin/true jobs, launcher linked ${link}ally: its processes' and the job's CPU per job (median of blocks)`,
+        value: round(median(byLink[link])),
+        unit: "ms",
+        note: `blocks of 10 jobs: ${byLink[link].map(round).join(", ")}`,
+      });
+    }
 
     const compile = ["gcc", "-O2", "-c", "hello.c", "-o", "hello.o"];
     const compileRuns = options.quick ? 5 : 15;

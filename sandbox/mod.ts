@@ -21,6 +21,7 @@ export {
   ensureLauncher,
   type EnsureLauncherOptions,
   LAUNCHER_CFLAGS,
+  LAUNCHER_CFLAGS_DYNAMIC,
   launcherSourceHash,
   PREBUILT_DIR_URL,
   PREBUILT_NAME,
