@@ -29,6 +29,8 @@ need_apt=()
 [ -e /usr/lib/x86_64-linux-gnu/libfuse3.so.3 ] || need_apt+=(fuse3 libfuse3-3)
 [ -e /usr/include/fuse3/fuse_lowlevel.h ] || need_apt+=(libfuse3-dev)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+# A static libc: the sandbox launcher is linked statically (sandbox/launcher.ts).
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v dpkg-source >/dev/null 2>&1 || need_apt+=(dpkg-dev)
