@@ -37,6 +37,19 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
+/** What the Warmer unit tests give it alike: counters, no abort, failures thrown, tasks kept. */
+function warmerCommon(tasks: Promise<unknown>[]) {
+  return {
+    updates: { count: 0 } as never,
+    stats: { warmStreams: 0, warmDirs: 0, warmAttrs: 0, warmBlobs: 0, warmBytes: 0 },
+    signal: new AbortController().signal,
+    failed: (error: unknown): never => {
+      throw error;
+    },
+    track: (task: Promise<unknown>) => tasks.push(task),
+  };
+}
+
 Deno.test("toolKey() keeps the tool and the shape of its arguments, not the files", () => {
   assert.equal(toolKey(["gcc", "-c", "a.c", "-o", "a.o"]), toolKey(["gcc", "-O2", "-c", "b.c"]));
   assert.equal(toolKey(["/usr/bin/gcc", "-c", "a.c"]), "gcc -c");
@@ -205,6 +218,7 @@ Deno.test("Warmer: a big content goes before the small ones queued, two at a tim
   };
   const tasks: Promise<unknown>[] = [];
   const warmer = new Warmer({
+    ...warmerCommon(tasks),
     link: {
       warm: (_tool: string, onChunk: (c: unknown) => unknown) => {
         onChunk(chunk);
@@ -213,7 +227,6 @@ Deno.test("Warmer: a big content goes before the small ones queued, two at a tim
     } as never,
     cache: {} as never,
     fetches: { epoch: 0, absorbAttr: () => false } as never,
-    updates: { count: 0 } as never,
     store: { sizeOf: () => undefined } as never,
     blobs: {
       ensure: (_hash: string, options: { source: { path: string } }) => {
@@ -222,12 +235,6 @@ Deno.test("Warmer: a big content goes before the small ones queued, two at a tim
       },
       markVerified: () => {},
     } as never,
-    stats: { warmStreams: 0, warmDirs: 0, warmAttrs: 0, warmBlobs: 0, warmBytes: 0 },
-    signal: new AbortController().signal,
-    failed: (error) => {
-      throw error;
-    },
-    track: (task) => tasks.push(task),
   });
   warmer.warm("gcc -c");
   await Promise.all(tasks);
@@ -261,6 +268,7 @@ Deno.test("Warmer: listings whose parent is still being listed wait for it, in o
   const tasks: Promise<unknown>[] = [];
   const n = DEFERRED_LISTINGS_MAX + 40;
   const warmer = new Warmer({
+    ...warmerCommon(tasks),
     link: {
       warm: (_tool: string, onChunk: (c: unknown) => void) => {
         for (let i = 0; i < n; i++) {
@@ -285,15 +293,8 @@ Deno.test("Warmer: listings whose parent is still being listed wait for it, in o
         return true;
       },
     } as never,
-    updates: { count: 0 } as never,
     store: {} as never,
     blobs: {} as never,
-    stats: { warmStreams: 0, warmDirs: 0, warmAttrs: 0, warmBlobs: 0, warmBytes: 0 },
-    signal: new AbortController().signal,
-    failed: (error) => {
-      throw error;
-    },
-    track: (task) => tasks.push(task),
   });
   warmer.warm("gcc -c");
   await new Promise((r) => setTimeout(r, 10));
