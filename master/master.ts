@@ -16,6 +16,7 @@ import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
 import { outsideReason } from "./outside.ts";
+import { directCommand, hostFinder } from "./shell_fast_path.ts";
 import {
   LOCAL_DEPTH_MAX,
   LOCAL_DEPTH_VAR,
@@ -426,6 +427,19 @@ export class Master implements AsyncDisposable {
       return await this.#local.run(request, io, true, false);
     }
 
+    // make's own fast path: a plain command from `make SHELL=termite-sh` runs
+    // without the shell, as make would run it (shell_fast_path.ts); the local
+    // rules and the outside check above saw the script as written.
+    const direct = request.shell
+      ? directCommand(request.argv, request.cwd, request.env, {
+        // Where the workers see it: not under an excluded prefix.
+        executable: (p) => {
+          const abs = normalizeAbsolute(p);
+          return abs !== null && !this.#exclusions.excluded(abs) && hostFinder.executable(p);
+        },
+      })
+      : null;
+    if (direct !== null) request = { ...request, ...direct, shell: false };
     // Not its stdin: a job that read the stdin it was sent is not cached, one
     // that read /dev/null is replayed only to jobs without a stdin.
     const action = this.#actions !== null && rules.cacheable(request.argv, request.shell === true)

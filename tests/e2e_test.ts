@@ -58,6 +58,34 @@ for (const nativeClient of [false, true]) {
   });
 }
 
+Deno.test("e2e: make's fast path: a plain command through termite-sh runs with no shell; a script keeps it", async () => {
+  await withFarm("fastpath", { workers: 1 }, async (farm, tree) => {
+    const sh = `${farm.binDir}/termite-sh`;
+    // Says what started it: the sandbox's init, or a shell.
+    await Deno.writeTextFile(`${tree}/parent`, "#!/bin/sh\ncat /proc/$PPID/comm\n");
+    await Deno.chmod(`${tree}/parent`, 0o755);
+    const plain = await runIn(tree, [sh, "-c", "./parent"], farm.env);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(plain.stdout, "termite-launche\n", "run by the sandbox itself");
+    const list = await runIn(tree, [sh, "-c", "./parent; true"], farm.env);
+    assert.equal(list.code, 0, list.stderr);
+    assert.equal(list.stdout, "sh\n", "a list goes to the shell");
+    // The one thing the shell would have changed: PWD, set to the directory.
+    await Deno.mkdir(`${tree}/sub`);
+    const pwd = await runIn(`${tree}/sub`, [sh, "-c", "printenv PWD"], {
+      ...farm.env,
+      PWD: "/elsewhere",
+    });
+    assert.equal(pwd.code, 0, pwd.stderr);
+    assert.equal(pwd.stdout, `${tree}/sub\n`);
+    // Not found: the shell's own message and status ("Permission denied" where
+    // a directory of PATH is closed to the job's user, as a shell says it).
+    const missing = await runIn(tree, [sh, "-c", "no-such-tool x"], farm.env);
+    assert.equal(missing.code, 127);
+    assert.match(missing.stderr, /^\/bin\/sh: 1: no-such-tool: (not found|Permission denied)\n$/);
+  });
+});
+
 Deno.test("e2e: a header generated on one worker is seen by jobs on every worker", async () => {
   await withFarm("gen", { slotsPerWorker: 1 }, async (farm, tree) => {
     await Deno.writeTextFile(`${tree}/use.c`, '#include "gen.h"\nint v(void) { return V; }\n');
