@@ -7,17 +7,20 @@
  * nanosecond), so the load of the machine falls on both alike; the same code
  * on both sides differs by a few µs per job at the median.
  *
- * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached]`:
+ * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached] [--shell]`:
  * REV is a git revision of this repository (checked out with `git archive`
  * into .cache/ab/) or `.` for the working tree. Builds are lua 5.4 with
  * `make -j4` (the first of each farm, cold, is not counted). `--cached`: the
  * workers record reads and the first build fills each master's action
  * cache; every later one (the objects removed by the reset) is replayed from
  * it, and no round trips are run: the master's CPU per action-cache hit.
+ * `--shell`: make runs every recipe line through the farm's `termite-sh`
+ * (`make SHELL=...`). The workers' CPU per job (their processes, the
+ * launchers and jobs included) is reported beside the master's.
  */
 import { parseArgs } from "node:util";
 import { type Farm, ROOT } from "../farm/mod.ts";
-import { threadsCpuMs, timedCommand } from "./_proc.ts";
+import { processTree, procStat, threadsCpuMs, timedCommand } from "./_proc.ts";
 import { LUA, resetTree } from "./_projects.ts";
 
 const TINY_C = "int tiny(int x) { return x * 3 + 1; }\n";
@@ -60,6 +63,22 @@ function mean(values: number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
 }
 
+/**
+ * CPU of the farm's workers so far, ms: every process of their trees, its
+ * threads and its reaped children (the launchers and their jobs).
+ */
+async function workersCpuMs(farm: Farm): Promise<number> {
+  let ms = 0;
+  for (const w of farm.workers) {
+    for (const pid of await processTree(w.child.pid)) {
+      const threads = await threadsCpuMs(pid);
+      const stat = await procStat(pid);
+      if (!Number.isNaN(threads) && stat !== null) ms += threads + stat.childrenS * 1000;
+    }
+  }
+  return ms;
+}
+
 async function jobsDone(farm: Farm): Promise<number> {
   return (await farm.status()).jobs.jobs;
 }
@@ -73,9 +92,12 @@ if (import.meta.main) {
       builds: { type: "string", default: "4" },
       "round-trips": { type: "string", default: "150" },
       cached: { type: "boolean", default: false },
+      shell: { type: "boolean", default: false },
     },
   });
   const cached = values.cached;
+  // make hands every recipe line to its SHELL, the farm's termite-sh.
+  const shellMode = values.shell;
   const roundTrips = cached ? 0 : Number(values["round-trips"]);
   const revs = [values.a, values.b];
   const dirs = await Promise.all(revs.map(checkout));
@@ -84,6 +106,7 @@ if (import.meta.main) {
   const farms: Farm[] = [];
   const builds = [[], []] as number[][], walls = [[], []] as number[][];
   const trips = [[], []] as number[][];
+  const workerCpu = [[], []] as number[][];
   try {
     for (const [i, dir] of dirs.entries()) {
       const { Farm: FarmOf } = await import(
@@ -110,22 +133,27 @@ if (import.meta.main) {
         await resetTree(src, tree, "in-place");
         const pid = farm.master.child.pid;
         const [jobs, cpu] = [await jobsDone(farm), await threadsCpuMs(pid)];
+        const workersBefore = await workersCpuMs(farm);
         const hits = (await farm.status()).jobs.jobsCached;
         const run = await timedCommand({
-          argv: LUA.command(4),
+          argv: shellMode ? [...LUA.command(4), `SHELL=${farm.binDir}/termite-sh`] : LUA.command(4),
           cwd: tree,
           env: farm.env,
           logPath: `${farm.dir}/build-${round}.log`,
           timeoutS: LUA.timeoutS,
         });
         if (run.code !== 0) throw new Error(`The build of ${revs[i]} failed: ${farm.dir}`);
-        const perJob = (await threadsCpuMs(pid) - cpu) / (await jobsDone(farm) - jobs);
+        const jobsNow = await jobsDone(farm) - jobs;
+        const perJob = (await threadsCpuMs(pid) - cpu) / jobsNow;
+        const workersPerJob = (await workersCpuMs(farm) - workersBefore) / jobsNow;
         const hit = (await farm.status()).jobs.jobsCached - hits;
         if (round === 0) continue; // cold
         builds[i].push(perJob);
+        workerCpu[i].push(workersPerJob);
         walls[i].push(run.wallMs);
         console.error(
-          `build ${round} ${"AB"[i]}: master ${perJob.toFixed(2)} ms/job` +
+          `build ${round} ${"AB"[i]}: master ${perJob.toFixed(2)} ms/job, workers ` +
+            `${workersPerJob.toFixed(1)} ms/job, ${(run.wallMs / 1000).toFixed(2)} s` +
             (cached ? `, ${hit} hits of ${await jobsDone(farm) - jobs} jobs` : ""),
         );
       }
@@ -155,14 +183,16 @@ if (import.meta.main) {
     for (const farm of farms) await farm.stop();
   }
   const lines = [
-    "| | code | master CPU ms/job, lua -j4 (median; each build) | build s (median) | " +
-    "master CPU ms per remote tiny compile (median; mean) |",
-    "|---|---|---|---|---|",
+    "| | code | master CPU ms/job, lua -j4 (median; each build) | workers' CPU ms/job (median; " +
+    "each build) | build s (median) | master CPU ms per remote tiny compile (median; mean) |",
+    "|---|---|---|---|---|---|",
   ];
   for (const i of [0, 1]) {
     lines.push(
       `| ${"AB"[i]} | ${revs[i]} | ${median(builds[i]).toFixed(2)} (${
         builds[i].map((v) => v.toFixed(2)).join(", ")
+      }) | ${median(workerCpu[i]).toFixed(1)} (${
+        workerCpu[i].map((v) => v.toFixed(1)).join(", ")
       }) | ${(median(walls[i]) / 1000).toFixed(2)} | ${median(trips[i]).toFixed(3)}; ${
         mean(trips[i]).toFixed(3)
       } (${trips[i].length}) |`,
