@@ -11,6 +11,7 @@
  * rule like `^(a+)+$` cannot stall the master).
  */
 import { RE2JS } from "re2js";
+import { plainWords } from "./shell_fast_path.ts";
 import { kindName, NotRegularFileError, openRegular } from "../common/regular_file.ts";
 import { ENOENT } from "../fuse/errno.ts";
 import { type Beneath, BeneathError, DirHandles, type StagingDir } from "./beneath.ts";
@@ -225,11 +226,6 @@ function compileRule(regexp: string, source: string, index: number): RE2JS {
 export type Builtin =
   | { op: "mkdir"; paths: string[] }
   | { op: "rm"; paths: string[]; recursive: boolean };
-
-function plainWords(script: string): string[] | null {
-  if (!/^[A-Za-z0-9_.,:=@%+\/ -]*$/.test(script)) return null;
-  return script.trim().split(/ +/).filter((w) => w !== "");
-}
 
 /**
  * Recognises a plain `mkdir -p DIR...` or `rm -f|-rf FILE...` whose every path

@@ -16,7 +16,7 @@ import { ChangeLog } from "./change_log.ts";
 import { FileServer } from "./file_server.ts";
 import { HashCache } from "./hash_cache.ts";
 import { outsideReason } from "./outside.ts";
-import { directCommand, hostFinder } from "./shell_fast_path.ts";
+import { commandFinder, directCommand } from "./shell_fast_path.ts";
 import {
   LOCAL_DEPTH_MAX,
   LOCAL_DEPTH_VAR,
@@ -431,13 +431,13 @@ export class Master implements AsyncDisposable {
     // without the shell, as make would run it (shell_fast_path.ts); the local
     // rules and the outside check above saw the script as written.
     const direct = request.shell
-      ? directCommand(request.argv, request.cwd, request.env, {
+      ? await directCommand(
+        request.argv,
+        request.cwd,
+        request.env,
         // Where the workers see it: not under an excluded prefix.
-        executable: (p) => {
-          const abs = normalizeAbsolute(p);
-          return abs !== null && !this.#exclusions.excluded(abs) && hostFinder.executable(p);
-        },
-      })
+        commandFinder((p) => this.#exclusions.excluded(p)),
+      )
       : null;
     if (direct !== null) request = { ...request, ...direct, shell: false };
     // Not its stdin: a job that read the stdin it was sent is not cached, one

@@ -20,6 +20,7 @@
  *
  * @module
  */
+import { normalizeAbsolute } from "./paths.ts";
 
 /** dash's builtins and keywords, and bash's that dash lacks: a shell runs these itself. */
 export const SHELL_WORDS: ReadonlySet<string> = new Set([
@@ -105,23 +106,44 @@ export const SHELL_WORDS: ReadonlySet<string> = new Set([
 /** Scripts longer than this keep the shell (nothing to gain in parsing them). */
 const SCRIPT_BYTES_MAX = 64 * 1024;
 
+/**
+ * The words of a script of plain words only (letters, digits, `_.,:=@%+/-`
+ * and spaces: nothing a shell would quote, expand, glob, redirect or chain),
+ * or null. The master's builtins (`mkdir -p`, `rm -f`) read scripts with it too.
+ */
+export function plainWords(script: string): string[] | null {
+  if (script.length > SCRIPT_BYTES_MAX || !/^[A-Za-z0-9_.,:=@%+\/ -]*$/.test(script)) return null;
+  return script.split(" ").filter((w) => w !== "");
+}
+
 /** What {@linkcode directCommand} needs to know of the file system the job will see. */
 export interface CommandFinder {
   /** Whether `path` (absolute) is a regular file, symlinks followed, that anyone may execute. */
-  executable(path: string): boolean;
+  executable(path: string): Promise<boolean>;
 }
 
-/** The finder on this host's file system (what a worker's mirror shows). */
-export const hostFinder: CommandFinder = {
-  executable(path: string): boolean {
-    try {
-      const info = Deno.statSync(path);
-      return info.isFile && info.mode !== null && (info.mode & 0o001) !== 0;
-    } catch {
-      return false;
-    }
-  },
-};
+/**
+ * The finder on this host's file system (what a worker's mirror shows), where
+ * paths `excluded` (absolute, normalised: the master's exclusions, which the
+ * workers do not see) count as absent. It only looks (`stat`): nothing is
+ * opened, so a FIFO or a device on PATH is not waited on. Asynchronous: a
+ * directory of PATH on a stalled file system (a network mount) must not stall
+ * the master's event loop, only this command.
+ */
+export function commandFinder(excluded: (path: string) => boolean = () => false): CommandFinder {
+  return {
+    async executable(path: string): Promise<boolean> {
+      const abs = normalizeAbsolute(path);
+      if (abs === null || excluded(abs)) return false;
+      try {
+        const info = await Deno.stat(path);
+        return info.isFile && info.mode !== null && (info.mode & 0o001) !== 0;
+      } catch {
+        return false;
+      }
+    },
+  };
+}
 
 /**
  * The argv and environment that run `argv` (`[sh, "-c", script]`) without the
@@ -129,27 +151,26 @@ export const hostFinder: CommandFinder = {
  * the command's environment; its PATH is searched as `sh` searches it (an
  * empty entry, or a relative one, from `cwd`).
  */
-export function directCommand(
+export async function directCommand(
   argv: readonly string[],
   cwd: string,
   env: Readonly<Record<string, string>>,
-  finder: CommandFinder = hostFinder,
-): { argv: string[]; env: Record<string, string> } | null {
+  finder: CommandFinder = commandFinder(),
+): Promise<{ argv: string[]; env: Record<string, string> } | null> {
   if (argv.length !== 3 || argv[1] !== "-c") return null;
-  const script = argv[2];
-  if (script.length > SCRIPT_BYTES_MAX || !/^[A-Za-z0-9_.,:=@%+\/ -]*$/.test(script)) return null;
-  const words = script.split(" ").filter((w) => w !== "");
-  const first = words[0];
-  if (first === undefined || first.startsWith("-") || first.includes("=")) return null;
+  const words = plainWords(argv[2]);
+  const first = words?.[0];
+  if (words === null || first === undefined) return null;
+  if (first.startsWith("-") || first.includes("=")) return null;
   if (SHELL_WORDS.has(first)) return null;
   const from = (dir: string) => dir.startsWith("/") ? dir : `${cwd === "/" ? "" : cwd}/${dir}`;
   let found = false;
   if (first.includes("/")) {
-    found = finder.executable(from(first));
+    found = await finder.executable(from(first));
   } else {
     for (const dir of (env.PATH ?? "").split(":")) {
       const base = from(dir === "" ? "." : dir);
-      if (finder.executable(`${base.replace(/\/+$/, "")}/${first}`)) {
+      if (await finder.executable(`${base.replace(/\/+$/, "")}/${first}`)) {
         found = true;
         break;
       }
