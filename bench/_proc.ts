@@ -233,3 +233,19 @@ export async function withDeadline<T>(p: Promise<T>, ms: number, fallback: T): P
     clearTimeout(timer);
   }
 }
+
+/**
+ * CPU of processes so far, ms: each one's threads (schedstat, to the ns) and
+ * its reaped children (a worker's launchers and their jobs, in clock ticks);
+ * a process that has exited is skipped.
+ */
+export async function processesCpuMs(pids: number[]): Promise<number> {
+  let ms = 0;
+  for (const pid of pids) {
+    const threads = await threadsCpuMs(pid);
+    const stat = await procStat(pid);
+    if (Number.isNaN(threads) || stat === null) continue; // exited
+    ms += threads + stat.childrenS * 1000;
+  }
+  return ms;
+}

@@ -49,6 +49,7 @@ import { Ccache, ensureCcache } from "./_ccache.ts";
 import { buildClient } from "../wrapper/native/build.ts";
 import {
   childrenCpuMs,
+  processesCpuMs,
   processTree,
   procStat,
   tail,
@@ -549,22 +550,6 @@ async function workerPids(bf: BenchFarm): Promise<number[]> {
   return all;
 }
 
-/**
- * CPU of the workers' process trees so far, ms: each long-lived process's
- * threads (schedstat, to the ns) and its reaped children (launchers and jobs,
- * in clock ticks); a launcher is reaped before its job's reply is sent.
- */
-async function workersCpuMs(pids: number[]): Promise<number> {
-  let ms = 0;
-  for (const pid of pids) {
-    const threads = await threadsCpuMs(pid);
-    const stat = await procStat(pid);
-    if (Number.isNaN(threads) || stat === null) continue; // exited
-    ms += threads + stat.childrenS * 1000;
-  }
-  return ms;
-}
-
 /** Every pid of the farm's process trees (the workers re-exec themselves under unshare). */
 async function farmPids(bf: BenchFarm): Promise<number[]> {
   const roots = [bf.farm.master, bf.farm.coordinator, ...bf.farm.workers]
@@ -769,7 +754,7 @@ async function buildOnce(
     const ccacheBefore = contender === "ccache" ? await ctx.ccache!.stats() : null;
     const masterBefore = farm ? await procStat(farm.master.child.pid) : null;
     const workers = bf ? await workerPids(bf) : [];
-    const workersBefore = farm ? await workersCpuMs(workers) : 0;
+    const workersBefore = farm ? await processesCpuMs(workers) : 0;
     run.loadBefore = await loadAverage();
     const timed = await timedCommand({
       argv: ctx.project.command(ctx.jobs),
@@ -787,7 +772,7 @@ async function buildOnce(
         );
         run.masterOwnCpuS = round(after.selfS - masterBefore.selfS, 4);
       }
-      run.workerCpuS = round((await workersCpuMs(workers) - workersBefore) / 1000, 4);
+      run.workerCpuS = round((await processesCpuMs(workers) - workersBefore) / 1000, 4);
       run.termiteJobs = counterDelta(before!, await termiteCounters(farm));
       if (contender === "termite-cached" || contender === "termite-cached-native") {
         run.cacheHits = run.termiteJobs.jobsCached;
@@ -1095,7 +1080,7 @@ async function measureRoundTrips(options: {
       if (!kinds[k].ok) continue;
       const counters = spec.via === "termite" ? await termiteCounters(farm!.farm) : null;
       const masterBefore = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
-      const workersBefore = spec.via === "termite" ? await workersCpuMs(workersOf) : 0;
+      const workersBefore = spec.via === "termite" ? await processesCpuMs(workersOf) : 0;
       const selfBefore = childrenCpuMs();
       const start = performance.now();
       let out: Deno.CommandOutput;
@@ -1125,7 +1110,7 @@ async function measureRoundTrips(options: {
       const wall = performance.now() - start;
       const selfAfter = childrenCpuMs();
       const masterAfter = spec.via === "termite" ? await threadsCpuMs(masterPid) : 0;
-      const workersAfter = spec.via === "termite" ? await workersCpuMs(workersOf) : 0;
+      const workersAfter = spec.via === "termite" ? await processesCpuMs(workersOf) : 0;
       if (out.code !== 0) {
         kinds[k] = {
           ...kinds[k],

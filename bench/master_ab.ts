@@ -20,7 +20,7 @@
  */
 import { parseArgs } from "node:util";
 import { type Farm, ROOT } from "../farm/mod.ts";
-import { processTree, procStat, threadsCpuMs, timedCommand } from "./_proc.ts";
+import { processesCpuMs, processTree, threadsCpuMs, timedCommand } from "./_proc.ts";
 import { LUA, resetTree } from "./_projects.ts";
 
 const TINY_C = "int tiny(int x) { return x * 3 + 1; }\n";
@@ -63,20 +63,11 @@ function mean(values: number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
 }
 
-/**
- * CPU of the farm's workers so far, ms: every process of their trees, its
- * threads and its reaped children (the launchers and their jobs).
- */
+/** CPU of the farm's workers so far, ms: their process trees, launchers and jobs included. */
 async function workersCpuMs(farm: Farm): Promise<number> {
-  let ms = 0;
-  for (const w of farm.workers) {
-    for (const pid of await processTree(w.child.pid)) {
-      const threads = await threadsCpuMs(pid);
-      const stat = await procStat(pid);
-      if (!Number.isNaN(threads) && stat !== null) ms += threads + stat.childrenS * 1000;
-    }
-  }
-  return ms;
+  const pids: number[] = [];
+  for (const w of farm.workers) pids.push(...await processTree(w.child.pid));
+  return await processesCpuMs(pids);
 }
 
 async function jobsDone(farm: Farm): Promise<number> {

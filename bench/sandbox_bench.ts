@@ -179,7 +179,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         ...LAUNCHER_CFLAGS_DYNAMIC,
         "-o",
         `${dynamicDir}/${launcher.slice(launcher.lastIndexOf("/") + 1)}`,
-        new URL("../sandbox/launcher.c", import.meta.url).pathname,
+        decodeURIComponent(new URL("../sandbox/launcher.c", import.meta.url).pathname),
       ],
     }).output();
     if (!gcc.success) throw new Error("Cannot build the dynamically linked launcher");
