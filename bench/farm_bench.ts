@@ -263,8 +263,8 @@ export interface BuildSummary {
   workerCpuPerJobMs?: number;
   /**
    * Termite: beyond the jobs themselves (worker process, FUSE serving,
-   * launcher): the workers' CPU per remote job minus local make's CPU per
-   * compile job (make and its shells included there: a slight underestimate), ms.
+   * launcher): the workers' CPU per remote job minus what the jobs' own
+   * processes took (the launchers' inits measure it), ms; median over builds.
    */
   workerOverheadPerJobMs?: number;
   /** Median time / median local make time. */
@@ -466,6 +466,8 @@ const JOB_COUNTERS = [
   /** From the action cache's own figures: lookups that missed, results not stored. */
   "cacheMisses",
   "cacheNotStored",
+  /** The CPU of the remote jobs' own processes, as the workers said (ms, summed over them). */
+  "jobCpuMs",
 ];
 
 async function termiteCounters(farm: Farm): Promise<Record<string, number>> {
@@ -473,7 +475,16 @@ async function termiteCounters(farm: Farm): Promise<Record<string, number>> {
     const status = await withDeadline(farm.status(), 5_000, null);
     const jobs = (status?.jobs ?? {}) as Record<string, unknown>;
     const cached = ((status?.build ?? {}) as { cached?: Record<string, unknown> }).cached ?? {};
-    const all = { ...jobs, cacheMisses: cached.misses, cacheNotStored: cached.notStored };
+    const perWorker = Object.values(
+      (jobs.perWorker ?? {}) as Record<string, { jobCpuMs?: number }>,
+    );
+    const jobCpuMs = perWorker.reduce((a, w) => a + (Number(w.jobCpuMs) || 0), 0);
+    const all = {
+      ...jobs,
+      cacheMisses: cached.misses,
+      cacheNotStored: cached.notStored,
+      jobCpuMs,
+    };
     return Object.fromEntries(
       JOB_COUNTERS.map((k) => [k, Number((all as Record<string, unknown>)[k] ?? 0)]),
     );
@@ -1427,6 +1438,15 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
               ),
             ),
           );
+          const measured = ok.filter((b) => (b.termiteJobs?.jobCpuMs ?? 0) > 0);
+          if (measured.length > 0) {
+            s.workerOverheadPerJobMs = round(
+              median(measured.map((b) =>
+                ((b.workerCpuS ?? 0) * 1000 - b.termiteJobs!.jobCpuMs) /
+                Math.max(1, b.termiteJobs?.jobsRemote ?? 1)
+              )),
+            );
+          }
         }
       }
       const failed = [...colds, ...runs].filter((b) => !b.ok);
@@ -1443,9 +1463,6 @@ function summarize(builds: BuildRun[], projects: Project[], contenders: Contende
     const localAll = locals.length > 0 ? median(locals) : undefined;
     for (const s of out.filter((s) => s.project === p.name)) {
       if (local && s.medianMs) s.vsLocal = round(s.medianMs / local, 4);
-      if (s.workerCpuPerJobMs !== undefined && localSummary?.clientCpuPerJobMs !== undefined) {
-        s.workerOverheadPerJobMs = round(s.workerCpuPerJobMs - localSummary.clientCpuPerJobMs);
-      }
       if (localAll && s.coldMs) s.coldVsLocal = round(s.coldMs / localAll, 4);
       if (localAll && s.coldMasterMs) s.coldMasterVsLocal = round(s.coldMasterMs / localAll, 4);
       if (s.medianMs && s.coldMs) s.coldVsWarm = round(s.coldMs / s.medianMs, 4);

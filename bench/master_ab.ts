@@ -7,7 +7,7 @@
  * nanosecond), so the load of the machine falls on both alike; the same code
  * on both sides differs by a few µs per job at the median.
  *
- * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached] [--shell]`:
+ * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached] [--shell] [--a-flags F] [--b-flags F]`:
  * REV is a git revision of this repository (checked out with `git archive`
  * into .cache/ab/) or `.` for the working tree. Builds are lua 5.4 with
  * `make -j4` (the first of each farm, cold, is not counted). `--cached`: the
@@ -17,6 +17,8 @@
  * `--shell`: make runs every recipe line through the farm's `termite-sh`
  * (`make SHELL=...`). The workers' CPU per job (their processes, the
  * launchers and jobs included) is reported beside the master's.
+ * `--a-flags`, `--b-flags`: flags for `deno run` of that side's master
+ * (`--v8-flags=...`), so that one code can be compared with itself.
  */
 import { parseArgs } from "node:util";
 import { type Farm, ROOT } from "../farm/mod.ts";
@@ -74,6 +76,12 @@ async function jobsDone(farm: Farm): Promise<number> {
   return (await farm.status()).jobs.jobs;
 }
 
+/** CPU of the remote jobs' own processes so far, as the workers said, ms. */
+async function jobsCpuMs(farm: Farm): Promise<number> {
+  const perWorker = Object.values((await farm.status()).jobs.perWorker) as { jobCpuMs?: number }[];
+  return perWorker.reduce((a, w) => a + (Number(w.jobCpuMs) || 0), 0);
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
@@ -84,6 +92,8 @@ if (import.meta.main) {
       "round-trips": { type: "string", default: "150" },
       cached: { type: "boolean", default: false },
       shell: { type: "boolean", default: false },
+      "a-flags": { type: "string", default: "" },
+      "b-flags": { type: "string", default: "" },
     },
   });
   const cached = values.cached;
@@ -91,6 +101,9 @@ if (import.meta.main) {
   const shellMode = values.shell;
   const roundTrips = cached ? 0 : Number(values["round-trips"]);
   const revs = [values.a, values.b];
+  const masterFlags = [values["a-flags"], values["b-flags"]].map((f) =>
+    f.split(" ").filter((w) => w !== "")
+  );
   const dirs = await Promise.all(revs.map(checkout));
   const work = `${ROOT}/.cache/bench-ab`;
   await Deno.remove(work, { recursive: true }).catch(() => {});
@@ -98,6 +111,7 @@ if (import.meta.main) {
   const builds = [[], []] as number[][], walls = [[], []] as number[][];
   const trips = [[], []] as number[][];
   const workerCpu = [[], []] as number[][];
+  const beyondJobs = [[], []] as number[][];
   try {
     for (const [i, dir] of dirs.entries()) {
       const { Farm: FarmOf } = await import(
@@ -114,6 +128,7 @@ if (import.meta.main) {
           slotsPerWorker: 2,
           prefix: `termite-ab${Deno.pid}-${i}`,
           workerArgs: cached ? ["--record-reads"] : [],
+          masterDenoFlags: masterFlags[i],
         }),
       );
     }
@@ -125,6 +140,7 @@ if (import.meta.main) {
         const pid = farm.master.child.pid;
         const [jobs, cpu] = [await jobsDone(farm), await threadsCpuMs(pid)];
         const workersBefore = await workersCpuMs(farm);
+        const jobsCpuBefore = await jobsCpuMs(farm);
         const hits = (await farm.status()).jobs.jobsCached;
         const run = await timedCommand({
           argv: shellMode ? [...LUA.command(4), `SHELL=${farm.binDir}/termite-sh`] : LUA.command(4),
@@ -137,14 +153,17 @@ if (import.meta.main) {
         const jobsNow = await jobsDone(farm) - jobs;
         const perJob = (await threadsCpuMs(pid) - cpu) / jobsNow;
         const workersPerJob = (await workersCpuMs(farm) - workersBefore) / jobsNow;
+        const beyondPerJob = workersPerJob - (await jobsCpuMs(farm) - jobsCpuBefore) / jobsNow;
         const hit = (await farm.status()).jobs.jobsCached - hits;
         if (round === 0) continue; // cold
         builds[i].push(perJob);
         workerCpu[i].push(workersPerJob);
+        beyondJobs[i].push(beyondPerJob);
         walls[i].push(run.wallMs);
         console.error(
           `build ${round} ${"AB"[i]}: master ${perJob.toFixed(2)} ms/job, workers ` +
-            `${workersPerJob.toFixed(1)} ms/job, ${(run.wallMs / 1000).toFixed(2)} s` +
+            `${workersPerJob.toFixed(1)} ms/job (beyond the jobs ${beyondPerJob.toFixed(1)}), ` +
+            `${(run.wallMs / 1000).toFixed(2)} s` +
             (cached ? `, ${hit} hits of ${await jobsDone(farm) - jobs} jobs` : ""),
         );
       }
@@ -175,15 +194,18 @@ if (import.meta.main) {
   }
   const lines = [
     "| | code | master CPU ms/job, lua -j4 (median; each build) | workers' CPU ms/job (median; " +
-    "each build) | build s (median) | master CPU ms per remote tiny compile (median; mean) |",
-    "|---|---|---|---|---|---|",
+    "each build) | workers' CPU ms/job beyond the jobs' own (median; each build) | " +
+    "build s (median) | master CPU ms per remote tiny compile (median; mean) |",
+    "|---|---|---|---|---|---|---|",
   ];
   for (const i of [0, 1]) {
     lines.push(
-      `| ${"AB"[i]} | ${revs[i]} | ${median(builds[i]).toFixed(2)} (${
-        builds[i].map((v) => v.toFixed(2)).join(", ")
-      }) | ${median(workerCpu[i]).toFixed(1)} (${
+      `| ${"AB"[i]} | ${revs[i]}${masterFlags[i].length ? ` ${masterFlags[i].join(" ")}` : ""} | ${
+        median(builds[i]).toFixed(2)
+      } (${builds[i].map((v) => v.toFixed(2)).join(", ")}) | ${median(workerCpu[i]).toFixed(1)} (${
         workerCpu[i].map((v) => v.toFixed(1)).join(", ")
+      }) | ${median(beyondJobs[i]).toFixed(1)} (${
+        beyondJobs[i].map((v) => v.toFixed(1)).join(", ")
       }) | ${(median(walls[i]) / 1000).toFixed(2)} | ${median(trips[i]).toFixed(3)}; ${
         mean(trips[i]).toFixed(3)
       } (${trips[i].length}) |`,

@@ -83,6 +83,8 @@ export interface WorkerJobStats {
   workerMs: number;
   collectMs: number;
   applyMs: number;
+  /** The CPU its jobs' own processes took there, as the worker says (its launchers' not). */
+  jobCpuMs: number;
   /** The worker's mirror counters after its last job. */
   mirror?: Record<string, number>;
 }

@@ -38,6 +38,14 @@ import type { PooledWorker } from "./worker_pool.ts";
 export function describe(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value.slice(0, 200)) : typeof value;
 }
+/** The most a worker may claim one job took, ms (a week): its claims only feed the statistics. */
+const CLAIMED_MS_MAX = 7 * 24 * 3600 * 1000;
+
+/** A duration a worker claims, for the statistics: 0 unless a number from 0 to a week. */
+export function claimedMs(value: unknown): number {
+  return typeof value === "number" && value >= 0 && value <= CLAIMED_MS_MAX ? value : 0;
+}
+
 /** Log where each remote job's time went (set TERMITE_DEBUG_TIMINGS=1). */
 export const DEBUG_TIMINGS = Boolean(Deno.env.get("TERMITE_DEBUG_TIMINGS"));
 
@@ -123,6 +131,7 @@ export class RemoteRunner {
       workerMs: 0,
       collectMs: 0,
       applyMs: 0,
+      jobCpuMs: 0,
     };
   }
 
@@ -176,6 +185,7 @@ export class RemoteRunner {
     ws.applyMs += performance.now() - applyStarted;
     ws.workerMs += Number(reply.timings?.totalMs) || 0;
     ws.collectMs += Number(reply.timings?.collectMs) || 0;
+    ws.jobCpuMs += claimedMs(reply.timings?.jobCpuMs);
     if (reply.mirror && typeof reply.mirror === "object") ws.mirror = reply.mirror;
     // The events of its own renames, read with what it touched: once.
     this.#sync.take();

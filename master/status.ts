@@ -30,6 +30,8 @@ export interface MasterWorkerStatus {
   workerMs: number;
   collectMs: number;
   applyMs: number;
+  /** CPU of the jobs' own processes there, as the worker says (not its own, nor its launchers'). */
+  jobCpuMs: number;
   /** The worker's mirror counters after its last job. */
   mirror?: Record<string, number>;
 }
@@ -199,6 +201,7 @@ export class MasterMonitor implements Disposable {
         workerMs: s?.workerMs ?? 0,
         collectMs: s?.collectMs ?? 0,
         applyMs: s?.applyMs ?? 0,
+        jobCpuMs: s?.jobCpuMs ?? 0,
         ...(s?.mirror ? { mirror: s.mirror } : {}),
       };
     }).sort((a, b) => a.address < b.address ? -1 : a.address > b.address ? 1 : 0);
@@ -393,6 +396,13 @@ export class MasterMonitor implements Disposable {
       "Time this master's jobs spent on each worker.",
       "counter",
       () => perWorker((w) => w.workerMs / 1000),
+      byWorker,
+    );
+    m.collect(
+      "termite_master_worker_job_cpu_seconds_total",
+      "CPU the processes of this master's jobs took on each worker, as the worker says.",
+      "counter",
+      () => perWorker((w) => w.jobCpuMs / 1000),
       byWorker,
     );
   }

@@ -117,6 +117,11 @@ export interface JobOutcome {
   /** Launcher start to the job's exec, measured inside the launcher. */
   launcherMs?: number;
   /**
+   * CPU (user and system) of the job's processes reaped by the time it ended,
+   * measured by the launcher's init: not the launcher's own, nor the worker's.
+   */
+  jobCpuMs?: number;
+  /**
    * The first entry the job left in its private /tmp (thrown away with the
    * sandbox): an output there would be lost.
    */

@@ -31,6 +31,8 @@ const SIGNAL_NAMES: Record<number, string> = {
 export interface StatusReport {
   result: string;
   setupNs?: number;
+  /** CPU of the job's processes (user and system), µs: not the launcher's. */
+  jobCpuUs?: number;
   processes: boolean;
   /** The writable layer's limit passed, and its value. */
   limit?: { name: string; max: number };
@@ -56,6 +58,7 @@ export async function readStatus(jobDir: string): Promise<StatusReport | null> {
   for (const line of lines.slice(1)) {
     const [key, value] = splitFirst(line);
     if (key === "setup_ns") report.setupNs = Number(value);
+    else if (key === "job_cpu_us") report.jobCpuUs = Number(value);
     else if (key === "processes") report.processes = true;
     else if (key === "walked") report.walked = true;
     else if (key === "tmpfull") report.tmpFull = value;
@@ -97,6 +100,9 @@ export function interpret(
   const outcome: JobOutcome = { exitCode: 137 };
   if (report.setupNs !== undefined && Number.isFinite(report.setupNs)) {
     outcome.launcherMs = report.setupNs / 1e6;
+  }
+  if (report.jobCpuUs !== undefined && Number.isFinite(report.jobCpuUs)) {
+    outcome.jobCpuMs = report.jobCpuUs / 1e3;
   }
   // A job whose /tmp filled up failed on its own limit: that is its outcome,
   // not an output to look for on the master (run there, it would fill the

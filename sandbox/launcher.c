@@ -52,7 +52,9 @@
  *
  * D/status holds lines "key value": exactly one of
  *   exit N | signal N | nocmd CODE MESSAGE | error MESSAGE | killed
- * then optionally "setup_ns N" (launcher start to exec), "processes 1" (the
+ * then optionally "setup_ns N" (launcher start to exec), "job_cpu_us N" (the
+ * CPU, user and system, of the job's processes reaped by the time it ended,
+ * not the launcher's or the init's own), "processes 1" (the
  * process cap was hit and the job killed), "terminated 1" (SIGTERM received),
  * "limit NAME MAX" (the writable layer passed a limit: files, disk-bytes,
  * result-bytes or path-bytes; the job was killed, or had ended), "walked 1"
@@ -558,6 +560,14 @@ static void run_init(int report_fd, int life_fd) {
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
       if (pid != job) continue;
+      /* The job's CPU: each of its processes reaped so far (by this init, or
+         waited for by its parent), the job's own few calls before its exec
+         included; not this init's set-up of the root. */
+      struct rusage used;
+      if (getrusage(RUSAGE_CHILDREN, &used) == 0)
+        report(report_fd, "jobcpu %llu",
+               (unsigned long long)(used.ru_utime.tv_sec + used.ru_stime.tv_sec) * 1000000ULL +
+                   (unsigned long long)(used.ru_utime.tv_usec + used.ru_stime.tv_usec));
       report_tmp_left(report_fd);
       struct statfs tmp;
       if (statfs("/tmp", &tmp) == 0 && (tmp.f_bavail == 0 || tmp.f_ffree == 0))
@@ -924,13 +934,14 @@ int main(int argc, char **argv) {
   }
 
   /* The job's status is the init's last report, unless setup or exec failed. */
-  const char *result = NULL, *ready = NULL, *tmpfull = NULL, *tmpleft = NULL;
+  const char *result = NULL, *ready = NULL, *tmpfull = NULL, *tmpleft = NULL, *jobcpu = NULL;
   for (char *line = reports; line && *line;) {
     char *next = strchr(line, '\n');
     if (next) *next++ = '\0';
     if (strncmp(line, "ready ", 6) == 0) ready = line + 6;
     else if (strncmp(line, "tmpfull ", 8) == 0) tmpfull = line + 8;
     else if (strncmp(line, "tmpleft ", 8) == 0) tmpleft = line + 8;
+    else if (strncmp(line, "jobcpu ", 7) == 0) jobcpu = line + 7;
     else if (!result || (strncmp(result, "error ", 6) != 0 && strncmp(result, "nocmd ", 6) != 0))
       result = line;
     line = next;
@@ -945,6 +956,7 @@ int main(int argc, char **argv) {
     unsigned long long t = strtoull(ready, NULL, 10);
     if (t > start_ns) fprintf(f, "setup_ns %llu\n", t - start_ns);
   }
+  if (jobcpu) fprintf(f, "job_cpu_us %llu\n", strtoull(jobcpu, NULL, 10));
   if (processes_hit) fprintf(f, "processes 1\n");
   if (limit_hit != LIMIT_NONE) {
     unsigned long long max = limit_hit == LIMIT_FILES    ? cfg.files

@@ -26,9 +26,11 @@ Deno.test("e2e: lua 5.4 builds across two workers, objects identical to a local 
     // Every job but lua's `ar rcu` and `ranlib` (local by the default rules) on a worker.
     assert.equal(status.jobs.jobsLocal, 2, JSON.stringify(status.jobs));
     assert.equal(status.build.local.byRule, 2, JSON.stringify(status.build.local));
-    const perWorker = Object.values(status.jobs.perWorker) as { done: number }[];
+    const perWorker = Object.values(status.jobs.perWorker) as { done: number; jobCpuMs: number }[];
     assert.equal(perWorker.length, 2, "both workers ran jobs");
     assert.ok(perWorker.every((w) => w.done > 0));
+    // Each worker says what its jobs' processes took: an optimised compile, tens of ms at least.
+    assert.ok(perWorker.every((w) => w.jobCpuMs >= 20 * w.done), JSON.stringify(perWorker));
     await Deno.remove(local, { recursive: true });
   });
 });

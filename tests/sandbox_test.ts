@@ -351,6 +351,24 @@ Deno.test("runJob() reports exit codes exactly: exit 3, killed by SIGKILL, SIGSE
   assert.equal(notExecutable.outcome.exitCode, 126);
 });
 
+Deno.test("runJob() reports the CPU of the job's processes, the children it waited for included", async () => {
+  await using fx = await new Fixture().init();
+  // A child that spins, waited for; then the shell's own account of its CPU and its children's.
+  const r = await fx.sh(
+    "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done & wait; times",
+  );
+  assert.equal(r.outcome.exitCode, 0, r.err);
+  const seconds = [...r.out.matchAll(/(\d+)m([\d.]+)s/g)]
+    .map((m) => Number(m[1]) * 60 + Number(m[2]));
+  assert.equal(seconds.length, 4, r.out);
+  const ownMs = seconds.reduce((a, b) => a + b, 0) * 1000;
+  assert.ok(ownMs >= 20, `the spinning child took CPU: ${r.out}`);
+  const jobCpuMs = r.outcome.jobCpuMs!;
+  // What the shell counted, and no more than a few ms beyond (its exit).
+  assert.ok(jobCpuMs >= ownMs - 1, `job CPU ${jobCpuMs} ms against the shell's ${ownMs} ms`);
+  assert.ok(jobCpuMs <= ownMs + 50, `job CPU ${jobCpuMs} ms against the shell's ${ownMs} ms`);
+});
+
 Deno.test("runJob() passes argv, env and cwd exactly", async () => {
   await using fx = await new Fixture().init();
   await Deno.mkdir(`${fx.writableRoot}/sub dir`);

@@ -190,6 +190,7 @@ export class JobRunner {
         totalMs: performance.now() - started,
         collectMs,
         launcherMs: outcome.launcherMs ?? 0,
+        jobCpuMs: outcome.jobCpuMs ?? 0,
         sandboxMs: sandboxEnded - started - collectMs,
       },
       mirror: { ...mirror.fs.stats },
