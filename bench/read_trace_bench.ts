@@ -3,11 +3,13 @@
  * one at a time as uid nobody, each in a pids cgroup of its own (as a
  * worker's jobs run), not recorded and recorded, interleaved. Once per
  * variant of the tracer, one tracer at a time: "all" prints every lookup,
- * "dedup" drops a job's repeated lookups of a path in the kernel. Per
+ * "dedup" drops a job's repeated lookups of a path in the kernel,
+ * "dedup-lines" the same with bpftrace writing a line at a time (as before
+ * its output was fully buffered, flushed by the markers). Per
  * compile: events (by kind), the job's CPU and wall, bpftrace's CPU, this
  * process's CPU (reading and folding the events), and whether both variants
  * give the same read set. Root only.
- * `deno run -A bench/read_trace_bench.ts [--rounds 3] [--variants all,dedup]`
+ * `deno run -A bench/read_trace_bench.ts [--rounds 3] [--variants all,dedup,dedup-lines]`
  */
 import { parseArgs } from "node:util";
 import { fetchSource, ROOT } from "../farm/mod.ts";
@@ -17,7 +19,7 @@ import { childrenCpuMs, threadsCpuMs } from "./_proc.ts";
 
 const FILES = ["lapi", "lcode", "ldo", "lgc", "llex", "lparser", "lvm", "ltable"];
 const GCC = ["gcc", "-std=gnu99", "-O2", "-Wall", "-Wextra", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"];
-const VARIANTS = ["all", "dedup"] as const;
+const VARIANTS = ["all", "dedup", "dedup-lines"] as const;
 type Variant = typeof VARIANTS[number];
 /** A compile's time limit. */
 const COMPILE_TIMEOUT_MS = 120_000;
@@ -168,7 +170,8 @@ try {
     const tracer = new ReadTracer({
       cacheDir: `${dir}/tracer-${variant}`,
       log: (m) => console.error(m),
-      dedup: variant === "dedup",
+      dedup: variant !== "all",
+      lineBuffered: variant === "dedup-lines",
     });
     const t0 = performance.now();
     await tracer.start();

@@ -60,7 +60,8 @@ function under(reads: ReadSet, cwd: string): string[] {
 
 Deno.test({
   name:
-    "ReadTracer: a job's read set is the same with repeated lookups printed once (dedup) and all printed",
+    "ReadTracer: a job's read set is the same with repeated lookups printed once (dedup) and all " +
+    "printed, with bpftrace's output buffered or a line at a time",
   sanitizeResources: true,
   sanitizeOps: true,
   fn: async () => {
@@ -80,12 +81,28 @@ Deno.test({
         `readlink ${dir}/l; stat -L ${dir}/l; readlink ${dir}/l; readlink ../l; ` +
         `cd ..; readlink y; cd d; readlink y; true`;
       const sets: string[][] = [];
-      for (const dedup of [false, true]) {
-        const tracer = new ReadTracer({ cacheDir: `${dir}/tracer`, log: () => {}, dedup });
+      const events: number[] = [];
+      for (
+        const { dedup, lineBuffered } of [
+          { dedup: false, lineBuffered: false },
+          { dedup: true, lineBuffered: false },
+          { dedup: true, lineBuffered: true },
+        ]
+      ) {
+        const tracer = new ReadTracer({
+          cacheDir: `${dir}/tracer`,
+          log: () => {},
+          dedup,
+          lineBuffered,
+        });
         try {
           await tracer.start();
           sets.push(under(await recorded(tracer, dir, script), dir));
-          if (dedup) {
+          // A second job: its events are flushed by its own markers, none left behind.
+          const before = tracer.stats.events;
+          sets.push(under(await recorded(tracer, dir, script), dir));
+          if (dedup) events.push(tracer.stats.events - before);
+          if (dedup && !lineBuffered) {
             // Only jobs under the tracer's own cgroup directory are traced, in the kernel.
             const before = { ...tracer.stats };
             const outside = await recorded(tracer, dir, script, OTHER_ROOT);
@@ -99,7 +116,8 @@ Deno.test({
           await tracer.close();
         }
       }
-      assert.deepEqual(sets[1], sets[0]);
+      for (const set of sets.slice(1)) assert.deepEqual(set, sets[0]);
+      assert.equal(events[0], events[1], "as many events buffered as a line at a time");
       const entries = Object.fromEntries(sets[1].map((e) => e.split(" ")));
       assert.equal(entries[`${dir}/x`], "l");
       assert.equal(entries[`${dir}/d/x`], "ls");

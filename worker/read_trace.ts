@@ -51,6 +51,12 @@ export interface ReadTracerOptions {
    * true, unless TERMITE_TRACE_ALL_LOOKUPS is set (to measure what it saves).
    */
   dedup?: boolean;
+  /**
+   * bpftrace writes each line as it prints it (its default), instead of a
+   * buffer at a time flushed by the markers. Default false, unless
+   * TERMITE_TRACE_LINE_BUFFERED is set (to measure what the buffering saves).
+   */
+  lineBuffered?: boolean;
 }
 
 /** A job being recorded. */
@@ -107,6 +113,8 @@ export class ReadTracer {
   /** Starts bpftrace in the background; `ready` turns true once its probes are attached. */
   async start(): Promise<void> {
     const pidsIndex = await pidsControllerIndex();
+    const lineBuffered = this.#options.lineBuffered ??
+      Deno.env.get("TERMITE_TRACE_LINE_BUFFERED") !== undefined;
     await Deno.mkdir(this.cgroupRoot, { recursive: true });
     const parentCgroupId = (await Deno.stat(this.cgroupRoot)).ino ?? undefined;
     if (parentCgroupId === undefined) throw new Error(`No inode number for ${this.cgroupRoot}`);
@@ -118,13 +126,16 @@ export class ReadTracer {
       workerPid: Deno.pid,
       token: this.#token,
       dedup: this.#options.dedup ?? Deno.env.get("TERMITE_TRACE_ALL_LOOKUPS") === undefined,
+      fullyBuffered: !lineBuffered,
     });
     await Deno.mkdir(this.#options.cacheDir, { recursive: true, mode: 0o700 });
     const file = `${this.#options.cacheDir}/read-trace.bt`;
     await Deno.writeTextFile(file, script, { mode: 0o600 });
     await mountTracefs();
     this.#child = new Deno.Command(this.#options.bpftrace ?? "bpftrace", {
-      args: [file],
+      // Fully buffered, a write per 4 KiB: a line at a time, bpftrace's writes
+      // and this reader's wake-ups cost more than the lines themselves.
+      args: lineBuffered ? [file] : ["-B", "full", file],
       env: { BPFTRACE_STRLEN: "200", BPFTRACE_PERF_RB_PAGES: "1024" },
       stdin: "null",
       stdout: "piped",
@@ -282,6 +293,7 @@ export class ReadTracer {
   }
 
   #line(line: string, end: string, onReady: () => void): void {
+    if (line.startsWith("#")) return; // the padding that flushes bpftrace's buffer
     if (line.startsWith("E ")) {
       const sp1 = line.indexOf(" ", 2);
       const cgroupId = line.slice(2, sp1);

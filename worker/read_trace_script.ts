@@ -176,6 +176,15 @@ const STDIN_READS: [string, string][] = [
 ];
 
 /**
+ * What follows a line the worker waits for (READY, a marker) when bpftrace's
+ * output is fully buffered (`-B full`): lines of `#` that fill its stdout
+ * buffer (4 KiB for a pipe, BUFSIZ 8 KiB at most with glibc) more than
+ * twice over, so that everything up to and including the line before them
+ * has been written out when its printf returns. The reader drops them.
+ */
+export const FLUSH_PADDING = ("#".repeat(4000) + "\\n").repeat(4);
+
+/**
  * The program for bpftrace: `pidsIndex` is the pids controller's index in
  * the task's css_set (its line in /proc/cgroups), `uid` the jobs' uid,
  * `workerPid` the worker (whose lookups under TRACE_MARK_DIR are markers).
@@ -194,6 +203,11 @@ export function traceScript(
      * recorded, other workers' jobs) are not traced. Absent: every process of `uid`.
      */
     parentCgroupId?: number;
+    /**
+     * bpftrace's output is fully buffered (`-B full`): the lines the worker
+     * waits for are followed by {@link FLUSH_PADDING}. Default false.
+     */
+    fullyBuffered?: boolean;
   },
 ): string {
   const { pidsIndex, uid, workerPid, token, parentCgroupId } = options;
@@ -222,7 +236,10 @@ export function traceScript(
   const filter = parentCgroupId === undefined
     ? `uid == ${uid}`
     : `uid == ${uid} && ${parent} == ${parentCgroupId}`;
-  const out: string[] = [`BEGIN { printf("READY\\n"); }`];
+  // Every event line waits in bpftrace's buffer for the next marker (or a
+  // full buffer): one write per 4 KiB instead of one per line.
+  const flush = options.fullyBuffered ? FLUSH_PADDING : "";
+  const out: string[] = [`BEGIN { printf("READY\\n${flush}"); }`];
   // At exit bpftrace prints every map left: the remembered lookups are not output.
   if (dedup) out.push(`END { clear(@seenl); clear(@seens); clear(@seenKeys); }`);
   const seen = new Set<string>();
@@ -271,7 +288,7 @@ export function traceScript(
       `strncmp(str(args->filename, ${
         TRACE_MARK_DIR.length + 1
       }), "${TRACE_MARK_DIR}", ${TRACE_MARK_DIR.length}) == 0/ {\n` +
-      `  printf("M %s${end}\\n", str(args->filename));\n}`,
+      `  printf("M %s${end}\\n${flush}", str(args->filename));\n}`,
   );
   return out.join("\n") + "\n";
 }
