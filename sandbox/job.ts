@@ -41,8 +41,9 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   const jobDir = options.jobDir;
   const lowerDir = joinAbsolute(options.lowerRoot, options.writableRoot);
   try {
-    await Deno.mkdir(parentOf(normalizePath(jobDir)), { recursive: true });
-    await Deno.mkdir(jobDir, { mode: 0o700 });
+    // On the worker's own disk, a few µs each: not worth a thread hop (~50 µs of CPU).
+    Deno.mkdirSync(parentOf(normalizePath(jobDir)), { recursive: true });
+    Deno.mkdirSync(jobDir, { mode: 0o700 });
   } catch (err) {
     throw new SandboxError(`Cannot create the job dir: ${jobDir}`, { cause: err });
   }
@@ -228,7 +229,7 @@ async function supervise(
   await drain([stdoutPump, stderrPump], stdinDone);
   if (sinkError !== undefined) throw sinkError;
 
-  const report = await readStatus(options.jobDir);
+  const report = readStatus(options.jobDir);
   const outcome = interpret(report, status, killedBy);
   const notes = [stdoutPump.note, stderrPump.note].filter((n) => n !== undefined);
   // A job that failed on a limit of its own (a full /tmp, a file at its size

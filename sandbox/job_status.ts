@@ -45,10 +45,11 @@ export interface StatusReport {
 }
 
 /** Reads the launcher's status in `jobDir`; `null` when it wrote none. */
-export async function readStatus(jobDir: string): Promise<StatusReport | null> {
+export function readStatus(jobDir: string): StatusReport | null {
   let text: string;
   try {
-    text = await Deno.readTextFile(`${jobDir}/status`);
+    // A few lines the launcher just wrote on the worker's disk: no thread hop.
+    text = Deno.readTextFileSync(`${jobDir}/status`);
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return null;
     throw new SandboxError(`Cannot read the launcher status in ${jobDir}`, { cause: err });
