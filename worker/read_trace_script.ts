@@ -177,12 +177,13 @@ const STDIN_READS: [string, string][] = [
 
 /**
  * What follows a line the worker waits for (READY, a marker) when bpftrace's
- * output is fully buffered (`-B full`): lines of `#` that fill its stdout
- * buffer (4 KiB for a pipe, BUFSIZ 8 KiB at most with glibc) more than
- * twice over, so that everything up to and including the line before them
- * has been written out when its printf returns. The reader drops them.
+ * output is fully buffered (`-B full`): lines of `#`, more bytes than its
+ * stdout buffer holds (glibc's is the pipe's block, 4 KiB; BUFSIZ, 8 KiB, were
+ * it set explicitly), so that what stays buffered after its printf returns
+ * is a part of them, and everything before has been written out. The reader
+ * drops them.
  */
-export const FLUSH_PADDING = ("#".repeat(4000) + "\\n").repeat(4);
+export const FLUSH_PADDING = ("#".repeat(4200) + "\\n").repeat(2);
 
 /**
  * The program for bpftrace: `pidsIndex` is the pids controller's index in
