@@ -4,7 +4,8 @@
  * Needs root, tracefs and BTF (as a worker with --record-reads does).
  */
 import assert from "node:assert/strict";
-import { ReadTracer } from "../worker/read_trace.ts";
+import { LINE_BYTES_MAX, ReadTracer } from "../worker/read_trace.ts";
+import { FLUSH_PADDING, TRACE_STDOUT_BUFFER_MAX } from "../worker/read_trace_script.ts";
 import { createPidsCgroup, removeCgroup } from "../sandbox/job_cgroup.ts";
 import type { ReadSet } from "../common/protocol.ts";
 
@@ -132,4 +133,16 @@ Deno.test({
       await Deno.remove(OTHER_ROOT).catch(() => {});
     }
   },
+});
+
+Deno.test("ReadTracer: the padding that flushes bpftrace's buffer outgrows it, in lines the reader takes", () => {
+  // In the program `\\n` is printf's newline: what bpftrace prints is these lines.
+  const lines = FLUSH_PADDING.split("\\n");
+  assert.equal(lines.pop(), "", "ends with a newline");
+  for (const line of lines) {
+    assert.match(line, /^#+$/, "the reader drops it");
+    assert.ok(line.length < LINE_BYTES_MAX, `a line of ${line.length} characters`);
+  }
+  const printed = lines.reduce((n, line) => n + line.length + 1, 0);
+  assert.ok(printed > TRACE_STDOUT_BUFFER_MAX, `${printed} bytes`);
 });

@@ -12,7 +12,7 @@
 
 import type { ReadSet } from "../common/protocol.ts";
 import { ReadSetBuilder, type TraceEvent } from "./read_set.ts";
-import { TRACE_MARK_DIR, traceScript } from "./read_trace_script.ts";
+import { FLUSH_PADDING_LINE_CHARS, TRACE_MARK_DIR, traceScript } from "./read_trace_script.ts";
 import { PIDS_CGROUP_ROOT } from "../sandbox/mod.ts";
 
 /** How long bpftrace may take to compile and attach its probes (it is slow: 10–30 s here). */
@@ -21,8 +21,11 @@ const TRACER_START_MS = 180_000;
 const MARK_MS = 10_000;
 /** Events kept per job (sorted by time when it ends); beyond, its recording is incomplete. */
 const EVENTS_MAX = 1_000_000;
-/** Bytes of trace output buffered before a line ends. */
-const LINE_BYTES_MAX = 4096;
+/** Bytes of trace output buffered before a line ends (the flush padding's lines fit). */
+export const LINE_BYTES_MAX = 4096;
+if (FLUSH_PADDING_LINE_CHARS >= LINE_BYTES_MAX) {
+  throw new Error("The trace's flush padding has lines longer than its reader takes");
+}
 /**
  * After a small read, the reader waits this long (or until a marker is sent)
  * so that lines gather in the pipe: bpftrace writes one line at a time, and a

@@ -175,15 +175,20 @@ const STDIN_READS: [string, string][] = [
   ["mmap", "fd"],
 ];
 
+/** Bytes bpftrace's stdout buffer may hold: glibc's is the pipe's block, 4 KiB; BUFSIZ is 8 KiB. */
+export const TRACE_STDOUT_BUFFER_MAX = 8192;
+/** Characters in a line of {@link FLUSH_PADDING}: below the reader's limit for one line. */
+export const FLUSH_PADDING_LINE_CHARS = 2800;
 /**
  * What follows a line the worker waits for (READY, a marker) when bpftrace's
  * output is fully buffered (`-B full`): lines of `#`, more bytes than its
- * stdout buffer holds (glibc's is the pipe's block, 4 KiB; BUFSIZ, 8 KiB, were
- * it set explicitly), so that what stays buffered after its printf returns
+ * stdout buffer holds, so that what stays buffered after its printf returns
  * is a part of them, and everything before has been written out. The reader
- * drops them.
+ * drops them. (In the program: `\\n` is printf's newline.)
  */
-export const FLUSH_PADDING = ("#".repeat(4200) + "\\n").repeat(2);
+export const FLUSH_PADDING = ("#".repeat(FLUSH_PADDING_LINE_CHARS) + "\\n").repeat(
+  Math.ceil((TRACE_STDOUT_BUFFER_MAX + 1) / (FLUSH_PADDING_LINE_CHARS + 1)),
+);
 
 /**
  * The program for bpftrace: `pidsIndex` is the pids controller's index in
