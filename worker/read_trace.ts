@@ -28,8 +28,9 @@ if (FLUSH_PADDING_LINE_CHARS >= LINE_BYTES_MAX) {
 }
 /**
  * After a small read, the reader waits this long (or until a marker is sent)
- * so that lines gather in the pipe: bpftrace writes one line at a time, and a
- * wake-up per line cost the worker more than the lines themselves.
+ * so that lines gather in the pipe: a wake-up per write cost the worker more
+ * than the lines themselves (bpftrace writes 4 KiB at a time, or a line at a
+ * time when line-buffered).
  */
 const READ_PAUSE_MS = 20;
 /** A read this large is not followed by a pause. */
