@@ -122,16 +122,35 @@ function top(times: Map<string, number>, total: number, n: number): string[] {
     );
 }
 
-/** Per function (`JS:` frames of perf's map), the share of samples with it on the stack. */
+/** Threads of the profiled Deno process (perf's comm): others are processes it started. */
+const DENO_THREADS = /^(deno|tokio-runtime-w|V8 DefaultWorke|worker|main)/;
+
+/**
+ * Per function (`JS:` frames of perf's map), the share of samples with it on
+ * the stack; samples of the processes it started (the master's local `ar`,
+ * a worker's launcher and jobs) counted apart, by command name.
+ */
 export function perfShares(
   script: string,
-): { samples: number; noJs: number; shares: Map<string, number> } {
+): {
+  samples: number;
+  noJs: number;
+  shares: Map<string, number>;
+  children: Map<string, number>;
+} {
   const shares = new Map<string, number>();
+  const children = new Map<string, number>();
   let samples = 0;
   let noJs = 0;
   for (const block of script.split("\n\n")) {
     const lines = block.split("\n").map((l) => l.trim()).filter((l) => l !== "");
     if (lines.length === 0) continue;
+    // "comm tid ..." (perf script -F comm,tid,ip,sym)
+    const comm = lines[0].replace(/\s+\d+\s*$/, "").trim();
+    if (!DENO_THREADS.test(comm)) {
+      children.set(comm, (children.get(comm) ?? 0) + 1);
+      continue;
+    }
     samples++;
     const names = new Set<string>();
     for (const frame of lines.slice(1)) {
@@ -143,10 +162,16 @@ export function perfShares(
     if (names.size === 0) noJs++;
     for (const n of names) shares.set(n, (shares.get(n) ?? 0) + 1);
   }
-  return { samples, noJs, shares };
+  return { samples, noJs, shares, children };
 }
 
-async function perfProfile(builds: number, topN: number): Promise<void> {
+const PERF_V8_FLAGS = "--v8-flags=--perf-basic-prof,--interpreted-frames-native-stack";
+
+async function perfProfile(
+  builds: number,
+  topN: number,
+  target: "master" | "worker",
+): Promise<void> {
   const work = `${ROOT}/.cache/bench-profile`;
   await Deno.remove(work, { recursive: true }).catch(() => {});
   const tree = `${work}/tree`;
@@ -158,11 +183,12 @@ async function perfProfile(builds: number, topN: number): Promise<void> {
     workers: 2,
     slotsPerWorker: 2,
     prefix: `termite-prof${Deno.pid}`,
-    masterDenoFlags: ["--v8-flags=--perf-basic-prof,--interpreted-frames-native-stack"],
+    masterDenoFlags: target === "master" ? [PERF_V8_FLAGS] : [],
+    workerDenoFlags: target === "worker" ? [PERF_V8_FLAGS] : [],
   });
-  const data = `${work}/master.perf.data`;
+  const data = `${work}/${target}.perf.data`;
   let jobs = 0;
-  const pid = farm.master.child.pid;
+  const pid = target === "master" ? farm.master.child.pid : farm.workers[0].child.pid;
   try {
     const src = await LUA.source();
     const build = async (round: number) => {
@@ -183,24 +209,39 @@ async function perfProfile(builds: number, topN: number): Promise<void> {
       stderr: "inherit",
     }).spawn();
     await new Promise((r) => setTimeout(r, 500)); // attached
-    const before = (await farm.status()).jobs.jobs;
+    const jobsOf = async () => {
+      const status = await farm.status();
+      if (target === "master") return status.jobs.jobs;
+      // The profiled worker's jobs.
+      const w = status.workers.find((w) => w.address === farm.workers[0].address);
+      return w?.done ?? NaN;
+    };
+    const before = await jobsOf();
     for (let round = 1; round <= builds; round++) await build(round);
-    jobs = (await farm.status()).jobs.jobs - before;
+    jobs = await jobsOf() - before;
     perf.kill("SIGINT");
     await perf.status;
   } finally {
     await farm.stop();
   }
   const out = await new Deno.Command("perf", {
-    args: ["script", "-i", data, "-F", "tid,ip,sym"],
+    args: ["script", "-i", data, "-F", "comm,tid,ip,sym"],
     stdout: "piped",
     stderr: "null",
   }).output();
-  const { samples, noJs, shares } = perfShares(new TextDecoder().decode(out.stdout));
+  const { samples, noJs, shares, children } = perfShares(new TextDecoder().decode(out.stdout));
   await Deno.remove(`/tmp/perf-${pid}.map`).catch(() => {}); // V8's, read by perf script
   console.log(
-    `${jobs} jobs, ${samples} samples at 4 kHz = ${(samples / 4 / jobs).toFixed(2)} ms of CPU ` +
-      `per job; no JavaScript on the stack: ${(100 * noJs / samples).toFixed(1)}%`,
+    `${target}: ${jobs} jobs, ${samples} samples of its own threads at 4 kHz = ` +
+      `${(samples / 4 / jobs).toFixed(2)} ms of CPU per job (perf's own cost included); ` +
+      `no JavaScript on the stack: ${(100 * noJs / samples).toFixed(1)}%`,
+  );
+  console.log(
+    "processes it started, ms of CPU per job: " +
+      ([...children].sort((a, b) => b[1] - a[1]).map(([c, n]) =>
+        `${c} ${(n / 4 / jobs).toFixed(2)}`
+      )
+        .join(", ") || "none"),
   );
   console.log(
     "\nby function, with what it calls:\n" +
@@ -217,11 +258,15 @@ if (import.meta.main) {
       top: { type: "string", default: "40" },
       port: { type: "string", default: "9339" },
       perf: { type: "boolean", default: false },
+      target: { type: "string", default: "master" },
       cached: { type: "boolean", default: false },
     },
   });
   if (values.perf) {
-    await perfProfile(Number(values.builds), Number(values.top));
+    if (values.target !== "master" && values.target !== "worker") {
+      throw new Error(`--target: master or worker, not ${values.target}`);
+    }
+    await perfProfile(Number(values.builds), Number(values.top), values.target);
     Deno.exit(0);
   }
   const port = Number(values.port);
