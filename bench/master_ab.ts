@@ -17,13 +17,15 @@
  * `--shell`: make runs every recipe line through the farm's `termite-sh`
  * (`make SHELL=...`). The workers' CPU per job (their processes, the
  * launchers and jobs included) is reported beside the master's.
+ * `--project generated-N`: instead of lua, a generated project of N
+ * translation units in one directory (whose listing every job changes).
  * `--a-flags`, `--b-flags`: flags for `deno run` of that side's master
  * (`--v8-flags=...`), so that one code can be compared with itself.
  */
 import { parseArgs } from "node:util";
 import { type Farm, ROOT } from "../farm/mod.ts";
 import { processesCpuMs, processTree, threadsCpuMs, timedCommand } from "./_proc.ts";
-import { LUA, resetTree } from "./_projects.ts";
+import { generatedProject, LUA, type Project, resetTree } from "./_projects.ts";
 
 const TINY_C = "int tiny(int x) { return x * 3 + 1; }\n";
 
@@ -94,8 +96,17 @@ if (import.meta.main) {
       shell: { type: "boolean", default: false },
       "a-flags": { type: "string", default: "" },
       "b-flags": { type: "string", default: "" },
+      project: { type: "string", default: "lua" },
     },
   });
+  // lua, or `generated-N`: N translation units in one directory (its listing in every job's updates).
+  const generated = /^generated-(\d+)$/.exec(values.project)?.[1];
+  if (values.project !== "lua" && generated === undefined) {
+    throw new Error(`--project: lua or generated-N, not ${values.project}`);
+  }
+  const project: Project = generated === undefined
+    ? LUA
+    : generatedProject(`${ROOT}/.cache/bench-ab-${values.project}`, Number(generated));
   const cached = values.cached;
   // make hands every recipe line to its SHELL, the farm's termite-sh.
   const shellMode = values.shell;
@@ -133,10 +144,10 @@ if (import.meta.main) {
         }),
       );
     }
-    const src = await LUA.source();
+    const src = await project.source();
     for (let round = 0; round <= Number(values.builds); round++) {
       for (const [i, farm] of farms.entries()) {
-        const tree = `${farm.tree}/lua`;
+        const tree = `${farm.tree}/${project.name}`;
         await resetTree(src, tree, "in-place");
         const pid = farm.master.child.pid;
         const [jobs, cpu] = [await jobsDone(farm), await threadsCpuMs(pid)];
@@ -144,11 +155,13 @@ if (import.meta.main) {
         const jobsCpuBefore = await jobsCpuMs(farm);
         const hits = (await farm.status()).jobs.jobsCached;
         const run = await timedCommand({
-          argv: shellMode ? [...LUA.command(4), `SHELL=${farm.binDir}/termite-sh`] : LUA.command(4),
+          argv: shellMode
+            ? [...project.command(4), `SHELL=${farm.binDir}/termite-sh`]
+            : project.command(4),
           cwd: tree,
           env: farm.env,
           logPath: `${farm.dir}/build-${round}.log`,
-          timeoutS: LUA.timeoutS,
+          timeoutS: project.timeoutS,
         });
         if (run.code !== 0) throw new Error(`The build of ${revs[i]} failed: ${farm.dir}`);
         const jobsNow = await jobsDone(farm) - jobs;

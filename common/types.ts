@@ -24,6 +24,13 @@ export interface FileAttr {
   target?: string;
   /** For directories: every child's name and kind. */
   children?: Record<string, FileKind>;
+  /**
+   * Pushed to a mirror in place of `children` (see master/change_log.ts):
+   * the listing is the one the mirror holds, changed by the updates of its
+   * children in the same batch, and this is its fingerprint
+   * (common/listing_print.ts); one that differs is forgotten.
+   */
+  listingPrint?: string;
 }
 
 /** A regular file the job created or changed. */

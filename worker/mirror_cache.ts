@@ -193,6 +193,7 @@ export class AttrCache {
     }
     const children = next.children;
     delete next.children;
+    delete next.listingPrint;
     node.attr = next;
     if (next.kind === "dir" && children !== undefined) {
       // Names only: a listing new from here lacks its children's attrs.
@@ -231,6 +232,28 @@ export class AttrCache {
     }
     node.listing = listing;
     node.rows = undefined;
+  }
+
+  /**
+   * Forgets a directory's listing and negative entries (its children's nodes
+   * stay): names it holds are looked up on the master again. The kernel drops
+   * its cached listing, the negative entries and the entries of names that
+   * are not directories; never a directory's entry (that would detach the
+   * sandboxes' mounts on it, as in {@linkcode forgetAll}).
+   */
+  forgetListing(node: MirrorNode, invalidations: Invalidations): void {
+    if (node.negatives) {
+      for (const name of node.negatives) invalidations.entry(node.id, name);
+      this.#negativeCount -= node.negatives.size;
+      node.negatives = undefined;
+    }
+    for (const [name, kind] of node.listing ?? []) {
+      if (kind !== "dir") invalidations.entry(node.id, name);
+    }
+    if (node.known) invalidations.inode(node.id, 0);
+    node.listing = undefined;
+    node.rows = undefined;
+    node.complete = false;
   }
 
   /**

@@ -85,6 +85,8 @@ export interface MirrorStats {
   prefetches: number;
   /** Updates applied again over fetched answers they overtook. */
   replayed: number;
+  /** Listings worked out from updates that did not match the master's fingerprint (forgotten). */
+  listingsForgotten: number;
   /** Failures answered EIO (link failures, corrupt blobs) and failed prefetches. */
   errors: number;
   /** Paths cached now. */
@@ -134,6 +136,7 @@ export function newStats(): MirrorStats {
     blobBytes: 0,
     prefetches: 0,
     replayed: 0,
+    listingsForgotten: 0,
     errors: 0,
     entries: 0,
     handles: 0,

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { listingPrint } from "../common/listing_print.ts";
 import { baseName, normalizePath, parentOf } from "../common/paths.ts";
 import type { FileAttr } from "../common/types.ts";
 import type { MountedSession } from "../fuse/types.ts";
@@ -63,6 +64,11 @@ export class Invalidations {
 export interface UpdateCounters {
   /** Updates applied again over fetched answers they overtook. */
   replayed: number;
+  /**
+   * Listings worked out from a batch's paths that did not match the master's
+   * fingerprint, and were forgotten (fetched again when needed).
+   */
+  listingsForgotten: number;
 }
 
 /** Applies pushed updates to the cache and replays them over fetches they overtook. */
@@ -124,7 +130,11 @@ export class MirrorUpdates {
   /** Applies pushed attrs to the cache; collects the kernel invalidations they need. */
   #applyToCache(updates: readonly FileAttr[], invalidations: Invalidations): void {
     const cache = this.#cache;
+    let printed: FileAttr[] | undefined;
     for (const update of updates) {
+      if (update.listingPrint !== undefined && update.children === undefined) {
+        (printed ??= []).push(update);
+      }
       const path = normalizePath(update.path);
       if (cache.isUnderMountPoint(path)) continue;
       if (path === "/") {
@@ -162,6 +172,27 @@ export class MirrorUpdates {
       } else if (parent.listing) {
         cache.learnChild(parent, name, update);
       }
+    }
+    if (printed !== undefined) this.#checkListings(printed, invalidations);
+  }
+
+  /**
+   * The listings the master left out of a batch (see master/change_log.ts),
+   * worked out here from its children's updates: each checked against the
+   * master's fingerprint; one that differs is forgotten, with what the kernel
+   * cached of it, and fetched again when next needed.
+   */
+  #checkListings(printed: FileAttr[], invalidations: Invalidations): void {
+    const cache = this.#cache;
+    for (const update of printed) {
+      const node = cache.find(normalizePath(update.path));
+      if (node === undefined || node.synthetic || node.listing === undefined) continue;
+      // Mount points of the sandboxes are in the listing here, not on the master.
+      let mountPoints = false;
+      for (const kid of node.kids.values()) if (kid.synthetic) mountPoints = true;
+      if (!mountPoints && listingPrint(node.listing) === update.listingPrint) continue;
+      this.#stats.listingsForgotten++;
+      cache.forgetListing(node, invalidations);
     }
   }
 
