@@ -211,7 +211,8 @@ if (import.meta.main) {
     for (const farm of farms) await farm.stop();
   }
   const lines = [
-    "| | code | master CPU ms/job, lua -j4 (median; each build) | workers' CPU ms/job (median; " +
+    `| | code | master CPU ms/job, ${project.name} -j4 (median; each build) | ` +
+    "workers' CPU ms/job (median; " +
     "each build) | workers' CPU ms/job beyond the jobs' own (median; each build) | " +
     "build s (median) | master CPU ms per remote tiny compile (median; mean) | " +
     "workers' CPU ms per remote tiny compile beyond the compile (median; mean) |",
