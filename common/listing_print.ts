@@ -4,7 +4,9 @@
  * The master sends it in place of a listing a mirror can work out from the
  * other updates it gets (see master/change_log.ts); the mirror checks what it
  * worked out against it and forgets the listing when they differ. A check
- * against mistakes, not against a hostile sender (the master is trusted).
+ * against mistakes in that bookkeeping, not a proof: the names come from the
+ * tree (jobs choose them), and a sum of 32-bit hashes can be made to collide
+ * on purpose; a wrong listing needs a mistake in the master's log first.
  *
  * @module
  */
@@ -22,14 +24,10 @@ function entryHash(name: string, kind: FileKind): number {
 }
 
 /** The fingerprint of a listing: `count.sum` (the sum modulo 2^32). */
-export function listingPrint(
-  entries: Iterable<[string, FileKind]>,
-  skip?: (name: string) => boolean,
-): string {
+export function listingPrint(entries: Iterable<[string, FileKind]>): string {
   let count = 0;
   let sum = 0;
   for (const [name, kind] of entries) {
-    if (skip?.(name)) continue;
     count++;
     sum = (sum + entryHash(name, kind)) >>> 0;
   }
