@@ -7,7 +7,7 @@
  * nanosecond), so the load of the machine falls on both alike; the same code
  * on both sides differs by a few µs per job at the median.
  *
- * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached] [--shell] [--a-flags F] [--b-flags F]`:
+ * `deno run -A bench/master_ab.ts --a REV --b REV [--builds N] [--round-trips N] [--cached] [--cold] [--shell] [--a-flags F] [--b-flags F]`:
  * REV is a git revision of this repository (checked out with `git archive`
  * into .cache/ab/) or `.` for the working tree. Builds are lua 5.4 with
  * `make -j4` (the first of each farm, cold, is not counted). `--cached`: the
@@ -19,6 +19,8 @@
  * launchers and jobs included) is reported beside the master's.
  * `--project generated-N`: instead of lua, a generated project of N
  * translation units in one directory (whose listing every job changes).
+ * `--cold`: every build on new farms, their caches and the master's fresh
+ * (issue 15's cold-master build), no round trips.
  * `--a-flags`, `--b-flags`: flags for `deno run` of that side's master
  * (`--v8-flags=...`), so that one code can be compared with itself.
  */
@@ -97,6 +99,7 @@ if (import.meta.main) {
       "a-flags": { type: "string", default: "" },
       "b-flags": { type: "string", default: "" },
       project: { type: "string", default: "lua" },
+      cold: { type: "boolean", default: false },
     },
   });
   // lua, or `generated-N`: N translation units in one directory (its listing in every job's updates).
@@ -108,9 +111,11 @@ if (import.meta.main) {
     ? LUA
     : generatedProject(`${ROOT}/.cache/bench-ab-${values.project}`, Number(generated));
   const cached = values.cached;
+  // Every build on new farms: issue 15's cold-master builds.
+  const cold = values.cold;
   // make hands every recipe line to its SHELL, the farm's termite-sh.
   const shellMode = values.shell;
-  const roundTrips = cached ? 0 : Number(values["round-trips"]);
+  const roundTrips = cached || cold ? 0 : Number(values["round-trips"]);
   const revs = [values.a, values.b];
   const masterFlags = [values["a-flags"], values["b-flags"]].map((f) =>
     f.split(" ").filter((w) => w !== "")
@@ -124,29 +129,34 @@ if (import.meta.main) {
   const tripsBeyond = [[], []] as number[][];
   const workerCpu = [[], []] as number[][];
   const beyondJobs = [[], []] as number[][];
+  // Side i's farm; with --cold a new one (every cache fresh) for each build.
+  const startFarm = async (i: number, round: number): Promise<Farm> => {
+    const { Farm: FarmOf } = await import(
+      `${dirs[i]}/farm/mod.ts`
+    ) as typeof import("../farm/mod.ts");
+    const tree = `${work}/${i}/tree`;
+    await Deno.mkdir(tree, { recursive: true });
+    for (const d of [work, `${work}/${i}`, tree]) await Deno.chmod(d, 0o755);
+    return await FarmOf.start({
+      dir: `${work}/${i}/farm${cold ? `-${round}` : ""}`,
+      tree,
+      workers: 2,
+      slotsPerWorker: 2,
+      prefix: `termite-ab${Deno.pid}-${i}`,
+      workerArgs: cached ? ["--record-reads"] : [],
+      masterDenoFlags: masterFlags[i],
+    });
+  };
   try {
-    for (const [i, dir] of dirs.entries()) {
-      const { Farm: FarmOf } = await import(
-        `${dir}/farm/mod.ts`
-      ) as typeof import("../farm/mod.ts");
-      const tree = `${work}/${i}/tree`;
-      await Deno.mkdir(tree, { recursive: true });
-      for (const d of [work, `${work}/${i}`, tree]) await Deno.chmod(d, 0o755);
-      farms.push(
-        await FarmOf.start({
-          dir: `${work}/${i}/farm`,
-          tree,
-          workers: 2,
-          slotsPerWorker: 2,
-          prefix: `termite-ab${Deno.pid}-${i}`,
-          workerArgs: cached ? ["--record-reads"] : [],
-          masterDenoFlags: masterFlags[i],
-        }),
-      );
-    }
+    for (const i of [0, 1]) farms.push(await startFarm(i, 0));
     const src = await project.source();
     for (let round = 0; round <= Number(values.builds); round++) {
-      for (const [i, farm] of farms.entries()) {
+      for (const i of [0, 1]) {
+        if (cold && round > 0) {
+          await farms[i].stop();
+          farms[i] = await startFarm(i, round);
+        }
+        const farm = farms[i];
         const tree = `${farm.tree}/${project.name}`;
         await resetTree(src, tree, "in-place");
         const pid = farm.master.child.pid;
@@ -169,7 +179,7 @@ if (import.meta.main) {
         const workersPerJob = (await workersCpuMs(farm) - workersBefore) / jobsNow;
         const beyondPerJob = workersPerJob - (await jobsCpuMs(farm) - jobsCpuBefore) / jobsNow;
         const hit = (await farm.status()).jobs.jobsCached - hits;
-        if (round === 0) continue; // cold
+        if (round === 0) continue; // cold (with --cold, a first build to warm the page cache)
         builds[i].push(perJob);
         workerCpu[i].push(workersPerJob);
         beyondJobs[i].push(beyondPerJob);
@@ -186,7 +196,7 @@ if (import.meta.main) {
       await Deno.mkdir(`${farm.tree}/rt`, { recursive: true });
       await Deno.writeTextFile(`${farm.tree}/rt/tiny.c`, TINY_C);
     }
-    for (let k = 0; k <= roundTrips && !cached; k++) {
+    for (let k = 0; k <= roundTrips && !cached && !cold; k++) {
       for (const [i, farm] of farms.entries()) {
         const pid = farm.master.child.pid;
         const workers0 = await workersCpuMs(farm), jobs0 = await jobsCpuMs(farm);

@@ -14,7 +14,10 @@
  * function on a sample's stack counts once) and the share of the stacks with
  * no JavaScript. Needs `perf` and root.
  *
- * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf] [--cached]`;
+ * With `--cold`, the first build instead: every cache fresh (the farm's and the master's), the
+ * cold-master case of issue 15.
+ *
+ * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf] [--cold] [--cached]`;
  * `--cached` (not with `--perf`): the workers record reads, so the cold build fills the master's
  * action cache and the profiled builds are replayed from it.
  */
@@ -171,6 +174,7 @@ async function perfProfile(
   builds: number,
   topN: number,
   target: "master" | "worker",
+  cold: boolean,
 ): Promise<void> {
   const work = `${ROOT}/.cache/bench-profile`;
   await Deno.remove(work, { recursive: true }).catch(() => {});
@@ -202,7 +206,7 @@ async function perfProfile(
       });
       if (run.code !== 0) throw new Error(`The build failed: ${farm.dir}/build-${round}.log`);
     };
-    await build(0); // cold
+    if (!cold) await build(0); // cold
     const perf = new Deno.Command("perf", {
       args: ["record", "-q", "-g", "-F", "4000", "-p", String(pid), "-o", data],
       stdout: "null",
@@ -217,7 +221,8 @@ async function perfProfile(
       return w?.done ?? NaN;
     };
     const before = await jobsOf();
-    for (let round = 1; round <= builds; round++) await build(round);
+    if (cold) await build(0);
+    else for (let round = 1; round <= builds; round++) await build(round);
     jobs = await jobsOf() - before;
     perf.kill("SIGINT");
     await perf.status;
@@ -260,13 +265,14 @@ if (import.meta.main) {
       perf: { type: "boolean", default: false },
       target: { type: "string", default: "master" },
       cached: { type: "boolean", default: false },
+      cold: { type: "boolean", default: false },
     },
   });
   if (values.perf) {
     if (values.target !== "master" && values.target !== "worker") {
       throw new Error(`--target: master or worker, not ${values.target}`);
     }
-    await perfProfile(Number(values.builds), Number(values.top), values.target);
+    await perfProfile(Number(values.builds), Number(values.top), values.target, values.cold);
     Deno.exit(0);
   }
   const port = Number(values.port);
@@ -300,13 +306,14 @@ if (import.meta.main) {
       });
       if (run.code !== 0) throw new Error(`The build failed: ${farm.dir}/build-${round}.log`);
     };
-    await build(0); // cold
+    if (!values.cold) await build(0); // cold
     const inspector = await Inspector.connect(port);
     await inspector.call("Profiler.enable");
     await inspector.call("Profiler.setSamplingInterval", { interval: 100 });
     const before = (await farm.status()).jobs.jobs;
     await inspector.call("Profiler.start");
-    for (let round = 1; round <= Number(values.builds); round++) await build(round);
+    if (values.cold) await build(0);
+    else for (let round = 1; round <= Number(values.builds); round++) await build(round);
     ({ profile } = await inspector.call<{ profile: Profile }>("Profiler.stop"));
     jobs = (await farm.status()).jobs.jobs - before;
     inspector.close();
