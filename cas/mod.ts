@@ -4,7 +4,15 @@
  * @module
  */
 export { CasError, type CasErrorCode } from "./errors.ts";
-export { HASH_CHUNK_BYTES, hashBytes, hashFile, hashReader, isHash } from "./hash.ts";
+export {
+  HASH_CHUNK_BYTES,
+  hashBuffer,
+  hashBytes,
+  hashFile,
+  hashReader,
+  hashReaderSync,
+  isHash,
+} from "./hash.ts";
 export {
   type BlobSink,
   type EnsureOptions,

@@ -1,5 +1,5 @@
 import { CasError, ioError } from "./errors.ts";
-import { HASH_CHUNK_BYTES, hashBytes, hashFile, isHash } from "./hash.ts";
+import { grownBuffer, hashBuffer, hashBytes, hashFile, isHash } from "./hash.ts";
 import { TempBlob } from "./temp_blob.ts";
 
 /** Where a {@linkcode Fetcher} writes a blob's bytes, in order. Await each write. */
@@ -234,18 +234,19 @@ export class Store {
    * Copies what `reader` gives, to its end, into the store (hashing it on the
    * way) and returns its hash and size; `name` says what it reads, in errors.
    * With `options.hash` given and the content hashing differently it throws
-   * `CORRUPT`; past `options.sizeMax` bytes it throws `LIMIT`.
+   * `CORRUPT`; past `options.sizeMax` bytes it throws `LIMIT`. `options.sizeHint`, the size
+   * it is expected to give, sizes the read buffer (see `hashBuffer`).
    */
   async putReader(
     reader: { read(buffer: Uint8Array): Promise<number | null> },
     name: string,
-    options: { hash?: string; sizeMax?: number } = {},
+    options: { hash?: string; sizeMax?: number; sizeHint?: number } = {},
   ): Promise<{ hash: string; size: number }> {
     this.#assertOpen();
     const expected = options.hash;
     const temp = await this.#createTemp();
     try {
-      const buffer = new Uint8Array(HASH_CHUNK_BYTES);
+      let buffer = hashBuffer(options.sizeHint);
       let total = 0;
       while (true) {
         let n: number | null;
@@ -260,6 +261,7 @@ export class Store {
           throw new CasError("LIMIT", `${name} holds more than ${options.sizeMax} bytes`);
         }
         await temp.write(buffer.subarray(0, n));
+        buffer = grownBuffer(buffer, n);
       }
       const { hash, size } = await temp.finish();
       if (expected !== undefined && hash !== expected) {

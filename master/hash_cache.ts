@@ -3,8 +3,8 @@
  * inode, persisted across restarts, so neither a second build nor a restarted
  * master re-hashes an unchanged tree.
  */
-import { hashReader } from "../cas/mod.ts";
-import { openRegular } from "../common/regular_file.ts";
+import { hashReader, hashReaderSync } from "../cas/mod.ts";
+import { openRegular, openRegularSync } from "../common/regular_file.ts";
 
 interface Entry {
   size: number;
@@ -21,6 +21,14 @@ export interface HashCacheOptions {
   /** Persist at most this often while dirty. */
   saveIntervalMs?: number;
 }
+
+/**
+ * Files up to this size are hashed with synchronous calls: opening, reading
+ * and stat'ing a header that way takes tens of µs of the event loop, where
+ * the asynchronous calls cost a thread hop each (~55 µs of CPU here, six per
+ * file). Larger ones are read asynchronously, 1 MiB at a time.
+ */
+export const SYNC_HASH_BYTES_MAX = 64 * 1024;
 
 /** A file modified this recently may change again within the same timestamp. */
 const RACY_MS = 2000;
@@ -132,41 +140,64 @@ export class HashCache {
   hash(path: string, info: Deno.FileInfo): Promise<string> {
     const cached = this.lookup(path, info);
     if (cached) return Promise.resolve(cached);
+    if (info.size <= SYNC_HASH_BYTES_MAX) {
+      // At once, so never in flight: nothing for a later version to find.
+      this.stats.misses++;
+      try {
+        // Only the regular file `info` describes: never a FIFO or device put there since.
+        using regular = openRegularSync(path, info);
+        const { hash, size } = hashReaderSync(regular, info.size);
+        return Promise.resolve(this.#hashed(path, info, hash, size, regular.statSync()));
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
     const key = versionKey(path, info);
     const running = this.#inflight.get(key);
     if (running) return running;
     this.stats.misses++;
     const promise = (async () => {
       try {
-        // Only the regular file `info` describes: never a FIFO or device put there since.
         using regular = await openRegular(path, info);
         using file = await regular.open();
-        const { hash, size } = await hashReader(file);
-        this.stats.bytesHashed += size;
-        const after = await file.stat();
-        const mtimeMs = after.mtime?.getTime() ?? 0;
-        // Only a file that did not change while hashing, and not too recently
-        // (it could change again within the same timestamp), is cached. Both
-        // times count: `cp -p` or a tar extraction writes new bytes under an
-        // old mtime, and the ctime it moves has whole seconds here (Deno's).
-        const changedMs = Math.max(mtimeMs, (after.ctime?.getTime() ?? 0) + 999);
-        if (
-          after.size === size && after.ino === info.ino &&
-          mtimeMs === (info.mtime?.getTime() ?? 0) &&
-          (after.ctime?.getTime() ?? 0) === (info.ctime?.getTime() ?? 0) &&
-          Date.now() - changedMs > RACY_MS
-        ) {
-          this.record(path, after, hash);
-        } else {
-          this.#byHash.set(hash, path);
-        }
-        return hash;
+        const { hash, size } = await hashReader(file, info.size);
+        return this.#hashed(path, info, hash, size, await file.stat());
       } finally {
         this.#inflight.delete(key);
       }
     })();
     this.#inflight.set(key, promise);
     return promise;
+  }
+
+  /**
+   * A file hashed: `info` is what it was asked for, `after` its attributes
+   * once read (`size` bytes). Only a file that did not change while hashing,
+   * and not too recently (it could change again within the same timestamp),
+   * is cached. Both times count: `cp -p` or a tar extraction writes new bytes
+   * under an old mtime, and the ctime it moves has whole seconds here (Deno's).
+   */
+  #hashed(
+    path: string,
+    info: Deno.FileInfo,
+    hash: string,
+    size: number,
+    after: Deno.FileInfo,
+  ): string {
+    this.stats.bytesHashed += size;
+    const mtimeMs = after.mtime?.getTime() ?? 0;
+    const changedMs = Math.max(mtimeMs, (after.ctime?.getTime() ?? 0) + 999);
+    if (
+      after.size === size && after.ino === info.ino &&
+      mtimeMs === (info.mtime?.getTime() ?? 0) &&
+      (after.ctime?.getTime() ?? 0) === (info.ctime?.getTime() ?? 0) &&
+      Date.now() - changedMs > RACY_MS
+    ) {
+      this.record(path, after, hash);
+    } else {
+      this.#byHash.set(hash, path);
+    }
+    return hash;
   }
 
   forget(path: string): void {

@@ -3,11 +3,15 @@ import {
   type BlobSink,
   CasError,
   type Fetcher,
+  hashBuffer,
   hashBytes,
   hashFile,
+  hashReader,
+  hashReaderSync,
   isHash,
   Store,
 } from "../cas/mod.ts";
+import { openRegularSync } from "../common/regular_file.ts";
 
 const ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
@@ -119,6 +123,41 @@ Deno.test("hashFile() of a multi-MiB file equals hashBytes() of its content", as
   } finally {
     await Deno.remove(path);
   }
+});
+
+Deno.test("hashReader() and hashReaderSync() hash the whole file whatever the size hint says", async () => {
+  const path = await Deno.makeTempFile();
+  try {
+    for (const size of [0, 1, 4095, 64 * 1024, 3 * 1024 * 1024 + 7]) {
+      const bytes = randomBytes(size);
+      await Deno.writeFile(path, bytes);
+      const want = { hash: hashBytes(bytes), size };
+      // The right size, a file grown since (hint too small), shrunk (too large), none.
+      for (const hint of [size, 0, Math.max(0, size - 100), size + 5000, undefined]) {
+        {
+          using file = await Deno.open(path);
+          assert.deepEqual(
+            await hashReader(file, hint),
+            want,
+            `async, ${size} bytes, hint ${hint}`,
+          );
+        }
+        using regular = openRegularSync(path);
+        assert.deepEqual(hashReaderSync(regular, hint), want, `sync, ${size} bytes, hint ${hint}`);
+      }
+    }
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("hashBuffer() is one byte more than the hint, at least 1, at most 1 MiB", () => {
+  assert.equal(hashBuffer(0).length, 1);
+  assert.equal(hashBuffer(4096).length, 4097);
+  assert.equal(hashBuffer(1 << 30).length, 1 << 20);
+  assert.equal(hashBuffer(undefined).length, 1 << 20);
+  assert.equal(hashBuffer(NaN).length, 1 << 20);
+  assert.equal(hashBuffer(-1).length, 1 << 20);
 });
 
 Deno.test("pathOf() fans out by the first two hex chars and rejects non-hashes", async () => {

@@ -111,7 +111,7 @@ export interface AheadStore {
   putReader(
     reader: { read(buffer: Uint8Array): Promise<number | null> },
     name: string,
-    options: { sizeMax?: number },
+    options: { sizeMax?: number; sizeHint?: number },
   ): Promise<{ hash: string; size: number }>;
 }
 
@@ -227,7 +227,10 @@ export class HostFiles {
         await this.#turn("foreground");
         try {
           using reader = await file.open();
-          const { hash } = await store.putReader(reader, file.name, { sizeMax: size });
+          const { hash } = await store.putReader(reader, file.name, {
+            sizeMax: size,
+            sizeHint: size,
+          });
           this.stats.ahead++;
           this.stats.aheadBytes += size;
           // What these bytes hash to, for this version of the file only.
@@ -304,7 +307,9 @@ export class HostFiles {
     await this.#turn(kind);
     try {
       using reader = await host.file.open();
-      const buffer = new Uint8Array(COPY_CHUNK_BYTES);
+      // Sized to the file (one byte more shows its end, or that it grew): a
+      // toolchain's many small files take no 1 MiB buffer each.
+      const buffer = new Uint8Array(Math.min(COPY_CHUNK_BYTES, host.size + 1));
       let total = 0;
       while (true) {
         signal.throwIfAborted();
