@@ -11,12 +11,16 @@ export function hashBytes(bytes: Uint8Array): string {
 }
 
 /**
- * Streams the file at `path` through SHA-256 in 1 MiB chunks.
+ * Streams the file at `path` through SHA-256 in 1 MiB chunks; `sizeHint`, its
+ * expected size, sizes the buffer (see {@link hashBuffer}).
  * File system errors are thrown as they come from Deno (e.g. `Deno.errors.NotFound`).
  */
-export async function hashFile(path: string): Promise<{ hash: string; size: number }> {
+export async function hashFile(
+  path: string,
+  sizeHint?: number,
+): Promise<{ hash: string; size: number }> {
   using file = await Deno.open(path, { read: true });
-  return await hashReader(file);
+  return await hashReader(file, sizeHint);
 }
 
 /**

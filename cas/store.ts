@@ -371,7 +371,7 @@ export class Store {
     let actual: string | undefined;
     let size = -1;
     try {
-      ({ hash: actual, size } = await hashFile(path));
+      ({ hash: actual, size } = await hashFile(path, entry.size));
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) {
         throw ioError(`Cannot verify blob ${hash}`, error);

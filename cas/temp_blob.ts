@@ -10,6 +10,8 @@ import { CasError, ioError } from "./errors.ts";
 
 /** Buffer that coalesces small fetcher chunks into fewer writes. */
 const WRITE_BUFFER_BYTES = 256 * 1024;
+/** Its size for the first chunk of a blob (then doubled as needed). */
+const WRITE_BUFFER_MIN_BYTES = 16 * 1024;
 
 /** Where a {@linkcode TempBlob} goes and how large it may grow. */
 export interface TempOptions {
@@ -64,7 +66,7 @@ export class TempBlob {
     this.#busy = true;
     try {
       if (this.#fill + chunk.length < WRITE_BUFFER_BYTES) {
-        this.#buffer ??= new Uint8Array(WRITE_BUFFER_BYTES);
+        this.#buffer = this.#room(this.#fill + chunk.length);
         this.#buffer.set(chunk, this.#fill);
         this.#fill += chunk.length;
         return;
@@ -121,6 +123,21 @@ export class TempBlob {
     if (this.committed) return Promise.resolve();
     // Asynchronous (see Store.#exclusive); a leftover is removed at the next open.
     return Deno.remove(this.path).catch(() => {});
+  }
+
+  /**
+   * The buffer, with room for `bytes`: it starts at the first chunk's size
+   * (a small blob, most of a toolchain's, takes no 256 KiB buffer of its own)
+   * and grows by doubling up to {@link WRITE_BUFFER_BYTES}.
+   */
+  #room(bytes: number): Uint8Array {
+    const buffer = this.#buffer;
+    if (buffer !== undefined && buffer.length >= bytes) return buffer;
+    let length = Math.max(WRITE_BUFFER_MIN_BYTES, buffer?.length ?? 0);
+    while (length < bytes) length *= 2;
+    const grown = new Uint8Array(Math.min(WRITE_BUFFER_BYTES, length));
+    if (buffer !== undefined) grown.set(buffer.subarray(0, this.#fill));
+    return grown;
   }
 
   async #flush(): Promise<void> {

@@ -62,13 +62,14 @@ export class RegularFile implements Disposable {
   }
 
   /**
-   * Reads from the descriptor's position into `buffer`: the bytes read, or
-   * `null` at the end (as `Deno.FsFile.readSync`). Blocks the thread: for
-   * small files, where a thread hop costs more than the read.
+   * Reads into `buffer` from `position`, or from the descriptor's position
+   * (which it moves) if none: the bytes read, or `null` at the end (as
+   * `Deno.FsFile.readSync`). Blocks the thread: for small files, where a
+   * thread hop costs more than the read.
    */
-  readSync(buffer: Uint8Array): number | null {
+  readSync(buffer: Uint8Array, position?: number): number | null {
     if (this.#fd < 0) throw new Error(`${this.name} is closed`);
-    const n = readSync(this.#fd, buffer, 0, buffer.length, null);
+    const n = readSync(this.#fd, buffer, 0, buffer.length, position ?? null);
     return n === 0 && buffer.length > 0 ? null : n;
   }
 

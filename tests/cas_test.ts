@@ -242,6 +242,20 @@ Deno.test("ensure() fetches, verifies and stores a blob, then serves it without 
   });
 });
 
+Deno.test("ensure() stores every byte of blobs written in chunks of any size", async () => {
+  // The temp file's write buffer starts small and grows: every size around its steps.
+  await withStore({}, async (store) => {
+    for (const chunkBytes of [1, 999, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 70_000, 300_000]) {
+      for (const size of [0, 5, 16 * 1024, 100_000, 600_001]) {
+        if (chunkBytes === 1 && size > 100) continue;
+        const bytes = randomBytes(size);
+        const path = await store.ensure(hashBytes(bytes), bytesFetcher(bytes, { chunkBytes }));
+        assert.deepEqual(await Deno.readFile(path), bytes, `${size} bytes in ${chunkBytes}`);
+      }
+    }
+  });
+});
+
 Deno.test("ensure() with wrong bytes throws CORRUPT, stores nothing, and a later fetch works", async () => {
   await withStore({}, async (store, dir) => {
     const bytes = randomBytes(300_000);

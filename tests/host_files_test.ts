@@ -232,6 +232,38 @@ Deno.test("the memo skips a host file known to differ, until it changes, and sta
   });
 });
 
+Deno.test("a small host file that grew or shrank after it was opened is refused by its copy", async () => {
+  // Small files are read at once, by position on the descriptor opened: its size then counts.
+  const root = await hostRoot("host_files_small_");
+  const host = new HostFiles({ root });
+  try {
+    for (const [change, words] of [[+1, "grew past 1000"], [-1, "shrank to 999"]] as const) {
+      const path = `/usr/include/h${change > 0 ? "grew" : "shrank"}.h`;
+      const bytes = randomBytes(1000);
+      await put(root, path, bytes);
+      const file = await host.open(path, hashBytes(bytes), bytes.length);
+      assert.ok(file !== undefined);
+      await Deno.truncate(root + path, bytes.length + change); // same inode
+      const written: Uint8Array[] = [];
+      const sink = { write: (chunk: Uint8Array) => Promise.resolve(void written.push(chunk)) };
+      await assert.rejects(
+        host.copy(file, sink, new AbortController().signal).finally(() => file.file.close()),
+        (err: Error) => err.name === "CasError" && err.message.includes(words),
+      );
+      assert.equal(written.length, 0, "nothing written");
+      // Unchanged, it is copied whole.
+      await Deno.truncate(root + path, bytes.length);
+      await Deno.writeFile(root + path, bytes);
+      const again = await host.open(path, hashBytes(bytes), bytes.length);
+      assert.ok(again !== undefined);
+      await host.copy(again, sink, new AbortController().signal).finally(() => again.file.close());
+      assert.deepEqual(written, [bytes]);
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("copies for reads are not queued behind background copies, which are bounded", async () => {
   const root = await hostRoot("host_files_turns_");
   const host = new HostFiles({ root });
