@@ -270,7 +270,10 @@ export class HostFiles {
    * The file at `path` if it is a public system file of `size` bytes (see the
    * module doc). Synchronous calls: a few µs each on the host's own system
    * files, where an asynchronous one costs a thread hop (~55 µs of CPU here),
-   * and a header deep in `/usr/include` takes eight of them.
+   * and a header deep in `/usr/include` takes eight of them. Never on this
+   * worker's own mounts (its cache dir is excluded, and its jobs' mounts live
+   * in their own namespaces), so no call waits on a FUSE request that this
+   * very thread would have to answer.
    */
   #openPublic(path: string, size: number): RegularFile | undefined {
     if (!this.#eligiblePath(path) || !Number.isSafeInteger(size) || size < 0) return undefined;
