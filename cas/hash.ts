@@ -68,11 +68,17 @@ export async function hashReader(
   return { hash: hasher.digest("hex"), size };
 }
 
-/** {@link hashReader} with synchronous reads (`null` or 0 at the end). */
+/**
+ * {@link hashReader} with synchronous reads (`null` or 0 at the end); with
+ * `bytesMax`, undefined as soon as the file proves larger (one that grew
+ * since its size was taken: the caller reads it asynchronously instead of
+ * holding its thread).
+ */
 export function hashReaderSync(
   file: { readSync(p: Uint8Array): number | null },
   sizeHint?: number,
-): { hash: string; size: number } {
+  bytesMax = Infinity,
+): { hash: string; size: number } | undefined {
   const hasher = createHash("sha256");
   let buffer = hashBuffer(sizeHint);
   let size = 0;
@@ -81,6 +87,7 @@ export function hashReaderSync(
     if (n === null || n === 0) break;
     hasher.update(buffer.subarray(0, n));
     size += n;
+    if (size > bytesMax) return undefined;
     buffer = grownBuffer(buffer, n);
   }
   return { hash: hasher.digest("hex"), size };

@@ -142,13 +142,19 @@ export class HashCache {
     if (cached) return Promise.resolve(cached);
     if (info.size <= SYNC_HASH_BYTES_MAX) {
       // At once, so never in flight: nothing for a later version to find.
-      this.stats.misses++;
       try {
         // Only the regular file `info` describes: never a FIFO or device put there since.
         using regular = openRegularSync(path, info);
-        const { hash, size } = hashReaderSync(regular, info.size);
-        return Promise.resolve(this.#hashed(path, info, hash, size, regular.statSync()));
+        // A file grown past the bound since its lstat is read asynchronously, below.
+        const read = hashReaderSync(regular, info.size, SYNC_HASH_BYTES_MAX);
+        if (read !== undefined) {
+          this.stats.misses++;
+          return Promise.resolve(
+            this.#hashed(path, info, read.hash, read.size, regular.statSync()),
+          );
+        }
       } catch (err) {
+        this.stats.misses++;
         return Promise.reject(err);
       }
     }

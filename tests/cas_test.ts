@@ -145,6 +145,16 @@ Deno.test("hashReader() and hashReaderSync() hash the whole file whatever the si
         using regular = openRegularSync(path);
         assert.deepEqual(hashReaderSync(regular, hint), want, `sync, ${size} bytes, hint ${hint}`);
       }
+      // Bounded: a file larger than bytesMax is given up, one of bytesMax read.
+      for (const [bytesMax, result] of [[size - 1, undefined], [size, want]] as const) {
+        if (bytesMax < 0) continue;
+        using regular = openRegularSync(path);
+        assert.deepEqual(
+          hashReaderSync(regular, 0, bytesMax),
+          result,
+          `${size} bytes, max ${bytesMax}`,
+        );
+      }
     }
   } finally {
     await Deno.remove(path);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { HashCache } from "../master/hash_cache.ts";
+import { HashCache, SYNC_HASH_BYTES_MAX } from "../master/hash_cache.ts";
 import { hashBytes } from "../cas/mod.ts";
 
 Deno.test("HashCache persists across restarts: an unchanged tree is not hashed again", async () => {
@@ -113,6 +113,31 @@ Deno.test("HashCache: new bytes written under an old mtime within ctime's second
       checked++;
     }
     assert.ok(checked > 0, "no two writes fell within one second in 20 tries");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("HashCache: a small file grown past the synchronous bound after its lstat is hashed whole", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "termite-hc-" });
+  try {
+    const path = `${dir}/grows.log`;
+    await Deno.writeTextFile(path, "small\n");
+    const seen = await Deno.lstat(path);
+    assert.ok(seen.size <= SYNC_HASH_BYTES_MAX);
+    // Appended to (same inode) between the lstat and the hash.
+    const big = new Uint8Array(SYNC_HASH_BYTES_MAX * 3).fill(7);
+    const file = await Deno.open(path, { append: true });
+    await file.write(big);
+    file.close();
+    const cache = await HashCache.open({});
+    const whole = new Uint8Array(6 + big.length);
+    whole.set(new TextEncoder().encode("small\n"));
+    whole.set(big, 6);
+    assert.equal(await cache.hash(path, seen), hashBytes(whole));
+    assert.equal(cache.lookup(path, seen), undefined, "not cached under the old attributes");
+    assert.equal(cache.stats.misses, 1);
+    await cache.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
