@@ -202,10 +202,11 @@ export class Store {
    * Copies the file at `path` into the store (hashing it on the way) and returns its hash
    * and size. With `options.hash` already present this is a cheap no-op; with
    * `options.hash` given and the content hashing differently it throws `CORRUPT`.
+   * `options.sizeHint`, its expected size, sizes the read buffer.
    */
   async putFile(
     path: string,
-    options: { hash?: string } = {},
+    options: { hash?: string; sizeHint?: number } = {},
   ): Promise<{ hash: string; size: number }> {
     this.#assertOpen();
     const expected = options.hash;
@@ -224,7 +225,7 @@ export class Store {
       throw ioError(`Cannot read file ${path}`, error);
     }
     try {
-      return await this.putReader(source, path, { hash: expected });
+      return await this.putReader(source, path, { hash: expected, sizeHint: options.sizeHint });
     } finally {
       source.close();
     }

@@ -108,12 +108,22 @@ export class Context implements CallContext {
     }
     try {
       let total = 0;
+      // The first chunk sized to the file, one byte more to see its end in the
+      // same chunk: a header takes no 256 KiB frame (allocated, zeroed, and
+      // held until written). A file that grew goes on in whole chunks.
+      let chunkBytes = CHUNK_BYTES;
+      try {
+        chunkBytes = Math.min(CHUNK_BYTES, file.statSync().size + 1);
+      } catch {
+        // (The whole chunk, then.)
+      }
       for (;;) {
-        const frame = allocBytesChunkFrame(CHUNK_BYTES);
+        const frame = allocBytesChunkFrame(chunkBytes);
         const payload = frame.subarray(BYTES_CHUNK_HEADER_BYTES);
+        chunkBytes = CHUNK_BYTES;
         let filled = 0;
         let eof = false;
-        while (filled < CHUNK_BYTES) {
+        while (filled < payload.length) {
           let n: number | null;
           try {
             n = await file.read(payload.subarray(filled));

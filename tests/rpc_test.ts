@@ -375,6 +375,35 @@ Deno.test("a multi-MiB blob streams in chunks with its SHA-256 intact", async ()
   }
 });
 
+Deno.test("sendFile() of small, empty and chunk-sized files: every byte, in as few chunks", async () => {
+  // The first chunk is sized to the file: a file that is a chunk and a byte takes two.
+  const dir = await Deno.makeTempDir();
+  try {
+    await using p = await pair({
+      file: async (name: string, ctx) => await ctx.sendFile(`${dir}/${name}`),
+    });
+    for (const size of [0, 1, 300, CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1]) {
+      const bytes = randomBytes(size);
+      await Deno.writeFile(`${dir}/f${size}`, bytes);
+      const chunks: Uint8Array[] = [];
+      const total = await p.client.call<number>("file", `f${size}`, {
+        onChunk: (chunk) => void chunks.push((chunk as Uint8Array).slice()),
+      });
+      assert.equal(total, size);
+      assert.equal(chunks.length, Math.ceil(size / CHUNK_BYTES), `${size} bytes`);
+      const got = new Uint8Array(size);
+      let at = 0;
+      for (const chunk of chunks) {
+        got.set(chunk, at);
+        at += chunk.length;
+      }
+      assert.deepEqual(got, bytes);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("an onChunk that throws fails the call and cancels the sender", async () => {
   const aborted: string[] = [];
   await using p = await pair({

@@ -362,7 +362,7 @@ export class JobRunner {
         return { hash, size: bytes.length };
       }
     }
-    return await this.#options.store.putFile(path);
+    return await this.#options.store.putFile(path, { sizeHint: info.size });
   }
 }
 
