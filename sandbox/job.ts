@@ -26,6 +26,8 @@ import {
 import { interpret, ownLimitNote, readStatus } from "./job_status.ts";
 
 const encoder = new TextEncoder();
+/** Why feeding a child's stdin stops once it exited (a reason of its own: no DOMException built). */
+const CHILD_EXITED = new Error("The child exited");
 
 /**
  * Runs `spec` in a fresh sandbox and returns its outcome. Throws
@@ -221,7 +223,7 @@ async function supervise(
   try {
     status = await child.status;
   } finally {
-    stdinStop.abort();
+    stdinStop.abort(CHILD_EXITED);
     clearTimeout(timeoutTimer);
     clearTimeout(graceTimer);
     options.signal?.removeEventListener("abort", onAbort);

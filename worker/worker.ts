@@ -52,6 +52,8 @@ import { type MetricsServer, serveMetrics, WorkerMetrics } from "./metrics.ts";
 
 /** Jobs waiting for a slot, over all masters, at most this many per slot. */
 const WAITING_PER_SLOT_MAX = 16;
+/** Why a job's stdin stream stops once the job ended (a reason of its own: no DOMException built). */
+const JOB_ENDED = new Error("The job ended");
 
 export { MIRRORS_MAX_DEFAULT };
 
@@ -491,7 +493,7 @@ export class Worker implements AsyncDisposable {
       throw err;
     } finally {
       clearInterval(heartbeat);
-      stdinEnd.abort();
+      stdinEnd.abort(JOB_ENDED);
       this.#stdin.delete(params.jobId);
       mirror.jobs--;
       mirror.lastUsedMs = Date.now();

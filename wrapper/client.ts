@@ -177,8 +177,18 @@ function runLocally(options: WrapperOptions): number {
 /**
  * The master's entry point beside this checkout's wrapper, for messages
  * (built only for one: the first URL a Deno process builds costs ~0.7 ms).
+ * This module is `wrapper/client.ts`, or bundled into `bin/termite-wrap` and
+ * run through a link named after the tool: the checkout is two levels above
+ * the file the link resolves to, either way.
  */
-const masterTs = () => decodeURIComponent(new URL("../master.ts", import.meta.url).pathname);
+function masterTs(): string {
+  try {
+    const file = Deno.realPathSync(new URL(import.meta.url));
+    return `${file.slice(0, file.lastIndexOf("/", file.lastIndexOf("/") - 1))}/master.ts`;
+  } catch {
+    return "master.ts";
+  }
+}
 
 /**
  * No master can take the command: like distcc without hosts, run it here with
