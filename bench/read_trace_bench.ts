@@ -97,7 +97,7 @@ async function compile(
   root: string,
   onCgroup: (cg: string) => Promise<void>,
 ): Promise<Run> {
-  const cg = await createPidsCgroup(root, 1000);
+  const cg = createPidsCgroup(root, 1000);
   if (cg === null) throw new Error("No pids cgroup (needs root and cgroup v1 pids)");
   try {
     await onCgroup(cg);

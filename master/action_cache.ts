@@ -126,6 +126,16 @@ export class NotCacheable extends Error {
   override name = "NotCacheable";
 }
 
+/**
+ * Why a read set that is not complete is not cached: its recorder's reason,
+ * cut to 200 characters. It comes from a worker: anything but a string is
+ * named by its type, never converted (its `toString` may be anything).
+ */
+export function incompleteWhy(reads: { why?: unknown } | null | undefined): string {
+  const why = reads?.why;
+  return `recording incomplete: ${typeof why === "string" ? why.slice(0, 200) : typeof why}`;
+}
+
 /** The worker read an older version of a file than the master holds: its mirror is stale there. */
 export class StaleRead extends NotCacheable {
   override name = "StaleRead";
@@ -274,9 +284,7 @@ export class ActionCache {
     startedMs: number,
     outputs: ReadonlySet<string> = new Set(),
   ): Promise<[string, ReadKind, string][]> {
-    if (reads?.complete !== true) {
-      throw new NotCacheable(`recording incomplete: ${String(reads?.why).slice(0, 200)}`);
-    }
+    if (reads?.complete !== true) throw new NotCacheable(incompleteWhy(reads));
     if (!Array.isArray(reads.entries) || reads.entries.length > READS_MAX) {
       throw new NotCacheable("a bad or too large read set");
     }

@@ -17,7 +17,13 @@ import {
 } from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
 import { RpcError } from "../rpc/mod.ts";
-import { type ActionCache, NotCacheable, OUTPUT_BYTES_MAX, StaleRead } from "./action_cache.ts";
+import {
+  type ActionCache,
+  incompleteWhy,
+  NotCacheable,
+  OUTPUT_BYTES_MAX,
+  StaleRead,
+} from "./action_cache.ts";
 import { applyResultSet, type ControlPaths, ResultParts, ResultSetError } from "./apply.ts";
 import type { Beneath } from "./beneath.ts";
 import type { ChangeLog } from "./change_log.ts";
@@ -334,11 +340,9 @@ export class RemoteRunner {
       if (job.io.stdin !== null && readSet?.complete && readSet.stdin !== false) {
         throw new NotCacheable("the job read its stdin");
       }
-      // Not cached, the common case when the workers do not record: no exception (its
-      // stack trace cost ~50 µs of the master per job).
-      if (readSet?.complete !== true) {
-        return { reads: null, why: `recording incomplete: ${String(readSet?.why).slice(0, 200)}` };
-      }
+      // Not cached, the common case when the workers do not record: said without
+      // an exception (its stack trace cost ~50 µs of the master per job).
+      if (readSet?.complete !== true) return { reads: null, why: incompleteWhy(readSet) };
       const set = job.merged as Partial<ResultSet>;
       const outputs = new Set(
         [...(set.files ?? []), ...(set.symlinks ?? [])].map((f) => f?.path),

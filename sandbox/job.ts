@@ -57,7 +57,7 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   // within every limit (paths included): then it is safe to walk from here.
   let measured = false;
   try {
-    cgroup = await createPidsCgroup(
+    cgroup = createPidsCgroup(
       options.pidsCgroupRoot,
       spec.processesMax ?? PROCESSES_MAX_DEFAULT,
     );

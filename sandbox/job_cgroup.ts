@@ -12,10 +12,10 @@ export const PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids/termite";
 const CGROUP_REMOVE_MS = 2_000;
 
 /** Creates the job's pids cgroup; `null` when cgroups are unavailable. */
-export async function createPidsCgroup(
+export function createPidsCgroup(
   root: string | null | undefined,
   processesMax: number,
-): Promise<string | null> {
+): string | null {
   if (root === null) return null;
   root ??= PIDS_CGROUP_ROOT;
   const dir = `${root}/job-${crypto.randomUUID()}`;

@@ -1,6 +1,6 @@
 /** master/action_cache.ts without a farm: states, hits and misses, persistence, corruption, caps. */
 import assert from "node:assert/strict";
-import { ActionCache, interpreterOf, NotCacheable } from "../master/action_cache.ts";
+import { ActionCache, incompleteWhy, interpreterOf, NotCacheable } from "../master/action_cache.ts";
 import { HashCache } from "../master/hash_cache.ts";
 import type { ReadSet } from "../common/protocol.ts";
 
@@ -181,4 +181,21 @@ Deno.test("interpreterOf() names a script's interpreter and an ELF's loader", as
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("incompleteWhy() names a worker's reason without converting what is not a string", () => {
+  assert.equal(
+    incompleteWhy({ why: "this worker records no reads" }),
+    "recording incomplete: this worker records no reads",
+  );
+  assert.equal(
+    incompleteWhy({ why: "x".repeat(5000) }).length,
+    "recording incomplete: ".length + 200,
+  );
+  // Decoded from a worker's reply: a toString that is not a function throws if converted.
+  const hostile = { toString: "boom", valueOf: "boom" };
+  assert.equal(incompleteWhy({ why: hostile }), "recording incomplete: object");
+  assert.equal(incompleteWhy({ why: 7 }), "recording incomplete: number");
+  assert.equal(incompleteWhy(undefined), "recording incomplete: undefined");
+  assert.equal(incompleteWhy(null), "recording incomplete: undefined");
 });

@@ -24,7 +24,7 @@ async function recorded(
 ): Promise<ReadSet> {
   const recording = tracer.begin(cwd);
   assert.ok(recording, "the tracer is ready");
-  const cg = await createPidsCgroup(root, 100);
+  const cg = createPidsCgroup(root, 100);
   assert.ok(cg, "a pids cgroup");
   let code = -1, stderr = "";
   try {

@@ -16,7 +16,7 @@ Deno.test("bin/termite-wrap is the bundle of the wrapper's current sources", asy
   assert.equal((await Deno.stat(SHIM_PATH)).mode! & 0o111, 0o111, "executable");
 });
 
-Deno.test("the bundled shim answers --help when linked as termite-wrap's launcher name", async () => {
+Deno.test("the bundled shim runs as the name it is linked as: termite (a launcher), termite-sh (a builtin)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "termite-shim-" });
   try {
     // A link named after no tool in particular: `termite` is the compiler launcher.
