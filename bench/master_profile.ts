@@ -14,10 +14,13 @@
  * function on a sample's stack counts once) and the share of the stacks with
  * no JavaScript. Needs `perf` and root.
  *
+ * With `--syscalls`, the system calls instead: `strace -c` on every thread of
+ * the process for the warm builds, printed per job.
+ *
  * With `--cold`, the first build instead: every cache fresh (the farm's and the master's), the
  * cold-master case of issue 15.
  *
- * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf] [--cold] [--cached]`;
+ * `deno run -A bench/master_profile.ts [--builds N] [--top N] [--port P] [--perf | --syscalls] [--cold] [--cached]`;
  * `--cached` (not with `--perf`): the workers record reads, so the cold build fills the master's
  * action cache and the profiled builds are replayed from it.
  */
@@ -175,6 +178,7 @@ async function perfProfile(
   topN: number,
   target: "master" | "worker",
   cold: boolean,
+  tool: "perf" | "strace" = "perf",
 ): Promise<void> {
   const work = `${ROOT}/.cache/bench-profile`;
   await Deno.remove(work, { recursive: true }).catch(() => {});
@@ -187,8 +191,8 @@ async function perfProfile(
     workers: 2,
     slotsPerWorker: 2,
     prefix: `termite-prof${Deno.pid}`,
-    masterDenoFlags: target === "master" ? [PERF_V8_FLAGS] : [],
-    workerDenoFlags: target === "worker" ? [PERF_V8_FLAGS] : [],
+    masterDenoFlags: target === "master" && tool === "perf" ? [PERF_V8_FLAGS] : [],
+    workerDenoFlags: target === "worker" && tool === "perf" ? [PERF_V8_FLAGS] : [],
   });
   const data = `${work}/${target}.perf.data`;
   let jobs = 0;
@@ -207,8 +211,15 @@ async function perfProfile(
       if (run.code !== 0) throw new Error(`The build failed: ${farm.dir}/build-${round}.log`);
     };
     if (!cold) await build(0); // cold
-    const perf = new Deno.Command("perf", {
-      args: ["record", "-q", "-g", "-F", "4000", "-p", String(pid), "-o", data],
+    // strace: every thread of the process (-f also follows what it starts:
+    // the counts then include ar and ranlib's own calls, told apart by -ff).
+    const threads = tool === "strace"
+      ? [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => t.name)
+      : [];
+    const perf = new Deno.Command(tool, {
+      args: tool === "perf"
+        ? ["record", "-q", "-g", "-F", "4000", "-p", String(pid), "-o", data]
+        : ["-c", "-o", `${data}.strace`, ...threads.flatMap((t) => ["-p", t])],
       stdout: "null",
       stderr: "inherit",
     }).spawn();
@@ -228,6 +239,16 @@ async function perfProfile(
     await perf.status;
   } finally {
     await farm.stop();
+  }
+  if (tool === "strace") {
+    const text = Deno.readTextFileSync(`${data}.strace`);
+    console.log(`${target}: ${jobs} jobs; system calls of its threads (strace -c):`);
+    for (const line of text.split("\n")) {
+      const m = line.match(/^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)(?:\s+\d+)?\s+(\w+)$/);
+      if (m) console.log(`${(Number(m[1]) / jobs).toFixed(2).padStart(8)} per job  ${m[2]}`);
+      else if (line.includes("total")) console.log(line);
+    }
+    return;
   }
   const out = await new Deno.Command("perf", {
     args: ["script", "-i", data, "-F", "comm,tid,ip,sym"],
@@ -263,16 +284,23 @@ if (import.meta.main) {
       top: { type: "string", default: "40" },
       port: { type: "string", default: "9339" },
       perf: { type: "boolean", default: false },
+      syscalls: { type: "boolean", default: false },
       target: { type: "string", default: "master" },
       cached: { type: "boolean", default: false },
       cold: { type: "boolean", default: false },
     },
   });
-  if (values.perf) {
+  if (values.perf || values.syscalls) {
     if (values.target !== "master" && values.target !== "worker") {
       throw new Error(`--target: master or worker, not ${values.target}`);
     }
-    await perfProfile(Number(values.builds), Number(values.top), values.target, values.cold);
+    await perfProfile(
+      Number(values.builds),
+      Number(values.top),
+      values.target,
+      values.cold,
+      values.syscalls ? "strace" : "perf",
+    );
     Deno.exit(0);
   }
   const port = Number(values.port);

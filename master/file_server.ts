@@ -400,25 +400,30 @@ export class FileServer {
     // Before the listing: a change made after it is then reported under this watch.
     const watch = this.#watch?.watchOf(path) ?? null;
     const hides = this.#mayHideChildren(path);
-    try {
-      for (const entry of Deno.readDirSync(path)) {
-        if (hides && !this.#visible(joinPath(path, entry.name))) continue;
-        const childKind: FileKind | null = entry.isSymlink
-          ? "symlink"
-          : entry.isDirectory
-          ? "dir"
-          : entry.isFile
-          ? "file"
-          : null;
-        if (childKind === null) continue;
-        children[entry.name] = childKind;
-        if (++count >= this.#childrenMax) break;
+    // Hidden names and other kinds are read too: a listing cut short at twice
+    // the limit is not taken as whole (as one of more than the limit is not).
+    const rawMax = 2 * this.#childrenMax;
+    const entries = this.#lstat.list(path, rawMax);
+    if (entries === null) return { attr: absent(path) };
+    let cut = entries.length >= rawMax;
+    for (const entry of entries) {
+      if (hides && !this.#visible(joinPath(path, entry.name))) continue;
+      const childKind: FileKind | null = entry.isSymlink
+        ? "symlink"
+        : entry.isDirectory
+        ? "dir"
+        : entry.isFile
+        ? "file"
+        : null;
+      if (childKind === null) continue;
+      children[entry.name] = childKind;
+      if (++count >= this.#childrenMax) {
+        cut = true;
+        break;
       }
-    } catch {
-      return { attr: absent(path) };
     }
     attr.children = children;
-    const listing = watch === null || count >= this.#childrenMax
+    const listing = watch === null || cut
       ? undefined
       : { watch, dev: info.dev, ino: info.ino ?? 0 };
     return { attr, listing };

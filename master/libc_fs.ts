@@ -96,6 +96,14 @@ export const LIBC_FS_SYMBOLS = {
     ],
     result: "isize",
   },
+  getdents64: {
+    parameters: [
+      "i32", // int fd
+      "buffer", // void *dirp
+      "usize", // size_t count
+    ],
+    result: "isize",
+  },
   copy_file_range: {
     parameters: [
       "i32", // int fd_in

@@ -11,9 +11,26 @@
 
 import { errnoView } from "../common/libc.ts";
 import { decodeStat } from "./beneath.ts";
-import { AT_FDCWD, AT_SYMLINK_NOFOLLOW, S_IFLNK, S_IFMT } from "./fs_structs.ts";
+import {
+  AT_FDCWD,
+  AT_SYMLINK_NOFOLLOW,
+  O_CLOEXEC,
+  O_DIRECTORY,
+  O_RDONLY,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
+  S_IFREG,
+} from "./fs_structs.ts";
 import { type LibcFs, openLibcFs } from "./libc_fs.ts";
 import {
+  DIRENT64_NAME,
+  DIRENT64_RECLEN,
+  DIRENT64_TYPE,
+  DT_DIR,
+  DT_LNK,
+  DT_REG,
+  DT_UNKNOWN,
   STAT_CTIM,
   STAT_DEV,
   STAT_GID,
@@ -55,6 +72,18 @@ const PRINT_WORDS = [
 export type StatPrint = Int32Array<ArrayBuffer>;
 
 const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Bytes `getdents64` fills per call (a directory of ~1,000 names in one or two calls). */
+const DIRENTS_BYTES = 32 * 1024;
+
+/** An entry of a directory as its listing tells it (no stat of its own, but where the file system gives no type). */
+export interface ListedEntry {
+  name: string;
+  isFile: boolean;
+  isDirectory: boolean;
+  isSymlink: boolean;
+}
 
 /** One libc handle and one stat buffer; synchronous, for one thread. */
 export class StatProbe {
@@ -64,6 +93,7 @@ export class StatProbe {
   readonly #words = new Int32Array(this.#stat.buffer);
   readonly #view = new DataView(this.#stat.buffer);
   readonly #path = new Uint8Array(PROBE_PATH_BYTES_MAX + 1);
+  #dirents: Uint8Array<ArrayBuffer> | undefined;
   #closed = false;
 
   /** Opens libc (throws a LibcLoadError if it cannot). */
@@ -85,6 +115,72 @@ export class StatProbe {
     const flags = follow ? 0 : AT_SYMLINK_NOFOLLOW;
     if (this.#lib.symbols.fstatat(AT_FDCWD, this.#path, this.#stat, flags) === 0) return 0;
     return this.#errno[0] || -1;
+  }
+
+  /**
+   * The entries of directory `path` (not `.` and `..`), in the order the
+   * file system gives them, at most `max` (then the list stops there): one
+   * `open` and a `getdents64` per ~1,000 names, where `Deno.readDirSync` builds
+   * an object per entry across the op boundary (about a third of the time of
+   * a listing on the master, measured). An entry whose type the file system
+   * does not give (DT_UNKNOWN) is `lstat`ed, as `Deno.readDirSync` does.
+   * The errno (positive) where the directory cannot be opened or read; -1 for
+   * a path this probe cannot take.
+   */
+  list(path: string, max = Infinity): ListedEntry[] | number {
+    if (this.#closed) throw new Error("StatProbe: closed");
+    if (path.length > PROBE_PATH_BYTES_MAX || path.includes("\0")) return -1;
+    const { read, written } = encoder.encodeInto(path, this.#path);
+    if (read !== path.length || written >= this.#path.length) return -1;
+    this.#path[written] = 0;
+    const lib = this.#lib.symbols;
+    const fd = lib.openat(AT_FDCWD, this.#path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0) return this.#errno[0] || -1;
+    const buf = this.#dirents ??= new Uint8Array(DIRENTS_BYTES);
+    const view = new DataView(buf.buffer);
+    const out: ListedEntry[] = [];
+    try {
+      while (out.length < max) {
+        const n = Number(lib.getdents64(fd, buf, BigInt(buf.length)));
+        if (n < 0) return this.#errno[0] || -1;
+        if (n === 0) break;
+        for (let at = 0; at < n && out.length < max;) {
+          const reclen = view.getUint16(at + DIRENT64_RECLEN, true);
+          const nameAt = at + DIRENT64_NAME;
+          let nameEnd = buf.indexOf(0, nameAt);
+          if (nameEnd < 0 || nameEnd > at + reclen) nameEnd = at + reclen;
+          let type = buf[at + DIRENT64_TYPE];
+          at += reclen;
+          // "." and "..": 0x2e, and 0x2e 0x2e.
+          if (buf[nameAt] === 0x2e) {
+            const len = nameEnd - nameAt;
+            if (len === 1 || (len === 2 && buf[nameAt + 1] === 0x2e)) continue;
+          }
+          if (type === DT_UNKNOWN) {
+            // NUL-terminated in place: stat it relative to the directory.
+            const st = lib.fstatat(fd, buf.subarray(nameAt), this.#stat, AT_SYMLINK_NOFOLLOW);
+            if (st !== 0) continue; // gone meanwhile
+            const fmt = this.#view.getUint32(STAT_MODE, true) & S_IFMT;
+            type = fmt === S_IFDIR
+              ? DT_DIR
+              : fmt === S_IFREG
+              ? DT_REG
+              : fmt === S_IFLNK
+              ? DT_LNK
+              : 0;
+          }
+          out.push({
+            name: decoder.decode(buf.subarray(nameAt, nameEnd)),
+            isFile: type === DT_REG,
+            isDirectory: type === DT_DIR,
+            isSymlink: type === DT_LNK,
+          });
+        }
+      }
+      return out;
+    } finally {
+      lib.close(fd);
+    }
   }
 
   /** The last probe found a symlink. */

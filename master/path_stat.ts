@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { StatProbe } from "./path_probe.ts";
+import { type ListedEntry, StatProbe } from "./path_probe.ts";
 
 /** `lstat` as the file server uses it: null where there is nothing or it cannot be read. */
 export interface Lstat {
@@ -22,6 +22,11 @@ export interface Lstat {
    * or null where there is nothing.
    */
   version(path: string): string | null;
+  /**
+   * The entries of directory `path` (following a symlink to it), at most
+   * `max`; null where it cannot be listed.
+   */
+  list(path: string, max?: number): ListedEntry[] | null;
 }
 
 /** {@linkcode Lstat} by `Deno.lstatSync` (tests, and after a {@linkcode PathStat} closed). */
@@ -49,6 +54,18 @@ export const denoLstat: Lstat = {
       return null;
     }
   },
+  list(path: string, max = Infinity): ListedEntry[] | null {
+    try {
+      const out: ListedEntry[] = [];
+      for (const e of Deno.readDirSync(path)) {
+        if (out.length >= max) break;
+        out.push(e);
+      }
+      return out;
+    } catch {
+      return null;
+    }
+  },
 };
 
 /** {@linkcode Lstat} through libc's `fstatat(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW)` ({@linkcode StatProbe}). */
@@ -69,6 +86,13 @@ export class PathStat implements Lstat, Disposable {
   version(path: string): string | null {
     if (this.#closed) return denoLstat.version(path);
     return this.#probe.probe(path, false) === 0 ? this.#probe.print().join(":") : null;
+  }
+
+  list(path: string, max?: number): ListedEntry[] | null {
+    if (this.#closed) return denoLstat.list(path, max);
+    const found = this.#probe.list(path, max);
+    if (found === -1) return denoLstat.list(path, max); // a path the probe cannot take
+    return typeof found === "number" ? null : found;
   }
 
   /** Closes libc; later calls go through `Deno.lstatSync`. Idempotent. */

@@ -12,7 +12,7 @@ import { type CallContext, type Handlers, RpcError, type RpcPeer } from "../rpc/
 import type { FileServer } from "./file_server.ts";
 import type { MasterStats } from "./master_types.ts";
 import { normalizeAbsolute } from "./paths.ts";
-import { describe } from "./remote_run.ts";
+import { DEBUG_TIMINGS, describe } from "./remote_run.ts";
 import type { WarmSets } from "./warm_set.ts";
 import type { WarmStreams } from "./warm_stream.ts";
 
@@ -55,7 +55,12 @@ export function workerHandlers(options: WorkerServiceOptions): Handlers {
     },
     [MasterMethods.fsDir]: async (params: { path: unknown }, ctx: CallContext) => {
       const dir = path(params?.path);
+      const started = DEBUG_TIMINGS ? performance.now() : 0;
       const attrs = await files.dir(dir);
+      if (DEBUG_TIMINGS) {
+        const ms = (performance.now() - started).toFixed(1);
+        console.error(`termite master: listing of ${dir}: ${attrs.length} entries, ${ms} ms`);
+      }
       if (attrs.length > 0) warm.noteDir(ctx.peer, dir);
       for (let i = 0; i < attrs.length; i += CHUNK_ATTRS) {
         await ctx.sendChunk(attrs.slice(i, i + CHUNK_ATTRS));

@@ -325,3 +325,28 @@ Deno.test("FileServer: a directory a watcher covers is read for every mirror", a
 function isInsideOrAt(path: string, root: string): boolean {
   return path === root || path.startsWith(`${root}/`);
 }
+
+Deno.test("FileServer: a listing stops at childrenMax names it may show, hidden names not counted", async () => {
+  const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-fs-" }));
+  await Deno.chmod(root, 0o755);
+  using lstat = new PathStat();
+  const files = new FileServer({
+    exclusions: new Exclusions([], root),
+    hashCache: await HashCache.open(),
+    hidden: ["h1", "h2", "h3"].map((n) => `${root}/small/${n}`),
+    lstat,
+    childrenMax: 3,
+  });
+  try {
+    await make(`${root}/big`, 0o755);
+    for (const n of ["a", "b", "c", "d", "e"]) await make(`${root}/big/${n}`, 0o644, n);
+    await make(`${root}/small`, 0o755);
+    for (const n of ["a", "b", "h1", "h2", "h3"]) await make(`${root}/small/${n}`, 0o644, n);
+    const big = Object.keys((await files.attr(`${root}/big`)).children ?? {});
+    assert.equal(big.length, 3, "cut at the limit");
+    const small = Object.keys((await files.attr(`${root}/small`)).children ?? {}).sort();
+    assert.deepEqual(small, ["a", "b"], "five names, three hidden: the two shown");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -56,3 +56,54 @@ Deno.test("PathStat: as Deno.lstatSync for files, directories, symlinks; null fo
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("PathStat.list: the entries Deno.readDirSync gives, with their kinds, in several reads; null where it cannot list", async () => {
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "termite-pathlist-" }));
+  using lstat = new PathStat();
+  const kinds = (
+    entries: { name: string; isFile: boolean; isDirectory: boolean; isSymlink: boolean }[],
+  ) =>
+    entries.map((e) =>
+      `${e.name}:${e.isFile ? "f" : ""}${e.isDirectory ? "d" : ""}${e.isSymlink ? "l" : ""}`
+    )
+      .sort();
+  try {
+    // Names a parser could get wrong: dots, long, non-ASCII; every kind.
+    await Deno.writeTextFile(`${dir}/f`, "x");
+    await Deno.writeTextFile(`${dir}/.hidden`, "x");
+    await Deno.writeTextFile(`${dir}/..x`, "x");
+    await Deno.writeTextFile(`${dir}/...`, "x");
+    await Deno.writeTextFile(`${dir}/${"n".repeat(255)}`, "x");
+    await Deno.writeTextFile(`${dir}/é—名`, "x");
+    await Deno.mkdir(`${dir}/d`);
+    await Deno.symlink("d", `${dir}/l`);
+    await Deno.symlink("missing", `${dir}/dangling`);
+    const fifo = await new Deno.Command("mkfifo", { args: [`${dir}/fifo`] }).output();
+    assert.ok(fifo.success);
+    // Enough names that getdents64 takes several reads of its 32 KiB buffer.
+    await Deno.mkdir(`${dir}/d/many`);
+    for (let i = 0; i < 3000; i++) Deno.writeTextFileSync(`${dir}/d/many/entry-number-${i}`, "");
+
+    for (const path of [dir, `${dir}/d/many`, `${dir}/l`]) {
+      const listed = lstat.list(path);
+      assert.ok(listed !== null, path);
+      assert.deepEqual(kinds(listed), kinds([...Deno.readDirSync(path)]), path);
+    }
+    assert.equal(lstat.list(`${dir}/d/many`)!.length, 3000);
+    assert.equal(lstat.list(`${dir}/d/many`, 10)!.length, 10, "at most max");
+    const fifoEntry = lstat.list(dir)!.find((e) => e.name === "fifo")!;
+    assert.ok(
+      !fifoEntry.isFile && !fifoEntry.isDirectory && !fifoEntry.isSymlink,
+      "a FIFO is none",
+    );
+    assert.equal(lstat.list(`${dir}/nothing`), null);
+    assert.equal(lstat.list(`${dir}/f`), null, "not a directory");
+    assert.equal(lstat.list(`${dir}/dangling`), null);
+    assert.equal(lstat.list(`${dir}/f\0x`), null, "a NUL in the path");
+    // After close, the same through Deno.
+    lstat.close();
+    assert.deepEqual(kinds(lstat.list(dir)!), kinds([...Deno.readDirSync(dir)]));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
