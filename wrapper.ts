@@ -16,4 +16,6 @@ import { main } from "./wrapper/main.ts";
 
 export { main };
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args, { loadElasticMake: () => import("./wrapper/elastic_make.ts") }));
+}

@@ -228,6 +228,30 @@ Deno.test("wrapper: a checkout whose path holds a space, #, % and ? still finds 
     assert.equal(new TextDecoder().decode(out.stderr), "");
     assert.equal(out.code, 0);
     assert.equal(new TextDecoder().decode(out.stdout), "hi\n");
+    // termite-make loads wrapper/elastic_make.ts from the checkout (not bundled).
+    await Deno.symlink(`${checkout}/bin/termite-wrap`, `${dir}/termite-make`);
+    const make = await new Deno.Command(`${dir}/termite-make`, {
+      args: ["--version"],
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin" },
+      clearEnv: true,
+    }).output();
+    assert.match(new TextDecoder().decode(make.stderr), /termite-make: no usable master/);
+    assert.equal(make.code, 0);
+    assert.match(new TextDecoder().decode(make.stdout), /^GNU Make/);
+    // Without it, a clear error naming the file it looked for.
+    await Deno.remove(`${checkout}/wrapper/elastic_make.ts`);
+    const gone = await new Deno.Command(`${dir}/termite-make`, {
+      args: ["--version"],
+      cwd: dir,
+      env: { PATH: "/usr/bin:/bin" },
+      clearEnv: true,
+    }).output();
+    assert.equal(gone.code, 255);
+    assert.match(
+      new TextDecoder().decode(gone.stderr),
+      /^termite-make: cannot load .*\/check #1 %41 \?x é\/wrapper\/elastic_make\.ts \(it runs from the checkout\)/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

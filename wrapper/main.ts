@@ -5,6 +5,22 @@
  * @module
  */
 import { runShellBuiltin, runWrapper } from "./client.ts";
+import type { runElasticMake } from "./elastic_make.ts";
+
+/**
+ * Loads `elastic_make.ts` for `termite-make`. Each entry passes its own: the
+ * bundled shim loads it from the checkout at run time, so that the module is
+ * not in the file every compile's start parses (it was a third of it).
+ */
+export type LoadElasticMake = () => Promise<{ runElasticMake: typeof runElasticMake }>;
+
+/** What the entry that runs {@linkcode main} knows of where it runs from. */
+export interface WrapperEntry {
+  /** The directory of the tool links, dropped from the PATH of the command. */
+  wrapperDir?: string;
+  /** How `termite-make` finds its module. */
+  loadElasticMake: LoadElasticMake;
+}
 
 const HELP = `usage: wrapper.ts --as TOOL [ARGS...]     run TOOL through the master
        wrapper.ts --as sh -c SCRIPT       run a shell command line through the master
@@ -34,11 +50,11 @@ environment:
 const LAUNCHER_NAMES = new Set(["termite", "termite-wrap"]);
 
 /**
- * Runs the wrapper; resolves with the exit status. `wrapperDir` (the
+ * Runs the wrapper; resolves with the exit status. `entry.wrapperDir` (the
  * directory of the tool links) is dropped from the PATH of the command, so
  * that a local run finds the real tool.
  */
-export async function main(args: string[], wrapperDir?: string): Promise<number> {
+export async function main(args: string[], entry: WrapperEntry): Promise<number> {
   let tool: string | undefined;
   if (args[0] === "--as") {
     tool = args[1];
@@ -60,7 +76,7 @@ export async function main(args: string[], wrapperDir?: string): Promise<number>
   }
   if (tool === "termite-make") {
     // make with a jobserver that follows the farm's slots (loaded only here).
-    const { runElasticMake } = await import("./elastic_make.ts");
+    const { runElasticMake } = await entry.loadElasticMake();
     return await runElasticMake({ args, cwd: Deno.cwd(), env: Deno.env.toObject() });
   }
   if (LAUNCHER_NAMES.has(tool)) {
@@ -91,7 +107,7 @@ export async function main(args: string[], wrapperDir?: string): Promise<number>
   const env = Deno.env.toObject();
   // Set only by the native client for the shim (which removed it, if run as bin/termite-wrap).
   delete env.TERMITE_WRAP_LINK;
-  wrapperDir ??= env.TERMITE_WRAPPER_DIR;
+  const wrapperDir = entry.wrapperDir ?? env.TERMITE_WRAPPER_DIR;
   const cwd = Deno.cwd();
   if (script !== undefined) {
     return await runWrapper({

@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { main } from "./main.ts";
+import { errorMessage } from "../common/errors.ts";
+import { type LoadElasticMake, main } from "./main.ts";
 
 // Strings, not URL objects: the first URL a Deno process builds costs ~0.7 ms.
 const self = decodeURIComponent(import.meta.url.slice("file://".length)); // as run: ~/bin/gcc
@@ -25,4 +26,30 @@ if (self.endsWith("/termite-wrap")) {
   }
 }
 const slash = link.lastIndexOf("/");
-Deno.exit(await main(["--as", link.slice(slash + 1), ...Deno.args], link.slice(0, slash)));
+
+/**
+ * termite-make's module, read from the checkout this file sits in
+ * (`bin/termite-wrap` → `wrapper/elastic_make.ts`; run unbundled,
+ * `wrapper/shim.ts` → the same): left out of the bundle, whose every start
+ * parses it (a third of the file and its lazy-module wrappers, ~0.25 ms per
+ * compile) for one command per build. The specifier is built at run time so
+ * that `deno bundle` does not follow it.
+ */
+function loadElasticMake(): ReturnType<LoadElasticMake> {
+  const real = Deno.realPathSync(self);
+  const checkout = real.slice(0, real.lastIndexOf("/", real.lastIndexOf("/") - 1));
+  const file = `${checkout}/wrapper/elastic_make.ts`;
+  return import(`file://${file.split("/").map(encodeURIComponent).join("/")}`).catch((e) => {
+    console.error(
+      `termite-make: cannot load ${file} (it runs from the checkout): ${errorMessage(e)}`,
+    );
+    Deno.exit(255);
+  });
+}
+
+Deno.exit(
+  await main(["--as", link.slice(slash + 1), ...Deno.args], {
+    wrapperDir: link.slice(0, slash),
+    loadElasticMake,
+  }),
+);
