@@ -6,16 +6,21 @@
  * holding a blob from the moment the master starts sending it: a peer asked
  * for a blob it is still fetching waits for it.
  *
- * Only blobs of at least {@link PEER_BLOB_BYTES_MIN} bytes are sent
- * elsewhere (smaller ones cost the master less than the detour), to workers
- * the master is connected to now. Bounded: hashes remembered (LRU) and
- * holders per hash.
+ * A blob of at least {@link PEER_BLOB_BYTES_MIN} bytes leaves the master
+ * once; a smaller one to {@link SMALL_BLOB_MASTER_COPIES} workers, the
+ * others being sent to those: the first few workers pay no detour (a round
+ * trip costs more than sending a header), and the master's bytes do not grow
+ * with the farm (every worker reads the same headers). Only workers the master
+ * is connected to now are named. Bounded: hashes remembered (LRU) and holders
+ * per hash.
  *
  * @module
  */
 
-/** Smallest blob a worker is sent to a peer for. */
+/** Smallest blob a worker is sent to a peer for as soon as one holds it. */
 export const PEER_BLOB_BYTES_MIN = 64 * 1024;
+/** Workers the master sends a smaller blob to itself; the next ones get it from these. */
+export const SMALL_BLOB_MASTER_COPIES = 2;
 /** Hashes whose holders are remembered at most (least recently used forgotten). */
 export const HOLDERS_HASHES_MAX = 200_000;
 /** Holders remembered per hash at most. */
@@ -52,7 +57,6 @@ export class BlobHolders {
 
   /** The master starts sending blob `hash` (`size` bytes) to the worker at `address`. */
   sending(hash: string, size: number, address: string): void {
-    if (size < PEER_BLOB_BYTES_MIN) return;
     let entry = this.#holders.get(hash);
     if (entry === undefined) {
       entry = { size, at: [], next: 0 };
@@ -80,6 +84,9 @@ export class BlobHolders {
   ): string | undefined {
     const entry = this.#holders.get(hash);
     if (entry === undefined) return undefined;
+    if (entry.size < PEER_BLOB_BYTES_MIN && entry.at.length < SMALL_BLOB_MASTER_COPIES) {
+      return undefined;
+    }
     for (let i = 0; i < entry.at.length; i++) {
       const address = entry.at[(entry.next + i) % entry.at.length];
       if (address === requester || !live(address) || this.#shunned(address)) continue;

@@ -16,6 +16,7 @@ import {
   HOLDERS_HASHES_MAX,
   HOLDERS_PER_HASH_MAX,
   PEER_BLOB_BYTES_MIN,
+  SMALL_BLOB_MASTER_COPIES,
 } from "../master/blob_holders.ts";
 import { type CallContext, listen, RpcError, secretFromBytes } from "../rpc/mod.ts";
 import { DirLink } from "../worker/_mirror_dir_link.ts";
@@ -26,12 +27,16 @@ import { Farm, ROOT, runIn } from "../farm/mod.ts";
 const CTX: RequestContext = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
 const BIG = PEER_BLOB_BYTES_MIN;
 
-Deno.test("BlobHolders: sends a requester to another live holder of a big blob, in turn", () => {
+Deno.test("BlobHolders: sends a requester to another live holder, in turn; a small blob after two", () => {
   const holders = new BlobHolders();
   const live = new Set(["w1:1", "w2:1", "w3:1"]);
   const isLive = (a: string) => live.has(a);
   holders.sending("small", BIG - 1, "w1:1");
-  assert.equal(holders.holderFor("small", "w2:1", isLive), undefined, "small blobs: direct");
+  assert.equal(holders.holderFor("small", "w2:1", isLive), undefined, "small: the master sends it");
+  holders.sending("small", BIG - 1, "w2:1");
+  assert.equal(SMALL_BLOB_MASTER_COPIES, 2);
+  assert.equal(holders.holderFor("small", "w3:1", isLive), "w1:1", "then from those it sent it to");
+  assert.equal(holders.holderFor("small", "w3:1", isLive), "w2:1");
   assert.equal(holders.holderFor("h", "w2:1", isLive), undefined, "nobody holds it yet");
   holders.sending("h", BIG, "w1:1");
   assert.equal(holders.holderFor("h", "w1:1", isLive), undefined, "never to itself");
@@ -43,8 +48,8 @@ Deno.test("BlobHolders: sends a requester to another live holder of a big blob, 
   assert.equal(holders.holderFor("h", "w3:1", isLive), "w2:1", "only connected workers");
   holders.failed("h", "w2:1");
   assert.equal(holders.holderFor("h", "w3:1", isLive), undefined, "one that failed is dropped");
-  assert.equal(holders.stats.redirected, 6);
-  assert.equal(holders.stats.redirectedBytes, 6 * BIG);
+  assert.equal(holders.stats.redirected, 8);
+  assert.equal(holders.stats.redirectedBytes, 6 * BIG + 2 * (BIG - 1));
 
   for (let i = 0; i < HOLDERS_PER_HASH_MAX + 2; i++) holders.sending("x", BIG, `w${i}:1`);
   const all = new Set<string>();
