@@ -207,10 +207,11 @@ for (const kind of KINDS) {
   });
 }
 
-Deno.test("wrapper: a checkout whose path holds a space, #, % and ? still finds wrapper.ts", async () => {
+Deno.test("wrapper: a checkout whose path holds a space, #, % and ? runs its links, termite-make too", async () => {
   const dir = await tempTree();
   try {
-    // The shim builds wrapper.ts's file URL by hand: each of these must be encoded.
+    // termite-make's module is imported by a file URL the shim builds by hand:
+    // each of these must be encoded.
     const checkout = `${dir}/check #1 %41 ?x é`;
     for (const sub of ["bin", "wrapper", "common"]) {
       await Deno.mkdir(`${checkout}/${sub}`, { recursive: true });
@@ -219,37 +220,34 @@ Deno.test("wrapper: a checkout whose path holds a space, #, % and ? still finds 
     for (const f of ["client.ts", "protocol.ts", "elastic_make.ts"]) files.push(`wrapper/${f}`);
     for (const f of files) await Deno.copyFile(`${ROOT}/${f}`, `${checkout}/${f}`);
     await Deno.symlink(`${checkout}/bin/termite-wrap`, `${dir}/termite-sh`);
-    const out = await new Deno.Command(`${dir}/termite-sh`, {
-      args: ["-c", "echo hi"],
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin" },
-      clearEnv: true,
-    }).output();
-    assert.equal(new TextDecoder().decode(out.stderr), "");
-    assert.equal(out.code, 0);
-    assert.equal(new TextDecoder().decode(out.stdout), "hi\n");
+    // Run from the link, with a bare environment.
+    const linked = async (name: string, args: string[]) => {
+      const out = await new Deno.Command(`${dir}/${name}`, {
+        args,
+        cwd: dir,
+        env: { PATH: "/usr/bin:/bin" },
+        clearEnv: true,
+      }).output();
+      const text = new TextDecoder();
+      return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+    };
+    assert.deepEqual(await linked("termite-sh", ["-c", "echo hi"]), {
+      code: 0,
+      stdout: "hi\n",
+      stderr: "",
+    });
     // termite-make loads wrapper/elastic_make.ts from the checkout (not bundled).
     await Deno.symlink(`${checkout}/bin/termite-wrap`, `${dir}/termite-make`);
-    const make = await new Deno.Command(`${dir}/termite-make`, {
-      args: ["--version"],
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin" },
-      clearEnv: true,
-    }).output();
-    assert.match(new TextDecoder().decode(make.stderr), /termite-make: no usable master/);
+    const make = await linked("termite-make", ["--version"]);
+    assert.match(make.stderr, /termite-make: no usable master/);
     assert.equal(make.code, 0);
-    assert.match(new TextDecoder().decode(make.stdout), /^GNU Make/);
+    assert.match(make.stdout, /^GNU Make/);
     // Without it, a clear error naming the file it looked for.
     await Deno.remove(`${checkout}/wrapper/elastic_make.ts`);
-    const gone = await new Deno.Command(`${dir}/termite-make`, {
-      args: ["--version"],
-      cwd: dir,
-      env: { PATH: "/usr/bin:/bin" },
-      clearEnv: true,
-    }).output();
+    const gone = await linked("termite-make", ["--version"]);
     assert.equal(gone.code, 255);
     assert.match(
-      new TextDecoder().decode(gone.stderr),
+      gone.stderr,
       /^termite-make: cannot load .*\/check #1 %41 \?x é\/wrapper\/elastic_make\.ts \(it runs from the checkout\)/,
     );
   } finally {
