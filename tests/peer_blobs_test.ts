@@ -90,9 +90,10 @@ async function withPeer(
   fn: (
     t: { fs: MirrorFs; link: DirLink; peers: PeerBlobs; store: Store; bytes: Uint8Array },
   ) => Promise<void>,
+  size = BIG * 2,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "peer_blobs_test_" });
-  const bytes = new Uint8Array(BIG * 2);
+  const bytes = new Uint8Array(size);
   for (let at = 0; at < bytes.length; at += 65_536) {
     crypto.getRandomValues(bytes.subarray(at, at + 65_536));
   }
@@ -172,16 +173,19 @@ Deno.test("a mirror sent to an honest peer stores the peer's bytes; the master s
   });
 });
 
-for (const mode of ["liar", "empty", "unreachable"] as const) {
-  Deno.test(`a mirror sent to a peer that is ${mode} gets the blob from the master, never wrong bytes`, async () => {
-    await withPeer(mode, async ({ fs, link, peers, store, bytes }) => {
-      assert.deepEqual(await readBig(fs, store), bytes);
-      assert.equal(link.calls.blob, 2, "sent to the peer, then asked again");
-      assert.deepEqual(link.failedPeers, [undefined, link.peer], "the master is told who failed");
-      assert.equal(peers.stats.corrupt, mode === "liar" ? 1 : 0);
-      assert.equal(peers.stats.failed, mode === "liar" ? 0 : 1);
+// Big blobs, and small ones (a header: sent to a peer once two workers hold it).
+for (const [what, size] of [["big", BIG * 2], ["small", 3_000]] as const) {
+  for (const mode of ["liar", "empty", "unreachable"] as const) {
+    Deno.test(`a mirror sent to a peer that is ${mode} gets the ${what} blob from the master, never wrong bytes`, async () => {
+      await withPeer(mode, async ({ fs, link, peers, store, bytes }) => {
+        assert.deepEqual(await readBig(fs, store), bytes);
+        assert.equal(link.calls.blob, 2, "sent to the peer, then asked again");
+        assert.deepEqual(link.failedPeers, [undefined, link.peer], "the master is told who failed");
+        assert.equal(peers.stats.corrupt, mode === "liar" ? 1 : 0);
+        assert.equal(peers.stats.failed, mode === "liar" ? 0 : 1);
+      }, size);
     });
-  });
+  }
 }
 
 Deno.test("PeerBlobs: a peer that cannot be reached is not dialled again for a while", async () => {

@@ -35,16 +35,19 @@ const slash = link.lastIndexOf("/");
  * compile) for one command per build. The specifier is built at run time so
  * that `deno bundle` does not follow it.
  */
-function loadElasticMake(): ReturnType<LoadElasticMake> {
-  const real = Deno.realPathSync(self);
-  const checkout = real.slice(0, real.lastIndexOf("/", real.lastIndexOf("/") - 1));
-  const file = `${checkout}/wrapper/elastic_make.ts`;
-  return import(`file://${file.split("/").map(encodeURIComponent).join("/")}`).catch((e) => {
+async function loadElasticMake(): ReturnType<LoadElasticMake> {
+  let file = `wrapper/elastic_make.ts beside ${self}`;
+  try {
+    const real = Deno.realPathSync(self);
+    const checkout = real.slice(0, real.lastIndexOf("/", real.lastIndexOf("/") - 1));
+    file = `${checkout}/wrapper/elastic_make.ts`;
+    return await import(`file://${file.split("/").map(encodeURIComponent).join("/")}`);
+  } catch (e) {
     console.error(
       `termite-make: cannot load ${file} (it runs from the checkout): ${errorMessage(e)}`,
     );
     Deno.exit(255);
-  });
+  }
 }
 
 Deno.exit(
