@@ -11,6 +11,7 @@ import {
   ensureLauncher,
   type JobSpec,
   LAUNCHER_CFLAGS_DYNAMIC,
+  NetnsPool,
   runJob,
 } from "../sandbox/mod.ts";
 import { procStat } from "./_proc.ts";
@@ -31,6 +32,46 @@ int main(int argc, char **argv) {
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)];
+}
+
+const CPUACCT = "/sys/fs/cgroup/cpuacct";
+
+/**
+ * CPU the whole machine has spent so far (every process and kernel thread),
+ * ms: cgroup v1's root cpuacct to the ns, else /proc/stat's ticks.
+ */
+async function machineBusyMs(): Promise<number> {
+  try {
+    return Number(await Deno.readTextFile(`${CPUACCT}/cpuacct.usage`)) / 1e6;
+  } catch {
+    const line = (await Deno.readTextFile("/proc/stat")).split("\n")[0];
+    const [user, nice, system, _idle, _iowait, irq, softirq] = line.split(/\s+/).slice(1)
+      .map(Number);
+    return (user + nice + system + irq + softirq) * 10;
+  }
+}
+
+/**
+ * This process moved into a cpuacct cgroup of its own: a reader of the CPU
+ * of it and its children (to the ns) and a remover; undefined without cpuacct.
+ */
+async function ownCpuacct(): Promise<
+  { ms(): Promise<number>; close(): Promise<void> } | undefined
+> {
+  const dir = `${CPUACCT}/termite-bench-${Deno.pid}`;
+  try {
+    await Deno.mkdir(dir);
+    await Deno.writeTextFile(`${dir}/cgroup.procs`, String(Deno.pid));
+  } catch {
+    return undefined;
+  }
+  return {
+    ms: async () => Number(await Deno.readTextFile(`${dir}/cpuacct.usage`)) / 1e6,
+    close: async () => {
+      await Deno.writeTextFile(`${CPUACCT}/cgroup.procs`, String(Deno.pid)).catch(() => {});
+      await Deno.remove(dir).catch(() => {});
+    },
+  };
 }
 
 function round(ms: number): number {
@@ -87,6 +128,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
       pidsCgroupRoot?: null,
       network: "none" | "host" = "none",
       launcherCacheDir = cacheDir,
+      netnsPool?: NetnsPool,
     ) => {
       let launcherMs = 0;
       const t = performance.now();
@@ -97,6 +139,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         launcherCacheDir,
         pidsCgroupRoot,
         network,
+        netnsPool,
         onUpper: collect
           ? (upper, lowerDir) => collectResultSet(upper, w, putFile, { lowerDir }).then(() => {})
           : undefined,
@@ -135,38 +178,71 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
       },
     );
 
-    // The job's own network namespace against the worker's: a stream of jobs,
-    // interleaved, so that the kernel's asynchronous clean-up of dead network
-    // namespaces is paid inside the measure.
-    const streamRuns = options.quick ? 30 : 100;
-    const byNetwork = { none: [] as number[], host: [] as number[] };
-    const setupByNetwork = { none: [] as number[], host: [] as number[] };
-    for (let i = 0; i < streamRuns; i++) {
-      for (const network of ["none", "host"] as const) {
-        const r = await sandboxed(trueSpec, false, undefined, network);
-        byNetwork[network].push(r.ms);
-        setupByNetwork[network].push(r.launcherMs);
+    // The job's own network namespace, one reused from a pool, and the
+    // worker's: blocks of jobs alternated, each measured by its wall time,
+    // the CPU of this process's reaped children (launcher, init, job) and the
+    // whole machine's (the kernel's asynchronous clean-up of dead network
+    // namespaces runs in a kernel worker).
+    const pool = await NetnsPool.open(`${base}/netns`, await ensureLauncher(cacheDir));
+    const arms = ["own", "pooled", "host"] as const;
+    type Arm = typeof arms[number];
+    const blocks = options.quick ? 3 : 8;
+    const perBlock = 25;
+    const byNetwork = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
+    const setupByNetwork = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
+    const childrenCpu = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
+    const machineCpu = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
+    const own = await ownCpuacct();
+    const childrenMs = own ? own.ms : async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
+    try {
+      for (let block = 0; block < blocks; block++) {
+        const order = block % 2 ? [...arms].reverse() : arms;
+        for (const arm of order) {
+          // The previous arm's clean-up by the kernel is not this one's.
+          await new Promise((r) => setTimeout(r, 200));
+          const children0 = await childrenMs();
+          const machine0 = await machineBusyMs();
+          for (let i = 0; i < perBlock; i++) {
+            const r = await sandboxed(
+              trueSpec,
+              false,
+              undefined,
+              arm === "host" ? "host" : "none",
+              cacheDir,
+              arm === "pooled" ? pool : undefined,
+            );
+            byNetwork[arm].push(r.ms);
+            setupByNetwork[arm].push(r.launcherMs);
+          }
+          childrenCpu[arm].push((await childrenMs() - children0) / perBlock);
+          await new Promise((r) => setTimeout(r, 200));
+          machineCpu[arm].push((await machineBusyMs() - machine0) / perBlock);
+        }
       }
+    } finally {
+      await own?.close();
+      await pool.close();
     }
     const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-    results.push(
-      {
-        name: `/bin/true, ${streamRuns} jobs: own network namespace (median / mean)`,
-        value: round(median(byNetwork.none)),
+    const label = {
+      own: "own network namespace",
+      pooled: "a pooled one",
+      host: "the worker's network",
+    };
+    for (const arm of arms) {
+      results.push({
+        name: `/bin/true, ${blocks * perBlock} jobs: ${label[arm]} (median)`,
+        value: round(median(byNetwork[arm])),
         unit: "ms",
-        note: `mean ${round(mean(byNetwork.none))} ms; launcher set-up median ${
-          round(median(setupByNetwork.none))
+        note: `mean ${round(mean(byNetwork[arm]))} ms; launcher set-up median ${
+          round(median(setupByNetwork[arm]))
+        } ms; CPU per job (median of blocks of ${perBlock}): ${
+          own ? "this process, launcher and job" : "launcher and job"
+        } ${round(median(childrenCpu[arm]))} ms, whole machine ${
+          round(median(machineCpu[arm]))
         } ms`,
-      },
-      {
-        name: `/bin/true, ${streamRuns} jobs: the worker's network (median / mean)`,
-        value: round(median(byNetwork.host)),
-        unit: "ms",
-        note: `mean ${round(mean(byNetwork.host))} ms; launcher set-up median ${
-          round(median(setupByNetwork.host))
-        } ms`,
-      },
-    );
+      });
+    }
 
     // The launcher as built (static) against the same source linked dynamically,
     // in blocks of jobs that alternate: the CPU of the launcher's processes and
@@ -184,12 +260,12 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
     }).output();
     if (!gcc.success) throw new Error("Cannot build the dynamically linked launcher");
     const byLink = { static: [] as number[], dynamic: [] as number[] };
-    const childrenMs = async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
+    const reapedMs = async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
     for (let block = 0; block < (options.quick ? 4 : 10); block++) {
       for (
         const link of block % 2 ? ["dynamic", "static"] as const : ["static", "dynamic"] as const
       ) {
-        const before = await childrenMs();
+        const before = await reapedMs();
         for (let i = 0; i < 10; i++) {
           await sandboxed(
             trueSpec,
@@ -199,7 +275,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
             link === "static" ? cacheDir : dynamicDir,
           );
         }
-        byLink[link].push((await childrenMs() - before) / 10);
+        byLink[link].push((await reapedMs() - before) / 10);
       }
     }
     for (const link of ["static", "dynamic"] as const) {

@@ -51,19 +51,22 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   }
 
   let cgroup: string | null = null;
+  const netns = (options.network ?? "none") === "none" ? options.netnsPool?.take() : undefined;
   let failure: unknown = undefined;
   let outcome: JobOutcome | undefined;
   // Whether the launcher measured the whole writable layer after the job,
   // within every limit (paths included): then it is safe to walk from here.
   let measured = false;
+  // Whether the launcher ended by itself: then the job's every process is gone.
+  let ended = false;
   try {
     cgroup = createPidsCgroup(
       options.pidsCgroupRoot,
       spec.processesMax ?? PROCESSES_MAX_DEFAULT,
     );
     await options.onCgroup?.(cgroup);
-    const args = launcherArgs(spec, options, cgroup);
-    ({ outcome, measured } = await supervise(launcher, args, spec, options));
+    const args = launcherArgs(spec, options, cgroup, netns);
+    ({ outcome, measured, ended } = await supervise(launcher, args, spec, options));
     if (outcome.killedBy === undefined && options.onUpper) {
       await options.onUpper(`${jobDir}/upper`, lowerDir, outcome);
     }
@@ -72,8 +75,15 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
   }
 
   // Cleanup: the mounts lived in the job's namespace and are gone with it.
+  // The network namespace is free again once the launcher ended by itself,
+  // after every process of the job; killed (its init may outlive it for a
+  // moment) or failed (the namespace maybe half made), it is retired.
+  const netnsGiven = netns === undefined
+    ? undefined
+    : options.netnsPool!.give(netns, ended && failure === undefined);
   const cleanup = (async () => {
     const cleanupErrors: unknown[] = [];
+    await netnsGiven?.catch((err) => cleanupErrors.push(err));
     if (cgroup !== null) {
       await removeCgroup(cgroup).catch((err) => cleanupErrors.push(err));
     }
@@ -96,7 +106,12 @@ export async function runJob(spec: JobSpec, options: RunJobOptions): Promise<Job
 }
 
 /** The launcher's command line for `spec`, in the job's `cgroup` (null: none, RLIMIT_NPROC). */
-function launcherArgs(spec: JobSpec, options: RunJobOptions, cgroup: string | null): string[] {
+function launcherArgs(
+  spec: JobSpec,
+  options: RunJobOptions,
+  cgroup: string | null,
+  netns: string | undefined,
+): string[] {
   const processesMax = spec.processesMax ?? PROCESSES_MAX_DEFAULT;
   const args = [
     "--job-dir",
@@ -124,6 +139,7 @@ function launcherArgs(spec: JobSpec, options: RunJobOptions, cgroup: string | nu
   if (cgroup !== null) args.push("--cgroup", cgroup);
   else args.push("--nproc", String(processesMax));
   args.push("--network", options.network ?? "none");
+  if (netns !== undefined) args.push("--netns", netns);
   // The launcher dies with this process: a worker killed hard leaves no job running.
   args.push("--parent-pid", String(Deno.pid));
   args.push("--", ...spec.argv);
@@ -181,7 +197,7 @@ async function supervise(
   args: string[],
   spec: JobSpec,
   options: RunJobOptions,
-): Promise<{ outcome: JobOutcome; measured: boolean }> {
+): Promise<{ outcome: JobOutcome; measured: boolean; ended: boolean }> {
   const child = new Deno.Command(launcher, {
     args,
     env: spec.env,
@@ -244,5 +260,5 @@ async function supervise(
     await options.onStderr?.(encoder.encode(`termite: ${limitNote}\n`));
   }
   if (notes.length > 0) outcome.reason = [outcome.reason, ...notes].filter(Boolean).join("; ");
-  return { outcome, measured: report?.walked === true };
+  return { outcome, measured: report?.walked === true, ended: status.signal === null };
 }

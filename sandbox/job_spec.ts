@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { NetnsPool } from "./netns_pool.ts";
 import { normalizePath } from "../common/paths.ts";
 import { SandboxError } from "./errors.ts";
 import { RESULT_ENTRIES_MAX } from "./result_set.ts";
@@ -97,6 +98,12 @@ export interface SandboxOptions {
    * the job shares the worker's network.
    */
   network?: "none" | "host";
+  /**
+   * With `network` `none`: where the job's namespace comes from, one that no
+   * running job holds, reused (sandbox/netns_pool.ts); absent or full: a new
+   * one for this job.
+   */
+  netnsPool?: NetnsPool;
 }
 
 /** How a job ended. */

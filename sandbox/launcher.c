@@ -10,8 +10,13 @@
  *   launcher --job-dir D --lower-root L --writable-root W --cwd C
  *            [--uid N] [--gid N] [--umask OCTAL] [--memory-bytes N]
  *            [--nproc N] [--cgroup DIR] [--parent-pid N] [--file-bytes N]
- *            [--network none|host] [--tmp-bytes N] [--tmp-files N]
+ *            [--network none|host] [--netns PATH] [--tmp-bytes N] [--tmp-files N]
  *            [--files N] [--disk-bytes N] [--result-bytes N] -- ARGV...
+ *   launcher --drop-netns PATH...
+ *
+ * With --netns, the network namespace (still only a loopback) is not made
+ * for this job but reused: the one bound at PATH, made there by the first
+ * job that uses it (see enter_netns()); --drop-netns removes such bindings.
  *
  * The launcher's own environment is the job's environment, passed on as is.
  *
@@ -126,6 +131,8 @@ struct config {
   unsigned long long file_bytes;
   pid_t parent_pid;
   int host_network;
+  /* A reusable network namespace bound at this path (made here if absent). */
+  const char *netns;
   unsigned long long tmp_bytes, tmp_files;
   /* Limits of the writable layer; 0: none. */
   unsigned long long files, disk_bytes, result_bytes;
@@ -247,6 +254,9 @@ static void parse_args(int argc, char **argv) {
       if (strcmp(v, "host") == 0) cfg.host_network = 1;
       else if (strcmp(v, "none") == 0) cfg.host_network = 0;
       else usage("Invalid network: none or host");
+    } else if (strcmp(a, "--netns") == 0) {
+      if (v[0] != '/') usage("Paths must be absolute");
+      cfg.netns = v;
     } else usage("Unknown option");
   }
   if (i >= argc) usage("Missing command after --");
@@ -255,6 +265,7 @@ static void parse_args(int argc, char **argv) {
   if (cfg.writable_root[0] != '/' || cfg.cwd[0] != '/' || cfg.lower_root[0] != '/' ||
       cfg.job_dir[0] != '/')
     usage("Paths must be absolute");
+  if (cfg.netns && cfg.host_network) usage("--netns needs --network none");
   cfg.argv = argv + i;
 }
 
@@ -771,6 +782,62 @@ static int loopback_up(void) {
   return r;
 }
 
+/*
+ * Joins the reusable network namespace bound at PATH (--netns), or makes it
+ * there when PATH holds none: a new namespace with its loopback up and no
+ * TIME_WAIT sockets kept (tcp_max_tw_buckets 0), so a job meets nothing of
+ * the jobs before it (every one of their processes, hence every socket, died
+ * with them) and a port they bound is free. Making a namespace costs ~0.6 ms
+ * of CPU per job and its clean-up a kernel worker's as much (BENCHMARKS.md);
+ * the worker keeps one per running job and hands it to one job at a time.
+ */
+static void enter_netns(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd >= 0) {
+    int r = setns(fd, CLONE_NEWNET);
+    int err = errno;
+    close(fd);
+    if (r == 0) return;
+    /* EINVAL: a plain file, left when making one failed. */
+    if (err != EINVAL)
+      fail_outer("Cannot join the network namespace %s: %s", path, strerror(err));
+  } else if (errno != ENOENT) {
+    fail_outer("Cannot open the network namespace %s: %s", path, strerror(errno));
+  }
+  if (unshare(CLONE_NEWNET)) fail_outer("Cannot create a network namespace: %s", strerror(errno));
+  if (loopback_up())
+    fail_outer("Cannot bring up the job's loopback interface: %s", strerror(errno));
+  int tw = open("/proc/sys/net/ipv4/tcp_max_tw_buckets", O_WRONLY | O_CLOEXEC);
+  if (tw < 0 || write(tw, "0", 1) != 1)
+    fail_outer("Cannot turn off TIME_WAIT in the job's network namespace: %s", strerror(errno));
+  close(tw);
+  int target = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (target < 0) fail_outer("Cannot create %s: %s", path, strerror(errno));
+  close(target);
+  if (mount("/proc/self/ns/net", path, NULL, MS_BIND, NULL))
+    fail_outer("Cannot keep the network namespace at %s: %s", path, strerror(errno));
+}
+
+/*
+ * --drop-netns PATH...: detaches and removes network namespaces kept by
+ * --netns (the worker's pool at close, or a crashed worker's at start).
+ * Exits 0 when every PATH is gone, 1 otherwise.
+ */
+static int drop_netns(int count, char **paths) {
+  int status = 0;
+  for (int i = 0; i < count; i++) {
+    if (umount2(paths[i], MNT_DETACH | UMOUNT_NOFOLLOW) && errno != EINVAL && errno != ENOENT) {
+      fprintf(stderr, "termite-launcher: Cannot unmount %s: %s\n", paths[i], strerror(errno));
+      status = 1;
+    }
+    if (unlink(paths[i]) && errno != ENOENT) {
+      fprintf(stderr, "termite-launcher: Cannot remove %s: %s\n", paths[i], strerror(errno));
+      status = 1;
+    }
+  }
+  return status;
+}
+
 /* Returns the "max" count of a pids.events file, or 0. */
 static unsigned long long read_pids_events(int fd) {
   char buf[128];
@@ -783,6 +850,7 @@ static unsigned long long read_pids_events(int fd) {
 
 int main(int argc, char **argv) {
   unsigned long long start_ns = monotonic_ns();
+  if (argc >= 2 && strcmp(argv[1], "--drop-netns") == 0) return drop_netns(argc - 2, argv + 2);
   parse_args(argc, argv);
   close_range(3, ~0U, 0);
   /* SIGTERM when the worker dies (handled below as a cancellation); the check
@@ -842,9 +910,10 @@ int main(int argc, char **argv) {
   /* A new network namespace holds only a loopback interface (down until
      brought up): the job reaches no host, port or socket of the worker's. */
   int ns_flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
-  if (!cfg.host_network) ns_flags |= CLONE_NEWNET;
+  if (cfg.netns) enter_netns(cfg.netns);
+  else if (!cfg.host_network) ns_flags |= CLONE_NEWNET;
   if (unshare(ns_flags)) fail_outer("Cannot create namespaces: %s", strerror(errno));
-  if (!cfg.host_network && loopback_up())
+  if (!cfg.host_network && !cfg.netns && loopback_up())
     fail_outer("Cannot bring up the job's loopback interface: %s", strerror(errno));
   pid_t init = fork();
   if (init < 0) fail_outer("Cannot fork: %s", strerror(errno));

@@ -9,7 +9,8 @@
  * limits, the one validation); `job_status.ts` the launcher's status turned
  * into the outcome; `job_io.ts` the job's pipes; `job_cgroup.ts` its pids
  * cgroup; `launcher.ts`/`launcher.c` the C launcher (namespaces, overlay,
- * chroot, limits, seccomp); `result_set.ts` the upper layer walked into a
+ * chroot, limits, seccomp); `netns_pool.ts` the network namespaces jobs
+ * reuse; `result_set.ts` the upper layer walked into a
  * result set; `cgroup_tuning.ts` the favordynmods hierarchy.
  *
  * @module
@@ -47,6 +48,7 @@ export {
   type SandboxOptions,
   TMP_BYTES_MAX_DEFAULT,
 } from "./job_spec.ts";
+export { NETNS_POOL_MAX, NetnsPool, type NetnsPoolOptions } from "./netns_pool.ts";
 export { PIDS_CGROUP_ROOT, removeStaleCgroups } from "./job_cgroup.ts";
 export { type CollectOptions, collectResultSet, RESULT_ENTRIES_MAX } from "./result_set.ts";
 export { XattrReader } from "./_xattr.ts";

@@ -8,6 +8,7 @@ import {
   isDynmodsMount,
   type JobOutcome,
   type JobSpec,
+  NetnsPool,
   removeStaleCgroups,
   runJob,
   type RunJobOptions,
@@ -292,6 +293,87 @@ Deno.test("runJob() gives a job no network: no host port reachable, its listener
     fx.options({ network: "host" }),
   );
   assert.equal(shared.out, `connect 127.0.0.1:${hostPort} ok\n`);
+});
+
+/** A job that prints its network namespace, then uses port `port` of its loopback. */
+const NETNS_PROBE = `
+import os, socket, sys
+print("ns", os.readlink("/proc/self/ns/net"), flush=True)
+port = int(sys.argv[2])
+if sys.argv[1] == "first":
+    s = socket.socket(); s.bind(("127.0.0.1", port)); s.listen()
+    c = socket.create_connection(("127.0.0.1", port)); a, _ = s.accept()
+    # The listening side closes first: a TIME_WAIT socket on the port, where one is kept.
+    a.close(); c.recv(1); c.close(); s.close()
+    left = socket.socket(); left.bind(("127.0.0.1", port + 1)); left.listen()
+    print("first ok")  # exits with its listener open
+else:
+    # Without SO_REUSEADDR: refused while the port has a TIME_WAIT socket.
+    for p in (port, port + 1):
+        socket.socket().bind(("127.0.0.1", p)); print("bound", p)
+    print("tcp", len(open("/proc/net/tcp").read().splitlines()) - 1)
+`;
+
+/** The nsfs bindings under `dir` in this mount namespace. */
+async function bindingsUnder(dir: string): Promise<string[]> {
+  const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+  return mounts.split("\n").filter((line) => line.split(" ")[4]?.startsWith(`${dir}/`));
+}
+
+Deno.test("runJob() with a NetnsPool reuses a network namespace that keeps nothing of the job before; jobs at once get their own", async () => {
+  await using fx = await new Fixture().init();
+  const launcher = await ensureLauncher(LAUNCHER_CACHE);
+  const dir = `${fx.base}/netns`;
+  const pool = await NetnsPool.open(dir, launcher);
+  try {
+    // A plain file where a namespace should be (a half-made one): made there anyway.
+    await Deno.writeTextFile(`${dir}/ns-0`, "");
+    const probe = `${fx.writableRoot}/netns_probe.py`;
+    await Deno.writeTextFile(probe, NETNS_PROBE);
+    const hostNs = await Deno.readLink("/proc/self/ns/net");
+    const job = (...args: string[]) =>
+      capture(
+        { argv: ["python3", probe, ...args], cwd: "/", env: { PATH }, timeoutMs: 30_000 },
+        fx.options({ netnsPool: pool }),
+      );
+    const first = await job("first", "8123");
+    assert.equal(first.outcome.exitCode, 0, first.err);
+    assert.match(first.out, /first ok/);
+    const second = await job("second", "8123");
+    assert.equal(second.outcome.exitCode, 0, second.err);
+    const nsOf = (out: string) => out.match(/^ns (net:\[\d+\])$/m)![1];
+    assert.equal(nsOf(second.out), nsOf(first.out), "the namespace is reused");
+    assert.notEqual(nsOf(first.out), hostNs, "not the worker's");
+    // Its port free (no TIME_WAIT), the listener of the job before gone, no socket left.
+    assert.match(second.out, /^bound 8123\nbound 8124\ntcp 0$/m, second.out);
+    assert.equal(pool.size, 1);
+    assert.equal((await bindingsUnder(dir)).length, 1);
+
+    // Two jobs at once: two namespaces.
+    const both = await Promise.all([job("second", "9000"), job("second", "9000")]);
+    for (const r of both) assert.equal(r.outcome.exitCode, 0, r.err);
+    assert.notEqual(nsOf(both[0].out), nsOf(both[1].out));
+    assert.equal(pool.size, 2);
+    assert.equal(pool.free, 2);
+
+    // A worker that crashed left them: a new pool on the same dir drops them.
+    const again = await NetnsPool.open(dir, launcher);
+    assert.deepEqual(await bindingsUnder(dir), []);
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+    const third = await capture(
+      { argv: ["python3", probe, "second", "8123"], cwd: "/", env: { PATH }, timeoutMs: 30_000 },
+      fx.options({ netnsPool: again }),
+    );
+    assert.equal(third.outcome.exitCode, 0, third.err);
+    assert.notEqual(nsOf(third.out), nsOf(first.out), "a new one");
+    await again.close();
+    assert.deepEqual(await bindingsUnder(dir), [], "close() drops them");
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+    assert.equal(again.take(), undefined, "none after close");
+  } finally {
+    await pool.close();
+  }
+  assert.deepEqual(await bindingsUnder(dir), []);
 });
 
 Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {

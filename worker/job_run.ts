@@ -20,7 +20,13 @@ import {
 } from "../common/protocol.ts";
 import type { ResultSet } from "../common/types.ts";
 import { type CallContext, RpcError } from "../rpc/mod.ts";
-import { collectResultSet, type JobOutcome, runJob, XattrReader } from "../sandbox/mod.ts";
+import {
+  collectResultSet,
+  type JobOutcome,
+  type NetnsPool,
+  runJob,
+  XattrReader,
+} from "../sandbox/mod.ts";
 import { type Mirror, safeName } from "./mirrors.ts";
 import type { ReadTracer } from "./read_trace.ts";
 import type { MirrorStats } from "./mirror_options.ts";
@@ -57,6 +63,8 @@ export interface JobRunnerOptions {
   track(work: Promise<void>): void;
   /** Records what jobs read when the master asks (`JobParams.record`); absent: never. */
   tracer?: ReadTracer;
+  /** The network namespaces jobs reuse; absent: a new one per job. */
+  netnsPool?: NetnsPool;
 }
 
 /** Result files kept for the reply, by hash. */
@@ -312,6 +320,7 @@ export class JobRunner {
       jobDir: `${options.cacheDir}/jobs/${safeName(params.jobId)}`,
       launcherCacheDir: `${options.cacheDir}/launcher`,
       network: options.jobNetwork ? "host" : "none",
+      netnsPool: options.netnsPool,
       signal: ctx.signal,
       deferCleanup: (cleanup) => options.track(cleanup),
       onCgroup: hooks.onCgroup,

@@ -38,6 +38,7 @@ import {
   type DynmodsMount,
   ensureLauncher,
   favorCgroupMigrations,
+  NetnsPool,
   removeStaleCgroups,
   removeTree,
 } from "../sandbox/mod.ts";
@@ -145,6 +146,8 @@ export class Worker implements AsyncDisposable {
   #idleTimer?: ReturnType<typeof setInterval>;
   #closed = false;
   #dynmods: DynmodsMount | null = null;
+  /** The network namespaces jobs reuse (none when jobs share the worker's network). */
+  #netnsPool: NetnsPool | undefined;
   #tracer: ReadTracer | null = null;
   #tracerStarting: Promise<void> = Promise.resolve();
   /** Blobs from peer workers (and which ones are being fetched from them now). */
@@ -155,7 +158,7 @@ export class Worker implements AsyncDisposable {
   readonly metrics: WorkerMetrics;
   #metricsServer: MetricsServer | null = null;
 
-  private constructor(options: WorkerOptions, store: Store) {
+  private constructor(options: WorkerOptions, store: Store, netnsPool: NetnsPool | undefined) {
     this.#options = options;
     const log = this.#log = options.log ?? ((m) => console.error(`termite worker: ${m}`));
     this.#store = store;
@@ -199,7 +202,9 @@ export class Worker implements AsyncDisposable {
       log,
       track: (work) => this.#track(work),
       tracer: this.#tracer ?? undefined,
+      netnsPool,
     });
+    this.#netnsPool = netnsPool;
     this.metrics = new WorkerMetrics({
       slots: () => this.#draining ? 0 : options.jobs,
       slotsBusy: () => this.#slots.busy,
@@ -234,12 +239,16 @@ export class Worker implements AsyncDisposable {
         );
       }
     }
-    await ensureLauncher(`${options.cacheDir}/launcher`);
+    const launcher = await ensureLauncher(`${options.cacheDir}/launcher`);
+    // (Also drops the namespaces a crashed worker left.)
+    const netnsPool = options.jobNetwork
+      ? undefined
+      : await NetnsPool.open(`${options.cacheDir}/netns`, launcher);
     const store = await Store.open({
       dir: `${options.cacheDir}/cas`,
       bytesMax: options.storeBytesMax ?? 8 * 2 ** 30,
     });
-    const worker = new Worker(options, store);
+    const worker = new Worker(options, store, netnsPool);
     worker.#dynmods = dynmods;
     const hostname = options.hostname ?? "0.0.0.0";
     const port = options.port ?? 0;
@@ -277,6 +286,7 @@ export class Worker implements AsyncDisposable {
       store.close();
       await store.settle();
       await dynmods?.close();
+      await netnsPool?.close();
       throw err;
     }
     await worker.#tracerStarting;
@@ -524,6 +534,7 @@ export class Worker implements AsyncDisposable {
     this.#store.close();
     await this.#store.settle();
     await this.#dynmods?.close();
+    await this.#netnsPool?.close().catch((err) => this.#log(errorMessage(err)));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
