@@ -10,6 +10,7 @@ import {
   collectResultSet,
   ensureLauncher,
   type JobSpec,
+  LAUNCHER_CFLAGS,
   LAUNCHER_CFLAGS_DYNAMIC,
   NetnsPool,
   runJob,
@@ -244,47 +245,65 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
       });
     }
 
-    // The launcher as built (static) against the same source linked dynamically,
-    // in blocks of jobs that alternate: the CPU of the launcher's processes and
-    // the job (this process's reaped children) per job.
+    // The launcher as built (static; against musl where musl-gcc is) against the
+    // same source linked statically and dynamically against glibc, in blocks of
+    // jobs that alternate: the CPU of this process, the launcher's processes
+    // and the job per job (a cpuacct cgroup of its own, else reaped children).
     const launcher = await ensureLauncher(cacheDir);
-    const dynamicDir = `${base}/launcher-dynamic`;
-    await Deno.mkdir(dynamicDir, { mode: 0o700 });
-    const gcc = await new Deno.Command("gcc", {
-      args: [
-        ...LAUNCHER_CFLAGS_DYNAMIC,
-        "-o",
-        `${dynamicDir}/${launcher.slice(launcher.lastIndexOf("/") + 1)}`,
-        decodeURIComponent(new URL("../sandbox/launcher.c", import.meta.url).pathname),
-      ],
-    }).output();
-    if (!gcc.success) throw new Error("Cannot build the dynamically linked launcher");
-    const byLink = { static: [] as number[], dynamic: [] as number[] };
-    const reapedMs = async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
-    for (let block = 0; block < (options.quick ? 4 : 10); block++) {
-      for (
-        const link of block % 2 ? ["dynamic", "static"] as const : ["static", "dynamic"] as const
-      ) {
-        const before = await reapedMs();
-        for (let i = 0; i < 10; i++) {
-          await sandboxed(
-            trueSpec,
-            false,
-            undefined,
-            "none",
-            link === "static" ? cacheDir : dynamicDir,
-          );
-        }
-        byLink[link].push((await reapedMs() - before) / 10);
-      }
+    const launcherName = launcher.slice(launcher.lastIndexOf("/") + 1);
+    const links = { "as built": cacheDir, "glibc, static": "", "glibc, dynamic": "" };
+    for (
+      const [link, flags] of [["glibc, static", LAUNCHER_CFLAGS], [
+        "glibc, dynamic",
+        LAUNCHER_CFLAGS_DYNAMIC,
+      ]] as const
+    ) {
+      const dir = `${base}/launcher-${link.replace(/\W+/g, "-")}`;
+      await Deno.mkdir(dir, { mode: 0o700 });
+      const gcc = await new Deno.Command("gcc", {
+        args: [
+          ...flags,
+          "-o",
+          `${dir}/${launcherName}`,
+          decodeURIComponent(new URL("../sandbox/launcher.c", import.meta.url).pathname),
+        ],
+      }).output();
+      if (!gcc.success) throw new Error(`Cannot build the launcher (${link})`);
+      links[link] = dir;
     }
-    for (const link of ["static", "dynamic"] as const) {
+    type Link = keyof typeof links;
+    const linkNames = Object.keys(links) as Link[];
+    const byLink = Object.fromEntries(linkNames.map((l) => [l, [] as number[]])) as Record<
+      Link,
+      number[]
+    >;
+    const linkPool = await NetnsPool.open(`${base}/netns-links`, launcher);
+    const ownLinks = await ownCpuacct();
+    const cpuMs = ownLinks
+      ? ownLinks.ms
+      : async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
+    try {
+      for (let block = 0; block < (options.quick ? 3 : 8); block++) {
+        for (const link of block % 2 ? [...linkNames].reverse() : linkNames) {
+          const before = await cpuMs();
+          for (let i = 0; i < 25; i++) {
+            await sandboxed(trueSpec, false, undefined, "none", links[link], linkPool);
+          }
+          byLink[link].push((await cpuMs() - before) / 25);
+        }
+      }
+    } finally {
+      await ownLinks?.close();
+      await linkPool.close();
+    }
+    for (const link of linkNames) {
       results.push({
-        name:
-          `/bin/true jobs, launcher linked ${link}ally: its processes' and the job's CPU per job (median of blocks)`,
+        name: `/bin/true jobs, launcher ${link}: ${
+          ownLinks ? "this process', the launcher's and the job's" : "the launcher's and the job's"
+        } CPU per job (median of blocks)`,
         value: round(median(byLink[link])),
         unit: "ms",
-        note: `blocks of 10 jobs: ${byLink[link].map(round).join(", ")}`,
+        note: `blocks of 25 jobs: ${byLink[link].map(round).join(", ")}`,
       });
     }
 

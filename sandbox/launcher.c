@@ -105,6 +105,26 @@
 #define AT_RECURSIVE 0x8000
 #endif
 
+#ifndef __GLIBC__
+/* musl (1.2.3, Debian 12) wraps neither close_range(2) nor the new mount
+   API: the system calls themselves, their constants from the kernel's headers. */
+#include <linux/mount.h>
+static int close_range(unsigned first, unsigned last, int flags) {
+  return (int)syscall(SYS_close_range, first, last, flags);
+}
+static int open_tree(int dfd, const char *path, unsigned flags) {
+  return (int)syscall(SYS_open_tree, dfd, path, flags);
+}
+static int mount_setattr(int dfd, const char *path, unsigned flags, struct mount_attr *attr,
+                         size_t size) {
+  return (int)syscall(SYS_mount_setattr, dfd, path, flags, attr, size);
+}
+static int move_mount(int from_dfd, const char *from, int to_dfd, const char *to,
+                      unsigned flags) {
+  return (int)syscall(SYS_move_mount, from_dfd, from, to_dfd, to, flags);
+}
+#endif
+
 #define PATH_BYTES_MAX 4096
 #define REPORT_BYTES_MAX 4096
 #define SHM_OPTIONS "size=64m,nr_inodes=4096"
@@ -308,6 +328,80 @@ static int refuse_fast_allocation(void) {
 }
 #endif
 
+/*
+ * execv(3), and a file the kernel cannot execute (ENOEXEC: a script with no
+ * "#!") run by /bin/sh, as glibc's execvp does; errno says why when it returns.
+ */
+static void exec_or_sh(const char *path, char **argv) {
+  execv(path, argv);
+  if (errno != ENOEXEC) return;
+  size_t n = 0;
+  while (argv[n]) n++;
+  char **sh_argv = calloc(n + 2, sizeof *sh_argv);
+  if (!sh_argv) return;
+  sh_argv[0] = "/bin/sh";
+  sh_argv[1] = (char *)path;
+  for (size_t i = 1; i < n; i++) sh_argv[i + 1] = argv[i];
+  execv("/bin/sh", sh_argv);
+  free(sh_argv);
+}
+
+/*
+ * execvp(3) with glibc's semantics under any libc (musl's runs no script
+ * through /bin/sh): a name with no slash is searched on PATH ("/bin:/usr/bin"
+ * when unset; an empty element is the working directory); a match that cannot
+ * be executed for want of permission is passed over but reported (EACCES) if
+ * nothing else runs; any error other than not found ends the search.
+ */
+static void exec_search(char **argv) {
+  const char *file = argv[0];
+  if (*file == '\0') {
+    errno = ENOENT;
+    return;
+  }
+  if (strchr(file, '/')) {
+    exec_or_sh(file, argv);
+    return;
+  }
+  size_t file_len = strlen(file);
+  if (file_len > NAME_MAX) {
+    errno = ENAMETOOLONG;
+    return;
+  }
+  const char *path = getenv("PATH");
+  if (!path) path = "/bin:/usr/bin";
+  int seen_eacces = 0;
+  for (const char *p = path;;) {
+    const char *end = strchrnul(p, ':');
+    size_t dir_len = (size_t)(end - p);
+    char candidate[PATH_BYTES_MAX];
+    if (dir_len + 1 + file_len < sizeof candidate) {
+      memcpy(candidate, p, dir_len);
+      size_t at = dir_len;
+      if (dir_len > 0) candidate[at++] = '/';
+      memcpy(candidate + at, file, file_len + 1);
+      exec_or_sh(candidate, argv);
+      switch (errno) {
+      case EACCES:
+        seen_eacces = 1;
+        break;
+      case ENOENT:
+      case ESTALE:
+      case ENOTDIR:
+      case ENODEV:
+      case EHOSTDOWN:
+      case ETIMEDOUT:
+        break;
+      default:
+        return;
+      }
+    }
+    if (*end == '\0') break;
+    p = end + 1;
+  }
+  if (seen_eacces) errno = EACCES;
+}
+
 static void run_job(int report_fd) {
   sigset_t none;
   sigemptyset(&none);
@@ -362,7 +456,7 @@ static void run_job(int report_fd) {
   if (report_fd > 3) close_range(3, (unsigned)report_fd - 1, 0);
   close_range((unsigned)report_fd + 1, ~0U, 0);
   report(report_fd, "ready %llu", monotonic_ns());
-  execvp(cfg.argv[0], cfg.argv);
+  exec_search(cfg.argv);
   int err = errno;
   int code = err == ENOENT || err == ENOTDIR ? 127 : 126;
   char msg[1024];

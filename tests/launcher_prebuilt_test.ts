@@ -112,11 +112,21 @@ function hasInterpreter(bytes: Uint8Array): boolean {
   return false;
 }
 
-Deno.test("the launcher is linked statically; where gcc cannot (no libc.a), dynamically", async () => {
+/** Whether `bytes` (a static executable) carries glibc (its messages name it); musl's does not. */
+function hasGlibc(bytes: Uint8Array): boolean {
+  return new TextDecoder("latin1").decode(bytes).includes("glibc");
+}
+
+Deno.test("the launcher is linked statically, against musl where musl-gcc is; where gcc cannot (no libc.a), dynamically", async () => {
   const dir = await Deno.makeTempDir({ prefix: "termite-static-" });
   try {
     const built = await ensureLauncher(`${dir}/cache`, { prebuiltDir: `${dir}/none` });
-    assert.equal(hasInterpreter(await Deno.readFile(built)), false, "static");
+    const bytes = await Deno.readFile(built);
+    assert.equal(hasInterpreter(bytes), false, "static");
+    const musl = await new Deno.Command("musl-gcc", { args: ["--version"], stdout: "null" })
+      .output().then((o) => o.success, () => false);
+    // Bootstrap installs musl-tools: where it did, the launcher is musl's.
+    assert.equal(hasGlibc(bytes), !musl, musl ? "linked against musl" : "linked against glibc");
 
     // A gcc that refuses -static, as one without a static libc does.
     const real = new TextDecoder().decode(
@@ -130,6 +140,9 @@ Deno.test("the launcher is linked statically; where gcc cannot (no libc.a), dyna
         `exec ${real} "$@"\n`,
     );
     await Deno.chmod(`${dir}/bin/gcc`, 0o755);
+    // And no musl (whose musl-gcc runs the real compiler).
+    await Deno.writeTextFile(`${dir}/bin/musl-gcc`, "#!/bin/sh\nexit 1\n");
+    await Deno.chmod(`${dir}/bin/musl-gcc`, 0o755);
     const fallback = await withPath(
       `${dir}/bin:${Deno.env.get("PATH")}`,
       () => ensureLauncher(`${dir}/cache2`, { prebuiltDir: `${dir}/none` }),

@@ -433,6 +433,45 @@ Deno.test("runJob() reports exit codes exactly: exit 3, killed by SIGKILL, SIGSE
   assert.equal(notExecutable.outcome.exitCode, 126);
 });
 
+Deno.test("runJob() finds a command on PATH as execvp does: a script with no #! runs with /bin/sh, a match it may not execute is passed over", async () => {
+  await using fx = await new Fixture().init();
+  const w = fx.writableRoot;
+  await Deno.mkdir(`${w}/a`);
+  await Deno.mkdir(`${w}/b`);
+  // First on PATH but not executable; the second one a script with no "#!".
+  await Deno.writeTextFile(`${w}/a/tool`, "echo from a\n", { mode: 0o644 });
+  await Deno.writeTextFile(`${w}/b/tool`, 'echo "from b $1 $0"\n', { mode: 0o755 });
+  await Deno.writeTextFile(`${w}/a/locked`, "echo locked\n", { mode: 0o644 });
+  await Deno.chmod(`${w}/a/tool`, 0o644);
+  await Deno.chmod(`${w}/b/tool`, 0o755);
+  await Deno.chmod(`${w}/a/locked`, 0o644);
+  const env = { PATH: `${w}/a:${w}/b:${PATH}` };
+  const tool = await capture(
+    { argv: ["tool", "x"], cwd: "/", env, timeoutMs: 10_000 },
+    fx.options(),
+  );
+  assert.equal(tool.outcome.exitCode, 0, tool.err);
+  assert.equal(tool.out, `from b x ${w}/b/tool\n`);
+  const byPath = await capture(
+    { argv: [`${w}/b/tool`, "y"], cwd: "/", env, timeoutMs: 10_000 },
+    fx.options(),
+  );
+  assert.equal(byPath.out, `from b y ${w}/b/tool\n`);
+  // Found only where it may not be executed: 126, Permission denied.
+  const locked = await capture(
+    { argv: ["locked"], cwd: "/", env, timeoutMs: 10_000 },
+    fx.options(),
+  );
+  assert.equal(locked.outcome.exitCode, 126);
+  assert.match(locked.err, /locked: Permission denied/);
+  // No PATH at all: /bin:/usr/bin.
+  const noPath = await capture(
+    { argv: ["true"], cwd: "/", env: {}, timeoutMs: 10_000 },
+    fx.options(),
+  );
+  assert.equal(noPath.outcome.exitCode, 0, noPath.err);
+});
+
 Deno.test("runJob() reports the CPU of the job's processes, the children it waited for included", async () => {
   await using fx = await new Fixture().init();
   // A child that spins, waited for; then the shell's own account of its CPU and its children's.
