@@ -123,8 +123,10 @@ async function exists(path: string): Promise<boolean> {
  * The processes matching `needle` that outlive their job: a killed job's
  * namespace is torn down by the kernel, so some may take a moment to go.
  * Under CI load that once took over 5 s (a `sleep 300` of the fork loop,
- * gone minutes later), so the wait is 20 s: a process that escaped the job
- * lives on (these sleep 300 s) and is still found.
+ * gone minutes later: maybe another process of that name, as when a
+ * `sleep 300` in a shell on the same host failed a CI run of session 16; the
+ * tests now tag their sleeps), so the wait is 20 s: a process that escaped the
+ * job lives on (these sleep 300 s) and is still found.
  */
 async function survivors(needle: string, waitMs = 20_000): Promise<string[]> {
   const deadline = Date.now() + waitMs;
@@ -613,9 +615,12 @@ Deno.test("runJob() kills the job tree when its AbortSignal fires", async () => 
 Deno.test("runJob() stops a fork loop at the process cap", async () => {
   await using fx = await new Fixture().init();
   const options = fx.options();
+  // A tag of this run's own: no other process on the host (another test, a
+  // shell's `sleep 300`) is taken for a survivor.
+  const tag = `300.${Math.floor(Math.random() * 1e6)}`;
   const r = await capture(
     {
-      argv: ["/bin/bash", "-c", "while :; do sleep 300 & done"],
+      argv: ["/bin/bash", "-c", `while :; do sleep ${tag} & done`],
       cwd: "/",
       env: { PATH },
       timeoutMs: 60_000,
@@ -624,18 +629,21 @@ Deno.test("runJob() stops a fork loop at the process cap", async () => {
     options,
   );
   assert.equal(r.outcome.killedBy, "processes");
-  assert.deepEqual(await survivors("sleep 300"), []);
+  assert.deepEqual(await survivors(`sleep ${tag}`), []);
   await assertCleanedUp(fx, options.jobDir);
   // Without cgroups: RLIMIT_NPROC makes fork fail; dash gives up.
-  const fallback = await fx.sh("i=0; while [ $i -lt 200 ]; do sleep 301 & i=$((i+1)); done; wait", {
-    processesMax: 20,
-    timeoutMs: 60_000,
-    run: { pidsCgroupRoot: null },
-  });
+  const fallback = await fx.sh(
+    `i=0; while [ $i -lt 200 ]; do sleep ${tag}1 & i=$((i+1)); done; wait`,
+    {
+      processesMax: 20,
+      timeoutMs: 60_000,
+      run: { pidsCgroupRoot: null },
+    },
+  );
   assert.notEqual(fallback.outcome.exitCode, 0);
   assert.equal(fallback.outcome.killedBy, undefined);
   assert.match(fallback.err, /fork|Resource temporarily unavailable/i);
-  assert.deepEqual(await survivors("sleep 301"), []);
+  assert.deepEqual(await survivors(`sleep ${tag}1`), []);
 });
 
 Deno.test("runJob() caps memory: allocating beyond memoryBytesMax fails", async () => {
