@@ -378,6 +378,38 @@ Deno.test("runJob() with a NetnsPool reuses a network namespace that keeps nothi
   assert.deepEqual(await bindingsUnder(dir), []);
 });
 
+Deno.test("NetnsPool retires what a failed or killed job gave back, and past its cap a job gets a namespace of its own", async () => {
+  await using fx = await new Fixture().init();
+  const launcher = await ensureLauncher(LAUNCHER_CACHE);
+  const dir = `${fx.base}/netns`;
+  const pool = await NetnsPool.open(dir, launcher, { max: 2 });
+  try {
+    const first = pool.take()!;
+    await pool.give(first, false); // its job failed: never handed out again
+    const second = pool.take()!;
+    assert.notEqual(second, first);
+    assert.equal(pool.take(), undefined, "the cap counts the retired one");
+    await pool.give(second, true);
+    assert.equal(pool.take(), second);
+    await pool.give(second, true);
+    // A job while the pool is at its cap and the one namespace held: its own, made for it.
+    const held = pool.take()!;
+    const job = await capture(
+      { argv: ["readlink", "/proc/self/ns/net"], cwd: "/", env: { PATH }, timeoutMs: 10_000 },
+      fx.options({ netnsPool: pool }),
+    );
+    assert.equal(job.outcome.exitCode, 0, job.err);
+    assert.match(job.out, /^net:\[\d+\]\n$/);
+    assert.notEqual(job.out.trim(), await Deno.readLink("/proc/self/ns/net"));
+    assert.equal(pool.size, 2);
+    await pool.give(held, true);
+  } finally {
+    await pool.close();
+  }
+  assert.deepEqual(await bindingsUnder(dir), []);
+  assert.deepEqual([...Deno.readDirSync(dir)], []);
+});
+
 Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {
   await using fx = await new Fixture().init();
   // Run the launcher from a shell holding /dev/fuse and a file open without close-on-exec.
