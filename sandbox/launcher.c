@@ -886,13 +886,24 @@ static int loopback_up(void) {
  * the worker keeps one per running job and hands it to one job at a time.
  */
 static void enter_netns(const char *path) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  /* O_NONBLOCK: a FIFO found there would block the open for good. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd >= 0) {
     int r = setns(fd, CLONE_NEWNET);
     int err = errno;
     close(fd);
-    if (r == 0) return;
-    /* EINVAL: a plain file, left when making one failed. */
+    if (r == 0) {
+      /* Only a namespace made below has TIME_WAIT off: never the worker's
+         own, or any other, bound there by mistake. */
+      char value[32] = "";
+      int tw = open("/proc/sys/net/ipv4/tcp_max_tw_buckets", O_RDONLY | O_CLOEXEC);
+      ssize_t n = tw < 0 ? -1 : read(tw, value, sizeof value - 1);
+      if (tw >= 0) close(tw);
+      if (n != 2 || strncmp(value, "0\n", 2) != 0)
+        fail_outer("Refusing the network namespace at %s: not one made for jobs", path);
+      return;
+    }
+    /* EINVAL: not a namespace (a plain file, left when making one failed). */
     if (err != EINVAL)
       fail_outer("Cannot join the network namespace %s: %s", path, strerror(err));
   } else if (errno != ENOENT) {
@@ -905,9 +916,12 @@ static void enter_netns(const char *path) {
   if (tw < 0 || write(tw, "0", 1) != 1)
     fail_outer("Cannot turn off TIME_WAIT in the job's network namespace: %s", strerror(errno));
   close(tw);
-  int target = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  int target = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
   if (target < 0) fail_outer("Cannot create %s: %s", path, strerror(errno));
+  struct stat st;
+  int regular = fstat(target, &st) == 0 && S_ISREG(st.st_mode);
   close(target);
+  if (!regular) fail_outer("Cannot keep the network namespace at %s: not a regular file", path);
   if (mount("/proc/self/ns/net", path, NULL, MS_BIND, NULL))
     fail_outer("Cannot keep the network namespace at %s: %s", path, strerror(errno));
 }

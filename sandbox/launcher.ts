@@ -86,7 +86,7 @@ async function readSource(): Promise<Uint8Array> {
   }
 }
 
-/** SHA-256 of the launcher's source and compiler flags: what a build depends on. */
+/** SHA-256 of the launcher's source, compiler flags and compilers: what a build depends on. */
 export async function launcherSourceHash(): Promise<string> {
   const source = await readSource();
   return buildKey(source);
@@ -278,15 +278,9 @@ const KERNEL_HEADER_DIRS = ["linux", "asm-generic"];
 /**
  * Makes `dir` hold links to the system's kernel headers (from linux-libc-dev:
  * `/usr/include/linux`, `asm-generic`, and the architecture's `asm`), for
- * musl-gcc; false when there is no musl-gcc or no such headers.
+ * musl-gcc; false when there are no such headers (or no gcc, which musl-gcc runs).
  */
 async function linkKernelHeaders(dir: string): Promise<boolean> {
-  try {
-    await new Deno.Command("musl-gcc", { args: ["--version"], stdout: "null", stderr: "null" })
-      .output();
-  } catch {
-    return false;
-  }
   let multiarch = "";
   try {
     const out = await new Deno.Command("gcc", {

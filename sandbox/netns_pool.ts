@@ -21,6 +21,8 @@ const DROP_TIMEOUT_MS = 10_000;
 export interface NetnsPoolOptions {
   /** Namespaces kept at most; default {@linkcode NETNS_POOL_MAX}. */
   max?: number;
+  /** Told what a crashed worker left that could not be dropped. */
+  log?: (message: string) => void;
 }
 
 /** The bound network namespaces of one worker, each used by one job at a time. */
@@ -32,6 +34,8 @@ export class NetnsPool {
   readonly #free: string[] = [];
   /** Every path ever handed out (bound or not): dropped at close. */
   readonly #made = new Set<string>();
+  /** This pool's names: never one a crashed worker left, if it could not be dropped. */
+  readonly #prefix = `ns-${crypto.randomUUID().slice(0, 8)}-`;
   #next = 0;
   #closed = false;
 
@@ -43,7 +47,8 @@ export class NetnsPool {
 
   /**
    * A pool in `dir` (created root-only), after dropping what a crashed
-   * worker left there. `launcher` is the launcher binary (sandbox/launcher.ts).
+   * worker left there (what cannot be dropped is logged, and stays unused).
+   * `launcher` is the launcher binary (sandbox/launcher.ts).
    */
   static async open(
     dir: string,
@@ -58,7 +63,9 @@ export class NetnsPool {
     }
     const stale: string[] = [];
     for await (const entry of Deno.readDir(dir)) stale.push(`${dir}/${entry.name}`);
-    await drop(launcher, stale);
+    await drop(launcher, stale).catch((err) =>
+      (options.log ?? console.error)(`network namespaces left: ${err.message}`)
+    );
     return new NetnsPool(dir, launcher, options.max ?? NETNS_POOL_MAX);
   }
 
@@ -82,7 +89,7 @@ export class NetnsPool {
     const path = this.#free.pop();
     if (path !== undefined) return path;
     if (this.#made.size >= this.#max) return undefined;
-    const made = `${this.dir}/ns-${this.#next++}`;
+    const made = `${this.dir}/${this.#prefix}${this.#next++}`;
     this.#made.add(made);
     return made;
   }

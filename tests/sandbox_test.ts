@@ -308,12 +308,22 @@ if sys.argv[1] == "first":
     # The listening side closes first: a TIME_WAIT socket on the port, where one is kept.
     a.close(); c.recv(1); c.close(); s.close()
     left = socket.socket(); left.bind(("127.0.0.1", port + 1)); left.listen()
+    try:  # The same over IPv6, where the loopback has ::1.
+        s6 = socket.socket(socket.AF_INET6); s6.bind(("::1", port)); s6.listen()
+        c6 = socket.create_connection(("::1", port)); a6, _ = s6.accept()
+        a6.close(); c6.recv(1); c6.close(); s6.close()
+        print("v6 ok")
+    except OSError as e:
+        print("v6 none", e)
     print("first ok")  # exits with its listener open
 else:
     # Without SO_REUSEADDR: refused while the port has a TIME_WAIT socket.
     for p in (port, port + 1):
         socket.socket().bind(("127.0.0.1", p)); print("bound", p)
     print("tcp", len(open("/proc/net/tcp").read().splitlines()) - 1)
+    if sys.argv[3:] == ["v6"]:
+        socket.socket(socket.AF_INET6).bind(("::1", port)); print("bound6", port)
+        print("tcp6", len(open("/proc/net/tcp6").read().splitlines()) - 1)
 `;
 
 /** The nsfs bindings under `dir` in this mount namespace. */
@@ -329,7 +339,9 @@ Deno.test("runJob() with a NetnsPool reuses a network namespace that keeps nothi
   const pool = await NetnsPool.open(dir, launcher);
   try {
     // A plain file where a namespace should be (a half-made one): made there anyway.
-    await Deno.writeTextFile(`${dir}/ns-0`, "");
+    const first0 = pool.take()!;
+    await Deno.writeTextFile(first0, "");
+    await pool.give(first0, true);
     const probe = `${fx.writableRoot}/netns_probe.py`;
     await Deno.writeTextFile(probe, NETNS_PROBE);
     const hostNs = await Deno.readLink("/proc/self/ns/net");
@@ -341,8 +353,10 @@ Deno.test("runJob() with a NetnsPool reuses a network namespace that keeps nothi
     const first = await job("first", "8123");
     assert.equal(first.outcome.exitCode, 0, first.err);
     assert.match(first.out, /first ok/);
-    const second = await job("second", "8123");
+    const v6 = /^v6 ok$/m.test(first.out);
+    const second = await job("second", "8123", ...(v6 ? ["v6"] : []));
     assert.equal(second.outcome.exitCode, 0, second.err);
+    if (v6) assert.match(second.out, /^bound6 8123\ntcp6 0$/m, second.out);
     const nsOf = (out: string) => out.match(/^ns (net:\[\d+\])$/m)![1];
     assert.equal(nsOf(second.out), nsOf(first.out), "the namespace is reused");
     assert.notEqual(nsOf(first.out), hostNs, "not the worker's");
@@ -382,7 +396,11 @@ Deno.test("NetnsPool retires what a failed or killed job gave back, and past its
   await using fx = await new Fixture().init();
   const launcher = await ensureLauncher(LAUNCHER_CACHE);
   const dir = `${fx.base}/netns`;
-  const pool = await NetnsPool.open(dir, launcher, { max: 2 });
+  // What a crashed worker left and cannot be dropped (a directory): logged, never used.
+  await Deno.mkdir(`${dir}/leftover`, { recursive: true });
+  const logged: string[] = [];
+  const pool = await NetnsPool.open(dir, launcher, { max: 2, log: (m) => logged.push(m) });
+  assert.match(logged.join("\n"), /network namespaces left: .*leftover/);
   try {
     const first = pool.take()!;
     await pool.give(first, false); // its job failed: never handed out again
@@ -407,7 +425,54 @@ Deno.test("NetnsPool retires what a failed or killed job gave back, and past its
     await pool.close();
   }
   assert.deepEqual(await bindingsUnder(dir), []);
-  assert.deepEqual([...Deno.readDirSync(dir)], []);
+  assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["leftover"]);
+});
+
+/** A SandboxError whose message matches `pattern` (for assert.rejects). */
+function refusedWith(pattern: RegExp): (err: unknown) => boolean {
+  return (err) => err instanceof SandboxError && pattern.test(err.message);
+}
+
+Deno.test("hostile: a pool path holding the worker's own network namespace, a FIFO or a directory is refused, never joined or waited on", async () => {
+  await using fx = await new Fixture().init();
+  const launcher = await ensureLauncher(LAUNCHER_CACHE);
+  const dir = `${fx.base}/netns`;
+  const pool = await NetnsPool.open(dir, launcher);
+  const hostNs = await Deno.readLink("/proc/self/ns/net");
+  const readlinkJob = () =>
+    capture(
+      { argv: ["readlink", "/proc/self/ns/net"], cwd: "/", env: { PATH }, timeoutMs: 10_000 },
+      fx.options({ netnsPool: pool }),
+    );
+  try {
+    // The worker's own namespace bound where a job's should be.
+    const planted = pool.take()!;
+    await Deno.writeTextFile(planted, "");
+    await run("mount", "--bind", "/proc/self/ns/net", planted);
+    await pool.give(planted, true);
+    await assert.rejects(readlinkJob(), refusedWith(/not one made for jobs/));
+    // Retired: the next job gets a namespace of its own making.
+    const next = await readlinkJob();
+    assert.equal(next.outcome.exitCode, 0, next.err);
+    assert.notEqual(next.out.trim(), hostNs);
+
+    // A FIFO (an open would wait for a writer for good) and a directory, at
+    // new paths (the good namespace held meanwhile).
+    const held = pool.take()!;
+    for (const make of [(p: string) => run("mkfifo", p), (p: string) => Deno.mkdir(p)]) {
+      const path = pool.take()!;
+      await make(path);
+      await pool.give(path, true);
+      await assert.rejects(readlinkJob(), refusedWith(/Cannot create .*netns/));
+    }
+    await pool.give(held, true);
+  } finally {
+    await pool.close().catch(() => {});
+  }
+  const dirLeft = [...Deno.readDirSync(dir)].filter((e) => e.isDirectory);
+  for (const d of dirLeft) await Deno.remove(`${dir}/${d.name}`);
+  assert.deepEqual(await bindingsUnder(dir), [], "the planted binding dropped too");
+  assert.equal(await Deno.readLink("/proc/self/ns/net"), hostNs);
 });
 
 Deno.test("runJob() passes no inherited descriptor (such as /dev/fuse) to the job", async () => {

@@ -243,7 +243,9 @@ export class Worker implements AsyncDisposable {
     // (Also drops the namespaces a crashed worker left.)
     const netnsPool = options.jobNetwork
       ? undefined
-      : await NetnsPool.open(`${options.cacheDir}/netns`, launcher);
+      : await NetnsPool.open(`${options.cacheDir}/netns`, launcher, {
+        log: options.log ?? ((m) => console.error(`termite worker: ${m}`)),
+      });
     const store = await Store.open({
       dir: `${options.cacheDir}/cas`,
       bytesMax: options.storeBytesMax ?? 8 * 2 ** 30,
