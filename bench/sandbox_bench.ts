@@ -15,7 +15,7 @@ import {
   NetnsPool,
   runJob,
 } from "../sandbox/mod.ts";
-import { procStat } from "./_proc.ts";
+import { childrenCpuMs } from "./_proc.ts";
 import type { BenchResult } from "./types.ts";
 
 const PATH = "/usr/local/bin:/usr/bin:/bin";
@@ -50,29 +50,6 @@ async function machineBusyMs(): Promise<number> {
       .map(Number);
     return (user + nice + system + irq + softirq) * 10;
   }
-}
-
-/**
- * This process moved into a cpuacct cgroup of its own: a reader of the CPU
- * of it and its children (to the ns) and a remover; undefined without cpuacct.
- */
-async function ownCpuacct(): Promise<
-  { ms(): Promise<number>; close(): Promise<void> } | undefined
-> {
-  const dir = `${CPUACCT}/termite-bench-${Deno.pid}`;
-  try {
-    await Deno.mkdir(dir);
-    await Deno.writeTextFile(`${dir}/cgroup.procs`, String(Deno.pid));
-  } catch {
-    return undefined;
-  }
-  return {
-    ms: async () => Number(await Deno.readTextFile(`${dir}/cpuacct.usage`)) / 1e6,
-    close: async () => {
-      await Deno.writeTextFile(`${CPUACCT}/cgroup.procs`, String(Deno.pid)).catch(() => {});
-      await Deno.remove(dir).catch(() => {});
-    },
-  };
 }
 
 function round(ms: number): number {
@@ -181,7 +158,8 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
 
     // The job's own network namespace, one reused from a pool, and the
     // worker's: blocks of jobs alternated, each measured by its wall time,
-    // the CPU of this process's reaped children (launcher, init, job) and the
+    // the CPU of this process's reaped children (launcher, init, job; getrusage
+    // to the µs) and the
     // whole machine's (the kernel's asynchronous clean-up of dead network
     // namespaces runs in a kernel worker).
     const pool = await NetnsPool.open(`${base}/netns`, await ensureLauncher(cacheDir));
@@ -193,15 +171,13 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
     const setupByNetwork = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
     const childrenCpu = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
     const machineCpu = { own: [], pooled: [], host: [] } as Record<Arm, number[]>;
-    const own = await ownCpuacct();
-    const childrenMs = own ? own.ms : async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
     try {
       for (let block = 0; block < blocks; block++) {
         const order = block % 2 ? [...arms].reverse() : arms;
         for (const arm of order) {
           // The previous arm's clean-up by the kernel is not this one's.
           await new Promise((r) => setTimeout(r, 200));
-          const children0 = await childrenMs();
+          const children0 = childrenCpuMs();
           const machine0 = await machineBusyMs();
           for (let i = 0; i < perBlock; i++) {
             const r = await sandboxed(
@@ -215,13 +191,12 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
             byNetwork[arm].push(r.ms);
             setupByNetwork[arm].push(r.launcherMs);
           }
-          childrenCpu[arm].push((await childrenMs() - children0) / perBlock);
+          childrenCpu[arm].push((childrenCpuMs() - children0) / perBlock);
           await new Promise((r) => setTimeout(r, 200));
           machineCpu[arm].push((await machineBusyMs() - machine0) / perBlock);
         }
       }
     } finally {
-      await own?.close();
       await pool.close();
     }
     const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
@@ -237,18 +212,16 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
         unit: "ms",
         note: `mean ${round(mean(byNetwork[arm]))} ms; launcher set-up median ${
           round(median(setupByNetwork[arm]))
-        } ms; CPU per job (median of blocks of ${perBlock}): ${
-          own ? "this process, launcher and job" : "launcher and job"
-        } ${round(median(childrenCpu[arm]))} ms, whole machine ${
-          round(median(machineCpu[arm]))
-        } ms`,
+        } ms; CPU per job (median of blocks of ${perBlock}): ${"launcher and job"} ${
+          round(median(childrenCpu[arm]))
+        } ms, whole machine ${round(median(machineCpu[arm]))} ms`,
       });
     }
 
     // The launcher as built (static; against musl where musl-gcc is) against the
     // same source linked statically and dynamically against glibc, in blocks of
-    // jobs that alternate: the CPU of this process, the launcher's processes
-    // and the job per job (a cpuacct cgroup of its own, else reaped children).
+    // jobs that alternate: the CPU of the launcher's processes and the job per
+    // job (this process's reaped children, getrusage to the µs).
     const launcher = await ensureLauncher(cacheDir);
     const launcherName = launcher.slice(launcher.lastIndexOf("/") + 1);
     const links = { "as built": cacheDir, "glibc, static": "", "glibc, dynamic": "" };
@@ -278,29 +251,23 @@ export async function run(options: { quick: boolean }): Promise<BenchResult[]> {
       number[]
     >;
     const linkPool = await NetnsPool.open(`${base}/netns-links`, launcher);
-    const ownLinks = await ownCpuacct();
-    const cpuMs = ownLinks
-      ? ownLinks.ms
-      : async () => ((await procStat("self"))?.childrenS ?? 0) * 1000;
     try {
       for (let block = 0; block < (options.quick ? 3 : 8); block++) {
         for (const link of block % 2 ? [...linkNames].reverse() : linkNames) {
-          const before = await cpuMs();
+          const before = childrenCpuMs();
           for (let i = 0; i < 25; i++) {
             await sandboxed(trueSpec, false, undefined, "none", links[link], linkPool);
           }
-          byLink[link].push((await cpuMs() - before) / 25);
+          byLink[link].push((childrenCpuMs() - before) / 25);
         }
       }
     } finally {
-      await ownLinks?.close();
       await linkPool.close();
     }
     for (const link of linkNames) {
       results.push({
-        name: `/bin/true jobs, launcher ${link}: ${
-          ownLinks ? "this process', the launcher's and the job's" : "the launcher's and the job's"
-        } CPU per job (median of blocks)`,
+        name:
+          `/bin/true jobs, launcher ${link}: ${"the launcher's and the job's"} CPU per job (median of blocks)`,
         value: round(median(byLink[link])),
         unit: "ms",
         note: `blocks of 25 jobs: ${byLink[link].map(round).join(", ")}`,
