@@ -46,7 +46,7 @@
  *     sends no notification) and kills the job at the first refused fork, and
  *     kills it when the writable layer passes a limit.
  *   init (PID 1 of the new PID namespace): builds the job root at D/root,
- *     chroots into it, forks the job, forwards signals to the job's process
+ *     chroots into it, starts the job (vfork-like, see start_job()), forwards signals to the job's process
  *     group, reaps orphans, and exits when the job exits, which kills every
  *     process left in the namespace.
  *   job (PID 2): drops to uid/gid, sets limits, closes inherited fds, execs.
@@ -87,6 +87,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -136,6 +137,8 @@ static int move_mount(int from_dfd, const char *from, int to_dfd, const char *to
    grew by more than what the job has left, it is measured at once. */
 #define WATCH_POLL_MS 100
 #define WATCH_TRIGGERED_NS_MIN 100000000ULL
+/* Stack of the job's process between its start and its exec (see start_job). */
+#define JOB_STACK_BYTES (256 * 1024)
 
 struct config {
   const char *job_dir;
@@ -630,6 +633,31 @@ static void report_tmp_left(int fd) {
   closedir(d);
 }
 
+static int job_main(void *report_fd) {
+  run_job((int)(intptr_t)report_fd);
+  return 1;
+}
+
+/*
+ * Starts the job's process as vfork(2) would: it shares this process's memory
+ * (on a stack of its own, below a guard page) until its exec, while this one
+ * waits, so no copy of the address space is made only to be dropped by the
+ * exec (a fork cost 0.3-0.4 ms more per job on a VM where page faults are
+ * dear). run_job() only makes system calls and writes its own stack before
+ * the exec or _exit; its credentials, limits, signal dispositions, descriptors
+ * and working directory are its own (no CLONE_THREAD, CLONE_SIGHAND,
+ * CLONE_FILES or CLONE_FS).
+ */
+static pid_t start_job(int report_fd) {
+  long page = sysconf(_SC_PAGESIZE);
+  char *stack = mmap(NULL, JOB_STACK_BYTES, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -1;
+  if (mprotect(stack, (size_t)page, PROT_NONE)) return -1;
+  return clone(job_main, stack + JOB_STACK_BYTES, CLONE_VM | CLONE_VFORK | SIGCHLD,
+               (void *)(intptr_t)report_fd);
+}
+
 static void run_init(int report_fd, int life_fd) {
   /* Die with the outer launcher; it may already be gone (then the pipe
      reports a hang-up). */
@@ -642,9 +670,8 @@ static void run_init(int report_fd, int life_fd) {
   if (join_path(root, cfg.job_dir, "root")) SETUP_FAIL("Path too long: job root");
   setup_root(report_fd, root);
 
-  pid_t job = fork();
-  if (job < 0) SETUP_FAIL("Cannot fork the job: %s", strerror(errno));
-  if (job == 0) run_job(report_fd);
+  pid_t job = start_job(report_fd);
+  if (job < 0) SETUP_FAIL("Cannot start the job: %s", strerror(errno));
 
   sigset_t set;
   sigemptyset(&set);

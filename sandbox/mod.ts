@@ -24,6 +24,7 @@ export {
   LAUNCHER_CFLAGS,
   LAUNCHER_CFLAGS_DYNAMIC,
   launcherSourceHash,
+  linkKernelHeaders,
   PREBUILT_DIR_URL,
   PREBUILT_NAME,
   type PrebuiltManifest,
