@@ -280,7 +280,7 @@ const KERNEL_HEADER_DIRS = ["linux", "asm-generic"];
  * `/usr/include/linux`, `asm-generic`, and the architecture's `asm`), for
  * musl-gcc; false when there are no such headers (or no gcc, which musl-gcc runs).
  */
-export async function linkKernelHeaders(dir: string): Promise<boolean> {
+async function linkKernelHeaders(dir: string): Promise<boolean> {
   let multiarch = "";
   try {
     const out = await new Deno.Command("gcc", {

@@ -24,7 +24,6 @@ export {
   LAUNCHER_CFLAGS,
   LAUNCHER_CFLAGS_DYNAMIC,
   launcherSourceHash,
-  linkKernelHeaders,
   PREBUILT_DIR_URL,
   PREBUILT_NAME,
   type PrebuiltManifest,
