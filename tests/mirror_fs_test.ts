@@ -211,6 +211,61 @@ Deno.test("lookup() answers a name missing from a fetched directory locally", as
   assert.equal(fs.stats.lookupsWaited, 2); // "src" in / and "a.c" in /src
 });
 
+Deno.test("a directory others may not enter is shown enterable, with every name in it absent", async () => {
+  await using f = await fixture();
+  const { fs, link, tree } = f;
+  const session = recordingSession();
+  fs.attach(session);
+  // /home 0750 (nothing for others), /data 0705 (others may enter), /src/private
+  // 0700 inside the writable root (the job's own): only /home is closed.
+  await Deno.mkdir(`${tree}/home/.cargo/bin`, { recursive: true });
+  await Deno.writeTextFile(`${tree}/home/.cargo/bin/gcc`, "#!/bin/sh\n");
+  await Deno.chmod(`${tree}/home`, 0o750);
+  await Deno.chmod(`${tree}/data`, 0o705);
+  await Deno.mkdir(`${tree}/src/private`, { mode: 0o700 });
+  await Deno.chmod(`${tree}/src/private`, 0o700);
+  const home = await lookup(fs, ROOT, "home");
+  assert.equal(home.attr!.mode & 0o7777, 0o751, "others may enter, not list");
+  assert.equal(home.attr!.uid, 0);
+  assert.equal((await getattrOf(fs, BigInt(home.ino))).mode & 0o7777, 0o751);
+  assert.equal((await lookup(fs, ROOT, "data")).attr!.mode & 0o7777, 0o705);
+  const src = await lookup(fs, ROOT, "src");
+  const privateDir = await lookup(fs, BigInt(src.ino), "private");
+  assert.equal(privateDir.attr!.mode & 0o7777, 0o700);
+  assert.equal(privateDir.attr!.uid, JOB_UID);
+
+  // Whatever the link would list in it (a master lists nothing there): absent,
+  // answered at once, and cached by the kernel as absent.
+  const calls = { ...link.calls };
+  const negativeBefore = fs.stats.negativeLocal;
+  for (const name of [".cargo", "gcc", ".cargo"]) {
+    const missing = fs.lookup(BigInt(home.ino), name, CTX);
+    assert.ok(!(missing instanceof Promise), "answered without waiting");
+    assert.deepEqual(missing, { ino: 0, entryTimeoutS: 3600, attrTimeoutS: 0 }, name);
+  }
+  assert.deepEqual(link.calls, calls, "no call to the master");
+  assert.equal(fs.stats.negativeLocal - negativeBefore, 3);
+
+  // Opened to others, it is an ordinary directory again: the kernel forgets
+  // the names it held absent there.
+  await Deno.chmod(`${tree}/home`, 0o755);
+  await fs.applyUpdates([await link.attr("/home", { withHash: false })]);
+  assert.ok(session.calls.includes(`entry ${home.ino} .cargo`), session.calls.join("; "));
+  assert.ok(session.calls.includes(`entry ${home.ino} gcc`), session.calls.join("; "));
+  const reopened = await lookup(fs, ROOT, "home");
+  assert.equal(reopened.attr!.mode & 0o7777, 0o755);
+  const cargo = await lookup(fs, BigInt(reopened.ino), ".cargo");
+  assert.notEqual(cargo.ino, 0);
+
+  // Closed again: what a job could reach there is forgotten, by the kernel too.
+  session.calls.length = 0;
+  await Deno.chmod(`${tree}/home`, 0o700);
+  await fs.applyUpdates([await link.attr("/home", { withHash: false })]);
+  assert.ok(session.calls.includes(`entry ${home.ino} .cargo`), session.calls.join("; "));
+  assert.equal((await lookup(fs, BigInt(home.ino), ".cargo")).ino, 0);
+  assert.equal((await getattrOf(fs, BigInt(home.ino))).mode & 0o7777, 0o701);
+});
+
 Deno.test("20 concurrent lookups in one uncached directory fetch it once", async () => {
   await using f = await fixture();
   const { fs, link } = f;
@@ -632,6 +687,26 @@ for (const { label, options } of MOUNT_CONFIGS) {
         const secret = await run("setpriv", [...as, m(`${tree}/src/b.h`)]);
         assert.notEqual(secret.code, 0);
         assert.match(secret.stderr, /Permission denied/);
+      });
+
+      await t.step("nobody finds no name in a closed directory, and asks once", async () => {
+        await Deno.mkdir(`${tree}/home/.local/bin`, { recursive: true });
+        await Deno.writeTextFile(`${tree}/home/.local/bin/tool`, "#!/bin/sh\n", { mode: 0o755 });
+        await Deno.chmod(`${tree}/home`, 0o700);
+        await fs.applyUpdates(
+          await Promise.all([tree, `${tree}/home`].map((p) => link.attr(p, { withHash: false }))),
+        );
+        const as = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+        const probe = () => run("setpriv", [...as, "stat", m(`${tree}/home/.local/bin/tool`)]);
+        const first = await probe();
+        assert.equal(first.code, 1);
+        assert.match(first.stderr, /No such file or directory/);
+        const requests = session!.stats.requests;
+        for (let i = 0; i < 3; i++) assert.match((await probe()).stderr, /No such file/);
+        assert.equal(session!.stats.requests, requests, "answered from the kernel's cache");
+        assert.match(await ok("stat", "-c", "%a", m(`${tree}/home`)), /^701\n$/);
+        const list = await run("setpriv", [...as, "ls", m(`${tree}/home`)]);
+        assert.match(list.stderr, /Permission denied/, "others may still not list it");
       });
 
       await t.step(

@@ -23,6 +23,9 @@ import type { Invalidations } from "./mirror_updates.ts";
 /** The uid and gid of the job user, owner of the master's writable root in the mirror. */
 export const JOB_UID = 65534;
 export const JOB_GID = 65534;
+/** Permission bits of others, and the one to enter a directory. */
+const OTHERS_ALL = 0o007;
+const OTHERS_SEARCH = 0o001;
 export const NAME_BYTES_MAX = 255;
 /** Names answered negatively and remembered (to invalidate them later), per directory. */
 const NEGATIVES_PER_DIR_MAX = 4096;
@@ -312,15 +315,60 @@ export class AttrCache {
 
   // ---- what the kernel sees ----
 
+  /**
+   * Whether `node` is a directory outside the writable root that others may
+   * not enter at all (a private home, say). The master serves none of its
+   * children, and neither does the mirror: every name in it is absent. It is
+   * shown as one that others may enter (not list): a job's lookup there, such
+   * as a PATH entry under the home, then ends in the kernel's cache of absent
+   * names, where a permission failure would end in a request to this file
+   * system each time (the kernel asks for the inode's attributes again after
+   * every EACCES: 22 such requests per lua compile with root's PATH, ~2 ms of
+   * a worker's CPU; BENCHMARKS.md, session 17). The job finds no such name,
+   * as the user whose home it is would, where it met "Permission denied".
+   */
+  closed(node: MirrorNode): boolean {
+    const attr = node.attr;
+    // Never the root, the writable root or a directory on the way to it (the
+    // sandboxes' mount points, which a master would not serve in there anyway).
+    return attr !== undefined && attr.kind === "dir" && (attr.mode & OTHERS_ALL) === 0 &&
+      node !== this.root && !isInside(node.path, this.#writableRoot) &&
+      !isInside(this.#writableRoot, node.path);
+  }
+
+  /**
+   * Forgets everything under a directory that was {@linkcode closed} and is
+   * no longer, or the other way round: its listing, its cached children and
+   * its negative entries, with the kernel's entries of every one of those
+   * names (no mount point of a sandbox is in there: see `closed`). A directory
+   * newly closed then shows nothing it showed, even to a job that knew the
+   * names; a newly open one looks its names up on the master again.
+   */
+  forgetChildren(node: MirrorNode, invalidations: Invalidations): void {
+    const names = new Set([...node.listing?.keys() ?? [], ...node.kids.keys()]);
+    for (const name of node.negatives ?? []) names.add(name);
+    for (const name of names) invalidations.entry(node.id, name);
+    for (const kid of [...node.kids.values()]) this.detach(kid);
+    if (node.negatives) {
+      this.#negativeCount -= node.negatives.size;
+      node.negatives = undefined;
+    }
+    node.listing = undefined;
+    node.rows = undefined;
+    node.complete = false;
+  }
+
   toAttr(node: MirrorNode): Attr {
     const attr = node.attr!;
     const owner = isInside(node.path, this.#writableRoot) ? JOB_UID : 0;
     const size = attr.kind === "symlink" && attr.target !== undefined
       ? byteLength(attr.target)
       : attr.size;
+    let mode = attr.mode & 0o7777;
+    if (this.closed(node)) mode |= OTHERS_SEARCH;
     return {
       ino: node.id,
-      mode: typeBits(attr.kind ?? "file") | (attr.mode & 0o7777),
+      mode: typeBits(attr.kind ?? "file") | mode,
       nlink: 1,
       uid: owner,
       gid: owner === 0 ? 0 : JOB_GID,

@@ -102,6 +102,11 @@ export class NodeAnswers {
   ): Entry | Errno | undefined {
     if (parent.attr !== undefined && parent.attr.kind !== "dir") return ENOTDIR;
     if (parent.detached) return parent.attr === undefined ? ESTALE : ENOENT;
+    if (this.#cache.closed(parent)) {
+      // Nothing in it is served, whatever a listing holds.
+      if (countNegative) this.#stats.negativeLocal++;
+      return this.#cache.negative(parent, name);
+    }
     const listing = parent.listing;
     if (listing === undefined) return undefined;
     if (!listing.has(name)) {

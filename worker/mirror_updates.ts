@@ -211,7 +211,9 @@ export class MirrorUpdates {
         }
       }
     }
+    const wasClosed = this.#cache.closed(node);
     this.#cache.setAttr(node, update);
+    if (wasClosed !== this.#cache.closed(node)) this.#cache.forgetChildren(node, invalidations);
     if (old === undefined) {
       if (node.known) invalidations.inode(node.id, 0);
       return;
