@@ -18,7 +18,7 @@
 export type * from "./types.ts";
 export * from "./errno.ts";
 export { FuseMountError, FuseSession, FuseSessionError } from "./session.ts";
-export { abortConnection, cleanStaleMount } from "./mounts.ts";
+export { abortConnection, cleanStaleMount, setReadahead } from "./mounts.ts";
 export { Bridge, type BridgeStats, type HandlerFailure, type ReplySink } from "./bridge.ts";
 export { LookupCounts, NodeTable, type NodeTableOptions, type TableNode } from "./node_table.ts";
 export {

@@ -35,6 +35,27 @@ export async function connectionIdOf(mountpoint: string): Promise<number | undef
   return found;
 }
 
+/**
+ * Sets the readahead of the FUSE mount at `mountpoint` to `kib` KiB, through
+ * its backing device in sysfs (`/sys/class/bdi/0:N/read_ahead_kb`; root
+ * only). The kernel caps a FUSE mount's readahead at its default, 128 KiB,
+ * when the session starts, whatever the server asks for: a job mapping a 30
+ * MB compiler from a cold mirror then takes a read request per 128 KiB.
+ * Requests stay within the session's `max_pages` (libfuse offers 1 MiB).
+ * Returns false when it could not (no such mount, no sysfs, not root).
+ */
+export async function setReadahead(mountpoint: string, kib: number): Promise<boolean> {
+  const minor = await connectionIdOf(mountpoint);
+  if (minor === undefined) return false;
+  const path = `/sys/class/bdi/0:${minor}/read_ahead_kb`;
+  try {
+    await Deno.writeTextFile(path, String(Math.floor(kib)));
+    return Number((await Deno.readTextFile(path)).trim()) === Math.floor(kib);
+  } catch {
+    return false;
+  }
+}
+
 /** Abort a FUSE connection through fusectl (mounting fusectl if needed). */
 export async function abortConnection(connectionId: number): Promise<boolean> {
   const dir = "/sys/fs/fuse/connections";

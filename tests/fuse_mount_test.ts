@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { FuseSession } from "../fuse/session.ts";
-import { cleanStaleMount } from "../fuse/mounts.ts";
+import { cleanStaleMount, setReadahead } from "../fuse/mounts.ts";
 import { LoopbackFs, type LoopbackOptions } from "../fuse/loopback.ts";
 import { EIO, ELOOP, ENOENT, EROFS } from "../fuse/errno.ts";
 import type { FileSystem, MountOptions } from "../fuse/types.ts";
@@ -422,6 +422,34 @@ Deno.test("8 processes reading and stat-ing through one mount at once", async ()
       assert.ok(session.stats.requests > 1000);
     },
   );
+});
+
+Deno.test("setReadahead() makes a cold read of a big file take fewer, larger requests", async () => {
+  // Each mount reads the 8 MiB file once, cold (a new mount has a new inode).
+  const source = await Deno.makeTempDir({ prefix: "fuse_readahead_src_" });
+  try {
+    await Deno.chmod(source, 0o755);
+    await Deno.writeFile(`${source}/large.bin`, pseudoRandom(8 << 20, 3));
+    const readRequests = async (kib?: number) => {
+      let requests = 0;
+      await withMount({ source }, async ({ mnt, session }) => {
+        if (kib !== undefined) assert.equal(await setReadahead(mnt, kib), true);
+        const before = session.stats.requests;
+        const got = await sh(`sha256sum < "$F"`, { F: `${mnt}/large.bin` });
+        assert.equal(got.code, 0, got.stderr);
+        requests = session.stats.requests - before;
+      });
+      return requests;
+    };
+    const kernelDefault = await readRequests();
+    const raised = await readRequests(1024);
+    const counts = `${kernelDefault} requests at the kernel's default, ${raised} at 1 MiB`;
+    assert.ok(kernelDefault >= 32, counts); // 8 MiB in 256 KiB (two windows of 128) or less
+    assert.ok(raised * 2 <= kernelDefault, counts); // the window grows from a small first one
+    assert.equal(await setReadahead(`${source}/not-a-mount`, 1024), false);
+  } finally {
+    await Deno.remove(source, { recursive: true });
+  }
 });
 
 Deno.test("the mount survives a client killed mid-read", async () => {
