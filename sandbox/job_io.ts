@@ -98,7 +98,10 @@ export class Pump {
         const { done, value } = await this.#reader.read(new Uint8Array(buffer));
         if (value !== undefined) buffer = value.buffer as ArrayBuffer;
         if (done) {
-          if (spareBuffers.length < SPARE_BUFFERS_MAX) spareBuffers.push(buffer);
+          // Not one handed to a read that was cancelled: that one is detached (0 bytes).
+          if (buffer.byteLength === READ_BUFFER_BYTES && spareBuffers.length < SPARE_BUFFERS_MAX) {
+            spareBuffers.push(buffer);
+          }
           break;
         }
         if (!forwarding) continue;

@@ -14,6 +14,7 @@ import {
   type RunJobOptions,
   SandboxError,
 } from "../sandbox/mod.ts";
+import { Pump } from "../sandbox/job_io.ts";
 
 const LAUNCHER_CACHE = new URL("../.cache/sandbox-launcher", import.meta.url).pathname;
 const PATH = "/usr/local/bin:/usr/bin:/bin";
@@ -162,6 +163,34 @@ async function assertCleanedUp(fixture: Fixture, jobDir: string): Promise<void> 
   for await (const e of Deno.readDir(fixture.cgroupRoot)) if (e.isDirectory) cgroups.push(e.name);
   assert.deepEqual(cgroups, [], "job cgroups removed");
 }
+
+Deno.test("Pump: a pipe's reads cancelled (a drain that timed out) leave the next pipes' output whole", async () => {
+  // The read buffers are kept for the next pipes; the one a cancelled read took
+  // with it must not be.
+  for (let round = 0; round < 3; round++) {
+    const held = new Deno.Command("sleep", { args: ["30"], stdout: "piped" }).spawn();
+    const cancelled = new Pump(held.stdout, "stdout", 1 << 20, () => {}, () => {});
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await cancelled.cancel();
+    await cancelled.done;
+    held.kill("SIGKILL");
+    await held.status;
+  }
+  const cases = [["printf hi", "hi"], [
+    "yes abc | head -c 200000",
+    "abc\n".repeat(50_000),
+  ]];
+  for (const [script, text] of cases) {
+    const got: Uint8Array[] = [];
+    const child = new Deno.Command("sh", { args: ["-c", script], stdout: "piped" }).spawn();
+    const pump = new Pump(child.stdout, "stdout", 1 << 20, (b) => {
+      got.push(b);
+    }, () => {});
+    await child.status;
+    await pump.done;
+    assert.equal(decoder.decode(concatBytes(got)), text);
+  }
+});
 
 Deno.test("runJob() runs as nobody with only the writable root writable", async () => {
   await using fx = await new Fixture().init();
