@@ -46,9 +46,9 @@
  *     sends no notification) and kills the job at the first refused fork, and
  *     kills it when the writable layer passes a limit.
  *   init (PID 1 of the new PID namespace): builds the job root at D/root,
- *     chroots into it, starts the job (vfork-like, see start_job()), forwards signals to the job's process
- *     group, reaps orphans, and exits when the job exits, which kills every
- *     process left in the namespace.
+ *     chroots into it, starts the job (vfork-like: start_job()), forwards
+ *     signals to the job's process group, reaps orphans, and exits when the
+ *     job exits, which kills every process left in the namespace.
  *   job (PID 2): drops to uid/gid, sets limits, closes inherited fds, execs.
  *
  * With --parent-pid (the worker's pid), the launcher dies with its parent:
@@ -642,11 +642,12 @@ static int job_main(void *report_fd) {
  * Starts the job's process as vfork(2) would: it shares this process's memory
  * (on a stack of its own, below a guard page) until its exec, while this one
  * waits, so no copy of the address space is made only to be dropped by the
- * exec (a fork cost 0.3-0.4 ms more per job on a VM where page faults are
- * dear). run_job() only makes system calls and writes its own stack before
- * the exec or _exit; its credentials, limits, signal dispositions, descriptors
- * and working directory are its own (no CLONE_THREAD, CLONE_SIGHAND,
- * CLONE_FILES or CLONE_FS).
+ * exec (a fork cost ~1 ms more per job on a VM where page faults are dear;
+ * BENCHMARKS.md, session 17). Until then the job writes only its own stack,
+ * errno and, for a script with no "#!", one calloc() whose memory this
+ * process never uses; this one runs again only after the exec or _exit. Its
+ * credentials, limits, signal dispositions, descriptors and working directory
+ * are its own (no CLONE_THREAD, CLONE_SIGHAND, CLONE_FILES or CLONE_FS).
  */
 static pid_t start_job(int report_fd) {
   long page = sysconf(_SC_PAGESIZE);
