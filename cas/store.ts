@@ -276,7 +276,8 @@ export class Store {
       await this.#pinnedEvict(hash);
       return { hash, size };
     } finally {
-      this.#track(temp.discard());
+      // Awaited: a caller told of a failure finds no temp file left behind.
+      await this.#track(temp.discard());
     }
   }
 
@@ -303,7 +304,8 @@ export class Store {
       await this.#pinnedEvict(hash);
       return hash;
     } finally {
-      this.#track(temp.discard());
+      // Awaited: a caller told of a failure finds no temp file left behind.
+      await this.#track(temp.discard());
     }
   }
 
@@ -496,7 +498,8 @@ export class Store {
       await this.#pinnedEvict(hash);
       return this.pathOf(hash);
     } finally {
-      this.#track(temp.discard());
+      // Awaited: a caller told of a failure finds no temp file left behind.
+      await this.#track(temp.discard());
       const inflight = this.#inflight.get(hash);
       if (inflight?.controller.signal === signal) this.#inflight.delete(hash);
     }
